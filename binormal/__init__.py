@@ -1,0 +1,1 @@
+"""Binormal's command line: the composition root that starts each service."""

@@ -1,0 +1,68 @@
+"""``binormal`` console script: one subcommand per service or tool."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+from common import log
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from worker import Worker, WorkerSettings
+
+    async def main() -> None:
+        w = Worker(WorkerSettings.from_env())
+        w.install_signal_handlers()
+        await w.run()
+
+    asyncio.run(main())
+    return 0
+
+
+def _score(args: argparse.Namespace) -> int:
+    from binormal.score import main_score
+
+    return main_score(args.file, args.top, args.json, args.cap)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from binormal.run import main_run
+
+    return main_run()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (subcommands added by each service)."""
+    p = argparse.ArgumentParser(prog="binormal", description=__doc__)
+    p.add_argument("--log-level", default="INFO")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("run", help="start everything (embedded Redis unless REDIS_URL is set)")
+    r.set_defaults(func=_run)
+
+    w = sub.add_parser("worker", help="run one scorer worker against REDIS_URL")
+    w.set_defaults(func=_worker)
+
+    s = sub.add_parser("score", help="score an NDJSON log offline (no server needed)")
+    s.add_argument("file", help="NDJSON file, .gz accepted, - for stdin")
+    s.add_argument("--top", type=int, default=10, help="outliers shown per scope")
+    s.add_argument("--json", action="store_true", help="one JSON object per individual")
+    s.add_argument("--cap", type=int, default=100, help="normalisation cap N")
+    s.set_defaults(func=_score)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse arguments and run the chosen subcommand."""
+    args = build_parser().parse_args(argv)
+    log.configure(args.log_level)
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

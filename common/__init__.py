@@ -1,0 +1,1 @@
+"""Shared code for every Binormal service: keys, scoring, schema, Redis plumbing."""

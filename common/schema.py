@@ -1,0 +1,177 @@
+"""The event: its fields, limits and validation (stream entries and JSON alike).
+
+This is the public contract of docs/stream.md. Validation never guesses: each
+failure raises :class:`InvalidEvent` naming the field and the problem.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from common.keys import Scope
+
+SCHEMA_VERSION = "1"
+LIMITS: dict[str, int] = {
+    "org": 256,
+    "source": 256,
+    "pop": 256,
+    "id": 1024,
+    "action": 1024,
+    # optional fields
+    "event_id": 256,
+    "rid": 256,
+    "reply_to": 256,
+    "ts": 32,
+    "v": 8,
+}
+REQUIRED = ("org", "source", "pop", "id", "action")
+OPTIONAL = ("event_id", "rid", "reply_to", "ts", "v")
+# Fields a JSON producer may send (reply_to/rid are set by the web tier only).
+JSON_FIELDS = frozenset(REQUIRED + ("event_id", "ts"))
+
+
+class InvalidEvent(ValueError):
+    """An event that cannot be counted; ``field`` names the culprit."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field}: {problem}")
+        self.field = field
+        self.problem = problem
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One validated discrete event."""
+
+    org: str
+    source: str
+    pop: str
+    id: str
+    action: str
+    ts: int | None = None
+    event_id: str | None = None
+    rid: str | None = None
+    reply_to: str | None = None
+
+    @property
+    def scope(self) -> Scope:
+        """The (org, source, pop) scope of the event."""
+        return Scope(self.org, self.source, self.pop)
+
+    def to_fields(self) -> dict[str, str]:
+        """Stream entry fields (only the optional ones that are set)."""
+        out = {"org": self.org, "source": self.source, "pop": self.pop, "id": self.id, "action": self.action}
+        if self.ts is not None:
+            out["ts"] = str(self.ts)
+        for name in ("event_id", "rid", "reply_to"):
+            value = getattr(self, name)
+            if value is not None:
+                out[name] = value
+        return out
+
+
+def _check_text(name: str, value: str) -> str:
+    if value == "":
+        raise InvalidEvent(name, "must not be empty")
+    size = len(value.encode("utf-8"))
+    if size > LIMITS[name]:
+        raise InvalidEvent(name, f"is {size} bytes, over the limit of {LIMITS[name]}")
+    return value
+
+
+def _parse_ts(raw: str) -> int:
+    try:
+        ts = int(raw)
+    except ValueError:
+        raise InvalidEvent("ts", "must be an integer (milliseconds since the Unix epoch)") from None
+    if ts < 0:
+        raise InvalidEvent("ts", "must not be negative")
+    return ts
+
+
+def parse_entry(fields: Mapping[bytes, bytes]) -> Event:
+    """Validate a raw stream entry (bytes field names and values)."""
+    values: dict[str, str] = {}
+    for raw_name, raw_value in fields.items():
+        try:
+            name = raw_name.decode("utf-8")
+        except UnicodeDecodeError:
+            raise InvalidEvent(repr(raw_name)[:80], "field name is not valid UTF-8") from None
+        if name not in LIMITS:
+            raise InvalidEvent(name[:80], "unknown field")
+        try:
+            values[name] = raw_value.decode("utf-8")
+        except UnicodeDecodeError:
+            raise InvalidEvent(name, "is not valid UTF-8") from None
+    for name in REQUIRED:
+        if name not in values:
+            raise InvalidEvent(name, "is missing")
+    for name, value in values.items():
+        _check_text(name, value)
+    if values.get("v", SCHEMA_VERSION) != SCHEMA_VERSION:
+        raise InvalidEvent("v", f"unsupported schema version (this worker speaks {SCHEMA_VERSION})")
+    ts = _parse_ts(values["ts"]) if "ts" in values else None
+    return Event(
+        org=values["org"],
+        source=values["source"],
+        pop=values["pop"],
+        id=values["id"],
+        action=values["action"],
+        ts=ts,
+        event_id=values.get("event_id"),
+        rid=values.get("rid"),
+        reply_to=values.get("reply_to"),
+    )
+
+
+def parse_json(obj: Any) -> Event:
+    """Validate a decoded JSON event from an HTTP producer.
+
+    Unknown fields are rejected (a typo such as ``acton`` must not pass silently).
+    """
+    if not isinstance(obj, dict):
+        raise InvalidEvent("body", f"must be a JSON object, not {_json_type(obj)}")
+    for name in obj:
+        if name not in JSON_FIELDS:
+            raise InvalidEvent(str(name)[:80], "unknown field")
+    values: dict[str, str] = {}
+    for name in REQUIRED + ("event_id",):
+        if name not in obj:
+            if name in REQUIRED:
+                raise InvalidEvent(name, "is missing")
+            continue
+        value = obj[name]
+        if not isinstance(value, str):
+            raise InvalidEvent(name, f"must be a string, not {_json_type(value)}")
+        values[name] = _check_text(name, value)
+    ts: int | None = None
+    if "ts" in obj:
+        raw = obj["ts"]
+        if isinstance(raw, bool) or not isinstance(raw, int):
+            raise InvalidEvent("ts", f"must be an integer, not {_json_type(raw)}")
+        ts = _parse_ts(str(raw))
+    return Event(
+        org=values["org"],
+        source=values["source"],
+        pop=values["pop"],
+        id=values["id"],
+        action=values["action"],
+        ts=ts,
+        event_id=values.get("event_id"),
+    )
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "an object"
+    return "a string" if isinstance(value, str) else type(value).__name__

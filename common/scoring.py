@@ -1,0 +1,215 @@
+"""Binomial surprisal scoring (DESIGN.md section 2) as pure functions.
+
+Everything here is per scope (org, source, pop). Population counts ``C_a`` give
+``p_a = C_a / C``; an individual with counts ``x_a`` over ``n`` events is
+normalised to ``n' = min(n, N)`` events and scored by how many bits of surprise
+each action's normalised count carries above that action's most likely count.
+Actions the individual never did count too.
+
+All sums of floats go through :func:`math.fsum`, which is exactly rounded and so
+independent of summation order: the Redis engine and the in-memory engine read
+hash fields in different orders and must still agree bit for bit.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+LN2 = math.log(2.0)
+DEFAULT_CAP = 100
+
+
+def log_pmf(x: int, n: int, p: float) -> float:
+    """Natural log of the binomial probability of ``x`` successes in ``n`` trials.
+
+    Computed with ``lgamma`` so it never underflows. The edges are exact:
+    ``p == 0`` allows only ``x == 0`` and ``p == 1`` only ``x == n``
+    (``0 * log 0`` is taken as 0, as in the limit).
+    """
+    if x < 0 or x > n:
+        return -math.inf
+    if p <= 0.0:
+        return 0.0 if x == 0 else -math.inf
+    if p >= 1.0:
+        return 0.0 if x == n else -math.inf
+    return (
+        math.lgamma(n + 1)
+        - math.lgamma(x + 1)
+        - math.lgamma(n - x + 1)
+        + x * math.log(p)
+        + (n - x) * math.log1p(-p)
+    )
+
+
+def mode(n: int, p: float) -> int:
+    """Most likely count of a Binomial(n, p): ``min(floor((n+1)p), n)``."""
+    return min(int(math.floor((n + 1) * p)), n)
+
+
+def action_bits(x: int, n: int, p: float) -> float:
+    """Bits of surprise of seeing ``x`` of ``n`` compared with the most likely count.
+
+    ``log2 P(mode) - log2 P(x)``, which is >= 0 because the mode maximises the
+    pmf; tiny negative rounding noise is clamped to 0.
+    """
+    if n <= 0:
+        return 0.0
+    diff = log_pmf(mode(n, p), n, p) - log_pmf(x, n, p)
+    return max(diff / LN2, 0.0)
+
+
+def normalise(counts: Mapping[str, int], cap: int = DEFAULT_CAP) -> tuple[int, dict[str, int]]:
+    """Scale an individual's counts down to at most ``cap`` events.
+
+    Returns ``(n', {action: x'_a})`` with ``n' = min(n, cap)`` and
+    ``x'_a = floor(x_a * n' / n + 0.5)`` (round half up, in exact integer arithmetic).
+    """
+    n = sum(counts.values())
+    if n <= 0:
+        return 0, {a: 0 for a in counts}
+    n_norm = min(n, cap)
+    if n_norm == n:
+        return n, dict(counts)
+    # floor(x*n'/n + 1/2) == floor((2*x*n' + n) / (2n)) for integers, no float error.
+    return n_norm, {a: (2 * x * n_norm + n) // (2 * n) for a, x in counts.items()}
+
+
+def zscore(value: float, count: int, total: float, total_sq: float) -> float:
+    """Standard score of ``value`` against running aggregates (population std).
+
+    ``count``, ``total`` and ``total_sq`` are the number of values, their sum and
+    the sum of their squares. Returns 0 when the deviation is 0 (or not defined).
+    """
+    if count <= 0:
+        return 0.0
+    mean = total / count
+    var = total_sq / count - mean * mean
+    if var <= 0.0:
+        return 0.0
+    sigma = math.sqrt(var)
+    # Cancellation in E[x^2] - E[x]^2 leaves noise around 1e-12 relative to the
+    # scale of the scores when every score is (nearly) equal: call that zero.
+    if sigma <= 1e-9 * max(1.0, abs(mean)):
+        return 0.0
+    return (value - mean) / sigma
+
+
+def action_zscore(x: int, s1: int, s2: int, k: int) -> float:
+    """z of count ``x`` among the ``k`` individuals that did the action at least once.
+
+    ``s1`` and ``s2`` are the exact integer sums of those counts and of their
+    squares, so the variance ``(k*s2 - s1^2) / k^2`` is computed without error
+    until the final division.
+    """
+    if k <= 0:
+        return 0.0
+    num = k * s2 - s1 * s1
+    if num <= 0:
+        return 0.0
+    return (x * k - s1) / math.sqrt(num)
+
+
+@dataclass
+class Snapshot:
+    """Population counts of one scope frozen at a moment, with scoring caches.
+
+    ``bits0(n')`` is ``Z[n'] = sum over all actions of bits_a(0; n')``; the score of
+    an individual is then ``Z[n'] + sum over its own actions of
+    (bits_a(x'_a) - bits_a(0))``, O(its own actions) instead of O(all actions).
+    """
+
+    counts: dict[str, int]
+    cap: int = DEFAULT_CAP
+    total: int = 0
+    _zero: dict[int, float] = field(default_factory=dict, repr=False)
+    _bits: dict[tuple[str, int, int], float] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        self.total = sum(self.counts.values())
+
+    def p(self, action: str) -> float:
+        """Population probability of ``action`` (0 for an action not seen)."""
+        if self.total <= 0:
+            return 0.0
+        return self.counts.get(action, 0) / self.total
+
+    def bits(self, action: str, x: int, n: int) -> float:
+        """Cached :func:`action_bits` for this snapshot's ``p_action``."""
+        key = (action, x, n)
+        got = self._bits.get(key)
+        if got is None:
+            got = action_bits(x, n, self.p(action))
+            if len(self._bits) < 200_000:
+                self._bits[key] = got
+        return got
+
+    def bits0(self, n: int) -> float:
+        """``Z[n]``: bits of an individual of ``n`` events that did no action at all."""
+        got = self._zero.get(n)
+        if got is None:
+            got = math.fsum(action_bits(0, n, self.p(a)) for a in self.counts)
+            self._zero[n] = got
+        return got
+
+    def covers(self, actions: Mapping[str, int]) -> bool:
+        """True when every action of ``actions`` is known to this snapshot."""
+        return all(a in self.counts for a in actions)
+
+    def score(self, counts: Mapping[str, int]) -> float:
+        """Score (bits) of an individual with raw ``counts`` against this snapshot."""
+        n_norm, norm = normalise(counts, self.cap)
+        if n_norm == 0:
+            return 0.0
+        if len(self.counts) <= 1:
+            # One action has p = 1 and bits(0) = inf, which the Z[n'] shortcut
+            # cannot subtract; with a single action the direct sum is O(1) anyway.
+            return math.fsum(self.bits(a, norm.get(a, 0), n_norm) for a in self.counts)
+        terms = [self.bits0(n_norm)]
+        for action, x in norm.items():
+            if x:
+                terms.append(self.bits(action, x, n_norm))
+                terms.append(-self.bits(action, 0, n_norm))
+        return max(math.fsum(terms), 0.0)
+
+    def explain(self, counts: Mapping[str, int], limit: int = 5) -> list[dict[str, object]]:
+        """The actions contributing most bits to ``counts``' score, largest first.
+
+        Each item: action, count (raw), observed (normalised ``x'_a``), expected
+        (``n' * p_a``), bits, and kind ``over`` (done more than expected) or
+        ``missing`` (done less than expected, including never).
+        """
+        n_norm, norm = normalise(counts, self.cap)
+        if n_norm == 0:
+            return []
+        items: list[tuple[float, str]] = []
+        for action in self.counts:
+            b = self.bits(action, norm.get(action, 0), n_norm)
+            if b > 0.0:
+                items.append((b, action))
+        items.sort(key=lambda t: (-t[0], t[1]))
+        out: list[dict[str, object]] = []
+        for b, action in items[:limit]:
+            expected = n_norm * self.p(action)
+            observed = norm.get(action, 0)
+            out.append(
+                {
+                    "action": action,
+                    "count": counts.get(action, 0),
+                    "observed": observed,
+                    "expected": round(expected, 3),
+                    "bits": round(b, 3),
+                    "kind": "over" if observed > expected else "missing",
+                }
+            )
+        return out
+
+
+def score_direct(counts: Mapping[str, int], pop: Mapping[str, int], cap: int = DEFAULT_CAP) -> float:
+    """Reference O(all actions) score: the definition, without the Z[n'] shortcut."""
+    total = sum(pop.values())
+    n_norm, norm = normalise(counts, cap)
+    if n_norm == 0 or total == 0:
+        return 0.0
+    return math.fsum(action_bits(norm.get(a, 0), n_norm, c / total) for a, c in pop.items())

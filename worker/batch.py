@@ -1,0 +1,350 @@
+"""One batch of stream entries through validate -> apply -> score -> commit -> publish.
+
+Each step is one pipelined round trip for the whole batch, whatever its size:
+
+1. dead-letter invalid entries (``deadletter.lua``: XADD to the dead stream + XACK);
+2. apply counters of valid entries (``apply.lua``: counters + XACK, exactly once);
+3. refresh population snapshots that are missing, too old or lack an action;
+4. commit every new score in entry order (``commit.lua``: zset + aggregates);
+5. publish replies (``reply_to``), their stored copies, and the broadcast batch.
+
+Lua scripts in a pipeline run one after the other in pipeline order, so with
+one worker each apply's reply is the state right after that entry: the results
+equal the in-memory engine's, entry for entry.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+import structlog
+from redis.exceptions import NoScriptError, ResponseError
+
+from common.keys import Keyspace, Scope
+from common.result import ActionStats, Aggregates, make_result
+from common.schema import Event, InvalidEvent, parse_entry
+from common.scoring import Snapshot
+from common.scripts import Scripts
+
+log = structlog.get_logger("binormal.worker")
+
+BROADCAST_CHUNK = 500  # results per broadcast message (NDJSON)
+SNAPSHOT_CACHE = 10_000  # scopes whose snapshot a worker keeps
+
+
+@dataclass
+class Entry:
+    """A stream entry as read: where it came from and its raw fields."""
+
+    stream: bytes
+    shard: int
+    id: bytes
+    fields: dict[bytes, bytes]
+    reason: str | None = None  # set when it must go to the dead-letter stream
+    event: Event | None = None
+
+
+@dataclass
+class Counters:
+    """What a worker did, for logs, /metrics and the benchmark."""
+
+    read: int = 0
+    applied: int = 0
+    already: int = 0
+    duplicates: int = 0
+    dead: int = 0
+    published: int = 0
+    batches: int = 0
+    round_trips: int = 0
+    lua_calls: int = 0
+    snapshot_refreshes: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        """Plain dict copy."""
+        return dict(self.__dict__)
+
+
+def entry_ms(entry_id: bytes) -> int:
+    """The millisecond part of a stream id (``<ms>-<seq>``): when it was added."""
+    return int(entry_id.split(b"-", 1)[0])
+
+
+@dataclass
+class BatchProcessor:
+    """Runs batches for one worker; holds its snapshot cache and counters."""
+
+    keys: Keyspace
+    scripts: Scripts
+    consumer: str
+    snapshot_max_age_ms: int = 1000
+    cap: int = 100
+    seen_ttl_s: int = 86_400
+    reply_ttl_s: int = 60
+    dead_maxlen: int = 100_000
+    explain_limit: int = 5
+    counters: Counters = field(default_factory=Counters)
+    snapshots: OrderedDict[Scope, tuple[Snapshot, float]] = field(default_factory=OrderedDict)
+
+    def validate(self, entries: Sequence[Entry]) -> None:
+        """Parse each entry, or set its dead-letter reason."""
+        for e in entries:
+            if not e.fields:
+                e.reason = "entry has no fields (deleted from the stream while pending)"
+                continue
+            try:
+                ev = parse_entry(e.fields)
+            except InvalidEvent as exc:
+                e.reason = f"invalid: {exc}"
+                continue
+            home = self.keys.shard(ev.scope)
+            if home != e.shard:
+                e.reason = f"wrong shard: written to shard {e.shard}, its scope belongs to shard {home}"
+                continue
+            e.event = ev
+
+    async def _execute(self, client: aioredis.Redis, build: Any) -> list[Any]:
+        """Run a pipeline built by ``build(pipe)``; on NOSCRIPT load scripts and rerun.
+
+        Rerunning is safe: apply and dead-letter do nothing for entries already
+        acknowledged, and commit never ran (NOSCRIPT fails every EVALSHA).
+        """
+        for attempt in (1, 2):
+            pipe = client.pipeline(transaction=False)
+            build(pipe)
+            self.counters.round_trips += 1
+            results: list[Any] = await pipe.execute(raise_on_error=False)
+            if attempt == 1 and any(isinstance(r, NoScriptError) for r in results):
+                await self.scripts.load_all(client)
+                self.counters.round_trips += 1
+                continue
+            return results
+        raise AssertionError("unreachable")
+
+    async def dead_letter(self, client: aioredis.Redis, entries: Sequence[Entry]) -> None:
+        """Move entries with a reason to the dead-letter stream (acked atomically)."""
+        sha = self.scripts.sha("deadletter")
+
+        def build(pipe: Any) -> None:
+            for e in entries:
+                flat: list[bytes] = []
+                for k, v in (e.fields or {}).items():
+                    flat += [k, v]
+                keys = [e.stream, self.keys.dead(e.shard)]
+                args = [self.keys.group, e.id, e.reason or "", self.consumer, self.dead_maxlen, *flat]
+                pipe.evalsha(sha, 2, *keys, *args)
+
+        results = await self._execute(client, build)
+        self.counters.lua_calls += len(entries)
+        for e, r in zip(entries, results):
+            if isinstance(r, ResponseError):
+                log.error("dead_letter_failed", entry_id=e.id.decode(), error=str(r))
+            elif r == 1:
+                self.counters.dead += 1
+                log.warning("dead_lettered", entry_id=e.id.decode(), shard=e.shard, reason=e.reason)
+
+    async def process(self, client: aioredis.Redis, entries: Sequence[Entry]) -> list[dict[str, Any]]:
+        """Process one batch; returns the results published (for tests and tools)."""
+        self.counters.batches += 1
+        self.counters.read += len(entries)
+        self.validate(entries)
+        bad = [e for e in entries if e.reason is not None]
+        if bad:
+            await self.dead_letter(client, bad)
+        good = [e for e in entries if e.event is not None]
+        if not good:
+            return []
+        applied = await self._apply(client, good)
+        if not applied:
+            return []
+        await self._refresh_snapshots(client, applied)
+        results = await self._score_and_commit(client, applied)
+        await self._publish(client, results)
+        return [r for _, r in results]
+
+    async def _apply(self, client: aioredis.Redis, good: Sequence[Entry]) -> list[tuple[Entry, dict[str, Any]]]:
+        sha = self.scripts.sha("apply")
+        want_pop = "1" if self.snapshot_max_age_ms == 0 else "0"
+        k = self.keys
+
+        def build(pipe: Any) -> None:
+            for e in good:
+                ev = e.event
+                assert ev is not None
+                scope = ev.scope
+                s = e.shard
+                has_eid = ev.event_id is not None
+                pipe.evalsha(
+                    sha,
+                    7,
+                    e.stream,
+                    k.scope_key(scope, "pop", s),
+                    k.scope_key(scope, "sq", s),
+                    k.scope_key(scope, "k", s),
+                    k.individual(scope, ev.id, s),
+                    k.scopes(s),
+                    k.seen(s, ev.event_id) if has_eid else k.seen(s, ""),
+                    k.group,
+                    e.id,
+                    ev.action,
+                    scope.token,
+                    want_pop,
+                    "1" if has_eid else "0",
+                    self.seen_ttl_s,
+                )
+
+        results = await self._execute(client, build)
+        self.counters.lua_calls += len(good)
+        applied: list[tuple[Entry, dict[str, Any]]] = []
+        dups: list[Entry] = []
+        for e, r in zip(good, results):
+            if isinstance(r, Exception):
+                # Left pending: redelivered after the claim idle time, and
+                # dead-lettered once it exceeds the delivery limit.
+                log.error("apply_failed", entry_id=e.id.decode(), error=str(r))
+                continue
+            status = int(r[0])
+            if status == 0:
+                self.counters.already += 1
+                continue
+            if status == 2:
+                self.counters.duplicates += 1
+                log.info("duplicate_event_id", entry_id=e.id.decode(), first_entry=r[1].decode())
+                dups.append(e)
+                continue
+            self.counters.applied += 1
+            counts = _pairs_int(r[4])
+            state = {
+                "counts": counts,
+                "stats": ActionStats(int(r[1]), int(r[2]), int(r[3])),
+                "pop": _pairs_int(r[5]) if want_pop == "1" else None,
+            }
+            applied.append((e, state))
+        if dups:
+            await self._notify_duplicates(client, dups)
+        return applied
+
+    async def _notify_duplicates(self, client: aioredis.Redis, dups: Sequence[Entry]) -> None:
+        """Tell request-reply waiters their event id was already counted.
+
+        The waiter then reads the stored copy of the first result
+        (``keys.reply(shard, event_id)``) if it is still there.
+        """
+
+        def build(pipe: Any) -> None:
+            for e in dups:
+                ev = e.event
+                if ev is not None and ev.reply_to is not None:
+                    note = {"duplicate": True, "event_id": ev.event_id, "rid": ev.rid}
+                    pipe.publish(ev.reply_to, orjson.dumps(note))
+
+        if any(e.event is not None and e.event.reply_to is not None for e in dups):
+            await self._execute(client, build)
+
+    async def _refresh_snapshots(self, client: aioredis.Redis, applied: list[tuple[Entry, dict[str, Any]]]) -> None:
+        """Give every applied entry a population snapshot (see DESIGN.md section 2)."""
+        if self.snapshot_max_age_ms == 0:
+            for _, st in applied:
+                st["snapshot"] = Snapshot(st["pop"], cap=self.cap)
+            return
+        now = time.monotonic()
+        max_age = self.snapshot_max_age_ms / 1000.0
+        stale: dict[Scope, int] = {}
+        for e, st in applied:
+            assert e.event is not None
+            scope = e.event.scope
+            got = self.snapshots.get(scope)
+            if got is None or now - got[1] > max_age or not got[0].covers(st["counts"]):
+                stale[scope] = e.shard
+        if stale:
+            order = list(stale.items())
+
+            def build(pipe: Any) -> None:
+                for scope, shard in order:
+                    pipe.hgetall(self.keys.scope_key(scope, "pop", shard))
+
+            fetched = await self._execute(client, build)
+            self.counters.snapshot_refreshes += len(order)
+            for (scope, _), raw in zip(order, fetched):
+                if isinstance(raw, Exception):
+                    raise raw
+                pop = {a.decode(): int(c) for a, c in raw.items()}
+                self.snapshots[scope] = (Snapshot(pop, cap=self.cap), now)
+                self.snapshots.move_to_end(scope)
+            while len(self.snapshots) > SNAPSHOT_CACHE:
+                self.snapshots.popitem(last=False)
+        for e, st in applied:
+            assert e.event is not None
+            st["snapshot"] = self.snapshots[e.event.scope][0]
+
+    async def _score_and_commit(
+        self, client: aioredis.Redis, applied: list[tuple[Entry, dict[str, Any]]]
+    ) -> list[tuple[Entry, dict[str, Any]]]:
+        sha = self.scripts.sha("commit")
+        for _, st in applied:
+            st["score"] = st["snapshot"].score(st["counts"])
+
+        def build(pipe: Any) -> None:
+            for e, st in applied:
+                ev = e.event
+                assert ev is not None
+                pipe.evalsha(
+                    sha,
+                    2,
+                    self.keys.scope_key(ev.scope, "rank", e.shard),
+                    self.keys.scope_key(ev.scope, "agg", e.shard),
+                    ev.id,
+                    repr(st["score"]),
+                )
+
+        results = await self._execute(client, build)
+        self.counters.lua_calls += len(applied)
+        out: list[tuple[Entry, dict[str, Any]]] = []
+        for (e, st), r in zip(applied, results):
+            ev = e.event
+            assert ev is not None
+            if isinstance(r, Exception):
+                # Counted (apply succeeded) but the score is not committed; the
+                # individual's next event commits a fresh one.
+                log.error("commit_failed", entry_id=e.id.decode(), error=str(r))
+                continue
+            agg = Aggregates(int(r[0]), float(r[1]), float(r[2]))
+            ts = ev.ts if ev.ts is not None else entry_ms(e.id)
+            result = make_result(ev, st["counts"], st["snapshot"], st["score"], agg, st["stats"], ts, self.explain_limit)
+            out.append((e, result))
+        return out
+
+    async def _publish(self, client: aioredis.Redis, results: list[tuple[Entry, dict[str, Any]]]) -> None:
+        """Replies to their waiters (with a stored copy), then the broadcast batch."""
+        channel = self.keys.broadcast_channel()
+        lines = [orjson.dumps(r) for _, r in results]
+
+        def build(pipe: Any) -> None:
+            for (e, r), line in zip(results, lines):
+                ev = e.event
+                assert ev is not None
+                if ev.reply_to is not None:
+                    # Stored copy for a waiter that missed the publish (pub/sub keeps
+                    # nothing) or retries with the same event id.
+                    stored = ev.event_id or ev.rid
+                    if stored is not None:
+                        pipe.set(self.keys.reply(e.shard, stored), line, ex=self.reply_ttl_s)
+                    pipe.publish(ev.reply_to, line if ev.rid is None else orjson.dumps(dict(r, rid=ev.rid)))
+            for i in range(0, len(lines), BROADCAST_CHUNK):
+                pipe.publish(channel, b"\n".join(lines[i : i + BROADCAST_CHUNK]))
+
+        replies = await self._execute(client, build)
+        for r in replies:
+            if isinstance(r, Exception):
+                log.error("publish_failed", error=str(r))
+        self.counters.published += len(results)
+
+
+def _pairs_int(flat: Sequence[bytes]) -> dict[str, int]:
+    """HGETALL's flat [field, value, ...] reply as {str: int}."""
+    return {flat[i].decode(): int(flat[i + 1]) for i in range(0, len(flat), 2)}

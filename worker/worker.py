@@ -1,0 +1,260 @@
+"""The scorer worker: a consumer in the ``scorers`` group of every stream shard.
+
+Loop: read a batch (own backlog first, then new entries; XREADGROUP COUNT/BLOCK),
+run it through :class:`~worker.batch.BatchProcessor`, and between batches do the
+housekeeping: heartbeat, take over entries of dead consumers (XAUTOCLAIM) and
+trim history every group has acknowledged. SIGTERM/SIGINT stop the loop after
+the batch in hand; if that takes longer than the grace period the batch is
+cancelled, which is safe because nothing is acknowledged before it is applied.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from typing import Any
+
+import redis.asyncio as aioredis
+import structlog
+from redis.exceptions import ResponseError
+
+from common.connection import TRANSIENT, make_client, wait_until_up
+from common.scripts import Scripts
+from worker.batch import BatchProcessor, Counters, Entry
+from worker.settings import WorkerSettings
+
+log = structlog.get_logger("binormal.worker")
+
+
+class Worker:
+    """One scorer process. ``await Worker(settings).run()`` until stopped."""
+
+    def __init__(self, settings: WorkerSettings) -> None:
+        self.settings = settings
+        self.keys = settings.keys
+        self.consumer = settings.consumer_name
+        self.stop_event = asyncio.Event()
+        self.ready = asyncio.Event()
+        self.processor = BatchProcessor(
+            keys=self.keys,
+            scripts=Scripts(),
+            consumer=self.consumer,
+            snapshot_max_age_ms=settings.snapshot_max_age_ms,
+            cap=settings.cap,
+            seen_ttl_s=settings.seen_ttl_s,
+            reply_ttl_s=settings.reply_ttl_s,
+            dead_maxlen=settings.dead_maxlen,
+            explain_limit=settings.explain_limit,
+        )
+        self._stream_shard = {s.encode(): i for i, s in enumerate(self.keys.streams())}
+        self._backlog: dict[bytes, bytes] = {}
+        self._next_claim = 0.0
+        self._next_trim = 0.0
+        self._next_heartbeat = 0.0
+        self._claim_cursor: dict[bytes, bytes] = {}
+
+    @property
+    def counters(self) -> Counters:
+        """What this worker has done so far."""
+        return self.processor.counters
+
+    def request_stop(self) -> None:
+        """Finish the batch in hand, then leave :meth:`run`."""
+        if not self.stop_event.is_set():
+            log.info("worker_stopping", consumer=self.consumer, grace_s=self.settings.grace_s)
+            self.stop_event.set()
+
+    def install_signal_handlers(self) -> None:
+        """SIGTERM and SIGINT request a graceful stop."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+
+    async def run(self) -> None:
+        """Consume until :meth:`request_stop`; reconnects through Redis outages."""
+        client = make_client(self.settings.redis_url)
+        structlog.contextvars.bind_contextvars(consumer=self.consumer)
+        try:
+            while not self.stop_event.is_set():
+                if not await wait_until_up(client, self.stop_event):
+                    break
+                try:
+                    await self._setup(client)
+                    self.ready.set()
+                    await self._loop(client)
+                except TRANSIENT as exc:
+                    self.ready.clear()
+                    log.warning("redis_connection_lost", error=str(exc))
+        finally:
+            await self._goodbye(client)
+            await client.aclose()
+            log.info("worker_stopped", **self.counters.as_dict())
+
+    async def _setup(self, client: aioredis.Redis) -> None:
+        """Create the group on every shard; start by re-reading our own backlog."""
+        await ensure_groups(client, self.keys.streams(), self.keys.group)
+        await self.processor.scripts.load_all(client)
+        # After a restart (or a lost connection) entries we were given but had
+        # not applied are still pending under our name: XREADGROUP from id 0
+        # returns them, before any new entry.
+        self._backlog = {s: b"0" for s in self._stream_shard}
+        log.info("worker_ready", streams=len(self._stream_shard), group=self.keys.group)
+
+    async def _loop(self, client: aioredis.Redis) -> None:
+        while not self.stop_event.is_set():
+            await self._housekeeping(client)
+            entries = await self._read(client)
+            if entries:
+                await self._run_batch(client, entries)
+
+    async def _run_batch(self, client: aioredis.Redis, entries: list[Entry]) -> None:
+        """Process a batch; a stop request during it waits at most the grace period."""
+        task = asyncio.ensure_future(self.processor.process(client, entries))
+        while True:
+            stop_wait = asyncio.ensure_future(self.stop_event.wait())
+            done, _ = await asyncio.wait({task, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+            if task in done:
+                stop_wait.cancel()
+                task.result()
+                return
+            # Stop requested mid-batch: give it the grace period, then cancel.
+            try:
+                await asyncio.wait_for(asyncio.shield(task), timeout=self.settings.grace_s)
+            except asyncio.TimeoutError:
+                task.cancel()
+                log.warning("batch_cancelled_after_grace", entries=len(entries))
+            return
+
+    async def _read(self, client: aioredis.Redis) -> list[Entry]:
+        """Own backlog first (from id 0, non-blocking), then new entries (BLOCK)."""
+        if self._backlog:
+            reply = await client.xreadgroup(
+                self.keys.group, self.consumer, dict(self._backlog), count=self.settings.batch
+            )
+            self.processor.counters.round_trips += 1
+            entries = self._entries(reply)
+            got = {e.stream for e in entries}
+            for stream in list(self._backlog):
+                if stream in got:
+                    self._backlog[stream] = max((e.id for e in entries if e.stream == stream), key=_id_key)
+                else:
+                    del self._backlog[stream]
+            if entries:
+                return entries
+        streams = {s: b">" for s in self._stream_shard}
+        reply = await client.xreadgroup(
+            self.keys.group, self.consumer, streams, count=self.settings.batch, block=self.settings.block_ms
+        )
+        self.processor.counters.round_trips += 1
+        return self._entries(reply)
+
+    def _entries(self, reply: Any) -> list[Entry]:
+        out: list[Entry] = []
+        for stream, items in reply or []:
+            shard = self._stream_shard[stream]
+            for entry_id, fields in items:
+                out.append(Entry(stream, shard, entry_id, fields or {}))
+        return out
+
+    async def _housekeeping(self, client: aioredis.Redis) -> None:
+        now = time.monotonic()
+        if now >= self._next_heartbeat:
+            self._next_heartbeat = now + self.settings.heartbeat_s
+            await client.hset(self.keys.workers(), self.consumer, int(time.time() * 1000))
+        if now >= self._next_claim:
+            self._next_claim = now + max(self.settings.claim_idle_ms / 2000.0, 0.5)
+            await self._claim(client)
+        if self.settings.trim_interval_s > 0 and now >= self._next_trim:
+            self._next_trim = now + self.settings.trim_interval_s
+            for stream in self._stream_shard:
+                await trim_acknowledged(client, stream)
+
+    async def _claim(self, client: aioredis.Redis) -> None:
+        """Take over entries pending longer than the claim idle time (dead consumers).
+
+        No lock: XAUTOCLAIM is atomic, and apply.lua's XACK check makes a
+        double take-over harmless. The cursor is kept between rounds.
+        """
+        for stream, shard in self._stream_shard.items():
+            cursor = self._claim_cursor.get(stream, b"0-0")
+            reply = await client.xautoclaim(
+                stream,
+                self.keys.group,
+                self.consumer,
+                min_idle_time=self.settings.claim_idle_ms,
+                start_id=cursor,
+                count=self.settings.batch,
+            )
+            self.processor.counters.round_trips += 1
+            self._claim_cursor[stream] = reply[0]
+            claimed = [Entry(stream, shard, eid, fields or {}) for eid, fields in reply[1] if eid is not None]
+            if len(reply) > 2 and reply[2]:
+                # Redis 7 drops ids whose entries were deleted from the PEL itself.
+                log.warning("claimed_deleted_entries", stream=stream.decode(), ids=len(reply[2]))
+            if not claimed:
+                continue
+            log.info("claimed", stream=stream.decode(), entries=len(claimed))
+            await self._mark_over_delivered(client, stream, claimed)
+            await self.processor.process(client, claimed)
+
+    async def _mark_over_delivered(self, client: aioredis.Redis, stream: bytes, claimed: list[Entry]) -> None:
+        """Entries delivered more than ``max_deliveries`` times go to the dead letters."""
+        pipe = client.pipeline(transaction=False)
+        for e in claimed:
+            pipe.xpending_range(stream, self.keys.group, min=e.id, max=e.id, count=1)
+        infos = await pipe.execute()
+        self.processor.counters.round_trips += 1
+        for e, info in zip(claimed, infos):
+            if info and int(info[0]["times_delivered"]) > self.settings.max_deliveries:
+                e.reason = f"delivered {info[0]['times_delivered']} times without being applied"
+                e.fields = e.fields or {}
+
+    async def _goodbye(self, client: aioredis.Redis) -> None:
+        try:
+            await asyncio.wait_for(client.hdel(self.keys.workers(), self.consumer), timeout=1.0)
+        except TRANSIENT:
+            pass
+
+
+async def ensure_groups(client: aioredis.Redis, streams: list[str], group: str) -> None:
+    """XGROUP CREATE ... 0 MKSTREAM on every stream; an existing group is fine.
+
+    Start id 0, not ``$``: entries written before the group existed must be read.
+    Only BUSYGROUP (group exists) is tolerated; any other error propagates.
+    """
+    for stream in streams:
+        try:
+            await client.xgroup_create(stream, group, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+
+async def trim_acknowledged(client: aioredis.Redis, stream: bytes | str) -> int:
+    """XTRIM MINID below what any group still needs; returns entries removed.
+
+    For each group the boundary is its oldest pending entry, or its
+    last-delivered id when nothing is pending (everything up to it is acked).
+    Never MAXLEN: that would delete pending or unread entries (redis#6199).
+    """
+    groups = await client.xinfo_groups(stream)
+    if not groups:
+        return 0
+    bounds: list[bytes] = []
+    for g in groups:
+        if int(g["pending"]) > 0:
+            summary = await client.xpending(stream, g["name"])
+            bounds.append(summary["min"] if isinstance(summary["min"], bytes) else str(summary["min"]).encode())
+        else:
+            last = g["last-delivered-id"]
+            bounds.append(last if isinstance(last, bytes) else str(last).encode())
+    minid = min(bounds, key=_id_key)
+    if minid in (b"0-0", b"0"):
+        return 0
+    return int(await client.xtrim(stream, minid=minid.decode(), approximate=False))
+
+
+def _id_key(entry_id: bytes) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition(b"-")
+    return int(ms), int(seq or 0)
