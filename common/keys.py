@@ -27,15 +27,21 @@ shard's stream, so one Lua script may touch the stream and the scope at once
 from __future__ import annotations
 
 import zlib
+from functools import lru_cache
 from dataclasses import dataclass
+from typing import NamedTuple
 from urllib.parse import quote, unquote
 
 DEFAULT_PREFIX = "bn"
 GROUP = "scorers"
 
 
+@lru_cache(maxsize=65_536)
 def encode(value: str) -> str:
-    """Percent-encode a user string so it holds no ``:``, ``{``, ``}`` or spaces."""
+    """Percent-encode a user string so it holds no ``:``, ``{``, ``}`` or spaces.
+
+    Cached: the same scopes, ids and actions come back in every batch.
+    """
     return quote(value, safe="")
 
 
@@ -44,9 +50,12 @@ def decode(token: str) -> str:
     return unquote(token)
 
 
-@dataclass(frozen=True)
-class Scope:
-    """The (org, source, pop) triple every counter lives under."""
+class Scope(NamedTuple):
+    """The (org, source, pop) triple every counter lives under.
+
+    A NamedTuple rather than a dataclass: scopes are dict keys on the worker's
+    hot path, and tuple hashing runs in C.
+    """
 
     org: str
     source: str
@@ -71,6 +80,11 @@ def shard_of(org: str, source: str, pop: str, shards: int) -> int:
     """
     raw = b"\x00".join(s.encode("utf-8") for s in (org, source, pop))
     return zlib.crc32(raw) % shards
+
+
+@lru_cache(maxsize=16_384)
+def _scope_prefix(prefix: str, shard: int, scope: Scope) -> str:
+    return f"{prefix}:{{{prefix}.{shard}}}:sc:{scope.token}:"
 
 
 @dataclass(frozen=True)
@@ -115,14 +129,18 @@ class Keyspace:
         """Shard of ``scope``."""
         return shard_of(scope.org, scope.source, scope.pop, self.shards)
 
+    def scope_prefix(self, scope: Scope, shard: int | None = None) -> str:
+        """``P:{P.s}:sc:<scope>:``, the common start of every key of ``scope``."""
+        s = self.shard(scope) if shard is None else shard
+        return _scope_prefix(self.prefix, s, scope)
+
     def scope_key(self, scope: Scope, kind: str, shard: int | None = None) -> str:
         """A per-scope key (``pop``, ``sq``, ``k``, ``rank``, ``agg``)."""
-        s = self.shard(scope) if shard is None else shard
-        return f"{self._base(s)}:sc:{scope.token}:{kind}"
+        return self.scope_prefix(scope, shard) + kind
 
     def individual(self, scope: Scope, ident: str, shard: int | None = None) -> str:
         """Hash of one individual's action counts."""
-        return f"{self.scope_key(scope, 'i', shard)}:{encode(ident)}"
+        return f"{self.scope_prefix(scope, shard)}i:{encode(ident)}"
 
     def seen(self, shard: int, event_id: str) -> str:
         """Idempotency marker of an event id (in the shard its scope lives in)."""

@@ -125,6 +125,7 @@ class Snapshot:
     total: int = 0
     _zero: dict[int, float] = field(default_factory=dict, repr=False)
     _bits: dict[tuple[str, int, int], float] = field(default_factory=dict, repr=False)
+    _zero_ranked: dict[int, list[tuple[float, str]]] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         self.total = sum(self.counts.values())
@@ -151,6 +152,14 @@ class Snapshot:
         if got is None:
             got = math.fsum(action_bits(0, n, self.p(a)) for a in self.counts)
             self._zero[n] = got
+        return got
+
+    def _ranked_zero(self, n: int) -> list[tuple[float, str]]:
+        """``(-bits_a(0; n), a)`` for every action, most surprising absence first."""
+        got = self._zero_ranked.get(n)
+        if got is None:
+            got = sorted((-self.bits(a, 0, n), a) for a in self.counts)
+            self._zero_ranked[n] = got
         return got
 
     def covers(self, actions: Mapping[str, int]) -> bool:
@@ -183,11 +192,22 @@ class Snapshot:
         n_norm, norm = normalise(counts, self.cap)
         if n_norm == 0:
             return []
+        # Own actions: their bits at the observed count. Actions never done:
+        # bits(0), ranked once per (snapshot, n'), so only the first few not
+        # done by this individual are looked at - O(own actions + limit).
         items: list[tuple[float, str]] = []
-        for action in self.counts:
-            b = self.bits(action, norm.get(action, 0), n_norm)
-            if b > 0.0:
-                items.append((b, action))
+        for action, x in norm.items():
+            if action in self.counts:
+                b = self.bits(action, x, n_norm)
+                if b > 0.0:
+                    items.append((b, action))
+        taken = 0
+        for neg_b, action in self._ranked_zero(n_norm):
+            if taken >= limit or neg_b >= 0.0:
+                break
+            if action not in norm:
+                items.append((-neg_b, action))
+                taken += 1
         items.sort(key=lambda t: (-t[0], t[1]))
         out: list[dict[str, object]] = []
         for b, action in items[:limit]:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +26,7 @@ import redis.asyncio as aioredis
 import structlog
 from redis.exceptions import NoScriptError, ResponseError
 
+from common.connection import execute_raw
 from common.keys import Keyspace, Scope
 from common.result import ActionStats, Aggregates, make_result
 from common.schema import Event, InvalidEvent, parse_entry
@@ -48,6 +49,8 @@ class Entry:
     fields: dict[bytes, bytes]
     reason: str | None = None  # set when it must go to the dead-letter stream
     event: Event | None = None
+    scope: Scope | None = None  # the event's scope, once validated
+    kp: str = ""  # key prefix of the scope (keys.scope_prefix)
 
 
 @dataclass
@@ -102,23 +105,26 @@ class BatchProcessor:
             except InvalidEvent as exc:
                 e.reason = f"invalid: {exc}"
                 continue
-            home = self.keys.shard(ev.scope)
+            scope = ev.scope
+            home = self.keys.shard(scope)
             if home != e.shard:
                 e.reason = f"wrong shard: written to shard {e.shard}, its scope belongs to shard {home}"
                 continue
             e.event = ev
+            e.scope = scope
+            e.kp = self.keys.scope_prefix(e.scope, home)
 
-    async def _execute(self, client: aioredis.Redis, build: Any) -> list[Any]:
-        """Run a pipeline built by ``build(pipe)``; on NOSCRIPT load scripts and rerun.
+    async def _execute(self, client: aioredis.Redis, build: Callable[[Commands], None]) -> list[Any]:
+        """Run the commands ``build(pipe)`` lists in one round trip; on NOSCRIPT load scripts and rerun.
 
         Rerunning is safe: apply and dead-letter do nothing for entries already
         acknowledged, and commit never ran (NOSCRIPT fails every EVALSHA).
         """
         for attempt in (1, 2):
-            pipe = client.pipeline(transaction=False)
+            pipe = Commands()
             build(pipe)
             self.counters.round_trips += 1
-            results: list[Any] = await pipe.execute(raise_on_error=False)
+            results = await execute_raw(client, pipe.commands)
             if attempt == 1 and any(isinstance(r, NoScriptError) for r in results):
                 await self.scripts.load_all(client)
                 self.counters.round_trips += 1
@@ -130,7 +136,7 @@ class BatchProcessor:
         """Move entries with a reason to the dead-letter stream (acked atomically)."""
         sha = self.scripts.sha("deadletter")
 
-        def build(pipe: Any) -> None:
+        def build(pipe: Commands) -> None:
             for e in entries:
                 flat: list[bytes] = []
                 for k, v in (e.fields or {}).items():
@@ -159,40 +165,48 @@ class BatchProcessor:
         good = [e for e in entries if e.event is not None]
         if not good:
             return []
-        applied = await self._apply(client, good)
-        if not applied:
-            return []
-        await self._refresh_snapshots(client, applied)
-        results = await self._score_and_commit(client, applied)
-        await self._publish(client, results)
+        dups: list[Entry] = []
+        applied = await self._apply(client, good, dups)
+        results: list[tuple[Entry, dict[str, Any]]] = []
+        if applied:
+            await self._refresh_snapshots(client, applied)
+            results = await self._score_and_commit(client, applied)
+            await self._publish(client, results)
+        if dups:
+            # Only after the results are published and their stored copies SET:
+            # a duplicate's waiter reads the first result's stored copy when this
+            # note arrives, and that first entry may be in this very batch.
+            await self._notify_duplicates(client, dups)
         return [r for _, r in results]
 
-    async def _apply(self, client: aioredis.Redis, good: Sequence[Entry]) -> list[tuple[Entry, dict[str, Any]]]:
+    async def _apply(
+        self, client: aioredis.Redis, good: Sequence[Entry], dups: list[Entry]
+    ) -> list[tuple[Entry, dict[str, Any]]]:
+        """Apply counters; returns applied entries with their state, appends duplicates to ``dups``."""
         sha = self.scripts.sha("apply")
         want_pop = "1" if self.snapshot_max_age_ms == 0 else "0"
         k = self.keys
 
-        def build(pipe: Any) -> None:
+        def build(pipe: Commands) -> None:
             for e in good:
                 ev = e.event
-                assert ev is not None
-                scope = ev.scope
-                s = e.shard
+                assert ev is not None and e.scope is not None
+                s, kp = e.shard, e.kp
                 has_eid = ev.event_id is not None
                 pipe.evalsha(
                     sha,
                     7,
                     e.stream,
-                    k.scope_key(scope, "pop", s),
-                    k.scope_key(scope, "sq", s),
-                    k.scope_key(scope, "k", s),
-                    k.individual(scope, ev.id, s),
+                    kp + "pop",
+                    kp + "sq",
+                    kp + "k",
+                    k.individual(e.scope, ev.id, s),
                     k.scopes(s),
-                    k.seen(s, ev.event_id) if has_eid else k.seen(s, ""),
+                    k.seen(s, ev.event_id) if ev.event_id is not None else k.seen(s, ""),
                     k.group,
                     e.id,
                     ev.action,
-                    scope.token,
+                    e.scope.token,
                     want_pop,
                     "1" if has_eid else "0",
                     self.seen_ttl_s,
@@ -201,7 +215,6 @@ class BatchProcessor:
         results = await self._execute(client, build)
         self.counters.lua_calls += len(good)
         applied: list[tuple[Entry, dict[str, Any]]] = []
-        dups: list[Entry] = []
         for e, r in zip(good, results):
             if isinstance(r, Exception):
                 # Left pending: redelivered after the claim idle time, and
@@ -225,8 +238,6 @@ class BatchProcessor:
                 "pop": _pairs_int(r[5]) if want_pop == "1" else None,
             }
             applied.append((e, state))
-        if dups:
-            await self._notify_duplicates(client, dups)
         return applied
 
     async def _notify_duplicates(self, client: aioredis.Redis, dups: Sequence[Entry]) -> None:
@@ -236,7 +247,7 @@ class BatchProcessor:
         (``keys.reply(shard, event_id)``) if it is still there.
         """
 
-        def build(pipe: Any) -> None:
+        def build(pipe: Commands) -> None:
             for e in dups:
                 ev = e.event
                 if ev is not None and ev.reply_to is not None:
@@ -256,15 +267,15 @@ class BatchProcessor:
         max_age = self.snapshot_max_age_ms / 1000.0
         stale: dict[Scope, int] = {}
         for e, st in applied:
-            assert e.event is not None
-            scope = e.event.scope
+            assert e.scope is not None
+            scope = e.scope
             got = self.snapshots.get(scope)
             if got is None or now - got[1] > max_age or not got[0].covers(st["counts"]):
                 stale[scope] = e.shard
         if stale:
             order = list(stale.items())
 
-            def build(pipe: Any) -> None:
+            def build(pipe: Commands) -> None:
                 for scope, shard in order:
                     pipe.hgetall(self.keys.scope_key(scope, "pop", shard))
 
@@ -273,14 +284,14 @@ class BatchProcessor:
             for (scope, _), raw in zip(order, fetched):
                 if isinstance(raw, Exception):
                     raise raw
-                pop = {a.decode(): int(c) for a, c in raw.items()}
+                pop = _pairs_int(raw)
                 self.snapshots[scope] = (Snapshot(pop, cap=self.cap), now)
                 self.snapshots.move_to_end(scope)
             while len(self.snapshots) > SNAPSHOT_CACHE:
                 self.snapshots.popitem(last=False)
         for e, st in applied:
-            assert e.event is not None
-            st["snapshot"] = self.snapshots[e.event.scope][0]
+            assert e.scope is not None
+            st["snapshot"] = self.snapshots[e.scope][0]
 
     async def _score_and_commit(
         self, client: aioredis.Redis, applied: list[tuple[Entry, dict[str, Any]]]
@@ -289,18 +300,10 @@ class BatchProcessor:
         for _, st in applied:
             st["score"] = st["snapshot"].score(st["counts"])
 
-        def build(pipe: Any) -> None:
+        def build(pipe: Commands) -> None:
             for e, st in applied:
-                ev = e.event
-                assert ev is not None
-                pipe.evalsha(
-                    sha,
-                    2,
-                    self.keys.scope_key(ev.scope, "rank", e.shard),
-                    self.keys.scope_key(ev.scope, "agg", e.shard),
-                    ev.id,
-                    repr(st["score"]),
-                )
+                assert e.event is not None
+                pipe.evalsha(sha, 2, e.kp + "rank", e.kp + "agg", e.event.id, repr(st["score"]))
 
         results = await self._execute(client, build)
         self.counters.lua_calls += len(applied)
@@ -324,7 +327,7 @@ class BatchProcessor:
         channel = self.keys.broadcast_channel()
         lines = [orjson.dumps(r) for _, r in results]
 
-        def build(pipe: Any) -> None:
+        def build(pipe: Commands) -> None:
             for (e, r), line in zip(results, lines):
                 ev = e.event
                 assert ev is not None
@@ -343,6 +346,29 @@ class BatchProcessor:
             if isinstance(r, Exception):
                 log.error("publish_failed", error=str(r))
         self.counters.published += len(results)
+
+
+class Commands:
+    """Commands collected for one :func:`execute_raw` round trip (pipeline-like API)."""
+
+    def __init__(self) -> None:
+        self.commands: list[tuple[Any, ...]] = []
+
+    def evalsha(self, sha: str, numkeys: int, *keys_and_args: Any) -> None:
+        """EVALSHA sha numkeys key... arg..."""
+        self.commands.append(("EVALSHA", sha, numkeys, *keys_and_args))
+
+    def hgetall(self, key: str) -> None:
+        """HGETALL key (reply: flat field/value list)."""
+        self.commands.append(("HGETALL", key))
+
+    def publish(self, channel: str | bytes, message: bytes) -> None:
+        """PUBLISH channel message."""
+        self.commands.append(("PUBLISH", channel, message))
+
+    def set(self, key: str, value: bytes, ex: int) -> None:
+        """SET key value EX seconds."""
+        self.commands.append(("SET", key, value, "EX", ex))
 
 
 def _pairs_int(flat: Sequence[bytes]) -> dict[str, int]:

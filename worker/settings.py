@@ -20,6 +20,7 @@ class WorkerSettings:
     shards: int = 4
     consumer: str = ""
     batch: int = 500
+    inflight: int = 2
     block_ms: int = 1000
     claim_idle_ms: int = 30_000
     max_deliveries: int = 5
@@ -59,6 +60,7 @@ class WorkerSettings:
             shards=env_int(e, "BINORMAL_SHARDS", 4, minimum=1),
             consumer=env_str(e, "BINORMAL_CONSUMER", ""),
             batch=env_int(e, "BINORMAL_BATCH", 500, minimum=1),
+            inflight=env_int(e, "BINORMAL_INFLIGHT", 2, minimum=1),
             block_ms=env_int(e, "BINORMAL_BLOCK_MS", 1000, minimum=1),
             claim_idle_ms=env_int(e, "BINORMAL_CLAIM_IDLE_MS", 30_000, minimum=1),
             max_deliveries=env_int(e, "BINORMAL_MAX_DELIVERIES", 5, minimum=1),

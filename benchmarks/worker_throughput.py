@@ -1,0 +1,175 @@
+"""How fast one scorer worker drains and scores a stream.
+
+Fills the stream shards of a private redis-server with N events (default
+200,000; 10 scopes, 10,000 individuals, 40 actions, a skewed Zipf-like action
+mix), then times one Worker draining them: events/s, Redis round trips and Lua
+calls per event. For comparison it also times the original's way of doing the
+same work: 17 sequential round trips per event (a sample of the events).
+
+    python benchmarks/worker_throughput.py [--events N] [--repeat R] [--redis-server PATH]
+
+Prints one line per run and the medians. Loopback only; stops by itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import platform
+import random
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import redis.asyncio as aioredis  # noqa: E402
+import structlog  # noqa: E402
+
+from common.embedded import RedisServer, find_binary, server_version  # noqa: E402
+from common.keys import Keyspace  # noqa: E402
+from common.schema import Event  # noqa: E402
+from worker import Worker, WorkerSettings  # noqa: E402
+from worker.worker import ensure_groups  # noqa: E402
+
+
+def make_events(n: int, scopes: int, individuals: int, actions: int, seed: int = 7) -> list[Event]:
+    """Deterministic events with a skewed action mix (weight 1/rank^1.1)."""
+    rnd = random.Random(seed)
+    acts = [f"GET /api/v1/resource/{i}" for i in range(actions)]
+    weights = [1.0 / (r + 1) ** 1.1 for r in range(actions)]
+    scope_names = [(f"org{s % 3}", f"src{s}", f"pop{s}") for s in range(scopes)]
+    per_scope = max(1, individuals // scopes)
+    out = []
+    picks = rnd.choices(range(actions), weights=weights, k=n)
+    for i in range(n):
+        s = rnd.randrange(scopes)
+        org, source, pop = scope_names[s]
+        out.append(Event(org, source, pop, f"user{s}-{rnd.randrange(per_scope)}", acts[picks[i]]))
+    return out
+
+
+async def fill(client: aioredis.Redis, keys: Keyspace, events: list[Event]) -> None:
+    """XADD every event to its shard, 2,000 per pipeline (not timed)."""
+    await ensure_groups(client, keys.streams(), keys.group)
+    for i in range(0, len(events), 2000):
+        pipe = client.pipeline(transaction=False)
+        for e in events[i : i + 2000]:
+            pipe.xadd(keys.stream(keys.shard(e.scope)), e.to_fields())
+        await pipe.execute()
+
+
+async def drain(url: str, n: int, batch: int, max_age_ms: int) -> dict[str, float]:
+    """Time one Worker until it has applied ``n`` entries."""
+    settings = WorkerSettings(redis_url=url, consumer="bench", batch=batch, snapshot_max_age_ms=max_age_ms,
+                              trim_interval_s=0)
+    worker = Worker(settings)
+    task = asyncio.create_task(worker.run())
+    await worker.ready.wait()
+    probe = aioredis.Redis.from_url(url, protocol=2)
+    cpu0 = await probe.info("cpu")
+    p0 = time.process_time()
+    t0 = time.perf_counter()
+    while worker.counters.applied < n:
+        await asyncio.sleep(0.01)
+        if task.done():
+            task.result()
+    elapsed = time.perf_counter() - t0
+    py_cpu = time.process_time() - p0
+    cpu1 = await probe.info("cpu")
+    await probe.aclose()
+    redis_cpu = sum(float(cpu1[k]) - float(cpu0[k]) for k in ("used_cpu_user", "used_cpu_sys"))
+    worker.request_stop()
+    await task
+    c = worker.counters
+    return {
+        "events_per_s": n / elapsed,
+        "seconds": elapsed,
+        "round_trips_per_event": c.round_trips / n,
+        "lua_calls_per_event": c.lua_calls / n,
+        "worker_cpu_us": py_cpu / n * 1e6,
+        "redis_cpu_us": redis_cpu / n * 1e6,
+    }
+
+
+async def naive(client: aioredis.Redis, keys: Keyspace, events: list[Event]) -> float:
+    """The original's shape: 17 sequential round trips per event, no pipelining."""
+    t0 = time.perf_counter()
+    for e in events:
+        sc = e.scope
+        pop, ind = keys.scope_key(sc, "pop"), keys.individual(sc, e.id)
+        agg, rank = keys.scope_key(sc, "agg"), keys.scope_key(sc, "rank")
+        await client.hincrby(ind, e.action, 1)  # 1
+        await client.hincrby(pop, e.action, 1)  # 2
+        await client.hincrby(agg, "total", 1)  # 3
+        await client.hgetall(ind)  # 4
+        await client.hgetall(pop)  # 5
+        await client.hget(agg, "total")  # 6
+        await client.zscore(rank, e.id)  # 7
+        await client.hget(agg, "n")  # 8
+        await client.hget(agg, "sum")  # 9
+        await client.hget(agg, "sumsq")  # 10
+        await client.zadd(rank, {e.id: 1.0})  # 11
+        await client.hincrbyfloat(agg, "sum", 1.0)  # 12
+        await client.hincrbyfloat(agg, "sumsq", 1.0)  # 13
+        await client.hincrby(keys.scope_key(sc, "sq"), e.action, 1)  # 14
+        await client.hincrby(keys.scope_key(sc, "k"), e.action, 1)  # 15
+        await client.hget(keys.scope_key(sc, "k"), e.action)  # 16
+        await client.publish(keys.broadcast_channel(), b"{}")  # 17
+    return len(events) / (time.perf_counter() - t0)
+
+
+async def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--events", type=int, default=200_000)
+    p.add_argument("--scopes", type=int, default=10)
+    p.add_argument("--individuals", type=int, default=10_000)
+    p.add_argument("--actions", type=int, default=40)
+    p.add_argument("--batch", type=int, default=500)
+    p.add_argument("--max-age-ms", type=int, default=1000, help="snapshot staleness")
+    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--naive-events", type=int, default=5_000)
+    p.add_argument("--redis-server", default=None)
+    args = p.parse_args()
+
+    logging.disable(logging.CRITICAL)
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.CRITICAL))
+    binary = args.redis_server or find_binary("path")
+    print(f"machine: {platform.machine()} {platform.system()} python {platform.python_version()}; "
+          f"redis-server {server_version(binary)}")
+    print(f"events={args.events} scopes={args.scopes} individuals={args.individuals} actions={args.actions} "
+          f"batch={args.batch} snapshot_max_age_ms={args.max_age_ms}")
+    events = make_events(args.events, args.scopes, args.individuals, args.actions)
+    keys = Keyspace()
+    runs, naive_runs = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        server = RedisServer(tmp, binary=binary).start()
+        try:
+            client = aioredis.Redis.from_url(server.url, protocol=2)
+            for r in range(args.repeat):
+                await client.flushall()
+                await fill(client, keys, events)
+                res = await drain(server.url, len(events), args.batch, args.max_age_ms)
+                runs.append(res)
+                await client.flushall()
+                naive_rate = await naive(client, keys, events[: args.naive_events])
+                naive_runs.append(naive_rate)
+                print(f"run {r + 1}: worker {res['events_per_s']:,.0f} events/s ({res['seconds']:.1f} s), "
+                      f"{res['round_trips_per_event']:.4f} round trips/event, "
+                      f"{res['lua_calls_per_event']:.2f} Lua calls/event, "
+                      f"CPU/event worker {res['worker_cpu_us']:.0f} us + redis {res['redis_cpu_us']:.0f} us; "
+                      f"17-round-trip way {naive_rate:,.0f} events/s")
+            await client.aclose()
+        finally:
+            server.stop()
+    med = statistics.median(r["events_per_s"] for r in runs)
+    med_naive = statistics.median(naive_runs)
+    print(f"median: worker {med:,.0f} events/s; 17-round-trip way {med_naive:,.0f} events/s; "
+          f"ratio {med / med_naive:.1f}x")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

@@ -1,0 +1,49 @@
+"""Ingest service configuration: POST /events."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from common.config import DEFAULT_REDIS_URL, env_float, env_int, env_str, environ
+from common.keys import DEFAULT_PREFIX, Keyspace
+
+
+@dataclass(frozen=True)
+class IngestSettings:
+    """Everything the ingest service needs; build with :meth:`from_env`."""
+
+    redis_url: str = DEFAULT_REDIS_URL
+    prefix: str = DEFAULT_PREFIX
+    shards: int = 4
+    host: str = "127.0.0.1"
+    port: int = 8081
+    max_body_bytes: int = 8 * 1024 * 1024  # POST /events body limit
+    pipeline_batch: int = 1_000  # XADDs per pipelined round trip
+    max_lag: int = 200_000  # consumer-group lag above which /events answers 503
+    lag_check_s: float = 0.25  # how long a lag reading is reused
+    retry_after_s: int = 1
+    ready_heartbeat_s: float = 10.0
+
+    @property
+    def keys(self) -> Keyspace:
+        """Key builder for this deployment."""
+        return Keyspace(prefix=self.prefix, shards=self.shards)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> IngestSettings:
+        """Read ``REDIS_URL``, ``HOST``, ``INGEST_PORT`` and ``BINORMAL_*`` variables."""
+        e = environ() if env is None else env
+        return cls(
+            redis_url=env_str(e, "REDIS_URL", DEFAULT_REDIS_URL),
+            prefix=env_str(e, "BINORMAL_PREFIX", DEFAULT_PREFIX),
+            shards=env_int(e, "BINORMAL_SHARDS", 4, minimum=1),
+            host=env_str(e, "HOST", "127.0.0.1"),
+            port=env_int(e, "INGEST_PORT", 8081),
+            max_body_bytes=env_int(e, "BINORMAL_EVENTS_MAX_BYTES", 8 * 1024 * 1024, minimum=1024),
+            pipeline_batch=env_int(e, "BINORMAL_INGEST_BATCH", 1_000, minimum=1),
+            max_lag=env_int(e, "BINORMAL_MAX_LAG", 200_000, minimum=1),
+            lag_check_s=env_float(e, "BINORMAL_LAG_CHECK_S", 0.25),
+            retry_after_s=env_int(e, "BINORMAL_RETRY_AFTER_S", 1, minimum=1),
+            ready_heartbeat_s=env_float(e, "BINORMAL_READY_HEARTBEAT_S", 10.0),
+        )

@@ -1,0 +1,55 @@
+"""Web tier configuration: /discrete request-reply, query API, live view."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from common.config import DEFAULT_REDIS_URL, env_float, env_int, env_str, environ
+from common.keys import DEFAULT_PREFIX, Keyspace
+
+
+@dataclass(frozen=True)
+class WebSettings:
+    """Everything the web tier needs; build with :meth:`from_env`."""
+
+    redis_url: str = DEFAULT_REDIS_URL
+    prefix: str = DEFAULT_PREFIX
+    shards: int = 4
+    host: str = "127.0.0.1"
+    port: int = 8080
+    instance: str = ""  # reply channel name; default random per process
+    discrete_timeout_s: float = 2.0  # how long POST /discrete waits for the worker
+    max_body_bytes: int = 16_384  # POST /discrete body limit
+    ready_heartbeat_s: float = 10.0  # a worker heartbeat newer than this -> ready
+    reply_ttl_s: int = 60
+    ws_queue: int = 2_000  # results buffered per websocket client before dropping oldest
+    ws_max_fps: float = 20.0  # frames per second per websocket client (results coalesced)
+    ws_heartbeat_s: float = 20.0  # websocket ping interval; no pong within half of it closes the socket
+    cap: int = 100
+
+    @property
+    def keys(self) -> Keyspace:
+        """Key builder for this deployment."""
+        return Keyspace(prefix=self.prefix, shards=self.shards)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> WebSettings:
+        """Read ``REDIS_URL``, ``HOST``, ``PORT`` and ``BINORMAL_*`` variables."""
+        e = environ() if env is None else env
+        return cls(
+            redis_url=env_str(e, "REDIS_URL", DEFAULT_REDIS_URL),
+            prefix=env_str(e, "BINORMAL_PREFIX", DEFAULT_PREFIX),
+            shards=env_int(e, "BINORMAL_SHARDS", 4, minimum=1),
+            host=env_str(e, "HOST", "127.0.0.1"),
+            port=env_int(e, "PORT", 8080),
+            instance=env_str(e, "BINORMAL_INSTANCE", ""),
+            discrete_timeout_s=env_float(e, "BINORMAL_DISCRETE_TIMEOUT_S", 2.0, minimum=0.01),
+            max_body_bytes=env_int(e, "BINORMAL_DISCRETE_MAX_BYTES", 16_384, minimum=256),
+            ready_heartbeat_s=env_float(e, "BINORMAL_READY_HEARTBEAT_S", 10.0),
+            reply_ttl_s=env_int(e, "BINORMAL_REPLY_TTL_S", 60, minimum=1),
+            ws_queue=env_int(e, "BINORMAL_WS_QUEUE", 2_000, minimum=1),
+            ws_max_fps=env_float(e, "BINORMAL_WS_MAX_FPS", 20.0, minimum=0.1),
+            ws_heartbeat_s=env_float(e, "BINORMAL_WS_HEARTBEAT_S", 20.0, minimum=0.5),
+            cap=env_int(e, "BINORMAL_CAP", 100, minimum=1),
+        )
