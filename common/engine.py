@@ -63,12 +63,12 @@ class MemoryEngine:
             st.snapshot, st.snapshot_age = snap, 0
         st.snapshot_age += 1
 
-        score = snap.score(counts)
+        score, explain = snap.assess(counts, self.explain_limit)
         st.agg = st.agg.replace(st.scores.get(event.id), score)
         st.scores[event.id] = score
         stats = ActionStats(st.pop[event.action], st.sq[event.action], st.k[event.action])
         ts = event.ts if event.ts is not None else (timestamp if timestamp is not None else 0)
-        return make_result(event, counts, snap, score, st.agg, stats, ts, self.explain_limit)
+        return make_result(event, counts, score, explain, st.agg, stats, ts)
 
     def run(self, events: Iterable[Event]) -> list[dict[str, Any]]:
         """Process ``events`` in order, returning every result."""

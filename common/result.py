@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from common.schema import Event
-from common.scoring import Snapshot, action_zscore, zscore
+from common.scoring import action_zscore, zscore
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,14 +55,16 @@ def r3(value: float) -> float:
 def make_result(
     event: Event,
     counts: Mapping[str, int],
-    snapshot: Snapshot,
     score: float,
+    explain: list[dict[str, object]],
     agg: Aggregates,
     stats: ActionStats,
     timestamp: int,
-    explain_limit: int = 5,
 ) -> dict[str, Any]:
-    """Build the seed-compatible result object (plus org, event_id, explain)."""
+    """Build the seed-compatible result object (plus org, event_id, explain).
+
+    ``score`` and ``explain`` come from :meth:`Snapshot.assess` on ``counts``.
+    """
     x = counts.get(event.action, 0)
     return {
         "score": r3(score),
@@ -77,5 +79,5 @@ def make_result(
         "thisActionCount": x,
         "actionzscore": r3(action_zscore(x, stats.s1, stats.s2, stats.k)),
         "event_id": event.event_id or event.rid,
-        "explain": snapshot.explain(counts, explain_limit),
+        "explain": explain,
     }

@@ -168,19 +168,7 @@ class Snapshot:
 
     def score(self, counts: Mapping[str, int]) -> float:
         """Score (bits) of an individual with raw ``counts`` against this snapshot."""
-        n_norm, norm = normalise(counts, self.cap)
-        if n_norm == 0:
-            return 0.0
-        if len(self.counts) <= 1:
-            # One action has p = 1 and bits(0) = inf, which the Z[n'] shortcut
-            # cannot subtract; with a single action the direct sum is O(1) anyway.
-            return math.fsum(self.bits(a, norm.get(a, 0), n_norm) for a in self.counts)
-        terms = [self.bits0(n_norm)]
-        for action, x in norm.items():
-            if x:
-                terms.append(self.bits(action, x, n_norm))
-                terms.append(-self.bits(action, 0, n_norm))
-        return max(math.fsum(terms), 0.0)
+        return self.assess(counts, 0)[0]
 
     def explain(self, counts: Mapping[str, int], limit: int = 5) -> list[dict[str, object]]:
         """The actions contributing most bits to ``counts``' score, largest first.
@@ -189,29 +177,49 @@ class Snapshot:
         (``n' * p_a``), bits, and kind ``over`` (done more than expected) or
         ``missing`` (done less than expected, including never).
         """
+        return self.assess(counts, limit)[1]
+
+    def assess(self, counts: Mapping[str, int], limit: int = 5) -> tuple[float, list[dict[str, object]]]:
+        """Score and explanation (``limit`` items) of raw ``counts``, normalising once."""
         n_norm, norm = normalise(counts, self.cap)
         if n_norm == 0:
-            return []
-        # Own actions: their bits at the observed count. Actions never done:
-        # bits(0), ranked once per (snapshot, n'), so only the first few not
-        # done by this individual are looked at - O(own actions + limit).
-        items: list[tuple[float, str]] = []
+            return 0.0, []
+        own: list[tuple[float, str]] = []
+        if len(self.counts) <= 1:
+            # One action has p = 1 and bits(0) = inf, which the Z[n'] shortcut
+            # cannot subtract; with a single action the direct sum is O(1) anyway.
+            score = math.fsum(self.bits(a, norm.get(a, 0), n_norm) for a in self.counts)
+        else:
+            terms = [self.bits0(n_norm)]
+            for action, x in norm.items():
+                if x:
+                    bx = self.bits(action, x, n_norm)
+                    terms.append(bx)
+                    terms.append(-self.bits(action, 0, n_norm))
+                    if bx > 0.0 and action in self.counts:
+                        own.append((bx, action))
+            score = max(math.fsum(terms), 0.0)
+        if limit <= 0:
+            return score, []
         for action, x in norm.items():
-            if action in self.counts:
-                b = self.bits(action, x, n_norm)
-                if b > 0.0:
-                    items.append((b, action))
+            if not x and action in self.counts:
+                b0 = self.bits(action, 0, n_norm)
+                if b0 > 0.0:
+                    own.append((b0, action))
+        # Actions never done: bits(0), ranked once per (snapshot, n'), so only the
+        # first few the individual did not do are looked at: O(own actions + limit).
         taken = 0
         for neg_b, action in self._ranked_zero(n_norm):
             if taken >= limit or neg_b >= 0.0:
                 break
             if action not in norm:
-                items.append((-neg_b, action))
+                own.append((-neg_b, action))
                 taken += 1
-        items.sort(key=lambda t: (-t[0], t[1]))
+        own.sort(key=lambda t: (-t[0], t[1]))
+        p = self.p
         out: list[dict[str, object]] = []
-        for b, action in items[:limit]:
-            expected = n_norm * self.p(action)
+        for b, action in own[:limit]:
+            expected = n_norm * p(action)
             observed = norm.get(action, 0)
             out.append(
                 {
@@ -223,7 +231,7 @@ class Snapshot:
                     "kind": "over" if observed > expected else "missing",
                 }
             )
-        return out
+        return score, out
 
 
 def score_direct(counts: Mapping[str, int], pop: Mapping[str, int], cap: int = DEFAULT_CAP) -> float:

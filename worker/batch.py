@@ -298,7 +298,7 @@ class BatchProcessor:
     ) -> list[tuple[Entry, dict[str, Any]]]:
         sha = self.scripts.sha("commit")
         for _, st in applied:
-            st["score"] = st["snapshot"].score(st["counts"])
+            st["score"], st["explain"] = st["snapshot"].assess(st["counts"], self.explain_limit)
 
         def build(pipe: Commands) -> None:
             for e, st in applied:
@@ -318,7 +318,7 @@ class BatchProcessor:
                 continue
             agg = Aggregates(int(r[0]), float(r[1]), float(r[2]))
             ts = ev.ts if ev.ts is not None else entry_ms(e.id)
-            result = make_result(ev, st["counts"], st["snapshot"], st["score"], agg, st["stats"], ts, self.explain_limit)
+            result = make_result(ev, st["counts"], st["score"], st["explain"], agg, st["stats"], ts)
             out.append((e, result))
         return out
 
