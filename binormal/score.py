@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import os
 import sys
 from collections.abc import Iterator
 from typing import IO, Any
@@ -20,7 +21,7 @@ def open_input(path: str) -> IO[bytes]:
     if path == "-":
         return sys.stdin.buffer
     if path.endswith(".gz"):
-        return gzip.open(path, "rb")
+        return gzip.open(path, "rb")  # type: ignore[return-value]
     return open(path, "rb")
 
 
@@ -71,6 +72,13 @@ def main_score(path: str, top: int, as_json: bool, cap: int) -> int:
     out = io.TextIOWrapper(sys.stdout.buffer, encoding="utf-8", write_through=True)
     try:
         return score_file(path, top, as_json, cap, out, sys.stderr)
-    except FileNotFoundError as exc:
-        sys.stderr.write(f"binormal score: {exc}\n")
+    except BrokenPipeError:
+        # The reader went away (``| head``): stop quietly, and point stdout at
+        # /dev/null so the interpreter's final flush does not complain again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except (OSError, EOFError) as exc:
+        # Missing file, a directory, no permission, not gzip (BadGzipFile is an
+        # OSError) or a truncated .gz (EOFError): one clear line, exit 2.
+        sys.stderr.write(f"binormal score: cannot read {path}: {exc}\n")
         return 2

@@ -1,0 +1,205 @@
+"""MemoryEngine (common/engine.py): counters, aggregates and results recomputed from scratch."""
+
+from __future__ import annotations
+
+import math
+import random
+import statistics
+from collections import Counter, defaultdict
+
+import pytest
+
+from common.engine import MemoryEngine
+from common.keys import Scope
+from common.schema import Event
+from common.scoring import Snapshot, action_zscore, score_direct
+
+ACTIONS = ["GET /", "GET /login", "POST /login", "GET /profile", "POST /logout", "GET /admin"]
+WEIGHTS = [40, 25, 20, 10, 4, 1]
+
+
+def generate(seed: int, n_events: int, scopes: int = 3, individuals: int = 40) -> list[Event]:
+    """Skewed action mix over a few scopes; individual ``evil`` in scope 0 hammers rare actions."""
+    rng = random.Random(seed)
+    out: list[Event] = []
+    for i in range(n_events):
+        s = rng.randrange(scopes)
+        if s == 0 and i % 25 == 0:
+            out.append(Event("acme", "web", "pop0", "evil", rng.choice(["GET /admin", "POST /logout"]), ts=i))
+            continue
+        ident = f"u{rng.randrange(individuals)}"
+        action = rng.choices(ACTIONS, WEIGHTS)[0]
+        out.append(Event("acme", "web", f"pop{s}", ident, action, ts=i, event_id=f"e{i}"))
+    return out
+
+
+def pstdev_z(value: float, values: list[float]) -> float:
+    """(value - mean) / population std, 0 when the std is 0: the definition, from scratch."""
+    sigma = statistics.pstdev(values)
+    if sigma <= 1e-9 * max(1.0, abs(statistics.fmean(values))):
+        return 0.0
+    return (value - statistics.fmean(values)) / sigma
+
+
+def test_counters_match_recount() -> None:
+    events = generate(1, 3000)
+    eng = MemoryEngine()
+    eng.run(events)
+    per_ind: dict[Scope, dict[str, Counter[str]]] = defaultdict(lambda: defaultdict(Counter))
+    for e in events:
+        per_ind[e.scope][e.id][e.action] += 1
+    assert set(eng.scopes) == set(per_ind)
+    for scope, inds in per_ind.items():
+        st = eng.scopes[scope]
+        assert {i: dict(c) for i, c in inds.items()} == st.individuals
+        pop: Counter[str] = Counter()
+        for c in inds.values():
+            pop.update(c)
+        assert st.pop == dict(pop)
+        for a in pop:
+            assert st.sq[a] == sum(c[a] ** 2 for c in inds.values())
+            assert st.k[a] == sum(1 for c in inds.values() if c[a] > 0)
+    assert set(eng.individuals()) == {(scope, i) for scope in per_ind for i in per_ind[scope]}
+
+
+def test_every_result_against_recomputation() -> None:
+    """Per event: score = score_direct, zscore and actionzscore = definitions over current state."""
+    events = generate(2, 1500)
+    eng = MemoryEngine()
+    for e in events:
+        r = eng.process(e)
+        st = eng.scopes[e.scope]
+        counts = st.individuals[e.id]
+        # score against the population including this event (staleness 0)
+        exact = score_direct(counts, st.pop)
+        assert abs(st.scores[e.id] - exact) <= 1e-9 * max(1.0, exact)
+        assert r["score"] == round(st.scores[e.id], 3)
+        assert r["count"] == sum(counts.values())
+        assert r["thisActionCount"] == counts[e.action]
+        # aggregates vs the current score of every individual, from scratch
+        scores = list(st.scores.values())
+        assert st.agg.n == len(scores)
+        assert math.isclose(st.agg.total, math.fsum(scores), rel_tol=1e-9, abs_tol=1e-9)
+        assert math.isclose(st.agg.total_sq, math.fsum(s * s for s in scores), rel_tol=1e-9, abs_tol=1e-9)
+        z = pstdev_z(st.scores[e.id], scores)
+        assert abs(r["zscore"] - round(z, 3)) <= 0.0011, (r, z)
+        # actionzscore over the individuals that did this action
+        did = [c[e.action] for c in st.individuals.values() if c.get(e.action, 0) > 0]
+        az = pstdev_z(counts[e.action], [float(v) for v in did])
+        assert abs(r["actionzscore"] - round(az, 3)) <= 0.0011, (r, did)
+        assert r["actionzscore"] == round(action_zscore(counts[e.action], sum(did), sum(v * v for v in did), len(did)), 3)
+        assert r["timestamp"] == e.ts
+        assert r["event_id"] == e.event_id
+        assert (r["org"], r["source"], r["pop"], r["id"], r["action"]) == (e.org, e.source, e.pop, e.id, e.action)
+
+
+def test_current_matches_last_result_and_from_scratch() -> None:
+    events = generate(3, 2000)
+    eng = MemoryEngine()
+    last = {}
+    for e in events:
+        last[(e.scope, e.id)] = eng.process(e)
+    for scope, st in eng.scopes.items():
+        scores = list(st.scores.values())
+        for ident in st.individuals:
+            cur = eng.current(scope, ident)
+            assert cur["score"] == last[(scope, ident)]["score"]
+            assert cur["count"] == last[(scope, ident)]["count"]
+            assert abs(cur["zscore"] - round(pstdev_z(st.scores[ident], scores), 3)) <= 0.0011
+
+
+def test_planted_outlier_has_highest_zscore() -> None:
+    eng = MemoryEngine()
+    eng.run(generate(4, 4000))
+    scope = Scope("acme", "web", "pop0")
+    zs = {i: eng.current(scope, i)["zscore"] for i in eng.scopes[scope].individuals}
+    top = max(zs, key=lambda i: zs[i])
+    assert top == "evil"
+    assert zs["evil"] > 3.0
+    others = sorted(zs.values())[:-1]
+    assert zs["evil"] > max(others) + 1.0
+    # and the explanation names the rare actions as over-used
+    r = eng.process(Event("acme", "web", "pop0", "evil", "GET /admin"))
+    kinds = {i["action"]: i["kind"] for i in r["explain"]}
+    assert kinds.get("GET /admin") == "over"
+    assert kinds.get("GET /") == "missing"
+
+
+def test_single_action_scope_scores_zero() -> None:
+    eng = MemoryEngine()
+    rng = random.Random(5)
+    for i in range(300):
+        r = eng.process(Event("o", "s", "solo", f"id{rng.randrange(20)}", "the only action", ts=i))
+        assert r["score"] == 0.0 and r["zscore"] == 0.0 and math.isfinite(r["actionzscore"])
+        assert r["explain"] == []
+    st = eng.scopes[Scope("o", "s", "solo")]
+    assert set(st.scores.values()) == {0.0}
+    assert st.agg.n == len(st.individuals) and st.agg.total == 0.0
+
+
+def test_first_event_of_a_scope() -> None:
+    eng = MemoryEngine()
+    r = eng.process(Event("o", "s", "p", "alice", "a"), timestamp=1234)
+    assert r["score"] == 0.0 and r["zscore"] == 0.0 and r["actionzscore"] == 0.0
+    assert r["count"] == 1 and r["thisActionCount"] == 1 and r["timestamp"] == 1234
+    assert r["event_id"] is None
+    r2 = eng.process(Event("o", "s", "p", "bob", "b"))
+    assert r2["timestamp"] == 0 and r2["zscore"] == 0.0
+    for _ in range(8):
+        eng.process(Event("o", "s", "p", "alice", "a"))
+    # p_b = 1/10 now: one event that is "b" carries surprise, one that is "a" none
+    assert eng.process(Event("o", "s", "p", "carol", "b"))["score"] > 0
+    assert eng.process(Event("o", "s", "p", "dave", "a"))["score"] == 0.0
+
+
+@pytest.mark.parametrize("refresh_every", [1, 7, 50])
+def test_refresh_every_reuses_a_stale_snapshot(refresh_every: int) -> None:
+    events = generate(6, 1500, scopes=2)
+    eng = MemoryEngine(refresh_every=refresh_every)
+    fresh = MemoryEngine()
+    history: dict[Scope, list[dict[str, int]]] = defaultdict(list)  # pop after each event of the scope
+    refreshes = 0
+    prev_snap: dict[Scope, Snapshot] = {}
+    stale_seen = 0
+    for e in events:
+        r = eng.process(e)
+        fresh.process(e)
+        st = eng.scopes[e.scope]
+        history[e.scope].append(dict(st.pop))
+        snap = st.snapshot
+        assert snap is not None
+        if prev_snap.get(e.scope) is not snap:
+            refreshes += 1
+            prev_snap[e.scope] = snap
+            assert snap.counts == st.pop  # a refresh reads the current population
+        # the snapshot is the population as of one of the last refresh_every events of the scope
+        recent = history[e.scope][-refresh_every:]
+        assert snap.counts in recent
+        assert snap.covers(st.individuals[e.id])  # a new action always forces a refresh
+        assert math.isfinite(st.scores[e.id])
+        assert st.scores[e.id] == snap.score(st.individuals[e.id])
+        assert r["score"] == round(st.scores[e.id], 3)
+        if snap.counts != st.pop:
+            stale_seen += 1
+    if refresh_every == 1:
+        assert stale_seen == 0
+        assert eng.scopes.keys() == fresh.scopes.keys()
+        for scope in eng.scopes:
+            assert eng.scopes[scope].scores == fresh.scopes[scope].scores
+    else:
+        assert stale_seen > 0
+        assert refreshes < len(events) // 2
+    # counters never depend on the snapshot
+    for scope in eng.scopes:
+        assert eng.scopes[scope].individuals == fresh.scopes[scope].individuals
+        assert eng.scopes[scope].pop == fresh.scopes[scope].pop
+
+
+def test_cap_normalises_long_histories() -> None:
+    eng = MemoryEngine(cap=10)
+    for i in range(30):
+        eng.process(Event("o", "s", "p", "b", "x"))
+        eng.process(Event("o", "s", "p", "a", "x" if i % 3 else "y"))
+    st = eng.scopes[Scope("o", "s", "p")]
+    assert st.scores["a"] == pytest.approx(score_direct(st.individuals["a"], st.pop, cap=10), abs=1e-12)
+    assert st.scores["a"] != pytest.approx(score_direct(st.individuals["a"], st.pop, cap=100), abs=1e-6)

@@ -1,0 +1,230 @@
+"""``binormal score`` (binormal/score.py) run as a real subprocess on files, .gz and stdin."""
+
+from __future__ import annotations
+
+import gzip
+import random
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from common.engine import MemoryEngine
+from common.schema import parse_json
+
+ACTIONS = ["GET /", "GET /login", "POST /login", "GET /profile", "GET /logout", "GET /admin", "DELETE /user"]
+WEIGHTS = [40, 25, 20, 10, 4, 0.6, 0.4]
+SCOPES = [("acme", "webserver", "auth_getpost"), ("acme", "api", "tokens:{v2}")]
+OUTLIERS = {SCOPES[0]: "mallory", SCOPES[1]: "trudy 🕵"}
+BAD = {
+    17: b"this is not json",
+    40: b'{"org": "acme", "source": "webserver", "pop": "auth_getpost", "action": "GET /"}',  # no id
+    41: b'["a", "list"]',
+    99: b'{"org": "acme", "source": "webserver", "pop": "p", "id": "x", "action": 7}',
+    150: b'{"org": "acme", "source": "w", "pop": "p", "id": "x", "action": "a", "acton": "typo"}',
+    151: b"\xff\xfe not utf-8",
+}
+BLANK = {60}  # blank lines are skipped silently
+
+
+def make_lines(seed: int = 11, n: int = 2400) -> tuple[list[bytes], list[dict[str, Any]]]:
+    """NDJSON lines (1-based positions of BAD hold bad lines) and the valid objects in order."""
+    rng = random.Random(seed)
+    lines: list[bytes] = []
+    good: list[dict[str, Any]] = []
+    i = 0
+    while len(lines) < n:
+        lineno = len(lines) + 1
+        if lineno in BAD:
+            lines.append(BAD[lineno])
+            continue
+        if lineno in BLANK:
+            lines.append(b"   ")
+            continue
+        org, source, pop = SCOPES[rng.randrange(len(SCOPES))]
+        if i % 30 == 0:
+            ident = OUTLIERS[(org, source, pop)]
+            action = rng.choice(["GET /admin", "DELETE /user"])
+        else:
+            ident = f"user{rng.randrange(60)}"
+            action = rng.choices(ACTIONS, WEIGHTS)[0]
+        obj = {"org": org, "source": source, "pop": pop, "id": ident, "action": action, "ts": 1_700_000_000_000 + i}
+        lines.append(orjson.dumps(obj))
+        good.append(obj)
+        i += 1
+    return lines, good
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    d = tmp_path_factory.mktemp("score")
+    lines, good = make_lines()
+    blob = b"\n".join(lines) + b"\n"
+    plain = d / "events.ndjson"
+    plain.write_bytes(blob)
+    gz = d / "events.ndjson.gz"
+    gz.write_bytes(gzip.compress(blob))
+    # the reference: the in-memory engine on the valid events, result at each individual's last event
+    eng = MemoryEngine()
+    last: dict[tuple[str, str, str, str], dict[str, Any]] = {}
+    for obj in good:
+        r = eng.process(parse_json(obj))
+        last[(obj["org"], obj["source"], obj["pop"], obj["id"])] = r
+    return {"dir": d, "plain": plain, "gz": gz, "blob": blob, "last": last, "good": good}
+
+
+def run_score(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        [sys.executable, "-m", "binormal.cli", "score", *args],
+        input=stdin,
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def check_stderr(stderr: bytes) -> None:
+    text = stderr.decode("utf-8")
+    reported = [int(line.split(":")[0].split()[1]) for line in text.splitlines() if line.startswith("line ")]
+    assert reported == sorted(BAD), text
+    lines = {int(line.split(":")[0].split()[1]): line for line in text.splitlines() if line.startswith("line ")}
+    assert "not JSON" in lines[17]
+    assert "id: is missing" in lines[40]
+    assert "body: must be a JSON object" in lines[41]
+    assert "action: must be a string" in lines[99]
+    assert "acton: unknown field" in lines[150]
+    assert "not JSON" in lines[151]
+
+
+def parse_text(out: str) -> dict[tuple[str, str, str], list[list[str]]]:
+    """Scope header -> data rows (zscore, score, count, id, reason...) of the text report."""
+    tables: dict[tuple[str, str, str], list[list[str]]] = {}
+    current: list[list[str]] = []
+    for line in out.splitlines():
+        if line.startswith("== "):
+            head = line[3:].rsplit(" (", 1)[0]
+            org = head.split(" source=")[0].removeprefix("org=")
+            source = head.split(" source=")[1].split(" pop=")[0]
+            pop = head.split(" pop=", 1)[1]
+            current = tables.setdefault((org, source, pop), [])
+        elif line.strip() and not line.lstrip().startswith("zscore"):
+            zs, score, count, rest = line.split(None, 3)
+            current.append([zs, score, count, rest])
+    return tables
+
+
+def test_text_report(data: dict[str, Any]) -> None:
+    proc = run_score(str(data["plain"]), "--top", "5")
+    assert proc.returncode == 0, proc.stderr
+    check_stderr(proc.stderr)
+    out = proc.stdout.decode("utf-8")
+    tables = parse_text(out)
+    assert set(tables) == set(SCOPES)
+    for scope, rows in tables.items():
+        assert 1 <= len(rows) <= 5
+        assert rows[0][3].startswith(OUTLIERS[scope] + "  ")  # planted outlier first
+        zs = [float(r[0]) for r in rows]
+        assert zs == sorted(zs, reverse=True)
+        ref = data["last"][(*scope, OUTLIERS[scope])]
+        assert float(rows[0][0]) == ref["zscore"] and float(rows[0][1]) == ref["score"]
+        assert int(rows[0][2]) == ref["count"]
+        assert "over" in rows[0][3] or "missing" in rows[0][3]
+        n_ind = sum(1 for k in data["last"] if k[:3] == scope)
+        assert f"({n_ind} individuals)" in out
+
+
+def json_rows(stdout: bytes) -> list[dict[str, Any]]:
+    return [orjson.loads(line) for line in stdout.splitlines()]
+
+
+def test_json_matches_memory_engine(data: dict[str, Any]) -> None:
+    proc = run_score(str(data["plain"]), "--json")
+    assert proc.returncode == 0, proc.stderr
+    check_stderr(proc.stderr)
+    rows = json_rows(proc.stdout)
+    assert len(rows) == len(data["last"])
+    seen = set()
+    for row in rows:
+        assert list(row) == ["org", "source", "pop", "id", "count", "score", "zscore"]
+        key = (row["org"], row["source"], row["pop"], row["id"])
+        seen.add(key)
+        ref = data["last"][key]
+        assert row == {k: ref[k] for k in row}
+    assert seen == set(data["last"])
+    # the outlier stands out in its scope
+    for scope, who in OUTLIERS.items():
+        mine = [r for r in rows if (r["org"], r["source"], r["pop"]) == scope]
+        assert max(mine, key=lambda r: r["zscore"])["id"] == who
+
+
+def test_gz_and_stdin_give_the_same_answer(data: dict[str, Any]) -> None:
+    plain = run_score(str(data["plain"]), "--json")
+    gz = run_score(str(data["gz"]), "--json")
+    stdin = run_score("-", "--json", stdin=data["blob"])
+    for proc in (gz, stdin):
+        assert proc.returncode == 0, proc.stderr
+        check_stderr(proc.stderr)
+        assert proc.stdout == plain.stdout
+    text_stdin = run_score("-", stdin=data["blob"])
+    assert text_stdin.returncode == 0
+    assert parse_text(text_stdin.stdout.decode())[SCOPES[0]][0][3].startswith("mallory")
+
+
+def test_cap_option_changes_scores(data: dict[str, Any]) -> None:
+    proc = run_score(str(data["plain"]), "--json", "--cap", "10")
+    assert proc.returncode == 0
+    rows = {(r["org"], r["source"], r["pop"], r["id"]): r for r in json_rows(proc.stdout)}
+    eng = MemoryEngine(cap=10)
+    last = {}
+    for obj in data["good"]:
+        last[(obj["org"], obj["source"], obj["pop"], obj["id"])] = eng.process(parse_json(obj))
+    assert all(rows[k]["score"] == last[k]["score"] for k in rows)
+    assert any(rows[k]["score"] != data["last"][k]["score"] for k in rows)
+
+
+def test_missing_and_unreadable_files(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.ndjson"
+    proc = run_score(str(missing))
+    assert proc.returncode == 2
+    err = proc.stderr.decode()
+    assert str(missing) in err and "No such file" in err and "Traceback" not in err
+    assert proc.stdout == b""
+    proc = run_score(str(tmp_path))  # a directory
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr.decode()
+    fake = tmp_path / "fake.gz"
+    fake.write_bytes(b"not gzip at all\n")
+    proc = run_score(str(fake))
+    assert proc.returncode == 2 and "Not a gzipped file" in proc.stderr.decode()
+
+
+def test_empty_input() -> None:
+    proc = run_score("-", stdin=b"")
+    assert proc.returncode == 0 and proc.stdout == b"" and proc.stderr == b""
+    proc = run_score("-", "--json", stdin=b"\n\n")
+    assert proc.returncode == 0 and proc.stdout == b""
+
+
+def test_reader_closing_the_pipe_is_not_an_error(tmp_path: Path) -> None:
+    """``binormal score big.ndjson --json | head -1``: no traceback, exit 0."""
+    big = tmp_path / "big.ndjson"
+    big.write_bytes(
+        b"".join(
+            orjson.dumps({"org": "o", "source": "s", "pop": f"p{i % 50}", "id": f"id-{i}", "action": f"a{i % 3}"}) + b"\n"
+            for i in range(6000)
+        )
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "binormal.cli", "score", str(big), "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    first = proc.stdout.readline()
+    proc.stdout.close()  # more than a pipe buffer is still to come
+    err = proc.stderr.read()
+    assert proc.wait(timeout=60) == 0, err
+    assert orjson.loads(first)["id"] == "id-0"
+    assert b"Traceback" not in err and b"Broken pipe" not in err
