@@ -154,9 +154,8 @@ class Worker:
     async def _read(self, client: aioredis.Redis) -> list[Entry]:
         """Own backlog first (from id 0, non-blocking), then new entries (BLOCK)."""
         if self._backlog:
-            reply = await client.xreadgroup(
-                self.keys.group, self.consumer, dict(self._backlog), count=self.settings.batch
-            )
+            backlog: dict[Any, Any] = dict(self._backlog)
+            reply = await client.xreadgroup(self.keys.group, self.consumer, backlog, count=self.settings.batch)
             self.processor.counters.round_trips += 1
             entries = self._entries(reply)
             got = {e.stream for e in entries}
@@ -167,7 +166,7 @@ class Worker:
                     del self._backlog[stream]
             if entries:
                 return entries
-        streams = {s: b">" for s in self._stream_shard}
+        streams: dict[Any, Any] = {s: b">" for s in self._stream_shard}
         reply = await client.xreadgroup(
             self.keys.group, self.consumer, streams, count=self.settings.batch, block=self.settings.block_ms
         )
