@@ -1,0 +1,245 @@
+"""Reading and repairing stored state: list scopes, recompute score aggregates.
+
+The worker keeps each scope's aggregates (n, sum, sum of squares of current
+scores) by adding every score *change*; float rounding can drift over millions
+of updates. :func:`recompute_aggregates` rebuilds them from the rank zset in one
+atomic Lua call (``recompute.lua``); ``binormal recompute`` runs it on every scope.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+from redis.exceptions import NoScriptError
+
+from common.config import DEFAULT_REDIS_URL, env_int, env_str, environ
+from common.connection import make_client
+from common.keys import DEFAULT_PREFIX, Keyspace, Scope
+from common.result import Aggregates
+from common.scripts import Scripts
+
+
+async def list_scopes(client: aioredis.Redis, keys: Keyspace) -> list[Scope]:
+    """Every scope with at least one counted event, shard by shard (sorted within a shard)."""
+    out: list[Scope] = []
+    for shard in range(keys.shards):
+        raw = await client.smembers(keys.scopes(shard))
+        tokens = sorted(t.decode() if isinstance(t, bytes) else t for t in raw)
+        out.extend(Scope.from_token(t) for t in tokens)
+    return out
+
+
+async def read_aggregates(client: aioredis.Redis, keys: Keyspace, scope: Scope) -> Aggregates:
+    """The running aggregates as stored (zeros for an unknown scope)."""
+    n, total, total_sq = await client.hmget(keys.scope_key(scope, "agg"), ["n", "sum", "sumsq"])
+    return Aggregates(int(n or 0), float(total or 0.0), float(total_sq or 0.0))
+
+
+async def recompute_aggregates(
+    client: aioredis.Redis, keys: Keyspace, scope: Scope, scripts: Scripts | None = None
+) -> Aggregates:
+    """Rebuild a scope's aggregates from its rank zset; returns what was written."""
+    scripts = scripts or Scripts()
+    args = (keys.scope_key(scope, "rank"), keys.scope_key(scope, "agg"))
+    try:
+        reply = await client.evalsha(scripts.sha("recompute"), 2, *args)
+    except NoScriptError:
+        await scripts.load_all(client)
+        reply = await client.evalsha(scripts.sha("recompute"), 2, *args)
+    return Aggregates(int(reply[0]), float(reply[1]), float(reply[2]))
+
+
+async def recompute_all(client: aioredis.Redis, keys: Keyspace) -> list[dict[str, Any]]:
+    """Recompute every scope; one report per scope (before, after, relative drift)."""
+    scripts = Scripts()
+    reports: list[dict[str, Any]] = []
+    for scope in await list_scopes(client, keys):
+        before = await read_aggregates(client, keys, scope)
+        after = await recompute_aggregates(client, keys, scope, scripts)
+        drift = max(_rel(before.total, after.total), _rel(before.total_sq, after.total_sq))
+        reports.append(
+            {
+                "org": scope.org,
+                "source": scope.source,
+                "pop": scope.pop,
+                "n": after.n,
+                "n_before": before.n,
+                "sum": after.total,
+                "sumsq": after.total_sq,
+                "relative_drift": drift,
+            }
+        )
+    return reports
+
+
+def _rel(a: float, b: float) -> float:
+    scale = max(abs(a), abs(b))
+    return 0.0 if scale == 0.0 else abs(a - b) / scale
+
+
+def main_recompute() -> int:
+    """``binormal recompute``: REDIS_URL, BINORMAL_PREFIX, BINORMAL_SHARDS from the environment.
+
+    Prints one JSON line per scope on stdout.
+    """
+    env = environ()
+    keys = Keyspace(
+        prefix=env_str(env, "BINORMAL_PREFIX", DEFAULT_PREFIX), shards=env_int(env, "BINORMAL_SHARDS", 4, minimum=1)
+    )
+
+    async def run() -> list[dict[str, Any]]:
+        client = make_client(env_str(env, "REDIS_URL", DEFAULT_REDIS_URL))
+        try:
+            return await recompute_all(client, keys)
+        finally:
+            await client.aclose()
+
+    for report in asyncio.run(run()):
+        sys.stdout.buffer.write(orjson.dumps(report) + b"\n")
+    sys.stdout.flush()
+    return 0
+
+
+# ---------------------------------------------------------------- read helpers (query API, /metrics, ingest)
+
+
+@dataclass(frozen=True)
+class ScopeView:
+    """What the query API needs of one scope: population counts and score aggregates."""
+
+    scope: Scope
+    pop: dict[str, int]
+    agg: Aggregates
+
+
+def _int_hash(raw: dict[bytes, bytes]) -> dict[str, int]:
+    return {k.decode(): int(v) for k, v in raw.items()}
+
+
+async def read_scope(client: aioredis.Redis, keys: Keyspace, scope: Scope) -> ScopeView | None:
+    """Population counts and aggregates of ``scope``; None when nothing was counted in it."""
+    shard = keys.shard(scope)
+    pipe = client.pipeline(transaction=False)
+    pipe.sismember(keys.scopes(shard), scope.token)
+    pipe.hgetall(keys.scope_key(scope, "pop", shard))
+    pipe.hmget(keys.scope_key(scope, "agg", shard), ["n", "sum", "sumsq"])
+    member, pop, (n, total, total_sq) = await pipe.execute()
+    if not member and not pop:
+        return None
+    return ScopeView(scope, _int_hash(pop), Aggregates(int(n or 0), float(total or 0.0), float(total_sq or 0.0)))
+
+
+async def scope_summaries(client: aioredis.Redis, keys: Keyspace, limit: int) -> tuple[list[dict[str, Any]], int]:
+    """Up to ``limit`` scopes with their individual and action counts; also the total number of scopes."""
+    scopes = await list_scopes(client, keys)
+    shown = scopes[:limit]
+    pipe = client.pipeline(transaction=False)
+    for scope in shown:
+        pipe.hget(keys.scope_key(scope, "agg"), "n")
+        pipe.hlen(keys.scope_key(scope, "pop"))
+    raw = await pipe.execute() if shown else []
+    out = [
+        {
+            "org": s.org,
+            "source": s.source,
+            "pop": s.pop,
+            "individuals": int(raw[2 * i] or 0),
+            "actions": int(raw[2 * i + 1] or 0),
+        }
+        for i, s in enumerate(shown)
+    ]
+    return out, len(scopes)
+
+
+async def top_individuals(
+    client: aioredis.Redis, keys: Keyspace, scope: Scope, limit: int
+) -> list[tuple[str, float, dict[str, int]]]:
+    """The ``limit`` highest current scores of a scope (ZREVRANGE of the rank zset) with their counts."""
+    shard = keys.shard(scope)
+    rows: list[tuple[bytes, float]] = await client.zrevrange(  # type: ignore[assignment]
+        keys.scope_key(scope, "rank", shard), 0, limit - 1, withscores=True
+    )
+    if not rows:
+        return []
+    pipe = client.pipeline(transaction=False)
+    for member, _ in rows:
+        pipe.hgetall(keys.individual(scope, member.decode(), shard))
+    counts = await pipe.execute()
+    return [(m.decode(), float(score), _int_hash(c)) for (m, score), c in zip(rows, counts)]
+
+
+async def read_individual(
+    client: aioredis.Redis, keys: Keyspace, scope: Scope, ident: str
+) -> tuple[dict[str, int], float | None]:
+    """An individual's action counts and current committed score (None if not committed)."""
+    shard = keys.shard(scope)
+    pipe = client.pipeline(transaction=False)
+    pipe.hgetall(keys.individual(scope, ident, shard))
+    pipe.zscore(keys.scope_key(scope, "rank", shard), ident)
+    counts, score = await pipe.execute()
+    return _int_hash(counts), (None if score is None else float(score))
+
+
+async def stream_lag(client: aioredis.Redis, keys: Keyspace) -> dict[int, int]:
+    """Per shard: entries the consumer group has not acknowledged yet.
+
+    Redis 7 reports ``lag`` (entries not yet delivered) per group; adding
+    ``pending`` (delivered, not acknowledged) gives the work outstanding.
+    Redis 6.2 has no ``lag``: there we use XLEN, which the worker keeps close
+    to the unacknowledged entries by trimming acknowledged history (MINID).
+    A stream or group that does not exist yet also falls back to XLEN (0 for
+    no stream): the group is created at id 0, so those entries are still owed.
+    """
+    pipe = client.pipeline(transaction=False)
+    for stream in keys.streams():
+        pipe.xinfo_groups(stream)
+        pipe.xlen(stream)
+    raw = await pipe.execute(raise_on_error=False)
+    out: dict[int, int] = {}
+    for shard in range(keys.shards):
+        groups, length = raw[2 * shard], raw[2 * shard + 1]
+        if isinstance(length, Exception):
+            raise length
+        lag = int(length)
+        if not isinstance(groups, Exception):
+            for g in groups:
+                name = g["name"].decode() if isinstance(g["name"], bytes) else str(g["name"])
+                if name == keys.group and g.get("lag") is not None:
+                    lag = int(g["lag"]) + int(g["pending"])
+        out[shard] = lag
+    return out
+
+
+async def groups_present(client: aioredis.Redis, keys: Keyspace) -> list[int]:
+    """Shards whose stream lacks the consumer group (empty list: all present)."""
+    pipe = client.pipeline(transaction=False)
+    for stream in keys.streams():
+        pipe.xinfo_groups(stream)
+    raw = await pipe.execute(raise_on_error=False)
+    missing: list[int] = []
+    for shard, groups in enumerate(raw):
+        names = set()
+        if not isinstance(groups, Exception):
+            names = {g["name"].decode() if isinstance(g["name"], bytes) else str(g["name"]) for g in groups}
+        if keys.group not in names:
+            missing.append(shard)
+    return missing
+
+
+async def dead_lengths(client: aioredis.Redis, keys: Keyspace) -> dict[int, int]:
+    """XLEN of every shard's dead-letter stream."""
+    pipe = client.pipeline(transaction=False)
+    for shard in range(keys.shards):
+        pipe.xlen(keys.dead(shard))
+    return {shard: int(n) for shard, n in enumerate(await pipe.execute())}
+
+
+async def worker_heartbeats(client: aioredis.Redis, keys: Keyspace) -> dict[str, int]:
+    """Consumer name -> last heartbeat (epoch ms) from ``keys.workers()``."""
+    raw: dict[bytes, bytes] = await client.hgetall(keys.workers())  # type: ignore[assignment]
+    return {k.decode(): int(v) for k, v in raw.items()}

@@ -1,0 +1,72 @@
+"""BatchProcessor details the worker tests do not reach directly: validation
+reasons, NOSCRIPT recovery, and entries deleted while pending.
+"""
+
+from __future__ import annotations
+
+import redis.asyncio as aioredis
+
+from common.keys import Keyspace, Scope
+from common.schema import Event
+from common.scripts import Scripts
+from helpers import check_counters, counts_from_events, drained, running_worker, wait_for, worker_settings, xadd_events
+from worker.batch import BatchProcessor, Entry
+from worker.worker import ensure_groups
+
+SCOPE = Scope("acme", "webserver", "auth_getpost")
+
+
+def _fields(**over: str) -> dict[bytes, bytes]:
+    base = {"org": SCOPE.org, "source": SCOPE.source, "pop": SCOPE.pop, "id": "u1", "action": "GET /"}
+    base.update(over)
+    return {k.encode(): v.encode() for k, v in base.items()}
+
+
+def test_validate_sets_reason_or_event() -> None:
+    keys = Keyspace("bn", 4)
+    home = keys.shard(SCOPE)
+    proc = BatchProcessor(keys, Scripts(), "c")
+    stream = keys.stream(home).encode()
+    ok = Entry(stream, home, b"1-0", _fields())
+    missing = Entry(stream, home, b"1-1", {k: v for k, v in _fields().items() if k != b"pop"})
+    empty = Entry(stream, home, b"1-2", {})
+    wrong = Entry(keys.stream((home + 1) % 4).encode(), (home + 1) % 4, b"1-3", _fields())
+    proc.validate([ok, missing, empty, wrong])
+    assert ok.reason is None and ok.event == Event(SCOPE.org, SCOPE.source, SCOPE.pop, "u1", "GET /")
+    assert missing.event is None and missing.reason == "invalid: pop: is missing"
+    assert empty.reason is not None and "no fields" in empty.reason
+    assert wrong.reason == f"wrong shard: written to shard {(home + 1) % 4}, its scope belongs to shard {home}"
+
+
+async def test_noscript_reloads_and_counts_once(prefix: str, aredis: aioredis.Redis) -> None:
+    keys = Keyspace(prefix, 4)
+    await ensure_groups(aredis, keys.streams(), keys.group)
+    events = [Event(SCOPE.org, SCOPE.source, SCOPE.pop, f"u{i % 3}", f"a{i % 4}") for i in range(20)]
+    await xadd_events(aredis, keys, events)
+    reply = await aredis.xreadgroup(keys.group, "c", {s: ">" for s in keys.streams()}, count=100)
+    entries = [Entry(s, keys.shard_of_stream(s.decode()), eid, f) for s, items in reply for eid, f in items]
+    proc = BatchProcessor(keys, Scripts(), "c", snapshot_max_age_ms=0)
+    await aredis.script_flush()  # a restarted Redis has no scripts: EVALSHA answers NOSCRIPT
+    results = await proc.process(aredis, entries)
+    assert len(results) == 20 and proc.counters.applied == 20
+    assert await check_counters(aredis, keys, counts_from_events(events)) == []
+    assert [r["count"] for r in results if r["id"] == "u0"] == list(range(1, 8))
+
+
+async def test_entry_deleted_while_pending_is_not_counted(
+    redis_url: str, prefix: str, aredis: aioredis.Redis
+) -> None:
+    """XDEL of a pending entry: re-reading the backlog returns it with no fields;
+    it goes to the dead letters, nothing is counted, and the group drains."""
+    keys = Keyspace(prefix, 4)
+    await ensure_groups(aredis, keys.streams(), keys.group)
+    events = [Event(SCOPE.org, SCOPE.source, SCOPE.pop, u, "GET /") for u in ("u1", "u2")]
+    ids = await xadd_events(aredis, keys, events)
+    stream = keys.stream(keys.shard(SCOPE))
+    await aredis.xreadgroup(keys.group, "gone", {stream: ">"}, count=10)  # both pending under "gone"
+    await aredis.xdel(stream, ids[0])
+    async with running_worker(worker_settings(redis_url, prefix, consumer="gone", claim_idle_ms=200)):
+        await wait_for(lambda: drained(aredis, keys), what="drain")  # own backlog, from id 0
+    assert await check_counters(aredis, keys, counts_from_events(events[1:])) == []
+    [(_, d)] = await aredis.xrange(keys.dead(keys.shard(SCOPE)))
+    assert d[b"entry_id"] == ids[0] and b"no fields" in d[b"reason"]

@@ -1,0 +1,583 @@
+"""The scorer worker against the private redis-server: groups, equivalence with the
+in-memory engine, bad input, exactly-once, request-reply, take-over, trimming,
+graceful stop, aggregate recompute, and the docs/stream.md examples.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import random
+import re
+import signal
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
+
+from common.engine import MemoryEngine
+from common.keys import Keyspace, Scope
+from common.result import Aggregates
+from common.schema import Event
+from common.scripts import Scripts
+from common.store import list_scopes, read_aggregates, recompute_aggregates
+from helpers import (
+    Collector,
+    WorkerProcess,
+    binormal_command,
+    check_counters,
+    counts_from_events,
+    drained,
+    dump_keys,
+    group_backlog,
+    hgetall_int,
+    running_worker,
+    wait_for,
+    worker_settings,
+    xadd_events,
+)
+from worker import WorkerSettings
+from worker.batch import BatchProcessor, Entry
+from worker.worker import ensure_groups, trim_acknowledged
+
+ROOT = Path(__file__).resolve().parent.parent
+TS0 = 1_700_000_000_000
+
+TRICKY_SCOPES = [
+    Scope("acme", "webserver", "auth_getpost"),
+    Scope("acme", "webserver", "admins"),
+    Scope("a:b{c}", "src }{ :", "pop with spaces\nand a newline"),
+    Scope("ünïcødé 組織", "source/🚀", "p%2F:x%00"),
+    Scope("é" * 128, "s" * 256, "{bn.0}:events"),  # at the byte limits; looks like a key
+]
+ACTIONS = ["GET /login", "POST /login", "GET /", "POST /x:{y}", "ação", "a\nb", "🚀 launch", "DELETE /admin"]
+WEIGHTS = [40, 20, 15, 8, 6, 5, 4, 2]
+
+
+def generate(n: int, seed: int, scopes: list[Scope] = TRICKY_SCOPES, ids: int = 40) -> list[Event]:
+    """``n`` events over ``scopes`` with a skewed action mix and a few odd individuals."""
+    rng = random.Random(seed)
+    idents = [f"user:{i}" for i in range(ids - 3)] + ["{id}", "id with space\n", "x" * 1024]
+    out: list[Event] = []
+    for i in range(n):
+        scope = rng.choice(scopes)
+        ident = rng.choice(idents)
+        if ident.startswith("user:1") and rng.random() < 0.5:
+            action = rng.choice(ACTIONS[-3:])  # outliers
+        else:
+            action = rng.choices(ACTIONS, WEIGHTS)[0]
+        eid = f"e{seed}-{i}" if i % 2 == 0 else None
+        out.append(Event(scope.org, scope.source, scope.pop, ident, action, ts=TS0 + i, event_id=eid))
+    return out
+
+
+def keys_of(prefix: str) -> Keyspace:
+    return Keyspace(prefix=prefix, shards=4)
+
+
+# ------------------------------------------------------------------ groups
+
+
+async def test_group_created_at_zero_reads_entries_written_before(
+    redis_url: str, prefix: str, aredis: aioredis.Redis
+) -> None:
+    keys = keys_of(prefix)
+    events = generate(40, seed=1)
+    await xadd_events(aredis, keys, events)  # no group exists yet
+    async with Collector(aredis, keys.broadcast_channel()) as col, running_worker(worker_settings(redis_url, prefix)):
+        got = await col.wait_count(keys.broadcast_channel(), 40)
+        # MKSTREAM: shards nobody wrote to exist too, each with the group
+        for stream in keys.streams():
+            groups = await aredis.xinfo_groups(stream)
+            assert [g["name"] for g in groups] == [keys.group.encode()]
+    assert len(got) == 40
+    assert await check_counters(aredis, keys, counts_from_events(events)) == []
+
+
+async def test_ensure_groups_tolerates_busygroup_only(prefix: str, aredis: aioredis.Redis) -> None:
+    keys = keys_of(prefix)
+    await ensure_groups(aredis, keys.streams(), keys.group)
+    await ensure_groups(aredis, keys.streams(), keys.group)  # BUSYGROUP: fine
+    assert await aredis.exists(*keys.streams()) == keys.shards
+    bad = f"{prefix}:not-a-stream"
+    await aredis.set(bad, "a string")
+    with pytest.raises(ResponseError, match="WRONGTYPE"):
+        await ensure_groups(aredis, [bad], keys.group)
+
+
+# ------------------------------------------------------------------ equivalence
+
+
+@pytest.mark.timeout(60)
+async def test_equivalence_with_memory_engine(redis_url: str, prefix: str, aredis: aioredis.Redis) -> None:
+    """Snapshot staleness 0, one worker: every result equals MemoryEngine's, field by field.
+
+    A scope lives in one shard and a shard is read in stream order, so each
+    scope's events are processed in write order; scopes are independent, so the
+    engine fed the write order gives the same per-scope results.
+    """
+    keys = keys_of(prefix)
+    events = generate(5200, seed=7)
+    assert len({keys.shard(s) for s in TRICKY_SCOPES}) >= 2
+    engine = MemoryEngine(cap=100)
+    expected: dict[Scope, list[dict[str, Any]]] = {}
+    for ev in events:
+        expected.setdefault(ev.scope, []).append(engine.process(ev))
+
+    env = {
+        "REDIS_URL": redis_url,
+        "BINORMAL_PREFIX": prefix,
+        "BINORMAL_SHARDS": "4",
+        "BINORMAL_CONSUMER": "only",
+        "BINORMAL_SNAPSHOT_MAX_AGE_MS": "0",
+        "BINORMAL_BLOCK_MS": "50",
+    }
+    settings = WorkerSettings.from_env(env)
+    assert settings.snapshot_max_age_ms == 0
+    channel = keys.broadcast_channel()
+    async with Collector(aredis, channel) as col:
+        await xadd_events(aredis, keys, events[:2600])  # before the worker (and its group) exist
+        async with running_worker(settings) as w:
+            await xadd_events(aredis, keys, events[2600:])  # while it runs
+            got = await col.wait_count(channel, len(events), timeout=45)
+            await wait_for(lambda: drained(aredis, keys), what="drain")
+            assert w.counters.applied == len(events)
+    assert len(got) == len(events)
+    per_scope: dict[Scope, list[dict[str, Any]]] = {}
+    for r in got:
+        per_scope.setdefault(Scope(r["org"], r["source"], r["pop"]), []).append(r)
+    assert set(per_scope) == set(expected)
+    compared = 0
+    for scope, want in expected.items():
+        have = per_scope[scope]
+        assert len(have) == len(want), scope
+        for i, (h, e) in enumerate(zip(have, want)):
+            assert h == e, f"{scope} event #{i}: redis {h} != memory {e}"
+            compared += 1
+    assert compared == len(events)
+    # The stored aggregates are bit-for-bit the engine's.
+    for scope, st in engine.scopes.items():
+        assert await read_aggregates(aredis, keys, scope) == st.agg
+    assert await check_counters(aredis, keys, counts_from_events(events)) == []
+
+
+# ------------------------------------------------------------------ bad input
+
+
+async def test_bad_entries_go_to_dead_letters(redis_url: str, prefix: str, aredis: aioredis.Redis) -> None:
+    keys = keys_of(prefix)
+    scope = TRICKY_SCOPES[0]
+    home = keys.shard(scope)
+    stream = keys.stream(home)
+    valid = {"org": scope.org, "source": scope.source, "pop": scope.pop, "id": "alice", "action": "GET /"}
+    other = Scope("wrong", "shard", "scope")
+    other_fields = {"org": other.org, "source": other.source, "pop": other.pop, "id": "bob", "action": "GET /"}
+    wrong_stream = keys.stream((keys.shard(other) + 1) % keys.shards)
+
+    def without(name: str) -> dict[str, Any]:
+        return {k: v for k, v in valid.items() if k != name}
+
+    bad: list[tuple[str, dict[Any, Any], list[str]]] = [
+        (stream, without("org"), ["org", "missing"]),
+        (stream, without("action"), ["action", "missing"]),
+        (stream, dict(valid, id=""), ["id", "empty"]),
+        (stream, dict(valid, event_id=""), ["event_id", "empty"]),
+        (stream, dict(valid, org="o" * 257), ["org", "257 bytes", "256"]),
+        (stream, dict(valid, id="i" * 1025), ["id", "1025 bytes", "1024"]),
+        (stream, dict(valid, action="é" * 513), ["action", "1026 bytes", "1024"]),
+        (stream, dict(valid, action=b"GET \xff\xfe"), ["action", "UTF-8"]),
+        (stream, {**valid, b"\xc3(": b"x"}, ["not valid UTF-8"]),
+        (stream, dict(valid, acton="GET /"), ["acton", "unknown field"]),
+        (stream, dict(valid, ts="yesterday"), ["ts", "integer"]),
+        (stream, dict(valid, ts="-5"), ["ts", "negative"]),
+        (stream, dict(valid, v="2"), ["v", "version"]),
+        (wrong_stream, other_fields, ["wrong shard"]),
+    ]
+    settings = worker_settings(redis_url, prefix)
+    async with Collector(aredis, keys.broadcast_channel()) as col, running_worker(settings) as w:
+        await aredis.xadd(stream, valid)
+        await col.wait_count(keys.broadcast_channel(), 1)
+        before = await dump_keys(aredis, f"{prefix}:*")
+        assert any(b":sc:" in k for k in before)
+        # entry ids are per stream: the stream is part of the name
+        expected: dict[tuple[bytes, bytes], tuple[str, dict[Any, Any], list[str]]] = {}
+        for target, fields, words in bad:
+            expected[(target.encode(), await aredis.xadd(target, fields))] = (target, fields, words)
+        await aredis.xadd(stream, dict(valid, id="carol"))  # after the bad ones, same stream
+        got = await col.wait_count(keys.broadcast_channel(), 2)
+        assert got[1]["id"] == "carol"
+        await wait_for(lambda: drained(aredis, keys), what="drain")
+        assert w.counters.dead == len(bad)
+
+        dead: list[tuple[int, dict[bytes, bytes]]] = []
+        for s in range(keys.shards):
+            dead += [(s, d) for _, d in await aredis.xrange(keys.dead(s))]
+        assert len(dead) == len(bad)
+        for dead_shard, d in dead:
+            target, fields, words = expected.pop((d[b"stream"], d[b"entry_id"]))
+            reason = d[b"reason"].decode()
+            for word in words:
+                assert word in reason, (reason, word)
+            assert d[b"stream"] == target.encode()
+            assert d[b"consumer"] == b"w1"
+            raw = {_b(k): _b(v) for k, v in fields.items()}
+            assert {k[2:]: v for k, v in d.items() if k.startswith(b"f.")} == raw
+            # it lands in the dead-letter stream of the shard it was written to
+            assert dead_shard == keys.shard_of_stream(target)
+        assert expected == {}
+
+        # Counters untouched: only carol's event changed anything since `before`.
+        after = await dump_keys(aredis, f"{prefix}:*")
+        changed = {k for k in set(before) | set(after) if before.get(k) != after.get(k)}
+        assert all(b":sc:" in k or k.endswith(b":workers") for k in changed), changed
+        assert await check_counters(aredis, keys, counts_from_events([_ev(valid), _ev(dict(valid, id="carol"))])) == []
+        assert await aredis.smembers(keys.scopes(home)) == {scope.token.encode()}
+        assert not [k async for k in aredis.scan_iter(match=f"{prefix}:*wrong*")]
+        # and it keeps going
+        await aredis.xadd(stream, dict(valid, id="dave"))
+        await col.wait_count(keys.broadcast_channel(), 3)
+
+
+def _b(value: str | bytes) -> bytes:
+    return value if isinstance(value, bytes) else value.encode()
+
+
+def _ev(fields: dict[str, str]) -> Event:
+    return Event(fields["org"], fields["source"], fields["pop"], fields["id"], fields["action"])
+
+
+# ------------------------------------------------------------------ exactly once
+
+
+async def _read_entries(client: aioredis.Redis, keys: Keyspace, consumer: str, count: int = 1000) -> list[Entry]:
+    reply = await client.xreadgroup(keys.group, consumer, {s: ">" for s in keys.streams()}, count=count)
+    out = []
+    for stream, items in reply:
+        shard = keys.shard_of_stream(stream.decode())
+        out += [Entry(stream, shard, eid, fields) for eid, fields in items]
+    return out
+
+
+async def test_same_entry_applied_twice_counts_once(prefix: str, aredis: aioredis.Redis) -> None:
+    keys = keys_of(prefix)
+    scripts = Scripts()
+    await scripts.load_all(aredis)
+    await ensure_groups(aredis, keys.streams(), keys.group)
+    events = generate(60, seed=3)
+    await xadd_events(aredis, keys, events)
+    entries = await _read_entries(aredis, keys, "c1")
+    assert len(entries) == 60
+    copies = [Entry(e.stream, e.shard, e.id, dict(e.fields)) for e in entries]
+    first = BatchProcessor(keys, scripts, "c1", snapshot_max_age_ms=0)
+    assert len(await first.process(aredis, entries)) == 60
+    truth = counts_from_events(events)
+    assert await check_counters(aredis, keys, truth) == []
+    snapshot = await dump_keys(aredis, f"{prefix}:*")
+    # the same deliveries again, through the same and through another consumer
+    assert await first.process(aredis, copies) == []
+    other = BatchProcessor(keys, scripts, "c2", snapshot_max_age_ms=1000)
+    assert await other.process(aredis, [Entry(e.stream, e.shard, e.id, dict(e.fields)) for e in entries]) == []
+    assert first.counters.applied == 60 and first.counters.already == 60 and other.counters.already == 60
+    assert await dump_keys(aredis, f"{prefix}:*") == snapshot
+    assert await check_counters(aredis, keys, truth) == []
+
+
+async def test_duplicate_event_id_counted_once(redis_url: str, prefix: str, aredis: aioredis.Redis) -> None:
+    keys = keys_of(prefix)
+    scope = TRICKY_SCOPES[2]
+    shard = keys.shard(scope)
+    reply_to = f"{prefix}:reply:test"
+    base = {"org": scope.org, "source": scope.source, "pop": scope.pop, "id": "alice", "action": "GET /"}
+    # written before the worker starts, so all three are in one batch
+    await aredis.xadd(keys.stream(shard), dict(base, event_id="evt:1", reply_to=reply_to, rid="r1"))
+    await aredis.xadd(keys.stream(shard), dict(base, event_id="evt:1", reply_to=reply_to, rid="r2"))
+    await aredis.xadd(keys.stream(shard), dict(base, event_id="evt:2"))
+    settings = worker_settings(redis_url, prefix)
+    async with Collector(aredis, reply_to, keys.broadcast_channel()) as col, running_worker(settings) as w:
+        replies = await col.wait_count(reply_to, 2)
+        await col.wait_count(keys.broadcast_channel(), 2)
+        await wait_for(lambda: drained(aredis, keys), what="drain")
+        assert w.counters.duplicates == 1
+    # The duplicate's note comes after the first result (and its stored copy),
+    # so its waiter can read the stored copy as soon as the note arrives.
+    first, dup = replies
+    assert first["rid"] == "r1" and first["event_id"] == "evt:1" and first["count"] == 1
+    assert dup == {"duplicate": True, "event_id": "evt:1", "rid": "r2"}
+    assert [r["count"] for r in col.messages[keys.broadcast_channel()]] == [1, 2]
+    assert await hgetall_int(aredis, keys.scope_key(scope, "pop")) == {"GET /": 2}
+    # the waiter of the duplicate can read the first result
+    stored = json.loads(await aredis.get(keys.reply(shard, "evt:1")))
+    assert stored == {k: v for k, v in first.items() if k != "rid"}
+    assert 0 < await aredis.ttl(keys.seen(shard, "evt:1")) <= 86_400
+
+
+async def test_request_reply_and_stored_copy(redis_url: str, prefix: str, aredis: aioredis.Redis) -> None:
+    keys = keys_of(prefix)
+    scope = TRICKY_SCOPES[3]
+    shard = keys.shard(scope)
+    reply_to = f"{prefix}:reply:{{inst}} 1"
+    base = {"org": scope.org, "source": scope.source, "pop": scope.pop, "id": "bob", "action": "ação"}
+    async with Collector(aredis, reply_to) as col, running_worker(worker_settings(redis_url, prefix)):
+        await aredis.xadd(keys.stream(shard), dict(base, reply_to=reply_to, rid="rid:{1}"))
+        await aredis.xadd(keys.stream(shard), dict(base, reply_to=reply_to, rid="rid-2", event_id="ev/2"))
+        await aredis.xadd(keys.stream(shard), dict(base, reply_to=reply_to))  # no rid, no event_id
+        got = await col.wait_count(reply_to, 3)
+    by_count = {r["count"]: r for r in got}
+    assert by_count[1]["rid"] == "rid:{1}" and by_count[1]["event_id"] == "rid:{1}"
+    assert by_count[2]["rid"] == "rid-2" and by_count[2]["event_id"] == "ev/2"
+    assert "rid" not in by_count[3] and by_count[3]["event_id"] is None
+    for n, key in ((1, keys.reply(shard, "rid:{1}")), (2, keys.reply(shard, "ev/2"))):
+        stored = json.loads(await aredis.get(key))
+        assert stored == {k: v for k, v in by_count[n].items() if k != "rid"}
+        assert 0 < await aredis.ttl(key) <= 60
+    assert not await aredis.exists(keys.reply(shard, "rid-2"))
+    replies = [k async for k in aredis.scan_iter(match=f"{prefix}:*:reply:*")]
+    assert len(replies) == 2
+
+
+# ------------------------------------------------------------------ crashed consumers
+
+
+async def test_autoclaim_takes_over_dead_consumer(redis_url: str, prefix: str, aredis: aioredis.Redis) -> None:
+    keys = keys_of(prefix)
+    await ensure_groups(aredis, keys.streams(), keys.group)
+    events = generate(80, seed=11)
+    await xadd_events(aredis, keys, events)
+    taken = await _read_entries(aredis, keys, "dead")  # delivered, never acknowledged
+    assert len(taken) == 80
+    over = taken[5]
+    for _ in range(2):  # two more deliveries: 3 in all, over the limit of 2 once claimed
+        await aredis.xclaim(over.stream, keys.group, "dead", 0, [over.id])
+    settings = worker_settings(redis_url, prefix, claim_idle_ms=300, max_deliveries=2)
+    async with running_worker(settings) as w:
+        await wait_for(lambda: drained(aredis, keys), timeout=15, what="take-over")
+        assert w.counters.applied == 79 and w.counters.dead == 1
+    dead = await aredis.xrange(keys.dead(over.shard))
+    assert len(dead) == 1 and dead[0][1][b"entry_id"] == over.id
+    assert re.search(r"delivered \d+ times", dead[0][1][b"reason"].decode())
+    by_id = dict(zip(await _ids_in_order(aredis, keys, events), events))
+    counted = [by_id[(e.stream, e.id)] for e in taken if e is not over]
+    assert len(counted) == 79
+    assert await check_counters(aredis, keys, counts_from_events(counted)) == []
+    # the "dead" consumer wakes up and applies its batch: nothing more is counted
+    late = BatchProcessor(keys, Scripts(), "dead")
+    await late.scripts.load_all(aredis)
+    assert await late.process(aredis, taken) == []
+    assert await check_counters(aredis, keys, counts_from_events(counted)) == []
+
+
+async def _ids_in_order(client: aioredis.Redis, keys: Keyspace, events: list[Event]) -> list[tuple[bytes, bytes]]:
+    """(stream, entry id) of each of ``events`` (written in order by xadd_events).
+
+    Ids are per stream: two shards can hold the same id, so the stream is part of the name.
+    """
+    per_stream: dict[str, list[bytes]] = {}
+    for s in keys.streams():
+        per_stream[s] = [eid for eid, _ in await client.xrange(s)]
+    pos = {s: 0 for s in per_stream}
+    out = []
+    for ev in events:
+        s = keys.stream(keys.shard(ev.scope))
+        out.append((s.encode(), per_stream[s][pos[s]]))
+        pos[s] += 1
+    return out
+
+
+async def test_restarted_worker_reads_own_backlog_first(redis_url: str, prefix: str, aredis: aioredis.Redis) -> None:
+    keys = keys_of(prefix)
+    await ensure_groups(aredis, keys.streams(), keys.group)
+    old = generate(30, seed=21)
+    new = [Event(e.org, e.source, e.pop, e.id, e.action, ts=e.ts + 10_000) for e in generate(30, seed=22)]
+    await xadd_events(aredis, keys, old)
+    assert len(await _read_entries(aredis, keys, "w-same")) == 30  # then "crashed"
+    await xadd_events(aredis, keys, new)
+    settings = worker_settings(redis_url, prefix, consumer="w-same", claim_idle_ms=60_000)
+    async with Collector(aredis, keys.broadcast_channel()) as col, running_worker(settings):
+        got = await col.wait_count(keys.broadcast_channel(), 60, timeout=15)
+    # claim_idle is a minute: only reading its own backlog can have picked the old ones up, first
+    assert sorted(r["timestamp"] for r in got[:30]) == sorted(e.ts for e in old)
+    assert await check_counters(aredis, keys, counts_from_events(old + new)) == []
+    assert await drained(aredis, keys)
+
+
+# ------------------------------------------------------------------ trimming
+
+
+async def test_trim_keeps_pending_and_undelivered(prefix: str, aredis: aioredis.Redis) -> None:
+    stream = f"{prefix}:{{{prefix}.0}}:events"
+    ids = [await aredis.xadd(stream, {"n": str(i)}) for i in range(10)]
+    await aredis.xgroup_create(stream, "scorers", id="0")
+    await aredis.xgroup_create(stream, "lagging", id="0")
+    await aredis.xgroup_create(stream, "fresh", id="0")
+    assert await trim_acknowledged(aredis, stream) == 0  # nobody read anything
+    await aredis.xgroup_destroy(stream, "fresh")
+    read = await aredis.xreadgroup("scorers", "c", {stream: ">"}, count=10)
+    assert len(read[0][1]) == 10
+    await aredis.xack(stream, "scorers", *ids)
+    await aredis.xreadgroup("lagging", "c", {stream: ">"}, count=5)  # 0..4 pending, 5..9 unread
+    assert await trim_acknowledged(aredis, stream) == 0
+    assert await aredis.xlen(stream) == 10
+    await aredis.xack(stream, "lagging", *ids[:3])
+    assert await trim_acknowledged(aredis, stream) == 3
+    assert [e for e, _ in await aredis.xrange(stream)] == ids[3:]
+    await aredis.xack(stream, "lagging", *ids[3:5])  # nothing pending: bound is its last-delivered id (4)
+    assert await trim_acknowledged(aredis, stream) == 1
+    assert [e for e, _ in await aredis.xrange(stream)] == ids[4:]  # 5..9 never delivered to lagging: kept
+    b = await group_backlog(aredis, stream, "lagging")
+    assert b.pending == 0 and b.undelivered
+    # and a pending entry of the main group holds the line too
+    await aredis.xadd(stream, {"n": "10"})
+    await aredis.xreadgroup("scorers", "c", {stream: ">"}, count=1)
+    await aredis.xreadgroup("lagging", "c", {stream: ">"}, count=100)
+    await aredis.xack(stream, "lagging", *[e for e, _ in await aredis.xrange(stream)])
+    assert await trim_acknowledged(aredis, stream) == 6  # everything before the scorers' pending entry
+    assert await aredis.xlen(stream) == 1
+
+
+async def test_worker_trims_acknowledged_history(redis_url: str, prefix: str, aredis: aioredis.Redis) -> None:
+    keys = keys_of(prefix)
+    events = generate(200, seed=5)
+    await xadd_events(aredis, keys, events)
+    settings = worker_settings(redis_url, prefix, trim_interval_s=0.1)
+    async with running_worker(settings):
+        await wait_for(lambda: drained(aredis, keys), what="drain")
+
+        async def trimmed() -> bool:
+            return all([await aredis.xlen(s) <= 1 for s in keys.streams()])
+
+        await wait_for(trimmed, what="trim")
+    assert await check_counters(aredis, keys, counts_from_events(events)) == []
+
+
+# ------------------------------------------------------------------ graceful stop (subprocess)
+
+
+@pytest.mark.timeout(60)
+async def test_sigterm_finishes_batch_and_exits_zero(
+    redis_url: str, prefix: str, aredis: aioredis.Redis, tmp_path: Path
+) -> None:
+    keys = keys_of(prefix)
+    events = generate(20_000, seed=31, ids=200)
+    await xadd_events(aredis, keys, events, chunk=5000)
+    proc = WorkerProcess(redis_url, prefix, "graceful", tmp_path / "worker.log", {"BINORMAL_BATCH": "50"}).start()
+    try:
+        async with Collector(aredis, keys.broadcast_channel()) as col:
+            await col.wait_count(keys.broadcast_channel(), 300, timeout=30)
+            proc.signal(signal.SIGTERM)
+            rc = await asyncio.to_thread(proc.wait, 20.0)
+            assert rc == 0
+            await asyncio.sleep(0.2)
+            published = len(col.messages[keys.broadcast_channel()])
+    finally:
+        proc.kill()
+    # stopped while draining: work was left, nothing left half-done
+    assert not await drained(aredis, keys)
+    acked: set[tuple[bytes, bytes]] = set()
+    for stream in keys.streams():
+        groups = {g["name"]: g for g in await aredis.xinfo_groups(stream)}
+        g = groups[keys.group.encode()]
+        assert int(g["pending"]) == 0, "the batch in hand was finished"
+        last = g["last-delivered-id"].decode()
+        acked |= {(stream.encode(), eid) for eid, _ in await aredis.xrange(stream, "-", last)}
+    ids = await _ids_in_order(aredis, keys, events)
+    applied = [ev for eid, ev in zip(ids, events) if eid in acked]
+    assert 300 <= len(applied) < len(events)
+    assert await check_counters(aredis, keys, counts_from_events(applied)) == []  # counters == acks
+    assert published == len(applied)
+    records = [json.loads(line) for line in proc.log_lines() if line.strip()]
+    names = [r["event"] for r in records]
+    assert "worker_ready" in names and "worker_stopping" in names and names[-1] == "worker_stopped"
+    assert records[-1]["applied"] == len(applied) and records[-1]["consumer"] == "graceful"
+    assert all("level" in r and "timestamp" in r for r in records)
+
+
+# ------------------------------------------------------------------ recompute
+
+
+async def test_recompute_matches_running_aggregates(redis_url: str, prefix: str, aredis: aioredis.Redis) -> None:
+    keys = keys_of(prefix)
+    events = generate(4000, seed=41, ids=300)
+    await xadd_events(aredis, keys, events)
+    async with running_worker(worker_settings(redis_url, prefix, snapshot_max_age_ms=50)):
+        await wait_for(lambda: drained(aredis, keys), timeout=30, what="drain")
+    scopes = await list_scopes(aredis, keys)
+    assert set(scopes) == {e.scope for e in events}
+    for scope in scopes:
+        running = await read_aggregates(aredis, keys, scope)
+        rank = await aredis.zrange(keys.scope_key(scope, "rank"), 0, -1, withscores=True)
+        fresh = await recompute_aggregates(aredis, keys, scope)
+        assert fresh.n == running.n == len(rank) == len({e.id for e in events if e.scope == scope})
+        assert math.isclose(fresh.total, running.total, rel_tol=1e-9)
+        assert math.isclose(fresh.total_sq, running.total_sq, rel_tol=1e-9)
+        exact = Aggregates(len(rank), math.fsum(s for _, s in rank), math.fsum(s * s for _, s in rank))
+        assert math.isclose(fresh.total, exact.total, rel_tol=1e-12)
+        assert math.isclose(fresh.total_sq, exact.total_sq, rel_tol=1e-12)
+        assert await read_aggregates(aredis, keys, scope) == fresh  # written back
+
+
+async def test_recompute_command(redis_url: str, prefix: str, aredis: aioredis.Redis) -> None:
+    keys = keys_of(prefix)
+    scope = TRICKY_SCOPES[2]
+    await aredis.zadd(keys.scope_key(scope, "rank"), {"a": 1.5, "b": 2.5})
+    await aredis.hset(keys.scope_key(scope, "agg"), mapping={"n": 7, "sum": "99", "sumsq": "1"})
+    await aredis.sadd(keys.scopes(keys.shard(scope)), scope.token)
+    env = {"REDIS_URL": redis_url, "BINORMAL_PREFIX": prefix, "BINORMAL_SHARDS": "4", "PATH": "/usr/bin:/bin"}
+    out = await asyncio.to_thread(
+        subprocess.run, [*binormal_command(), "recompute"], env=env, capture_output=True, timeout=30, check=True
+    )
+    [line] = out.stdout.decode().splitlines()
+    report = json.loads(line)
+    assert (report["org"], report["source"], report["pop"]) == (scope.org, scope.source, scope.pop)
+    assert (report["n"], report["sum"], report["sumsq"], report["n_before"]) == (2, 4.0, 8.5, 7)
+    assert await read_aggregates(aredis, keys, scope) == Aggregates(2, 4.0, 8.5)
+
+
+# ------------------------------------------------------------------ docs/stream.md examples
+
+
+def doc_examples() -> dict[str, str]:
+    """The python blocks of docs/stream.md marked ``<!-- example: NAME -->``."""
+    text = (ROOT / "docs" / "stream.md").read_text(encoding="utf-8")
+    return dict(re.findall(r"<!-- example: (\w+) -->\s*```python\n(.*?)```", text, flags=re.S))
+
+
+async def test_stream_doc_examples(
+    redis_url: str, prefix: str, aredis: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    examples = doc_examples()
+    assert set(examples) == {"broadcast", "reply"}
+    monkeypatch.setenv("REDIS_URL", redis_url)
+    monkeypatch.setenv("BINORMAL_PREFIX", prefix)
+    monkeypatch.setenv("BINORMAL_SHARDS", "4")
+    keys = keys_of(prefix)
+    ns: dict[str, Any] = {"__name__": "stream_doc_example"}
+    async with running_worker(worker_settings(redis_url, prefix)):
+        await asyncio.to_thread(exec, compile(examples["broadcast"], "docs/stream.md#broadcast", "exec"), ns)
+        result = ns["result"]
+        assert result is not None, "the example got no result"
+        assert result["count"] == 1 and result["id"] == "individual1" and result["action"] == "GET /user/login"
+        assert result["timestamp"] == int(ns["event"]["ts"])
+        await asyncio.to_thread(exec, compile(examples["reply"], "docs/stream.md#reply", "exec"), ns)
+        reply, stored = ns["reply"], ns["stored"]
+        assert reply is not None and reply["rid"] == "req-1" and reply["count"] == 2
+        assert json.loads(stored) == {k: v for k, v in reply.items() if k != "rid"}
+        ns["r"].close()
+    # the doc's shard and key formulas are the code's
+    for scope in TRICKY_SCOPES + [Scope("acme", "webserver", "auth_getpost")]:
+        shard = ns["shard_of"](scope.org, scope.source, scope.pop)
+        assert shard == keys.shard(scope)
+        assert ns["stream_key"](shard) == keys.stream(shard)
+    truth = {Scope("acme", "webserver", "auth_getpost"): {"individual1": {"GET /user/login": 2}}}
+    assert await check_counters(aredis, keys, truth) == []
+
+
+def test_doc_names_every_field_and_limit() -> None:
+    from common.schema import LIMITS
+
+    text = (ROOT / "docs" / "stream.md").read_text(encoding="utf-8")
+    for name, limit in LIMITS.items():
+        assert re.search(rf"\| `{name}` \| (yes|no) \| {limit} \|", text), name
