@@ -1,0 +1,173 @@
+"""Live view: ``GET /`` (the page), static files, ``GET /websocket`` and the broadcast subscriber.
+
+:func:`setup_live` wires everything into an aiohttp application. A cleanup
+context owns a Redis client of its own, SUBSCRIBEs to the workers' broadcast
+channel (``keys.broadcast_channel()``, NDJSON, <= 500 results per message) and
+hands each message to the :class:`~web.hub.Hub`, which fans it out to the
+websocket clients through one bounded queue and one writer task per client
+(wire format documented in :mod:`web.hub`).
+
+Pub/sub keeps nothing and a subscription can die silently (redis-py#2417):
+the subscriber PINGs its connection when the channel is idle, treats a missing
+answer as a dead link, and reconnects with backoff (``wait_until_up``) and
+resubscribes. Results published while it is disconnected are lost to the live
+view only; they are counted and stored regardless. It never crashes the app.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import redis.asyncio as aioredis
+import structlog
+from aiohttp import WSMsgType, web
+
+from common.connection import TRANSIENT, make_client, wait_until_up
+from web.hub import Hub
+from web.settings import WebSettings
+
+log = structlog.get_logger("binormal.web.live")
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+PING_INTERVAL_S = 5.0  # PING the pub/sub connection after this much silence
+DEAD_AFTER_S = 3 * PING_INTERVAL_S  # nothing at all (not even PONG) for this long -> reconnect
+
+HUB_KEY = web.AppKey("live_hub", Hub)
+LIVE_SETTINGS_KEY = web.AppKey("live_settings", WebSettings)
+SUBSCRIBER_KEY = web.AppKey[asyncio.Task[None]]("live_subscriber")
+SOCKETS_KEY = web.AppKey[set[web.WebSocketResponse]]("live_sockets")
+
+
+def setup_live(app: web.Application, settings: WebSettings) -> None:
+    """Register ``/``, ``/static/``, ``/websocket`` and the broadcast subscriber on ``app``."""
+    app[HUB_KEY] = Hub(settings.ws_queue, settings.ws_max_fps)
+    app[LIVE_SETTINGS_KEY] = settings
+    app[SOCKETS_KEY] = set()
+    app.router.add_get("/", index)
+    app.router.add_get("/websocket", websocket)
+    app.router.add_static("/static/", STATIC_DIR, append_version=True)
+    app.cleanup_ctx.append(_live_ctx)
+    app.on_shutdown.append(_close_websockets)
+
+
+async def index(request: web.Request) -> web.StreamResponse:
+    """The live page (no caching: it changes with deployments)."""
+    resp = web.FileResponse(STATIC_DIR / "index.html")
+    resp.headers["Cache-Control"] = "no-cache"
+    resp.headers["X-Content-Type-Options"] = "nosniff"
+    return resp
+
+
+async def websocket(request: web.Request) -> web.StreamResponse:
+    """Stream results to one browser: frames of newline-delimited JSON (see :mod:`web.hub`).
+
+    ``?stats=1`` adds the hello/stats control lines (drop counts) to the stream.
+    """
+    app = request.app
+    hub = app[HUB_KEY]
+    settings = app[LIVE_SETTINGS_KEY]
+    ws = web.WebSocketResponse(heartbeat=settings.ws_heartbeat_s, max_msg_size=4096)
+    await ws.prepare(request)
+    # Control lines (hello, stats) only for clients that ask: the seed's page gets results only.
+    client = hub.register(control=request.query.get("stats") == "1")
+    sockets = app[SOCKETS_KEY]
+    sockets.add(ws)
+    writer = asyncio.create_task(hub.run_writer(client, ws.send_str), name=f"ws-writer-{client.id}")
+    writer.add_done_callback(lambda t: _writer_done(t, ws))
+    try:
+        # The page sends nothing we need; reading keeps close/pong handling alive.
+        async for msg in ws:
+            if msg.type == WSMsgType.ERROR:
+                break
+    finally:
+        hub.unregister(client)
+        sockets.discard(ws)
+        writer.cancel()
+        await asyncio.gather(writer, return_exceptions=True)  # its failure was logged by _writer_done
+    return ws
+
+
+def _writer_done(task: asyncio.Task[None], ws: web.WebSocketResponse) -> None:
+    """A writer that failed (peer gone) closes its socket so the reader ends too."""
+    if task.cancelled():
+        return
+    exc = task.exception()
+    if exc is not None:
+        log.info("ws_writer_ended", error=repr(exc))
+        if not ws.closed:
+            asyncio.ensure_future(_close_quietly(ws))
+
+
+async def _close_quietly(ws: web.WebSocketResponse) -> None:
+    with contextlib.suppress(*TRANSIENT, RuntimeError):
+        await asyncio.wait_for(ws.close(), timeout=2.0)
+
+
+async def _close_websockets(app: web.Application) -> None:
+    """On shutdown tell every browser we are going (it reconnects with backoff)."""
+    sockets = app[SOCKETS_KEY]
+    await asyncio.gather(*(_close_quietly(ws) for ws in tuple(sockets)), return_exceptions=True)
+
+
+async def _live_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Run the broadcast subscriber for the app's lifetime."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(subscribe_forever(app[LIVE_SETTINGS_KEY], app[HUB_KEY], stop), name="live-subscriber")
+    app[SUBSCRIBER_KEY] = task
+    yield
+    stop.set()
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+async def subscribe_forever(settings: WebSettings, hub: Hub, stop: asyncio.Event) -> None:
+    """Feed ``hub`` from the broadcast channel until ``stop``; reconnect on any Redis failure."""
+    client = make_client(settings.redis_url, max_connections=2)
+    channel = settings.keys.broadcast_channel()
+    try:
+        while not stop.is_set():
+            if not await wait_until_up(client, stop):
+                break
+            try:
+                await _listen(client, channel, hub, stop)
+            except TRANSIENT as exc:
+                log.warning("live_subscriber_disconnected", error=f"{type(exc).__name__}: {exc}")
+                # Back off briefly before the wait_until_up loop takes over.
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=0.2)
+    finally:
+        with contextlib.suppress(*TRANSIENT):
+            await client.aclose()
+
+
+async def _listen(client: aioredis.Redis, channel: str, hub: Hub, stop: asyncio.Event) -> None:
+    """One subscription's life: deliver messages, PING when idle, raise when the link is dead."""
+    pubsub = client.pubsub(ignore_subscribe_messages=True)
+    try:
+        await pubsub.subscribe(channel)
+        log.info("live_subscribed", channel=channel)
+        last_heard = time.monotonic()
+        last_ping = last_heard
+        while not stop.is_set():
+            msg = await pubsub.get_message(timeout=1.0)
+            now = time.monotonic()
+            if msg is not None:
+                last_heard = now
+                if msg.get("type") == "message":
+                    data = msg["data"]
+                    hub.publish(data if isinstance(data, bytes) else str(data).encode())
+                continue
+            if now - last_heard > DEAD_AFTER_S:
+                raise ConnectionError(f"no reply on the pub/sub connection for {DEAD_AFTER_S:.0f} s")
+            if now - last_ping >= PING_INTERVAL_S:
+                # In subscribed mode PING is answered with a "pong" message.
+                await pubsub.ping()
+                last_ping = now
+    finally:
+        with contextlib.suppress(*TRANSIENT, RuntimeError):
+            await asyncio.wait_for(pubsub.aclose(), timeout=2.0)
