@@ -37,6 +37,9 @@ log = structlog.get_logger("binormal.worker")
 
 BROADCAST_CHUNK = 500  # results per broadcast message (NDJSON)
 SNAPSHOT_CACHE = 10_000  # scopes whose snapshot a worker keeps
+# Entries per apply/commit script call: one call instead of one per entry, but
+# short enough that a call blocks Redis for only a millisecond or two.
+LUA_CHUNK = 100
 
 
 @dataclass
@@ -182,45 +185,34 @@ class BatchProcessor:
     async def _apply(
         self, client: aioredis.Redis, good: Sequence[Entry], dups: list[Entry]
     ) -> list[tuple[Entry, dict[str, Any]]]:
-        """Apply counters; returns applied entries with their state, appends duplicates to ``dups``."""
-        sha = self.scripts.sha("apply")
-        want_pop = "1" if self.snapshot_max_age_ms == 0 else "0"
-        k = self.keys
+        """Apply counters; returns applied entries with their state, appends duplicates to ``dups``.
 
-        def build(pipe: Commands) -> None:
-            for e in good:
-                ev = e.event
-                assert ev is not None and e.scope is not None
-                s, kp = e.shard, e.kp
-                has_eid = ev.event_id is not None
-                pipe.evalsha(
-                    sha,
-                    7,
-                    e.stream,
-                    kp + "pop",
-                    kp + "sq",
-                    kp + "k",
-                    k.individual(e.scope, ev.id, s),
-                    k.scopes(s),
-                    k.seen(s, ev.event_id) if ev.event_id is not None else k.seen(s, ""),
-                    k.group,
-                    e.id,
-                    ev.action,
-                    e.scope.token,
-                    want_pop,
-                    "1" if has_eid else "0",
-                    self.seen_ttl_s,
-                )
-
-        results = await self._execute(client, build)
-        self.counters.lua_calls += len(good)
+        Entries go to ``apply.lua`` in runs of one shard (at most ``LUA_CHUNK``
+        per call). If a call fails, its entries are retried one per call, so one
+        poisoned entry cannot hold back the others in its run.
+        """
+        want_pop = self.snapshot_max_age_ms == 0
+        replies: list[tuple[Entry, Any]] = []
+        failed: list[Entry] = []
+        for size in (LUA_CHUNK, 1):
+            todo = list(good) if size == LUA_CHUNK else failed
+            if not todo:
+                break
+            chunks = _runs(todo, size)
+            results = await self._execute(client, lambda pipe: self._build_apply(pipe, chunks, want_pop))
+            self.counters.lua_calls += len(chunks)
+            failed = []
+            for chunk, r in zip(chunks, results):
+                if isinstance(r, Exception):
+                    if size == 1:
+                        # Left pending: redelivered after the claim idle time, and
+                        # dead-lettered once it exceeds the delivery limit.
+                        log.error("apply_failed", entry_id=chunk[0].id.decode(), error=str(r))
+                    failed.extend(chunk)
+                    continue
+                replies.extend(zip(chunk, r))
         applied: list[tuple[Entry, dict[str, Any]]] = []
-        for e, r in zip(good, results):
-            if isinstance(r, Exception):
-                # Left pending: redelivered after the claim idle time, and
-                # dead-lettered once it exceeds the delivery limit.
-                log.error("apply_failed", entry_id=e.id.decode(), error=str(r))
-                continue
+        for e, r in replies:
             status = int(r[0])
             if status == 0:
                 self.counters.already += 1
@@ -231,14 +223,35 @@ class BatchProcessor:
                 dups.append(e)
                 continue
             self.counters.applied += 1
-            counts = _pairs_int(r[4])
             state = {
-                "counts": counts,
+                "counts": _pairs_int(r[4]),
                 "stats": ActionStats(int(r[1]), int(r[2]), int(r[3])),
-                "pop": _pairs_int(r[5]) if want_pop == "1" else None,
+                "pop": _pairs_int(r[5]) if want_pop else None,
             }
             applied.append((e, state))
         return applied
+
+    def _build_apply(self, pipe: Commands, chunks: list[list[Entry]], want_pop: bool) -> None:
+        """One ``apply.lua`` call per chunk (KEYS/ARGV layout documented in the script)."""
+        k = self.keys
+        sha = self.scripts.sha("apply")
+        for chunk in chunks:
+            first = chunk[0]
+            keys: list[Any] = [first.stream, k.scopes(first.shard)]
+            args: list[Any] = [k.group, "1" if want_pop else "0", self.seen_ttl_s]
+            for e in chunk:
+                ev = e.event
+                assert ev is not None and e.scope is not None
+                kp = e.kp
+                keys += (
+                    kp + "pop",
+                    kp + "sq",
+                    kp + "k",
+                    k.individual(e.scope, ev.id, e.shard),
+                    k.seen(e.shard, ev.event_id or ""),
+                )
+                args += (e.id, ev.action, e.scope.token, "0" if ev.event_id is None else "1")
+            pipe.evalsha(sha, len(keys), *keys, *args)
 
     async def _notify_duplicates(self, client: aioredis.Redis, dups: Sequence[Entry]) -> None:
         """Tell request-reply waiters their event id was already counted.
@@ -296,30 +309,39 @@ class BatchProcessor:
     async def _score_and_commit(
         self, client: aioredis.Redis, applied: list[tuple[Entry, dict[str, Any]]]
     ) -> list[tuple[Entry, dict[str, Any]]]:
-        sha = self.scripts.sha("commit")
+        """Score each applied entry, commit the scores (``commit.lua``), build results."""
         for _, st in applied:
             st["score"], st["explain"] = st["snapshot"].assess(st["counts"], self.explain_limit)
+        sha = self.scripts.sha("commit")
+        # Runs of one shard (one hash tag per call); order within a shard is kept.
+        chunks = _runs([e for e, _ in applied], LUA_CHUNK, by_shard=True)
+        state = {id(e): st for e, st in applied}
 
         def build(pipe: Commands) -> None:
-            for e, st in applied:
-                assert e.event is not None
-                pipe.evalsha(sha, 2, e.kp + "rank", e.kp + "agg", e.event.id, repr(st["score"]))
+            for chunk in chunks:
+                keys: list[Any] = []
+                args: list[Any] = []
+                for e in chunk:
+                    assert e.event is not None
+                    keys += (e.kp + "rank", e.kp + "agg")
+                    args += (e.event.id, repr(state[id(e)]["score"]))
+                pipe.evalsha(sha, len(keys), *keys, *args)
 
         results = await self._execute(client, build)
-        self.counters.lua_calls += len(applied)
+        self.counters.lua_calls += len(chunks)
         out: list[tuple[Entry, dict[str, Any]]] = []
-        for (e, st), r in zip(applied, results):
-            ev = e.event
-            assert ev is not None
+        for chunk, r in zip(chunks, results):
             if isinstance(r, Exception):
-                # Counted (apply succeeded) but the score is not committed; the
+                # Counted (apply succeeded) but the scores are not committed; each
                 # individual's next event commits a fresh one.
-                log.error("commit_failed", entry_id=e.id.decode(), error=str(r))
+                log.error("commit_failed", entries=len(chunk), first_entry=chunk[0].id.decode(), error=str(r))
                 continue
-            agg = Aggregates(int(r[0]), float(r[1]), float(r[2]))
-            ts = ev.ts if ev.ts is not None else entry_ms(e.id)
-            result = make_result(ev, st["counts"], st["score"], st["explain"], agg, st["stats"], ts)
-            out.append((e, result))
+            for i, e in enumerate(chunk):
+                ev, st = e.event, state[id(e)]
+                assert ev is not None
+                agg = Aggregates(int(r[3 * i]), float(r[3 * i + 1]), float(r[3 * i + 2]))
+                ts = ev.ts if ev.ts is not None else entry_ms(e.id)
+                out.append((e, make_result(ev, st["counts"], st["score"], st["explain"], agg, st["stats"], ts)))
         return out
 
     async def _publish(self, client: aioredis.Redis, results: list[tuple[Entry, dict[str, Any]]]) -> None:
@@ -369,6 +391,26 @@ class Commands:
     def set(self, key: str, value: bytes, ex: int) -> None:
         """SET key value EX seconds."""
         self.commands.append(("SET", key, value, "EX", ex))
+
+
+def _runs(entries: Sequence[Entry], size: int, by_shard: bool = False) -> list[list[Entry]]:
+    """Split into runs of at most ``size`` consecutive entries of one stream.
+
+    With ``by_shard`` entries are first grouped by shard (keeping their order
+    within it): scores of different shards never share a call.
+    """
+    if by_shard:
+        groups: dict[int, list[Entry]] = {}
+        for e in entries:
+            groups.setdefault(e.shard, []).append(e)
+        return [g[i : i + size] for g in groups.values() for i in range(0, len(g), size)]
+    runs: list[list[Entry]] = []
+    for e in entries:
+        if runs and runs[-1][0].stream == e.stream and len(runs[-1]) < size:
+            runs[-1].append(e)
+        else:
+            runs.append([e])
+    return runs
 
 
 def _pairs_int(flat: Sequence[bytes]) -> dict[str, int]:
