@@ -90,7 +90,7 @@ class BatchProcessor:
     consumer: str
     snapshot_max_age_ms: int = 1000
     cap: int = 100
-    seen_ttl_s: int = 86_400
+    seen_ttl_s: int = 3_600
     reply_ttl_s: int = 60
     dead_maxlen: int = 100_000
     explain_limit: int = 5

@@ -26,7 +26,7 @@ class WorkerSettings:
     max_deliveries: int = 5
     snapshot_max_age_ms: int = 1000
     cap: int = 100
-    seen_ttl_s: int = 86_400
+    seen_ttl_s: int = 3_600
     reply_ttl_s: int = 60
     trim_interval_s: float = 10.0
     dead_maxlen: int = 100_000
@@ -66,7 +66,7 @@ class WorkerSettings:
             max_deliveries=env_int(e, "BINORMAL_MAX_DELIVERIES", 5, minimum=1),
             snapshot_max_age_ms=env_int(e, "BINORMAL_SNAPSHOT_MAX_AGE_MS", 1000),
             cap=env_int(e, "BINORMAL_CAP", 100, minimum=1),
-            seen_ttl_s=env_int(e, "BINORMAL_IDEMPOTENCY_TTL_S", 86_400, minimum=1),
+            seen_ttl_s=env_int(e, "BINORMAL_IDEMPOTENCY_TTL_S", 3_600, minimum=1),
             reply_ttl_s=env_int(e, "BINORMAL_REPLY_TTL_S", 60, minimum=1),
             trim_interval_s=env_float(e, "BINORMAL_TRIM_INTERVAL_S", 10.0),
             dead_maxlen=env_int(e, "BINORMAL_DEAD_MAXLEN", 100_000, minimum=1),

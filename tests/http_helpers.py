@@ -1,0 +1,101 @@
+"""Helpers for the HTTP tests: serve an app on a real loopback socket, build settings.
+
+Everything runs against the private redis-server of ``conftest.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from common.health import REDIS
+
+from ingest.app import setup as setup_ingest
+from ingest.settings import IngestSettings
+from web.app import setup as setup_web
+from web.settings import WebSettings
+
+SEED_BODY = (
+    '{"org": "acme", "source": "webserver", "pop": "auth_getpost", "id": "individual1", "action": "GET /user/login"}'
+)
+SEED_KEYS = ["runtime", "score", "count", "zscore", "source", "pop", "id", "action"]
+
+
+def web_settings(redis_url: str, prefix: str, **overrides: Any) -> WebSettings:
+    """Web settings for a test (4 shards, 2 s timeout unless overridden)."""
+    return replace(WebSettings(redis_url=redis_url, prefix=prefix, shards=4, ready_heartbeat_s=5.0), **overrides)
+
+
+def ingest_settings(redis_url: str, prefix: str, **overrides: Any) -> IngestSettings:
+    """Ingest settings for a test."""
+    return replace(
+        IngestSettings(redis_url=redis_url, prefix=prefix, shards=4, lag_check_s=0.0, ready_heartbeat_s=5.0),
+        **overrides,
+    )
+
+
+def combined_app(ws: WebSettings, ins: IngestSettings) -> web.Application:
+    """Web tier and ingest on one app, as ``binormal run`` builds it."""
+    app = web.Application(client_max_size=max(ws.max_body_bytes, ins.max_body_bytes))
+    setup_web(app, ws)
+    setup_ingest(app, ins)
+    return app
+
+
+@contextlib.asynccontextmanager
+async def serving(app: web.Application, port: int = 0, wait_redis: bool = True) -> AsyncIterator[str]:
+    """Serve ``app`` on 127.0.0.1 (a free port by default); yields the base URL.
+
+    With ``wait_redis`` it first waits until the app has reached Redis.
+    """
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", port)
+    await site.start()
+    bound = runner.addresses[0][1]
+    if wait_redis:
+        await asyncio.wait_for(app[REDIS].up.wait(), 10.0)
+    try:
+        yield f"http://127.0.0.1:{bound}"
+    finally:
+        await runner.cleanup()
+
+
+async def wait_ready(session: aiohttp.ClientSession, base: str, timeout: float = 15.0) -> dict[str, Any]:
+    """Poll ``/readyz`` until 200; returns its body."""
+    deadline = time.monotonic() + timeout
+    body: Any = None
+    while time.monotonic() < deadline:
+        async with session.get(f"{base}/readyz") as r:
+            body = await r.json()
+            if r.status == 200:
+                return dict(body)
+        await asyncio.sleep(0.05)
+    raise TimeoutError(f"not ready after {timeout}s: {body}")
+
+
+async def post_json(
+    session: aiohttp.ClientSession, url: str, obj: Any, headers: dict[str, str] | None = None
+) -> tuple[int, Any]:
+    """POST ``obj`` as JSON; returns (status, decoded JSON body)."""
+    async with session.post(url, json=obj, headers=headers) as r:
+        return r.status, await r.json(content_type=None)
+
+
+async def post_raw(
+    session: aiohttp.ClientSession, url: str, body: bytes | str, content_type: str | None, **headers: str
+) -> tuple[int, Any, dict[str, str]]:
+    """POST raw bytes with an explicit Content-Type (None: no header); returns (status, JSON, headers)."""
+    hdrs = dict(headers)
+    if content_type is not None:
+        hdrs["Content-Type"] = content_type
+    data = body.encode() if isinstance(body, str) else body
+    async with session.post(url, data=data, headers=hdrs, skip_auto_headers=["Content-Type"]) as r:
+        return r.status, await r.json(content_type=None), dict(r.headers)

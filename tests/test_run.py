@@ -1,0 +1,156 @@
+"""``binormal run`` (everything on one port, embedded Redis) and ``binormal web`` / ``ingest`` alone.
+
+Real processes: the console script is started as a child, driven over HTTP on a
+free loopback port, stopped with SIGINT (Ctrl-C) and expected to exit 0.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import urllib.request
+from urllib.error import HTTPError, URLError
+
+from common.embedded import free_port
+from helpers import WorkerProcess, binormal_command
+from http_helpers import SEED_BODY
+
+
+def http(method: str, url: str, body: bytes | None = None, ctype: str = "application/json") -> tuple[int, Any]:
+    req = urllib.request.Request(url, data=body, method=method, headers={"Content-Type": ctype} if body else {})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, orjson.loads(r.read())
+    except HTTPError as exc:
+        return exc.code, orjson.loads(exc.read())
+
+
+def wait_ready(base: str, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"exited with {proc.returncode}"
+        try:
+            if http("GET", f"{base}/readyz")[0] == 200:
+                return
+        except (URLError, ConnectionError, OSError):
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(f"{base} not ready after {timeout}s")
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    with open(log, "ab") as fh:
+        return subprocess.Popen([*binormal_command(), *args], env=env, stdout=fh, stderr=fh)
+
+
+@pytest.fixture
+def base_env() -> Iterator[dict[str, str]]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BINORMAL_") and k not in ("REDIS_URL", "PORT")}
+    yield env
+
+
+def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGINT, timeout: float = 30.0) -> int:
+    if proc.poll() is None:
+        proc.send_signal(sig)
+    try:
+        return proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
+        raise
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_run_serves_everything_on_one_port_and_keeps_counters_across_restarts(
+    tmp_path: Path, base_env: dict[str, str]
+) -> None:
+    port, redis_port = free_port(), free_port()
+    env = dict(base_env, PORT=str(port), HOST="127.0.0.1", BINORMAL_DATA_DIR=str(tmp_path / "var"),
+               BINORMAL_REDIS_PORT=str(redis_port), BINORMAL_BLOCK_MS="100")
+    base = f"http://127.0.0.1:{port}"
+    counts = []
+    for round_ in range(2):
+        proc = spawn(["run"], env, tmp_path / "run.log")
+        try:
+            wait_ready(base, proc)
+            status, got = http("POST", f"{base}/discrete", SEED_BODY.encode())
+            assert status == 200, got
+            counts.append(got["count"])
+            line = orjson.dumps({"org": "acme", "source": "webserver", "pop": "auth_getpost", "id": "individual1",
+                                 "action": "GET /user/logout", "event_id": f"logout-{round_}"})
+            status, got = http("POST", f"{base}/events", line + b"\n", "application/x-ndjson")
+            assert status == 202 and got["accepted"] == 1, got
+            for path in ("/healthz", "/api/scopes"):
+                assert http("GET", base + path)[0] == 200
+            with urllib.request.urlopen(f"{base}/", timeout=10) as r:
+                assert r.status == 200 and b"<html" in r.read().lower()
+            with urllib.request.urlopen(f"{base}/metrics", timeout=10) as r:
+                assert b"binormal_events_accepted_total" in r.read()
+            # let the worker count the /events line before stopping
+            deadline = time.monotonic() + 10
+            while http("GET", f"{base}/api/individual?org=acme&source=webserver&pop=auth_getpost&id=individual1")[1][
+                "count"
+            ] < 2 * (round_ + 1):
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+        finally:
+            rc = stop(proc)  # Ctrl-C
+        assert rc == 0, (tmp_path / "run.log").read_text()[-3000:]
+        assert not port_open(port) and not port_open(redis_port)  # HTTP and embedded Redis are gone
+    # seed event + events line per round: the second run continued from the AOF
+    assert counts == [1, 3]
+    assert (tmp_path / "var" / "redis" / "appendonly.aof").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_web_ingest_and_worker_run_alone_against_redis_url(
+    tmp_path: Path, base_env: dict[str, str], redis_url: str, prefix: str
+) -> None:
+    web_port, ingest_port = free_port(), free_port()
+    env = dict(base_env, REDIS_URL=redis_url, BINORMAL_PREFIX=prefix, PORT=str(web_port),
+               INGEST_PORT=str(ingest_port), HOST="127.0.0.1")
+    web_p = spawn(["web"], env, tmp_path / "web.log")
+    ingest_p = spawn(["ingest"], env, tmp_path / "ingest.log")
+    worker = WorkerProcess(redis_url, prefix, "solo", tmp_path / "worker.log").start()
+    web_base, ingest_base = f"http://127.0.0.1:{web_port}", f"http://127.0.0.1:{ingest_port}"
+    try:
+        wait_ready(web_base, web_p)
+        wait_ready(ingest_base, ingest_p)
+        batch = b"".join(
+            orjson.dumps({"org": "o", "source": "s", "pop": "p", "id": f"u{i % 4}", "action": f"a{i % 3}"}) + b"\n"
+            for i in range(40)
+        )
+        status, got = http("POST", f"{ingest_base}/events", batch, "application/x-ndjson")
+        assert status == 202 and got["accepted"] == 40
+        assert http("POST", f"{ingest_base}/discrete", SEED_BODY.encode())[0] == 404  # not the ingest's route
+        deadline = time.monotonic() + 15
+        while True:
+            status, got = http("GET", f"{web_base}/api/outliers?org=o&source=s&pop=p")
+            if status == 200 and sum(o["count"] for o in got["outliers"]) == 40:
+                break
+            assert time.monotonic() < deadline, got
+            time.sleep(0.05)
+        status, got = http("POST", f"{web_base}/discrete", SEED_BODY.encode())
+        assert status == 200 and got["count"] == 1
+    finally:
+        rcs = [stop(p, signal.SIGTERM) for p in (web_p, ingest_p)]
+        worker.signal(signal.SIGTERM)
+        assert worker.wait() == 0
+    assert rcs == [0, 0], (tmp_path / "web.log").read_text()[-2000:]

@@ -1,0 +1,181 @@
+"""Query API: scopes, a scope's top outliers, one individual's action profile.
+
+Read-only views of what the workers stored (docs/openapi.yaml documents them):
+
+- ``GET /api/scopes``: every scope with its number of individuals and actions.
+- ``GET /api/outliers?org=&source=&pop=&limit=``: the highest current scores of
+  a scope (ZREVRANGE of its rank zset). Within a scope zscore is an increasing
+  function of score (same mean and sigma for everyone), so the top scores are
+  the top zscores. Each comes with its top reasons (``Snapshot.explain``).
+- ``GET /api/individual?org=&source=&pop=&id=``: per action of the scope, the
+  individual's count, the normalised count ``x'``, the expected count
+  ``n' * p_a`` and the bits it contributes; plus score, zscore and count.
+
+The score is the one the worker last committed; zscore is computed from the
+scope's current aggregates, and reasons from the current population counts,
+so they can differ slightly from the last ``/discrete`` answer for that id.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from aiohttp import web
+
+from common.health import REDIS, ApiError, json_response
+from common.keys import Scope
+from common.result import r3
+from common.schema import LIMITS
+from common.scoring import Snapshot, normalise, zscore
+from common.store import read_individual, read_scope, scope_summaries, top_individuals
+from web.settings import WebSettings
+
+_QUERY_SETTINGS = web.AppKey("binormal_query_settings", WebSettings)
+
+SCOPES_LIMIT = (1000, 10_000)  # default, maximum
+OUTLIERS_LIMIT = (10, 500)
+ACTIONS_LIMIT = (100, 1000)
+REASONS = 3
+
+
+def setup_query(app: web.Application, settings: WebSettings) -> None:
+    """Register ``/api/scopes``, ``/api/outliers`` and ``/api/individual`` (Redis set up by the caller)."""
+    app[_QUERY_SETTINGS] = settings
+    app.router.add_get("/api/scopes", scopes)
+    app.router.add_get("/api/outliers", outliers)
+    app.router.add_get("/api/individual", individual)
+
+
+def _text(request: web.Request, name: str) -> str:
+    value = request.query.get(name)
+    if value is None:
+        raise ApiError(400, f"{name}: is missing", name)
+    if value == "":
+        raise ApiError(400, f"{name}: must not be empty", name)
+    size = len(value.encode("utf-8", "surrogateescape"))
+    if size > LIMITS[name]:
+        raise ApiError(400, f"{name}: is {size} bytes, over the limit of {LIMITS[name]}", name)
+    return value
+
+
+def _limit(request: web.Request, bounds: tuple[int, int]) -> int:
+    default, maximum = bounds
+    raw = request.query.get("limit")
+    if raw is None or raw == "":
+        return default
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= maximum:
+        raise ApiError(400, f"limit: must be an integer from 1 to {maximum}", "limit")
+    return int(raw)
+
+
+def _scope(request: web.Request) -> Scope:
+    return Scope(_text(request, "org"), _text(request, "source"), _text(request, "pop"))
+
+
+def _unknown_scope(scope: Scope) -> ApiError:
+    return ApiError(
+        404, "no event was counted in this scope (org, source, pop)", "pop",
+        org=scope.org, source=scope.source, pop=scope.pop,
+    )
+
+
+def _scope_dict(scope: Scope) -> dict[str, str]:
+    return {"org": scope.org, "source": scope.source, "pop": scope.pop}
+
+
+async def scopes(request: web.Request) -> web.Response:
+    """``GET /api/scopes``: every scope with its number of individuals and actions."""
+    limit = _limit(request, SCOPES_LIMIT)
+    handle = request.app[REDIS]
+    items, total = await scope_summaries(handle.require(), handle.keys, limit)
+    return json_response({"scopes": items, "total": total, "truncated": total > len(items)})
+
+
+async def outliers(request: web.Request) -> web.Response:
+    """``GET /api/outliers``: the scope's top individuals by current score, with reasons."""
+    scope = _scope(request)
+    limit = _limit(request, OUTLIERS_LIMIT)
+    handle = request.app[REDIS]
+    client = handle.require()
+    view = await read_scope(client, handle.keys, scope)
+    if view is None:
+        raise _unknown_scope(scope)
+    cap = request.app[_QUERY_SETTINGS].cap
+    snap = Snapshot(view.pop, cap=cap)
+    agg = view.agg
+    rows = await top_individuals(client, handle.keys, scope, limit)
+    items = [
+        {
+            "id": ident,
+            "score": r3(score),
+            "count": sum(counts.values()),
+            "zscore": r3(zscore(score, agg.n, agg.total, agg.total_sq)),
+            "reasons": snap.explain(counts, REASONS),
+        }
+        for ident, score, counts in rows
+    ]
+    mean, std = _mean_std(agg.n, agg.total, agg.total_sq)
+    return json_response(
+        {**_scope_dict(scope), "individuals": agg.n, "mean": r3(mean), "std": r3(std), "outliers": items}
+    )
+
+
+async def individual(request: web.Request) -> web.Response:
+    """``GET /api/individual``: one individual's counts vs expected per action, bits, score, zscore."""
+    scope = _scope(request)
+    ident = _text(request, "id")
+    limit = _limit(request, ACTIONS_LIMIT)
+    handle = request.app[REDIS]
+    client = handle.require()
+    view = await read_scope(client, handle.keys, scope)
+    if view is None:
+        raise _unknown_scope(scope)
+    counts, committed = await read_individual(client, handle.keys, scope, ident)
+    if not counts:
+        raise ApiError(
+            404, "id: no event was counted for this individual in this scope", "id",
+            org=scope.org, source=scope.source, pop=scope.pop, id=ident,
+        )
+    snap = Snapshot(view.pop, cap=request.app[_QUERY_SETTINGS].cap)
+    score = committed if committed is not None else snap.score(counts)
+    n_norm, norm = normalise(counts, snap.cap)
+    rows: list[dict[str, Any]] = []
+    for action in snap.counts:
+        observed = norm.get(action, 0)
+        expected = n_norm * snap.p(action)
+        bits = snap.bits(action, observed, n_norm)
+        kind = "typical" if bits == 0.0 else ("over" if observed > expected else "missing")
+        rows.append(
+            {
+                "action": action,
+                "count": counts.get(action, 0),
+                "observed": observed,
+                "expected": r3(expected),
+                "p": r3(snap.p(action)),
+                "bits": r3(bits),
+                "kind": kind,
+            }
+        )
+    rows.sort(key=lambda r: (-r["bits"], r["action"]))
+    agg = view.agg
+    return json_response(
+        {
+            **_scope_dict(scope),
+            "id": ident,
+            "count": sum(counts.values()),
+            "normalised_count": n_norm,
+            "score": r3(score),
+            "zscore": r3(zscore(score, agg.n, agg.total, agg.total_sq)),
+            "actions": rows[:limit],
+            "actions_total": len(rows),
+            "truncated": len(rows) > limit,
+        }
+    )
+
+
+def _mean_std(n: int, total: float, total_sq: float) -> tuple[float, float]:
+    if n <= 0:
+        return 0.0, 0.0
+    mean = total / n
+    return mean, math.sqrt(max(total_sq / n - mean * mean, 0.0))
