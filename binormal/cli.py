@@ -27,10 +27,41 @@ def _score(args: argparse.Namespace) -> int:
     return main_score(args.file, args.top, args.json, args.cap)
 
 
+def _recompute(args: argparse.Namespace) -> int:
+    from common.store import main_recompute
+
+    return main_recompute()
+
+
 def _run(args: argparse.Namespace) -> int:
     from binormal.run import main_run
 
     return main_run()
+
+
+def _web(args: argparse.Namespace) -> int:
+    from web.app import main as main_web
+
+    return main_web()
+
+
+def _ingest(args: argparse.Namespace) -> int:
+    from ingest.app import main as main_ingest
+
+    return main_ingest()
+
+
+def _feed(args: argparse.Namespace) -> int:
+    from binormal.feed import main_feed
+    from binormal.feedsettings import settings_from_args
+    from common.config import ConfigError
+
+    try:
+        settings = settings_from_args(args)
+    except ConfigError as exc:
+        sys.stderr.write(f"binormal feed: {exc}\n")
+        return 2
+    return main_feed(settings)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,12 +76,25 @@ def build_parser() -> argparse.ArgumentParser:
     w = sub.add_parser("worker", help="run one scorer worker against REDIS_URL")
     w.set_defaults(func=_worker)
 
+    wb = sub.add_parser("web", help="run the web tier (/discrete, /api/*, /, /websocket) on HOST:PORT against REDIS_URL")
+    wb.set_defaults(func=_web)
+
+    ig = sub.add_parser("ingest", help="run the ingest service (/events) on HOST:INGEST_PORT against REDIS_URL")
+    ig.set_defaults(func=_ingest)
+
     s = sub.add_parser("score", help="score an NDJSON log offline (no server needed)")
     s.add_argument("file", help="NDJSON file, .gz accepted, - for stdin")
     s.add_argument("--top", type=int, default=10, help="outliers shown per scope")
     s.add_argument("--json", action="store_true", help="one JSON object per individual")
     s.add_argument("--cap", type=int, default=100, help="normalisation cap N")
     s.set_defaults(func=_score)
+
+    rc = sub.add_parser("recompute", help="rebuild every scope's score aggregates from scratch (bounds float drift)")
+    rc.set_defaults(func=_recompute)
+
+    from binormal.feedsettings import add_feed_parser
+
+    add_feed_parser(sub).set_defaults(func=_feed)
     return p
 
 

@@ -157,8 +157,15 @@ class BatchProcessor:
                 self.counters.dead += 1
                 log.warning("dead_lettered", entry_id=e.id.decode(), shard=e.shard, reason=e.reason)
 
-    async def process(self, client: aioredis.Redis, entries: Sequence[Entry]) -> list[dict[str, Any]]:
-        """Process one batch; returns the results published (for tests and tools)."""
+    async def process(
+        self, client: aioredis.Redis, entries: Sequence[Entry], tail: Commands | None = None
+    ) -> list[dict[str, Any]]:
+        """Process one batch; returns the results (for tests and tools).
+
+        With ``tail`` the final publishing commands are appended to it instead
+        of sent: the worker sends them in front of its next XREADGROUP, which
+        saves a round trip per batch (they are sent before it blocks).
+        """
         self.counters.batches += 1
         self.counters.read += len(entries)
         self.validate(entries)
@@ -171,15 +178,18 @@ class BatchProcessor:
         dups: list[Entry] = []
         applied = await self._apply(client, good, dups)
         results: list[tuple[Entry, dict[str, Any]]] = []
+        out = Commands() if tail is None else tail
         if applied:
             await self._refresh_snapshots(client, applied)
             results = await self._score_and_commit(client, applied)
-            await self._publish(client, results)
+            self._publish(out, results)
         if dups:
             # Only after the results are published and their stored copies SET:
             # a duplicate's waiter reads the first result's stored copy when this
             # note arrives, and that first entry may be in this very batch.
-            await self._notify_duplicates(client, dups)
+            self._notify_duplicates(out, dups)
+        if tail is None:
+            await self.flush(client, out)
         return [r for _, r in results]
 
     async def _apply(
@@ -253,22 +263,27 @@ class BatchProcessor:
                 args += (e.id, ev.action, e.scope.token, "0" if ev.event_id is None else "1")
             pipe.evalsha(sha, len(keys), *keys, *args)
 
-    async def _notify_duplicates(self, client: aioredis.Redis, dups: Sequence[Entry]) -> None:
+    def _notify_duplicates(self, pipe: Commands, dups: Sequence[Entry]) -> None:
         """Tell request-reply waiters their event id was already counted.
 
         The waiter then reads the stored copy of the first result
         (``keys.reply(shard, event_id)``) if it is still there.
         """
+        for e in dups:
+            ev = e.event
+            if ev is not None and ev.reply_to is not None:
+                note = {"duplicate": True, "event_id": ev.event_id, "rid": ev.rid}
+                pipe.publish(ev.reply_to, orjson.dumps(note))
 
-        def build(pipe: Commands) -> None:
-            for e in dups:
-                ev = e.event
-                if ev is not None and ev.reply_to is not None:
-                    note = {"duplicate": True, "event_id": ev.event_id, "rid": ev.rid}
-                    pipe.publish(ev.reply_to, orjson.dumps(note))
-
-        if any(e.event is not None and e.event.reply_to is not None for e in dups):
-            await self._execute(client, build)
+    async def flush(self, client: aioredis.Redis, pipe: Commands) -> None:
+        """Send collected publishing commands (one round trip) and log failures."""
+        if not pipe.commands:
+            return
+        self.counters.round_trips += 1
+        for r in await execute_raw(client, pipe.commands):
+            if isinstance(r, Exception):
+                log.error("publish_failed", error=str(r))
+        pipe.commands.clear()
 
     async def _refresh_snapshots(self, client: aioredis.Redis, applied: list[tuple[Entry, dict[str, Any]]]) -> None:
         """Give every applied entry a population snapshot (see DESIGN.md section 2)."""
@@ -344,29 +359,30 @@ class BatchProcessor:
                 out.append((e, make_result(ev, st["counts"], st["score"], st["explain"], agg, st["stats"], ts)))
         return out
 
-    async def _publish(self, client: aioredis.Redis, results: list[tuple[Entry, dict[str, Any]]]) -> None:
+    def _publish(self, pipe: Commands, results: list[tuple[Entry, dict[str, Any]]]) -> None:
         """Replies to their waiters (with a stored copy), then the broadcast batch."""
         channel = self.keys.broadcast_channel()
         lines = [orjson.dumps(r) for _, r in results]
 
-        def build(pipe: Commands) -> None:
-            for (e, r), line in zip(results, lines):
-                ev = e.event
-                assert ev is not None
-                if ev.reply_to is not None:
-                    # Stored copy for a waiter that missed the publish (pub/sub keeps
-                    # nothing) or retries with the same event id.
-                    stored = ev.event_id or ev.rid
-                    if stored is not None:
-                        pipe.set(self.keys.reply(e.shard, stored), line, ex=self.reply_ttl_s)
-                    pipe.publish(ev.reply_to, line if ev.rid is None else orjson.dumps(dict(r, rid=ev.rid)))
-            for i in range(0, len(lines), BROADCAST_CHUNK):
-                pipe.publish(channel, b"\n".join(lines[i : i + BROADCAST_CHUNK]))
-
-        replies = await self._execute(client, build)
-        for r in replies:
-            if isinstance(r, Exception):
-                log.error("publish_failed", error=str(r))
+        # Replies for one web instance travel as one NDJSON message per batch:
+        # one PUBLISH and one pub/sub message to parse instead of one per request.
+        by_channel: dict[str, list[bytes]] = {}
+        for (e, _), line in zip(results, lines):
+            ev = e.event
+            assert ev is not None
+            if ev.reply_to is not None:
+                # Stored copy for a waiter that missed the publish (pub/sub keeps
+                # nothing) or retries with the same event id.
+                stored = ev.event_id or ev.rid
+                if stored is not None:
+                    pipe.set(self.keys.reply(e.shard, stored), line, ex=self.reply_ttl_s)
+                # The result is a JSON object: splice "rid" in before its closing brace.
+                reply = line if ev.rid is None else line[:-1] + b',"rid":' + orjson.dumps(ev.rid) + b"}"
+                by_channel.setdefault(ev.reply_to, []).append(reply)
+        for reply_to, replies in by_channel.items():
+            pipe.publish(reply_to, b"\n".join(replies))
+        for i in range(0, len(lines), BROADCAST_CHUNK):
+            pipe.publish(channel, b"\n".join(lines[i : i + BROADCAST_CHUNK]))
         self.counters.published += len(results)
 
 

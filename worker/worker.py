@@ -19,9 +19,9 @@ import redis.asyncio as aioredis
 import structlog
 from redis.exceptions import ResponseError
 
-from common.connection import TRANSIENT, make_client, wait_until_up
+from common.connection import TRANSIENT, execute_raw, make_client, wait_until_up
 from common.scripts import Scripts
-from worker.batch import BatchProcessor, Counters, Entry
+from worker.batch import BatchProcessor, Commands, Counters, Entry
 from worker.settings import WorkerSettings
 
 log = structlog.get_logger("binormal.worker")
@@ -86,6 +86,12 @@ class Worker:
                 except TRANSIENT as exc:
                     self.ready.clear()
                     log.warning("redis_connection_lost", error=str(exc))
+                except ResponseError as exc:
+                    # The group (or stream) was deleted under us: create it again.
+                    if "NOGROUP" not in str(exc):
+                        raise
+                    self.ready.clear()
+                    log.warning("group_missing", error=str(exc))
         finally:
             await self._goodbye(client)
             await client.aclose()
@@ -104,9 +110,9 @@ class Worker:
     async def _loop(self, client: aioredis.Redis) -> None:
         # Own backlog first, in one lane, so it is applied before anything new.
         while self._backlog and not self.stop_event.is_set():
-            entries = await self._read(client)
+            entries = await self._read(client, Commands())
             if entries:
-                await self._run_batch(client, entries)
+                await self._run_batch(client, entries, None)
         lanes = [asyncio.ensure_future(self._lane(client, i)) for i in range(self.lanes)]
         try:
             await asyncio.gather(*lanes)
@@ -126,16 +132,22 @@ class Worker:
         return 1 if self.settings.snapshot_max_age_ms == 0 else self.settings.inflight
 
     async def _lane(self, client: aioredis.Redis, lane: int) -> None:
-        while not self.stop_event.is_set():
-            if lane == 0:
-                await self._housekeeping(client)
-            entries = await self._read(client)
-            if entries:
-                await self._run_batch(client, entries)
+        # A batch's publishing commands ride in front of the lane's next read.
+        tail = Commands()
+        try:
+            while not self.stop_event.is_set():
+                if lane == 0:
+                    await self._housekeeping(client)
+                entries = await self._read(client, tail)
+                if entries:
+                    await self._run_batch(client, entries, tail)
+        finally:
+            if tail.commands:
+                await self.processor.flush(client, tail)
 
-    async def _run_batch(self, client: aioredis.Redis, entries: list[Entry]) -> None:
+    async def _run_batch(self, client: aioredis.Redis, entries: list[Entry], tail: Commands | None) -> None:
         """Process a batch; a stop request during it waits at most the grace period."""
-        task = asyncio.ensure_future(self.processor.process(client, entries))
+        task = asyncio.ensure_future(self.processor.process(client, entries, tail))
         while True:
             stop_wait = asyncio.ensure_future(self.stop_event.wait())
             done, _ = await asyncio.wait({task, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
@@ -151,13 +163,14 @@ class Worker:
                 log.warning("batch_cancelled_after_grace", entries=len(entries))
             return
 
-    async def _read(self, client: aioredis.Redis) -> list[Entry]:
-        """Own backlog first (from id 0, non-blocking), then new entries (BLOCK)."""
+    async def _read(self, client: aioredis.Redis, tail: Commands) -> list[Entry]:
+        """Own backlog first (from id 0, non-blocking), then new entries (BLOCK).
+
+        ``tail`` (the previous batch's publishing commands) is sent in the same
+        write, ahead of the XREADGROUP, and emptied.
+        """
         if self._backlog:
-            backlog: dict[Any, Any] = dict(self._backlog)
-            reply = await client.xreadgroup(self.keys.group, self.consumer, backlog, count=self.settings.batch)
-            self.processor.counters.round_trips += 1
-            entries = self._entries(reply)
+            entries = self._entries(await self._xreadgroup(client, tail, dict(self._backlog), block=False))
             got = {e.stream for e in entries}
             for stream in list(self._backlog):
                 if stream in got:
@@ -166,19 +179,33 @@ class Worker:
                     del self._backlog[stream]
             if entries:
                 return entries
-        streams: dict[Any, Any] = {s: b">" for s in self._stream_shard}
-        reply = await client.xreadgroup(
-            self.keys.group, self.consumer, streams, count=self.settings.batch, block=self.settings.block_ms
-        )
+        return self._entries(await self._xreadgroup(client, tail, {s: b">" for s in self._stream_shard}, block=True))
+
+    async def _xreadgroup(self, client: aioredis.Redis, tail: Commands, ids: dict[bytes, bytes], block: bool) -> Any:
+        """XREADGROUP GROUP g c COUNT n [BLOCK ms] STREAMS ... as a raw RESP2 reply."""
+        cmd: list[Any] = ["XREADGROUP", "GROUP", self.keys.group, self.consumer, "COUNT", self.settings.batch]
+        if block:
+            cmd += ["BLOCK", self.settings.block_ms]
+        cmd += ["STREAMS", *ids.keys(), *ids.values()]
+        sent = len(tail.commands)
+        replies = await execute_raw(client, [*tail.commands, cmd])
+        tail.commands.clear()
         self.processor.counters.round_trips += 1
-        return self._entries(reply)
+        for r in replies[:sent]:
+            if isinstance(r, Exception):
+                log.error("publish_failed", error=str(r))
+        if isinstance(replies[-1], Exception):
+            raise replies[-1]
+        return replies[-1]
 
     def _entries(self, reply: Any) -> list[Entry]:
+        """Entries of a raw XREADGROUP/XAUTOCLAIM reply: [[stream, [[id, [f, v, ...] | nil]]]]."""
         out: list[Entry] = []
         for stream, items in reply or []:
             shard = self._stream_shard[stream]
-            for entry_id, fields in items:
-                out.append(Entry(stream, shard, entry_id, fields or {}))
+            for entry_id, flat in items:
+                fields = dict(zip(flat[0::2], flat[1::2])) if flat else {}
+                out.append(Entry(stream, shard, entry_id, fields))
         return out
 
     async def _housekeeping(self, client: aioredis.Redis) -> None:

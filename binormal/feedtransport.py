@@ -1,0 +1,280 @@
+"""How ``binormal feed`` delivers events: HTTP batches, one-by-one ``/discrete``, or XADD.
+
+Each transport sends one unit (a batch, or one event for ``--sync``) and
+either returns what the service said about every event in it, or raises
+:class:`Retry` (nothing is known about the unit: send the very same unit
+again later; its event ids make a second copy harmless), :class:`TooLarge`
+(split it) or :class:`Fatal` (stop the run).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import orjson
+from redis.exceptions import ResponseError
+
+from common.connection import TRANSIENT, make_client
+from common.keys import Keyspace
+from common.schema import Event
+
+# Redis errors worth waiting out (loading after a restart, out of memory for now, ...).
+RETRYABLE_REDIS = ("LOADING", "BUSY", "TRYAGAIN", "OOM", "MASTERDOWN", "READONLY", "CLUSTERDOWN")
+
+
+class Retry(Exception):
+    """The unit's fate is unknown or it was refused for now; send it again (``after`` seconds, if given)."""
+
+    def __init__(self, reason: str, after: float | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.after = after
+
+
+class TooLarge(Exception):
+    """The request was refused for its size (413): split the unit."""
+
+
+class Fatal(Exception):
+    """The whole request was refused for a reason retrying cannot fix."""
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    """One event to send: its line number and the byte offset just after its line."""
+
+    lineno: int
+    end: int
+    event: Event
+
+
+@dataclass
+class Outcome:
+    """What the service said about one unit."""
+
+    accepted: int = 0
+    rejected: list[tuple[int, str]] = field(default_factory=list)  # (lineno, "field: error")
+    results: list[dict[str, Any]] = field(default_factory=list)  # --sync answers
+    notes: list[str] = field(default_factory=list)  # warnings worth showing
+
+
+def event_json(e: Event) -> bytes:
+    """The JSON a producer sends for ``e`` (the fields of ``common.schema.JSON_FIELDS``)."""
+    d: dict[str, Any] = {"org": e.org, "source": e.source, "pop": e.pop, "id": e.id, "action": e.action}
+    if e.event_id is not None:
+        d["event_id"] = e.event_id
+    if e.ts is not None:
+        d["ts"] = e.ts
+    return orjson.dumps(d)
+
+
+def retry_after(headers: Any, default: float | None = None) -> float | None:
+    """Seconds from a ``Retry-After`` header (delta-seconds form), else ``default``."""
+    raw = headers.get("Retry-After")
+    if raw is None:
+        return default
+    try:
+        return max(0.0, float(raw))
+    except ValueError:
+        return default
+
+
+def _error_text(body: bytes, limit: int = 300) -> str:
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return body[:limit].decode("utf-8", "replace").strip()
+    if isinstance(doc, dict):
+        err = doc.get("error") or doc.get("message") or doc
+        fld = doc.get("field")
+        text = f"{fld}: {err}" if fld and isinstance(err, str) and not err.startswith(f"{fld}:") else str(err)
+        return text[:limit]
+    return str(doc)[:limit]
+
+
+class HttpTransport:
+    """Common HTTP plumbing: one session, keep-alive, a timeout on every request."""
+
+    def __init__(self, url: str, timeout_s: float) -> None:
+        self.base = url.rstrip("/")
+        self.timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=min(timeout_s, 5.0))
+        self.session: aiohttp.ClientSession | None = None
+
+    async def open(self) -> None:
+        """Create the client session."""
+        self.session = aiohttp.ClientSession(
+            timeout=self.timeout,
+            connector=aiohttp.TCPConnector(limit=8, force_close=False),
+            headers={"User-Agent": "binormal-feed"},
+        )
+
+    async def close(self) -> None:
+        """Close the session."""
+        if self.session is not None:
+            await self.session.close()
+            self.session = None
+
+    async def _post(self, path: str, body: bytes, content_type: str) -> tuple[int, Any, bytes]:
+        assert self.session is not None
+        try:
+            async with self.session.post(
+                self.base + path, data=body, headers={"Content-Type": content_type}
+            ) as resp:
+                return resp.status, resp.headers, await resp.read()
+        except asyncio.TimeoutError:
+            raise Retry(f"no answer from {self.base} within {self.timeout.total:g} s") from None
+        except aiohttp.ClientConnectorError as exc:
+            raise Retry(f"cannot connect to {self.base} ({exc.os_error.strerror or exc.os_error})") from None
+        except (aiohttp.ClientError, OSError) as exc:
+            raise Retry(f"connection to {self.base} failed: {type(exc).__name__}: {exc}") from None
+
+    @staticmethod
+    def _classify(status: int, headers: Any, body: bytes, what: str) -> None:
+        """Raise for answers that are not a per-event verdict."""
+        if status == 503 or status == 429:
+            raise Retry(f"{what}: service busy ({status}: {_error_text(body, 120)})", retry_after(headers))
+        if status == 408 or status >= 500:
+            raise Retry(f"{what}: HTTP {status}: {_error_text(body, 120)}", retry_after(headers))
+        if status == 413:
+            raise TooLarge(_error_text(body))
+
+
+class BatchTransport(HttpTransport):
+    """``POST /events`` with an NDJSON body; the 202 answer says which lines were rejected."""
+
+    path = "/events"
+
+    async def send(self, items: Sequence[Item]) -> Outcome:
+        """Send ``items`` as one NDJSON request."""
+        body = b"\n".join(event_json(it.event) for it in items) + b"\n"
+        status, headers, raw = await self._post(self.path, body, "application/x-ndjson")
+        self._classify(status, headers, raw, f"POST {self.path}")
+        doc = _json_or_none(raw)
+        # A batch whose every line is invalid is a 400 carrying the same per-line verdict as a 202.
+        verdict = isinstance(doc, dict) and "accepted" in doc and "rejected" in doc
+        if status == 400 and verdict:
+            status = 202
+        if status not in (200, 202):
+            raise Fatal(f"POST {self.base}{self.path} answered {status}: {_error_text(raw)}")
+        if not verdict:
+            raise Retry(f"POST {self.path}: unreadable answer {raw[:120]!r}")
+        try:
+            accepted, rejected = int(doc["accepted"]), int(doc["rejected"])
+            errors = list(doc.get("errors") or [])
+        except (TypeError, ValueError):
+            raise Retry(f"POST {self.path}: unreadable answer {raw[:120]!r}") from None
+        out = Outcome(accepted=accepted)
+        for err in errors:
+            try:
+                idx = int(err["line"]) - 1  # 1-based line of the request body
+            except (KeyError, TypeError, ValueError):
+                continue
+            lineno = items[idx].lineno if 0 <= idx < len(items) else -1
+            fld, msg = err.get("field"), str(err.get("error", "rejected"))
+            out.rejected.append((lineno, f"{fld}: {msg}" if fld and not msg.startswith(f"{fld}:") else msg))
+        for _ in range(rejected - len(out.rejected)):  # the service lists a bounded number of errors
+            out.rejected.append((-1, "rejected (not listed by the service)"))
+        if accepted + rejected != len(items):
+            out.notes.append(
+                f"the service counted {accepted} accepted + {rejected} rejected for {len(items)} lines sent"
+            )
+        return out
+
+
+class SyncTransport(HttpTransport):
+    """``POST /discrete``, one event per request, answers kept for printing (the seed's way)."""
+
+    path = "/discrete"
+
+    async def send(self, items: Sequence[Item]) -> Outcome:
+        """Send each event of ``items`` in turn (the feed loop gives one at a time)."""
+        out = Outcome()
+        for it in items:
+            status, headers, raw = await self._post(self.path, event_json(it.event), "application/json")
+            if status == 504:
+                doc = _json_or_none(raw)
+                if isinstance(doc, dict) and doc.get("queued") is True:
+                    out.accepted += 1
+                    out.notes.append(f"line {it.lineno}: no result in time; queued as {it.event.event_id}")
+                    continue
+            if status in (400, 413, 422):
+                out.rejected.append((it.lineno, _error_text(raw)))
+                continue
+            self._classify(status, headers, raw, f"POST {self.path}")
+            if status == 200:
+                doc = _json_or_none(raw)
+                if not isinstance(doc, dict):
+                    raise Retry(f"POST {self.path}: unreadable answer {raw[:120]!r}")
+                out.accepted += 1
+                out.results.append(doc)
+            else:
+                raise Fatal(f"POST {self.base}{self.path} answered {status}: {_error_text(raw)}")
+        return out
+
+
+def _json_or_none(raw: bytes) -> Any:
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+
+
+class DirectTransport:
+    """XADD straight into the stream shards (the public entry schema), pipelined.
+
+    Backpressure: when the shards hold more than ``max_backlog`` entries in all
+    (XLEN; the workers trim what every group acknowledged), wait before adding more.
+    """
+
+    def __init__(self, redis_url: str, keys: Keyspace, timeout_s: float, max_backlog: int) -> None:
+        self.redis_url = redis_url
+        self.keys = keys
+        self.timeout_s = timeout_s
+        self.max_backlog = max_backlog
+        self.client: Any = None
+        self._stream_of: dict[tuple[str, str, str], str] = {}
+
+    async def open(self) -> None:
+        """Create the client (connections are made on first use)."""
+        self.client = make_client(self.redis_url, socket_timeout=self.timeout_s, max_connections=4)
+
+    async def close(self) -> None:
+        """Close the client."""
+        if self.client is not None:
+            await self.client.aclose()
+            self.client = None
+
+    def _stream(self, e: Event) -> str:
+        k = (e.org, e.source, e.pop)
+        s = self._stream_of.get(k)
+        if s is None:
+            s = self._stream_of[k] = self.keys.stream(self.keys.shard(e.scope))
+            if len(self._stream_of) > 100_000:
+                self._stream_of.clear()
+        return s
+
+    async def send(self, items: Sequence[Item]) -> Outcome:
+        """XADD every event in one pipeline round trip."""
+        try:
+            if self.max_backlog:
+                pipe = self.client.pipeline(transaction=False)
+                for s in self.keys.streams():
+                    pipe.xlen(s)
+                backlog = sum(int(n) for n in await pipe.execute())
+                if backlog > self.max_backlog:
+                    raise Retry(f"stream backlog {backlog} > {self.max_backlog} entries; waiting for the workers", 1.0)
+            pipe = self.client.pipeline(transaction=False)
+            for it in items:
+                pipe.xadd(self._stream(it.event), it.event.to_fields())
+            await pipe.execute()
+        except ResponseError as exc:
+            if str(exc).split(" ", 1)[0] in RETRYABLE_REDIS:
+                raise Retry(f"redis: {exc}") from None
+            raise Fatal(f"redis refused XADD: {exc}") from None
+        except TRANSIENT as exc:
+            raise Retry(f"redis unreachable at {self.redis_url}: {type(exc).__name__}: {exc}") from None
+        return Outcome(accepted=len(items))
