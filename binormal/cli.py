@@ -36,7 +36,7 @@ def _recompute(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     from binormal.run import main_run
 
-    return main_run()
+    return main_run(args.log_level)
 
 
 def _web(args: argparse.Namespace) -> int:

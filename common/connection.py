@@ -169,3 +169,11 @@ async def execute_raw(client: aioredis.Redis, commands: Sequence[Sequence[Any]])
         raise
     finally:
         await pool.release(conn)
+
+
+def xadd_command(stream: str, fields: dict[str, str]) -> tuple[Any, ...]:
+    """``XADD stream * field value ...`` as a command tuple for :func:`execute_raw`."""
+    flat: list[str] = []
+    for name, value in fields.items():
+        flat += (name, value)
+    return ("XADD", stream, "*", *flat)

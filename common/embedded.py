@@ -62,7 +62,7 @@ def server_version(binary: str) -> str:
     return "unknown"
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """In the child before exec: get SIGTERM when the parent dies (Linux prctl).
 
     The server runs in its own session (a terminal Ctrl-C must not reach it
@@ -117,7 +117,7 @@ class RedisServer:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             start_new_session=True,
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -32,7 +32,7 @@ import structlog
 from aiohttp import web
 
 from common import metrics
-from common.connection import TRANSIENT
+from common.connection import TRANSIENT, execute_raw, xadd_command
 from common.health import (
     JSON,
     REDIS,
@@ -206,11 +206,9 @@ async def _write(client: aioredis.Redis, st: Ingest, events: list[tuple[int, Eve
     written = 0
     for start in range(0, len(events), step):
         chunk = events[start : start + step]
-        pipe = client.pipeline(transaction=False)
-        for _, ev in chunk:
-            pipe.xadd(streams[keys.shard(ev.scope)], ev.to_fields())  # type: ignore[arg-type]
+        commands = [xadd_command(streams[keys.shard(ev.scope)], ev.to_fields()) for _, ev in chunk]
         try:
-            await pipe.execute()
+            results = await execute_raw(client, commands)
         except TRANSIENT:
             _ACCEPTED.inc(written)
             log.warning("ingest_write_failed", written=written, first_unwritten_line=chunk[0][0])
@@ -221,6 +219,19 @@ async def _write(client: aioredis.Redis, st: Ingest, events: list[tuple[int, Eve
                 first_unwritten_line=chunk[0][0],
                 hint="events from first_unwritten_line on may not have been written; resend them with event_id",
             ) from None
+        bad = [i for i, r in enumerate(results) if isinstance(r, Exception)]
+        if bad:
+            # Redis refused writes (e.g. OOM): say exactly which lines were not written.
+            done = written + len(chunk) - len(bad)
+            _ACCEPTED.inc(done)
+            log.error("ingest_write_refused", error=str(results[bad[0]]), refused=len(bad))
+            raise unavailable(
+                st.settings.retry_after_s,
+                accepted=done,
+                rejected=summary["rejected"],
+                unwritten_lines=[chunk[i][0] for i in bad],
+                hint=f"redis refused the write ({results[bad[0]]}); resend the unwritten lines with event_id",
+            )
         written += len(chunk)
     _ACCEPTED.inc(written)
     return written

@@ -32,7 +32,7 @@ import structlog
 from aiohttp import web
 
 from common import metrics
-from common.connection import TRANSIENT
+from common.connection import TRANSIENT, execute_raw, xadd_command
 from common.health import (
     JSON,
     REDIS,
@@ -115,12 +115,9 @@ class XaddBatcher:
                 await self._send(batch)
 
     async def _send(self, batch: list[tuple[str, dict[str, str], asyncio.Future[None]]]) -> None:
-        pipe = self.client.pipeline(transaction=False)
-        for stream, fields, _ in batch:
-            pipe.xadd(stream, fields)  # type: ignore[arg-type]
         self.round_trips += 1
         try:
-            results = await pipe.execute(raise_on_error=False)
+            results = await execute_raw(self.client, [xadd_command(stream, fields) for stream, fields, _ in batch])
         except TRANSIENT as exc:
             results = [exc] * len(batch)
         except Exception as exc:  # never let this task die: every request would hang
