@@ -185,13 +185,22 @@ async def read_individual(
     return _int_hash(counts), (None if score is None else float(score))
 
 
-async def stream_lag(client: aioredis.Redis, keys: Keyspace) -> dict[int, int]:
+# On Redis 6.2 an exact count of undelivered entries means reading them
+# (XRANGE); below this bound that is cheap enough for a backpressure check.
+EXACT_LAG_LIMIT = 20_000
+
+
+async def stream_lag(client: aioredis.Redis, keys: Keyspace, limit: int | None = None) -> dict[int, int]:
     """Per shard: entries the consumer group has not acknowledged yet.
 
     Redis 7 reports ``lag`` (entries not yet delivered) per group; adding
     ``pending`` (delivered, not acknowledged) gives the work outstanding.
     Redis 6.2 has no ``lag``: there we use XLEN, which the worker keeps close
-    to the unacknowledged entries by trimming acknowledged history (MINID).
+    to the unacknowledged entries by trimming acknowledged history (MINID)
+    every ``BINORMAL_TRIM_INTERVAL_S``. Given ``limit`` (the backpressure
+    bound, if at most ``EXACT_LAG_LIMIT``) the entries after the group's
+    last-delivered id are counted instead (at most ``EXACT_LAG_LIMIT`` per shard), so
+    history not yet trimmed does not read as lag.
     A stream or group that does not exist yet also falls back to XLEN (0 for
     no stream): the group is created at id 0, so those entries are still owed.
     """
@@ -209,8 +218,15 @@ async def stream_lag(client: aioredis.Redis, keys: Keyspace) -> dict[int, int]:
         if not isinstance(groups, Exception):
             for g in groups:
                 name = g["name"].decode() if isinstance(g["name"], bytes) else str(g["name"])
-                if name == keys.group and g.get("lag") is not None:
+                if name != keys.group:
+                    continue
+                if g.get("lag") is not None:
                     lag = int(g["lag"]) + int(g["pending"])
+                elif limit is not None and lag > 0 and limit <= EXACT_LAG_LIMIT:
+                    last = g["last-delivered-id"]
+                    last = last.decode() if isinstance(last, bytes) else str(last)
+                    after = await client.xrange(keys.stream(shard), min="(" + last, max="+", count=EXACT_LAG_LIMIT)
+                    lag = len(after) + int(g["pending"])
         out[shard] = lag
     return out
 

@@ -69,6 +69,7 @@ class LagReader:
 
     keys: Keyspace
     ttl_s: float
+    limit: int | None = None  # the backpressure bound (see stream_lag)
     value: int = 0
     read_at: float = float("-inf")
     _task: asyncio.Future[int] | None = field(default=None, repr=False)
@@ -83,7 +84,7 @@ class LagReader:
         return await asyncio.shield(self._task)
 
     async def _read(self, client: aioredis.Redis) -> int:
-        lag = sum((await stream_lag(client, self.keys)).values())
+        lag = sum((await stream_lag(client, self.keys, self.limit)).values())
         self.value, self.read_at = lag, time.monotonic()
         return lag
 
@@ -157,7 +158,7 @@ def setup(app: web.Application, settings: IngestSettings) -> None:
     """Register ``POST /events`` (and health, Redis) on ``app``."""
     setup_redis(app, settings.redis_url, settings.keys)
     setup_health(app, settings.ready_heartbeat_s)
-    app[INGEST] = Ingest(settings, settings.keys, LagReader(settings.keys, settings.lag_check_s))
+    app[INGEST] = Ingest(settings, settings.keys, LagReader(settings.keys, settings.lag_check_s, settings.max_lag))
     app.router.add_post("/events", events)
 
 

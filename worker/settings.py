@@ -28,7 +28,7 @@ class WorkerSettings:
     cap: int = 100
     seen_ttl_s: int = 3_600
     reply_ttl_s: int = 60
-    trim_interval_s: float = 10.0
+    trim_interval_s: float = 1.0
     dead_maxlen: int = 100_000
     grace_s: float = 10.0
     heartbeat_s: float = 2.0
@@ -68,7 +68,7 @@ class WorkerSettings:
             cap=env_int(e, "BINORMAL_CAP", 100, minimum=1),
             seen_ttl_s=env_int(e, "BINORMAL_IDEMPOTENCY_TTL_S", 3_600, minimum=1),
             reply_ttl_s=env_int(e, "BINORMAL_REPLY_TTL_S", 60, minimum=1),
-            trim_interval_s=env_float(e, "BINORMAL_TRIM_INTERVAL_S", 10.0),
+            trim_interval_s=env_float(e, "BINORMAL_TRIM_INTERVAL_S", 1.0),
             dead_maxlen=env_int(e, "BINORMAL_DEAD_MAXLEN", 100_000, minimum=1),
             grace_s=env_float(e, "BINORMAL_GRACE_S", 10.0),
         )
