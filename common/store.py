@@ -226,7 +226,7 @@ async def stream_lag(client: aioredis.Redis, keys: Keyspace, limit: int | None =
                     last = g["last-delivered-id"]
                     last = last.decode() if isinstance(last, bytes) else str(last)
                     after = await client.xrange(keys.stream(shard), min="(" + last, max="+", count=EXACT_LAG_LIMIT)
-                    lag = len(after) + int(g["pending"])
+                    lag = len(after or []) + int(g["pending"])
         out[shard] = lag
     return out
 
