@@ -150,7 +150,7 @@ class Snapshot:
         """``Z[n]``: bits of an individual of ``n`` events that did no action at all."""
         got = self._zero.get(n)
         if got is None:
-            got = math.fsum(action_bits(0, n, self.p(a)) for a in self.counts)
+            got = math.fsum(self.bits(a, 0, n) for a in self.counts)
             self._zero[n] = got
         return got
 
