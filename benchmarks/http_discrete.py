@@ -13,7 +13,10 @@ machine (the client too), which is the point: the figures are what one box does.
     python benchmarks/http_discrete.py [--mode split|run] [--requests N] [--seconds S]
 
 ``/discrete``: each level sends ``--requests`` requests (at most ``--seconds``)
-from C concurrent clients, each awaiting its answer before the next; prints
+from C concurrent clients, each awaiting its answer before the next (or, with
+``--client wrk``, runs ``wrk`` for ``--seconds`` with C connections and the
+varied events of ``discrete.lua``: the load generator then costs far less CPU
+on this shared machine); prints
 requests/s, p50, p90, p99 and max latency. ``/events``: ``--batches`` NDJSON
 bodies of 1,000 events from 4 concurrent clients; prints events/s accepted (202).
 Events: 20 scopes, 5,000 individuals, 30 actions with a skewed mix.
@@ -153,6 +156,39 @@ async def events_run(session: aiohttp.ClientSession, url: str, batches: int, pay
             "events_per_s": round(accepted / elapsed)}
 
 
+WRK_LUA = Path(__file__).with_name("discrete.lua")
+
+
+def _ms(text: str) -> float:
+    """wrk's duration (``812.00us``, ``1.23ms``, ``2.01s``) in milliseconds."""
+    for unit, scale in (("us", 0.001), ("ms", 1.0), ("s", 1000.0)):
+        if text.endswith(unit):
+            return float(text[: -len(unit)]) * scale
+    return float(text)
+
+
+def wrk_level(url: str, clients: int, seconds: float) -> dict[str, Any]:
+    """``wrk`` (C, one thread) with ``clients`` connections posting varied events (discrete.lua)."""
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{clients}", f"-d{max(1, int(seconds))}s", "--latency", "-s", str(WRK_LUA), url],
+        capture_output=True, text=True, timeout=seconds + 60, check=True,
+    ).stdout
+    got: dict[str, Any] = {"clients": clients, "errors": {}}
+    for line in out.splitlines():
+        parts = line.split()
+        if line.startswith("Requests/sec:"):
+            got["rps"] = round(float(parts[1]))
+        elif len(parts) == 2 and parts[0] in ("50%", "90%", "99%"):
+            got[f"p{parts[0][:-1]}_ms"] = round(_ms(parts[1]), 2)
+        elif "requests in" in line:
+            got["ok"] = int(parts[0])
+        elif line.strip().startswith("Non-2xx"):
+            got["errors"] = {"non-2xx": int(parts[-1])}
+        elif line.strip().startswith("Latency") and len(parts) >= 4:
+            got["max_ms"] = round(_ms(parts[3]), 2)
+    return got
+
+
 def cpu_times(procs: list[subprocess.Popen[bytes]], redis_pid: int | None) -> dict[str, float]:
     """CPU seconds (user+system) used so far by each process of the setup and by this client."""
     out: dict[str, float] = {}
@@ -192,7 +228,10 @@ async def bench(args: argparse.Namespace, redis_url: str, workdir: Path, redis_p
             for clients in LEVELS:
                 n = args.requests if clients > 1 else max(1, args.requests // 3)
                 cpu0 = cpu_times(procs, redis_pid)
-                r = await discrete_level(session, f"{web_base}/discrete", clients, n, args.seconds, payload)
+                if args.client == "wrk":
+                    r = await asyncio.to_thread(wrk_level, f"{web_base}/discrete", clients, args.seconds)
+                else:
+                    r = await discrete_level(session, f"{web_base}/discrete", clients, n, args.seconds, payload)
                 r["cpu_s"] = {k: round(v - cpu0.get(k, 0.0), 2) for k, v in cpu_times(procs, redis_pid).items()}
                 results["discrete"].append(r)
                 print(f"/discrete clients={clients:>3}: {r['rps']:>6} req/s  p50 {r['p50_ms']:.2f} ms  "
@@ -224,6 +263,8 @@ async def bench(args: argparse.Namespace, redis_url: str, workdir: Path, redis_p
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--mode", choices=("split", "run"), default="split")
+    ap.add_argument("--client", choices=("aiohttp", "wrk"), default="aiohttp",
+                    help="load generator for /discrete: this process (aiohttp) or wrk (C, far cheaper per request)")
     ap.add_argument("--requests", type=int, default=15_000, help="requests per concurrency level (1 client: a third)")
     ap.add_argument("--seconds", type=float, default=20.0, help="time cap per level")
     ap.add_argument("--batches", type=int, default=100, help="/events bodies of 1,000 events")

@@ -202,6 +202,9 @@ class BatchProcessor:
         poisoned entry cannot hold back the others in its run.
         """
         want_pop = self.snapshot_max_age_ms == 0
+        # Snapshots already too old are re-read in the same round trip, after
+        # the applies (so they include this batch's counts).
+        prefetch = [] if want_pop else self._aged_scopes(good)
         replies: list[tuple[Entry, Any]] = []
         failed: list[Entry] = []
         for size in (LUA_CHUNK, 1):
@@ -209,8 +212,18 @@ class BatchProcessor:
             if not todo:
                 break
             chunks = _runs(todo, size)
-            results = await self._execute(client, lambda pipe: self._build_apply(pipe, chunks, want_pop))
+            extra = prefetch if size == LUA_CHUNK else []
+
+            def build(pipe: Commands) -> None:
+                self._build_apply(pipe, chunks, want_pop)
+                for scope, shard in extra:
+                    pipe.hgetall(self.keys.scope_key(scope, "pop", shard))
+
+            results = await self._execute(client, build)
             self.counters.lua_calls += len(chunks)
+            if extra:
+                self._store_snapshots(extra, results[len(chunks) :])
+                results = results[: len(chunks)]
             failed = []
             for chunk, r in zip(chunks, results):
                 if isinstance(r, Exception):
@@ -285,21 +298,46 @@ class BatchProcessor:
                 log.error("publish_failed", error=str(r))
         pipe.commands.clear()
 
+    def _aged_scopes(self, entries: Sequence[Entry]) -> list[tuple[Scope, int]]:
+        """Scopes of ``entries`` whose snapshot is missing or older than the max age."""
+        now = time.monotonic()
+        max_age = self.snapshot_max_age_ms / 1000.0
+        aged: dict[Scope, int] = {}
+        for e in entries:
+            assert e.scope is not None
+            got = self.snapshots.get(e.scope)
+            if got is None or now - got[1] > max_age:
+                aged[e.scope] = e.shard
+        return list(aged.items())
+
+    def _store_snapshots(self, order: Sequence[tuple[Scope, int]], fetched: Sequence[Any]) -> None:
+        """Cache snapshots from HGETALL replies (LRU-bounded)."""
+        now = time.monotonic()
+        self.counters.snapshot_refreshes += len(order)
+        for (scope, _), raw in zip(order, fetched):
+            if isinstance(raw, Exception):
+                raise raw
+            self.snapshots[scope] = (Snapshot(_pairs_int(raw), cap=self.cap), now)
+            self.snapshots.move_to_end(scope)
+        while len(self.snapshots) > SNAPSHOT_CACHE:
+            self.snapshots.popitem(last=False)
+
     async def _refresh_snapshots(self, client: aioredis.Redis, applied: list[tuple[Entry, dict[str, Any]]]) -> None:
-        """Give every applied entry a population snapshot (see DESIGN.md section 2)."""
+        """Give every applied entry a population snapshot (see DESIGN.md section 2).
+
+        Aged snapshots were already re-read with the applies; here only scopes
+        whose snapshot lacks one of the individual's actions cost a round trip.
+        """
         if self.snapshot_max_age_ms == 0:
             for _, st in applied:
                 st["snapshot"] = Snapshot(st["pop"], cap=self.cap)
             return
-        now = time.monotonic()
-        max_age = self.snapshot_max_age_ms / 1000.0
         stale: dict[Scope, int] = {}
         for e, st in applied:
             assert e.scope is not None
-            scope = e.scope
-            got = self.snapshots.get(scope)
-            if got is None or now - got[1] > max_age or not got[0].covers(st["counts"]):
-                stale[scope] = e.shard
+            got = self.snapshots.get(e.scope)
+            if got is None or not got[0].covers(st["counts"]):
+                stale[e.scope] = e.shard
         if stale:
             order = list(stale.items())
 
@@ -307,16 +345,7 @@ class BatchProcessor:
                 for scope, shard in order:
                     pipe.hgetall(self.keys.scope_key(scope, "pop", shard))
 
-            fetched = await self._execute(client, build)
-            self.counters.snapshot_refreshes += len(order)
-            for (scope, _), raw in zip(order, fetched):
-                if isinstance(raw, Exception):
-                    raise raw
-                pop = _pairs_int(raw)
-                self.snapshots[scope] = (Snapshot(pop, cap=self.cap), now)
-                self.snapshots.move_to_end(scope)
-            while len(self.snapshots) > SNAPSHOT_CACHE:
-                self.snapshots.popitem(last=False)
+            self._store_snapshots(order, await self._execute(client, build))
         for e, st in applied:
             assert e.scope is not None
             st["snapshot"] = self.snapshots[e.scope][0]
