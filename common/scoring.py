@@ -19,6 +19,9 @@ from dataclasses import dataclass, field
 
 LN2 = math.log(2.0)
 DEFAULT_CAP = 100
+SCORE_EPSILON = 1e-9  # bits; smaller scores are rounding residue
+# lgamma(k + 1) for k = 0..1000: normalised counts never exceed the cap N.
+_LG = [math.lgamma(k + 1) for k in range(1001)]
 
 
 def log_pmf(x: int, n: int, p: float) -> float:
@@ -126,6 +129,7 @@ class Snapshot:
     _zero: dict[int, float] = field(default_factory=dict, repr=False)
     _bits: dict[tuple[str, int, int], float] = field(default_factory=dict, repr=False)
     _zero_ranked: dict[int, list[tuple[float, str]]] = field(default_factory=dict, repr=False)
+    _logit: dict[str, float] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         self.total = sum(self.counts.values())
@@ -137,11 +141,26 @@ class Snapshot:
         return self.counts.get(action, 0) / self.total
 
     def bits(self, action: str, x: int, n: int) -> float:
-        """Cached :func:`action_bits` for this snapshot's ``p_action``."""
+        """Cached :func:`action_bits` for this snapshot's ``p_action``.
+
+        For 0 < p < 1 and n within the lgamma table the difference of the two
+        log-pmfs is taken in closed form: ``lgamma(n+1)`` cancels and the
+        ``log p``/``log(1-p)`` terms collapse into ``(m - x) * logit(p)``, so
+        ``bits = (lg[x] + lg[n-x] - lg[m] - lg[n-m] + (m-x) logit p) / ln 2``
+        with ``lg[k] = lgamma(k+1)`` precomputed: no lgamma call per action.
+        """
         key = (action, x, n)
         got = self._bits.get(key)
         if got is None:
-            got = action_bits(x, n, self.p(action))
+            p = self.p(action)
+            if 0.0 < p < 1.0 and n < len(_LG):
+                m = min(int((n + 1) * p), n)
+                logit = self._logit.get(action)
+                if logit is None:
+                    logit = self._logit[action] = math.log(p) - math.log1p(-p)
+                got = max((_LG[x] + _LG[n - x] - _LG[m] - _LG[n - m] + (m - x) * logit) / LN2, 0.0)
+            else:
+                got = action_bits(x, n, p)
             if len(self._bits) < 200_000:
                 self._bits[key] = got
         return got
@@ -198,7 +217,12 @@ class Snapshot:
                     terms.append(-self.bits(action, 0, n_norm))
                     if bx > 0.0 and action in self.counts:
                         own.append((bx, action))
-            score = max(math.fsum(terms), 0.0)
+            score = math.fsum(terms)
+            # Z[n'] is itself rounded, so subtracting the own actions' bits(0)
+            # from it can leave a residue of an ulp or two where the exact score
+            # is 0 (an individual at every action's mode): call that 0.
+            if score < SCORE_EPSILON:
+                score = 0.0
         if limit <= 0:
             return score, []
         for action, x in norm.items():
