@@ -460,4 +460,4 @@ def _runs(entries: Sequence[Entry], size: int, by_shard: bool = False) -> list[l
 
 def _pairs_int(flat: Sequence[bytes]) -> dict[str, int]:
     """HGETALL's flat [field, value, ...] reply as {str: int}."""
-    return {flat[i].decode(): int(flat[i + 1]) for i in range(0, len(flat), 2)}
+    return dict(zip(map(bytes.decode, flat[0::2]), map(int, flat[1::2])))
