@@ -154,3 +154,62 @@ def test_web_ingest_and_worker_run_alone_against_redis_url(
         worker.signal(signal.SIGTERM)
         assert worker.wait() == 0
     assert rcs == [0, 0], (tmp_path / "web.log").read_text()[-2000:]
+
+
+def _children(pid: int) -> list[int]:
+    """PIDs whose parent is ``pid`` (from /proc)."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                out.append(int(entry.name))
+    return out
+
+
+def _worker_children(pid: int) -> list[int]:
+    found = []
+    for child in _children(pid):
+        try:
+            cmd = (Path("/proc") / str(child) / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"worker" in cmd and b"binormal.cli" in cmd:
+            found.append(child)
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_run_restarts_a_worker_that_dies_and_stops_it_last(tmp_path: Path, base_env: dict[str, str]) -> None:
+    port = free_port()
+    env = dict(base_env, PORT=str(port), HOST="127.0.0.1", BINORMAL_DATA_DIR=str(tmp_path / "var"),
+               BINORMAL_BLOCK_MS="100", BINORMAL_CLAIM_IDLE_MS="1000")
+    base = f"http://127.0.0.1:{port}"
+    proc = spawn(["run"], env, tmp_path / "run.log")
+    try:
+        wait_ready(base, proc)
+        workers = _worker_children(proc.pid)
+        assert len(workers) == 1, workers
+        os.kill(workers[0], signal.SIGKILL)
+        # The supervisor starts a new worker process, and /discrete is answered again.
+        deadline = time.monotonic() + 30
+        while True:
+            now = _worker_children(proc.pid)
+            if now and now != workers:
+                break
+            assert time.monotonic() < deadline, "no new worker process"
+            time.sleep(0.1)
+        status, got = http("POST", f"{base}/discrete", SEED_BODY.encode())
+        assert status == 200 and got["count"] == 1, got
+        new_worker = now[0]
+    finally:
+        rc = stop(proc)
+    log = (tmp_path / "run.log").read_text()
+    assert rc == 0, log[-3000:]
+    assert '"worker_exited"' in log and '"worker_stopped"' in log
+    # The worker child is gone too (stopped by the parent, not orphaned).
+    assert not Path(f"/proc/{new_worker}").exists() or "Z" in Path(f"/proc/{new_worker}/stat").read_text().split()[2]
