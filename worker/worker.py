@@ -136,7 +136,9 @@ class Worker:
         tail = Commands()
         try:
             while not self.stop_event.is_set():
-                if lane == 0:
+                if lane == 0 and self._housekeeping_due():
+                    # Replies first: housekeeping costs round trips of its own.
+                    await self.processor.flush(client, tail)
                     await self._housekeeping(client)
                 entries = await self._read(client, tail)
                 if entries:
@@ -207,6 +209,13 @@ class Worker:
                 fields = dict(zip(flat[0::2], flat[1::2])) if flat else {}
                 out.append(Entry(stream, shard, entry_id, fields))
         return out
+
+    def _housekeeping_due(self) -> bool:
+        now = time.monotonic()
+        due = min(self._next_heartbeat, self._next_claim)
+        if self.settings.trim_interval_s > 0:
+            due = min(due, self._next_trim)
+        return now >= due
 
     async def _housekeeping(self, client: aioredis.Redis) -> None:
         now = time.monotonic()
