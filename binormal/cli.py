@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import signal
 import sys
 
 from common import log
@@ -64,6 +65,10 @@ def _feed(args: argparse.Namespace) -> int:
     return main_feed(settings)
 
 
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(0)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (subcommands added by each service)."""
     p = argparse.ArgumentParser(prog="binormal", description=__doc__)
@@ -100,6 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Parse arguments and run the chosen subcommand."""
+    # Until a service installs its own handlers, SIGTERM means "leave now":
+    # nothing is in hand yet, so exit 0 instead of dying by the signal.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     args = build_parser().parse_args(argv)
     log.configure(args.log_level)
     try:

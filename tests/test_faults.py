@@ -117,6 +117,10 @@ async def test_sigkill_workers_while_draining(
         assert any(k["restart_as"] == k["victim"] for k in mid), "no restart had to read its own backlog"
         await wait_for(lambda: drained(aredis, keys), timeout=150, interval=0.2, what="drain after the kills")
         assert all(w.alive() for w in workers)
+        # A worker restarted just before the drain finished may still be starting;
+        # the graceful stop below is for running workers (heartbeat seen).
+        for slot, w in enumerate(workers):
+            await wait_for(lambda: _running_since(aredis, keys, w.consumer, spawned[slot]), timeout=20)
     finally:
         for w in workers:
             w.signal(15)
