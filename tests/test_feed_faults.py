@@ -24,7 +24,13 @@ pytestmark = pytest.mark.slow
 
 
 async def kill_at_random_points(
-    args: list[str], log: Path, state_path: Path, rnd: random.Random, lines: int, kills: int = 3
+    args: list[str],
+    log: Path,
+    state_path: Path,
+    rnd: random.Random,
+    lines: int,
+    kills: int = 3,
+    batches: tuple[int, ...] = (50, 200, 1000),
 ) -> list[int]:
     """Start the feeder ``kills`` times and SIGKILL it mid-run; returns the saved line after each kill.
 
@@ -37,7 +43,7 @@ async def kill_at_random_points(
     targets = sorted(rnd.randint(lines // 20, lines * 6 // 10) for _ in range(kills))
     for target in targets:
         before = saved[-1] if saved else 0
-        proc = await start_feed(str(log), *args, "--batch", str(rnd.choice([50, 200, 1000])))
+        proc = await start_feed(str(log), *args, "--batch", str(rnd.choice(batches)))
 
         def moved(floor: int = max(before + 1, target)) -> bool:
             state.load()
@@ -90,13 +96,17 @@ async def test_sigkill_three_times_direct_then_finish(
     seed = int(os.environ.get("FEED_SEED") or int.from_bytes(os.urandom(4), "big"))
     print(f"random seed {seed}")
     rnd = random.Random(seed)
-    truth = make_events(30_000, seed=22)
+    truth = make_events(60_000, seed=22)
     log = write_lines(tmp_path / "log.json.gz", [event_line(e) for e in truth])
     state_path = tmp_path / "direct.state"
     args = ["--direct", "--redis-url", redis_url, "--prefix", prefix, "--state", str(state_path)]
-    saved = await kill_at_random_points(args, log, state_path, rnd, 30_000)
+    # --direct has no HTTP hop and its position is saved every 0.5 s: small batches
+    # and a longer file keep it from reaching the end before a kill lands.
+    saved = await kill_at_random_points(args, log, state_path, rnd, 60_000, batches=(50, 100))
+    print(f"saved lines after kills {saved}")
+    assert saved[-1] < 60_000, saved
     final = await feed(str(log), *args, "--json", timeout=200)
     assert final.rc == 0, final.err
-    assert final.summary["read"] == 30_000 - saved[-1]
+    assert final.summary["read"] == 60_000 - saved[-1]
     async with running_worker(worker_settings(redis_url, prefix)):
         assert await counted(aredis, prefix, truth, timeout=150) == []
