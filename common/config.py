@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from typing import Any
+
+from common.keys import DEFAULT_PREFIX
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
@@ -44,6 +47,15 @@ def env_float(env: Mapping[str, str], name: str, default: float, minimum: float 
     if value < minimum:
         raise ConfigError(f"{name} must be >= {minimum}, got {value}")
     return value
+
+
+def redis_env(env: Mapping[str, str]) -> dict[str, Any]:
+    """``redis_url``, ``prefix`` and ``shards``: the settings every service reads alike."""
+    return {
+        "redis_url": env_str(env, "REDIS_URL", DEFAULT_REDIS_URL),
+        "prefix": env_str(env, "BINORMAL_PREFIX", DEFAULT_PREFIX),
+        "shards": env_int(env, "BINORMAL_SHARDS", 4, minimum=1),
+    }
 
 
 def environ() -> Mapping[str, str]:

@@ -81,30 +81,20 @@ def make_client(
     command waits up to that long for a free pooled connection instead of
     failing at once with "Too many connections".
     """
-    extra: dict[str, Any] = {"connection_class": FastConnection} if url.startswith("redis://") else {}
+    options: dict[str, Any] = {
+        "protocol": 2,
+        "socket_timeout": socket_timeout,
+        "socket_connect_timeout": min(socket_timeout, 5.0),
+        "health_check_interval": 15,
+        "max_connections": max_connections,
+        "decode_responses": False,
+    }
+    if url.startswith("redis://"):
+        options["connection_class"] = FastConnection
     if pool_timeout is not None:
-        pool = aioredis.BlockingConnectionPool.from_url(
-            url,
-            **extra,
-            timeout=pool_timeout,
-            protocol=2,
-            socket_timeout=socket_timeout,
-            socket_connect_timeout=min(socket_timeout, 5.0),
-            health_check_interval=15,
-            max_connections=max_connections,
-            decode_responses=False,
-        )
+        pool = aioredis.BlockingConnectionPool.from_url(url, timeout=pool_timeout, **options)
         return aioredis.Redis.from_pool(pool)
-    return aioredis.Redis.from_url(
-        url,
-        **extra,
-        protocol=2,
-        socket_timeout=socket_timeout,
-        socket_connect_timeout=min(socket_timeout, 5.0),
-        health_check_interval=15,
-        max_connections=max_connections,
-        decode_responses=False,
-    )
+    return aioredis.Redis.from_url(url, **options)
 
 
 async def wait_until_up(

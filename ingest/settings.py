@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from common.config import DEFAULT_REDIS_URL, env_float, env_int, env_str, environ
+from common.config import DEFAULT_REDIS_URL, env_float, env_int, env_str, environ, redis_env
 from common.keys import DEFAULT_PREFIX, Keyspace
 
 
@@ -35,9 +35,7 @@ class IngestSettings:
         """Read ``REDIS_URL``, ``HOST``, ``INGEST_PORT`` and ``BINORMAL_*`` variables."""
         e = environ() if env is None else env
         return cls(
-            redis_url=env_str(e, "REDIS_URL", DEFAULT_REDIS_URL),
-            prefix=env_str(e, "BINORMAL_PREFIX", DEFAULT_PREFIX),
-            shards=env_int(e, "BINORMAL_SHARDS", 4, minimum=1),
+            **redis_env(e),
             host=env_str(e, "HOST", "127.0.0.1"),
             port=env_int(e, "INGEST_PORT", 8081),
             max_body_bytes=env_int(e, "BINORMAL_EVENTS_MAX_BYTES", 8 * 1024 * 1024, minimum=1024),

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from common.config import DEFAULT_REDIS_URL, env_float, env_int, env_str, environ
+from common.config import DEFAULT_REDIS_URL, env_float, env_int, env_str, environ, redis_env
 from common.keys import DEFAULT_PREFIX, Keyspace
 
 
@@ -38,9 +38,7 @@ class WebSettings:
         """Read ``REDIS_URL``, ``HOST``, ``PORT`` and ``BINORMAL_*`` variables."""
         e = environ() if env is None else env
         return cls(
-            redis_url=env_str(e, "REDIS_URL", DEFAULT_REDIS_URL),
-            prefix=env_str(e, "BINORMAL_PREFIX", DEFAULT_PREFIX),
-            shards=env_int(e, "BINORMAL_SHARDS", 4, minimum=1),
+            **redis_env(e),
             host=env_str(e, "HOST", "127.0.0.1"),
             port=env_int(e, "PORT", 8080),
             instance=env_str(e, "BINORMAL_INSTANCE", ""),

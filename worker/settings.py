@@ -7,7 +7,7 @@ import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from common.config import DEFAULT_REDIS_URL, ConfigError, env_float, env_int, env_str, environ
+from common.config import DEFAULT_REDIS_URL, ConfigError, env_float, env_int, env_str, environ, redis_env
 from common.keys import DEFAULT_PREFIX, Keyspace
 
 
@@ -55,9 +55,7 @@ class WorkerSettings:
         """Read ``REDIS_URL`` and ``BINORMAL_*`` variables."""
         e = environ() if env is None else env
         return cls(
-            redis_url=env_str(e, "REDIS_URL", DEFAULT_REDIS_URL),
-            prefix=env_str(e, "BINORMAL_PREFIX", DEFAULT_PREFIX),
-            shards=env_int(e, "BINORMAL_SHARDS", 4, minimum=1),
+            **redis_env(e),
             consumer=env_str(e, "BINORMAL_CONSUMER", ""),
             batch=env_int(e, "BINORMAL_BATCH", 500, minimum=1),
             inflight=env_int(e, "BINORMAL_INFLIGHT", 2, minimum=1),
