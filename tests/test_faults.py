@@ -28,7 +28,7 @@ from helpers import WorkerProcess, check_counters, counts_from_events, drained, 
 
 BASE_EVENTS = 30_000
 MIN_MID_BATCH_KILLS = 5  # kills that left entries read but not applied
-MAX_ROUNDS = 20
+MAX_ROUNDS = 30
 
 SCOPES = [
     Scope("acme", "webserver", "auth_getpost"),
@@ -87,17 +87,19 @@ async def test_sigkill_workers_while_draining(
         rounds = 0
         while (rest or sum(1 for k in kills if k["pending_left"]) < MIN_MID_BATCH_KILLS) and rounds < MAX_ROUNDS:
             rounds += 1
-            chunk = rest[:3000] if rest else make_events(rng, 2000, BASE_EVENTS + 2000 * rounds)
-            rest = rest[3000:]
-            await xadd_events(aredis, keys, chunk)
-            written += chunk
-            await asyncio.sleep(rng.uniform(0.05, 0.5))
             slot = rng.randrange(2)
             victim = workers[slot]
             # Aim at a moment inside a batch: the victim is up (it sent a heartbeat
-            # since it was spawned) and holds entries it read but has not applied
-            # (polling at a random phase, up to 2 s).
+            # since it was spawned), then gets fresh work (written only now: while
+            # it restarted, the other worker may have drained everything), and
+            # holds entries it read but has not applied (polled at a random
+            # phase, up to 2 s).
             await wait_for(lambda: _running_since(aredis, keys, victim.consumer, spawned[slot]), timeout=20)
+            chunk = rest[:3000] if rest else make_events(rng, 5000, BASE_EVENTS + 5000 * rounds)
+            rest = rest[3000:]
+            await xadd_events(aredis, keys, chunk)
+            written += chunk
+            await asyncio.sleep(rng.uniform(0.0, 0.1))
             deadline = time.monotonic() + 2.0
             while time.monotonic() < deadline and not await _pending_of(aredis, keys, victim.consumer):
                 await asyncio.sleep(rng.uniform(0.0, 0.01))
