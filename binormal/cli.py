@@ -11,7 +11,10 @@ from common import log
 
 
 def _worker(args: argparse.Namespace) -> int:
+    from common.runtime import tune_gc
     from worker import Worker, WorkerSettings
+
+    tune_gc()
 
     async def main() -> None:
         w = Worker(WorkerSettings.from_env())

@@ -33,6 +33,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from common import metrics
 from common.connection import TRANSIENT, make_client, wait_until_up
 from common.keys import Keyspace
+from common.runtime import tune_gc
 from common.store import dead_lengths, groups_present, stream_lag, worker_heartbeats
 
 log = structlog.get_logger("binormal.http")
@@ -311,4 +312,5 @@ def serve(app: web.Application, host: str, port: int, name: str) -> None:
     cleanup contexts (pub/sub listeners, Redis client) are torn down.
     """
     log.info("listening", service=name, url=f"http://{host}:{port}")
+    tune_gc()  # everything is imported and the app built: freeze it
     web.run_app(app, host=host, port=port, access_log=None, print=None, shutdown_timeout=5.0)
