@@ -32,6 +32,7 @@ import structlog  # noqa: E402
 
 from common.embedded import RedisServer, find_binary, server_version  # noqa: E402
 from common.keys import Keyspace  # noqa: E402
+from common.runtime import tune_gc  # noqa: E402
 from common.schema import Event  # noqa: E402
 from worker import Worker, WorkerSettings  # noqa: E402
 from worker.worker import ensure_groups  # noqa: E402
@@ -152,6 +153,7 @@ async def main() -> None:
           f"batch={args.batch} snapshot_max_age_ms={args.max_age_ms}")
     events = make_events(args.events, args.scopes, args.individuals, args.actions)
     keys = Keyspace()
+    tune_gc()  # as `binormal worker` does before it starts
     runs, naive_runs = [], []
     with tempfile.TemporaryDirectory() as tmp:
         server = RedisServer(tmp, binary=binary).start()
