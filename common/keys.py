@@ -11,6 +11,7 @@ Layout (``P`` is the prefix, default ``bn``; ``s`` the shard number)::
     P:{P.s}:sc:<scope>:i:<id>           hash action -> this individual's count x_a
     P:{P.s}:sc:<scope>:rank             zset id -> current score (bits)
     P:{P.s}:sc:<scope>:agg              hash n / sum / sumsq of current scores
+    P:{P.s}:sc:<scope>:ver              hash id -> event count its rank score is from
     P:{P.s}:seen:<event_id>             idempotency marker (expires)
     P:{P.s}:reply:<rid>                 stored copy of a reply (expires)
     P:workers                           hash consumer -> last heartbeat (ms)
@@ -135,7 +136,7 @@ class Keyspace:
         return _scope_prefix(self.prefix, s, scope)
 
     def scope_key(self, scope: Scope, kind: str, shard: int | None = None) -> str:
-        """A per-scope key (``pop``, ``sq``, ``k``, ``rank``, ``agg``)."""
+        """A per-scope key (``pop``, ``sq``, ``k``, ``rank``, ``agg``, ``ver``)."""
         return self.scope_prefix(scope, shard) + kind
 
     def individual(self, scope: Scope, ident: str, shard: int | None = None) -> str:

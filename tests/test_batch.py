@@ -70,3 +70,63 @@ async def test_entry_deleted_while_pending_is_not_counted(
     assert await check_counters(aredis, keys, counts_from_events(events[1:])) == []
     [(_, d)] = await aredis.xrange(keys.dead(keys.shard(SCOPE)))
     assert d[b"entry_id"] == ids[0] and b"no fields" in d[b"reason"]
+
+
+async def test_commit_keeps_the_newest_state_of_an_individual(prefix: str, aredis: aioredis.Redis) -> None:
+    """commit.lua orders one individual's scores by its event count: an older
+    score arriving late (another lane or worker) leaves zset and aggregates alone."""
+    keys = Keyspace(prefix, 4)
+    scripts = Scripts()
+    await scripts.load_all(aredis)
+    rank, agg, ver = (keys.scope_key(SCOPE, kind) for kind in ("rank", "agg", "ver"))
+
+    async def commit(member: str, score: float, count: int) -> list[object]:
+        return list(await aredis.evalsha(scripts.sha("commit"), 3, rank, agg, ver, member, repr(score), count))
+
+    assert await commit("u1", 5.0, 3) == [1, b"5", b"25", 1]
+    assert await commit("u2", 1.0, 1) == [2, b"6", b"26", 1]
+    # u1's score at its 2nd event arrives after the one at its 3rd: skipped
+    assert await commit("u1", 2.0, 2) == [2, b"6", b"26", 0]
+    assert await aredis.zscore(rank, "u1") == 5.0
+    assert await aredis.hget(ver, "u1") == b"3"
+    # the next state replaces it, and the aggregates move by the change 5 -> 1.5
+    assert await commit("u1", 1.5, 4) == [2, b"2.5", b"3.25", 1]
+    assert await aredis.zscore(rank, "u1") == 1.5
+    assert await aredis.hget(ver, "u1") == b"4"
+
+
+async def test_late_commit_of_an_older_batch_is_skipped(prefix: str, aredis: aioredis.Redis) -> None:
+    """Batch A applies u1's 1st event, batch B applies and commits its 2nd, then A
+    commits: u1's rank score stays B's (the newer state), and A's is counted as stale."""
+    keys = Keyspace(prefix, 4)
+    await ensure_groups(aredis, keys.streams(), keys.group)
+    events = [Event(SCOPE.org, SCOPE.source, SCOPE.pop, "u1", a) for a in ("GET /", "DELETE /admin")]
+    events += [Event(SCOPE.org, SCOPE.source, SCOPE.pop, "u2", "GET /")] * 5  # a population to score against
+    await xadd_events(aredis, keys, events[2:])
+    stream = keys.stream(keys.shard(SCOPE))
+    home = keys.shard(SCOPE)
+    proc = BatchProcessor(keys, Scripts(), "c")
+    await proc.scripts.load_all(aredis)
+
+    async def read_one() -> list[Entry]:
+        [(s, [(eid, f)])] = await aredis.xreadgroup(keys.group, "c", {stream: ">"}, count=1)
+        return [Entry(s, home, eid, f)]
+
+    background = []
+    for _ in range(5):
+        background += await read_one()
+    await proc.process(aredis, background)
+    await xadd_events(aredis, keys, events[:2])
+    a, b = await read_one(), await read_one()
+    proc.validate(a)
+    applied_a = await proc._apply(aredis, a, [])  # A: counted, not yet committed
+    [result_b] = await proc.process(aredis, b)  # B: counted and committed
+    await proc._refresh_snapshots(aredis, applied_a)
+    [(_, result_a)] = await proc._score_and_commit(aredis, applied_a)  # A's commit arrives late
+    assert (result_a["count"], result_b["count"]) == (1, 2)
+    assert result_a["score"] != result_b["score"]
+    assert proc.counters.stale_scores == 1
+    rank = keys.scope_key(SCOPE, "rank")
+    assert round(await aredis.zscore(rank, "u1"), 3) == result_b["score"]
+    assert await aredis.hget(keys.scope_key(SCOPE, "ver"), "u1") == b"2"
+    assert (await aredis.hmget(keys.scope_key(SCOPE, "agg"), "n"))[0] == b"2"

@@ -41,7 +41,7 @@ TRICKY = [
     "pop",
     "rank",
 ]
-KINDS = ("pop", "sq", "k", "rank", "agg")
+KINDS = ("pop", "sq", "k", "rank", "agg", "ver")
 
 
 # --- Redis Cluster key slots, our own implementation of the spec ---------------------------

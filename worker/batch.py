@@ -5,7 +5,8 @@ Each step is one pipelined round trip for the whole batch, whatever its size:
 1. dead-letter invalid entries (``deadletter.lua``: XADD to the dead stream + XACK);
 2. apply counters of valid entries (``apply.lua``: counters + XACK, exactly once);
 3. refresh population snapshots that are missing, too old or lack an action;
-4. commit every new score in entry order (``commit.lua``: zset + aggregates);
+4. commit every new score in entry order (``commit.lua``: zset + aggregates,
+   newest state of each individual wins);
 5. publish replies (``reply_to``), their stored copies, and the broadcast batch.
 
 Lua scripts in a pipeline run one after the other in pipeline order, so with
@@ -70,6 +71,7 @@ class Counters:
     round_trips: int = 0
     lua_calls: int = 0
     snapshot_refreshes: int = 0
+    stale_scores: int = 0  # scores skipped: a later state of the individual was committed first
 
     def as_dict(self) -> dict[str, int]:
         """Plain dict copy."""
@@ -367,8 +369,10 @@ class BatchProcessor:
                 args: list[Any] = []
                 for e in chunk:
                     assert e.event is not None
-                    keys += (e.kp + "rank", e.kp + "agg")
-                    args += (e.event.id, repr(state[id(e)]["score"]))
+                    st = state[id(e)]
+                    keys += (e.kp + "rank", e.kp + "agg", e.kp + "ver")
+                    # The event count orders one individual's states (commit.lua).
+                    args += (e.event.id, repr(st["score"]), sum(st["counts"].values()))
                 pipe.evalsha(sha, len(keys), *keys, *args)
 
         results = await self._execute(client, build)
@@ -383,7 +387,11 @@ class BatchProcessor:
             for i, e in enumerate(chunk):
                 ev, st = e.event, state[id(e)]
                 assert ev is not None
-                agg = Aggregates(int(r[3 * i]), float(r[3 * i + 1]), float(r[3 * i + 2]))
+                agg = Aggregates(int(r[4 * i]), float(r[4 * i + 1]), float(r[4 * i + 2]))
+                if not r[4 * i + 3]:
+                    # A batch in flight beside this one already committed a later
+                    # state of this individual; its rank score stays the newer one.
+                    self.counters.stale_scores += 1
                 ts = ev.ts if ev.ts is not None else entry_ms(e.id)
                 out.append((e, make_result(ev, st["counts"], st["score"], st["explain"], agg, st["stats"], ts)))
         return out

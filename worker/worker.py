@@ -126,8 +126,9 @@ class Worker:
         """Batches in flight at once: 1 in exact mode (snapshot staleness 0).
 
         With two lanes Python scores one batch while Redis runs the other's
-        scripts, which uses both cores; the effect is that of two consumers, so
-        counters stay exact but per-event order across lanes is not kept.
+        scripts, which uses both cores; the effect is that of two consumers:
+        counters stay exact, and commit.lua keeps each individual's newest score
+        when the lanes' commits arrive in the other order.
         """
         return 1 if self.settings.snapshot_max_age_ms == 0 else self.settings.inflight
 

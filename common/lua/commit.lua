@@ -6,36 +6,57 @@
 -- %.17g, which round-trips an IEEE double exactly; the arithmetic below is the
 -- same as common/result.py Aggregates.replace, so both engines agree bit for bit.
 --
+-- Newest state wins: each score comes with the individual's event count after
+-- the event it was computed for. apply.lua counts every event exactly once, so
+-- that count grows by one per event and orders the states of one individual.
+-- Two batches in flight (worker lanes, or several workers) can reach here in
+-- the other order; a score older than the one already committed is skipped,
+-- so the zset never goes back to an earlier state.
+--
 -- One call commits a run of scores of ONE shard, in order (a later score of
 -- the same individual sees the earlier one as its old value).
 --
--- per score i: KEYS[2i-1] scope rank zset   KEYS[2i] scope agg hash
---              ARGV[2i-1] individual id     ARGV[2i] new score (a repr() of a double)
--- Returns {n, sum, sumsq, ...} after each update (floats as strings).
+-- per score i (base k = 3*(i-1)):
+--   KEYS[k+1] scope rank zset   KEYS[k+2] scope agg hash   KEYS[k+3] scope ver hash
+--   ARGV[k+1] individual id     ARGV[k+2] new score (a repr() of a double)
+--   ARGV[k+3] the individual's event count the score was computed at
+-- Returns {n, sum, sumsq, committed, ...} after each score (floats as strings;
+-- committed is 0 when the score was older than the committed one).
 local out = {}
-for i = 1, #ARGV / 2 do
-  local rank, aggkey = KEYS[2 * i - 1], KEYS[2 * i]
-  local member, raw = ARGV[2 * i - 1], ARGV[2 * i]
-  local new = tonumber(raw)
-  local old = redis.call('ZSCORE', rank, member)
+for i = 1, #ARGV / 3 do
+  local k = 3 * (i - 1)
+  local rank, aggkey, verkey = KEYS[k + 1], KEYS[k + 2], KEYS[k + 3]
+  local member, raw, count = ARGV[k + 1], ARGV[k + 2], tonumber(ARGV[k + 3])
   local agg = redis.call('HMGET', aggkey, 'n', 'sum', 'sumsq')
-  local n = tonumber(agg[1] or '0')
-  local sum = tonumber(agg[2] or '0')
-  local sumsq = tonumber(agg[3] or '0')
-  local prev = 0
-  if old then
-    prev = tonumber(old)
+  local last = tonumber(redis.call('HGET', verkey, member) or '0')
+  if last > count then
+    out[#out + 1] = tonumber(agg[1] or '0')
+    out[#out + 1] = agg[2] or '0'
+    out[#out + 1] = agg[3] or '0'
+    out[#out + 1] = 0
   else
-    n = n + 1
+    local new = tonumber(raw)
+    local old = redis.call('ZSCORE', rank, member)
+    local n = tonumber(agg[1] or '0')
+    local sum = tonumber(agg[2] or '0')
+    local sumsq = tonumber(agg[3] or '0')
+    local prev = 0
+    if old then
+      prev = tonumber(old)
+    else
+      n = n + 1
+    end
+    sum = sum + (new - prev)
+    sumsq = sumsq + (new * new - prev * prev)
+    redis.call('ZADD', rank, raw, member)
+    redis.call('HSET', verkey, member, count)
+    local s = string.format('%.17g', sum)
+    local q = string.format('%.17g', sumsq)
+    redis.call('HSET', aggkey, 'n', n, 'sum', s, 'sumsq', q)
+    out[#out + 1] = n
+    out[#out + 1] = s
+    out[#out + 1] = q
+    out[#out + 1] = 1
   end
-  sum = sum + (new - prev)
-  sumsq = sumsq + (new * new - prev * prev)
-  redis.call('ZADD', rank, raw, member)
-  local s = string.format('%.17g', sum)
-  local q = string.format('%.17g', sumsq)
-  redis.call('HSET', aggkey, 'n', n, 'sum', s, 'sumsq', q)
-  out[#out + 1] = n
-  out[#out + 1] = s
-  out[#out + 1] = q
 end
 return out
