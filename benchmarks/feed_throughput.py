@@ -36,10 +36,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import aiohttp  # noqa: E402
 import orjson  # noqa: E402
 import redis.asyncio as aioredis  # noqa: E402
 
+from benchmarks.services import binormal, spawn, wait_ready  # noqa: E402
 from common.embedded import RedisServer, find_binary, free_port, server_version  # noqa: E402
 from common.keys import Keyspace, Scope  # noqa: E402
 from common.store import stream_lag  # noqa: E402
@@ -66,25 +66,6 @@ def write_log(path: Path, lines: int, seed: int = 1) -> None:
                 chunk.clear()
         if chunk:
             f.write(b"\n".join(chunk) + b"\n")
-
-
-def binormal() -> list[str]:
-    script = Path(sys.executable).with_name("binormal")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "binormal.cli"]
-
-
-async def wait_ready(base: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    async with aiohttp.ClientSession() as session:
-        while time.monotonic() < deadline:
-            try:
-                async with session.get(f"{base}/readyz") as r:
-                    if r.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.1)
-    raise TimeoutError(f"{base} not ready after {timeout}s")
 
 
 async def wait_listening(port: int, timeout: float = 30.0) -> None:
@@ -135,10 +116,7 @@ async def bench(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         if args.service == "ingest":
             # The feed path alone: no worker, backpressure off (nothing is scored).
             env.update(INGEST_PORT=str(port), BINORMAL_MAX_LAG=str(10 * args.lines))
-        with open(tmp / "service.log", "ab") as fh:
-            service = subprocess.Popen(
-                [*binormal(), "--log-level", "WARNING", args.service], env=env, stdout=fh, stderr=fh
-            )
+        service = spawn(["--log-level", "WARNING", args.service], env, tmp / "service.log")
         if args.service == "run":
             await wait_ready(base)
         else:

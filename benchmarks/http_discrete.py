@@ -43,6 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import aiohttp  # noqa: E402
 import orjson  # noqa: E402
 
+from benchmarks.services import spawn, wait_ready  # noqa: E402
 from common.embedded import RedisServer, find_binary, free_port, server_version  # noqa: E402
 
 LEVELS = (1, 16, 64)
@@ -60,29 +61,6 @@ def bodies(n: int, seed: int) -> list[bytes]:
         out.append(orjson.dumps({"org": f"org{s % 4}", "source": f"src{s}", "pop": f"pop{s}",
                                  "id": f"user{rnd.randrange(250)}", "action": picks[i]}))
     return out
-
-
-def binormal() -> list[str]:
-    script = Path(sys.executable).with_name("binormal")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "binormal.cli"]
-
-
-def spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    fh = open(log, "ab")  # noqa: SIM115 - child keeps it
-    return subprocess.Popen([*binormal(), *args], env=env, stdout=fh, stderr=fh)
-
-
-async def wait_ready(session: aiohttp.ClientSession, base: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            async with session.get(f"{base}/readyz") as r:
-                if r.status == 200:
-                    return
-        except aiohttp.ClientError:
-            pass
-        await asyncio.sleep(0.1)
-    raise TimeoutError(f"{base} not ready")
 
 
 async def discrete_level(
@@ -222,8 +200,8 @@ async def bench(args: argparse.Namespace, redis_url: str, workdir: Path, redis_p
     try:
         connector = aiohttp.TCPConnector(limit=max(args.levels) + 8)
         async with aiohttp.ClientSession(connector=connector) as session:
-            await wait_ready(session, web_base)
-            await wait_ready(session, ingest_base)
+            await wait_ready(web_base)
+            await wait_ready(ingest_base)
             payload = bodies(50_000, seed=1)
             await discrete_level(session, f"{web_base}/discrete", 8, 500, 10, payload)  # warm-up
             for clients in args.levels:

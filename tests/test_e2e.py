@@ -13,7 +13,6 @@ import asyncio
 import random
 import shutil
 import signal
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
