@@ -12,6 +12,7 @@ Layout (``P`` is the prefix, default ``bn``; ``s`` the shard number)::
     P:{P.s}:sc:<scope>:rank             zset id -> current score (bits)
     P:{P.s}:sc:<scope>:agg              hash n / sum / sumsq of current scores
     P:{P.s}:sc:<scope>:ver              hash id -> event count its rank score is from
+    P:{P.s}:uncommitted                 hash individual key -> entry applied, score not committed yet
     P:{P.s}:seen:<event_id>             idempotency marker (expires)
     P:{P.s}:reply:<rid>                 stored copy of a reply (expires)
     P:workers                           hash consumer -> last heartbeat (ms)
@@ -142,6 +143,20 @@ class Keyspace:
     def individual(self, scope: Scope, ident: str, shard: int | None = None) -> str:
         """Hash of one individual's action counts."""
         return f"{self.scope_prefix(scope, shard)}i:{encode(ident)}"
+
+    def individual_of(self, key: str | bytes, shard: int) -> tuple[Scope, str]:
+        """Scope and id of an individual's key made by :meth:`individual` for ``shard``."""
+        text = key.decode("utf-8") if isinstance(key, bytes) else key
+        head = f"{self._base(shard)}:sc:"
+        parts = text[len(head) :].split(":") if text.startswith(head) else []
+        if len(parts) != 5 or parts[3] != "i":
+            raise ValueError(f"not an individual key of shard {shard}: {text[:200]!r}")
+        org, source, pop, _, ident = parts
+        return Scope(decode(org), decode(source), decode(pop)), decode(ident)
+
+    def uncommitted(self, shard: int) -> str:
+        """Hash individual key -> id of its last applied entry whose score is not committed yet."""
+        return f"{self._base(shard)}:uncommitted"
 
     def seen(self, shard: int, event_id: str) -> str:
         """Idempotency marker of an event id (in the shard its scope lives in)."""

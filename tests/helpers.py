@@ -264,6 +264,30 @@ async def check_counters(
     return problems
 
 
+async def check_committed(
+    client: aioredis.Redis, keys: Keyspace, truth: Mapping[Scope, Mapping[str, Mapping[str, int]]]
+) -> list[str]:
+    """Every individual has a committed score from its last event (``ver`` = its event
+    count), and each scope's aggregates count every individual; returns mismatches."""
+    problems: list[str] = []
+    for scope, individuals in truth.items():
+        want = {ident: sum(counts.values()) for ident, counts in individuals.items()}
+        got = await hgetall_int(client, keys.scope_key(scope, "ver"))
+        if got != want:
+            diff = {i: (got.get(i), want.get(i)) for i in set(got) | set(want) if got.get(i) != want.get(i)}
+            problems.append(f"{scope} ver: (got, want) {diff}")
+        ranked = await client.zcard(keys.scope_key(scope, "rank"))
+        n = await client.hget(keys.scope_key(scope, "agg"), "n")
+        if ranked != len(want) or n is None or int(n) != len(want):
+            problems.append(f"{scope}: {ranked} ranked, aggregates n={n!r}, {len(want)} individuals")
+    return problems
+
+
+async def no_uncommitted(client: aioredis.Redis, keys: Keyspace) -> bool:
+    """No applied entry is waiting for its score to be committed (or repaired)."""
+    return sum([await client.hlen(keys.uncommitted(s)) for s in range(keys.shards)]) == 0
+
+
 # ---------------------------------------------------------------- subprocess
 
 

@@ -8,6 +8,7 @@ import redis.asyncio as aioredis
 
 from common.keys import Keyspace, Scope
 from common.schema import Event
+from common.scoring import Snapshot
 from common.scripts import Scripts
 from helpers import check_counters, counts_from_events, drained, running_worker, wait_for, worker_settings, xadd_events
 from worker.batch import BatchProcessor, Entry
@@ -79,9 +80,14 @@ async def test_commit_keeps_the_newest_state_of_an_individual(prefix: str, aredi
     scripts = Scripts()
     await scripts.load_all(aredis)
     rank, agg, ver = (keys.scope_key(SCOPE, kind) for kind in ("rank", "agg", "ver"))
+    marks = keys.uncommitted(keys.shard(SCOPE))
 
     async def commit(member: str, score: float, count: int) -> list[object]:
-        return list(await aredis.evalsha(scripts.sha("commit"), 3, rank, agg, ver, member, repr(score), count))
+        entry_id, ikey = f"{count}-0", keys.individual(SCOPE, member)
+        reply = await aredis.evalsha(
+            scripts.sha("commit"), 4, marks, rank, agg, ver, member, repr(score), count, entry_id, ikey
+        )
+        return list(reply)
 
     assert await commit("u1", 5.0, 3) == [1, b"5", b"25", 1]
     assert await commit("u2", 1.0, 1) == [2, b"6", b"26", 1]
@@ -93,6 +99,12 @@ async def test_commit_keeps_the_newest_state_of_an_individual(prefix: str, aredi
     assert await commit("u1", 1.5, 4) == [2, b"2.5", b"3.25", 1]
     assert await aredis.zscore(rank, "u1") == 1.5
     assert await aredis.hget(ver, "u1") == b"4"
+    # the uncommitted mark goes with the commit of its own entry, not an earlier one
+    await aredis.hset(marks, keys.individual(SCOPE, "u1"), "6-0")
+    await commit("u1", 1.0, 5)
+    assert await aredis.hget(marks, keys.individual(SCOPE, "u1")) == b"6-0"
+    await commit("u1", 1.0, 6)
+    assert await aredis.hexists(marks, keys.individual(SCOPE, "u1")) == 0
 
 
 async def test_late_commit_of_an_older_batch_is_skipped(prefix: str, aredis: aioredis.Redis) -> None:
@@ -130,3 +142,40 @@ async def test_late_commit_of_an_older_batch_is_skipped(prefix: str, aredis: aio
     assert round(await aredis.zscore(rank, "u1"), 3) == result_b["score"]
     assert await aredis.hget(keys.scope_key(SCOPE, "ver"), "u1") == b"2"
     assert (await aredis.hmget(keys.scope_key(SCOPE, "agg"), "n"))[0] == b"2"
+
+
+async def test_worker_repairs_a_score_whose_commit_never_happened(
+    redis_url: str, prefix: str, aredis: aioredis.Redis
+) -> None:
+    """A worker that dies between apply and commit leaves the counts right but no
+    score; the uncommitted mark it left lets a live worker commit one."""
+    keys = Keyspace(prefix, 4)
+    await ensure_groups(aredis, keys.streams(), keys.group)
+    population = [Event(SCOPE.org, SCOPE.source, SCOPE.pop, f"p{i}", "GET /") for i in range(8)]
+    mine = [Event(SCOPE.org, SCOPE.source, SCOPE.pop, "u1", a) for a in ("GET /", "DELETE /admin", "DELETE /admin")]
+    await xadd_events(aredis, keys, population + mine)
+    home = keys.shard(SCOPE)
+    reply = await aredis.xreadgroup(keys.group, "dead", {keys.stream(home): ">"}, count=100)
+    entries = [Entry(s, home, eid, f) for s, items in reply for eid, f in items]
+    dying = BatchProcessor(keys, Scripts(), "dead")
+    await dying.scripts.load_all(aredis)
+    await dying.process(aredis, entries[:8])
+    dying.validate(entries[8:])
+    await dying._apply(aredis, entries[8:], [])  # counted and acked; then the process "dies"
+    rank, marks = keys.scope_key(SCOPE, "rank"), keys.uncommitted(home)
+    ikey = keys.individual(SCOPE, "u1")
+    assert await aredis.zscore(rank, "u1") is None
+    assert await aredis.hget(marks, ikey) == entries[-1].id
+    settings = worker_settings(redis_url, prefix, claim_idle_ms=200)
+    async with running_worker(settings) as w:
+        await wait_for(lambda: _absent(aredis, marks, ikey), timeout=10, what="repair")
+        assert w.counters.repaired == 1
+    pop = {k.decode(): int(v) for k, v in (await aredis.hgetall(keys.scope_key(SCOPE, "pop"))).items()}
+    expected = Snapshot(pop).score({"GET /": 1, "DELETE /admin": 2})
+    assert expected > 1.0 and abs(await aredis.zscore(rank, "u1") - expected) < 1e-9
+    assert await aredis.hget(keys.scope_key(SCOPE, "ver"), "u1") == b"3"
+    assert (await aredis.hmget(keys.scope_key(SCOPE, "agg"), "n"))[0] == b"9"
+
+
+async def _absent(client: aioredis.Redis, key: str, field: str) -> bool:
+    return not await client.hexists(key, field)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import zlib
 
+import pytest
 import redis
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -95,6 +96,7 @@ def scope_keys(ks: Keyspace, scope: Scope, ids: list[str]) -> dict[str, tuple[ob
     out[ks.stream(shard)] = ("stream", shard)
     out[ks.dead(shard)] = ("dead", shard)
     out[ks.scopes(shard)] = ("scopes", shard)
+    out[ks.uncommitted(shard)] = ("uncommitted", shard)
     for ident in ids:
         out[ks.seen(shard, ident)] = ("seen", shard, ident)
         out[ks.reply(shard, ident)] = ("reply", shard, ident)
@@ -189,6 +191,25 @@ def test_key_structure_parses_back() -> None:
             assert parts[2] == "sc" and parts[6] == "i"
             assert Scope.from_token(":".join(parts[3:6])) == scope
             assert decode(parts[7]) == ident
+
+
+def test_individual_of_inverts_individual() -> None:
+    for prefix in ("bn", "my:app"):
+        ks = Keyspace(prefix=prefix, shards=4)
+        for scope in tricky_scopes()[:60]:
+            shard = ks.shard(scope)
+            for ident in TRICKY:
+                key = ks.individual(scope, ident)
+                assert ks.individual_of(key, shard) == (scope, ident)
+                assert ks.individual_of(key.encode(), shard) == (scope, ident)
+    ks = Keyspace(prefix="bn", shards=4)
+    scope = Scope("a", "b", "c")
+    shard = ks.shard(scope)
+    for wrong in (ks.scope_key(scope, "pop"), ks.individual(scope, "x") + ":y", ks.stream(shard), "junk"):
+        with pytest.raises(ValueError, match="not an individual key"):
+            ks.individual_of(wrong, shard)
+    with pytest.raises(ValueError, match="not an individual key"):
+        ks.individual_of(ks.individual(scope, "x"), (shard + 1) % 4)
 
 
 def test_encode_is_key_safe() -> None:

@@ -42,6 +42,10 @@ SNAPSHOT_CACHE = 10_000  # scopes whose snapshot a worker keeps
 # short enough that a call blocks Redis for only a millisecond or two.
 LUA_CHUNK = 100
 
+# What commit.lua needs per score: scope key prefix, individual id, score, the
+# individual's event count, the entry id it is for, the individual's key.
+Score = tuple[str, str, float, int, Any, str]
+
 
 @dataclass
 class Entry:
@@ -55,6 +59,7 @@ class Entry:
     event: Event | None = None
     scope: Scope | None = None  # the event's scope, once validated
     kp: str = ""  # key prefix of the scope (keys.scope_prefix)
+    ikey: str = ""  # the individual's counts hash (keys.individual)
 
 
 @dataclass
@@ -72,6 +77,7 @@ class Counters:
     lua_calls: int = 0
     snapshot_refreshes: int = 0
     stale_scores: int = 0  # scores skipped: a later state of the individual was committed first
+    repaired: int = 0  # scores committed for entries whose worker died between apply and commit
 
     def as_dict(self) -> dict[str, int]:
         """Plain dict copy."""
@@ -117,7 +123,8 @@ class BatchProcessor:
                 continue
             e.event = ev
             e.scope = scope
-            e.kp = self.keys.scope_prefix(e.scope, home)
+            e.kp = self.keys.scope_prefix(scope, home)
+            e.ikey = self.keys.individual(scope, ev.id, home)
 
     async def _execute(self, client: aioredis.Redis, build: Callable[[Commands], None]) -> list[Any]:
         """Run the commands ``build(pipe)`` lists in one round trip; on NOSCRIPT load scripts and rerun.
@@ -262,19 +269,13 @@ class BatchProcessor:
         sha = self.scripts.sha("apply")
         for chunk in chunks:
             first = chunk[0]
-            keys: list[Any] = [first.stream, k.scopes(first.shard)]
+            keys: list[Any] = [first.stream, k.scopes(first.shard), k.uncommitted(first.shard)]
             args: list[Any] = [k.group, "1" if want_pop else "0", self.seen_ttl_s]
             for e in chunk:
                 ev = e.event
                 assert ev is not None and e.scope is not None
                 kp = e.kp
-                keys += (
-                    kp + "pop",
-                    kp + "sq",
-                    kp + "k",
-                    k.individual(e.scope, ev.id, e.shard),
-                    k.seen(e.shard, ev.event_id or ""),
-                )
+                keys += (kp + "pop", kp + "sq", kp + "k", e.ikey, k.seen(e.shard, ev.event_id or ""))
                 args += (e.id, ev.action, e.scope.token, "0" if ev.event_id is None else "1")
             pipe.evalsha(sha, len(keys), *keys, *args)
 
@@ -358,22 +359,18 @@ class BatchProcessor:
         """Score each applied entry, commit the scores (``commit.lua``), build results."""
         for _, st in applied:
             st["score"], st["explain"] = st["snapshot"].assess(st["counts"], self.explain_limit)
-        sha = self.scripts.sha("commit")
         # Runs of one shard (one hash tag per call); order within a shard is kept.
         chunks = _runs([e for e, _ in applied], LUA_CHUNK, by_shard=True)
         state = {id(e): st for e, st in applied}
 
         def build(pipe: Commands) -> None:
             for chunk in chunks:
-                keys: list[Any] = []
-                args: list[Any] = []
+                scores: list[Score] = []
                 for e in chunk:
                     assert e.event is not None
                     st = state[id(e)]
-                    keys += (e.kp + "rank", e.kp + "agg", e.kp + "ver")
-                    # The event count orders one individual's states (commit.lua).
-                    args += (e.event.id, repr(st["score"]), sum(st["counts"].values()))
-                pipe.evalsha(sha, len(keys), *keys, *args)
+                    scores.append((e.kp, e.event.id, st["score"], sum(st["counts"].values()), e.id, e.ikey))
+                self._build_commit(pipe, chunk[0].shard, scores)
 
         results = await self._execute(client, build)
         self.counters.lua_calls += len(chunks)
@@ -395,6 +392,63 @@ class BatchProcessor:
                 ts = ev.ts if ev.ts is not None else entry_ms(e.id)
                 out.append((e, make_result(ev, st["counts"], st["score"], st["explain"], agg, st["stats"], ts)))
         return out
+
+    def _build_commit(self, pipe: Commands, shard: int, scores: Sequence[Score]) -> None:
+        """One ``commit.lua`` call for scores of one shard (layout documented in the script)."""
+        keys: list[Any] = [self.keys.uncommitted(shard)]
+        args: list[Any] = []
+        for kp, ident, score, count, entry_id, ikey in scores:
+            keys += (kp + "rank", kp + "agg", kp + "ver")
+            # The event count orders one individual's states (commit.lua).
+            args += (ident, repr(score), count, entry_id, ikey)
+        pipe.evalsha(self.scripts.sha("commit"), len(keys), *keys, *args)
+
+    async def repair(self, client: aioredis.Redis, shard: int, marks: Sequence[tuple[bytes, bytes]]) -> int:
+        """Commit fresh scores for individuals whose last applied entry was never committed.
+
+        ``marks`` are (individual key, entry id) pairs of the shard's uncommitted
+        hash that stayed unchanged for a claim interval: the worker that applied
+        them died before its commit. Each individual is scored on its counts
+        now and committed as of that entry (which clears the mark); a later
+        event of it arriving meanwhile still wins by its event count. Returns
+        the number of scores committed.
+        """
+        found: list[tuple[Scope, str, bytes, bytes]] = []
+        for ikey, entry_id in marks:
+            try:
+                scope, ident = self.keys.individual_of(ikey, shard)
+            except ValueError as exc:
+                log.error("uncommitted_mark_invalid", error=str(exc))
+                continue
+            found.append((scope, ident, ikey, entry_id))
+        if not found:
+            return 0
+        scopes = list(dict.fromkeys(scope for scope, *_ in found))
+
+        def read(pipe: Commands) -> None:
+            for _, _, ikey, _ in found:
+                pipe.hgetall(ikey.decode("utf-8"))
+            for scope in scopes:
+                pipe.hgetall(self.keys.scope_key(scope, "pop", shard))
+
+        replies = await self._execute(client, read)
+        self._store_snapshots([(scope, shard) for scope in scopes], replies[len(found) :])
+        scores: list[Score] = []
+        for (scope, ident, ikey, entry_id), raw in zip(found, replies):
+            counts = _pairs_int(raw)
+            snapshot = self.snapshots[scope][0]
+            score = snapshot.assess(counts, 0)[0]
+            kp = self.keys.scope_prefix(scope, shard)
+            scores.append((kp, ident, score, sum(counts.values()), entry_id.decode(), ikey.decode("utf-8")))
+        for i in range(0, len(scores), LUA_CHUNK):
+            chunk = scores[i : i + LUA_CHUNK]
+            [r] = await self._execute(client, lambda pipe: self._build_commit(pipe, shard, chunk))
+            self.counters.lua_calls += 1
+            if isinstance(r, Exception):
+                raise r
+        self.counters.repaired += len(scores)
+        log.warning("uncommitted_scores_repaired", shard=shard, individuals=len(scores))
+        return len(scores)
 
     def _publish(self, pipe: Commands, results: list[tuple[Entry, dict[str, Any]]]) -> None:
         """Replies to their waiters (with a stored copy), then the broadcast batch."""

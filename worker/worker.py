@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
-from typing import Any
+from typing import Any, cast
 
 import redis.asyncio as aioredis
 import structlog
@@ -25,6 +25,10 @@ from worker.batch import BatchProcessor, Commands, Counters, Entry
 from worker.settings import WorkerSettings
 
 log = structlog.get_logger("binormal.worker")
+
+# Uncommitted marks read per shard and claim round: at most 10 HSCAN pages of ~1,000.
+MARK_PAGES = 10
+MARK_PAGE_SIZE = 1_000
 
 
 class Worker:
@@ -53,6 +57,7 @@ class Worker:
         self._next_trim = 0.0
         self._next_heartbeat = 0.0
         self._claim_cursor: dict[bytes, bytes] = {}
+        self._marks: dict[int, dict[bytes, bytes]] = {}  # uncommitted marks seen last round, per shard
 
     @property
     def counters(self) -> Counters:
@@ -226,6 +231,7 @@ class Worker:
         if now >= self._next_claim:
             self._next_claim = now + max(self.settings.claim_idle_ms / 2000.0, 0.5)
             await self._claim(client)
+            await self._repair(client)
         if self.settings.trim_interval_s > 0 and now >= self._next_trim:
             self._next_trim = now + self.settings.trim_interval_s
             for stream in self._stream_shard:
@@ -258,6 +264,31 @@ class Worker:
             log.info("claimed", stream=stream.decode(), entries=len(claimed))
             await self._mark_over_delivered(client, stream, claimed)
             await self.processor.process(client, claimed)
+
+    async def _repair(self, client: aioredis.Redis) -> None:
+        """Commit the scores a dead worker applied but never committed.
+
+        apply.lua marks each individual with its applied entry in the shard's
+        uncommitted hash and commit.lua clears the mark: it lives for
+        milliseconds. A mark seen unchanged a whole claim round apart was left
+        by a worker that died (or whose commit failed) in between; its
+        counters are right, only the individual's score is missing or old.
+        """
+        for shard in range(self.keys.shards):
+            key = self.keys.uncommitted(shard)
+            marks: dict[bytes, bytes] = {}
+            cursor = 0
+            for _ in range(MARK_PAGES):
+                cursor, page = await client.hscan(key, cursor, count=MARK_PAGE_SIZE)
+                self.processor.counters.round_trips += 1
+                marks.update(cast(dict[bytes, bytes], page))
+                if cursor == 0:
+                    break
+            before = self._marks.get(shard, {})
+            self._marks[shard] = marks
+            stale = [(ikey, entry_id) for ikey, entry_id in marks.items() if before.get(ikey) == entry_id]
+            if stale:
+                await self.processor.repair(client, shard, stale)
 
     async def _mark_over_delivered(self, client: aioredis.Redis, stream: bytes, claimed: list[Entry]) -> None:
         """Entries delivered more than ``max_deliveries`` times go to the dead letters."""

@@ -10,8 +10,13 @@
 -- exactly as separate calls would (the reply for entry i is the state right
 -- after entry i). Batching saves a Lua invocation and a reply per entry.
 --
--- KEYS[1] stream shard   KEYS[2] shard scopes set
--- then per entry i (base b = 2 + 5*(i-1)):
+-- An applied entry's id is left in the shard's uncommitted hash under its
+-- individual's key until commit.lua commits a score for that entry; a mark
+-- that outlives a worker (killed between apply and commit) tells the others
+-- which score to repair (worker.py: _repair).
+--
+-- KEYS[1] stream shard   KEYS[2] shard scopes set   KEYS[3] shard uncommitted hash
+-- then per entry i (base b = 3 + 5*(i-1)):
 --   KEYS[b+1] scope pop hash   KEYS[b+2] scope sq hash   KEYS[b+3] scope k hash
 --   KEYS[b+4] individual hash  KEYS[b+5] idempotency marker of the event id
 -- ARGV[1] group  ARGV[2] '1' to return each scope's whole pop hash (staleness 0)
@@ -26,7 +31,7 @@
 local out = {}
 local n = (#ARGV - 3) / 4
 for i = 1, n do
-  local b = 2 + 5 * (i - 1)
+  local b = 3 + 5 * (i - 1)
   local a = 3 + 4 * (i - 1)
   local id = ARGV[a + 1]
   if redis.call('XACK', KEYS[1], ARGV[1], id) == 0 then
@@ -51,6 +56,7 @@ for i = 1, n do
       else
         k = tonumber(redis.call('HGET', KEYS[b + 3], action))
       end
+      redis.call('HSET', KEYS[3], KEYS[b + 4], id)
       if c == 1 then
         -- first time this action is seen in the scope (so also its first event)
         redis.call('SADD', KEYS[2], ARGV[a + 3])

@@ -13,20 +13,31 @@
 -- the other order; a score older than the one already committed is skipped,
 -- so the zset never goes back to an earlier state.
 --
+-- The apply of the entry a score is for left its id in the shard's
+-- uncommitted hash (apply.lua); it is removed here unless a later entry of
+-- the individual has been applied since (then that one's commit removes it).
+--
 -- One call commits a run of scores of ONE shard, in order (a later score of
 -- the same individual sees the earlier one as its old value).
 --
--- per score i (base k = 3*(i-1)):
+-- KEYS[1] shard uncommitted hash, then per score i (base k = 1 + 3*(i-1)):
 --   KEYS[k+1] scope rank zset   KEYS[k+2] scope agg hash   KEYS[k+3] scope ver hash
---   ARGV[k+1] individual id     ARGV[k+2] new score (a repr() of a double)
---   ARGV[k+3] the individual's event count the score was computed at
+-- per score i (base a = 5*(i-1)):
+--   ARGV[a+1] individual id     ARGV[a+2] new score (a repr() of a double)
+--   ARGV[a+3] the individual's event count the score was computed at
+--   ARGV[a+4] the entry id it was computed for
+--   ARGV[a+5] the individual's key (its field in the uncommitted hash)
 -- Returns {n, sum, sumsq, committed, ...} after each score (floats as strings;
 -- committed is 0 when the score was older than the committed one).
 local out = {}
-for i = 1, #ARGV / 3 do
-  local k = 3 * (i - 1)
+for i = 1, #ARGV / 5 do
+  local k = 1 + 3 * (i - 1)
+  local a = 5 * (i - 1)
   local rank, aggkey, verkey = KEYS[k + 1], KEYS[k + 2], KEYS[k + 3]
-  local member, raw, count = ARGV[k + 1], ARGV[k + 2], tonumber(ARGV[k + 3])
+  local member, raw, count = ARGV[a + 1], ARGV[a + 2], tonumber(ARGV[a + 3])
+  if redis.call('HGET', KEYS[1], ARGV[a + 5]) == ARGV[a + 4] then
+    redis.call('HDEL', KEYS[1], ARGV[a + 5])
+  end
   local agg = redis.call('HMGET', aggkey, 'n', 'sum', 'sumsq')
   local last = tonumber(redis.call('HGET', verkey, member) or '0')
   if last > count then
