@@ -12,6 +12,7 @@ import random
 import re
 import signal
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -402,6 +403,32 @@ async def test_restarted_worker_reads_own_backlog_first(redis_url: str, prefix: 
     assert sorted(r["timestamp"] for r in got[:30]) == sorted(e.ts for e in old)
     assert await check_counters(aredis, keys, counts_from_events(old + new)) == []
     assert await drained(aredis, keys)
+
+
+async def test_dead_consumers_with_nothing_pending_are_forgotten(
+    redis_url: str, prefix: str, aredis: aioredis.Redis
+) -> None:
+    keys = keys_of(prefix)
+    await ensure_groups(aredis, keys.streams(), keys.group)
+    stream = keys.stream(0)
+    await aredis.xadd(stream, {"org": "a", "source": "b", "pop": "c", "id": "d", "action": "e"})
+    await aredis.xreadgroup(keys.group, "holder", {stream: ">"}, count=1)  # keeps one entry pending
+    await aredis.xgroup_createconsumer(stream, keys.group, "ghost")  # nothing pending
+    assert {c["name"] for c in await aredis.xinfo_consumers(stream, keys.group)} == {b"holder", b"ghost"}
+    now_ms = int(time.time() * 1000)
+    await aredis.hset(keys.workers(), mapping={"ghost": now_ms - 60_000, "holder": now_ms + 60_000})
+    await asyncio.sleep(0.6)  # both idle longer than the 0.5 s below
+    settings = worker_settings(redis_url, prefix, consumer="live", forget_consumers_s=0.5)
+    async with running_worker(settings):
+
+        async def ghost_gone() -> bool:
+            names = {c["name"] for c in await aredis.xinfo_consumers(stream, keys.group)}
+            return b"ghost" not in names
+
+        await wait_for(ghost_gone, timeout=10, what="ghost consumer deleted")
+        names = {c["name"] for c in await aredis.xinfo_consumers(stream, keys.group)}
+        assert names == {b"holder", b"live"}  # pending entries are never thrown away
+        assert set(await aredis.hkeys(keys.workers())) == {b"holder", b"live"}
 
 
 # ------------------------------------------------------------------ trimming

@@ -33,6 +33,7 @@ class WorkerSettings:
     grace_s: float = 10.0
     heartbeat_s: float = 2.0
     explain_limit: int = 5
+    forget_consumers_s: float = 3_600.0  # 0: never
 
     def __post_init__(self) -> None:
         if self.block_ms >= 4000:
@@ -69,4 +70,5 @@ class WorkerSettings:
             trim_interval_s=env_float(e, "BINORMAL_TRIM_INTERVAL_S", 1.0),
             dead_maxlen=env_int(e, "BINORMAL_DEAD_MAXLEN", 100_000, minimum=1),
             grace_s=env_float(e, "BINORMAL_GRACE_S", 10.0),
+            forget_consumers_s=env_float(e, "BINORMAL_FORGET_CONSUMERS_S", 3_600.0),
         )

@@ -56,6 +56,7 @@ class Worker:
         self._next_claim = 0.0
         self._next_trim = 0.0
         self._next_heartbeat = 0.0
+        self._next_forget = 0.0
         self._claim_cursor: dict[bytes, bytes] = {}
         self._marks: dict[int, dict[bytes, bytes]] = {}  # uncommitted marks seen last round, per shard
 
@@ -221,6 +222,8 @@ class Worker:
         due = min(self._next_heartbeat, self._next_claim)
         if self.settings.trim_interval_s > 0:
             due = min(due, self._next_trim)
+        if self.settings.forget_consumers_s > 0:
+            due = min(due, self._next_forget)
         return now >= due
 
     async def _housekeeping(self, client: aioredis.Redis) -> None:
@@ -236,6 +239,9 @@ class Worker:
             self._next_trim = now + self.settings.trim_interval_s
             for stream in self._stream_shard:
                 await trim_acknowledged(client, stream)
+        if self.settings.forget_consumers_s > 0 and now >= self._next_forget:
+            self._next_forget = now + min(60.0, self.settings.forget_consumers_s / 2)
+            await self._forget_dead_consumers(client)
 
     async def _claim(self, client: aioredis.Redis) -> None:
         """Take over entries pending longer than the claim idle time (dead consumers).
@@ -289,6 +295,32 @@ class Worker:
             stale = [(ikey, entry_id) for ikey, entry_id in marks.items() if before.get(ikey) == entry_id]
             if stale:
                 await self.processor.repair(client, shard, stale)
+
+    async def _forget_dead_consumers(self, client: aioredis.Redis) -> None:
+        """Delete consumers idle longer than ``forget_consumers_s`` with nothing pending.
+
+        A worker started without BINORMAL_CONSUMER joins under a new host-pid
+        name each time, so a group would collect one dead consumer per restart.
+        A live consumer's idle time starts over at each XREADGROUP (at least
+        every BLOCK ms), and one with nothing pending loses nothing when deleted
+        (its next XREADGROUP would create it again). Their heartbeats go too.
+        """
+        limit_ms = int(self.settings.forget_consumers_s * 1000)
+        me = self.consumer.encode()
+        forgotten: set[str] = set()
+        for stream in self._stream_shard:
+            for c in await client.xinfo_consumers(stream, self.keys.group):
+                name = c["name"]
+                if name != me and int(c["pending"]) == 0 and int(c["idle"]) > limit_ms:
+                    await client.xgroup_delconsumer(stream, self.keys.group, name)
+                    forgotten.add(name.decode(errors="replace"))
+        beats = await client.hgetall(self.keys.workers())
+        now_ms = time.time() * 1000
+        silent = [name for name, beat in beats.items() if name != me and now_ms - float(beat) > limit_ms]
+        if silent:
+            await client.hdel(self.keys.workers(), *silent)
+        if forgotten or silent:
+            log.info("forgot_dead_consumers", consumers=sorted(forgotten), heartbeats=len(silent))
 
     async def _mark_over_delivered(self, client: aioredis.Redis, stream: bytes, claimed: list[Entry]) -> None:
         """Entries delivered more than ``max_deliveries`` times go to the dead letters."""
