@@ -440,15 +440,20 @@ class BatchProcessor:
             score = snapshot.assess(counts, 0)[0]
             kp = self.keys.scope_prefix(scope, shard)
             scores.append((kp, ident, score, sum(counts.values()), entry_id.decode(), ikey.decode("utf-8")))
+        done = 0
         for i in range(0, len(scores), LUA_CHUNK):
             chunk = scores[i : i + LUA_CHUNK]
             [r] = await self._execute(client, lambda pipe: self._build_commit(pipe, shard, chunk))
             self.counters.lua_calls += 1
             if isinstance(r, Exception):
-                raise r
-        self.counters.repaired += len(scores)
-        log.warning("uncommitted_scores_repaired", shard=shard, individuals=len(scores))
-        return len(scores)
+                # The marks stay; the next claim round tries again.
+                log.error("repair_commit_failed", shard=shard, individuals=len(chunk), error=str(r))
+                continue
+            done += len(chunk)
+        self.counters.repaired += done
+        if done:
+            log.warning("uncommitted_scores_repaired", shard=shard, individuals=done)
+        return done
 
     def _publish(self, pipe: Commands, results: list[tuple[Entry, dict[str, Any]]]) -> None:
         """Replies to their waiters (with a stored copy), then the broadcast batch."""

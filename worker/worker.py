@@ -294,7 +294,10 @@ class Worker:
             self._marks[shard] = marks
             stale = [(ikey, entry_id) for ikey, entry_id in marks.items() if before.get(ikey) == entry_id]
             if stale:
-                await self.processor.repair(client, shard, stale)
+                try:
+                    await self.processor.repair(client, shard, stale)
+                except ResponseError as exc:  # bad state under a key: say so, keep scoring
+                    log.error("repair_failed", shard=shard, individuals=len(stale), error=str(exc))
 
     async def _forget_dead_consumers(self, client: aioredis.Redis) -> None:
         """Delete consumers idle longer than ``forget_consumers_s`` with nothing pending.
