@@ -4,6 +4,8 @@ reasons, NOSCRIPT recovery, and entries deleted while pending.
 
 from __future__ import annotations
 
+import asyncio
+
 import redis.asyncio as aioredis
 
 from common.keys import Keyspace, Scope
@@ -179,3 +181,21 @@ async def test_worker_repairs_a_score_whose_commit_never_happened(
 
 async def _absent(client: aioredis.Redis, key: str, field: str) -> bool:
     return not await client.hexists(key, field)
+
+
+async def test_repair_of_a_scope_with_broken_state_does_not_stop_the_worker(
+    redis_url: str, prefix: str, aredis: aioredis.Redis
+) -> None:
+    keys = Keyspace(prefix, 4)
+    await ensure_groups(aredis, keys.streams(), keys.group)
+    broken = Scope("acme", "web", "broken")
+    shard = keys.shard(broken)
+    await aredis.set(keys.scope_key(broken, "pop"), "not a hash")  # WRONGTYPE for HGETALL
+    await aredis.hset(keys.uncommitted(shard), keys.individual(broken, "u9"), "1-0")
+    settings = worker_settings(redis_url, prefix, claim_idle_ms=200)
+    async with running_worker(settings) as w:
+        await asyncio.sleep(1.6)  # three claim rounds: the mark is seen twice, its repair fails
+        await xadd_events(aredis, keys, [Event(SCOPE.org, SCOPE.source, SCOPE.pop, "u1", "GET /")])
+        await wait_for(lambda: drained(aredis, keys), what="drain")
+        assert w.counters.applied == 1 and w.counters.repaired == 0
+    assert await aredis.hget(keys.uncommitted(shard), keys.individual(broken, "u9")) == b"1-0"
