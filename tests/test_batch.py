@@ -1,5 +1,6 @@
 """BatchProcessor details the worker tests do not reach directly: validation
-reasons, NOSCRIPT recovery, and entries deleted while pending.
+reasons, NOSCRIPT recovery, entries deleted while pending, the order of commits
+and the repair of scores whose commit never happened.
 """
 
 from __future__ import annotations
