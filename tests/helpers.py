@@ -1,4 +1,4 @@
-"""Shared test helpers: run a real worker (in-process or as ``binormal worker``),
+"""Shared test helpers: generate events, run a real worker (in-process or as ``binormal worker``),
 write events to the right shard, collect broadcasts and wait for a drain.
 
 Everything talks to the private redis-server of ``conftest.py``; nothing here
@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -25,6 +26,38 @@ import redis.asyncio as aioredis
 from common.keys import Keyspace, Scope
 from common.schema import Event
 from worker import Worker, WorkerSettings
+
+# ---------------------------------------------------------------- events
+
+TS0 = 1_700_000_000_000
+
+TRICKY_SCOPES = [
+    Scope("acme", "webserver", "auth_getpost"),
+    Scope("acme", "webserver", "admins"),
+    Scope("a:b{c}", "src }{ :", "pop with spaces\nand a newline"),
+    Scope("ünïcødé 組織", "source/🚀", "p%2F:x%00"),
+    Scope("é" * 128, "s" * 256, "{bn.0}:events"),  # at the byte limits; looks like a key
+]
+ACTIONS = ["GET /login", "POST /login", "GET /", "POST /x:{y}", "ação", "a\nb", "🚀 launch", "DELETE /admin"]
+WEIGHTS = [40, 20, 15, 8, 6, 5, 4, 2]
+
+
+def generate(n: int, seed: int, scopes: list[Scope] = TRICKY_SCOPES, ids: int = 40) -> list[Event]:
+    """``n`` events over ``scopes`` with a skewed action mix and a few odd individuals."""
+    rng = random.Random(seed)
+    idents = [f"user:{i}" for i in range(ids - 3)] + ["{id}", "id with space\n", "x" * 1024]
+    out: list[Event] = []
+    for i in range(n):
+        scope = rng.choice(scopes)
+        ident = rng.choice(idents)
+        if ident.startswith("user:1") and rng.random() < 0.5:
+            action = rng.choice(ACTIONS[-3:])  # outliers
+        else:
+            action = rng.choices(ACTIONS, WEIGHTS)[0]
+        eid = f"e{seed}-{i}" if i % 2 == 0 else None
+        out.append(Event(scope.org, scope.source, scope.pop, ident, action, ts=TS0 + i, event_id=eid))
+    return out
+
 
 # ---------------------------------------------------------------- in-process
 

@@ -1,6 +1,6 @@
 """The scorer worker against the private redis-server: groups, equivalence with the
 in-memory engine, bad input, exactly-once, request-reply, take-over, trimming,
-graceful stop, aggregate recompute, and the docs/stream.md examples.
+graceful stop, lanes, and the docs/stream.md examples.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ import math
 import random
 import re
 import signal
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -22,18 +21,20 @@ from redis.exceptions import ResponseError
 
 from common.engine import MemoryEngine
 from common.keys import Keyspace, Scope
-from common.result import Aggregates
 from common.schema import Event
 from common.scripts import Scripts
-from common.store import list_scopes, read_aggregates, recompute_aggregates
+from common.store import read_aggregates, recompute_aggregates
 from helpers import (
+    ACTIONS,
+    TRICKY_SCOPES,
+    WEIGHTS,
     Collector,
     WorkerProcess,
-    binormal_command,
     check_counters,
     counts_from_events,
     drained,
     dump_keys,
+    generate,
     group_backlog,
     hgetall_int,
     running_worker,
@@ -46,36 +47,6 @@ from worker.batch import BatchProcessor, Entry
 from worker.worker import ensure_groups, trim_acknowledged
 
 ROOT = Path(__file__).resolve().parent.parent
-TS0 = 1_700_000_000_000
-
-TRICKY_SCOPES = [
-    Scope("acme", "webserver", "auth_getpost"),
-    Scope("acme", "webserver", "admins"),
-    Scope("a:b{c}", "src }{ :", "pop with spaces\nand a newline"),
-    Scope("ünïcødé 組織", "source/🚀", "p%2F:x%00"),
-    Scope("é" * 128, "s" * 256, "{bn.0}:events"),  # at the byte limits; looks like a key
-]
-ACTIONS = ["GET /login", "POST /login", "GET /", "POST /x:{y}", "ação", "a\nb", "🚀 launch", "DELETE /admin"]
-WEIGHTS = [40, 20, 15, 8, 6, 5, 4, 2]
-
-
-def generate(n: int, seed: int, scopes: list[Scope] = TRICKY_SCOPES, ids: int = 40) -> list[Event]:
-    """``n`` events over ``scopes`` with a skewed action mix and a few odd individuals."""
-    rng = random.Random(seed)
-    idents = [f"user:{i}" for i in range(ids - 3)] + ["{id}", "id with space\n", "x" * 1024]
-    out: list[Event] = []
-    for i in range(n):
-        scope = rng.choice(scopes)
-        ident = rng.choice(idents)
-        if ident.startswith("user:1") and rng.random() < 0.5:
-            action = rng.choice(ACTIONS[-3:])  # outliers
-        else:
-            action = rng.choices(ACTIONS, WEIGHTS)[0]
-        eid = f"e{seed}-{i}" if i % 2 == 0 else None
-        out.append(Event(scope.org, scope.source, scope.pop, ident, action, ts=TS0 + i, event_id=eid))
-    return out
-
-
 def keys_of(prefix: str) -> Keyspace:
     return Keyspace(prefix=prefix, shards=4)
 
@@ -561,47 +532,6 @@ async def test_two_lanes_leave_each_individual_at_its_newest_score(
         running = await read_aggregates(aredis, keys, scope)
         fresh = await recompute_aggregates(aredis, keys, scope)
         assert running.n == fresh.n and math.isclose(running.total, fresh.total, rel_tol=1e-9)
-
-
-# ------------------------------------------------------------------ recompute
-
-
-async def test_recompute_matches_running_aggregates(redis_url: str, prefix: str, aredis: aioredis.Redis) -> None:
-    keys = keys_of(prefix)
-    events = generate(4000, seed=41, ids=300)
-    await xadd_events(aredis, keys, events)
-    async with running_worker(worker_settings(redis_url, prefix, snapshot_max_age_ms=50)):
-        await wait_for(lambda: drained(aredis, keys), timeout=30, what="drain")
-    scopes = await list_scopes(aredis, keys)
-    assert set(scopes) == {e.scope for e in events}
-    for scope in scopes:
-        running = await read_aggregates(aredis, keys, scope)
-        rank = await aredis.zrange(keys.scope_key(scope, "rank"), 0, -1, withscores=True)
-        fresh = await recompute_aggregates(aredis, keys, scope)
-        assert fresh.n == running.n == len(rank) == len({e.id for e in events if e.scope == scope})
-        assert math.isclose(fresh.total, running.total, rel_tol=1e-9)
-        assert math.isclose(fresh.total_sq, running.total_sq, rel_tol=1e-9)
-        exact = Aggregates(len(rank), math.fsum(s for _, s in rank), math.fsum(s * s for _, s in rank))
-        assert math.isclose(fresh.total, exact.total, rel_tol=1e-12)
-        assert math.isclose(fresh.total_sq, exact.total_sq, rel_tol=1e-12)
-        assert await read_aggregates(aredis, keys, scope) == fresh  # written back
-
-
-async def test_recompute_command(redis_url: str, prefix: str, aredis: aioredis.Redis) -> None:
-    keys = keys_of(prefix)
-    scope = TRICKY_SCOPES[2]
-    await aredis.zadd(keys.scope_key(scope, "rank"), {"a": 1.5, "b": 2.5})
-    await aredis.hset(keys.scope_key(scope, "agg"), mapping={"n": 7, "sum": "99", "sumsq": "1"})
-    await aredis.sadd(keys.scopes(keys.shard(scope)), scope.token)
-    env = {"REDIS_URL": redis_url, "BINORMAL_PREFIX": prefix, "BINORMAL_SHARDS": "4", "PATH": "/usr/bin:/bin"}
-    out = await asyncio.to_thread(
-        subprocess.run, [*binormal_command(), "recompute"], env=env, capture_output=True, timeout=30, check=True
-    )
-    [line] = out.stdout.decode().splitlines()
-    report = json.loads(line)
-    assert (report["org"], report["source"], report["pop"]) == (scope.org, scope.source, scope.pop)
-    assert (report["n"], report["sum"], report["sumsq"], report["n_before"]) == (2, 4.0, 8.5, 7)
-    assert await read_aggregates(aredis, keys, scope) == Aggregates(2, 4.0, 8.5)
 
 
 # ------------------------------------------------------------------ docs/stream.md examples

@@ -1,0 +1,58 @@
+"""common.store against the private redis-server: the aggregate recompute, as a
+function and as ``binormal recompute``."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import subprocess
+
+import redis.asyncio as aioredis
+
+from common.keys import Keyspace
+from common.result import Aggregates
+from common.store import list_scopes, read_aggregates, recompute_aggregates
+from helpers import TRICKY_SCOPES, binormal_command, drained, generate, running_worker, wait_for, worker_settings, xadd_events
+
+
+def keys_of(prefix: str) -> Keyspace:
+    return Keyspace(prefix=prefix, shards=4)
+
+
+async def test_recompute_matches_running_aggregates(redis_url: str, prefix: str, aredis: aioredis.Redis) -> None:
+    keys = keys_of(prefix)
+    events = generate(4000, seed=41, ids=300)
+    await xadd_events(aredis, keys, events)
+    async with running_worker(worker_settings(redis_url, prefix, snapshot_max_age_ms=50)):
+        await wait_for(lambda: drained(aredis, keys), timeout=30, what="drain")
+    scopes = await list_scopes(aredis, keys)
+    assert set(scopes) == {e.scope for e in events}
+    for scope in scopes:
+        running = await read_aggregates(aredis, keys, scope)
+        rank = await aredis.zrange(keys.scope_key(scope, "rank"), 0, -1, withscores=True)
+        fresh = await recompute_aggregates(aredis, keys, scope)
+        assert fresh.n == running.n == len(rank) == len({e.id for e in events if e.scope == scope})
+        assert math.isclose(fresh.total, running.total, rel_tol=1e-9)
+        assert math.isclose(fresh.total_sq, running.total_sq, rel_tol=1e-9)
+        exact = Aggregates(len(rank), math.fsum(s for _, s in rank), math.fsum(s * s for _, s in rank))
+        assert math.isclose(fresh.total, exact.total, rel_tol=1e-12)
+        assert math.isclose(fresh.total_sq, exact.total_sq, rel_tol=1e-12)
+        assert await read_aggregates(aredis, keys, scope) == fresh  # written back
+
+
+async def test_recompute_command(redis_url: str, prefix: str, aredis: aioredis.Redis) -> None:
+    keys = keys_of(prefix)
+    scope = TRICKY_SCOPES[2]
+    await aredis.zadd(keys.scope_key(scope, "rank"), {"a": 1.5, "b": 2.5})
+    await aredis.hset(keys.scope_key(scope, "agg"), mapping={"n": 7, "sum": "99", "sumsq": "1"})
+    await aredis.sadd(keys.scopes(keys.shard(scope)), scope.token)
+    env = {"REDIS_URL": redis_url, "BINORMAL_PREFIX": prefix, "BINORMAL_SHARDS": "4", "PATH": "/usr/bin:/bin"}
+    out = await asyncio.to_thread(
+        subprocess.run, [*binormal_command(), "recompute"], env=env, capture_output=True, timeout=30, check=True
+    )
+    [line] = out.stdout.decode().splitlines()
+    report = json.loads(line)
+    assert (report["org"], report["source"], report["pop"]) == (scope.org, scope.source, scope.pop)
+    assert (report["n"], report["sum"], report["sumsq"], report["n_before"]) == (2, 4.0, 8.5, 7)
+    assert await read_aggregates(aredis, keys, scope) == Aggregates(2, 4.0, 8.5)
