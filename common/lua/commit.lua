@@ -30,6 +30,9 @@
 -- Returns {n, sum, sumsq, committed, ...} after each score (floats as strings;
 -- committed is 0 when the score was older than the committed one).
 local out = {}
+-- Each scope's aggregates are read once per call and written once at its end:
+-- the doubles in between are the ones a read of the %.17g strings would give.
+local aggs, order = {}, {}
 for i = 1, #ARGV / 5 do
   local k = 1 + 3 * (i - 1)
   local a = 5 * (i - 1)
@@ -38,36 +41,40 @@ for i = 1, #ARGV / 5 do
   if redis.call('HGET', KEYS[1], ARGV[a + 5]) == ARGV[a + 4] then
     redis.call('HDEL', KEYS[1], ARGV[a + 5])
   end
-  local agg = redis.call('HMGET', aggkey, 'n', 'sum', 'sumsq')
+  local agg = aggs[aggkey]
+  if not agg then
+    local got = redis.call('HMGET', aggkey, 'n', 'sum', 'sumsq')
+    agg = {tonumber(got[1] or '0'), tonumber(got[2] or '0'), tonumber(got[3] or '0'), false}
+    aggs[aggkey] = agg
+    order[#order + 1] = aggkey
+  end
+  local committed = 0
   local last = tonumber(redis.call('HGET', verkey, member) or '0')
-  if last > count then
-    out[#out + 1] = tonumber(agg[1] or '0')
-    out[#out + 1] = agg[2] or '0'
-    out[#out + 1] = agg[3] or '0'
-    out[#out + 1] = 0
-  else
+  if last <= count then
     local new = tonumber(raw)
     local old = redis.call('ZSCORE', rank, member)
-    local n = tonumber(agg[1] or '0')
-    local sum = tonumber(agg[2] or '0')
-    local sumsq = tonumber(agg[3] or '0')
     local prev = 0
     if old then
       prev = tonumber(old)
     else
-      n = n + 1
+      agg[1] = agg[1] + 1
     end
-    sum = sum + (new - prev)
-    sumsq = sumsq + (new * new - prev * prev)
+    agg[2] = agg[2] + (new - prev)
+    agg[3] = agg[3] + (new * new - prev * prev)
+    agg[4] = true
     redis.call('ZADD', rank, raw, member)
     redis.call('HSET', verkey, member, count)
-    local s = string.format('%.17g', sum)
-    local q = string.format('%.17g', sumsq)
-    redis.call('HSET', aggkey, 'n', n, 'sum', s, 'sumsq', q)
-    out[#out + 1] = n
-    out[#out + 1] = s
-    out[#out + 1] = q
-    out[#out + 1] = 1
+    committed = 1
+  end
+  out[#out + 1] = agg[1]
+  out[#out + 1] = string.format('%.17g', agg[2])
+  out[#out + 1] = string.format('%.17g', agg[3])
+  out[#out + 1] = committed
+end
+for _, aggkey in ipairs(order) do
+  local agg = aggs[aggkey]
+  if agg[4] then
+    redis.call('HSET', aggkey, 'n', agg[1], 'sum', string.format('%.17g', agg[2]), 'sumsq', string.format('%.17g', agg[3]))
   end
 end
 return out
