@@ -24,8 +24,11 @@ from urllib.error import HTTPError, URLError
 from binormal.run import worker_envs
 from common.config import ConfigError
 from common.embedded import free_port
+from common.keys import Keyspace
 from helpers import WorkerProcess, binormal_command
 from http_helpers import SEED_BODY
+
+KEYS = Keyspace()  # what `binormal run` uses with no BINORMAL_PREFIX/SHARDS set
 
 
 def http(method: str, url: str, body: bytes | None = None, ctype: str = "application/json") -> tuple[int, Any]:
@@ -211,7 +214,7 @@ def test_run_restarts_a_worker_that_dies_and_stops_it_last(tmp_path: Path, base_
         deadline = time.monotonic() + 30
         while True:
             now = _worker_children(proc.pid)
-            beats = [int(b) for b in client.hvals("bn:workers")]
+            beats = [int(b) for b in client.hvals(KEYS.workers())]
             if len(now) == 2 and workers[0] not in now and len(beats) == 2 and min(beats) > killed_ms:
                 break  # both slots sent a heartbeat since the kill: the new worker runs
             assert time.monotonic() < deadline, "no new worker process"
@@ -220,7 +223,7 @@ def test_run_restarts_a_worker_that_dies_and_stops_it_last(tmp_path: Path, base_
         assert status == 200 and got["count"] == 1, got
         # The restarted worker came back under its slot's name: no new consumer.
         assert _consumers(client) == names
-        assert {n for n in client.hkeys("bn:workers")} == names
+        assert set(client.hkeys(KEYS.workers())) == names
         client.close()
     finally:
         rc = stop(proc)
@@ -235,9 +238,9 @@ def test_run_restarts_a_worker_that_dies_and_stops_it_last(tmp_path: Path, base_
 def _consumers(client: redis.Redis) -> set[bytes]:
     """Consumer names of the scorers group over every stream shard."""
     names: set[bytes] = set()
-    for shard in range(4):
+    for stream in KEYS.streams():
         try:
-            names |= {c["name"] for c in client.xinfo_consumers(f"bn:{{bn.{shard}}}:events", "scorers")}
+            names |= {c["name"] for c in client.xinfo_consumers(stream, KEYS.group)}
         except redis.ResponseError:  # not created yet
             pass
     return names
