@@ -55,6 +55,8 @@ class FeedSettings:
             raise ConfigError("--retry-for must be >= 0")
         if self.shards < 1:
             raise ConfigError("--shards must be at least 1")
+        if self.save_every_s < 0:
+            raise ConfigError("--save-every must be >= 0")
 
     @property
     def keys(self) -> Keyspace:
@@ -99,6 +101,8 @@ def add_feed_parser(sub: Any) -> argparse.ArgumentParser:
                    help="event fields from the line: org=acme,source=web,id=.user.name,action=.request")
     f.add_argument("--strict", action="store_true", default=None, help="stop at the first transform error")
     f.add_argument("--state", help="state file (default: <FILE>.feedstate.json next to each input)")
+    f.add_argument("--save-every", dest="save_every_s", type=float, metavar="SECONDS",
+                   help="write the state file at most this often, and at the end (default 0.5; 0: after every batch)")
     f.add_argument("--from-start", action="store_true", default=None, help="ignore the saved position")
     f.add_argument("--follow", action="store_true", default=None, help="keep reading a growing file (Ctrl-C ends)")
     f.add_argument("--batch", type=int, help="events per request (default 1000)")
@@ -116,6 +120,6 @@ def add_feed_parser(sub: Any) -> argparse.ArgumentParser:
 def settings_from_args(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> FeedSettings:
     """FeedSettings from the environment, overridden by the flags that were given."""
     names = ("mode", "url", "redis_url", "prefix", "shards", "transform", "field_map", "strict", "state",
-             "from_start", "follow", "batch", "timeout_s", "retry_for_s", "min_zscore", "json", "progress")
+             "from_start", "save_every_s", "follow", "batch", "timeout_s", "retry_for_s", "min_zscore", "json", "progress")
     overrides = {n: getattr(args, n, None) for n in names}
     return FeedSettings.from_env(env, files=tuple(args.files), **overrides)

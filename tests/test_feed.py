@@ -24,8 +24,11 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 
+from binormal.cli import build_parser
+from binormal.feedsettings import settings_from_args
 from binormal.feedsource import FieldMap, InputError, MapError
 from binormal.feedstate import Position, StateFile, event_id, file_key
+from common.config import ConfigError
 from common.embedded import free_port
 from common.keys import Keyspace
 from common.schema import Event
@@ -179,6 +182,14 @@ def test_state_file_round_trip_is_atomic(tmp_path: Path) -> None:
     assert again.get("in.json") == Position("abc", 120, 7)
     assert again.get("other.json") == Position("def", 5, 1)
     assert [p.name for p in tmp_path.iterdir()] == ["s.json"]  # no temporary file left behind
+
+
+def test_save_every_flag_is_parsed_and_checked() -> None:
+    parser = build_parser()
+    assert settings_from_args(parser.parse_args(["feed", "in.json"]), env={}).save_every_s == 0.5
+    assert settings_from_args(parser.parse_args(["feed", "in.json", "--save-every", "0"]), env={}).save_every_s == 0.0
+    with pytest.raises(ConfigError, match="--save-every"):
+        settings_from_args(parser.parse_args(["feed", "in.json", "--save-every", "-1"]), env={})
 
 
 def test_field_map_literals_paths_and_errors() -> None:

@@ -43,7 +43,9 @@ async def kill_at_random_points(
     targets = sorted(rnd.randint(lines // 20, lines * 6 // 10) for _ in range(kills))
     for target in targets:
         before = saved[-1] if saved else 0
-        proc = await start_feed(str(log), *args, "--batch", str(rnd.choice(batches)))
+        # Positions saved every 20 ms (not the default 0.5 s): the saved line follows
+        # the feeder closely, so a kill lands near its target and never after the end.
+        proc = await start_feed(str(log), *args, "--batch", str(rnd.choice(batches)), "--save-every", "0.02")
 
         def moved(floor: int = max(before + 1, target)) -> bool:
             state.load()
@@ -100,8 +102,8 @@ async def test_sigkill_three_times_direct_then_finish(
     log = write_lines(tmp_path / "log.json.gz", [event_line(e) for e in truth])
     state_path = tmp_path / "direct.state"
     args = ["--direct", "--redis-url", redis_url, "--prefix", prefix, "--state", str(state_path)]
-    # --direct has no HTTP hop and its position is saved every 0.5 s: small batches
-    # and a longer file keep it from reaching the end before a kill lands.
+    # --direct has no HTTP hop: small batches and a longer file keep it from
+    # reaching the end before a kill lands.
     saved = await kill_at_random_points(args, log, state_path, rnd, 60_000, batches=(50, 100))
     print(f"saved lines after kills {saved}")
     assert saved[-1] < 60_000, saved
