@@ -6,7 +6,9 @@ and the repair of scores whose commit never happened.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
+import pytest
 import redis.asyncio as aioredis
 
 from common.keys import Keyspace, Scope
@@ -200,3 +202,130 @@ async def test_repair_of_a_scope_with_broken_state_does_not_stop_the_worker(
         await wait_for(lambda: drained(aredis, keys), what="drain")
         assert w.counters.applied == 1 and w.counters.repaired == 0
     assert await aredis.hget(keys.uncommitted(shard), keys.individual(broken, "u9")) == b"1-0"
+
+
+async def test_event_of_a_scope_with_broken_state_is_dead_lettered_not_fatal(
+    redis_url: str, prefix: str, aredis: aioredis.Redis
+) -> None:
+    """Someone else's string under a scope's population key: that scope's events go
+    to the dead letters at once, with nothing written and the reason naming the
+    key; the worker keeps scoring every other scope."""
+    keys = Keyspace(prefix, 4)
+    await ensure_groups(aredis, keys.streams(), keys.group)
+    broken = Scope("acme", "web", "broken")
+    shard = keys.shard(broken)
+    await aredis.set(keys.scope_key(broken, "pop"), "not a hash")
+    good = Event(SCOPE.org, SCOPE.source, SCOPE.pop, "u1", "GET /")
+    # Snapshots may be 1 s old (the default): the broken scope's population is
+    # pre-read with the apply, which is the read that must not raise.
+    settings = worker_settings(redis_url, prefix, snapshot_max_age_ms=1000)
+    async with running_worker(settings) as w:
+        await xadd_events(aredis, keys, [Event(broken.org, broken.source, broken.pop, "u9", "GET /"), good])
+        await wait_for(lambda: drained(aredis, keys), timeout=20, what="the broken entry to be dead-lettered")
+        await xadd_events(aredis, keys, [good])
+        await wait_for(lambda: drained(aredis, keys), what="drain")
+        assert w.counters.applied == 2 and w.counters.dead == 1
+    [(_, fields)] = await aredis.xrange(keys.dead(shard))
+    reason = fields[b"reason"].decode()
+    assert reason == f"bad state: key {keys.scope_key(broken, 'pop')} holds a string, not a hash", reason
+    assert fields[b"f.pop"] == b"broken" and fields[b"f.id"] == b"u9"
+    assert not await aredis.exists(keys.individual(broken, "u9"))
+    assert await aredis.get(keys.scope_key(broken, "pop")) == b"not a hash"
+    assert await check_counters(aredis, keys, counts_from_events([good, good])) == []
+
+
+# Every key the two scripts write, and the type it must have. A key holding
+# another type must stop the entry before anything is written: Redis keeps a
+# script's earlier writes when a later command fails.
+APPLY_KEYS: dict[str, Callable[[Keyspace, int], str]] = {
+    "pop": lambda k, shard: k.scope_key(SCOPE, "pop"),
+    "sq": lambda k, shard: k.scope_key(SCOPE, "sq"),
+    "k": lambda k, shard: k.scope_key(SCOPE, "k"),
+    "individual": lambda k, shard: k.individual(SCOPE, "u1"),
+    "idempotency marker": lambda k, shard: k.seen(shard, "ev-1"),
+    "scopes set": lambda k, shard: k.scopes(shard),
+    "uncommitted hash": lambda k, shard: k.uncommitted(shard),
+}
+COMMIT_KEYS: dict[str, Callable[[Keyspace, int], str]] = {
+    "rank": lambda k, shard: k.scope_key(SCOPE, "rank"),
+    "agg": lambda k, shard: k.scope_key(SCOPE, "agg"),
+    "ver": lambda k, shard: k.scope_key(SCOPE, "ver"),
+}
+
+
+async def _process_one(aredis: aioredis.Redis, keys: Keyspace) -> tuple[BatchProcessor, list[dict[str, object]]]:
+    """XADD one event with an event_id, read it as consumer c, process it."""
+    await ensure_groups(aredis, keys.streams(), keys.group)
+    await xadd_events(aredis, keys, [Event(SCOPE.org, SCOPE.source, SCOPE.pop, "u1", "GET /", event_id="ev-1")])
+    reply = await aredis.xreadgroup(keys.group, "c", {s: ">" for s in keys.streams()}, count=10)
+    entries = [Entry(s, keys.shard_of_stream(s.decode()), eid, f) for s, items in reply for eid, f in items]
+    proc = BatchProcessor(keys, Scripts(), "c", snapshot_max_age_ms=0)
+    return proc, await proc.process(aredis, entries)
+
+
+async def _dump(aredis: aioredis.Redis, prefix: str) -> dict[bytes, object]:
+    """Every key under the prefix except the streams, with its value."""
+    out: dict[bytes, object] = {}
+    async for key in aredis.scan_iter(match=f"{prefix}*", count=1000):
+        t = await aredis.type(key)
+        if t == b"hash":
+            out[key] = await aredis.hgetall(key)
+        elif t == b"set":
+            out[key] = await aredis.smembers(key)
+        elif t == b"zset":
+            out[key] = await aredis.zrange(key, 0, -1, withscores=True)
+        elif t == b"string":
+            out[key] = await aredis.get(key)
+    return out
+
+
+@pytest.mark.parametrize("which", list(APPLY_KEYS))
+async def test_apply_writes_nothing_when_a_key_holds_another_type(
+    prefix: str, aredis: aioredis.Redis, which: str
+) -> None:
+    keys = Keyspace(prefix, 4)
+    shard = keys.shard(SCOPE)
+    foreign = APPLY_KEYS[which](keys, shard)
+    await aredis.rpush(foreign, "someone else's list")
+    before = await _dump(aredis, prefix)
+    proc, results = await _process_one(aredis, keys)
+    assert results == [] and proc.counters.applied == 0 and proc.counters.dead == 1
+    assert await _dump(aredis, prefix) == before  # nothing counted, marked or committed
+    [(_, fields)] = await aredis.xrange(keys.dead(shard))
+    assert fields[b"reason"].decode() == f"bad state: key {foreign} holds a list, not a " + (
+        "string" if which == "idempotency marker" else "set" if which == "scopes set" else "hash"
+    )
+    assert (await aredis.xpending(keys.stream(shard), keys.group))["pending"] == 0
+
+
+@pytest.mark.parametrize("which", list(COMMIT_KEYS))
+async def test_commit_skips_a_scope_whose_key_holds_another_type(
+    prefix: str, aredis: aioredis.Redis, which: str
+) -> None:
+    keys = Keyspace(prefix, 4)
+    shard = keys.shard(SCOPE)
+    await aredis.rpush(COMMIT_KEYS[which](keys, shard), "someone else's list")
+    proc, results = await _process_one(aredis, keys)
+    # Counted and acknowledged, but neither rank, aggregates nor version moved,
+    # and the uncommitted mark stays for a repair once the key is fixed.
+    assert results == [] and proc.counters.applied == 1
+    assert await check_counters(aredis, keys, counts_from_events([Event(SCOPE.org, SCOPE.source, SCOPE.pop, "u1", "GET /")])) == []
+    for name, key in COMMIT_KEYS.items():
+        if name != which:
+            assert not await aredis.exists(key(keys, shard)), name
+    assert await aredis.hget(keys.uncommitted(shard), keys.individual(SCOPE, "u1")) is not None
+
+
+async def test_dead_letter_key_of_another_type_leaves_the_entry_pending(prefix: str, aredis: aioredis.Redis) -> None:
+    keys = Keyspace(prefix, 4)
+    shard = keys.shard(SCOPE)
+    await ensure_groups(aredis, keys.streams(), keys.group)
+    await aredis.rpush(keys.dead(shard), "someone else's list")
+    await aredis.xadd(keys.stream(shard), {"org": "acme"})  # invalid: to the dead letters
+    reply = await aredis.xreadgroup(keys.group, "c", {keys.stream(shard): ">"}, count=10)
+    entries = [Entry(s, shard, eid, f) for s, items in reply for eid, f in items]
+    proc = BatchProcessor(keys, Scripts(), "c")
+    assert await proc.process(aredis, entries) == [] and proc.counters.dead == 0
+    # Not acknowledged: it stays pending until the key is fixed, then the claim
+    # path retries it; an XACK before the failing XADD would have lost it.
+    assert (await aredis.xpending(keys.stream(shard), keys.group))["pending"] == 1

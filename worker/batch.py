@@ -189,8 +189,8 @@ class BatchProcessor:
         results: list[tuple[Entry, dict[str, Any]]] = []
         out = Commands() if tail is None else tail
         if applied:
-            await self._refresh_snapshots(client, applied)
-            results = await self._score_and_commit(client, applied)
+            scorable = await self._refresh_snapshots(client, applied)
+            results = await self._score_and_commit(client, scorable)
             self._publish(out, results)
         if dups:
             # Only after the results are published and their stored copies SET:
@@ -244,8 +244,14 @@ class BatchProcessor:
                     continue
                 replies.extend(zip(chunk, r))
         applied: list[tuple[Entry, dict[str, Any]]] = []
+        broken: list[Entry] = []
         for e, r in replies:
             status = int(r[0])
+            if status == 3:
+                # A key it writes holds another type; nothing was written or acked.
+                e.reason = f"bad state: {r[1].decode('utf-8', 'replace')}"
+                broken.append(e)
+                continue
             if status == 0:
                 self.counters.already += 1
                 continue
@@ -261,6 +267,8 @@ class BatchProcessor:
                 "pop": _pairs_int(r[5]) if want_pop else None,
             }
             applied.append((e, state))
+        if broken:
+            await self.dead_letter(client, broken)
         return applied
 
     def _build_apply(self, pipe: Commands, chunks: list[list[Entry]], want_pop: bool) -> None:
@@ -319,22 +327,31 @@ class BatchProcessor:
         self.counters.snapshot_refreshes += len(order)
         for (scope, _), raw in zip(order, fetched):
             if isinstance(raw, Exception):
-                raise raw
+                # Bad state under the key (WRONGTYPE: someone else's value). The
+                # scope gets no snapshot, so its entries are not scored; its
+                # applies fail the same way and end in the dead letters.
+                self.snapshots.pop(scope, None)
+                log.error("snapshot_read_failed", org=scope.org, source=scope.source, pop=scope.pop, error=str(raw))
+                continue
             self.snapshots[scope] = (Snapshot(_pairs_int(raw), cap=self.cap), now)
             self.snapshots.move_to_end(scope)
         while len(self.snapshots) > SNAPSHOT_CACHE:
             self.snapshots.popitem(last=False)
 
-    async def _refresh_snapshots(self, client: aioredis.Redis, applied: list[tuple[Entry, dict[str, Any]]]) -> None:
-        """Give every applied entry a population snapshot (see DESIGN.md section 2).
+    async def _refresh_snapshots(
+        self, client: aioredis.Redis, applied: list[tuple[Entry, dict[str, Any]]]
+    ) -> list[tuple[Entry, dict[str, Any]]]:
+        """Give applied entries a population snapshot (see DESIGN.md section 2); returns those that have one.
 
         Aged snapshots were already re-read with the applies; here only scopes
         whose snapshot lacks one of the individual's actions cost a round trip.
+        An entry whose snapshot could not be read stays counted but unscored:
+        its uncommitted mark gets it repaired later.
         """
         if self.snapshot_max_age_ms == 0:
             for _, st in applied:
                 st["snapshot"] = Snapshot(st["pop"], cap=self.cap)
-            return
+            return applied
         stale: dict[Scope, int] = {}
         for e, st in applied:
             assert e.scope is not None
@@ -349,14 +366,23 @@ class BatchProcessor:
                     pipe.hgetall(self.keys.scope_key(scope, "pop", shard))
 
             self._store_snapshots(order, await self._execute(client, build))
+        ready: list[tuple[Entry, dict[str, Any]]] = []
         for e, st in applied:
             assert e.scope is not None
-            st["snapshot"] = self.snapshots[e.scope][0]
+            got = self.snapshots.get(e.scope)
+            if got is None:
+                log.error("left_unscored", entry_id=e.id.decode(), reason="no population snapshot")
+                continue
+            st["snapshot"] = got[0]
+            ready.append((e, st))
+        return ready
 
     async def _score_and_commit(
         self, client: aioredis.Redis, applied: list[tuple[Entry, dict[str, Any]]]
     ) -> list[tuple[Entry, dict[str, Any]]]:
         """Score each applied entry, commit the scores (``commit.lua``), build results."""
+        if not applied:
+            return []
         for _, st in applied:
             st["score"], st["explain"] = st["snapshot"].assess(st["counts"], self.explain_limit)
         # Runs of one shard (one hash tag per call); order within a shard is kept.
@@ -384,6 +410,9 @@ class BatchProcessor:
             for i, e in enumerate(chunk):
                 ev, st = e.event, state[id(e)]
                 assert ev is not None
+                if r[4 * i + 3] == -1:
+                    log.error("commit_skipped", entry_id=e.id.decode(), reason="a key of its scope holds another type")
+                    continue
                 agg = Aggregates(int(r[4 * i]), float(r[4 * i + 1]), float(r[4 * i + 2]))
                 if not r[4 * i + 3]:
                     # A batch in flight beside this one already committed a later
@@ -435,9 +464,14 @@ class BatchProcessor:
         self._store_snapshots([(scope, shard) for scope in scopes], replies[len(found) :])
         scores: list[Score] = []
         for (scope, ident, ikey, entry_id), raw in zip(found, replies):
+            got = self.snapshots.get(scope)
+            if got is None or isinstance(raw, Exception):
+                # Bad state under a key; the mark stays and the error is logged.
+                if isinstance(raw, Exception):
+                    log.error("repair_read_failed", individual=ikey.decode("utf-8", "replace"), error=str(raw))
+                continue
             counts = _pairs_int(raw)
-            snapshot = self.snapshots[scope][0]
-            score = snapshot.assess(counts, 0)[0]
+            score = got[0].assess(counts, 0)[0]
             kp = self.keys.scope_prefix(scope, shard)
             scores.append((kp, ident, score, sum(counts.values()), entry_id.decode(), ikey.decode("utf-8")))
         done = 0
@@ -449,7 +483,7 @@ class BatchProcessor:
                 # The marks stay; the next claim round tries again.
                 log.error("repair_commit_failed", shard=shard, individuals=len(chunk), error=str(r))
                 continue
-            done += len(chunk)
+            done += sum(1 for j in range(len(chunk)) if r[4 * j + 3] != -1)
         self.counters.repaired += done
         if done:
             log.warning("uncommitted_scores_repaired", shard=shard, individuals=done)

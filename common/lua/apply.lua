@@ -26,15 +26,37 @@
 --   ARGV[a+4] '1' when the entry carries an event_id (marker key is real)
 --
 -- Returns one item per entry: {0} already applied; {2, first_entry_id}
--- duplicate event_id (acked, not counted); {1, C_a, S2_a, K_a, individual hash,
+-- duplicate event_id (acked, not counted); {3, reason} a key holds another
+-- type (not acked, nothing written); {1, C_a, S2_a, K_a, individual hash,
 -- pop hash or {}}.
+--
+-- Redis does not undo a script's earlier writes when a later command fails:
+-- an HINCRBY hitting a key of the wrong type (someone else's value under our
+-- prefix) after the XACK would leave the entry acknowledged and half counted.
+-- So every key an entry writes is type-checked before its XACK (once per key
+-- and call), and such an entry is left to the worker's dead-letter path.
+local checked = {}
+local function wrong(key, want)
+  local got = checked[key]
+  if got == nil then
+    local t = redis.call('TYPE', key)['ok']
+    got = (t ~= 'none' and t ~= want) and ('key ' .. key .. ' holds a ' .. t .. ', not a ' .. want) or false
+    checked[key] = got
+  end
+  return got
+end
 local out = {}
 local n = (#ARGV - 3) / 4
 for i = 1, n do
   local b = 3 + 5 * (i - 1)
   local a = 3 + 4 * (i - 1)
   local id = ARGV[a + 1]
-  if redis.call('XACK', KEYS[1], ARGV[1], id) == 0 then
+  local bad = wrong(KEYS[2], 'set') or wrong(KEYS[3], 'hash') or wrong(KEYS[b + 1], 'hash')
+    or wrong(KEYS[b + 2], 'hash') or wrong(KEYS[b + 3], 'hash') or wrong(KEYS[b + 4], 'hash')
+    or (ARGV[a + 4] == '1' and wrong(KEYS[b + 5], 'string'))
+  if bad then
+    out[i] = {3, bad}
+  elseif redis.call('XACK', KEYS[1], ARGV[1], id) == 0 then
     out[i] = {0}
   else
     local dup = false

@@ -28,7 +28,23 @@
 --   ARGV[a+4] the entry id it was computed for
 --   ARGV[a+5] the individual's key (its field in the uncommitted hash)
 -- Returns {n, sum, sumsq, committed, ...} after each score (floats as strings;
--- committed is 0 when the score was older than the committed one).
+-- committed is 0 when the score was older than the committed one, -1 when one
+-- of its scope's keys holds another type and nothing of that scope was written).
+--
+-- Redis does not undo a script's earlier writes when a later command fails, so
+-- the keys' types are checked before anything is written: a failure half-way
+-- would leave ranks moved and their aggregates not.
+local ok = {}
+local function fits(key, want)
+  if ok[key] == nil then
+    local t = redis.call('TYPE', key)['ok']
+    ok[key] = (t == 'none' or t == want)
+  end
+  return ok[key]
+end
+if not fits(KEYS[1], 'hash') then
+  return redis.error_reply('uncommitted key ' .. KEYS[1] .. ' is not a hash')
+end
 local out = {}
 -- Each scope's aggregates are read once per call and written once at its end:
 -- the doubles in between are the ones a read of the %.17g strings would give.
@@ -38,38 +54,45 @@ for i = 1, #ARGV / 5 do
   local a = 5 * (i - 1)
   local rank, aggkey, verkey = KEYS[k + 1], KEYS[k + 2], KEYS[k + 3]
   local member, raw, count = ARGV[a + 1], ARGV[a + 2], tonumber(ARGV[a + 3])
-  if redis.call('HGET', KEYS[1], ARGV[a + 5]) == ARGV[a + 4] then
-    redis.call('HDEL', KEYS[1], ARGV[a + 5])
-  end
-  local agg = aggs[aggkey]
-  if not agg then
-    local got = redis.call('HMGET', aggkey, 'n', 'sum', 'sumsq')
-    agg = {tonumber(got[1] or '0'), tonumber(got[2] or '0'), tonumber(got[3] or '0'), false}
-    aggs[aggkey] = agg
-    order[#order + 1] = aggkey
-  end
-  local committed = 0
-  local last = tonumber(redis.call('HGET', verkey, member) or '0')
-  if last <= count then
-    local new = tonumber(raw)
-    local old = redis.call('ZSCORE', rank, member)
-    local prev = 0
-    if old then
-      prev = tonumber(old)
-    else
-      agg[1] = agg[1] + 1
+  if not (fits(rank, 'zset') and fits(aggkey, 'hash') and fits(verkey, 'hash')) then
+    out[#out + 1] = 0
+    out[#out + 1] = '0'
+    out[#out + 1] = '0'
+    out[#out + 1] = -1
+  else
+    if redis.call('HGET', KEYS[1], ARGV[a + 5]) == ARGV[a + 4] then
+      redis.call('HDEL', KEYS[1], ARGV[a + 5])
     end
-    agg[2] = agg[2] + (new - prev)
-    agg[3] = agg[3] + (new * new - prev * prev)
-    agg[4] = true
-    redis.call('ZADD', rank, raw, member)
-    redis.call('HSET', verkey, member, count)
-    committed = 1
+    local agg = aggs[aggkey]
+    if not agg then
+      local got = redis.call('HMGET', aggkey, 'n', 'sum', 'sumsq')
+      agg = {tonumber(got[1] or '0'), tonumber(got[2] or '0'), tonumber(got[3] or '0'), false}
+      aggs[aggkey] = agg
+      order[#order + 1] = aggkey
+    end
+    local committed = 0
+    local last = tonumber(redis.call('HGET', verkey, member) or '0')
+    if last <= count then
+      local new = tonumber(raw)
+      local old = redis.call('ZSCORE', rank, member)
+      local prev = 0
+      if old then
+        prev = tonumber(old)
+      else
+        agg[1] = agg[1] + 1
+      end
+      agg[2] = agg[2] + (new - prev)
+      agg[3] = agg[3] + (new * new - prev * prev)
+      agg[4] = true
+      redis.call('ZADD', rank, raw, member)
+      redis.call('HSET', verkey, member, count)
+      committed = 1
+    end
+    out[#out + 1] = agg[1]
+    out[#out + 1] = string.format('%.17g', agg[2])
+    out[#out + 1] = string.format('%.17g', agg[3])
+    out[#out + 1] = committed
   end
-  out[#out + 1] = agg[1]
-  out[#out + 1] = string.format('%.17g', agg[2])
-  out[#out + 1] = string.format('%.17g', agg[3])
-  out[#out + 1] = committed
 end
 for _, aggkey in ipairs(order) do
   local agg = aggs[aggkey]

@@ -8,6 +8,12 @@
 -- ARGV[5] MAXLEN of the dead-letter stream (approximate)
 -- ARGV[6..] the entry's original field/value pairs
 -- Returns 1 when written, 0 when the entry was already acknowledged.
+-- Checked before the XACK: Redis does not undo a script's earlier writes when
+-- a later command fails, so an XADD failing after the XACK would lose the entry.
+local t = redis.call('TYPE', KEYS[2])['ok']
+if t ~= 'none' and t ~= 'stream' then
+  return redis.error_reply('dead-letter key ' .. KEYS[2] .. ' holds a ' .. t .. ', not a stream')
+end
 if redis.call('XACK', KEYS[1], ARGV[1], ARGV[2]) == 0 then
   return 0
 end
