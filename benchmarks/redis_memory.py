@@ -33,6 +33,7 @@ import structlog  # noqa: E402
 
 from common.embedded import RedisServer, find_binary, server_version  # noqa: E402
 from common.keys import Keyspace  # noqa: E402
+from web.settings import WebSettings  # noqa: E402
 from worker import Worker, WorkerSettings  # noqa: E402
 from worker.settings import WorkerSettings as _Defaults  # noqa: E402
 from worker.worker import ensure_groups, trim_acknowledged  # noqa: E402
@@ -80,6 +81,7 @@ async def used_memory(client: aioredis.Redis) -> int:
 async def run(args: argparse.Namespace, url: str) -> None:
     client = aioredis.Redis.from_url(url, protocol=2)
     keys = Keyspace()
+    web = WebSettings()
     events = make_events(args.events, args.scopes, args.individuals, args.actions)
     await ensure_groups(client, keys.streams(), keys.group)
     base = await used_memory(client)
@@ -87,8 +89,9 @@ async def run(args: argparse.Namespace, url: str) -> None:
         pipe = client.pipeline(transaction=False)
         for e in events[i : i + 2000]:
             fields = e.to_fields()
-            # What the web tier adds to each /discrete event (web/app.py).
-            fields.update(event_id=uuid.uuid4().hex, rid=uuid.uuid4().hex[:16], reply_to="bn:reply:bench")
+            # What the web tier adds to a /discrete event that brought no id (web/app.py).
+            fields.update(event_id=uuid.uuid4().hex, rid=uuid.uuid4().hex[:16], reply_to="bn:reply:bench",
+                          id_ttl=str(web.generated_id_ttl_s))
             pipe.xadd(keys.stream(keys.shard(e.scope)), fields)
         await pipe.execute()
     queued = await used_memory(client) - base
@@ -104,6 +107,7 @@ async def run(args: argparse.Namespace, url: str) -> None:
     await task
     for stream in keys.streams():
         await trim_acknowledged(client, stream)
+    marker_ttl = max([await client.ttl(k) async for k in client.scan_iter(match=f"{keys.prefix}:*:seen:*", count=100)][:100])
     by_kind = await usage_by_kind(client, keys.prefix)
     total = await used_memory(client) - base
     await client.aclose()
@@ -129,12 +133,14 @@ async def run(args: argparse.Namespace, url: str) -> None:
     per_seen = seen[1] / max(seen[0], 1)
     per_reply = reply[1] / max(reply[0], 1)
     d = _Defaults()
-    live = args.rate * (per_seen * d.seen_ttl_s + per_reply * d.reply_ttl_s)
-    print(f"per /discrete request: marker {per_seen:,.0f} B for {d.seen_ttl_s} s, "
-          f"reply copy {per_reply:,.0f} B for {d.reply_ttl_s} s")
-    print(f"at {args.rate:,} /discrete requests/s that keeps {live / 2**20:,.0f} MiB alive "
-          f"(markers {args.rate * per_seen * d.seen_ttl_s / 2**20:,.0f} MiB, "
-          f"reply copies {args.rate * per_reply * d.reply_ttl_s / 2**20:,.0f} MiB)")
+    print(f"per /discrete request: marker {per_seen:,.0f} B, reply copy {per_reply:,.0f} B for {d.reply_ttl_s} s")
+    print(f"marker lifetime: {web.generated_id_ttl_s} s for an id the web tier made up (longest TTL seen "
+          f"{marker_ttl} s), {d.seen_ttl_s} s for one the caller chose")
+    replies = args.rate * per_reply * d.reply_ttl_s
+    for what, ttl in (("made-up ids", web.generated_id_ttl_s), ("caller-chosen ids", d.seen_ttl_s)):
+        markers = args.rate * per_seen * ttl
+        print(f"at {args.rate:,} /discrete requests/s with {what}: {(markers + replies) / 2**20:,.0f} MiB alive "
+              f"(markers {markers / 2**20:,.0f} MiB, reply copies {replies / 2**20:,.0f} MiB)")
 
 
 def main() -> None:

@@ -24,10 +24,11 @@ LIMITS: dict[str, int] = {
     "rid": 256,
     "reply_to": 256,
     "ts": 32,
+    "id_ttl": 10,
     "v": 8,
 }
 REQUIRED = ("org", "source", "pop", "id", "action")
-OPTIONAL = ("event_id", "rid", "reply_to", "ts", "v")
+OPTIONAL = ("event_id", "id_ttl", "rid", "reply_to", "ts", "v")
 # Fields a JSON producer may send (reply_to/rid are set by the web tier only).
 JSON_FIELDS = frozenset(REQUIRED + ("event_id", "ts"))
 
@@ -54,6 +55,7 @@ class Event:
     event_id: str | None = None
     rid: str | None = None
     reply_to: str | None = None
+    id_ttl: int | None = None  # seconds the event_id must be remembered (capped by the worker)
 
     @property
     def scope(self) -> Scope:
@@ -69,6 +71,8 @@ class Event:
             value = getattr(self, name)
             if value is not None:
                 out[name] = value
+        if self.id_ttl is not None:
+            out["id_ttl"] = str(self.id_ttl)
         return out
 
 
@@ -130,6 +134,7 @@ def parse_entry(fields: Mapping[bytes, bytes]) -> Event:
     if "v" in values and values["v"] != SCHEMA_VERSION:
         raise InvalidEvent("v", f"unsupported schema version (this worker speaks {SCHEMA_VERSION})")
     ts = _parse_ts(values["ts"]) if "ts" in values else None
+    id_ttl = _parse_id_ttl(values["id_ttl"], "event_id" in values) if "id_ttl" in values else None
     return Event(
         org=values["org"],
         source=values["source"],
@@ -140,7 +145,16 @@ def parse_entry(fields: Mapping[bytes, bytes]) -> Event:
         event_id=values.get("event_id"),
         rid=values.get("rid"),
         reply_to=values.get("reply_to"),
+        id_ttl=id_ttl,
     )
+
+
+def _parse_id_ttl(raw: str, has_event_id: bool) -> int:
+    if not has_event_id:
+        raise InvalidEvent("id_ttl", "needs an event_id (it says how long that id is remembered)")
+    if not (raw.isascii() and raw.isdigit()) or int(raw) < 1:
+        raise InvalidEvent("id_ttl", "must be a positive integer (seconds)")
+    return int(raw)
 
 
 def parse_json(obj: Any) -> Event:

@@ -214,7 +214,12 @@ async def test_timeout_is_504_naming_the_event_id_and_event_is_queued(
     assert 0.4 < time.monotonic() - started < 2.0  # discrete_timeout_s=0.5
     documented("/discrete", "post", 504, got)
     assert got["queued"] is True and got["event_id"] in got["error"]
+    assert f"Idempotency-Key: {got['event_id']} within 600s" in got["error"]
     assert await total_len(aredis, webapp.keys) == 1
+    shard = webapp.keys.shard(Scope("acme", "webserver", "auth_getpost"))
+    [(_, fields)] = await aredis.xrange(webapp.keys.stream(shard))
+    # A made-up id is remembered for BINORMAL_GENERATED_ID_TTL_S, not the full hour.
+    assert fields[b"event_id"] == got["event_id"].encode() and fields[b"id_ttl"] == b"600"
     # A worker started later counts it; retrying with its event id gives its result, not a second count.
     async with running_worker(worker_settings(redis_url, prefix)):
         shard = webapp.keys.shard(Scope("acme", "webserver", "auth_getpost"))
@@ -228,10 +233,11 @@ async def test_timeout_is_504_naming_the_event_id_and_event_is_queued(
     assert status2 == 200, again
     assert again["duplicate"] is True and again["count"] == 1 and again["event_id"] == got["event_id"]
     documented("/discrete", "post", 200, again)
+    assert 0 < await aredis.ttl(webapp.keys.seen(shard, got["event_id"])) <= 600
 
 
 async def test_idempotency_key_counts_once_and_replays_the_first_result(
-    webapp: Web, redis_url: str, prefix: str
+    webapp: Web, redis_url: str, prefix: str, aredis: aioredis.Redis
 ) -> None:
     async with running_worker(worker_settings(redis_url, prefix)):
         s1, first = await post_json(webapp.session, webapp.discrete, GOOD, {"Idempotency-Key": "evt-1"})
@@ -244,6 +250,10 @@ async def test_idempotency_key_counts_once_and_replays_the_first_result(
         k: v for k, v in first.items() if k != "runtime"
     }
     assert third["count"] == 2 and third["event_id"] == "evt-2"
+    # Ids the caller chose keep the worker's full window (BINORMAL_IDEMPOTENCY_TTL_S, 1 h).
+    shard = webapp.keys.shard(Scope("acme", "webserver", "auth_getpost"))
+    for chosen in ("evt-1", "evt-2"):
+        assert 600 < await aredis.ttl(webapp.keys.seen(shard, chosen)) <= 3600
 
 
 async def test_concurrent_requests_share_one_subscription(webapp: Web, redis_url: str, prefix: str,

@@ -149,6 +149,17 @@ def test_entry_schema_version() -> None:
     assert "version" in str(bad_entry("v", v="2"))
 
 
+def test_entry_id_ttl() -> None:
+    ev = parse_entry(entry(event_id="e-1", id_ttl="600"))
+    assert ev.id_ttl == 600 and ev.to_fields()["id_ttl"] == "600"
+    for value in ("0", "-5", "1.5", "abc", " 60", "١٢"):
+        assert "positive integer" in str(bad_entry("id_ttl", event_id="e-1", id_ttl=value)), value
+    assert "over the limit" in str(bad_entry("id_ttl", event_id="e-1", id_ttl="1" * 11))
+    assert "needs an event_id" in str(bad_entry("id_ttl", id_ttl="600"))
+    # not a field HTTP producers send: the web tier sets it for the ids it makes up
+    assert "unknown field" in str(bad_json("id_ttl", body(event_id="e", id_ttl=600)))
+
+
 def test_invalid_event_is_a_value_error() -> None:
     err = bad_json("org", body(org=""))
     assert isinstance(err, ValueError)
@@ -167,6 +178,7 @@ def test_to_fields_round_trip_examples() -> None:
         Event(**GOOD),
         Event(**GOOD, ts=1, event_id="e"),
         Event(**GOOD, ts=0, event_id="e", rid="r", reply_to="bn:reply:web-1"),
+        Event(**GOOD, event_id="e", rid="r", reply_to="bn:reply:web-1", id_ttl=600),
         Event("a:b", "{c}", "d e", "line\nbreak", "日本語 🎉", ts=2**63 - 1),
     ]
     for ev in evs:

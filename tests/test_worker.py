@@ -287,6 +287,24 @@ async def test_duplicate_event_id_counted_once(redis_url: str, prefix: str, ared
     assert 0 < await aredis.ttl(keys.seen(shard, "evt:1")) <= 3_600
 
 
+async def test_id_ttl_shortens_the_marker_never_lengthens_it(
+    redis_url: str, prefix: str, aredis: aioredis.Redis
+) -> None:
+    keys = keys_of(prefix)
+    scope = TRICKY_SCOPES[0]
+    shard = keys.shard(scope)
+    base = {"org": scope.org, "source": scope.source, "pop": scope.pop, "id": "carol", "action": "GET /"}
+    await aredis.xadd(keys.stream(shard), dict(base, event_id="short", id_ttl="30"))
+    await aredis.xadd(keys.stream(shard), dict(base, event_id="long", id_ttl="99999"))
+    await aredis.xadd(keys.stream(shard), dict(base, event_id="plain"))
+    async with running_worker(worker_settings(redis_url, prefix, seen_ttl_s=600)) as w:
+        await wait_for(lambda: drained(aredis, keys), what="drain")
+        assert w.counters.applied == 3
+    assert 0 < await aredis.ttl(keys.seen(shard, "short")) <= 30
+    assert 30 < await aredis.ttl(keys.seen(shard, "long")) <= 600  # capped by BINORMAL_IDEMPOTENCY_TTL_S
+    assert 30 < await aredis.ttl(keys.seen(shard, "plain")) <= 600
+
+
 async def test_request_reply_and_stored_copy(redis_url: str, prefix: str, aredis: aioredis.Redis) -> None:
     keys = keys_of(prefix)
     scope = TRICKY_SCOPES[3]

@@ -6,7 +6,8 @@ and this process's reply channel, and the handler awaits the worker's result
 through :class:`~web.replies.ReplyWaiter` (one pub/sub connection per process).
 
 Event id: the ``Idempotency-Key`` header, else the body's ``event_id``, else a
-random one. The worker counts an event id once (for ``BINORMAL_IDEMPOTENCY_TTL_S``);
+random one. The worker counts an event id once (for ``BINORMAL_IDEMPOTENCY_TTL_S``;
+a random one, sent with ``id_ttl``, for ``BINORMAL_GENERATED_ID_TTL_S``);
 a retry with the same key is answered with the first result plus
 ``"duplicate": true``. When no result comes within ``discrete_timeout_s`` the
 stored copy of the result is tried once, then the answer is ``504`` naming the
@@ -215,11 +216,15 @@ class RequestIds:
 _IDS = RequestIds()
 
 
-def _event_id(request: web.Request, event: Event) -> str:
-    """``Idempotency-Key`` header, else the body's ``event_id``, else a fresh unique id."""
+def _event_id(request: web.Request, event: Event) -> tuple[str, bool]:
+    """``Idempotency-Key`` header, else the body's ``event_id``, else a fresh unique id.
+
+    The flag is True for a made-up id: only a retry after our own 504 can bring
+    it back, so the worker is asked to remember it for a shorter time.
+    """
     header = request.headers.get("Idempotency-Key")
     if header is None:
-        return event.event_id or _IDS.new()
+        return (event.event_id, False) if event.event_id else (_IDS.new(), True)
     key = header.strip()
     if key == "":
         raise ApiError(400, "Idempotency-Key must not be empty", "Idempotency-Key")
@@ -227,7 +232,7 @@ def _event_id(request: web.Request, event: Event) -> str:
         raise ApiError(400, f"Idempotency-Key is over the limit of {LIMITS['event_id']} bytes", "Idempotency-Key")
     if event.event_id is not None and event.event_id != key:
         raise ApiError(400, "Idempotency-Key and the body's event_id differ", "Idempotency-Key")
-    return key
+    return key, False
 
 
 def shape(result: dict[str, Any], started: float) -> dict[str, Any]:
@@ -254,7 +259,7 @@ async def discrete(request: web.Request) -> web.Response:
             event = parse_json(obj)
         except InvalidEvent as exc:
             raise ApiError(400, str(exc), exc.field) from None
-        event_id = _event_id(request, event)
+        event_id, generated = _event_id(request, event)
     except ApiError:
         _REJECTED.inc()
         _OUTCOME["invalid"].inc()
@@ -278,6 +283,8 @@ async def discrete(request: web.Request) -> web.Response:
     try:
         fields = event.to_fields()
         fields["event_id"] = event_id
+        if generated:
+            fields["id_ttl"] = str(st.settings.generated_id_ttl_s)
         fields["rid"] = rid
         fields["reply_to"] = st.channel
         try:
@@ -294,14 +301,16 @@ async def discrete(request: web.Request) -> web.Response:
     finally:
         st.waiter.discard(rid)
     if reply is None:
-        return await _timed_out(request, st, stored_key, event_id, started)
+        return await _timed_out(request, st, stored_key, event_id, generated, started)
     if reply.get("duplicate"):
         return await _duplicate(request, st, stored_key, event_id, started)
     _OUTCOME["ok"].inc()
     return json_response(shape(reply, started))
 
 
-async def _timed_out(request: web.Request, st: Discrete, stored_key: str, event_id: str, started: float) -> web.Response:
+async def _timed_out(
+    request: web.Request, st: Discrete, stored_key: str, event_id: str, generated: bool, started: float
+) -> web.Response:
     """No reply in time: answer the stored copy if the worker wrote one, else 504."""
     try:
         raw = await request.app[REDIS].client.get(stored_key)
@@ -312,12 +321,13 @@ async def _timed_out(request: web.Request, st: Discrete, stored_key: str, event_
         return json_response(shape(orjson.loads(raw), started))
     _OUTCOME["timeout"].inc()
     log.info("discrete_timeout", event_id=event_id, timeout_s=st.settings.discrete_timeout_s)
+    within = f" within {st.settings.generated_id_ttl_s}s" if generated else ""
     return json_response(
         {
             "error": (
                 f"no result within {st.settings.discrete_timeout_s:g}s; the event was queued under "
                 f"event_id {event_id!r} and will still be counted (retry with Idempotency-Key: "
-                f"{event_id} to get its result without counting it twice)"
+                f"{event_id}{within} to get its result without counting it twice)"
             ),
             "field": None,
             "event_id": event_id,

@@ -23,6 +23,7 @@ class WebSettings:
     max_body_bytes: int = 16_384  # POST /discrete body limit
     ready_heartbeat_s: float = 10.0  # a worker heartbeat newer than this -> ready
     reply_ttl_s: int = 60
+    generated_id_ttl_s: int = 600  # how long the worker remembers an event_id made up here
     ws_queue: int = 2_000  # results buffered per websocket client before dropping oldest
     ws_max_fps: float = 20.0  # frames per second per websocket client (results coalesced)
     ws_heartbeat_s: float = 20.0  # websocket ping interval; no pong within half of it closes the socket
@@ -46,6 +47,7 @@ class WebSettings:
             max_body_bytes=env_int(e, "BINORMAL_DISCRETE_MAX_BYTES", 16_384, minimum=256),
             ready_heartbeat_s=env_float(e, "BINORMAL_READY_HEARTBEAT_S", 10.0),
             reply_ttl_s=env_int(e, "BINORMAL_REPLY_TTL_S", 60, minimum=1),
+            generated_id_ttl_s=env_int(e, "BINORMAL_GENERATED_ID_TTL_S", 600, minimum=1),
             ws_queue=env_int(e, "BINORMAL_WS_QUEUE", 2_000, minimum=1),
             ws_max_fps=env_float(e, "BINORMAL_WS_MAX_FPS", 20.0, minimum=0.1),
             ws_heartbeat_s=env_float(e, "BINORMAL_WS_HEARTBEAT_S", 20.0, minimum=0.5),

@@ -278,13 +278,15 @@ class BatchProcessor:
         for chunk in chunks:
             first = chunk[0]
             keys: list[Any] = [first.stream, k.scopes(first.shard), k.uncommitted(first.shard)]
-            args: list[Any] = [k.group, "1" if want_pop else "0", self.seen_ttl_s]
+            args: list[Any] = [k.group, "1" if want_pop else "0"]
             for e in chunk:
                 ev = e.event
                 assert ev is not None and e.scope is not None
                 kp = e.kp
                 keys += (kp + "pop", kp + "sq", kp + "k", e.ikey, k.seen(e.shard, ev.event_id or ""))
-                args += (e.id, ev.action, e.scope.token, "0" if ev.event_id is None else "1")
+                # An entry may ask for a shorter memory of its id (id_ttl), never a longer one.
+                ttl = 0 if ev.event_id is None else min(ev.id_ttl or self.seen_ttl_s, self.seen_ttl_s)
+                args += (e.id, ev.action, e.scope.token, ttl)
             pipe.evalsha(sha, len(keys), *keys, *args)
 
     def _notify_duplicates(self, pipe: Commands, dups: Sequence[Entry]) -> None:

@@ -20,10 +20,10 @@
 --   KEYS[b+1] scope pop hash   KEYS[b+2] scope sq hash   KEYS[b+3] scope k hash
 --   KEYS[b+4] individual hash  KEYS[b+5] idempotency marker of the event id
 -- ARGV[1] group  ARGV[2] '1' to return each scope's whole pop hash (staleness 0)
--- ARGV[3] marker TTL (s)
--- then per entry i (base a = 3 + 4*(i-1)):
+-- then per entry i (base a = 2 + 4*(i-1)):
 --   ARGV[a+1] entry id  ARGV[a+2] action  ARGV[a+3] scope token
---   ARGV[a+4] '1' when the entry carries an event_id (marker key is real)
+--   ARGV[a+4] seconds the event_id's marker lives, '0' when the entry has no
+--             event_id (its marker key is then a placeholder, never touched)
 --
 -- Returns one item per entry: {0} already applied; {2, first_entry_id}
 -- duplicate event_id (acked, not counted); {3, reason} a key holds another
@@ -46,22 +46,22 @@ local function wrong(key, want)
   return got
 end
 local out = {}
-local n = (#ARGV - 3) / 4
+local n = (#ARGV - 2) / 4
 for i = 1, n do
   local b = 3 + 5 * (i - 1)
-  local a = 3 + 4 * (i - 1)
+  local a = 2 + 4 * (i - 1)
   local id = ARGV[a + 1]
   local bad = wrong(KEYS[2], 'set') or wrong(KEYS[3], 'hash') or wrong(KEYS[b + 1], 'hash')
     or wrong(KEYS[b + 2], 'hash') or wrong(KEYS[b + 3], 'hash') or wrong(KEYS[b + 4], 'hash')
-    or (ARGV[a + 4] == '1' and wrong(KEYS[b + 5], 'string'))
+    or (ARGV[a + 4] ~= '0' and wrong(KEYS[b + 5], 'string'))
   if bad then
     out[i] = {3, bad}
   elseif redis.call('XACK', KEYS[1], ARGV[1], id) == 0 then
     out[i] = {0}
   else
     local dup = false
-    if ARGV[a + 4] == '1' then
-      if not redis.call('SET', KEYS[b + 5], id, 'NX', 'EX', ARGV[3]) then
+    if ARGV[a + 4] ~= '0' then
+      if not redis.call('SET', KEYS[b + 5], id, 'NX', 'EX', ARGV[a + 4]) then
         dup = true
         out[i] = {2, redis.call('GET', KEYS[b + 5])}
       end
