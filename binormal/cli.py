@@ -37,6 +37,12 @@ def _recompute(args: argparse.Namespace) -> int:
     return main_recompute()
 
 
+def _dead(args: argparse.Namespace) -> int:
+    from binormal.deadletters import main_dead
+
+    return main_dead(args)
+
+
 def _run(args: argparse.Namespace) -> int:
     from binormal.run import main_run
 
@@ -100,9 +106,11 @@ def build_parser() -> argparse.ArgumentParser:
     rc = sub.add_parser("recompute", help="rebuild every scope's score aggregates from scratch (bounds float drift)")
     rc.set_defaults(func=_recompute)
 
+    from binormal.deadletters import add_dead_parser
     from binormal.feedsettings import add_feed_parser
 
     add_feed_parser(sub).set_defaults(func=_feed)
+    add_dead_parser(sub).set_defaults(func=_dead)
     return p
 
 

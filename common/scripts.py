@@ -34,7 +34,7 @@ class LuaScript:
 class Scripts:
     """All of Binormal's Lua scripts, by name."""
 
-    NAMES = ("apply", "commit", "deadletter", "recompute")
+    NAMES = ("apply", "commit", "deadletter", "recompute", "replay")
 
     def __init__(self) -> None:
         self.by_name = {n: LuaScript.load(n) for n in self.NAMES}
