@@ -29,6 +29,7 @@ import redis.asyncio as aioredis
 import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+from redis.exceptions import ResponseError
 
 from common import metrics
 from common.connection import TRANSIENT, make_client, wait_until_up
@@ -214,7 +215,8 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
 
     ``ApiError`` carries its own body; aiohttp's HTTP errors (404, 405, 413)
     become ``{"error": reason, "field": ...}``; a Redis outage becomes ``503``;
-    anything else is logged and answered ``500``.
+    a command Redis refused (bad state under a key: WRONGTYPE) is a ``500``
+    that quotes Redis; anything else is logged and answered ``500``.
     """
     started = time.perf_counter()
     resp: web.StreamResponse
@@ -231,6 +233,9 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
     except TRANSIENT as exc:
         log.warning("redis_error", path=request.path, error=str(exc) or type(exc).__name__)
         resp = unavailable().response()
+    except ResponseError as exc:
+        log.error("redis_refused", path=request.path, error=str(exc))
+        resp = json_response({"error": f"Redis refused a command: {exc}", "field": None}, 500)
     except Exception:
         log.exception("request_failed", path=request.path)
         resp = json_response({"error": "internal error", "field": None}, 500)

@@ -185,3 +185,18 @@ async def test_empty_database(redis_url: str, prefix: str) -> None:
         await asyncio.wait_for(app[REDIS].up.wait(), 5.0)
         api = Api(base, session, app[REDIS].keys)
         assert await api.get("/api/scopes") == (200, {"scopes": [], "total": 0, "truncated": False})
+
+
+async def test_bad_state_under_a_key_is_a_500_quoting_redis(
+    populated: tuple[Api, MemoryEngine, list[Event]], aredis: aioredis.Redis
+) -> None:
+    api, _, _ = populated
+    scope = SCOPES[1]
+    await aredis.delete(api.keys.scope_key(scope, "rank"))
+    await aredis.rpush(api.keys.scope_key(scope, "rank"), "someone else's list")
+    status, body = await api.get("/api/outliers", org=scope.org, source=scope.source, pop=scope.pop)
+    assert status == 500, body
+    assert body["error"].startswith("Redis refused a command: WRONGTYPE") and body["field"] is None
+    # the other scopes answer as before
+    other = SCOPES[0]
+    assert (await api.get("/api/outliers", org=other.org, source=other.source, pop=other.pop))[0] == 200
