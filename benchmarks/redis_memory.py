@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
-import platform
 import sys
 import tempfile
 import uuid
@@ -29,15 +27,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import redis.asyncio as aioredis  # noqa: E402
-import structlog  # noqa: E402
 
-from common.embedded import RedisServer, find_binary, server_version  # noqa: E402
+from common.embedded import RedisServer  # noqa: E402
 from common.keys import Keyspace  # noqa: E402
 from web.settings import WebSettings  # noqa: E402
 from worker import Worker, WorkerSettings  # noqa: E402
 from worker.settings import WorkerSettings as _Defaults  # noqa: E402
 from worker.worker import ensure_groups, trim_acknowledged  # noqa: E402
-from worker_throughput import make_events  # noqa: E402
+from worker_throughput import make_events, quiet_setup  # noqa: E402
 
 def kind_of(key: str) -> str:
     """The kind of a Binormal key: events, individual, pop, seen, reply, ..."""
@@ -152,11 +149,7 @@ def main() -> None:
     p.add_argument("--rate", type=int, default=1_000, help="/discrete requests/s for the steady-state line")
     p.add_argument("--redis-server", default=None)
     args = p.parse_args()
-    logging.disable(logging.CRITICAL)
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.CRITICAL))
-    binary = args.redis_server or find_binary("path")
-    print(f"machine: {platform.machine()} {platform.system()} python {platform.python_version()}; "
-          f"redis-server {server_version(binary)}")
+    binary = quiet_setup(args.redis_server)
     with tempfile.TemporaryDirectory() as tmp:
         server = RedisServer(tmp, binary=binary).start()
         try:

@@ -38,6 +38,16 @@ from worker import Worker, WorkerSettings  # noqa: E402
 from worker.worker import ensure_groups  # noqa: E402
 
 
+def quiet_setup(redis_server: str | None) -> str:
+    """Silence the services' logs, pick the redis-server binary, print the machine line; returns the binary."""
+    logging.disable(logging.CRITICAL)
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.CRITICAL))
+    binary = redis_server or find_binary("path")
+    print(f"machine: {platform.machine()} {platform.system()} python {platform.python_version()}; "
+          f"redis-server {server_version(binary)}")
+    return binary
+
+
 def make_events(n: int, scopes: int, individuals: int, actions: int, seed: int = 7) -> list[Event]:
     """Deterministic events with a skewed action mix (weight 1/rank^1.1)."""
     rnd = random.Random(seed)
@@ -144,11 +154,7 @@ async def main() -> None:
     p.add_argument("--redis-server", default=None)
     args = p.parse_args()
 
-    logging.disable(logging.CRITICAL)
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.CRITICAL))
-    binary = args.redis_server or find_binary("path")
-    print(f"machine: {platform.machine()} {platform.system()} python {platform.python_version()}; "
-          f"redis-server {server_version(binary)}")
+    binary = quiet_setup(args.redis_server)
     print(f"events={args.events} scopes={args.scopes} individuals={args.individuals} actions={args.actions} "
           f"batch={args.batch} snapshot_max_age_ms={args.max_age_ms}")
     events = make_events(args.events, args.scopes, args.individuals, args.actions)
