@@ -21,7 +21,6 @@ from typing import Any, cast
 
 import orjson
 import redis.asyncio as aioredis
-from redis.exceptions import NoScriptError
 
 from common.config import environ, redis_env
 from common.connection import TRANSIENT, make_client
@@ -88,12 +87,8 @@ async def dead_letters(client: aioredis.Redis, keys: Keyspace, shards: list[int]
 
 async def replay_one(client: aioredis.Redis, keys: Keyspace, scripts: Scripts, letter: DeadLetter) -> tuple[bool, str]:
     """Replay one dead letter; returns (replayed, new entry id or why not)."""
-    args = (2, keys.dead(letter.shard), keys.stream(letter.shard), letter.dead_id)
-    try:
-        ok, detail = await client.evalsha(scripts.sha("replay"), *args)
-    except NoScriptError:
-        await scripts.load_all(client)
-        ok, detail = await client.evalsha(scripts.sha("replay"), *args)
+    stream_keys = (keys.dead(letter.shard), keys.stream(letter.shard))
+    ok, detail = await scripts.run(client, "replay", stream_keys, (letter.dead_id,))
     return bool(ok), detail.decode("utf-8", "replace")
 
 

@@ -11,7 +11,11 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
+from collections.abc import Sequence
+from typing import Any
+
 import redis.asyncio as aioredis
+from redis.exceptions import NoScriptError
 
 LUA_DIR = Path(__file__).with_name("lua")
 
@@ -49,3 +53,11 @@ class Scripts:
             sha = await client.script_load(script.source)
             if sha != script.sha:
                 raise RuntimeError(f"Redis hashed {script.name}.lua as {sha}, expected {script.sha}")
+
+    async def run(self, client: aioredis.Redis, name: str, keys: Sequence[str], args: Sequence[Any] = ()) -> Any:
+        """EVALSHA one script outside a pipeline; on NOSCRIPT load them all and run it again."""
+        try:
+            return await client.evalsha(self.sha(name), len(keys), *keys, *args)
+        except NoScriptError:
+            await self.load_all(client)
+            return await client.evalsha(self.sha(name), len(keys), *keys, *args)

@@ -15,7 +15,6 @@ from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
-from redis.exceptions import NoScriptError
 
 from common.config import DEFAULT_REDIS_URL, env_int, env_str, environ
 from common.connection import make_client
@@ -45,12 +44,7 @@ async def recompute_aggregates(
 ) -> Aggregates:
     """Rebuild a scope's aggregates from its rank zset; returns what was written."""
     scripts = scripts or Scripts()
-    args = (keys.scope_key(scope, "rank"), keys.scope_key(scope, "agg"))
-    try:
-        reply = await client.evalsha(scripts.sha("recompute"), 2, *args)
-    except NoScriptError:
-        await scripts.load_all(client)
-        reply = await client.evalsha(scripts.sha("recompute"), 2, *args)
+    reply = await scripts.run(client, "recompute", (keys.scope_key(scope, "rank"), keys.scope_key(scope, "agg")))
     return Aggregates(int(reply[0]), float(reply[1]), float(reply[2]))
 
 
