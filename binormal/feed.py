@@ -195,7 +195,7 @@ class Feeder:
             raise InputError("--follow takes a single file")
         transform = load_transform(st.transform) if st.transform else None
         fmap = FieldMap.parse(st.field_map) if st.field_map else None
-        self.converter = LineConverter(self.stats, self.reporter, transform, fmap, st.strict)
+        self.converter = LineConverter(self.stats, self.reporter, transform, fmap, st.strict, st.id_ttl)
         shared = StateFile(Path(st.state)) if st.state else None
         for path in st.files:
             if path == "-":

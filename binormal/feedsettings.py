@@ -12,6 +12,7 @@ from typing import Any
 
 from common.config import DEFAULT_REDIS_URL, ConfigError, env_float, env_int, env_str, environ
 from common.keys import DEFAULT_PREFIX, Keyspace
+from common.schema import ID_TTL_MAX
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 
@@ -41,6 +42,7 @@ class FeedSettings:
     json: bool = False
     progress: bool | None = None  # None: when stderr is a terminal
     save_every_s: float = 0.5  # state file writes at most this often (and at the end)
+    id_ttl: int | None = None  # seconds the service remembers each event id (None: its full window)
     max_backlog: int = 200_000  # --direct: wait while the shards hold more entries
     errors_shown: int = 200  # per kind of problem, line reports before going quiet
 
@@ -57,6 +59,8 @@ class FeedSettings:
             raise ConfigError("--shards must be at least 1")
         if self.save_every_s < 0:
             raise ConfigError("--save-every must be >= 0")
+        if self.id_ttl is not None and not 1 <= self.id_ttl <= ID_TTL_MAX:
+            raise ConfigError(f"--id-ttl must be 1 to {ID_TTL_MAX} seconds")
 
     @property
     def keys(self) -> Keyspace:
@@ -103,6 +107,9 @@ def add_feed_parser(sub: Any) -> argparse.ArgumentParser:
     f.add_argument("--state", help="state file (default: <FILE>.feedstate.json next to each input)")
     f.add_argument("--save-every", dest="save_every_s", type=float, metavar="SECONDS",
                    help="write the state file at most this often, and at the end (default 0.5; 0: after every batch)")
+    f.add_argument("--id-ttl", type=int, metavar="SECONDS",
+                   help="ask the service to remember each line's event id this long (default: its full window, "
+                   "1 h); a crashed run must be resumed sooner to count every line once")
     f.add_argument("--from-start", action="store_true", default=None, help="ignore the saved position")
     f.add_argument("--follow", action="store_true", default=None, help="keep reading a growing file (Ctrl-C ends)")
     f.add_argument("--batch", type=int, help="events per request (default 1000)")
@@ -120,6 +127,6 @@ def add_feed_parser(sub: Any) -> argparse.ArgumentParser:
 def settings_from_args(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> FeedSettings:
     """FeedSettings from the environment, overridden by the flags that were given."""
     names = ("mode", "url", "redis_url", "prefix", "shards", "transform", "field_map", "strict", "state",
-             "from_start", "save_every_s", "follow", "batch", "timeout_s", "retry_for_s", "min_zscore", "json", "progress")
+             "from_start", "save_every_s", "id_ttl", "follow", "batch", "timeout_s", "retry_for_s", "min_zscore", "json", "progress")
     overrides = {n: getattr(args, n, None) for n in names}
     return FeedSettings.from_env(env, files=tuple(args.files), **overrides)

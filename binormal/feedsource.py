@@ -412,12 +412,14 @@ class LineConverter:
         transform: TransformFn | None = None,
         field_map: FieldMap | None = None,
         strict: bool = False,
+        id_ttl: int | None = None,
     ) -> None:
         self.stats = stats
         self.reporter = reporter
         self.transform = transform
         self.field_map = field_map
         self.strict = strict
+        self.id_ttl = id_ttl
 
     def convert(self, raw: bytes, start: int, key: str, where: str) -> Any:
         """``raw`` is the line without its newline, ``start`` its byte offset.
@@ -461,9 +463,11 @@ class LineConverter:
                 return None
         else:
             d = obj
-        if isinstance(d, dict) and "event_id" not in d:
+        if isinstance(d, dict) and ("event_id" not in d or (self.id_ttl is not None and "id_ttl" not in d)):
             d = dict(d)
-            d["event_id"] = event_id(key, start, raw)
+            d.setdefault("event_id", event_id(key, start, raw))
+            if self.id_ttl is not None:
+                d.setdefault("id_ttl", self.id_ttl)
         try:
             return parse_json(d)
         except InvalidEvent as exc:

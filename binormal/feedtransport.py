@@ -67,6 +67,8 @@ def event_json(e: Event) -> bytes:
     d: dict[str, Any] = {"org": e.org, "source": e.source, "pop": e.pop, "id": e.id, "action": e.action}
     if e.event_id is not None:
         d["event_id"] = e.event_id
+    if e.id_ttl is not None:
+        d["id_ttl"] = e.id_ttl
     if e.ts is not None:
         d["ts"] = e.ts
     return orjson.dumps(d)

@@ -30,7 +30,8 @@ LIMITS: dict[str, int] = {
 REQUIRED = ("org", "source", "pop", "id", "action")
 OPTIONAL = ("event_id", "id_ttl", "rid", "reply_to", "ts", "v")
 # Fields a JSON producer may send (reply_to/rid are set by the web tier only).
-JSON_FIELDS = frozenset(REQUIRED + ("event_id", "ts"))
+JSON_FIELDS = frozenset(REQUIRED + ("event_id", "id_ttl", "ts"))
+ID_TTL_MAX = 10**LIMITS["id_ttl"] - 1
 
 
 class InvalidEvent(ValueError):
@@ -183,6 +184,16 @@ def parse_json(obj: Any) -> Event:
         if isinstance(raw, bool) or not isinstance(raw, int):
             raise InvalidEvent("ts", f"must be an integer, not {_json_type(raw)}")
         ts = _parse_ts(str(raw))
+    id_ttl: int | None = None
+    if "id_ttl" in obj:
+        raw = obj["id_ttl"]
+        if isinstance(raw, bool) or not isinstance(raw, int):
+            raise InvalidEvent("id_ttl", f"must be an integer, not {_json_type(raw)}")
+        if not 1 <= raw <= ID_TTL_MAX:
+            raise InvalidEvent("id_ttl", f"must be a positive integer (seconds) up to {ID_TTL_MAX}")
+        if "event_id" not in values:
+            raise InvalidEvent("id_ttl", "needs an event_id (it says how long that id is remembered)")
+        id_ttl = raw
     return Event(
         org=values["org"],
         source=values["source"],
@@ -191,6 +202,7 @@ def parse_json(obj: Any) -> Event:
         action=values["action"],
         ts=ts,
         event_id=values.get("event_id"),
+        id_ttl=id_ttl,
     )
 
 

@@ -184,12 +184,17 @@ def test_state_file_round_trip_is_atomic(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["s.json"]  # no temporary file left behind
 
 
-def test_save_every_flag_is_parsed_and_checked() -> None:
+def test_save_every_and_id_ttl_flags_are_parsed_and_checked() -> None:
     parser = build_parser()
     assert settings_from_args(parser.parse_args(["feed", "in.json"]), env={}).save_every_s == 0.5
     assert settings_from_args(parser.parse_args(["feed", "in.json", "--save-every", "0"]), env={}).save_every_s == 0.0
     with pytest.raises(ConfigError, match="--save-every"):
         settings_from_args(parser.parse_args(["feed", "in.json", "--save-every", "-1"]), env={})
+    assert settings_from_args(parser.parse_args(["feed", "in.json"]), env={}).id_ttl is None
+    assert settings_from_args(parser.parse_args(["feed", "in.json", "--id-ttl", "300"]), env={}).id_ttl == 300
+    for bad in ("0", str(10**10)):
+        with pytest.raises(ConfigError, match="--id-ttl must be 1 to 9999999999 seconds"):
+            settings_from_args(parser.parse_args(["feed", "in.json", "--id-ttl", bad]), env={})
 
 
 def test_field_map_literals_paths_and_errors() -> None:
@@ -567,3 +572,23 @@ async def test_direct_xadds_into_the_stream(redis_url: str, prefix: str, aredis:
         again = await feed(str(log), *args, *fmap, "--from-start")
         assert again.rc == 0 and again.summary["accepted"] == 5_000
         assert await counted(aredis, prefix, truth) == []
+
+
+async def test_id_ttl_shortens_the_memory_of_the_feeders_ids(
+    redis_url: str, prefix: str, aredis: aioredis.Redis, tmp_path: Path
+) -> None:
+    events = make_events(300, seed=9)
+    log = write_lines(tmp_path / "log.json", [event_line(e) for e in events])
+    keys = Keyspace(prefix=prefix, shards=4)
+    async with running_worker(worker_settings(redis_url, prefix)), service(redis_url, prefix) as url:
+        run = await feed(str(log), "--url", url, "--json", "--id-ttl", "120")
+        assert run.rc == 0 and run.summary["accepted"] == 300, run.err
+        assert await counted(aredis, prefix, events) == []
+    ttls = [await aredis.ttl(k) async for k in aredis.scan_iter(match=f"{prefix}:*:seen:*", count=1000)]
+    assert len(ttls) == 300 and all(0 < t <= 120 for t in ttls), sorted(ttls)[-3:]
+    direct = await feed(str(log), "--direct", "--redis-url", redis_url, "--prefix", prefix, "--from-start",
+                        "--id-ttl", "90", "--state", str(tmp_path / "direct.state"))
+    assert direct.rc == 0, direct.err
+    entries = [f for s in keys.streams() for _, f in await aredis.xrange(s)]
+    # the HTTP run's 300 entries (not trimmed here) and the direct run's 300
+    assert sorted(f[b"id_ttl"] for f in entries) == [b"120"] * 300 + [b"90"] * 300

@@ -156,8 +156,13 @@ def test_entry_id_ttl() -> None:
         assert "positive integer" in str(bad_entry("id_ttl", event_id="e-1", id_ttl=value)), value
     assert "over the limit" in str(bad_entry("id_ttl", event_id="e-1", id_ttl="1" * 11))
     assert "needs an event_id" in str(bad_entry("id_ttl", id_ttl="600"))
-    # not a field HTTP producers send: the web tier sets it for the ids it makes up
-    assert "unknown field" in str(bad_json("id_ttl", body(event_id="e", id_ttl=600)))
+    # JSON producers may send it too, as an integer, with their event_id
+    ev = parse_json(body(event_id="e", id_ttl=600))
+    assert ev.id_ttl == 600 and parse_entry(as_entry(ev)) == ev
+    for value in (0, -1, 10**10, True, "600", 1.5, None):
+        bad_json("id_ttl", body(event_id="e", id_ttl=value))
+    assert parse_json(body(event_id="e", id_ttl=10**10 - 1)).id_ttl == 10**10 - 1
+    assert "needs an event_id" in str(bad_json("id_ttl", body(id_ttl=600)))
 
 
 def test_invalid_event_is_a_value_error() -> None:
