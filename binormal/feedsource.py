@@ -463,11 +463,14 @@ class LineConverter:
                 return None
         else:
             d = obj
-        if isinstance(d, dict) and ("event_id" not in d or (self.id_ttl is not None and "id_ttl" not in d)):
-            d = dict(d)
-            d.setdefault("event_id", event_id(key, start, raw))
-            if self.id_ttl is not None:
-                d.setdefault("id_ttl", self.id_ttl)
+        if isinstance(d, dict):
+            added: dict[str, Any] = {}
+            if "event_id" not in d:
+                added["event_id"] = event_id(key, start, raw)
+            if self.id_ttl is not None and "id_ttl" not in d:
+                added["id_ttl"] = self.id_ttl
+            if added:
+                d = {**d, **added}  # a copy: the user's dict is left as it was
         try:
             return parse_json(d)
         except InvalidEvent as exc:

@@ -151,11 +151,18 @@ def parse_entry(fields: Mapping[bytes, bytes]) -> Event:
 
 
 def _parse_id_ttl(raw: str, has_event_id: bool) -> int:
+    if not (raw.isascii() and raw.isdigit()):
+        raise InvalidEvent("id_ttl", f"must be a positive integer (seconds) up to {ID_TTL_MAX}")
+    return _check_id_ttl(int(raw), has_event_id)
+
+
+def _check_id_ttl(seconds: int, has_event_id: bool) -> int:
+    """The rule both entry and JSON ``id_ttl`` follow: 1..ID_TTL_MAX, and only with an event_id."""
+    if not 1 <= seconds <= ID_TTL_MAX:
+        raise InvalidEvent("id_ttl", f"must be a positive integer (seconds) up to {ID_TTL_MAX}")
     if not has_event_id:
         raise InvalidEvent("id_ttl", "needs an event_id (it says how long that id is remembered)")
-    if not (raw.isascii() and raw.isdigit()) or int(raw) < 1:
-        raise InvalidEvent("id_ttl", "must be a positive integer (seconds)")
-    return int(raw)
+    return seconds
 
 
 def parse_json(obj: Any) -> Event:
@@ -189,11 +196,7 @@ def parse_json(obj: Any) -> Event:
         raw = obj["id_ttl"]
         if isinstance(raw, bool) or not isinstance(raw, int):
             raise InvalidEvent("id_ttl", f"must be an integer, not {_json_type(raw)}")
-        if not 1 <= raw <= ID_TTL_MAX:
-            raise InvalidEvent("id_ttl", f"must be a positive integer (seconds) up to {ID_TTL_MAX}")
-        if "event_id" not in values:
-            raise InvalidEvent("id_ttl", "needs an event_id (it says how long that id is remembered)")
-        id_ttl = raw
+        id_ttl = _check_id_ttl(raw, "event_id" in values)
     return Event(
         org=values["org"],
         source=values["source"],

@@ -466,12 +466,13 @@ class BatchProcessor:
         self._store_snapshots([(scope, shard) for scope in scopes], replies[len(found) :])
         scores: list[Score] = []
         for (scope, ident, ikey, entry_id), raw in zip(found, replies):
-            got = self.snapshots.get(scope)
-            if got is None or isinstance(raw, Exception):
-                # Bad state under a key; the mark stays and the error is logged.
-                if isinstance(raw, Exception):
-                    log.error("repair_read_failed", individual=ikey.decode("utf-8", "replace"), error=str(raw))
+            # Bad state under a key: the mark stays (and the next round tries again).
+            if isinstance(raw, Exception):
+                log.error("repair_read_failed", individual=ikey.decode("utf-8", "replace"), error=str(raw))
                 continue
+            got = self.snapshots.get(scope)
+            if got is None:
+                continue  # its population could not be read (logged by _store_snapshots)
             counts = _pairs_int(raw)
             score = got[0].assess(counts, 0)[0]
             kp = self.keys.scope_prefix(scope, shard)
