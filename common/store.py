@@ -128,9 +128,13 @@ async def read_scope(client: aioredis.Redis, keys: Keyspace, scope: Scope) -> Sc
     return ScopeView(scope, _int_hash(pop), Aggregates(int(n or 0), float(total or 0.0), float(total_sq or 0.0)))
 
 
-async def scope_summaries(client: aioredis.Redis, keys: Keyspace, limit: int) -> tuple[list[dict[str, Any]], int]:
-    """Up to ``limit`` scopes with their individual and action counts; also the total number of scopes."""
+async def scope_summaries(
+    client: aioredis.Redis, keys: Keyspace, limit: int, orgs: frozenset[str] | None = None
+) -> tuple[list[dict[str, Any]], int]:
+    """Up to ``limit`` scopes (of ``orgs`` only, unless None) with their individual and action counts; also the total."""
     scopes = await list_scopes(client, keys)
+    if orgs is not None:
+        scopes = [s for s in scopes if s.org in orgs]
     shown = scopes[:limit]
     pipe = client.pipeline(transaction=False)
     for scope in shown:

@@ -46,6 +46,7 @@ from common.health import (
     setup_redis,
     unavailable,
 )
+from common.guard import org_forbidden, principal_of, setup_auth
 from common.keys import Keyspace
 from common.schema import Event, InvalidEvent, parse_json
 from common.store import stream_lag
@@ -158,6 +159,7 @@ def setup(app: web.Application, settings: IngestSettings) -> None:
     """Register ``POST /events`` (and health, Redis) on ``app``."""
     setup_redis(app, settings.redis_url, settings.keys)
     setup_health(app, settings.ready_heartbeat_s)
+    setup_auth(app, settings)
     app[INGEST] = Ingest(settings, settings.keys, LagReader(settings.keys, settings.lag_check_s, settings.max_lag))
     app.router.add_post("/events", events)
 
@@ -188,6 +190,7 @@ async def events(request: web.Request) -> web.Response:
         )
     body = await read_body(request, st.settings.max_body_bytes)
     batch = parse_ndjson(body) if ctype == NDJSON else parse_array(body)
+    _check_orgs(request, batch)  # every line before any write: a foreign org writes nothing
     _REJECTED.inc(batch.rejected)
     summary: dict[str, Any] = {"accepted": 0, "rejected": batch.rejected, "errors": batch.errors}
     if not batch.events:
@@ -197,6 +200,17 @@ async def events(request: web.Request) -> web.Response:
     written = await _write(client, st, batch.events, summary)
     summary["accepted"] = written
     return json_response(summary, status=202)
+
+
+def _check_orgs(request: web.Request, batch: Batch) -> None:
+    """``403`` naming the first org (and its lines) the token may not use; nothing is written then."""
+    principal = principal_of(request)
+    if principal is None or principal.orgs is None:
+        return
+    lines = [line for line, ev in batch.events if not principal.may_use(ev.org)]
+    if lines:
+        org = next(ev.org for line, ev in batch.events if line == lines[0])
+        raise org_forbidden(principal, org, accepted=0, lines=lines[:MAX_ERRORS], forbidden=len(lines))
 
 
 async def _write(client: aioredis.Redis, st: Ingest, events: list[tuple[int, Event]], summary: dict[str, Any]) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from common.auth import auth_env
 from common.config import DEFAULT_REDIS_URL, env_float, env_int, env_str, environ, redis_env
 from common.keys import DEFAULT_PREFIX, Keyspace
 
@@ -24,6 +25,10 @@ class IngestSettings:
     lag_check_s: float = 0.25  # how long a lag reading is reused
     retry_after_s: int = 1
     ready_heartbeat_s: float = 10.0
+    tokens_file: str = ""  # BINORMAL_TOKENS_FILE; empty: auth off (loopback only)
+    allow_anonymous: bool = False  # BINORMAL_ALLOW_ANONYMOUS: auth off on other interfaces too
+    allowed_origins: tuple[str, ...] = ()  # BINORMAL_ALLOWED_ORIGINS besides the page's own
+    allowed_hosts: tuple[str, ...] = ()  # BINORMAL_ALLOWED_HOSTS; empty: bound address + loopback names
 
     @property
     def keys(self) -> Keyspace:
@@ -36,6 +41,7 @@ class IngestSettings:
         e = environ() if env is None else env
         return cls(
             **redis_env(e),
+            **auth_env(e),
             host=env_str(e, "HOST", "127.0.0.1"),
             port=env_int(e, "INGEST_PORT", 8081),
             max_body_bytes=env_int(e, "BINORMAL_EVENTS_MAX_BYTES", 8 * 1024 * 1024, minimum=1024),

@@ -48,6 +48,7 @@ from common.health import (
     setup_redis,
     unavailable,
 )
+from common.guard import require_org, setup_auth
 from common.keys import Keyspace
 from common.schema import LIMITS, Event, InvalidEvent, parse_json
 from web.live import setup_live
@@ -153,6 +154,7 @@ def setup(app: web.Application, settings: WebSettings) -> None:
     """Register the web tier's routes and cleanup contexts on ``app``."""
     setup_redis(app, settings.redis_url, settings.keys)
     setup_health(app, settings.ready_heartbeat_s)
+    setup_auth(app, settings)
     app[_WEB_SETTINGS] = settings
     app.cleanup_ctx.append(_replies_ctx)
     app.router.add_post("/discrete", discrete)
@@ -260,6 +262,7 @@ async def discrete(request: web.Request) -> web.Response:
         except InvalidEvent as exc:
             raise ApiError(400, str(exc), exc.field) from None
         event_id, generated = _event_id(request, event)
+        require_org(request, event.org)
     except ApiError:
         _REJECTED.inc()
         _OUTCOME["invalid"].inc()

@@ -17,6 +17,11 @@ the stream holds result lines only.
 * ``{"type":"stats","dropped":D,"sent":S}`` - first line of a frame whenever
   ``dropped`` (results this client lost because its queue was full; the oldest
   go first) changed since the last frame; ``sent`` counts results sent so far.
+
+Tenancy: a client registered with ``orgs`` (a token limited to some orgs) gets
+only the results of those orgs. Each line's org is parsed once per message, and
+only while such a client is connected; clients with the same orgs share one
+filtered list.
 """
 
 from __future__ import annotations
@@ -37,13 +42,24 @@ Send = Callable[[str], Awaitable[None]]
 _ids = itertools.count(1)
 
 
+def org_of(line: bytes) -> str | None:
+    """The ``org`` of one result line (None when it has none: such a line reaches no restricted client)."""
+    try:
+        obj = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return None
+    org = obj.get("org") if isinstance(obj, dict) else None
+    return org if isinstance(org, str) else None
+
+
 class Client:
     """One websocket client's bounded queue of result lines and its counters."""
 
-    def __init__(self, capacity: int, control: bool = True) -> None:
+    def __init__(self, capacity: int, control: bool = True, orgs: frozenset[str] | None = None) -> None:
         self.id = next(_ids)
         self.capacity = capacity
         self.control = control  # send hello/stats control lines
+        self.orgs = orgs  # None: every org
         self.queue: deque[bytes] = deque()
         self.ready = asyncio.Event()  # set when the queue holds something
         self.dropped = 0  # results lost to a full queue (oldest first)
@@ -82,11 +98,14 @@ class Hub:
         self.clients: set[Client] = set()
         self.received = 0  # results received from the broadcast channel
         self.messages = 0
+        self.restricted = 0  # clients limited to some orgs (lines are parsed only while > 0)
 
-    def register(self, control: bool = True) -> Client:
-        """A new client with an empty queue (``control``: it wants hello/stats lines)."""
-        client = Client(self.queue_size, control)
+    def register(self, control: bool = True, orgs: frozenset[str] | None = None) -> Client:
+        """A new client with an empty queue (``control``: hello/stats lines; ``orgs``: only these orgs)."""
+        client = Client(self.queue_size, control, orgs)
         self.clients.add(client)
+        if orgs is not None:
+            self.restricted += 1
         log.info("ws_client_joined", client=client.id, clients=len(self.clients))
         return client
 
@@ -96,6 +115,8 @@ class Hub:
         client.ready.set()
         if client in self.clients:
             self.clients.discard(client)
+            if client.orgs is not None:
+                self.restricted -= 1
             log.info(
                 "ws_client_left",
                 client=client.id,
@@ -111,11 +132,21 @@ class Hub:
         self.received += len(lines)
         if not lines:
             return 0
+        line_orgs = [org_of(line) for line in lines] if self.restricted else []
+        filtered: dict[frozenset[str], list[bytes]] = {}
         for client in tuple(self.clients):
+            mine = lines
+            if client.orgs is not None:
+                got = filtered.get(client.orgs)
+                if got is None:
+                    got = filtered[client.orgs] = [ln for ln, o in zip(lines, line_orgs) if o in client.orgs]
+                mine = got
+                if not mine:
+                    continue
             # Only the newest ``capacity`` lines can survive in any queue.
-            client.offer(lines[-client.capacity :] if len(lines) > client.capacity else lines)
-            if len(lines) > client.capacity:
-                client.dropped += len(lines) - client.capacity
+            client.offer(mine[-client.capacity :] if len(mine) > client.capacity else mine)
+            if len(mine) > client.capacity:
+                client.dropped += len(mine) - client.capacity
         return len(lines)
 
     def hello(self) -> str:

@@ -24,9 +24,11 @@ from pathlib import Path
 
 import redis.asyncio as aioredis
 import structlog
-from aiohttp import WSMsgType, web
+from aiohttp import WSCloseCode, WSMsgType, web
 
+from common.auth import Principal
 from common.connection import TRANSIENT, make_client, wait_until_up
+from common.guard import principal_of, still_valid
 from web.hub import Hub
 from web.settings import WebSettings
 
@@ -34,7 +36,8 @@ log = structlog.get_logger("binormal.web.live")
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 PING_INTERVAL_S = 5.0  # PING the pub/sub connection after this much silence
-DEAD_AFTER_S = 3 * PING_INTERVAL_S  # nothing at all (not even PONG) for this long -> reconnect
+DEAD_AFTER_S = 3 * PING_INTERVAL_S
+REVOKE_CHECK_S = 1.0  # an open websocket re-checks its token this often  # nothing at all (not even PONG) for this long -> reconnect
 
 HUB_KEY = web.AppKey("live_hub", Hub)
 LIVE_SETTINGS_KEY = web.AppKey("live_settings", WebSettings)
@@ -73,11 +76,13 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     ws = web.WebSocketResponse(heartbeat=settings.ws_heartbeat_s, max_msg_size=4096)
     await ws.prepare(request)
     # Control lines (hello, stats) only for clients that ask: the seed's page gets results only.
-    client = hub.register(control=request.query.get("stats") == "1")
+    principal = principal_of(request)
+    client = hub.register(control=request.query.get("stats") == "1", orgs=principal.orgs if principal else None)
     sockets = app[SOCKETS_KEY]
     sockets.add(ws)
     writer = asyncio.create_task(hub.run_writer(client, ws.send_str), name=f"ws-writer-{client.id}")
     writer.add_done_callback(lambda t: _writer_done(t, ws))
+    watch = asyncio.create_task(_close_when_revoked(request, ws, principal)) if principal else None
     try:
         # The page sends nothing we need; reading keeps close/pong handling alive.
         async for msg in ws:
@@ -87,8 +92,21 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         hub.unregister(client)
         sockets.discard(ws)
         writer.cancel()
+        if watch is not None:
+            watch.cancel()
         await asyncio.gather(writer, return_exceptions=True)  # its failure was logged by _writer_done
     return ws
+
+
+async def _close_when_revoked(request: web.Request, ws: web.WebSocketResponse, principal: Principal) -> None:
+    """Close the socket (1008) once its token is revoked or changed in the tokens file."""
+    while not ws.closed:
+        await asyncio.sleep(REVOKE_CHECK_S)
+        if not still_valid(request, principal):
+            log.info("ws_token_revoked", name=principal.name)
+            with contextlib.suppress(*TRANSIENT, RuntimeError):
+                await asyncio.wait_for(ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"token revoked"), 2.0)
+            return
 
 
 def _writer_done(task: asyncio.Task[None], ws: web.WebSocketResponse) -> None:

@@ -23,6 +23,7 @@ from typing import Any
 
 from aiohttp import web
 
+from common.guard import principal_of, require_org
 from common.health import REDIS, ApiError, json_response
 from common.keys import Scope
 from common.result import r3
@@ -70,7 +71,9 @@ def _limit(request: web.Request, bounds: tuple[int, int]) -> int:
 
 
 def _scope(request: web.Request) -> Scope:
-    return Scope(_text(request, "org"), _text(request, "source"), _text(request, "pop"))
+    org = _text(request, "org")
+    require_org(request, org)  # 403 before anything is read
+    return Scope(org, _text(request, "source"), _text(request, "pop"))
 
 
 def _unknown_scope(scope: Scope) -> ApiError:
@@ -88,7 +91,9 @@ async def scopes(request: web.Request) -> web.Response:
     """``GET /api/scopes``: every scope with its number of individuals and actions."""
     limit = _limit(request, SCOPES_LIMIT)
     handle = request.app[REDIS]
-    items, total = await scope_summaries(handle.require(), handle.keys, limit)
+    principal = principal_of(request)
+    orgs = principal.orgs if principal is not None else None  # a tenant sees its own orgs only
+    items, total = await scope_summaries(handle.require(), handle.keys, limit, orgs)
     return json_response({"scopes": items, "total": total, "truncated": total > len(items)})
 
 

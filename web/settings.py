@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from common.auth import auth_env
 from common.config import DEFAULT_REDIS_URL, env_float, env_int, env_str, environ, redis_env
 from common.keys import DEFAULT_PREFIX, Keyspace
 
@@ -28,6 +29,10 @@ class WebSettings:
     ws_max_fps: float = 20.0  # frames per second per websocket client (results coalesced)
     ws_heartbeat_s: float = 20.0  # websocket ping interval; no pong within half of it closes the socket
     cap: int = 100
+    tokens_file: str = ""  # BINORMAL_TOKENS_FILE; empty: auth off (loopback only)
+    allow_anonymous: bool = False  # BINORMAL_ALLOW_ANONYMOUS: auth off on other interfaces too
+    allowed_origins: tuple[str, ...] = ()  # BINORMAL_ALLOWED_ORIGINS besides the page's own
+    allowed_hosts: tuple[str, ...] = ()  # BINORMAL_ALLOWED_HOSTS; empty: bound address + loopback names
 
     @property
     def keys(self) -> Keyspace:
@@ -40,6 +45,7 @@ class WebSettings:
         e = environ() if env is None else env
         return cls(
             **redis_env(e),
+            **auth_env(e),
             host=env_str(e, "HOST", "127.0.0.1"),
             port=env_int(e, "PORT", 8080),
             instance=env_str(e, "BINORMAL_INSTANCE", ""),

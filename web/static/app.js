@@ -2,6 +2,7 @@
 // selector, the status line and the outlier panel. No build step; plain ES modules.
 import { Matrix, Sampler } from "./matrix.js";
 import { LiveSocket } from "./socket.js";
+import { Login, needsLogin } from "./login.js";
 import { Outliers, OutlierTable, Profile, inScope, scopeKey } from "./panel.js";
 
 const FADE_EVERY_MS = 100; // slow fade: 6 % darker ten times a second
@@ -161,6 +162,7 @@ function onControl(msg) {
 }
 
 function onState(status, delay) {
+  if (status === "reconnecting" && !login.shown) checkSession();
   counters.status = status;
   const el = $("conn");
   el.className = `conn conn-${status}`;
@@ -268,10 +270,28 @@ state.red = Number(redIn.value);
 state.size = Number(sizeIn.value);
 layout();
 requestAnimationFrame(animate);
-loadScopes();
 const wsUrl = `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/websocket?stats=1`;
 const socket = new LiveSocket(wsUrl, { onResults, onControl, onState });
-socket.connect();
+const login = new Login({ onLogin: () => { loadScopes(); socket.connect(); } });
+
+/** The socket closed: if the session is gone (401), stop reconnecting and ask for the token. */
+async function checkSession() {
+  if (await needsLogin()) {
+    socket.stop();
+    onState("logged-out");
+    login.show("session expired or revoked: log in again");
+  }
+}
+
+(async () => {
+  if (await needsLogin()) {
+    onState("logged-out");
+    login.show();
+    return;
+  }
+  loadScopes();
+  socket.connect();
+})();
 
 // Read-only hooks for the browser tests and for debugging from the console.
-window.binormal = { state, counters, matrix, outliers, socket };
+window.binormal = { state, counters, matrix, outliers, socket, login };

@@ -28,6 +28,15 @@ export class LiveSocket {
     this.timer = null;
   }
 
+  /** Stop for good (until connect() is called again): no reconnect. */
+  stop() {
+    clearTimeout(this.timer);
+    const ws = this.ws;
+    this.ws = null;
+    this.attempt = 0;
+    if (ws) ws.close();
+  }
+
   connect() {
     clearTimeout(this.timer);
     this.h.onState(this.attempt ? "reconnecting" : "connecting");

@@ -1,0 +1,361 @@
+"""The HTTP side of authentication: the guard middleware, Host/Origin checks, login and logout.
+
+:func:`setup_auth` (idempotent, like :func:`common.health.setup_health`, so
+``binormal run`` registers it once for web and ingest on one app) adds:
+
+- the :func:`guard` middleware, inside ``observe`` (its errors become JSON):
+  ``421`` when ``Host`` is not an allowed host; ``403`` when a websocket upgrade,
+  a cookie-authorised request or (auth off) any request carries a foreign
+  ``Origin``; with a tokens file ``401`` + ``WWW-Authenticate: Bearer`` without
+  credentials and ``403`` naming the missing role; it stores the principal
+  under ``request[PRINCIPAL]``;
+- ``POST /login`` (``{"token": ...}`` -> session cookie) and ``POST /logout``;
+- the page security headers (CSP, nosniff, no-referrer, no framing) on every response.
+
+Routes and the role they need (see :data:`ROUTE_ROLES`): producer ``/discrete``
+and ``/events``; viewer ``/``, ``/websocket``, ``/api/*``; admin everything
+else (``/metrics``); open: ``/healthz``, ``/readyz``, ``/static/*``, login,
+logout. Orgs are checked by the handlers with :func:`require_org`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import warnings
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+import structlog
+from aiohttp import web
+
+from common.auth import (
+    GRANTS,
+    MAX_TOKEN_BYTES,
+    SESSION_S,
+    Principal,
+    TokensUnavailable,
+    TokenStore,
+    check_session,
+    make_session,
+)
+from common.config import ConfigError
+from common.health import JSON, ApiError, json_response, read_body, require_content_type
+
+log = structlog.get_logger("binormal.auth")
+
+# request["binormal_principal"] is a plain string key on purpose (other modules read it by that name).
+warnings.filterwarnings("ignore", category=web.NotAppKeyWarning, module=r"common\.guard")
+
+PRINCIPAL = "binormal_principal"  # request key of the authenticated Principal (the BOUNDS rate limiter uses it)
+SESSION_COOKIE = "binormal_session"
+OPEN = "open"  # no credentials needed
+PROBE = "probe"  # open, and exempt from the Host check (load balancers send their own Host)
+ROUTE_ROLES: dict[str, str] = {
+    "/discrete": "producer",
+    "/events": "producer",
+    "/": "viewer",
+    "/websocket": "viewer",
+    "/healthz": PROBE,
+    "/readyz": PROBE,
+    "/static": OPEN,
+    "/login": OPEN,
+    "/logout": OPEN,
+}
+CSP = (
+    "default-src 'self'; script-src 'self'; connect-src 'self'; img-src 'self' data:; style-src 'self'; "
+    "frame-ancestors 'none'; base-uri 'none'; object-src 'none'; form-action 'self'"
+)
+SECURITY_HEADERS = {
+    "Content-Security-Policy": CSP,
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+}
+LOGIN_MAX_BYTES = 2048
+WILDCARD_BINDS = ("", "0.0.0.0", "::", "[::]")
+
+
+def role_for(canonical: str | None) -> str:
+    """The role a route needs (or OPEN/PROBE); unknown routes need admin, unmatched ones nothing."""
+    if canonical is None:
+        return OPEN  # no route matched: the answer can only be a 404/405
+    role = ROUTE_ROLES.get(canonical)
+    if role is not None:
+        return role
+    return "viewer" if canonical.startswith("/api/") else "admin"
+
+
+def is_loopback(host: str) -> bool:
+    """Whether binding ``host`` listens on loopback only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def host_name(header: str) -> str:
+    """The host part of a ``Host`` header, lowercase, without port or trailing dot."""
+    h = header.strip().lower()
+    if h.startswith("["):
+        end = h.find("]")
+        return h[: end + 1] if end > 0 else h
+    name, sep, port = h.rpartition(":")
+    if sep and port.isdigit():
+        h = name
+    return h.rstrip(".")
+
+
+def default_hosts(bind: str) -> frozenset[str]:
+    """Hosts served when ``BINORMAL_ALLOWED_HOSTS`` is unset: the bound address and loopback names.
+
+    Bound to every interface, the machine's own name and the addresses it resolves to are added too.
+    """
+    hosts = {"localhost", "127.0.0.1", "[::1]"}
+    b = bind.lower()
+    if b not in WILDCARD_BINDS:
+        hosts.add(f"[{b.strip('[]')}]" if ":" in b else b)
+        return frozenset(hosts)
+    name = socket.gethostname().lower()
+    hosts.update({name, socket.getfqdn().lower()})
+    try:
+        for info in socket.getaddrinfo(name, None):
+            addr = str(info[4][0]).lower()
+            hosts.add(f"[{addr}]" if ":" in addr else addr)
+    except OSError:
+        pass
+    return frozenset(hosts)
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    """What :func:`setup_auth` was asked for (the same from web and ingest settings on one app)."""
+
+    host: str
+    tokens_file: str
+    allow_anonymous: bool
+    allowed_origins: tuple[str, ...]
+    allowed_hosts: tuple[str, ...]
+
+    @classmethod
+    def of(cls, settings: object) -> AuthConfig:
+        """The auth fields of a WebSettings or IngestSettings."""
+        return cls(
+            getattr(settings, "host"),
+            getattr(settings, "tokens_file"),
+            getattr(settings, "allow_anonymous"),
+            tuple(getattr(settings, "allowed_origins")),
+            tuple(getattr(settings, "allowed_hosts")),
+        )
+
+
+class AuthState:
+    """One application's token store (None: auth off) and Host/Origin rules."""
+
+    def __init__(self, config: AuthConfig) -> None:
+        self.config = config
+        self.store = TokenStore(Path(config.tokens_file)).load() if config.tokens_file else None
+        if self.store is None and not is_loopback(config.host) and not config.allow_anonymous:
+            raise ConfigError(
+                f"refusing to listen on {config.host or 'every interface'!r} without authentication: "
+                "create a token with `binormal token add NAME --role ROLE --orgs ORGS` (and set "
+                "BINORMAL_TOKENS_FILE), or set BINORMAL_ALLOW_ANONYMOUS=1 to serve anyone who can connect"
+            )
+        hosts = config.allowed_hosts
+        self.any_host = "*" in hosts
+        self.hosts = frozenset(hosts) if hosts else default_hosts(config.host)
+        self.origins = frozenset(config.allowed_origins)
+        self.roles: dict[str | None, str] = {}
+
+    def role(self, request: web.Request) -> str:
+        """The role the matched route needs (cached per route)."""
+        resource = request.match_info.route.resource
+        canonical = resource.canonical if resource is not None else None
+        role = self.roles.get(canonical)
+        if role is None:
+            role = self.roles[canonical] = role_for(canonical)
+        return role
+
+    def host_ok(self, request: web.Request) -> bool:
+        """``Host`` is one we serve (any port); a request without one (HTTP/1.0) passes."""
+        header = request.headers.get("Host")
+        return self.any_host or header is None or host_name(header) in self.hosts
+
+    def origin_ok(self, request: web.Request, origin: str) -> bool:
+        """``Origin`` is the page's own (scheme and Host of this request) or an allowed one."""
+        o = origin.strip().lower()
+        own = f"{request.scheme}://{request.headers.get('Host', '').strip().lower()}"
+        return o == own or o in self.origins
+
+    def credentials(self, request: web.Request) -> tuple[Principal | None, bool]:
+        """The principal of the bearer token or the session cookie, and whether it came from the cookie."""
+        assert self.store is not None
+        header = request.headers.get("Authorization")
+        try:
+            if header is not None:
+                scheme, _, token = header.strip().partition(" ")
+                token = token.strip()
+                if scheme.lower() != "bearer" or not token:
+                    raise _unauthorized("Authorization must be 'Bearer <token>'")
+                principal = self.store.lookup(token)
+                if principal is None:
+                    raise _unauthorized("invalid token")
+                return principal, False
+            cookie = request.cookies.get(SESSION_COOKIE)
+            if cookie is not None:
+                principal = check_session(self.store, cookie)
+                if principal is None:
+                    raise _unauthorized("session expired or revoked: log in again", SESSION_COOKIE)
+                return principal, True
+        except TokensUnavailable:
+            raise ApiError(
+                503, "authentication unavailable: the tokens file is invalid (see the server log)", None,
+                {"Retry-After": "5"},
+            ) from None
+        return None, False
+
+
+AUTH = web.AppKey("binormal_auth", AuthState)
+
+
+def _unauthorized(error: str, field: str = "Authorization") -> ApiError:
+    return ApiError(401, error, field, {"WWW-Authenticate": 'Bearer realm="binormal"'})
+
+
+def _foreign_origin() -> ApiError:
+    return ApiError(403, "Origin not allowed: not this page's origin nor in BINORMAL_ALLOWED_ORIGINS", "Origin")
+
+
+def setup_auth(app: web.Application, settings: object) -> None:
+    """Register the guard middleware, login/logout and security headers on ``app``; idempotent."""
+    config = AuthConfig.of(settings)
+    existing = app.get(AUTH)
+    if existing is not None:
+        if existing.config != config:
+            raise ValueError(f"services on one app must share auth settings: {existing.config} != {config}")
+        return
+    app[AUTH] = AuthState(config)
+    app.middlewares.append(guard)
+    app.on_response_prepare.append(_security_headers)
+    app.router.add_post("/login", login)
+    app.router.add_post("/logout", logout)
+
+
+async def _security_headers(request: web.Request, response: web.StreamResponse) -> None:
+    response.headers.update(SECURITY_HEADERS)
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Host, Origin, credentials and role checks before the handler (see module docstring)."""
+    st = request.app[AUTH]
+    need = st.role(request)
+    if need == PROBE:
+        return await handler(request)
+    if not st.host_ok(request):
+        raise ApiError(421, "this Host is not served here (see BINORMAL_ALLOWED_HOSTS)", "Host")
+    origin = request.headers.get("Origin")
+    foreign = origin is not None and not st.origin_ok(request, origin)
+    if foreign and (st.store is None or need == OPEN or request.path == "/websocket"):
+        # No credentials to judge by, a login, or a websocket (browsers send cookies there): Origin decides.
+        raise _foreign_origin()
+    if st.store is None:
+        return await handler(request)
+    principal, via_cookie = st.credentials(request)
+    if principal is not None:
+        if foreign and via_cookie:
+            raise _foreign_origin()
+        request[PRINCIPAL] = principal
+    if need == OPEN:
+        return await handler(request)
+    if principal is None:
+        if need == "viewer" and request.path == "/" and request.method in ("GET", "HEAD"):
+            # The page holds no data: serve it with 401 so it can show the login form.
+            resp = await handler(request)
+            resp.set_status(401)
+            resp.headers["WWW-Authenticate"] = 'Bearer realm="binormal"'
+            return resp
+        raise _unauthorized("authentication required: send Authorization: Bearer <token>")
+    if need not in GRANTS[principal.role]:
+        raise ApiError(
+            403, f"token {principal.name!r} has role {principal.role!r}; this route needs role {need!r} (or admin)",
+            "Authorization", role=need,
+        )
+    return await handler(request)
+
+
+def principal_of(request: web.Request) -> Principal | None:
+    """The request's principal (None when auth is off)."""
+    p = request.get(PRINCIPAL)
+    return p if isinstance(p, Principal) else None
+
+
+def still_valid(request: web.Request, principal: Principal) -> bool:
+    """Whether ``principal`` is still in the tokens file unchanged (for long-lived websockets)."""
+    st = request.app.get(AUTH)
+    return st is None or st.store is None or st.store.current(principal)
+
+
+def require_org(request: web.Request, org: str, field: str = "org") -> None:
+    """``403`` naming ``org`` when the request's principal may not use it (no-op with auth off)."""
+    p = request.get(PRINCIPAL)
+    if p is not None and not p.may_use(org):
+        raise org_forbidden(p, org, field)
+
+
+def org_forbidden(principal: Principal, org: str, field: str = "org", **extra: object) -> ApiError:
+    """The ``403`` for an org outside the token's orgs."""
+    return ApiError(
+        403, f"token {principal.name!r} may not use org {org[:256]!r} (its orgs: {principal.orgs_text()})",
+        field, org=org[:256], **extra,
+    )
+
+
+# ---------------------------------------------------------------- login / logout
+
+
+async def login(request: web.Request) -> web.Response:
+    """``POST /login`` ``{"token": ...}``: a session cookie for the page (HttpOnly, SameSite=Strict)."""
+    st = request.app[AUTH]
+    if st.store is None:
+        raise ApiError(404, "authentication is off (no tokens file): nothing to log in to", None)
+    require_content_type(request, (JSON,))
+    body = await read_body(request, LOGIN_MAX_BYTES)
+    try:
+        obj = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise ApiError(400, "body must be JSON {\"token\": ...}", "body") from None
+    token = obj.get("token") if isinstance(obj, dict) else None
+    if not isinstance(token, str) or not token or len(token) > MAX_TOKEN_BYTES:
+        raise ApiError(400, "token: must be a non-empty string", "token")
+    if set(obj) != {"token"}:
+        raise ApiError(400, "only the field token is accepted", "body")
+    try:
+        principal = st.store.lookup(token)
+        entry = st.store.entry(principal.name) if principal is not None else None
+    except TokensUnavailable:
+        raise ApiError(503, "authentication unavailable: the tokens file is invalid (see the server log)", None) from None
+    if entry is None:
+        log.info("login_refused", remote=request.remote)
+        raise ApiError(401, "invalid token", "token")
+    value, expiry = make_session(entry)
+    resp = json_response({"name": entry.principal.name, "role": entry.principal.role,
+                          "orgs": entry.principal.orgs_text(), "expires": expiry})
+    resp.set_cookie(SESSION_COOKIE, value, max_age=SESSION_S, path="/", httponly=True, samesite="Strict",
+                    secure=request.secure or None)
+    log.info("login", name=entry.principal.name, role=entry.principal.role)
+    return resp
+
+
+async def logout(request: web.Request) -> web.Response:
+    """``POST /logout``: forget the session cookie."""
+    resp = json_response({"logged_out": True})
+    resp.del_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="Strict", secure=request.secure or None)
+    return resp
