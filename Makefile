@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-fast test-both typecheck bench clean
+.PHONY: run run-open test test-fast test-both typecheck bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -15,6 +15,10 @@ $(STAMP): pyproject.toml
 ## Start the whole service in the foreground (embedded Redis unless REDIS_URL is set).
 run: $(STAMP)
 	$(VENV)/bin/binormal run
+
+## The same on every interface (0.0.0.0): needs a token (binormal token add) or BINORMAL_ALLOW_ANONYMOUS=1.
+run-open: $(STAMP)
+	$(VENV)/bin/binormal run --open
 
 ## Run the whole test suite (starts its own private redis-server).
 test: $(STAMP)

@@ -46,7 +46,13 @@ def _dead(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     from binormal.run import main_run
 
-    return main_run(args.log_level)
+    return main_run(args.log_level, open_all=args.open)
+
+
+def _token(args: argparse.Namespace) -> int:
+    from binormal.tokens import main_token
+
+    return main_token(args)
 
 
 def _web(args: argparse.Namespace) -> int:
@@ -85,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     r = sub.add_parser("run", help="start everything (embedded Redis unless REDIS_URL is set)")
+    r.add_argument("--open", action="store_true", help="listen on every interface (0.0.0.0; needs a token or BINORMAL_ALLOW_ANONYMOUS=1)")
     r.set_defaults(func=_run)
 
     w = sub.add_parser("worker", help="run one scorer worker against REDIS_URL")
@@ -108,9 +115,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     from binormal.deadletters import add_dead_parser
     from binormal.feedsettings import add_feed_parser
+    from binormal.tokens import add_token_parser
 
     add_feed_parser(sub).set_defaults(func=_feed)
     add_dead_parser(sub).set_defaults(func=_dead)
+    add_token_parser(sub).set_defaults(func=_token)
     return p
 
 
@@ -121,10 +130,15 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     args = build_parser().parse_args(argv)
     log.configure(args.log_level)
+    from common.config import ConfigError
+
     try:
         return int(args.func(args))
     except KeyboardInterrupt:
         return 130
+    except ConfigError as exc:  # a setting that cannot be used: say which, no traceback
+        sys.stderr.write(f"binormal {args.command}: {exc}\n")
+        return 2
 
 
 if __name__ == "__main__":

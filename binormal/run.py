@@ -117,8 +117,19 @@ async def _worker_ctx(app: web.Application) -> AsyncIterator[None]:
                     proc.kill()
 
 
+def with_default_tokens(env: Mapping[str, str]) -> dict[str, str]:
+    """``env`` with ``BINORMAL_TOKENS_FILE`` set to ``<BINORMAL_DATA_DIR>/tokens`` when unset and that file exists."""
+    out = dict(env)
+    if not env_str(env, "BINORMAL_TOKENS_FILE", ""):
+        default = Path(env_str(env, "BINORMAL_DATA_DIR", "var")) / "tokens"
+        if default.exists():
+            out["BINORMAL_TOKENS_FILE"] = str(default.resolve())
+    return out
+
+
 def build_app(env: Mapping[str, str], log_level: str = "INFO") -> tuple[web.Application, WebSettings]:
     """One aiohttp app with the web tier and the ingest service on HOST/PORT, plus a worker process."""
+    env = with_default_tokens(env)
     ws = WebSettings.from_env(env)
     ins = replace(IngestSettings.from_env(env), host=ws.host, port=ws.port)
     WorkerSettings.from_env(env)  # a bad worker setting fails here, before anything starts
@@ -133,9 +144,15 @@ def build_app(env: Mapping[str, str], log_level: str = "INFO") -> tuple[web.Appl
     return app, ws
 
 
-def main_run(log_level: str = "INFO") -> int:
-    """Entry point of ``binormal run``: embedded Redis (unless REDIS_URL), worker, web and ingest."""
+def main_run(log_level: str = "INFO", open_all: bool = False) -> int:
+    """Entry point of ``binormal run``: embedded Redis (unless REDIS_URL), worker, web and ingest.
+
+    ``open_all`` (``--open``) listens on every interface (``HOST=0.0.0.0``).
+    """
     env = dict(os.environ)
+    if open_all:
+        env["HOST"] = "0.0.0.0"
+    build_app(env, log_level)  # a bad setting (e.g. no tokens off loopback) fails before Redis starts
     server = None
     if not env.get("REDIS_URL"):
         server = start_embedded_redis(env)
