@@ -468,3 +468,120 @@ async def test_page_stays_responsive_at_20000_results_per_second(redis_url: str,
     assert mon["p95"] < 250, mon  # and its main thread keeps answering
     assert max(evaluate_ms) < 2000, evaluate_ms
     assert after["drawnRed"] >= 0.95 * after["queuedRed"] > 0  # red results are never sampled out
+
+
+# ------------------------------------------------------------------ authentication and Origin
+
+EVIL_PAGE = """<!doctype html><html><body><script>
+window.got = []; window.state = "connecting";
+const ws = new WebSocket("ws://127.0.0.1:%d/websocket");
+ws.onopen = () => { window.state = "open"; };
+ws.onmessage = (ev) => { window.got.push(ev.data); };
+ws.onclose = () => { if (window.state !== "open") window.state = "refused"; else window.state = "closed"; };
+</script></body></html>"""
+
+
+def result_line(i: int, org: str = "acme") -> bytes:
+    return orjson.dumps({"score": 1.0, "count": 3, "zscore": 0.4, "org": org, "source": "web", "pop": "users",
+                         "id": f"user{i % 9}", "action": "GET /home", "timestamp": i, "thisActionCount": 1,
+                         "actionzscore": 0.0, "event_id": f"e{i}", "explain": []})
+
+
+async def test_a_page_from_another_origin_cannot_read_the_live_stream(redis_url: str, prefix: str) -> None:
+    executable = chromium_or_skip()
+    from playwright.async_api import async_playwright
+
+    port = free_port()
+    settings = WebSettings(redis_url=redis_url, prefix=prefix, port=port)  # auth off, loopback
+    async with contextlib.AsyncExitStack() as stack:
+        tier = WebTier(settings, port)
+        await tier.start()
+        stack.push_async_callback(tier.stop)
+        async def evil_page(request: web.Request) -> web.Response:
+            return web.Response(text=EVIL_PAGE % port, content_type="text/html")
+
+        evil = web.Application()
+        evil.router.add_get("/", evil_page)
+        evil_runner = web.AppRunner(evil)
+        await evil_runner.setup()
+        evil_port = free_port()
+        await web.TCPSite(evil_runner, "127.0.0.1", evil_port).start()
+        stack.push_async_callback(evil_runner.cleanup)
+        client = aioredis.Redis.from_url(redis_url, protocol=2)
+        stack.push_async_callback(client.aclose)
+        pw = await stack.enter_async_context(async_playwright())
+        browser = await pw.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS, headless=True)
+        stack.push_async_callback(browser.close)
+        page = await browser.new_page()
+        await page.goto(f"http://127.0.0.1:{evil_port}/")
+        await wait_js(page, "() => window.state !== 'connecting'")
+        channel = settings.keys.broadcast_channel()
+        for i in range(20):
+            await client.publish(channel, result_line(i))
+        await asyncio.sleep(0.5)  # a leak would have arrived by now (20 fps frames)
+        state, got = await page.evaluate("() => [window.state, window.got]")
+        assert (state, got) == ("refused", []), (state, got[:3])
+        assert tier.app is not None and not tier.app[HUB_KEY].clients
+
+
+async def test_viewer_logs_in_once_and_the_live_view_streams(tmp_path: Path, redis_url: str, prefix: str) -> None:
+    executable = chromium_or_skip()
+    from playwright.async_api import async_playwright
+
+    from common.auth import hash_token
+
+    tokens = tmp_path / "tokens"
+    tokens.write_text(f"watcher viewer acme sha256:{hash_token('tok-watcher').hex()}\n")
+    port = free_port()
+    settings = WebSettings(redis_url=redis_url, prefix=prefix, port=port, tokens_file=str(tokens))
+    console: list[str] = []
+    page_errors: list[str] = []
+    async with contextlib.AsyncExitStack() as stack:
+        tier = WebTier(settings, port)
+        base = await tier.start()
+        stack.push_async_callback(tier.stop)
+        client = aioredis.Redis.from_url(redis_url, protocol=2)
+        stack.push_async_callback(client.aclose)
+        pw = await stack.enter_async_context(async_playwright())
+        browser = await pw.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS, headless=True)
+        stack.push_async_callback(browser.close)
+        page = await browser.new_page()
+        page.on("console", lambda m: console.append(m.text))
+        page.on("pageerror", lambda e: page_errors.append(str(e)))
+        first = await page.goto(base + "/")
+        assert first is not None and first.status == 401
+        await page.locator("#login").wait_for(state="visible")
+        assert await page.locator("#conn").text_content() == "logged-out"
+        await page.fill("#login-token", "wrong")
+        await page.click("#login-submit")
+        await wait_js(page, "() => document.getElementById('login-error').textContent === 'invalid token'")
+        await page.fill("#login-token", "tok-watcher")
+        await page.click("#login-submit")
+        await page.locator("#login").wait_for(state="hidden")
+        await wait_js(page, "() => document.getElementById('conn').textContent === 'connected'")
+        cookies = await page.context.cookies()
+        (session,) = [c for c in cookies if c["name"] == "binormal_session"]
+        assert session["httpOnly"] and session["sameSite"] == "Strict" and "tok-watcher" not in session["value"]
+        channel = settings.keys.broadcast_channel()
+
+        async def stream_until(n: int) -> None:
+            i = 0
+            while (await counters(page))["received"] < n:
+                await client.publish(channel, b"\n".join([result_line(i), result_line(i, org="beta")]))
+                i += 1
+                await asyncio.sleep(0.02)
+                assert i < 2000, "the page receives nothing"
+
+        await stream_until(30)
+        orgs = await page.evaluate("() => [...new Set(window.binormal.matrix.label.filter(r => r).map(r => r.org))]")
+        assert orgs == ["acme"], orgs  # the viewer is limited to acme: beta never reaches the page
+        # once: a reload keeps the session (no form), and the stream goes on
+        await page.reload()
+        await wait_js(page, "() => document.getElementById('conn').textContent === 'connected'")
+        assert await page.locator("#login").is_hidden()
+        await stream_until(30)
+        # revoked: the socket is closed and the page asks for a token again
+        tokens.write_text("# nobody\n")
+        await page.locator("#login").wait_for(state="visible", timeout=15_000)
+    assert page_errors == [], page_errors
+    assert not [m for m in console if "Content Security Policy" in m], console
