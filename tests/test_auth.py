@@ -51,6 +51,7 @@ async def test_foreign_host_header_is_421(open_base: str) -> None:
         async with http.get(f"{open_base}/api/scopes", headers={"Host": "evil.example"}) as r:
             assert r.status == 421
             body = await r.json()
+            documented("/api/scopes", "GET", 421, body)
             assert body["field"] == "Host" and "evil.example" not in r.headers.get("Content-Type", "")
         for host in ("localhost:1234", "127.0.0.1", "[::1]:80"):
             async with http.get(f"{open_base}/api/scopes", headers={"Host": host}) as r:
@@ -75,6 +76,7 @@ async def test_with_a_tokens_file_every_data_route_needs_a_token(
                 assert r.headers["WWW-Authenticate"].startswith("Bearer")
                 body = await r.json()
                 assert set(body) >= {"error", "field"}
+                documented(path.split("?")[0], method, 401, body)
         async with http.get(base + "/api/scopes", headers={"Authorization": "Bearer s3cret-token"}) as r:
             assert r.status == 200
 
@@ -101,6 +103,14 @@ from common.auth import (  # noqa: E402
 from common.config import ConfigError  # noqa: E402
 from common.guard import SESSION_COOKIE, AuthConfig, AuthState, host_name  # noqa: E402
 from common.keys import Keyspace  # noqa: E402
+from openapi_subset import check_response, load_openapi  # noqa: E402
+
+DOC = load_openapi()
+
+
+def documented(path: str, method: str, status: int, body: Any) -> None:
+    problems = check_response(DOC, path, method, status, body)
+    assert not problems, problems
 
 HEX = "ab" * 32
 
@@ -310,6 +320,7 @@ async def test_roles_gate_routes(svc: Service) -> None:
             assert r.status == want, (name, method, path, r.status, await r.text())
             if want == 403:
                 body = await r.json()
+                documented(path, method, 403, body)
                 assert body["field"] == "Authorization" and name in body["error"] and body["role"] in body["error"]
     for path in ("/healthz", "/readyz", "/static/app.js"):
         async with svc.http.get(svc.base + path) as r:
@@ -333,6 +344,7 @@ async def test_a_producer_for_acme_cannot_write_beta_and_nothing_is_written(svc:
                              "Content-Type": "application/x-ndjson"}) as r:
         body = await r.json()
         assert r.status == 403 and body["org"] == "beta" and body["lines"] == [3, 5] and body["accepted"] == 0, body
+        documented("/events", "POST", 403, body)
     assert await svc.written() == 0
     async with svc.http.post(svc.base + "/events", json=[GOOD, GOOD], headers=bearer("prod-acme")) as r:
         assert r.status == 202 and (await r.json())["accepted"] == 2
@@ -361,6 +373,7 @@ async def test_a_viewer_for_acme_sees_only_acme(svc: Service) -> None:
         async with svc.http.get(svc.base + path, headers=bearer("view-acme")) as r:
             body = await r.json()
             assert r.status == 403 and body["field"] == "org" and body["org"] == "beta", body
+            documented(path.split("?")[0], "GET", 403, body)
 
 
 async def test_a_viewers_websocket_carries_only_its_orgs(svc: Service, prefix: str) -> None:
