@@ -247,8 +247,8 @@ class Feeder:
         if st.mode == "direct":
             return DirectTransport(st.redis_url, st.keys, st.timeout_s, st.max_backlog)
         if st.mode == "sync":
-            return SyncTransport(st.url, st.timeout_s)
-        return BatchTransport(st.url, st.timeout_s)
+            return SyncTransport(st.url, st.timeout_s, st.token)
+        return BatchTransport(st.url, st.timeout_s, st.token)
 
     def fraction(self) -> float | None:
         """Share of the input bytes done, when every input has a known size."""

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from common.config import DEFAULT_REDIS_URL, ConfigError, env_float, env_int, env_str, environ
@@ -45,6 +45,7 @@ class FeedSettings:
     id_ttl: int | None = None  # seconds the service remembers each event id (None: its full window)
     max_backlog: int = 200_000  # --direct: wait while the shards hold more entries
     errors_shown: int = 200  # per kind of problem, line reports before going quiet
+    token: str = field(default="", repr=False)  # BINORMAL_TOKEN (environment only: argv is visible to everyone)
 
     def __post_init__(self) -> None:
         if self.mode not in ("batch", "sync", "direct"):
@@ -77,6 +78,7 @@ class FeedSettings:
             prefix=env_str(e, "BINORMAL_PREFIX", DEFAULT_PREFIX),
             shards=env_int(e, "BINORMAL_SHARDS", 4, minimum=1),
             timeout_s=env_float(e, "BINORMAL_FEED_TIMEOUT_S", 30.0, minimum=0.1),
+            token=env_str(e, "BINORMAL_TOKEN", ""),
         )
         return replace(base, **{k: v for k, v in overrides.items() if v is not None})
 

@@ -101,8 +101,9 @@ def _error_text(body: bytes, limit: int = 300) -> str:
 class HttpTransport:
     """Common HTTP plumbing: one session, keep-alive, a timeout on every request."""
 
-    def __init__(self, url: str, timeout_s: float) -> None:
+    def __init__(self, url: str, timeout_s: float, token: str = "") -> None:
         self.base = url.rstrip("/")
+        self.token = token  # BINORMAL_TOKEN: sent as Authorization: Bearer, never printed
         self.timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=min(timeout_s, 5.0))
         self.session: aiohttp.ClientSession | None = None
 
@@ -111,7 +112,7 @@ class HttpTransport:
         self.session = aiohttp.ClientSession(
             timeout=self.timeout,
             connector=aiohttp.TCPConnector(limit=8, force_close=False),
-            headers={"User-Agent": "binormal-feed"},
+            headers={"User-Agent": "binormal-feed", **({"Authorization": f"Bearer {self.token}"} if self.token else {})},
         )
 
     async def close(self) -> None:
@@ -143,6 +144,9 @@ class HttpTransport:
             raise Retry(f"{what}: HTTP {status}: {_error_text(body, 120)}", retry_after(headers))
         if status == 413:
             raise TooLarge(_error_text(body))
+        if status in (401, 403, 421):
+            # No credentials, a token without this route's role or org, or a Host not served: no retry helps.
+            raise Fatal(f"{what}: HTTP {status}: {_error_text(body)} (set BINORMAL_TOKEN to a producer token)")
 
 
 class BatchTransport(HttpTransport):

@@ -266,28 +266,31 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     if foreign and (st.store is None or need == OPEN or request.path == "/websocket"):
         # No credentials to judge by, a login, or a websocket (browsers send cookies there): Origin decides.
         raise _foreign_origin()
-    if st.store is None:
+    if st.store is None or need == OPEN:
         return await handler(request)
-    principal, via_cookie = st.credentials(request)
-    if principal is not None:
-        if foreign and via_cookie:
-            raise _foreign_origin()
-        request[PRINCIPAL] = principal
-    if need == OPEN:
-        return await handler(request)
+    page = request.path == "/" and request.method in ("GET", "HEAD")
+    try:
+        principal, via_cookie = st.credentials(request)
+    except ApiError as exc:
+        if exc.status != 401 or not page:
+            raise
+        principal, via_cookie = None, False  # a stale cookie on the page: show the form again
     if principal is None:
-        if need == "viewer" and request.path == "/" and request.method in ("GET", "HEAD"):
+        if page:
             # The page holds no data: serve it with 401 so it can show the login form.
             resp = await handler(request)
             resp.set_status(401)
             resp.headers["WWW-Authenticate"] = 'Bearer realm="binormal"'
             return resp
         raise _unauthorized("authentication required: send Authorization: Bearer <token>")
+    if foreign and via_cookie:
+        raise _foreign_origin()  # the browser sent the cookie for another site's page
     if need not in GRANTS[principal.role]:
         raise ApiError(
             403, f"token {principal.name!r} has role {principal.role!r}; this route needs role {need!r} (or admin)",
             "Authorization", role=need,
         )
+    request[PRINCIPAL] = principal
     return await handler(request)
 
 
@@ -314,7 +317,7 @@ def org_forbidden(principal: Principal, org: str, field: str = "org", **extra: o
     """The ``403`` for an org outside the token's orgs."""
     return ApiError(
         403, f"token {principal.name!r} may not use org {org[:256]!r} (its orgs: {principal.orgs_text()})",
-        field, org=org[:256], **extra,
+        field, None, org=org[:256], **extra,
     )
 
 

@@ -329,8 +329,9 @@ async def test_roles_gate_routes(svc: Service) -> None:
         async with svc.http.get(svc.base + "/api/scopes", headers={"Authorization": header}) as r:
             assert r.status == 401 and "WWW-Authenticate" in r.headers
             assert "tok-" not in await r.text()
-    async with svc.http.get(svc.base + "/") as r:  # the page without credentials: 401, with the login form
-        assert r.status == 401 and 'id="login"' in await r.text()
+    for headers in ({}, {"Cookie": "binormal_session=stale.1.x"}, {"Authorization": "Bearer nope"}):
+        async with svc.http.get(svc.base + "/", headers=headers) as r:  # the page without credentials: 401 + login form
+            assert r.status == 401 and 'id="login"' in await r.text() and "text/html" in r.headers["Content-Type"]
 
 
 async def test_a_producer_for_acme_cannot_write_beta_and_nothing_is_written(svc: Service) -> None:
@@ -466,3 +467,30 @@ async def test_allowed_origins_and_hosts_settings(redis_url: str, prefix: str) -
             assert r.status == 421  # an explicit list replaces the defaults
         async with http.get(base + "/healthz", headers={"Host": "10.0.0.7:8080"}) as r:
             assert r.status == 200  # probes are exempt
+
+
+async def test_the_feeder_sends_binormal_token_and_stops_on_401_or_403(svc: Service, tmp_path: Path) -> None:
+    import os
+    import subprocess
+
+    from helpers import binormal_command
+
+    log = tmp_path / "log.ndjson"
+    log.write_bytes(b"".join(orjson.dumps(dict(GOOD, id=f"u{i}")) + b"\n" for i in range(3)))
+    base_env = {k: v for k, v in os.environ.items() if not k.startswith("BINORMAL_")}
+
+    def feed(path: Path, **env: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*binormal_command(), "feed", "--no-progress", "--url", svc.base, str(path)],
+                              env={**base_env, **env}, capture_output=True, text=True, timeout=60)
+
+    got = await asyncio.to_thread(feed, log)
+    assert got.returncode != 0 and "401" in got.stderr and "BINORMAL_TOKEN" in got.stderr, got.stderr
+    assert await svc.written() == 0
+    beta = tmp_path / "beta.ndjson"
+    beta.write_bytes(orjson.dumps(dict(GOOD, org="beta")) + b"\n")
+    got = await asyncio.to_thread(feed, beta, BINORMAL_TOKEN="tok-prod-acme")
+    assert got.returncode != 0 and "403" in got.stderr and "beta" in got.stderr, got.stderr
+    got = await asyncio.to_thread(feed, log, BINORMAL_TOKEN="tok-prod-acme")
+    assert got.returncode == 0, got.stderr
+    assert "tok-prod-acme" not in got.stderr + got.stdout
+    assert await svc.written() == 3
