@@ -153,3 +153,60 @@ def test_bad_parameters_are_refused() -> None:
         Hub(queue_size=0, max_fps=20)
     with pytest.raises(ValueError):
         Hub(queue_size=10, max_fps=0)
+
+
+# ---------------------------------------------------------------- tenancy: per-org filtering
+
+
+def _line(org: str, i: int) -> bytes:
+    return orjson.dumps({"score": 1.5, "count": 2, "zscore": -0.25, "org": org, "source": "s", "pop": "p",
+                         "id": f"{org}{i}", "action": "a", "explain": [{"org": "decoy"}]})
+
+
+def test_restricted_clients_get_only_their_orgs_and_lines_are_parsed_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    import web.hub as hub_module
+
+    calls: list[bytes] = []
+    real = hub_module.org_of
+    monkeypatch.setattr(hub_module, "org_of", lambda line: calls.append(line) or real(line))
+    hub = Hub(queue_size=100, max_fps=10)
+    everyone = hub.register()
+    hub.publish(b"\n".join(_line(o, i) for i, o in enumerate(["acme", "beta"])))
+    assert calls == []  # nobody restricted: no line is parsed
+    acme = [hub.register(orgs=frozenset({"acme"})) for _ in range(3)]
+    both = hub.register(orgs=frozenset({"acme", "beta"}))
+    none = hub.register(orgs=frozenset({"gamma"}))
+    lines = [_line(o, i) for i, o in enumerate(["acme", "beta", "acme", "gamma\u00e9"])]
+    lines.append(orjson.dumps({"id": "x", "org": 7}))
+    lines.append(b'{"id": "spaced", "org": "acme"}')  # not the workers' layout: parsed in full
+    hub.publish(b"\n".join(lines))
+    assert len(calls) == len(lines)  # once per line, not per client
+    assert [orjson.loads(x)["id"] for x in acme[0].take()] == ["acme0", "acme2", "spaced"]
+    assert acme[1].take() == acme[2].take() and len(acme[1].queue) == 0
+    assert [orjson.loads(x)["id"] for x in both.take()] == ["acme0", "beta1", "acme2", "spaced"]
+    assert none.take() == [] and not none.ready.is_set()
+    assert len(everyone.take()) == 2 + len(lines)
+    for c in [*acme, both, none]:
+        hub.unregister(c)
+    assert hub.restricted == 0
+    calls.clear()
+    hub.publish(lines[0])
+    assert calls == []
+
+
+@pytest.mark.parametrize(
+    ("line", "org"),
+    [
+        (b'{"score":1.0,"count":2,"zscore":-0.5,"org":"ac\\"me","id":"x"}', 'ac"me'),
+        (orjson.dumps({"org": "\u00e9\U0001f600"}), "\u00e9\U0001f600"),
+        (orjson.dumps({"id": '"org":"evil"', "org": "good"}), "good"),
+        (orjson.dumps({"explain": [{"org": "evil"}], "org": "good"}), "good"),
+        (b'{"org":42}', None),
+        (b"not json", None),
+        (b"[1]", None),
+    ],
+)
+def test_org_of_reads_the_top_level_org_only(line: bytes, org: str | None) -> None:
+    from web.hub import org_of
+
+    assert org_of(line) == org
