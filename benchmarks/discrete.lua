@@ -7,8 +7,11 @@ for i = 1, 5000 do
   bodies[i] = string.format('{"org":"org%d","source":"src%d","pop":"pop%d","id":"user%d","action":"GET /api/v1/item/%d"}',
     s % 4, s, s, math.random(0, 249), a)
 end
+local headers = {["Content-Type"] = "application/json"}
+local token = os.getenv("BINORMAL_TOKEN")  -- auth on: a producer token (http_discrete.py --auth)
+if token and token ~= "" then headers["Authorization"] = "Bearer " .. token end
 local n = 0
 request = function()
   n = n + 1
-  return wrk.format("POST", "/discrete", {["Content-Type"] = "application/json"}, bodies[(n % #bodies) + 1])
+  return wrk.format("POST", "/discrete", headers, bodies[(n % #bodies) + 1])
 end

