@@ -308,11 +308,16 @@ async def auth_ab(args: argparse.Namespace, redis_url: str, workdir: Path, redis
                                     for j, lv in enumerate(runs[False][0]["discrete"])]
     picks += [(f"/discrete {lv['clients']} clients p50 ms", lambda r, j=j: r["discrete"][j]["p50_ms"])
               for j, lv in enumerate(runs[False][0]["discrete"])]
+    # CPU of the HTTP process(es) per request: steadier than req/s on a shared machine.
+    picks += [(f"/discrete {lv['clients']} clients HTTP CPU us/req",
+               lambda r, j=j: 1e6 * sum(v for k, v in r["discrete"][j]["cpu_s"].items() if k not in ("redis", "client", "worker"))
+               / max(1, r["discrete"][j]["ok"]))
+              for j, lv in enumerate(runs[False][0]["discrete"])]
     picks.append(("/events events/s", lambda r: r["events"]["events_per_s"]))
     print(f"## medians of {args.rounds} rounds: off | on | on/off")
     for name, pick in picks:
         off, on = median(False, pick), median(True, pick)
-        print(f"{name}: {off:g} | {on:g} | {on / off:.3f}", flush=True)
+        print(f"{name}: {off:.4g} | {on:.4g} | {on / off:.3f}", flush=True)
 
 
 if __name__ == "__main__":

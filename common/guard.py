@@ -170,6 +170,7 @@ class AuthState:
         self.hosts = frozenset(hosts) if hosts else default_hosts(config.host)
         self.origins = frozenset(config.allowed_origins)
         self.roles: dict[str | None, str] = {}
+        self._host_cache: dict[str, bool] = {}  # Host header -> allowed
 
     def role(self, request: web.Request) -> str:
         """The role the matched route needs (cached per route)."""
@@ -183,7 +184,14 @@ class AuthState:
     def host_ok(self, request: web.Request) -> bool:
         """``Host`` is one we serve (any port); a request without one (HTTP/1.0) passes."""
         header = request.headers.get("Host")
-        return self.any_host or header is None or host_name(header) in self.hosts
+        if self.any_host or header is None:
+            return True
+        ok = self._host_cache.get(header)
+        if ok is None:
+            if len(self._host_cache) >= 1024:  # bounded: hostile clients can send any Host
+                self._host_cache.clear()
+            ok = self._host_cache[header] = host_name(header) in self.hosts
+        return ok
 
     def origin_ok(self, request: web.Request, origin: str) -> bool:
         """``Origin`` is the page's own (scheme and Host of this request) or an allowed one."""
