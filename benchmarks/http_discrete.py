@@ -235,7 +235,9 @@ async def bench(
                 print(f"/discrete clients={clients:>3}: {r['rps']:>6} req/s  p50 {r['p50_ms']:.2f} ms  "
                       f"p90 {r['p90_ms']:.2f} ms  p99 {r['p99_ms']:.2f} ms  max {r['max_ms']:.1f} ms  "
                       f"({r['ok']} ok, errors {r['errors']}; CPU s {r['cpu_s']})", flush=True)
+            cpu0 = cpu_times(procs, redis_pid)
             r = await events_run(session, f"{ingest_base}/events", args.batches, bodies(50_000, seed=2))
+            r["cpu_s"] = {k: round(v - cpu0.get(k, 0.0), 2) for k, v in cpu_times(procs, redis_pid).items()}
             results["events"] = r
             print(f"/events 1000-event batches: {r['events_per_s']} events/s accepted "
                   f"({r['accepted']} in {r['seconds']} s, {r['refused_batches']} batches refused)", flush=True)
@@ -314,6 +316,8 @@ async def auth_ab(args: argparse.Namespace, redis_url: str, workdir: Path, redis
                / max(1, r["discrete"][j]["ok"]))
               for j, lv in enumerate(runs[False][0]["discrete"])]
     picks.append(("/events events/s", lambda r: r["events"]["events_per_s"]))
+    picks.append(("/events HTTP CPU us/event", lambda r: 1e6 * sum(
+        v for k, v in r["events"]["cpu_s"].items() if k not in ("redis", "client", "worker")) / max(1, r["events"]["accepted"])))
     print(f"## medians of {args.rounds} rounds: off | on | on/off")
     for name, pick in picks:
         off, on = median(False, pick), median(True, pick)
