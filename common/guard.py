@@ -42,7 +42,7 @@ from common.auth import (
     make_session,
 )
 from common.config import ConfigError
-from common.health import JSON, ApiError, json_response, read_body, require_content_type
+from common.health import JSON, ApiError, json_response, observe, read_body, require_content_type
 
 log = structlog.get_logger("binormal.auth")
 
@@ -246,6 +246,8 @@ def setup_auth(app: web.Application, settings: object) -> None:
         if existing.config != config:
             raise ValueError(f"services on one app must share auth settings: {existing.config} != {config}")
         return
+    if observe not in app.middlewares:
+        raise ValueError("setup_auth needs setup_health first: the guard's errors are answered by observe")
     app[AUTH] = AuthState(config)
     app.middlewares.append(guard)
     app.on_response_prepare.append(_security_headers)

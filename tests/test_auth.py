@@ -4,18 +4,48 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
+import subprocess
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import orjson
 import pytest
+import redis.asyncio as aioredis
+from hypothesis import given, settings as hsettings, strategies as st
 
-from common.health import REDIS
+from common.auth import (
+    Principal,
+    TokensFileError,
+    TokenStore,
+    auth_env,
+    check_session,
+    format_line,
+    hash_token,
+    make_session,
+    parse_tokens,
+)
+from common.config import ConfigError
+from common.guard import SESSION_COOKIE, AuthConfig, AuthState, host_name
+from common.guard import guard as guard_middleware
+from common.health import observe
+from common.keys import Keyspace, Scope
+from helpers import binormal_command
 from http_helpers import combined_app, ingest_settings, serving, web_settings
+from ingest.settings import IngestSettings
+from openapi_subset import check_response, load_openapi
 from web.settings import WebSettings
 
 GOOD = {"org": "acme", "source": "web", "pop": "users", "id": "u1", "action": "GET /"}
+DOC = load_openapi()
+
+
+def documented(path: str, method: str, status: int, body: Any) -> None:
+    problems = check_response(DOC, path, method, status, body)
+    assert not problems, problems
 
 
 def token_line(name: str, role: str, orgs: str, token: str) -> str:
@@ -65,9 +95,9 @@ async def test_with_a_tokens_file_every_data_route_needs_a_token(
     tokens.write_text(token_line("alice", "admin", "*", "s3cret-token"))
     env = {"REDIS_URL": redis_url, "BINORMAL_PREFIX": prefix, "BINORMAL_TOKENS_FILE": str(tokens)}
     ws = WebSettings.from_env(env)
-    from ingest.settings import IngestSettings
-
     app = combined_app(ws, IngestSettings.from_env(env))
+    # web and ingest on one app: one guard, inside the JSON/timing middleware
+    assert list(app.middlewares) == [observe, guard_middleware]
     async with serving(app) as base, aiohttp.ClientSession() as http:
         for method, path in [("GET", "/api/scopes"), ("GET", "/metrics"), ("POST", "/discrete"), ("POST", "/events"),
                              ("GET", "/api/outliers?org=a&source=b&pop=c")]:
@@ -82,35 +112,6 @@ async def test_with_a_tokens_file_every_data_route_needs_a_token(
 
 
 # ---------------------------------------------------------------- the tokens file parser
-
-from dataclasses import replace  # noqa: E402
-
-import orjson  # noqa: E402
-import redis.asyncio as aioredis  # noqa: E402
-from hypothesis import given, settings as hsettings, strategies as st  # noqa: E402
-
-from common.auth import (  # noqa: E402
-    Principal,
-    TokensFileError,
-    TokenStore,
-    auth_env,
-    check_session,
-    format_line,
-    hash_token,
-    make_session,
-    parse_tokens,
-)
-from common.config import ConfigError  # noqa: E402
-from common.guard import SESSION_COOKIE, AuthConfig, AuthState, host_name  # noqa: E402
-from common.keys import Keyspace  # noqa: E402
-from openapi_subset import check_response, load_openapi  # noqa: E402
-
-DOC = load_openapi()
-
-
-def documented(path: str, method: str, status: int, body: Any) -> None:
-    problems = check_response(DOC, path, method, status, body)
-    assert not problems, problems
 
 HEX = "ab" * 32
 
@@ -360,8 +361,6 @@ async def test_a_viewer_for_acme_sees_only_acme(svc: Service) -> None:
     for org in ("acme", "beta"):
         async with svc.http.post(svc.base + "/events", json=[dict(GOOD, org=org)], headers=bearer("admin")) as r:
             assert r.status == 202
-    from common.keys import Scope
-
     for org in ("acme", "beta"):  # the scope registry is written by the worker: write it directly here
         scope = Scope(org, "web", "users")
         await svc.redis.sadd(svc.keys.scopes(svc.keys.shard(scope)), scope.token)
@@ -470,11 +469,6 @@ async def test_allowed_origins_and_hosts_settings(redis_url: str, prefix: str) -
 
 
 async def test_the_feeder_sends_binormal_token_and_stops_on_401_or_403(svc: Service, tmp_path: Path) -> None:
-    import os
-    import subprocess
-
-    from helpers import binormal_command
-
     log = tmp_path / "log.ndjson"
     log.write_bytes(b"".join(orjson.dumps(dict(GOOD, id=f"u{i}")) + b"\n" for i in range(3)))
     base_env = {k: v for k, v in os.environ.items() if not k.startswith("BINORMAL_")}
