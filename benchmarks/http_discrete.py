@@ -48,6 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import aiohttp  # noqa: E402
 import orjson  # noqa: E402
+import redis  # noqa: E402
 
 from benchmarks.services import spawn, wait_ready  # noqa: E402
 from common.embedded import RedisServer, find_binary, free_port, server_version  # noqa: E402
@@ -301,6 +302,9 @@ async def auth_ab(args: argparse.Namespace, redis_url: str, workdir: Path, redis
     for i in range(args.rounds):
         for auth in ((False, True) if i % 2 == 0 else (True, False)):
             print(f"## round {i + 1}, auth {'on' if auth else 'off'}", flush=True)
+            # Each run starts from an empty Redis: a backlog left by the last /events would slow the next run.
+            with redis.Redis.from_url(redis_url) as r:
+                r.flushall()
             runs[auth].append(await bench(args, redis_url, workdir, redis_pid, auth=auth))
 
     def median(auth: bool, pick: Any) -> float:

@@ -179,6 +179,7 @@ async def test_live_page_end_to_end(redis_url: str, prefix: str) -> None:
     settings = WebSettings(redis_url=redis_url, prefix=prefix, port=port)
     dialogs: list[str] = []
     page_errors: list[str] = []
+    csp_reports: list[str] = []  # the page runs under the CSP (no inline script or style): nothing may be refused
     async with contextlib.AsyncExitStack() as stack:
         await stack.enter_async_context(running_worker(worker_settings(redis_url, prefix)))
         tier = WebTier(settings, port)
@@ -201,6 +202,7 @@ async def test_live_page_end_to_end(redis_url: str, prefix: str) -> None:
 
         page.on("dialog", on_dialog)
         page.on("pageerror", lambda e: page_errors.append(str(e)))
+        page.on("console", lambda m: csp_reports.append(m.text) if "Content Security Policy" in m.text else None)
         await page.goto(base + "/")
         feeder.task = asyncio.create_task(feeder.run(http))
         stack.push_async_callback(_cancel, feeder)
@@ -347,6 +349,7 @@ async def test_live_page_end_to_end(redis_url: str, prefix: str) -> None:
 
     assert dialogs == [], dialogs  # the XSS id never ran
     assert page_errors == [], page_errors
+    assert csp_reports == [], csp_reports
     assert feeder.sent > 500, (feeder.sent, feeder.errors)
 
 
