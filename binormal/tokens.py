@@ -105,6 +105,8 @@ def token_add(path: Path, name: str, role: str, orgs_text: str) -> int:
             os.fsync(fd)
         finally:
             os.close(fd)
+    if path.stat().st_mode & 0o077:
+        sys.stderr.write(f"binormal token: warning: {path} is readable by others (chmod 600 it)\n")
     sys.stdout.write(token + "\n")
     sys.stdout.flush()
     sys.stderr.write(f"token {name!r} ({role}, orgs {orgs_text}) added to {path}; it is shown only this once\n")

@@ -99,3 +99,11 @@ def test_a_missing_or_bad_tokens_file_refuses_to_start(tmp_path: Path) -> None:
     bad.write_text(f"a viewer * sha256:{'ab' * 32}\nb viewer *\n")
     got = binormal("ingest", env={"BINORMAL_TOKENS_FILE": str(bad)})
     assert got.returncode == 2 and "line 2" in got.stderr and "ab" * 32 not in got.stderr
+
+
+def test_add_warns_when_the_file_is_readable_by_others(tmp_path: Path) -> None:
+    path = tmp_path / "tokens"
+    path.write_text("# shared by mistake\n")
+    path.chmod(0o644)
+    got = binormal("token", "--file", str(path), "add", "a", "--role", "viewer", "--orgs", "*")
+    assert got.returncode == 0 and "readable by others" in got.stderr and len(got.stdout.split()) == 1
