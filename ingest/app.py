@@ -207,7 +207,8 @@ def _check_orgs(request: web.Request, batch: Batch) -> None:
     principal = principal_of(request)
     if principal is None or principal.orgs is None:
         return
-    lines = [line for line, ev in batch.events if not principal.may_use(ev.org)]
+    orgs = principal.orgs
+    lines = [line for line, ev in batch.events if ev.org not in orgs]
     if lines:
         org = next(ev.org for line, ev in batch.events if line == lines[0])
         raise org_forbidden(principal, org, accepted=0, lines=lines[:MAX_ERRORS], forbidden=len(lines))
