@@ -33,6 +33,7 @@ from aiohttp import web
 
 from common import metrics
 from common.connection import TRANSIENT, execute_raw, xadd_command
+from common.guard import org_forbidden, principal_of, setup_auth
 from common.health import (
     JSON,
     REDIS,
@@ -46,7 +47,6 @@ from common.health import (
     setup_redis,
     unavailable,
 )
-from common.guard import org_forbidden, principal_of, setup_auth
 from common.keys import Keyspace
 from common.schema import Event, InvalidEvent, parse_json
 from common.store import stream_lag

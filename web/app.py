@@ -35,6 +35,7 @@ from aiohttp import web
 
 from common import metrics
 from common.connection import TRANSIENT, execute_raw, xadd_command
+from common.guard import require_org, setup_auth
 from common.health import (
     JSON,
     REDIS,
@@ -48,7 +49,6 @@ from common.health import (
     setup_redis,
     unavailable,
 )
-from common.guard import require_org, setup_auth
 from common.keys import Keyspace
 from common.schema import LIMITS, Event, InvalidEvent, parse_json
 from web.live import setup_live

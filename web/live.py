@@ -36,8 +36,8 @@ log = structlog.get_logger("binormal.web.live")
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 PING_INTERVAL_S = 5.0  # PING the pub/sub connection after this much silence
-DEAD_AFTER_S = 3 * PING_INTERVAL_S
-REVOKE_CHECK_S = 1.0  # an open websocket re-checks its token this often  # nothing at all (not even PONG) for this long -> reconnect
+DEAD_AFTER_S = 3 * PING_INTERVAL_S  # nothing at all (not even PONG) for this long -> reconnect
+REVOKE_CHECK_S = 1.0  # an open websocket re-checks its token this often
 
 HUB_KEY = web.AppKey("live_hub", Hub)
 LIVE_SETTINGS_KEY = web.AppKey("live_settings", WebSettings)
@@ -94,7 +94,8 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         writer.cancel()
         if watch is not None:
             watch.cancel()
-        await asyncio.gather(writer, return_exceptions=True)  # its failure was logged by _writer_done
+        # the writer's failure was logged by _writer_done
+        await asyncio.gather(writer, *([watch] if watch is not None else []), return_exceptions=True)
     return ws
 
 
