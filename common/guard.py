@@ -26,6 +26,7 @@ import warnings
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import orjson
 import structlog
@@ -131,6 +132,21 @@ def default_hosts(bind: str) -> frozenset[str]:
     return frozenset(hosts)
 
 
+class AuthSettings(Protocol):
+    """The fields WebSettings and IngestSettings share for authentication."""
+
+    @property
+    def host(self) -> str: ...
+    @property
+    def tokens_file(self) -> str: ...
+    @property
+    def allow_anonymous(self) -> bool: ...
+    @property
+    def allowed_origins(self) -> tuple[str, ...]: ...
+    @property
+    def allowed_hosts(self) -> tuple[str, ...]: ...
+
+
 @dataclass(frozen=True)
 class AuthConfig:
     """What :func:`setup_auth` was asked for (the same from web and ingest settings on one app)."""
@@ -142,15 +158,10 @@ class AuthConfig:
     allowed_hosts: tuple[str, ...]
 
     @classmethod
-    def of(cls, settings: object) -> AuthConfig:
+    def of(cls, settings: AuthSettings) -> AuthConfig:
         """The auth fields of a WebSettings or IngestSettings."""
-        return cls(
-            getattr(settings, "host"),
-            getattr(settings, "tokens_file"),
-            getattr(settings, "allow_anonymous"),
-            tuple(getattr(settings, "allowed_origins")),
-            tuple(getattr(settings, "allowed_hosts")),
-        )
+        return cls(settings.host, settings.tokens_file, settings.allow_anonymous,
+                   tuple(settings.allowed_origins), tuple(settings.allowed_hosts))
 
 
 class AuthState:
@@ -238,7 +249,7 @@ def _foreign_origin() -> ApiError:
     return ApiError(403, "Origin not allowed: not this page's origin nor in BINORMAL_ALLOWED_ORIGINS", "Origin")
 
 
-def setup_auth(app: web.Application, settings: object) -> None:
+def setup_auth(app: web.Application, settings: AuthSettings) -> None:
     """Register the guard middleware, login/logout and security headers on ``app``; idempotent."""
     config = AuthConfig.of(settings)
     existing = app.get(AUTH)

@@ -107,3 +107,58 @@ def test_add_warns_when_the_file_is_readable_by_others(tmp_path: Path) -> None:
     path.chmod(0o644)
     got = binormal("token", "--file", str(path), "add", "a", "--role", "viewer", "--orgs", "*")
     assert got.returncode == 0 and "readable by others" in got.stderr and len(got.stdout.split()) == 1
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_run_uses_the_data_dirs_tokens_file_and_sees_a_revocation_without_restart(tmp_path: Path) -> None:
+    import signal
+    import time
+    import urllib.request
+    from urllib.error import HTTPError
+
+    from common.embedded import free_port
+
+    data = tmp_path / "var"
+    env = {"BINORMAL_DATA_DIR": str(data)}
+    token = binormal("token", "add", "dash", "--role", "viewer", "--orgs", "acme", env=env).stdout.strip()
+    port = free_port()
+    base = {k: v for k, v in os.environ.items() if not k.startswith("BINORMAL_") and k not in ("REDIS_URL", "PORT")}
+    run_env = {**base, **env, "PORT": str(port), "HOST": "127.0.0.1", "BINORMAL_REDIS_PORT": str(free_port())}
+    log = open(tmp_path / "run.log", "wb")
+    proc = subprocess.Popen([*binormal_command(), "run"], env=run_env, stdout=log, stderr=log)
+
+    def status(path: str, auth: str | None = None) -> int:
+        req = urllib.request.Request(f"http://127.0.0.1:{port}{path}",
+                                     headers={"Authorization": f"Bearer {auth}"} if auth else {})
+        try:
+            with urllib.request.urlopen(req, timeout=5) as r:
+                return int(r.status)
+        except HTTPError as exc:
+            return int(exc.code)
+
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, (tmp_path / "run.log").read_text()[-2000:]
+            try:
+                if status("/healthz") == 200:
+                    break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        assert status("/api/scopes") == 401
+        assert status("/api/scopes", token) == 200
+        assert status("/metrics", token) == 403
+        assert binormal("token", "revoke", "dash", env=env).returncode == 0
+        deadline = time.monotonic() + 10
+        while status("/api/scopes", token) != 401:  # re-read within about a second
+            assert time.monotonic() < deadline, "revocation not seen"
+            time.sleep(0.1)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        rc = proc.wait(30)
+        log.close()
+    assert rc == 0
+    assert token not in (tmp_path / "run.log").read_text()  # never logged
