@@ -258,8 +258,11 @@ class TokenStore:
         confirmed with ``hmac.compare_digest``. Looking up a digest leaks nothing
         useful about the token: the attacker cannot steer the digest.
         """
-        self._check()
-        if len(token) > MAX_TOKEN_BYTES:
+        if self.clock() >= self._next_check:
+            self.refresh()
+        if self.error is not None:
+            raise TokensUnavailable(self.error)
+        if len(token) > MAX_TOKEN_BYTES or not token:
             return None
         digest = hash_token(token)
         entry = self._by_digest.get(digest)

@@ -216,10 +216,13 @@ class AuthState:
         header = request.headers.get("Authorization")
         try:
             if header is not None:
-                scheme, _, token = header.strip().partition(" ")
-                token = token.strip()
-                if scheme.lower() != "bearer" or not token:
-                    raise _unauthorized("Authorization must be 'Bearer <token>'")
+                if header.startswith("Bearer ") and " " not in header[7:]:
+                    token = header[7:]  # the usual form, without the general parse below
+                else:
+                    scheme, _, token = header.strip().partition(" ")
+                    token = token.strip()
+                    if scheme.lower() != "bearer" or not token:
+                        raise _unauthorized("Authorization must be 'Bearer <token>'")
                 principal = self.store.lookup(token)
                 if principal is None:
                     raise _unauthorized("invalid token")
