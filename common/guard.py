@@ -48,7 +48,7 @@ from common.health import JSON, ApiError, json_response, observe, read_body, req
 log = structlog.get_logger("binormal.auth")
 
 # request["binormal_principal"] is a plain string key on purpose (other modules read it by that name).
-warnings.filterwarnings("ignore", category=web.NotAppKeyWarning, module=r"common\.guard")
+warnings.filterwarnings("ignore", category=getattr(web, "NotAppKeyWarning", UserWarning), module=r"common\.guard")
 
 PRINCIPAL = "binormal_principal"  # request key of the authenticated Principal (the BOUNDS rate limiter uses it)
 SESSION_COOKIE = "binormal_session"
