@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import hiredis
@@ -154,6 +155,59 @@ async def execute_raw(client: aioredis.Redis, commands: Sequence[Sequence[Any]])
             except ResponseError as exc:
                 out.append(exc)
         return out
+    except BaseException:
+        await conn.disconnect(nowait=True)
+        raise
+    finally:
+        await pool.release(conn)
+
+
+class InDoubt(Exception):
+    """A write was sent but its reply never came: it may or may not have happened."""
+
+
+@dataclass
+class Partial:
+    """What :func:`execute_partial` knows: the replies read before a connection failure.
+
+    ``replies[i]`` is command i's reply (its error in place, like
+    :func:`execute_raw`). With ``error`` set the link failed: commands from
+    ``len(replies)`` on may or may not have run when ``sent`` (their bytes
+    were handed to the socket), and certainly did not run when not ``sent``
+    (no connection could be had: connect refused, pool timeout).
+    """
+
+    replies: list[Any] = field(default_factory=list)
+    error: BaseException | None = None
+    sent: bool = True
+
+
+async def execute_partial(client: aioredis.Redis, commands: Sequence[Sequence[Any]]) -> Partial:
+    """:func:`execute_raw` that says how far it got instead of raising on a connection failure.
+
+    Redis runs a connection's commands in order and answers each in order, so
+    every reply read proves its command ran; a command whose reply never came
+    is in doubt once its bytes were sent.
+    """
+    if not commands:
+        return Partial()
+    pool = client.connection_pool
+    try:
+        conn = await pool.get_connection()
+    except TRANSIENT as exc:
+        return Partial([], exc, sent=False)
+    out: list[Any] = []
+    try:
+        await conn.send_packed_command([hiredis.pack_command(tuple(c)) for c in commands])
+        for _ in commands:
+            try:
+                out.append(await conn.read_response())
+            except ResponseError as exc:
+                out.append(exc)
+        return Partial(out)
+    except TRANSIENT as exc:
+        await conn.disconnect(nowait=True)
+        return Partial(out, exc)
     except BaseException:
         await conn.disconnect(nowait=True)
         raise

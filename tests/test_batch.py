@@ -242,7 +242,7 @@ APPLY_KEYS: dict[str, Callable[[Keyspace, int], str]] = {
     "sq": lambda k, shard: k.scope_key(SCOPE, "sq"),
     "k": lambda k, shard: k.scope_key(SCOPE, "k"),
     "individual": lambda k, shard: k.individual(SCOPE, "u1"),
-    "idempotency marker": lambda k, shard: k.seen(shard, "ev-1"),
+    "idempotency marker": lambda k, shard: k.seen(SCOPE, "ev-1"),
     "scopes set": lambda k, shard: k.scopes(shard),
     "uncommitted hash": lambda k, shard: k.uncommitted(shard),
 }
