@@ -13,7 +13,7 @@ import redis.asyncio as aioredis
 import structlog
 from redis._parsers.hiredis import NOT_ENOUGH_DATA
 from redis.asyncio.connection import Connection
-from redis.exceptions import ResponseError
+from redis.exceptions import BusyLoadingError, NoPermissionError, OutOfMemoryError, ReadOnlyError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -160,6 +160,21 @@ async def execute_raw(client: aioredis.Redis, commands: Sequence[Sequence[Any]])
         raise
     finally:
         await pool.release(conn)
+
+
+# redis-py strips these error codes off the message and raises a class instead.
+_ERROR_CODES = ((OutOfMemoryError, "OOM"), (ReadOnlyError, "READONLY"), (BusyLoadingError, "LOADING"),
+                (NoPermissionError, "NOPERM"))
+
+
+def refusal_text(exc: ResponseError, limit: int = 200) -> str:
+    """Redis' own error line for ``exc`` (code included: ``OOM command not allowed ...``), at most ``limit`` chars."""
+    text = str(exc)
+    for cls, code in _ERROR_CODES:
+        if isinstance(exc, cls):
+            text = f"{code} {text}"
+            break
+    return text[:limit]
 
 
 class InDoubt(Exception):

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from bisect import bisect_left, bisect_right
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,7 +33,9 @@ import structlog
 from aiohttp import web
 
 from common import metrics
-from common.connection import TRANSIENT, execute_raw, xadd_command
+from redis.exceptions import ResponseError
+
+from common.connection import execute_partial, execute_raw, refusal_text, xadd_command
 from common.health import (
     JSON,
     REDIS,
@@ -96,10 +99,12 @@ class Batch:
     events: list[tuple[int, Event]] = field(default_factory=list)
     errors: list[dict[str, Any]] = field(default_factory=list)
     rejected: int = 0
+    rejected_lines: list[int] = field(default_factory=list)  # every one, ascending (line ranges stop at them)
 
     def reject(self, line: int, error: str, field_name: str | None) -> None:
         """Record one bad line (listed while under ``MAX_ERRORS``)."""
         self.rejected += 1
+        self.rejected_lines.append(line)
         if len(self.errors) < MAX_ERRORS:
             self.errors.append({"line": line, "error": error, "field": field_name})
 
@@ -194,48 +199,87 @@ async def events(request: web.Request) -> web.Response:
         first = batch.errors[0] if batch.errors else None
         error = "no valid event in the body" if first else "the body holds no event"
         raise ApiError(400, error, first["field"] if first else "body", **summary)
-    written = await _write(client, st, batch.events, summary)
-    summary["accepted"] = written
+    await _write(client, st, batch, summary)
     return json_response(summary, status=202)
 
 
-async def _write(client: aioredis.Redis, st: Ingest, events: list[tuple[int, Event]], summary: dict[str, Any]) -> int:
-    """XADD in pipelined chunks, in body order; returns how many were written."""
+async def _write(client: aioredis.Redis, st: Ingest, batch: Batch, summary: dict[str, Any]) -> None:
+    """XADD in pipelined chunks, in body order; sets ``summary["accepted"]``.
+
+    Every line ends known accepted (its XADD answered), unwritten (Redis refused
+    it, or it was never sent because Redis could not be reached or an earlier
+    chunk failed) or unknown (sent, but the link failed before its answer). Any
+    unwritten or unknown line makes the answer a ``503`` listing them as ranges.
+    """
     keys = st.keys
     streams = keys.streams()
     step = st.settings.pipeline_batch
-    written = 0
-    for start in range(0, len(events), step):
-        chunk = events[start : start + step]
-        commands = [xadd_command(streams[keys.shard(ev.scope)], ev.to_fields()) for _, ev in chunk]
-        try:
-            results = await execute_raw(client, commands)
-        except TRANSIENT:
-            _ACCEPTED.inc(written)
-            log.warning("ingest_write_failed", written=written, first_unwritten_line=chunk[0][0])
-            raise unavailable(
-                st.settings.retry_after_s,
-                accepted=written,
-                rejected=summary["rejected"],
-                first_unwritten_line=chunk[0][0],
-                hint="events from first_unwritten_line on may not have been written; resend them with event_id",
-            ) from None
-        bad = [i for i, r in enumerate(results) if isinstance(r, Exception)]
-        if bad:
-            # Redis refused writes (e.g. OOM): say exactly which lines were not written.
-            done = written + len(chunk) - len(bad)
-            _ACCEPTED.inc(done)
-            log.error("ingest_write_refused", error=str(results[bad[0]]), refused=len(bad))
-            raise unavailable(
-                st.settings.retry_after_s,
-                accepted=done,
-                rejected=summary["rejected"],
-                unwritten_lines=[chunk[i][0] for i in bad],
-                hint=f"redis refused the write ({results[bad[0]]}); resend the unwritten lines with event_id",
-            )
-        written += len(chunk)
-    _ACCEPTED.inc(written)
-    return written
+    events = batch.events
+    accepted = 0
+    unknown: list[int] = []  # indexes into events
+    unwritten: list[int] = []
+    error: str | None = None
+    done = 0
+    while done < len(events) and error is None:
+        chunk = events[done : done + step]
+        got = await execute_partial(client, [xadd_command(streams[keys.shard(ev.scope)], ev.to_fields()) for _, ev in chunk])
+        for k, r in enumerate(got.replies):
+            if isinstance(r, Exception):
+                # Redis answered and refused it (e.g. OOM under maxmemory noeviction): not written.
+                unwritten.append(done + k)
+                text = refusal_text(r) if isinstance(r, ResponseError) else str(r)[:200]
+                error = error or f"redis refused the write: {text}"
+            else:
+                accepted += 1
+        if got.error is not None:
+            rest = range(done + len(got.replies), done + len(chunk))
+            # Redis answers a connection's commands in order: replies read prove their XADDs ran,
+            # the rest are in doubt once sent, and certainly not written if nothing was sent.
+            (unknown if got.sent else unwritten).extend(rest)
+            error = error or "redis unavailable"
+            log.warning("ingest_link_failed", error=str(got.error)[:200] or type(got.error).__name__, sent=got.sent)
+        done += len(chunk)
+    unwritten.extend(range(done, len(events)))  # never sent: an earlier chunk failed
+    summary["accepted"] = accepted
+    _ACCEPTED.inc(accepted)
+    if error is None:
+        return
+    log.error("ingest_write_incomplete", error=error, accepted=accepted, unknown=len(unknown), unwritten=len(unwritten))
+    raise ApiError(
+        503,
+        error,
+        None,
+        {"Retry-After": str(st.settings.retry_after_s)},
+        **summary,
+        unknown=len(unknown),
+        unknown_lines=line_ranges(events, unknown, batch.rejected_lines),
+        unwritten=len(unwritten),
+        unwritten_lines=line_ranges(events, unwritten, batch.rejected_lines),
+        hint=(
+            "lines in unknown_lines may or may not have been written: resend them with the same event_id "
+            "(counted once; a line without event_id may then count twice); lines in unwritten_lines were "
+            "not written: resend them"
+        ),
+    )
+
+
+def line_ranges(events: list[tuple[int, Event]], members: list[int], rejected_lines: list[int]) -> list[list[int]]:
+    """``events[k]`` for ``k`` in ``members`` (ascending) as inclusive ``[first, last]`` line ranges.
+
+    A range covers consecutive events only: it stops before any event not in
+    ``members`` and any rejected line (``rejected_lines`` ascending), so every
+    non-blank line inside a range is a member.
+    """
+    out: list[list[int]] = []
+    prev = -2
+    for k in members:
+        line = events[k][0]
+        if out and k == prev + 1 and bisect_left(rejected_lines, line) == bisect_right(rejected_lines, out[-1][1]):
+            out[-1][1] = line
+        else:
+            out.append([line, line])
+        prev = k
+    return out
 
 
 def main() -> int:

@@ -35,7 +35,7 @@ from aiohttp import web
 from common import metrics
 from redis.exceptions import ResponseError
 
-from common.connection import TRANSIENT, InDoubt, execute_partial, xadd_command
+from common.connection import TRANSIENT, InDoubt, execute_partial, refusal_text, xadd_command
 from common.health import (
     JSON,
     REDIS,
@@ -333,9 +333,9 @@ async def discrete(request: web.Request) -> web.Response:
         except ResponseError as exc:
             # Redis answered and refused it (e.g. OOM under maxmemory noeviction): not written.
             _OUTCOME["unavailable"].inc()
-            log.error("discrete_write_refused", error=str(exc)[:200])
+            log.error("discrete_write_refused", error=refusal_text(exc))
             raise ApiError(
-                503, f"redis refused the write: {str(exc)[:200]}", None, {"Retry-After": "1"},
+                503, f"redis refused the write: {refusal_text(exc)}", None, {"Retry-After": "1"},
                 event_id=event_id, queued=False,
             ) from None
         _ACCEPTED.inc()
