@@ -52,6 +52,7 @@ from common.health import (
 from common.keys import Keyspace
 from common.schema import Event, InvalidEvent, parse_json
 from common.store import stream_lag
+from ingest.actioncap import ActionCap
 from ingest.settings import IngestSettings
 
 log = structlog.get_logger("binormal.ingest")
@@ -154,6 +155,7 @@ class Ingest:
     settings: IngestSettings
     keys: Keyspace
     lag: LagReader
+    cap: ActionCap
 
 
 INGEST = web.AppKey("binormal_ingest", Ingest)
@@ -163,7 +165,12 @@ def setup(app: web.Application, settings: IngestSettings) -> None:
     """Register ``POST /events`` (and health, Redis) on ``app``."""
     setup_redis(app, settings.redis_url, settings.keys)
     setup_health(app, settings.ready_heartbeat_s)
-    app[INGEST] = Ingest(settings, settings.keys, LagReader(settings.keys, settings.lag_check_s, settings.max_lag))
+    app[INGEST] = Ingest(
+        settings,
+        settings.keys,
+        LagReader(settings.keys, settings.lag_check_s, settings.max_lag),
+        ActionCap(settings.keys, settings.max_actions),
+    )
     app.router.add_post("/events", events)
 
 
@@ -193,6 +200,12 @@ async def events(request: web.Request) -> web.Response:
         )
     body = await read_body(request, st.settings.max_body_bytes)
     batch = parse_ndjson(body) if ctype == NDJSON else parse_array(body)
+    if batch.events:
+        before = batch.rejected
+        batch.events = await st.cap.check(client, batch.events, batch)
+        if batch.rejected != before:  # refused by the action cap: keep the report in line order
+            batch.rejected_lines.sort()
+            batch.errors.sort(key=lambda err: int(err["line"]))
     _REJECTED.inc(batch.rejected)
     summary: dict[str, Any] = {"accepted": 0, "rejected": batch.rejected, "errors": batch.errors}
     if not batch.events:

@@ -24,6 +24,7 @@ class IngestSettings:
     lag_check_s: float = 0.25  # how long a lag reading is reused
     retry_after_s: int = 1
     ready_heartbeat_s: float = 10.0
+    max_actions: int = 10_000  # distinct actions per scope; lines with a new action past it are rejected
 
     @property
     def keys(self) -> Keyspace:
@@ -44,4 +45,5 @@ class IngestSettings:
             lag_check_s=env_float(e, "BINORMAL_LAG_CHECK_S", 0.25),
             retry_after_s=env_int(e, "BINORMAL_RETRY_AFTER_S", 1, minimum=1),
             ready_heartbeat_s=env_float(e, "BINORMAL_READY_HEARTBEAT_S", 10.0),
+            max_actions=env_int(e, "BINORMAL_MAX_ACTIONS", 10_000, minimum=1),
         )

@@ -346,7 +346,8 @@ async def discrete(request: web.Request) -> web.Response:
         return await _timed_out(request, st, stored_key, event, event_id, generated, started)
     if reply.get("rejected"):
         _OUTCOME["invalid"].inc()
-        raise ApiError(422, str(reply.get("error")), reply.get("field"), event_id=event_id, queued=False)
+        # Refused by the worker (the distinct-action cap): dead-lettered, not counted.
+        raise ApiError(422, str(reply.get("error")), reply.get("field"), event_id=event_id)
     if reply.get("duplicate"):
         if reply.get("same_event") is False:
             return _reused(event_id)
