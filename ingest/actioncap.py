@@ -76,11 +76,11 @@ class ActionCap:
             return events
         kept: list[tuple[int, Event]] = []
         for line, ev in events:
-            size = refused.get((ev.scope, ev.action))
-            if size is None:
+            count = refused.get((ev.scope, ev.action))
+            if count is None:
                 kept.append((line, ev))
             else:
-                batch.reject(line, cap_reason(size), "action")
+                batch.reject(line, cap_reason(count), "action")
         await self._flag(client, refused)
         return kept
 

@@ -14,9 +14,23 @@ listed. A batch with no valid event is a ``400`` with the same body plus
 ``error`` and ``field``. Events may carry ``event_id``: the worker counts an
 id once, so a retried batch does not double count.
 
+A line whose action is new to a scope that already has ``max_actions``
+distinct actions is rejected like an invalid one (ingest/actioncap.py).
+
 Backpressure: when the consumer group's outstanding work (see
 :func:`common.store.stream_lag`) passes ``max_lag`` the answer is ``503`` with
 ``Retry-After`` and nothing is written. The reading is reused for ``lag_check_s``.
+
+Honest outcomes: when Redis fails during the write, every valid line is known
+accepted, unknown (sent, no answer: resend with the same ``event_id``) or
+unwritten (refused, e.g. ``OOM``, or never sent), and the answer is::
+
+    503 {"error": "redis unavailable", "field": null, "accepted": 244, "rejected": 2, "errors": [...],
+         "unknown": 756, "unknown_lines": [[246, 1001]], "unwritten": 1000, "unwritten_lines": [[1002, 2001]],
+         "hint": "..."}
+
+Ranges are inclusive body lines; a range never spans a rejected line or an
+event outside its set (blank lines may sit inside).
 """
 
 from __future__ import annotations
@@ -35,7 +49,7 @@ from aiohttp import web
 from common import metrics
 from redis.exceptions import ResponseError
 
-from common.connection import execute_partial, execute_raw, refusal_text, xadd_command
+from common.connection import execute_partial, refusal_text, xadd_command
 from common.health import (
     JSON,
     REDIS,
@@ -47,7 +61,6 @@ from common.health import (
     serve,
     setup_health,
     setup_redis,
-    unavailable,
 )
 from common.keys import Keyspace
 from common.schema import Event, InvalidEvent, parse_json

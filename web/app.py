@@ -5,11 +5,15 @@ validated, XADDed to its scope's stream shard with a fresh request id (``rid``)
 and this process's reply channel, and the handler awaits the worker's result
 through :class:`~web.replies.ReplyWaiter` (one pub/sub connection per process).
 
-Event id: the ``Idempotency-Key`` header, else the body's ``event_id``, else a
-random one. The worker counts an event id once (for ``BINORMAL_IDEMPOTENCY_TTL_S``;
-a random one, sent with ``id_ttl``, for ``BINORMAL_GENERATED_ID_TTL_S``);
-a retry with the same key is answered with the first result plus
-``"duplicate": true``. When no result comes within ``discrete_timeout_s`` the
+Event id: the ``Idempotency-Key`` header (once, UTF-8), else the body's
+``event_id``, else a random one (128 bits from ``os.urandom``). The worker
+counts an event id once per scope (for ``BINORMAL_IDEMPOTENCY_TTL_S``; a random
+one, sent with ``id_ttl``, for ``BINORMAL_GENERATED_ID_TTL_S``); a retry of the
+same event (same scope, id and action) is answered with the first result plus
+``"duplicate": true``, the same key for a different event is a ``409``.
+A write whose fate is unknown (the link failed after sending) is a ``503``
+with ``"queued": "unknown"``; ``"queued": false`` only when it surely was not
+written. An action past ``BINORMAL_MAX_ACTIONS`` is refused by the worker: 422. When no result comes within ``discrete_timeout_s`` the
 stored copy of the result is tried once, then the answer is ``504`` naming the
 ``event_id`` under which the event is queued (it will still be counted; retry
 with that key to read its result without counting it twice).
