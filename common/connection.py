@@ -206,6 +206,7 @@ async def execute_partial(client: aioredis.Redis, commands: Sequence[Sequence[An
     """
     if not commands:
         return Partial()
+    packed = [hiredis.pack_command(tuple(c)) for c in commands]  # a bad argument raises here, before any I/O
     pool = client.connection_pool
     try:
         conn = await pool.get_connection()
@@ -213,7 +214,7 @@ async def execute_partial(client: aioredis.Redis, commands: Sequence[Sequence[An
         return Partial([], exc, sent=False)
     out: list[Any] = []
     try:
-        await conn.send_packed_command([hiredis.pack_command(tuple(c)) for c in commands])
+        await conn.send_packed_command(packed)
         for _ in commands:
             try:
                 out.append(await conn.read_response())
