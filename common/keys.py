@@ -29,6 +29,7 @@ shard's stream, so one Lua script may touch the stream and the scope at once
 
 from __future__ import annotations
 
+import hashlib
 import zlib
 from functools import lru_cache
 from dataclasses import dataclass
@@ -83,6 +84,15 @@ def shard_of(org: str, source: str, pop: str, shards: int) -> int:
     """
     raw = b"\x00".join(s.encode("utf-8") for s in (org, source, pop))
     return zlib.crc32(raw) % shards
+
+
+def fingerprint(ident: str, action: str) -> bytes:
+    """What an idempotency marker remembers of its event, beside the entry id (docs/stream.md).
+
+    16 hex digits of BLAKE2b over ``id NUL action``; the marker's key already
+    fixes the scope. It tells a retry of the event from another event reusing its id.
+    """
+    return hashlib.blake2b(f"{ident}\0{action}".encode("utf-8"), digest_size=8).hexdigest().encode()
 
 
 @lru_cache(maxsize=16_384)

@@ -284,3 +284,15 @@ def test_tricky_keys_round_trip_in_redis(sredis: redis.Redis, prefix: str) -> No
     pattern = ks.scope_key(s, "i") + ":*"
     found = {k.decode() for k in sredis.scan_iter(match=pattern, count=1000)}
     assert found == {ks.individual(s, i) for i in TRICKY}
+
+
+def test_marker_fingerprint_is_the_documented_blake2b() -> None:
+    import hashlib
+
+    from common.keys import fingerprint
+
+    assert fingerprint("u1", "GET /") == hashlib.blake2b(b"u1\x00GET /", digest_size=8).hexdigest().encode()
+    assert fingerprint("ü", "a\nb") == hashlib.blake2b("ü\0a\nb".encode(), digest_size=8).hexdigest().encode()
+    # id NUL action: moving bytes between the two changes the fingerprint
+    assert fingerprint("a", "bc") != fingerprint("ab", "c")
+    assert len(fingerprint("x", "y")) == 16

@@ -16,7 +16,6 @@ equal the in-memory engine's, entry for entry.
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -29,7 +28,7 @@ import structlog
 from redis.exceptions import NoScriptError, ResponseError
 
 from common.connection import execute_raw
-from common.keys import Keyspace, Scope
+from common.keys import Keyspace, Scope, fingerprint
 from common.result import ActionStats, Aggregates, make_result
 from common.schema import Event, InvalidEvent, parse_entry
 from common.scoring import Snapshot
@@ -312,13 +311,11 @@ class BatchProcessor:
             pipe.evalsha(sha, len(keys), *keys, *args)
 
     def _notify_duplicates(self, pipe: Commands, dups: Sequence[Entry]) -> None:
-        """Tell request-reply waiters their event was not counted: a duplicate, or refused.
+        """Tell request-reply waiters their event was not counted (docs/stream.md has the notes).
 
-        A duplicate's note says ``same_event`` (true: a retry of the first
-        event, whose stored copy ``keys.reply(scope, event_id)`` the waiter
-        then reads; false: the id was first used by a different event; null:
-        unknown, an older worker's marker). A refused one carries its
-        ``error`` and ``field`` (the distinct-action cap).
+        A duplicate's note says ``same_event`` (true: its waiter reads the first
+        result's stored copy; false: another event used the id first; null: an
+        older worker's marker); a refused one carries ``error`` and ``field``.
         """
         for e in dups:
             ev = e.event
@@ -586,11 +583,6 @@ def _runs(entries: Sequence[Entry], size: int, by_shard: bool = False) -> list[l
         else:
             runs.append([e])
     return runs
-
-
-def fingerprint(ident: str, action: str) -> bytes:
-    """16 hex digits of BLAKE2b over ``id NUL action`` (the marker's key already fixes the scope)."""
-    return hashlib.blake2b(f"{ident}\0{action}".encode("utf-8"), digest_size=8).hexdigest().encode()
 
 
 def _pairs_int(flat: Sequence[bytes]) -> dict[str, int]:
