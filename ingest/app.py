@@ -248,7 +248,8 @@ async def _write(client: aioredis.Redis, st: Ingest, batch: Batch, summary: dict
     done = 0
     while done < len(events) and error is None:
         chunk = events[done : done + step]
-        got = await execute_partial(client, [xadd_command(streams[keys.shard(ev.scope)], ev.to_fields()) for _, ev in chunk])
+        commands = [xadd_command(streams[keys.shard(ev.scope)], ev.to_fields()) for _, ev in chunk]
+        got = await execute_partial(client, commands)
         for k, r in enumerate(got.replies):
             if isinstance(r, Exception):
                 # Redis answered and refused it (e.g. OOM under maxmemory noeviction): not written.

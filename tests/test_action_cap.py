@@ -122,7 +122,9 @@ async def test_discrete_with_a_new_action_past_the_cap_is_422(
     assert [f[b"f.action"] for _, f in dead] == [b"a3"]
 
 
-async def test_scopes_under_the_cap_are_not_flagged(svc: Svc, redis_url: str, prefix: str, aredis: aioredis.Redis) -> None:
+async def test_scopes_under_the_cap_are_not_flagged(
+    svc: Svc, redis_url: str, prefix: str, aredis: aioredis.Redis
+) -> None:
     async with running_worker(worker_settings(redis_url, prefix)):
         status, _ = await svc.events([line("a1"), line("a2")])
         assert status == 202

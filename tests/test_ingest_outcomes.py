@@ -19,6 +19,7 @@ import redis.asyncio as aioredis
 
 from common.embedded import RedisServer, find_binary
 from common.health import REDIS
+from ingest.app import INGEST
 from helpers import wait_for
 from http_helpers import combined_app, ingest_settings, post_json, post_raw, serving, web_settings
 from openapi_subset import check_response, load_openapi
@@ -35,6 +36,10 @@ def ev(i: int, **changes: Any) -> dict[str, Any]:
     return obj
 
 
+def ndjson(objs: list[dict[str, Any]]) -> bytes:
+    return b"".join(orjson.dumps(o) + b"\n" for o in objs)
+
+
 def documented(path: str, status: int, body: Any) -> None:
     problems = check_response(DOC, path, "post", status, body)
     assert not problems, problems
@@ -46,7 +51,8 @@ def expand(ranges: list[list[int]]) -> list[int]:
 
 @contextlib.asynccontextmanager
 async def app_on(redis_url: str, prefix: str, **ingest: Any) -> AsyncIterator[tuple[str, aiohttp.ClientSession]]:
-    app = combined_app(web_settings(redis_url, prefix, discrete_timeout_s=1.0), ingest_settings(redis_url, prefix, **ingest))
+    ws = web_settings(redis_url, prefix, discrete_timeout_s=1.0)
+    app = combined_app(ws, ingest_settings(redis_url, prefix, **ingest))
     async with serving(app) as base, aiohttp.ClientSession() as session:
         await asyncio.wait_for(app[REDIS].up.wait(), 5.0)
         yield base, session
@@ -193,3 +199,21 @@ async def test_discrete_on_a_full_redis_is_503_naming_it(tmp_path: Path, prefix:
     assert status == 503, got
     documented("/discrete", status, got)
     assert got["error"].startswith("redis refused the write: OOM") and got["queued"] is False
+
+
+async def test_redis_gone_before_sending_leaves_every_line_known_unwritten(tmp_path: Path, prefix: str) -> None:
+    server = private_redis(tmp_path)
+    try:
+        app = combined_app(web_settings(server.url, prefix), ingest_settings(server.url, prefix, lag_check_s=3600.0))
+        async with serving(app) as base, aiohttp.ClientSession() as session:
+            app[INGEST].cap.ttl_s = 3600.0  # both readings cached: the next request goes straight to its XADDs
+            status, _, _ = await post_raw(session, f"{base}/events", ndjson([ev(i) for i in range(3)]), NDJSON)
+            assert status == 202
+            server.stop()
+            status, got, _ = await post_raw(session, f"{base}/events", ndjson([ev(i) for i in range(5)]), NDJSON)
+    finally:
+        server.stop()
+    assert status == 503, got
+    documented("/events", status, got)
+    assert (got["accepted"], got["unknown"], got["unwritten"]) == (0, 0, 5)
+    assert got["unwritten_lines"] == [[1, 5]] and got["unknown_lines"] == []

@@ -13,8 +13,8 @@ same event (same scope, id and action) is answered with the first result plus
 ``"duplicate": true``, the same key for a different event is a ``409``.
 A write whose fate is unknown (the link failed after sending) is a ``503``
 with ``"queued": "unknown"``; ``"queued": false`` only when it surely was not
-written. An action past ``BINORMAL_MAX_ACTIONS`` is refused by the worker: 422. When no result comes within ``discrete_timeout_s`` the
-stored copy of the result is tried once, then the answer is ``504`` naming the
+written. An action past ``BINORMAL_MAX_ACTIONS`` is refused by the worker: 422.
+When no result comes within ``discrete_timeout_s`` the stored copy of the result is tried once, then the answer is ``504`` naming the
 ``event_id`` under which the event is queued (it will still be counted; retry
 with that key to read its result without counting it twice).
 """
