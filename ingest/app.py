@@ -245,6 +245,7 @@ async def _write(client: aioredis.Redis, st: Ingest, batch: Batch, summary: dict
     unknown: list[int] = []  # indexes into events
     unwritten: list[int] = []
     error: str | None = None
+    why: list[str] = []  # why the unwritten lines were not written
     done = 0
     while done < len(events) and error is None:
         chunk = events[done : done + step]
@@ -258,15 +259,21 @@ async def _write(client: aioredis.Redis, st: Ingest, batch: Batch, summary: dict
                 error = error or f"redis refused the write: {text}"
             else:
                 accepted += 1
+        if unwritten:
+            why.append(f"{len(unwritten)} refused by redis")
         if got.error is not None:
             rest = range(done + len(got.replies), done + len(chunk))
             # Redis answers a connection's commands in order: replies read prove their XADDs ran,
             # the rest are in doubt once sent, and certainly not written if nothing was sent.
             (unknown if got.sent else unwritten).extend(rest)
+            if not got.sent:
+                why.append(f"{len(rest)} not sent: redis could not be reached")
             error = error or "redis unavailable"
             log.warning("ingest_link_failed", error=str(got.error)[:200] or type(got.error).__name__, sent=got.sent)
         done += len(chunk)
-    unwritten.extend(range(done, len(events)))  # never sent: an earlier chunk failed
+    if done < len(events):
+        why.append(f"{len(events) - done} not sent: an earlier part of the batch failed")
+        unwritten.extend(range(done, len(events)))
     summary["accepted"] = accepted
     _ACCEPTED.inc(accepted)
     if error is None:
@@ -282,6 +289,7 @@ async def _write(client: aioredis.Redis, st: Ingest, batch: Batch, summary: dict
         unknown_lines=line_ranges(events, unknown, batch.rejected_lines),
         unwritten=len(unwritten),
         unwritten_lines=line_ranges(events, unwritten, batch.rejected_lines),
+        unwritten_reason="; ".join(why),
         hint=(
             "lines in unknown_lines may or may not have been written: resend them with the same event_id "
             "(counted once; a line without event_id may then count twice); lines in unwritten_lines were "

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -109,6 +110,7 @@ async def test_link_lost_mid_batch_says_which_lines_are_unknown_and_which_unwrit
     # The first chunk (100 events) was sent and never answered; the rest was never sent.
     assert got["unknown"] == 100 and got["unknown_lines"] == [[1, 49], [51, 101]]
     assert got["unwritten"] == 149 and got["unwritten_lines"] == [[102, 251]]
+    assert got["unwritten_reason"] == "149 not sent: an earlier part of the batch failed"
     assert "same event_id" in got["hint"]
 
 
@@ -137,6 +139,10 @@ async def test_redis_out_of_memory_is_503_naming_it_with_the_refused_lines_unwri
     assert got["error"].startswith("redis refused the write: OOM command not allowed"), got["error"]
     assert 0 < got["accepted"] < n and got["unknown"] == 0 and got["unknown_lines"] == []
     assert got["accepted"] + got["unwritten"] == n
+    # Refused ones in the failing chunk of 100, then the chunks never sent.
+    m = re.fullmatch(r"(\d+) refused by redis; (\d+) not sent: an earlier part of the batch failed", got["unwritten_reason"])
+    assert m is not None, got["unwritten_reason"]
+    assert int(m[1]) + int(m[2]) == got["unwritten"] and int(m[2]) % 100 == 0
     # Exactly the lines it says are accepted are in the stream; the unwritten ones are not.
     unwritten = expand(got["unwritten_lines"])
     assert len(unwritten) == got["unwritten"]
@@ -217,3 +223,4 @@ async def test_redis_gone_before_sending_leaves_every_line_known_unwritten(tmp_p
     documented("/events", status, got)
     assert (got["accepted"], got["unknown"], got["unwritten"]) == (0, 0, 5)
     assert got["unwritten_lines"] == [[1, 5]] and got["unknown_lines"] == []
+    assert got["unwritten_reason"] == "5 not sent: redis could not be reached"
