@@ -140,7 +140,8 @@ async def test_redis_out_of_memory_is_503_naming_it_with_the_refused_lines_unwri
     assert 0 < got["accepted"] < n and got["unknown"] == 0 and got["unknown_lines"] == []
     assert got["accepted"] + got["unwritten"] == n
     # Refused ones in the failing chunk of 100, then the chunks never sent.
-    m = re.fullmatch(r"(\d+) refused by redis; (\d+) not sent: an earlier part of the batch failed", got["unwritten_reason"])
+    pattern = r"(\d+) refused by redis; (\d+) not sent: an earlier part of the batch failed"
+    m = re.fullmatch(pattern, got["unwritten_reason"])
     assert m is not None, got["unwritten_reason"]
     assert int(m[1]) + int(m[2]) == got["unwritten"] and int(m[2]) % 100 == 0
     # Exactly the lines it says are accepted are in the stream; the unwritten ones are not.
