@@ -14,9 +14,10 @@ same event (same scope, id and action) is answered with the first result plus
 A write whose fate is unknown (the link failed after sending) is a ``503``
 with ``"queued": "unknown"``; ``"queued": false`` only when it surely was not
 written. An action past ``BINORMAL_MAX_ACTIONS`` is refused by the worker: 422.
-When no result comes within ``discrete_timeout_s`` the stored copy of the result is tried once, then the answer is ``504`` naming the
-``event_id`` under which the event is queued (it will still be counted; retry
-with that key to read its result without counting it twice).
+When no result comes within ``discrete_timeout_s`` the stored copy of the
+result is tried once, then the answer is ``504`` naming the ``event_id``
+under which the event is queued (it will still be counted; retry with that
+key to read its result without counting it twice).
 """
 
 from __future__ import annotations
@@ -35,10 +36,9 @@ import orjson
 import redis.asyncio as aioredis
 import structlog
 from aiohttp import web
-
-from common import metrics
 from redis.exceptions import ResponseError
 
+from common import metrics
 from common.connection import TRANSIENT, InDoubt, execute_partial, refusal_text, xadd_command
 from common.health import (
     JSON,
