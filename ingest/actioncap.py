@@ -23,7 +23,7 @@ import redis.asyncio as aioredis
 
 from common.connection import execute_raw
 from common.keys import Keyspace, Scope
-from common.schema import Event
+from common.schema import Event, action_cap_reason
 
 CACHE_SCOPES = 100_000  # scope sizes remembered at most (cleared past it)
 
@@ -32,11 +32,6 @@ class Rejects(Protocol):
     """What the check reports refused lines to (ingest's Batch)."""
 
     def reject(self, line: int, error: str, field_name: str | None) -> None: ...
-
-
-def cap_reason(actions: int) -> str:
-    """The reason given for a refused event (the same text as the worker's dead letter)."""
-    return f"action cap: scope already has {actions} distinct actions (BINORMAL_MAX_ACTIONS)"
 
 
 @dataclass
@@ -88,7 +83,7 @@ class ActionCap:
             if count is None:
                 kept.append((line, ev))
             else:
-                batch.reject(line, cap_reason(count), "action")
+                batch.reject(line, action_cap_reason(count), "action")
         await self._flag(client, refused)
         return kept
 

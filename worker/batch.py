@@ -30,7 +30,7 @@ from redis.exceptions import NoScriptError, ResponseError
 from common.connection import execute_raw
 from common.keys import Keyspace, Scope, fingerprint
 from common.result import ActionStats, Aggregates, make_result
-from common.schema import Event, InvalidEvent, parse_entry
+from common.schema import Event, InvalidEvent, action_cap_reason, parse_entry
 from common.scoring import Snapshot
 from common.scripts import Scripts
 
@@ -264,7 +264,7 @@ class BatchProcessor:
             if status == 4:
                 # Not counted, not acked: dead-lettered below; its waiter is told why.
                 self.counters.capped += 1
-                e.reason = f"action cap: scope already has {int(r[1])} distinct actions (BINORMAL_MAX_ACTIONS)"
+                e.reason = action_cap_reason(int(r[1]))
                 broken.append(e)
                 e.note = {"rejected": True, "error": e.reason, "field": "action"}
                 dups.append(e)
