@@ -17,10 +17,13 @@ from typing import Any
 import aiohttp
 import orjson
 import redis.asyncio as aioredis
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from common.embedded import RedisServer, find_binary
 from common.health import REDIS
-from ingest.app import INGEST
+from common.schema import Event
+from ingest.app import INGEST, line_ranges
 from helpers import wait_for
 from http_helpers import combined_app, ingest_settings, post_json, post_raw, serving, web_settings
 from openapi_subset import check_response, load_openapi
@@ -225,3 +228,24 @@ async def test_redis_gone_before_sending_leaves_every_line_known_unwritten(tmp_p
     assert (got["accepted"], got["unknown"], got["unwritten"]) == (0, 0, 5)
     assert got["unwritten_lines"] == [[1, 5]] and got["unknown_lines"] == []
     assert got["unwritten_reason"] == "5 not sent: redis could not be reached"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(["event", "member", "rejected", "blank"]), max_size=60))
+def test_line_ranges_cover_exactly_the_member_lines(kinds: list[str]) -> None:
+    """Every non-blank line inside a range is a member; every member is inside one."""
+    events: list[tuple[int, Event]] = []
+    members: list[int] = []
+    rejected: list[int] = []
+    for number, kind in enumerate(kinds, 1):
+        if kind in ("event", "member"):
+            if kind == "member":
+                members.append(len(events))
+            events.append((number, Event("o", "s", "p", "i", "a")))
+        elif kind == "rejected":
+            rejected.append(number)
+    ranges = line_ranges(events, members, rejected)
+    inside = {n for first, last in ranges for n in range(first, last + 1)}
+    assert {n for n in inside if kinds[n - 1] != "blank"} == {events[k][0] for k in members}
+    assert all(first <= last for first, last in ranges)
+    assert all(a[1] < b[0] for a, b in zip(ranges, ranges[1:]))
