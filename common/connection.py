@@ -177,6 +177,13 @@ def refusal_text(exc: ResponseError, limit: int = 200) -> str:
     return text[:limit]
 
 
+def refused_write(exc: ResponseError) -> str:
+    """The error answered for a write Redis refused, naming the cause (out of memory, read-only, ...)."""
+    if isinstance(exc, OutOfMemoryError):
+        return f"redis is out of memory (maxmemory reached) and refused the write: {refusal_text(exc)}"
+    return f"redis refused the write: {refusal_text(exc)}"
+
+
 class InDoubt(Exception):
     """A write was sent but its reply never came: it may or may not have happened."""
 

@@ -49,7 +49,7 @@ from aiohttp import web
 from common import metrics
 from redis.exceptions import ResponseError
 
-from common.connection import execute_partial, refusal_text, xadd_command
+from common.connection import execute_partial, refused_write, xadd_command
 from common.health import (
     JSON,
     REDIS,
@@ -255,8 +255,7 @@ async def _write(client: aioredis.Redis, st: Ingest, batch: Batch, summary: dict
             if isinstance(r, Exception):
                 # Redis answered and refused it (e.g. OOM under maxmemory noeviction): not written.
                 unwritten.append(done + k)
-                text = refusal_text(r) if isinstance(r, ResponseError) else str(r)[:200]
-                error = error or f"redis refused the write: {text}"
+                error = error or (refused_write(r) if isinstance(r, ResponseError) else f"redis refused: {r!s:.200}")
             else:
                 accepted += 1
         if unwritten:

@@ -46,7 +46,8 @@ async def test_feeder_resends_only_the_lines_redis_refused(tmp_path: Path, prefi
         keys = worker_settings(server.url, prefix).keys
         ids = [f[b"event_id"] for stream in keys.streams() for _, f in await client.xrange(stream)]
         assert len(ids) == n and len(set(ids)) == n
-        assert "redis refused the write: OOM" in run.err and "resending those" in run.err
+        assert "redis is out of memory (maxmemory reached) and refused the write: OOM" in run.err
+        assert "resending those" in run.err
         async with running_worker(worker_settings(server.url, prefix)):
             assert await counted(client, prefix, truth) == []
     finally:

@@ -39,7 +39,7 @@ from aiohttp import web
 from redis.exceptions import ResponseError
 
 from common import metrics
-from common.connection import TRANSIENT, InDoubt, execute_partial, refusal_text, xadd_command
+from common.connection import TRANSIENT, InDoubt, execute_partial, refusal_text, refused_write, xadd_command
 from common.health import (
     JSON,
     REDIS,
@@ -339,7 +339,7 @@ async def discrete(request: web.Request) -> web.Response:
             _OUTCOME["unavailable"].inc()
             log.error("discrete_write_refused", error=refusal_text(exc))
             raise ApiError(
-                503, f"redis refused the write: {refusal_text(exc)}", None, {"Retry-After": "1"},
+                503, refused_write(exc), None, {"Retry-After": "1"},
                 event_id=event_id, queued=False,
             ) from None
         _ACCEPTED.inc()
