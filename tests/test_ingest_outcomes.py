@@ -24,7 +24,7 @@ from common.embedded import RedisServer, find_binary
 from common.health import REDIS
 from common.schema import Event
 from ingest.app import INGEST, line_ranges
-from helpers import wait_for
+from helpers import running_worker, wait_for, worker_settings
 from http_helpers import combined_app, ingest_settings, post_json, post_raw, serving, web_settings
 from openapi_subset import check_response, load_openapi
 
@@ -179,6 +179,12 @@ async def test_discrete_says_queued_unknown_when_the_link_fails_after_sending(
     documented("/discrete", status, got)
     assert got["queued"] == "unknown" and got["event_id"] == "in-doubt"
     assert "same Idempotency-Key" in got["hint"]
+    # Resending with the same key is safe: counted once, whether or not the first one was written.
+    async with app_on(redis_url, prefix) as (base, session), running_worker(worker_settings(redis_url, prefix)):
+        key = {"Idempotency-Key": "in-doubt"}
+        answers = [await post_json(session, f"{base}/discrete", GOOD, key) for _ in range(2)]
+    assert [s for s, _ in answers] == [200, 200], answers
+    assert answers[0][1]["count"] == 1 and answers[1][1]["duplicate"] is True and answers[1][1]["count"] == 1
 
 
 async def test_discrete_says_queued_false_when_redis_is_gone_before_sending(tmp_path: Path, prefix: str) -> None:
