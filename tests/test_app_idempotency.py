@@ -73,6 +73,23 @@ def test_generated_ids_carry_128_unpredictable_bits() -> None:
     assert max(len(_common_prefix(a, b)) for a, b in zip(got, got[1:])) < 8
 
 
+def test_a_forked_child_never_repeats_its_parents_ids() -> None:
+    import os
+
+    ids = RequestIds()
+    ids.new()  # a block is drawn; the rest of it must not reach the child
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: send its next id and leave at once
+        os.write(write, ids.new().encode())
+        os._exit(0)
+    os.close(write)
+    child = os.read(read, 64).decode()
+    os.close(read)
+    os.waitpid(pid, 0)
+    assert len(child) == 32 and child != ids.new()
+
+
 def _common_prefix(a: str, b: str) -> str:
     n = 0
     while n < len(a) and a[n] == b[n]:

@@ -225,6 +225,11 @@ class RequestIds:
         self._block = block
         self._hex = ""
         self._pos = 0
+        # A forked child must not hand out the ids left in its parent's block.
+        os.register_at_fork(after_in_child=self._forget)
+
+    def _forget(self) -> None:
+        self._hex, self._pos = "", 0
 
     def new(self) -> str:
         """A fresh id (32 hex chars, 128 random bits, like a uuid4 hex)."""
