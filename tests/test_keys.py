@@ -296,3 +296,4 @@ def test_marker_fingerprint_is_the_documented_blake2b() -> None:
     # id NUL action: moving bytes between the two changes the fingerprint
     assert fingerprint("a", "bc") != fingerprint("ab", "c")
     assert len(fingerprint("x", "y")) == 16
+    assert fingerprint("individual1", "GET /user/login") == b"6ecc47efba45a353"  # the example in docs/stream.md
