@@ -450,12 +450,21 @@ class Feeder:
             self._save_all()
 
     async def _deliver(self, items: Sequence[Item], idx: int) -> None:
-        """Send one unit until the service gives a verdict on it (same events, same ids, every time)."""
+        """Send one unit until the service gives a verdict on every event of it (same events, same ids).
+
+        When the service says which lines it did not take (Redis failed
+        mid-batch: lines unknown or unwritten), only those are sent again.
+        """
         attempt = 0
         failing_since: float | None = None
         while True:
             try:
                 outcome = await self.transport.send(items)
+                if outcome.resend:
+                    taken = len(items) - len(outcome.resend)
+                    self._account(items, outcome, idx, sent=taken)
+                    items = outcome.resend
+                    raise Retry(f"{outcome.reason}; resending those {len(items)} lines", outcome.after)
             except TooLarge as exc:
                 if len(items) == 1:
                     self._account(items, Outcome(rejected=[(items[0].lineno, f"too large: {exc}")]), idx)
@@ -494,9 +503,9 @@ class Feeder:
             return min(after, self.settings.max_backoff_s) * random.uniform(1.0, 1.2)
         return min(self.settings.max_backoff_s, 0.1 * 2**attempt) * random.uniform(0.5, 1.0)
 
-    def _account(self, items: Sequence[Item], outcome: Outcome, idx: int) -> None:
+    def _account(self, items: Sequence[Item], outcome: Outcome, idx: int, sent: int | None = None) -> None:
         s = self.stats
-        s.sent += len(items)
+        s.sent += len(items) if sent is None else sent
         s.accepted += outcome.accepted
         s.rejected += len(outcome.rejected)
         name = "stdin" if self.inputs[idx].path == "-" else self.inputs[idx].path

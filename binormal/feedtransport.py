@@ -60,6 +60,10 @@ class Outcome:
     rejected: list[tuple[int, str]] = field(default_factory=list)  # (lineno, "field: error")
     results: list[dict[str, Any]] = field(default_factory=list)  # --sync answers
     notes: list[str] = field(default_factory=list)  # warnings worth showing
+    # Items the service did not take (unknown or unwritten): send these again, same event ids.
+    resend: list[Item] = field(default_factory=list)
+    reason: str = ""  # why they must be resent
+    after: float | None = None  # the service's Retry-After
 
 
 def event_json(e: Event) -> bytes:
@@ -158,8 +162,10 @@ class BatchTransport(HttpTransport):
         """Send ``items`` as one NDJSON request."""
         body = b"\n".join(event_json(it.event) for it in items) + b"\n"
         status, headers, raw = await self._post(self.path, body, "application/x-ndjson")
-        self._classify(status, headers, raw, f"POST {self.path}")
         doc = _json_or_none(raw)
+        if status == 503 and isinstance(doc, dict) and ("unknown_lines" in doc or "unwritten_lines" in doc):
+            return self._incomplete(items, headers, doc)
+        self._classify(status, headers, raw, f"POST {self.path}")
         # A batch whose every line is invalid is a 400 carrying the same per-line verdict as a 202.
         verdict = isinstance(doc, dict) and "accepted" in doc and "rejected" in doc
         if status == 400 and verdict:
@@ -173,6 +179,44 @@ class BatchTransport(HttpTransport):
             errors = list(doc.get("errors") or [])
         except (TypeError, ValueError):
             raise Retry(f"POST {self.path}: unreadable answer {raw[:120]!r}") from None
+        out = self._verdict(items, accepted, rejected, errors)
+        if accepted + rejected != len(items):
+            out.notes.append(
+                f"the service counted {accepted} accepted + {rejected} rejected for {len(items)} lines sent"
+            )
+        return out
+
+    def _incomplete(self, items: Sequence[Item], headers: Any, doc: dict[str, Any]) -> Outcome:
+        """A 503 that says which lines were taken: resend exactly the unknown and unwritten ones.
+
+        Unknown lines may have been written, so they go again with their same
+        event ids (the worker counts an id once); unwritten ones were not.
+        """
+        try:
+            accepted, rejected = int(doc.get("accepted", 0)), int(doc.get("rejected", 0))
+            errors = list(doc.get("errors") or [])
+            lines = [
+                n
+                for key in ("unknown_lines", "unwritten_lines")
+                for first, last in doc.get(key) or []
+                for n in range(int(first), int(last) + 1)
+            ]
+        except (TypeError, ValueError):
+            raise Retry(f"POST {self.path}: service unavailable (unreadable answer)", retry_after(headers)) from None
+        out = self._verdict(items, accepted, rejected, errors)
+        listed = {int(err["line"]) for err in errors if isinstance(err, dict) and isinstance(err.get("line"), int)}
+        # Body line n is items[n - 1] (one event per line, no blank lines); rejected lines never go again.
+        out.resend = [items[n - 1] for n in sorted(set(lines)) if 1 <= n <= len(items) and n not in listed]
+        if not out.resend and accepted + rejected < len(items):
+            raise Retry(f"POST {self.path}: {str(doc.get('error'))[:120]}", retry_after(headers))
+        unknown, unwritten = int(doc.get("unknown") or 0), int(doc.get("unwritten") or 0)
+        out.reason = f"{str(doc.get('error'))[:120]} ({unknown} lines in doubt, {unwritten} not written)"
+        out.after = retry_after(headers)
+        return out
+
+    @staticmethod
+    def _verdict(items: Sequence[Item], accepted: int, rejected: int, errors: list[Any]) -> Outcome:
+        """Outcome with the accepted count and the rejected lines mapped to input line numbers."""
         out = Outcome(accepted=accepted)
         for err in errors:
             try:
@@ -184,10 +228,6 @@ class BatchTransport(HttpTransport):
             out.rejected.append((lineno, f"{fld}: {msg}" if fld and not msg.startswith(f"{fld}:") else msg))
         for _ in range(rejected - len(out.rejected)):  # the service lists a bounded number of errors
             out.rejected.append((-1, "rejected (not listed by the service)"))
-        if accepted + rejected != len(items):
-            out.notes.append(
-                f"the service counted {accepted} accepted + {rejected} rejected for {len(items)} lines sent"
-            )
         return out
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import hiredis
@@ -12,7 +13,7 @@ import redis.asyncio as aioredis
 import structlog
 from redis._parsers.hiredis import NOT_ENOUGH_DATA
 from redis.asyncio.connection import Connection
-from redis.exceptions import ResponseError
+from redis.exceptions import BusyLoadingError, NoPermissionError, OutOfMemoryError, ReadOnlyError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -154,6 +155,82 @@ async def execute_raw(client: aioredis.Redis, commands: Sequence[Sequence[Any]])
             except ResponseError as exc:
                 out.append(exc)
         return out
+    except BaseException:
+        await conn.disconnect(nowait=True)
+        raise
+    finally:
+        await pool.release(conn)
+
+
+# redis-py strips these error codes off the message and raises a class instead.
+_ERROR_CODES = ((OutOfMemoryError, "OOM"), (ReadOnlyError, "READONLY"), (BusyLoadingError, "LOADING"),
+                (NoPermissionError, "NOPERM"))
+
+
+def refusal_text(exc: ResponseError, limit: int = 200) -> str:
+    """Redis' own error line for ``exc`` (code included: ``OOM command not allowed ...``), at most ``limit`` chars."""
+    text = str(exc)
+    for cls, code in _ERROR_CODES:
+        if isinstance(exc, cls):
+            text = f"{code} {text}"
+            break
+    return text[:limit]
+
+
+def refused_write(exc: ResponseError) -> str:
+    """The error answered for a write Redis refused, naming the cause (out of memory, read-only, ...)."""
+    if isinstance(exc, OutOfMemoryError):
+        return f"redis is out of memory (maxmemory reached) and refused the write: {refusal_text(exc)}"
+    return f"redis refused the write: {refusal_text(exc)}"
+
+
+class InDoubt(Exception):
+    """A write was sent but its reply never came: it may or may not have happened."""
+
+
+@dataclass
+class Partial:
+    """What :func:`execute_partial` knows: the replies read before a connection failure.
+
+    ``replies[i]`` is command i's reply (its error in place, like
+    :func:`execute_raw`). With ``error`` set the link failed: commands from
+    ``len(replies)`` on may or may not have run when ``sent`` (their bytes
+    were handed to the socket), and certainly did not run when not ``sent``
+    (no connection could be had: connect refused, pool timeout).
+    """
+
+    replies: list[Any] = field(default_factory=list)
+    error: BaseException | None = None
+    sent: bool = True
+
+
+async def execute_partial(client: aioredis.Redis, commands: Sequence[Sequence[Any]]) -> Partial:
+    """:func:`execute_raw` that says how far it got instead of raising on a connection failure.
+
+    Redis runs a connection's commands in order and answers each in order, so
+    every reply read proves its command ran; a command whose reply never came
+    is in doubt once its bytes were sent.
+    """
+    if not commands:
+        return Partial()
+    packed = [hiredis.pack_command(tuple(c)) for c in commands]  # a bad argument raises here, before any I/O
+    pool = client.connection_pool
+    try:
+        conn = await pool.get_connection()
+    except TRANSIENT as exc:
+        return Partial([], exc, sent=False)
+    out: list[Any] = []
+    try:
+        await conn.send_packed_command(packed)
+        for _ in commands:
+            try:
+                out.append(await conn.read_response())
+            except ResponseError as exc:
+                out.append(exc)
+        return Partial(out)
+    except TRANSIENT as exc:
+        await conn.disconnect(nowait=True)
+        return Partial(out, exc)
     except BaseException:
         await conn.disconnect(nowait=True)
         raise

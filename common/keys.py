@@ -12,9 +12,10 @@ Layout (``P`` is the prefix, default ``bn``; ``s`` the shard number)::
     P:{P.s}:sc:<scope>:rank             zset id -> current score (bits)
     P:{P.s}:sc:<scope>:agg              hash n / sum / sumsq of current scores
     P:{P.s}:sc:<scope>:ver              hash id -> event count its rank score is from
+    P:{P.s}:sc:<scope>:seen:<event_id>  idempotency marker of an event id in this scope (expires)
+    P:{P.s}:sc:<scope>:reply:<key>      stored copy of a result, key = event_id else rid (expires)
     P:{P.s}:uncommitted                 hash individual key -> entry applied, score not committed yet
-    P:{P.s}:seen:<event_id>             idempotency marker (expires)
-    P:{P.s}:reply:<rid>                 stored copy of a reply (expires)
+    P:{P.s}:capped                      hash scope token -> events refused by the distinct-action cap
     P:workers                           hash consumer -> last heartbeat (ms)
     channels: P:scored (broadcast), P:reply:<instance> (request-reply)
 
@@ -28,6 +29,7 @@ shard's stream, so one Lua script may touch the stream and the scope at once
 
 from __future__ import annotations
 
+import hashlib
 import zlib
 from functools import lru_cache
 from dataclasses import dataclass
@@ -82,6 +84,15 @@ def shard_of(org: str, source: str, pop: str, shards: int) -> int:
     """
     raw = b"\x00".join(s.encode("utf-8") for s in (org, source, pop))
     return zlib.crc32(raw) % shards
+
+
+def fingerprint(ident: str, action: str) -> bytes:
+    """What an idempotency marker remembers of its event, beside the entry id (docs/stream.md).
+
+    16 hex digits of BLAKE2b over ``id NUL action``; the marker's key already
+    fixes the scope. It tells a retry of the event from another event reusing its id.
+    """
+    return hashlib.blake2b(f"{ident}\0{action}".encode("utf-8"), digest_size=8).hexdigest().encode()
 
 
 @lru_cache(maxsize=16_384)
@@ -158,13 +169,17 @@ class Keyspace:
         """Hash individual key -> id of its last applied entry whose score is not committed yet."""
         return f"{self._base(shard)}:uncommitted"
 
-    def seen(self, shard: int, event_id: str) -> str:
-        """Idempotency marker of an event id (in the shard its scope lives in)."""
-        return f"{self._base(shard)}:seen:{encode(event_id)}"
+    def seen(self, scope: Scope, event_id: str, shard: int | None = None) -> str:
+        """Idempotency marker of an event id, per scope: one tenant's ids never touch another's."""
+        return f"{self.scope_prefix(scope, shard)}seen:{encode(event_id)}"
 
-    def reply(self, shard: int, rid: str) -> str:
-        """Short-lived stored copy of the result for request id ``rid``."""
-        return f"{self._base(shard)}:reply:{encode(rid)}"
+    def reply(self, scope: Scope, key: str, shard: int | None = None) -> str:
+        """Short-lived stored copy of a result of ``scope`` under its event id (else its rid)."""
+        return f"{self.scope_prefix(scope, shard)}reply:{encode(key)}"
+
+    def capped(self, shard: int) -> str:
+        """Hash scope token -> events refused because the scope has BINORMAL_MAX_ACTIONS actions."""
+        return f"{self._base(shard)}:capped"
 
     def workers(self) -> str:
         """Hash consumer name -> last heartbeat in ms (read by /readyz)."""

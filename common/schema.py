@@ -34,6 +34,11 @@ JSON_FIELDS = frozenset(REQUIRED + ("event_id", "id_ttl", "ts"))
 ID_TTL_MAX = 10**LIMITS["id_ttl"] - 1
 
 
+def action_cap_reason(actions: int) -> str:
+    """Why an event with an action new to a full scope is refused (dead letter and HTTP error alike)."""
+    return f"action cap: scope already has {actions} distinct actions (BINORMAL_MAX_ACTIONS)"
+
+
 class InvalidEvent(ValueError):
     """An event that cannot be counted; ``field`` names the culprit."""
 

@@ -140,14 +140,17 @@ async def scope_summaries(
     for scope in shown:
         pipe.hget(keys.scope_key(scope, "agg"), "n")
         pipe.hlen(keys.scope_key(scope, "pop"))
+        pipe.hexists(keys.capped(keys.shard(scope)), scope.token)
     raw = await pipe.execute() if shown else []
     out = [
         {
             "org": s.org,
             "source": s.source,
             "pop": s.pop,
-            "individuals": int(raw[2 * i] or 0),
-            "actions": int(raw[2 * i + 1] or 0),
+            "individuals": int(raw[3 * i] or 0),
+            "actions": int(raw[3 * i + 1] or 0),
+            # events with a new action were refused: the scope has BINORMAL_MAX_ACTIONS actions
+            "actions_capped": bool(raw[3 * i + 2]),
         }
         for i, s in enumerate(shown)
     ]

@@ -14,15 +14,30 @@ listed. A batch with no valid event is a ``400`` with the same body plus
 ``error`` and ``field``. Events may carry ``event_id``: the worker counts an
 id once, so a retried batch does not double count.
 
+A line whose action is new to a scope that already has ``max_actions``
+distinct actions is rejected like an invalid one (ingest/actioncap.py).
+
 Backpressure: when the consumer group's outstanding work (see
 :func:`common.store.stream_lag`) passes ``max_lag`` the answer is ``503`` with
 ``Retry-After`` and nothing is written. The reading is reused for ``lag_check_s``.
+
+Honest outcomes: when Redis fails during the write, every valid line is known
+accepted, unknown (sent, no answer: resend with the same ``event_id``) or
+unwritten (refused, e.g. ``OOM``, or never sent), and the answer is::
+
+    503 {"error": "redis unavailable", "field": null, "accepted": 244, "rejected": 2, "errors": [...],
+         "unknown": 756, "unknown_lines": [[246, 1001]], "unwritten": 1000, "unwritten_lines": [[1002, 2001]],
+         "hint": "..."}
+
+Ranges are inclusive body lines; a range never spans a rejected line or an
+event outside its set (blank lines may sit inside).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from bisect import bisect_left, bisect_right
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,7 +47,9 @@ import structlog
 from aiohttp import web
 
 from common import metrics
-from common.connection import TRANSIENT, execute_raw, xadd_command
+from redis.exceptions import ResponseError
+
+from common.connection import execute_partial, refused_write, xadd_command
 from common.guard import org_forbidden, principal_of, setup_auth
 from common.health import (
     JSON,
@@ -45,11 +62,11 @@ from common.health import (
     serve,
     setup_health,
     setup_redis,
-    unavailable,
 )
 from common.keys import Keyspace
 from common.schema import Event, InvalidEvent, parse_json
 from common.store import stream_lag
+from ingest.actioncap import ActionCap
 from ingest.settings import IngestSettings
 
 log = structlog.get_logger("binormal.ingest")
@@ -97,10 +114,12 @@ class Batch:
     events: list[tuple[int, Event]] = field(default_factory=list)
     errors: list[dict[str, Any]] = field(default_factory=list)
     rejected: int = 0
+    rejected_lines: list[int] = field(default_factory=list)  # every one, ascending (line ranges stop at them)
 
     def reject(self, line: int, error: str, field_name: str | None) -> None:
         """Record one bad line (listed while under ``MAX_ERRORS``)."""
         self.rejected += 1
+        self.rejected_lines.append(line)
         if len(self.errors) < MAX_ERRORS:
             self.errors.append({"line": line, "error": error, "field": field_name})
 
@@ -150,6 +169,7 @@ class Ingest:
     settings: IngestSettings
     keys: Keyspace
     lag: LagReader
+    cap: ActionCap
 
 
 INGEST = web.AppKey("binormal_ingest", Ingest)
@@ -160,7 +180,12 @@ def setup(app: web.Application, settings: IngestSettings) -> None:
     setup_redis(app, settings.redis_url, settings.keys)
     setup_health(app, settings.ready_heartbeat_s)
     setup_auth(app, settings)
-    app[INGEST] = Ingest(settings, settings.keys, LagReader(settings.keys, settings.lag_check_s, settings.max_lag))
+    app[INGEST] = Ingest(
+        settings,
+        settings.keys,
+        LagReader(settings.keys, settings.lag_check_s, settings.max_lag),
+        ActionCap(settings.keys, settings.max_actions),
+    )
     app.router.add_post("/events", events)
 
 
@@ -191,14 +216,19 @@ async def events(request: web.Request) -> web.Response:
     body = await read_body(request, st.settings.max_body_bytes)
     batch = parse_ndjson(body) if ctype == NDJSON else parse_array(body)
     _check_orgs(request, batch)  # every line before any write: a foreign org writes nothing
+    if batch.events:
+        before = batch.rejected
+        batch.events = await st.cap.check(client, batch.events, batch)
+        if batch.rejected != before:  # refused by the action cap: keep the report in line order
+            batch.rejected_lines.sort()
+            batch.errors.sort(key=lambda err: int(err["line"]))
     _REJECTED.inc(batch.rejected)
     summary: dict[str, Any] = {"accepted": 0, "rejected": batch.rejected, "errors": batch.errors}
     if not batch.events:
         first = batch.errors[0] if batch.errors else None
         error = "no valid event in the body" if first else "the body holds no event"
         raise ApiError(400, error, first["field"] if first else "body", **summary)
-    written = await _write(client, st, batch.events, summary)
-    summary["accepted"] = written
+    await _write(client, st, batch, summary)
     return json_response(summary, status=202)
 
 
@@ -214,43 +244,91 @@ def _check_orgs(request: web.Request, batch: Batch) -> None:
         raise org_forbidden(principal, org, accepted=0, lines=lines[:MAX_ERRORS], forbidden=len(lines))
 
 
-async def _write(client: aioredis.Redis, st: Ingest, events: list[tuple[int, Event]], summary: dict[str, Any]) -> int:
-    """XADD in pipelined chunks, in body order; returns how many were written."""
+async def _write(client: aioredis.Redis, st: Ingest, batch: Batch, summary: dict[str, Any]) -> None:
+    """XADD in pipelined chunks, in body order; sets ``summary["accepted"]``.
+
+    Every line ends known accepted (its XADD answered), unwritten (Redis refused
+    it, or it was never sent because Redis could not be reached or an earlier
+    chunk failed) or unknown (sent, but the link failed before its answer). Any
+    unwritten or unknown line makes the answer a ``503`` listing them as ranges.
+    """
     keys = st.keys
     streams = keys.streams()
     step = st.settings.pipeline_batch
-    written = 0
-    for start in range(0, len(events), step):
-        chunk = events[start : start + step]
+    events = batch.events
+    accepted = 0
+    unknown: list[int] = []  # indexes into events
+    unwritten: list[int] = []
+    error: str | None = None
+    why: list[str] = []  # why the unwritten lines were not written
+    done = 0
+    while done < len(events) and error is None:
+        chunk = events[done : done + step]
         commands = [xadd_command(streams[keys.shard(ev.scope)], ev.to_fields()) for _, ev in chunk]
-        try:
-            results = await execute_raw(client, commands)
-        except TRANSIENT:
-            _ACCEPTED.inc(written)
-            log.warning("ingest_write_failed", written=written, first_unwritten_line=chunk[0][0])
-            raise unavailable(
-                st.settings.retry_after_s,
-                accepted=written,
-                rejected=summary["rejected"],
-                first_unwritten_line=chunk[0][0],
-                hint="events from first_unwritten_line on may not have been written; resend them with event_id",
-            ) from None
-        bad = [i for i, r in enumerate(results) if isinstance(r, Exception)]
-        if bad:
-            # Redis refused writes (e.g. OOM): say exactly which lines were not written.
-            done = written + len(chunk) - len(bad)
-            _ACCEPTED.inc(done)
-            log.error("ingest_write_refused", error=str(results[bad[0]]), refused=len(bad))
-            raise unavailable(
-                st.settings.retry_after_s,
-                accepted=done,
-                rejected=summary["rejected"],
-                unwritten_lines=[chunk[i][0] for i in bad],
-                hint=f"redis refused the write ({results[bad[0]]}); resend the unwritten lines with event_id",
-            )
-        written += len(chunk)
-    _ACCEPTED.inc(written)
-    return written
+        got = await execute_partial(client, commands)
+        for k, r in enumerate(got.replies):
+            if isinstance(r, Exception):
+                # Redis answered and refused it (e.g. OOM under maxmemory noeviction): not written.
+                unwritten.append(done + k)
+                error = error or (refused_write(r) if isinstance(r, ResponseError) else f"redis refused: {r!s:.200}")
+            else:
+                accepted += 1
+        if unwritten:
+            why.append(f"{len(unwritten)} refused by redis")
+        if got.error is not None:
+            rest = range(done + len(got.replies), done + len(chunk))
+            # Redis answers a connection's commands in order: replies read prove their XADDs ran,
+            # the rest are in doubt once sent, and certainly not written if nothing was sent.
+            (unknown if got.sent else unwritten).extend(rest)
+            if not got.sent:
+                why.append(f"{len(rest)} not sent: redis could not be reached")
+            error = error or "redis unavailable"
+            log.warning("ingest_link_failed", error=str(got.error)[:200] or type(got.error).__name__, sent=got.sent)
+        done += len(chunk)
+    if done < len(events):
+        why.append(f"{len(events) - done} not sent: an earlier part of the batch failed")
+        unwritten.extend(range(done, len(events)))
+    summary["accepted"] = accepted
+    _ACCEPTED.inc(accepted)
+    if error is None:
+        return
+    log.error("ingest_write_incomplete", error=error, accepted=accepted, unknown=len(unknown), unwritten=len(unwritten))
+    raise ApiError(
+        503,
+        error,
+        None,
+        {"Retry-After": str(st.settings.retry_after_s)},
+        **summary,
+        unknown=len(unknown),
+        unknown_lines=line_ranges(events, unknown, batch.rejected_lines),
+        unwritten=len(unwritten),
+        unwritten_lines=line_ranges(events, unwritten, batch.rejected_lines),
+        unwritten_reason="; ".join(why),
+        hint=(
+            "lines in unknown_lines may or may not have been written: resend them with the same event_id "
+            "(counted once; a line without event_id may then count twice); lines in unwritten_lines were "
+            "not written: resend them"
+        ),
+    )
+
+
+def line_ranges(events: list[tuple[int, Event]], members: list[int], rejected_lines: list[int]) -> list[list[int]]:
+    """``events[k]`` for ``k`` in ``members`` (ascending) as inclusive ``[first, last]`` line ranges.
+
+    A range covers consecutive events only: it stops before any event not in
+    ``members`` and any rejected line (``rejected_lines`` ascending), so every
+    non-blank line inside a range is a member.
+    """
+    out: list[list[int]] = []
+    prev = -2
+    for k in members:
+        line = events[k][0]
+        if out and k == prev + 1 and bisect_left(rejected_lines, line) == bisect_right(rejected_lines, out[-1][1]):
+            out[-1][1] = line
+        else:
+            out.append([line, line])
+        prev = k
+    return out
 
 
 def main() -> int:

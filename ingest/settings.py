@@ -29,6 +29,7 @@ class IngestSettings:
     allow_anonymous: bool = False  # BINORMAL_ALLOW_ANONYMOUS: auth off on other interfaces too
     allowed_origins: tuple[str, ...] = ()  # BINORMAL_ALLOWED_ORIGINS besides the page's own
     allowed_hosts: tuple[str, ...] = ()  # BINORMAL_ALLOWED_HOSTS; empty: bound address + loopback names
+    max_actions: int = 10_000  # distinct actions per scope; lines with a new action past it are rejected
 
     @property
     def keys(self) -> Keyspace:
@@ -50,4 +51,5 @@ class IngestSettings:
             lag_check_s=env_float(e, "BINORMAL_LAG_CHECK_S", 0.25),
             retry_after_s=env_int(e, "BINORMAL_RETRY_AFTER_S", 1, minimum=1),
             ready_heartbeat_s=env_float(e, "BINORMAL_READY_HEARTBEAT_S", 10.0),
+            max_actions=env_int(e, "BINORMAL_MAX_ACTIONS", 10_000, minimum=1),
         )

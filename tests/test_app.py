@@ -224,7 +224,7 @@ async def test_timeout_is_504_naming_the_event_id_and_event_is_queued(
     async with running_worker(worker_settings(redis_url, prefix)):
         shard = webapp.keys.shard(Scope("acme", "webserver", "auth_getpost"))
         for _ in range(200):
-            if await aredis.exists(webapp.keys.reply(shard, got["event_id"])):
+            if await aredis.exists(webapp.keys.reply(Scope("acme", "webserver", "auth_getpost"), got["event_id"])):
                 break
             await asyncio.sleep(0.02)
         status2, again = await post_json(
@@ -233,7 +233,7 @@ async def test_timeout_is_504_naming_the_event_id_and_event_is_queued(
     assert status2 == 200, again
     assert again["duplicate"] is True and again["count"] == 1 and again["event_id"] == got["event_id"]
     documented("/discrete", "post", 200, again)
-    assert 0 < await aredis.ttl(webapp.keys.seen(shard, got["event_id"])) <= 600
+    assert 0 < await aredis.ttl(webapp.keys.seen(Scope("acme", "webserver", "auth_getpost"), got["event_id"])) <= 600
 
 
 async def test_idempotency_key_counts_once_and_replays_the_first_result(
@@ -253,7 +253,7 @@ async def test_idempotency_key_counts_once_and_replays_the_first_result(
     # Ids the caller chose keep the worker's full window (BINORMAL_IDEMPOTENCY_TTL_S, 1 h).
     shard = webapp.keys.shard(Scope("acme", "webserver", "auth_getpost"))
     for chosen in ("evt-1", "evt-2"):
-        assert 600 < await aredis.ttl(webapp.keys.seen(shard, chosen)) <= 3600
+        assert 600 < await aredis.ttl(webapp.keys.seen(Scope("acme", "webserver", "auth_getpost"), chosen)) <= 3600
 
 
 async def test_concurrent_requests_share_one_subscription(webapp: Web, redis_url: str, prefix: str,

@@ -15,7 +15,17 @@ from common.keys import Keyspace, Scope
 from common.schema import Event
 from common.scoring import Snapshot
 from common.scripts import Scripts
-from helpers import check_counters, counts_from_events, drained, running_worker, wait_for, worker_settings, xadd_events
+from helpers import (
+    Collector,
+    check_counters,
+    counts_from_events,
+    drained,
+    hgetall_int,
+    running_worker,
+    wait_for,
+    worker_settings,
+    xadd_events,
+)
 from worker.batch import BatchProcessor, Entry
 from worker.worker import ensure_groups
 
@@ -242,7 +252,7 @@ APPLY_KEYS: dict[str, Callable[[Keyspace, int], str]] = {
     "sq": lambda k, shard: k.scope_key(SCOPE, "sq"),
     "k": lambda k, shard: k.scope_key(SCOPE, "k"),
     "individual": lambda k, shard: k.individual(SCOPE, "u1"),
-    "idempotency marker": lambda k, shard: k.seen(shard, "ev-1"),
+    "idempotency marker": lambda k, shard: k.seen(SCOPE, "ev-1"),
     "scopes set": lambda k, shard: k.scopes(shard),
     "uncommitted hash": lambda k, shard: k.uncommitted(shard),
 }
@@ -329,3 +339,56 @@ async def test_dead_letter_key_of_another_type_leaves_the_entry_pending(prefix: 
     # Not acknowledged: it stays pending until the key is fixed, then the claim
     # path retries it; an XACK before the failing XADD would have lost it.
     assert (await aredis.xpending(keys.stream(shard), keys.group))["pending"] == 1
+
+
+# ---------------------------------------------------------------- the distinct-action cap (BINORMAL_MAX_ACTIONS)
+
+
+async def _process(aredis: aioredis.Redis, keys: Keyspace, proc: BatchProcessor, fields: list[dict[str, str]]) -> None:
+    """XADD these entries to SCOPE's shard, read them as consumer c, process them in one batch."""
+    shard = keys.shard(SCOPE)
+    for f in fields:
+        await aredis.xadd(keys.stream(shard), {"org": SCOPE.org, "source": SCOPE.source, "pop": SCOPE.pop, **f})
+    reply = await aredis.xreadgroup(keys.group, "c", {keys.stream(shard): ">"}, count=100)
+    entries = [Entry(s, shard, eid, f) for s, items in reply for eid, f in items]
+    await proc.process(aredis, entries)
+
+
+async def test_a_new_action_past_the_cap_is_dead_lettered_and_the_scope_flagged(
+    prefix: str, aredis: aioredis.Redis
+) -> None:
+    keys = Keyspace(prefix, 4)
+    shard = keys.shard(SCOPE)
+    await ensure_groups(aredis, keys.streams(), keys.group)
+    proc = BatchProcessor(keys, Scripts(), "c", max_actions=3)
+    reply_to = f"{prefix}:reply:test"
+    async with Collector(aredis, reply_to) as col:
+        await _process(aredis, keys, proc, [{"id": "u1", "action": a} for a in ("a1", "a2", "a3")])
+        await _process(aredis, keys, proc, [
+            {"id": "u2", "action": "a4", "reply_to": reply_to, "rid": "r1", "event_id": "e4"},  # new, past the cap
+            {"id": "u2", "action": "a1"},  # known: counted
+            {"id": "u3", "action": "a5"},  # new, past the cap
+        ])
+        [note] = await col.wait_count(reply_to, 1)
+    reason = "action cap: scope already has 3 distinct actions (BINORMAL_MAX_ACTIONS)"
+    assert note == {"rejected": True, "error": reason, "field": "action", "event_id": "e4", "rid": "r1"}
+    assert proc.counters.applied == 4 and proc.counters.capped == 2 and proc.counters.dead == 2
+    assert await hgetall_int(aredis, keys.scope_key(SCOPE, "pop")) == {"a1": 2, "a2": 1, "a3": 1}
+    assert not await aredis.exists(keys.individual(SCOPE, "u3"))
+    assert not await aredis.exists(keys.seen(SCOPE, "e4"))  # not marked: it may come back once the cap is raised
+    dead = await aredis.xrange(keys.dead(shard))
+    assert [(f[b"reason"].decode(), f[b"f.action"]) for _, f in dead] == [(reason, b"a4"), (reason, b"a5")]
+    assert await aredis.hgetall(keys.capped(shard)) == {SCOPE.token.encode(): b"2"}
+    assert (await aredis.xpending(keys.stream(shard), keys.group))["pending"] == 0
+
+
+async def test_capped_key_of_another_type_is_bad_state_not_a_half_write(prefix: str, aredis: aioredis.Redis) -> None:
+    keys = Keyspace(prefix, 4)
+    shard = keys.shard(SCOPE)
+    await ensure_groups(aredis, keys.streams(), keys.group)
+    await aredis.rpush(keys.capped(shard), "someone else's list")
+    proc = BatchProcessor(keys, Scripts(), "c", max_actions=1)
+    await _process(aredis, keys, proc, [{"id": "u1", "action": "a1"}, {"id": "u1", "action": "a2"}])
+    [(_, fields)] = await aredis.xrange(keys.dead(shard))
+    assert fields[b"reason"].decode() == f"bad state: key {keys.capped(shard)} holds a list, not a hash"
+    assert await hgetall_int(aredis, keys.scope_key(SCOPE, "pop")) == {"a1": 1}

@@ -97,9 +97,10 @@ def scope_keys(ks: Keyspace, scope: Scope, ids: list[str]) -> dict[str, tuple[ob
     out[ks.dead(shard)] = ("dead", shard)
     out[ks.scopes(shard)] = ("scopes", shard)
     out[ks.uncommitted(shard)] = ("uncommitted", shard)
+    out[ks.capped(shard)] = ("capped", shard)
     for ident in ids:
-        out[ks.seen(shard, ident)] = ("seen", shard, ident)
-        out[ks.reply(shard, ident)] = ("reply", shard, ident)
+        out[ks.seen(scope, ident)] = (scope, "seen", ident)
+        out[ks.reply(scope, ident)] = (scope, "reply", ident)
     return out
 
 
@@ -155,14 +156,15 @@ def test_no_two_things_share_a_key() -> None:
     owner: dict[str, tuple[object, ...]] = {}
     for scope in tricky_scopes():
         for key, what in scope_keys(ks, scope, TRICKY).items():
-            if what[0] in ("stream", "dead", "scopes", "seen", "reply"):
+            if what[0] in ("stream", "dead", "scopes", "uncommitted", "capped"):
                 # shard-level keys are shared by every scope of the shard, by design
                 assert owner.setdefault(key, what) == what
                 continue
             prev = owner.setdefault(key, what)
             assert prev == what, f"{key!r} is both {prev!r} and {what!r}"
     per_scope = [k for k, w in owner.items() if isinstance(w[0], Scope)]
-    assert len(per_scope) == len(tricky_scopes()) * (len(KINDS) + len(TRICKY))
+    # per scope: its kinds, and per id an individual, a marker and a stored reply
+    assert len(per_scope) == len(tricky_scopes()) * (len(KINDS) + 3 * len(TRICKY))
 
 
 def test_the_classic_collisions() -> None:
@@ -171,7 +173,11 @@ def test_the_classic_collisions() -> None:
     keys_a = set(scope_keys(ks, a, ["x"]))
     keys_b = set(scope_keys(ks, b, ["x"]))
     shared = keys_a & keys_b
-    assert all(":sc:" not in k for k in shared)  # only the shard's stream/dead/scopes/seen/reply
+    assert all(":sc:" not in k for k in shared)  # only the shard's stream/dead/scopes/uncommitted/capped
+    # markers and stored replies are per scope: the same event id in two scopes is two keys
+    assert ks.seen(a, "x") != ks.seen(b, "x") and ks.reply(a, "x") != ks.reply(b, "x")
+    assert ks.seen(a, "x") != ks.reply(a, "x") and ks.seen(a, "x") != ks.individual(a, "x")
+    assert ks.seen(Scope("o", "s", "p"), "x") != ks.individual(Scope("o", "s", "p"), "seen:x")
     # an id cannot name another kind of key, or another id
     s = Scope("o", "s", "p")
     assert ks.individual(s, "rank") != ks.scope_key(s, "rank")
@@ -205,7 +211,8 @@ def test_individual_of_inverts_individual() -> None:
     ks = Keyspace(prefix="bn", shards=4)
     scope = Scope("a", "b", "c")
     shard = ks.shard(scope)
-    for wrong in (ks.scope_key(scope, "pop"), ks.individual(scope, "x") + ":y", ks.stream(shard), "junk"):
+    for wrong in (ks.scope_key(scope, "pop"), ks.individual(scope, "x") + ":y", ks.stream(shard), "junk",
+                  ks.seen(scope, "x"), ks.reply(scope, "x")):
         with pytest.raises(ValueError, match="not an individual key"):
             ks.individual_of(wrong, shard)
     with pytest.raises(ValueError, match="not an individual key"):
@@ -277,3 +284,16 @@ def test_tricky_keys_round_trip_in_redis(sredis: redis.Redis, prefix: str) -> No
     pattern = ks.scope_key(s, "i") + ":*"
     found = {k.decode() for k in sredis.scan_iter(match=pattern, count=1000)}
     assert found == {ks.individual(s, i) for i in TRICKY}
+
+
+def test_marker_fingerprint_is_the_documented_blake2b() -> None:
+    import hashlib
+
+    from common.keys import fingerprint
+
+    assert fingerprint("u1", "GET /") == hashlib.blake2b(b"u1\x00GET /", digest_size=8).hexdigest().encode()
+    assert fingerprint("ü", "a\nb") == hashlib.blake2b("ü\0a\nb".encode(), digest_size=8).hexdigest().encode()
+    # id NUL action: moving bytes between the two changes the fingerprint
+    assert fingerprint("a", "bc") != fingerprint("ab", "c")
+    assert len(fingerprint("x", "y")) == 16
+    assert fingerprint("individual1", "GET /user/login") == b"6ecc47efba45a353"  # the example in docs/stream.md

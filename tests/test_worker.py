@@ -278,13 +278,13 @@ async def test_duplicate_event_id_counted_once(redis_url: str, prefix: str, ared
     # so its waiter can read the stored copy as soon as the note arrives.
     first, dup = replies
     assert first["rid"] == "r1" and first["event_id"] == "evt:1" and first["count"] == 1
-    assert dup == {"duplicate": True, "event_id": "evt:1", "rid": "r2"}
+    assert dup == {"duplicate": True, "same_event": True, "event_id": "evt:1", "rid": "r2"}
     assert [r["count"] for r in col.messages[keys.broadcast_channel()]] == [1, 2]
     assert await hgetall_int(aredis, keys.scope_key(scope, "pop")) == {"GET /": 2}
     # the waiter of the duplicate can read the first result
-    stored = json.loads(await aredis.get(keys.reply(shard, "evt:1")))
+    stored = json.loads(await aredis.get(keys.reply(scope, "evt:1")))
     assert stored == {k: v for k, v in first.items() if k != "rid"}
-    assert 0 < await aredis.ttl(keys.seen(shard, "evt:1")) <= 3_600
+    assert 0 < await aredis.ttl(keys.seen(scope, "evt:1")) <= 3_600
 
 
 async def test_id_ttl_shortens_the_marker_never_lengthens_it(
@@ -300,9 +300,9 @@ async def test_id_ttl_shortens_the_marker_never_lengthens_it(
     async with running_worker(worker_settings(redis_url, prefix, seen_ttl_s=600)) as w:
         await wait_for(lambda: drained(aredis, keys), what="drain")
         assert w.counters.applied == 3
-    assert 0 < await aredis.ttl(keys.seen(shard, "short")) <= 30
-    assert 30 < await aredis.ttl(keys.seen(shard, "long")) <= 600  # capped by BINORMAL_IDEMPOTENCY_TTL_S
-    assert 30 < await aredis.ttl(keys.seen(shard, "plain")) <= 600
+    assert 0 < await aredis.ttl(keys.seen(scope, "short")) <= 30
+    assert 30 < await aredis.ttl(keys.seen(scope, "long")) <= 600  # capped by BINORMAL_IDEMPOTENCY_TTL_S
+    assert 30 < await aredis.ttl(keys.seen(scope, "plain")) <= 600
 
 
 async def test_request_reply_and_stored_copy(redis_url: str, prefix: str, aredis: aioredis.Redis) -> None:
@@ -320,11 +320,11 @@ async def test_request_reply_and_stored_copy(redis_url: str, prefix: str, aredis
     assert by_count[1]["rid"] == "rid:{1}" and by_count[1]["event_id"] == "rid:{1}"
     assert by_count[2]["rid"] == "rid-2" and by_count[2]["event_id"] == "ev/2"
     assert "rid" not in by_count[3] and by_count[3]["event_id"] is None
-    for n, key in ((1, keys.reply(shard, "rid:{1}")), (2, keys.reply(shard, "ev/2"))):
+    for n, key in ((1, keys.reply(scope, "rid:{1}")), (2, keys.reply(scope, "ev/2"))):
         stored = json.loads(await aredis.get(key))
         assert stored == {k: v for k, v in by_count[n].items() if k != "rid"}
         assert 0 < await aredis.ttl(key) <= 60
-    assert not await aredis.exists(keys.reply(shard, "rid-2"))
+    assert not await aredis.exists(keys.reply(scope, "rid-2"))
     replies = [k async for k in aredis.scan_iter(match=f"{prefix}:*:reply:*")]
     assert len(replies) == 2
 

@@ -5,21 +5,25 @@ validated, XADDed to its scope's stream shard with a fresh request id (``rid``)
 and this process's reply channel, and the handler awaits the worker's result
 through :class:`~web.replies.ReplyWaiter` (one pub/sub connection per process).
 
-Event id: the ``Idempotency-Key`` header, else the body's ``event_id``, else a
-random one. The worker counts an event id once (for ``BINORMAL_IDEMPOTENCY_TTL_S``;
-a random one, sent with ``id_ttl``, for ``BINORMAL_GENERATED_ID_TTL_S``);
-a retry with the same key is answered with the first result plus
-``"duplicate": true``. When no result comes within ``discrete_timeout_s`` the
-stored copy of the result is tried once, then the answer is ``504`` naming the
-``event_id`` under which the event is queued (it will still be counted; retry
-with that key to read its result without counting it twice).
+Event id: the ``Idempotency-Key`` header (once, UTF-8), else the body's
+``event_id``, else a random one (128 bits from ``os.urandom``). The worker
+counts an event id once per scope (for ``BINORMAL_IDEMPOTENCY_TTL_S``; a random
+one, sent with ``id_ttl``, for ``BINORMAL_GENERATED_ID_TTL_S``); a retry of the
+same event (same scope, id and action) is answered with the first result plus
+``"duplicate": true``, the same key for a different event is a ``409``.
+A write whose fate is unknown (the link failed after sending) is a ``503``
+with ``"queued": "unknown"``; ``"queued": false`` only when it surely was not
+written. An action past ``BINORMAL_MAX_ACTIONS`` is refused by the worker: 422.
+When no result comes within ``discrete_timeout_s`` the stored copy of the
+result is tried once, then the answer is ``504`` naming the ``event_id``
+under which the event is queued (it will still be counted; retry with that
+key to read its result without counting it twice).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import os
 import socket
 import time
@@ -32,9 +36,10 @@ import orjson
 import redis.asyncio as aioredis
 import structlog
 from aiohttp import web
+from redis.exceptions import ResponseError
 
 from common import metrics
-from common.connection import TRANSIENT, execute_raw, xadd_command
+from common.connection import TRANSIENT, InDoubt, execute_partial, refusal_text, refused_write, xadd_command
 from common.guard import require_org, setup_auth
 from common.health import (
     JSON,
@@ -101,7 +106,9 @@ class XaddBatcher:
         self._wakeup = asyncio.Event()
 
     async def xadd(self, stream: str, fields: dict[str, str]) -> None:
-        """Append one entry; raises what Redis raised for it (TRANSIENT when unreachable)."""
+        """Append one entry; raises what Redis answered for it (a ResponseError: not written),
+        TRANSIENT when it was never sent (not written), :class:`InDoubt` when it was sent
+        but no reply came (it may or may not be written)."""
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._queue.append((stream, fields, fut))
         self._wakeup.set()
@@ -119,13 +126,19 @@ class XaddBatcher:
 
     async def _send(self, batch: list[tuple[str, dict[str, str], asyncio.Future[None]]]) -> None:
         self.round_trips += 1
+        results: list[Any]
         try:
-            results = await execute_raw(self.client, [xadd_command(stream, fields) for stream, fields, _ in batch])
-        except TRANSIENT as exc:
-            results = [exc] * len(batch)
+            got = await execute_partial(self.client, [xadd_command(stream, fields) for stream, fields, _ in batch])
         except Exception as exc:  # never let this task die: every request would hang
             log.exception("xadd_batch_failed", entries=len(batch))
-            results = [exc] * len(batch)
+            results = [InDoubt(str(exc))] * len(batch)
+        else:
+            # Replies read prove their XADDs ran; after a lost link the rest are in doubt
+            # if they were sent, and certainly not written if no connection was had.
+            missing: BaseException | None = None
+            if got.error is not None:
+                missing = InDoubt(str(got.error) or type(got.error).__name__) if got.sent else got.error
+            results = got.replies + [missing] * (len(batch) - len(got.replies))
         for (_, _, fut), result in zip(batch, results):
             if fut.done():
                 continue
@@ -200,19 +213,34 @@ async def _replies_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 class RequestIds:
-    """Unique ids without a syscall each: a random 64-bit process prefix plus a counter.
+    """Unpredictable ids: 128 random bits each from ``os.urandom`` (a CSPRNG).
 
-    ``uuid4()`` reads ``os.urandom`` on every call, a system call that is slow
-    on virtual machines; two per ``/discrete`` request showed up in profiles.
+    They name events (made-up event ids) and requests (``rid``) and are echoed
+    to callers, so they must not be guessable: a caller who could predict the
+    next ids could claim them first and make other callers' events duplicates.
+    ``os.urandom`` is a system call, slow on virtual machines, so the bytes are
+    drawn ``block`` ids at a time (as hex) and sliced; every id is still 16
+    fresh random bytes, never reused.
     """
 
-    def __init__(self) -> None:
-        self._prefix = os.urandom(8).hex()
-        self._next = itertools.count(1)
+    def __init__(self, block: int = 256) -> None:
+        self._block = block
+        self._hex = ""
+        self._pos = 0
+        # A forked child must not hand out the ids left in its parent's block.
+        os.register_at_fork(after_in_child=self._forget)
+
+    def _forget(self) -> None:
+        self._hex, self._pos = "", 0
 
     def new(self) -> str:
-        """A fresh id (32 hex chars, like a uuid4 hex)."""
-        return f"{self._prefix}{next(self._next):016x}"
+        """A fresh id (32 hex chars, 128 random bits, like a uuid4 hex)."""
+        pos = self._pos
+        if pos >= len(self._hex):
+            self._hex = os.urandom(16 * self._block).hex()
+            pos = 0
+        self._pos = pos + 32
+        return self._hex[pos : pos + 32]
 
 
 _IDS = RequestIds()
@@ -224,10 +252,17 @@ def _event_id(request: web.Request, event: Event) -> tuple[str, bool]:
     The flag is True for a made-up id: only a retry after our own 504 can bring
     it back, so the worker is asked to remember it for a shorter time.
     """
-    header = request.headers.get("Idempotency-Key")
-    if header is None:
+    headers = request.headers.getall("Idempotency-Key", ())
+    if not headers:
         return (event.event_id, False) if event.event_id else (_IDS.new(), True)
-    key = header.strip()
+    if len(headers) > 1:
+        raise ApiError(400, f"Idempotency-Key must be sent once, got {len(headers)} headers", "Idempotency-Key")
+    key = headers[0].strip()
+    try:
+        # aiohttp decodes header bytes with surrogateescape; a non-UTF-8 key has no UTF-8 form.
+        key.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ApiError(400, "Idempotency-Key is not valid UTF-8", "Idempotency-Key") from None
     if key == "":
         raise ApiError(400, "Idempotency-Key must not be empty", "Idempotency-Key")
     if len(key.encode("utf-8", "surrogateescape")) > LIMITS["event_id"]:
@@ -274,7 +309,7 @@ async def discrete(request: web.Request) -> web.Response:
         raise
     keys = st.keys
     shard = keys.shard(event.scope)
-    stored_key = keys.reply(shard, event_id)
+    stored_key = keys.reply(event.scope, event_id, shard)
     rid = _IDS.new()
     remaining = st.settings.discrete_timeout_s - (time.perf_counter() - started)
     try:
@@ -292,36 +327,89 @@ async def discrete(request: web.Request) -> web.Response:
         fields["reply_to"] = st.channel
         try:
             await st.writer.xadd(keys.stream(shard), fields)
+        except InDoubt:
+            _OUTCOME["unavailable"].inc()
+            raise unavailable(
+                event_id=event_id,
+                queued="unknown",
+                hint="the link to redis failed after the event was sent, so it may or may not be queued; "
+                "retry with the same Idempotency-Key (it is counted once)",
+            ) from None
         except TRANSIENT:
             _OUTCOME["unavailable"].inc()
             raise unavailable(
                 event_id=event_id,
                 queued=False,
-                hint="the event was most likely not queued; retry with the same Idempotency-Key",
+                hint="the event was not queued (redis could not be reached); retry with the same Idempotency-Key",
+            ) from None
+        except ResponseError as exc:
+            # Redis answered and refused it (e.g. OOM under maxmemory noeviction): not written.
+            _OUTCOME["unavailable"].inc()
+            log.error("discrete_write_refused", error=refusal_text(exc))
+            raise ApiError(
+                503, refused_write(exc), None, {"Retry-After": "1"},
+                event_id=event_id, queued=False,
             ) from None
         _ACCEPTED.inc()
         reply = await fut  # None when the time is up
     finally:
         st.waiter.discard(rid)
     if reply is None:
-        return await _timed_out(request, st, stored_key, event_id, generated, started)
+        return await _timed_out(request, st, stored_key, event, event_id, generated, started)
+    if reply.get("rejected"):
+        _OUTCOME["invalid"].inc()
+        # Refused by the worker (the distinct-action cap): dead-lettered, not counted.
+        raise ApiError(422, str(reply.get("error")), reply.get("field"), event_id=event_id)
     if reply.get("duplicate"):
-        return await _duplicate(request, st, stored_key, event_id, started)
+        if reply.get("same_event") is False:
+            return _reused(event_id)
+        return await _duplicate(request, st, stored_key, event, event_id, started)
+    if not same_event(reply, event):
+        # A stored copy read after a resubscription: its event id was first used by another event.
+        return _reused(event_id)
     _OUTCOME["ok"].inc()
     return json_response(shape(reply, started))
 
 
+def same_event(result: dict[str, Any], event: Event) -> bool:
+    """Is ``result`` (a reply or stored copy) the result of ``event``: same scope, individual and action?"""
+    return (
+        result.get("id") == event.id
+        and result.get("action") == event.action
+        and result.get("org") == event.org
+        and result.get("source") == event.source
+        and result.get("pop") == event.pop
+    )
+
+
+def _reused(event_id: str) -> web.Response:
+    """409: the event id was first used by a different event (nothing of this one was counted)."""
+    _OUTCOME["duplicate"].inc()
+    return json_response(
+        {
+            "error": f"event_id {event_id!r} was already used for a different event",
+            "field": "Idempotency-Key",
+            "event_id": event_id,
+            "duplicate": True,
+        },
+        status=409,
+    )
+
+
 async def _timed_out(
-    request: web.Request, st: Discrete, stored_key: str, event_id: str, generated: bool, started: float
+    request: web.Request, st: Discrete, stored_key: str, event: Event, event_id: str, generated: bool, started: float
 ) -> web.Response:
-    """No reply in time: answer the stored copy if the worker wrote one, else 504."""
+    """No reply in time: answer the stored copy if the worker wrote one (for this event), else 504."""
     try:
         raw = await request.app[REDIS].client.get(stored_key)
     except TRANSIENT:
         raw = None
     if raw is not None:
+        stored = orjson.loads(raw)
+        if not same_event(stored, event):
+            return _reused(event_id)
         _OUTCOME["stored"].inc()
-        return json_response(shape(orjson.loads(raw), started))
+        return json_response(shape(stored, started))
     _OUTCOME["timeout"].inc()
     log.info("discrete_timeout", event_id=event_id, timeout_s=st.settings.discrete_timeout_s)
     within = f" within {st.settings.generated_id_ttl_s}s" if generated else ""
@@ -340,20 +428,26 @@ async def _timed_out(
     )
 
 
-async def _duplicate(request: web.Request, st: Discrete, stored_key: str, event_id: str, started: float) -> web.Response:
+async def _duplicate(
+    request: web.Request, st: Discrete, stored_key: str, event: Event, event_id: str, started: float
+) -> web.Response:
     """The event id was counted before: answer the first result (its stored copy) marked duplicate.
 
-    The first result may still be on its way (its copy is stored after the
-    duplicate notice of the same batch), so the copy is re-read until the
-    request's deadline.
+    Only for the same event: a stored copy of another event (an older
+    worker's marker cannot tell) is a 409. The first result may still be on
+    its way (its copy is stored after the duplicate notice of the same
+    batch), so the copy is re-read until the request's deadline.
     """
     client = request.app[REDIS].client
     deadline = started + st.settings.discrete_timeout_s
     while True:
         raw = await client.get(stored_key)
         if raw is not None:
+            stored = orjson.loads(raw)
+            if not same_event(stored, event):
+                return _reused(event_id)
             _OUTCOME["duplicate"].inc()
-            return json_response(dict(shape(orjson.loads(raw), started), duplicate=True))
+            return json_response(dict(shape(stored, started), duplicate=True))
         if time.perf_counter() >= deadline:
             break
         await asyncio.sleep(DUPLICATE_POLL_S)

@@ -28,9 +28,9 @@ import structlog
 from redis.exceptions import NoScriptError, ResponseError
 
 from common.connection import execute_raw
-from common.keys import Keyspace, Scope
+from common.keys import Keyspace, Scope, fingerprint
 from common.result import ActionStats, Aggregates, make_result
-from common.schema import Event, InvalidEvent, parse_entry
+from common.schema import Event, InvalidEvent, action_cap_reason, parse_entry
 from common.scoring import Snapshot
 from common.scripts import Scripts
 
@@ -60,6 +60,8 @@ class Entry:
     scope: Scope | None = None  # the event's scope, once validated
     kp: str = ""  # key prefix of the scope (keys.scope_prefix)
     ikey: str = ""  # the individual's counts hash (keys.individual)
+    fp: bytes = b""  # fingerprint of (id, action): tells a reused event_id from a retry
+    note: dict[str, Any] | None = None  # what its reply_to waiter is told instead of a result
 
 
 @dataclass
@@ -70,6 +72,8 @@ class Counters:
     applied: int = 0
     already: int = 0
     duplicates: int = 0
+    reused_ids: int = 0  # duplicates whose event_id was first used by a different event
+    capped: int = 0  # entries refused by the distinct-action cap (dead-lettered)
     dead: int = 0
     published: int = 0
     batches: int = 0
@@ -102,6 +106,7 @@ class BatchProcessor:
     reply_ttl_s: int = 60
     dead_maxlen: int = 100_000
     explain_limit: int = 5
+    max_actions: int = 10_000
     counters: Counters = field(default_factory=Counters)
     snapshots: OrderedDict[Scope, tuple[Snapshot, float]] = field(default_factory=OrderedDict)
 
@@ -125,6 +130,7 @@ class BatchProcessor:
             e.scope = scope
             e.kp = self.keys.scope_prefix(scope, home)
             e.ikey = self.keys.individual(scope, ev.id, home)
+            e.fp = fingerprint(ev.id, ev.action)
 
     async def _execute(self, client: aioredis.Redis, build: Callable[[Commands], None]) -> list[Any]:
         """Run the commands ``build(pipe)`` lists in one round trip; on NOSCRIPT load scripts and rerun.
@@ -255,9 +261,23 @@ class BatchProcessor:
             if status == 0:
                 self.counters.already += 1
                 continue
+            if status == 4:
+                # Not counted, not acked: dead-lettered below; its waiter is told why.
+                self.counters.capped += 1
+                e.reason = action_cap_reason(int(r[1]))
+                broken.append(e)
+                e.note = {"rejected": True, "error": e.reason, "field": "action"}
+                dups.append(e)
+                continue
             if status == 2:
                 self.counters.duplicates += 1
-                log.info("duplicate_event_id", entry_id=e.id.decode(), first_entry=r[1].decode())
+                # The marker is '<first entry id> <fingerprint>'; an older worker's is the entry id alone.
+                first, _, fp = r[1].partition(b" ")
+                same = None if not fp else fp == e.fp
+                if same is False:
+                    self.counters.reused_ids += 1
+                log.info("duplicate_event_id", entry_id=e.id.decode(), first_entry=first.decode(), same_event=same)
+                e.note = {"duplicate": True, "same_event": same}
                 dups.append(e)
                 continue
             self.counters.applied += 1
@@ -277,28 +297,30 @@ class BatchProcessor:
         sha = self.scripts.sha("apply")
         for chunk in chunks:
             first = chunk[0]
-            keys: list[Any] = [first.stream, k.scopes(first.shard), k.uncommitted(first.shard)]
-            args: list[Any] = [k.group, "1" if want_pop else "0"]
+            keys: list[Any] = [first.stream, k.scopes(first.shard), k.uncommitted(first.shard), k.capped(first.shard)]
+            args: list[Any] = [k.group, "1" if want_pop else "0", self.max_actions]
             for e in chunk:
                 ev = e.event
                 assert ev is not None and e.scope is not None
                 kp = e.kp
-                keys += (kp + "pop", kp + "sq", kp + "k", e.ikey, k.seen(e.shard, ev.event_id or ""))
+                # The marker lives under the scope (kp + "seen:..."): ids of one scope never touch another's.
+                keys += (kp + "pop", kp + "sq", kp + "k", e.ikey, k.seen(e.scope, ev.event_id or "", e.shard))
                 # An entry may ask for a shorter memory of its id (id_ttl), never a longer one.
                 ttl = 0 if ev.event_id is None else min(ev.id_ttl or self.seen_ttl_s, self.seen_ttl_s)
-                args += (e.id, ev.action, e.scope.token, ttl)
+                args += (e.id, ev.action, e.scope.token, ttl, e.id + b" " + e.fp)
             pipe.evalsha(sha, len(keys), *keys, *args)
 
     def _notify_duplicates(self, pipe: Commands, dups: Sequence[Entry]) -> None:
-        """Tell request-reply waiters their event id was already counted.
+        """Tell request-reply waiters their event was not counted (docs/stream.md has the notes).
 
-        The waiter then reads the stored copy of the first result
-        (``keys.reply(shard, event_id)``) if it is still there.
+        A duplicate's note says ``same_event`` (true: its waiter reads the first
+        result's stored copy; false: another event used the id first; null: an
+        older worker's marker); a refused one carries ``error`` and ``field``.
         """
         for e in dups:
             ev = e.event
-            if ev is not None and ev.reply_to is not None:
-                note = {"duplicate": True, "event_id": ev.event_id, "rid": ev.rid}
+            if ev is not None and ev.reply_to is not None and e.note is not None:
+                note = {**e.note, "event_id": ev.event_id, "rid": ev.rid}
                 pipe.publish(ev.reply_to, orjson.dumps(note))
 
     async def flush(self, client: aioredis.Redis, pipe: Commands) -> None:
@@ -508,7 +530,8 @@ class BatchProcessor:
                 # nothing) or retries with the same event id.
                 stored = ev.event_id or ev.rid
                 if stored is not None:
-                    pipe.set(self.keys.reply(e.shard, stored), line, ex=self.reply_ttl_s)
+                    assert e.scope is not None
+                    pipe.set(self.keys.reply(e.scope, stored, e.shard), line, ex=self.reply_ttl_s)
                 # The result is a JSON object: splice "rid" in before its closing brace.
                 reply = line if ev.rid is None else line[:-1] + b',"rid":' + orjson.dumps(ev.rid) + b"}"
                 by_channel.setdefault(ev.reply_to, []).append(reply)

@@ -34,6 +34,7 @@ class WorkerSettings:
     heartbeat_s: float = 2.0
     explain_limit: int = 5
     forget_consumers_s: float = 3_600.0  # 0: never
+    max_actions: int = 10_000  # distinct actions per scope; an event with a new one past it is dead-lettered
 
     def __post_init__(self) -> None:
         if self.block_ms >= 4000:
@@ -71,4 +72,5 @@ class WorkerSettings:
             dead_maxlen=env_int(e, "BINORMAL_DEAD_MAXLEN", 100_000, minimum=1),
             grace_s=env_float(e, "BINORMAL_GRACE_S", 10.0),
             forget_consumers_s=env_float(e, "BINORMAL_FORGET_CONSUMERS_S", 3_600.0),
+            max_actions=env_int(e, "BINORMAL_MAX_ACTIONS", 10_000, minimum=1),
         )

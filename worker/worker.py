@@ -50,6 +50,7 @@ class Worker:
             reply_ttl_s=settings.reply_ttl_s,
             dead_maxlen=settings.dead_maxlen,
             explain_limit=settings.explain_limit,
+            max_actions=settings.max_actions,
         )
         self._stream_shard = {s.encode(): i for i, s in enumerate(self.keys.streams())}
         self._backlog: dict[bytes, bytes] = {}

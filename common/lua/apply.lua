@@ -16,19 +16,25 @@
 -- which score to repair (worker.py: _repair).
 --
 -- KEYS[1] stream shard   KEYS[2] shard scopes set   KEYS[3] shard uncommitted hash
--- then per entry i (base b = 3 + 5*(i-1)):
+-- KEYS[4] shard capped hash (scope token -> events refused by the action cap)
+-- then per entry i (base b = 4 + 5*(i-1)):
 --   KEYS[b+1] scope pop hash   KEYS[b+2] scope sq hash   KEYS[b+3] scope k hash
---   KEYS[b+4] individual hash  KEYS[b+5] idempotency marker of the event id
+--   KEYS[b+4] individual hash  KEYS[b+5] idempotency marker of the event id (per scope)
 -- ARGV[1] group  ARGV[2] '1' to return each scope's whole pop hash (staleness 0)
--- then per entry i (base a = 2 + 4*(i-1)):
+-- ARGV[3] most distinct actions a scope may have (BINORMAL_MAX_ACTIONS)
+-- then per entry i (base a = 3 + 5*(i-1)):
 --   ARGV[a+1] entry id  ARGV[a+2] action  ARGV[a+3] scope token
 --   ARGV[a+4] seconds the event_id's marker lives, '0' when the entry has no
 --             event_id (its marker key is then a placeholder, never touched)
+--   ARGV[a+5] the marker's value: '<entry id> <fingerprint of id NUL action>'
 --
--- Returns one item per entry: {0} already applied; {2, first_entry_id}
--- duplicate event_id (acked, not counted); {3, reason} a key holds another
--- type (not acked, nothing written); {1, C_a, S2_a, K_a, individual hash,
--- pop hash or {}}.
+-- Returns one item per entry: {0} already applied; {2, marker value} duplicate
+-- event_id (acked, not counted; the value is the first entry's, so the caller
+-- can tell the same event from another one that reuses its id); {3, reason} a
+-- key holds another type (not acked, nothing written); {4, actions} the action
+-- is new to a scope that already has ARGV[3] actions (not acked, not counted,
+-- the scope's count in KEYS[4] raised: the caller dead-letters the entry);
+-- {1, C_a, S2_a, K_a, individual hash, pop hash or {}}.
 --
 -- Redis does not undo a script's earlier writes when a later command fails:
 -- an HINCRBY hitting a key of the wrong type (someone else's value under our
@@ -46,28 +52,40 @@ local function wrong(key, want)
   return got
 end
 local out = {}
-local n = (#ARGV - 2) / 4
+local max_actions = tonumber(ARGV[3])
+local n = (#ARGV - 3) / 5
 for i = 1, n do
-  local b = 3 + 5 * (i - 1)
-  local a = 2 + 4 * (i - 1)
+  local b = 4 + 5 * (i - 1)
+  local a = 3 + 5 * (i - 1)
   local id = ARGV[a + 1]
+  local action = ARGV[a + 2]
   local bad = wrong(KEYS[2], 'set') or wrong(KEYS[3], 'hash') or wrong(KEYS[b + 1], 'hash')
     or wrong(KEYS[b + 2], 'hash') or wrong(KEYS[b + 3], 'hash') or wrong(KEYS[b + 4], 'hash')
     or (ARGV[a + 4] ~= '0' and wrong(KEYS[b + 5], 'string'))
+  -- HLEN is O(1); HEXISTS only runs for a scope already at the cap.
+  local actions = not bad and redis.call('HLEN', KEYS[b + 1]) or 0
+  if not bad and actions >= max_actions and redis.call('HEXISTS', KEYS[b + 1], action) == 0 then
+    bad = wrong(KEYS[4], 'hash')
+    if not bad then
+      redis.call('HINCRBY', KEYS[4], ARGV[a + 3], 1)
+      out[i] = {4, actions}
+    end
+  end
   if bad then
     out[i] = {3, bad}
+  elseif out[i] then
+    -- refused by the action cap (above)
   elseif redis.call('XACK', KEYS[1], ARGV[1], id) == 0 then
     out[i] = {0}
   else
     local dup = false
     if ARGV[a + 4] ~= '0' then
-      if not redis.call('SET', KEYS[b + 5], id, 'NX', 'EX', ARGV[a + 4]) then
+      if not redis.call('SET', KEYS[b + 5], ARGV[a + 5], 'NX', 'EX', ARGV[a + 4]) then
         dup = true
         out[i] = {2, redis.call('GET', KEYS[b + 5])}
       end
     end
     if not dup then
-      local action = ARGV[a + 2]
       local x = redis.call('HINCRBY', KEYS[b + 4], action, 1)
       local c = redis.call('HINCRBY', KEYS[b + 1], action, 1)
       -- count k -> k+1 adds (k+1)^2 - k^2 = 2k+1 = 2x-1 to the sum of squares
