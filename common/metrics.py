@@ -37,6 +37,10 @@ BACKPRESSURE = Counter(
     "binormal_backpressure_refusals",
     "POST /events requests refused with 503 because the consumer group lagged",
 )
+RATE_LIMITED = Counter(
+    "binormal_rate_limited",
+    "Producer requests refused with 429 (BINORMAL_RATE_LIMIT)",
+)
 REQUEST_SECONDS = Histogram(
     "binormal_request_seconds",
     "HTTP request latency by route and status class",

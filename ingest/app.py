@@ -47,6 +47,7 @@ from common.health import (
     unavailable,
 )
 from common.keys import Keyspace
+from common.server import setup_limits
 from common.schema import Event, InvalidEvent, parse_json
 from common.store import stream_lag
 from ingest.settings import IngestSettings
@@ -158,6 +159,7 @@ def setup(app: web.Application, settings: IngestSettings) -> None:
     """Register ``POST /events`` (and health, Redis) on ``app``."""
     setup_redis(app, settings.redis_url, settings.keys)
     setup_health(app, settings.ready_heartbeat_s)
+    setup_limits(app, settings.http_limits)
     app[INGEST] = Ingest(settings, settings.keys, LagReader(settings.keys, settings.lag_check_s, settings.max_lag))
     app.router.add_post("/events", events)
 

@@ -16,6 +16,7 @@ import aiohttp
 from aiohttp import web
 
 from common.health import REDIS
+from common.server import BoundedAppRunner
 
 from ingest.app import setup as setup_ingest
 from ingest.settings import IngestSettings
@@ -55,7 +56,7 @@ async def serving(app: web.Application, port: int = 0, wait_redis: bool = True) 
 
     With ``wait_redis`` it first waits until the app has reached Redis.
     """
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
+    runner = BoundedAppRunner(app, access_log=None, shutdown_timeout=2.0)  # the services' own bounds
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", port)
     await site.start()

@@ -49,6 +49,7 @@ from common.health import (
     unavailable,
 )
 from common.keys import Keyspace
+from common.server import setup_limits
 from common.schema import LIMITS, Event, InvalidEvent, parse_json
 from web.live import setup_live
 from web.query import setup_query
@@ -153,6 +154,7 @@ def setup(app: web.Application, settings: WebSettings) -> None:
     """Register the web tier's routes and cleanup contexts on ``app``."""
     setup_redis(app, settings.redis_url, settings.keys)
     setup_health(app, settings.ready_heartbeat_s)
+    setup_limits(app, settings.http_limits)
     app[_WEB_SETTINGS] = settings
     app.cleanup_ctx.append(_replies_ctx)
     app.router.add_post("/discrete", discrete)
