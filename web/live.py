@@ -27,7 +27,9 @@ import structlog
 from aiohttp import WSMsgType, web
 
 from common.connection import TRANSIENT, make_client, wait_until_up
+from common.health import ApiError
 from web.hub import Hub
+from web.query import single_query
 from web.settings import WebSettings
 
 log = structlog.get_logger("binormal.web.live")
@@ -66,16 +68,29 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     """Stream results to one browser: frames of newline-delimited JSON (see :mod:`web.hub`).
 
     ``?stats=1`` adds the hello/stats control lines (drop counts) to the stream.
+    Past ``max_websockets`` open clients the answer is ``503`` JSON, before the upgrade.
     """
     app = request.app
     hub = app[HUB_KEY]
     settings = app[LIVE_SETTINGS_KEY]
-    ws = web.WebSocketResponse(heartbeat=settings.ws_heartbeat_s, max_msg_size=4096)
-    await ws.prepare(request)
-    # Control lines (hello, stats) only for clients that ask: the seed's page gets results only.
-    client = hub.register(control=request.query.get("stats") == "1")
     sockets = app[SOCKETS_KEY]
-    sockets.add(ws)
+    stats = single_query(request, "stats")
+    if len(sockets) >= settings.max_websockets:
+        raise ApiError(
+            503,
+            f"too many websocket clients (limit {settings.max_websockets}); retry later",
+            None,
+            {"Retry-After": "1"},
+        )
+    ws = web.WebSocketResponse(heartbeat=settings.ws_heartbeat_s, max_msg_size=4096)
+    sockets.add(ws)  # before the await: concurrent upgrades cannot overshoot the cap
+    try:
+        await ws.prepare(request)
+    except BaseException:
+        sockets.discard(ws)
+        raise
+    # Control lines (hello, stats) only for clients that ask: the seed's page gets results only.
+    client = hub.register(control=stats == "1")
     writer = asyncio.create_task(hub.run_writer(client, ws.send_str), name=f"ws-writer-{client.id}")
     writer.add_done_callback(lambda t: _writer_done(t, ws))
     try:
