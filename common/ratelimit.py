@@ -15,6 +15,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 
 DEFAULT_MAX_KEYS = 10_000
+EPSILON = 1e-9  # refill arithmetic in floats: a bucket refilled "exactly" to 1 may read 0.9999999999
 
 
 class TokenBuckets:
@@ -56,7 +57,7 @@ class TokenBuckets:
             return 0.0
         tokens, _ = self._tokens(key)
         need = min(float(events), self.burst)
-        return 0.0 if tokens >= need else (need - tokens) / self.rate
+        return 0.0 if tokens + EPSILON >= need else (need - tokens) / self.rate
 
     def charge(self, key: str, events: int) -> float:
         """Take ``events`` from ``key``'s bucket if allowed; returns 0, else the seconds to wait."""
@@ -64,7 +65,7 @@ class TokenBuckets:
             return 0.0
         tokens, now = self._tokens(key)
         need = min(float(events), self.burst)
-        if tokens < need:
+        if tokens + EPSILON < need:
             return (need - tokens) / self.rate
         self._buckets[key] = (tokens - events, now)
         self._buckets.move_to_end(key)

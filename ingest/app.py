@@ -39,6 +39,7 @@ from common.health import (
     ApiError,
     body_not_json,
     json_response,
+    rate_limit,
     read_body,
     require_content_type,
     serve,
@@ -188,8 +189,10 @@ async def events(request: web.Request) -> web.Response:
             lag=lag,
             max_lag=st.settings.max_lag,
         )
+    rate_limit(request, 1, charge=False)  # a caller in debt is refused before its body is read
     body = await read_body(request, st.settings.max_body_bytes)
     batch = parse_ndjson(body) if ctype == NDJSON else parse_array(body)
+    rate_limit(request, len(batch.events) + batch.rejected)  # every line is an event; 429 writes nothing
     _REJECTED.inc(batch.rejected)
     summary: dict[str, Any] = {"accepted": 0, "rejected": batch.rejected, "errors": batch.errors}
     if not batch.events:

@@ -41,6 +41,7 @@ from common.health import (
     ApiError,
     body_not_json,
     json_response,
+    rate_limit,
     read_body,
     require_content_type,
     serve,
@@ -250,6 +251,7 @@ async def discrete(request: web.Request) -> web.Response:
     """``POST /discrete``: count one event and answer its score (see module docstring)."""
     started = time.perf_counter()
     st = request.app[DISCRETE]
+    rate_limit(request, 1)  # 429 (BINORMAL_RATE_LIMIT): nothing read, nothing written
     try:
         require_content_type(request, (JSON,))
         body = await read_body(request, st.settings.max_body_bytes)
