@@ -6,9 +6,12 @@ failure raises :class:`InvalidEvent` naming the field and the problem.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+
+import orjson
 
 from common.keys import Scope
 
@@ -165,13 +168,93 @@ def _check_id_ttl(seconds: int, has_event_id: bool) -> int:
     return seconds
 
 
-def parse_json(obj: Any) -> Event:
-    """Validate a decoded JSON event from an HTTP producer.
+class DuplicateKeys(dict[str, Any]):
+    """A JSON object in which the key ``duplicate`` appeared more than once (values: the last, like orjson)."""
 
-    Unknown fields are rejected (a typo such as ``acton`` must not pass silently).
+    duplicate: str = ""
+
+
+def loads_json(raw: bytes) -> Any:
+    """``orjson.loads(raw)``, except that an object with a repeated key comes back as :class:`DuplicateKeys`.
+
+    orjson silently keeps the last of repeated keys; :func:`_no_repeats` proves
+    cheaply that there was none, and only when it cannot does the exact,
+    slower parse with ``object_pairs_hook`` run. Raises
+    ``orjson.JSONDecodeError`` for what orjson refuses.
+    """
+    obj = orjson.loads(raw)
+    return obj if _no_repeats(raw, obj) else _loads_exact(raw)
+
+
+def loads_ndjson(body: bytes) -> tuple[list[tuple[int, Any]], list[tuple[int, bytes]]]:
+    """One JSON value per line, as :func:`loads_json` decodes it; blank lines skipped but numbered.
+
+    Returns ``([(line number, value)], [(line number, line) orjson refused])``.
+    The repeat check runs once over the whole body (one count, one re-encode);
+    only when it fails is each line checked on its own.
+    """
+    values: list[tuple[int, Any]] = []
+    bad: list[tuple[int, bytes]] = []
+    for number, raw in enumerate(body.split(b"\n"), 1):
+        line = raw.strip()
+        if not line:
+            continue
+        try:
+            values.append((number, orjson.loads(line)))
+        except orjson.JSONDecodeError:
+            bad.append((number, line))
+    quotes = body.count(b'"') - sum(line.count(b'"') for _, line in bad)
+    if b"\\u" in body or quotes != orjson.dumps([v for _, v in values]).count(b'"'):
+        lines = body.split(b"\n")
+        values = [(n, v if _no_repeats(lines[n - 1], v) else _loads_exact(lines[n - 1].strip())) for n, v in values]
+    return values, bad
+
+
+def _no_repeats(raw: bytes, value: Any) -> bool:
+    """True when ``raw``, which orjson decoded to ``value``, cannot have held a repeated key.
+
+    Each JSON string (key or value) is written between two ``"``, and a quote
+    inside a string as ``\\"`` (orjson's spelling too) unless ``raw`` uses a
+    ``\\u`` escape. So without ``\\u``, ``raw`` holds exactly as many ``"`` as
+    ``value`` re-encoded, unless the parse dropped a repeated key (and its
+    value), which leaves ``raw`` with more. False means "maybe": check exactly.
+    """
+    if type(value) is not dict and type(value) is not list:
+        return True
+    return b"\\u" not in raw and raw.count(b'"') == orjson.dumps(value).count(b'"')
+
+
+def _loads_exact(raw: bytes) -> Any:
+    try:
+        return json.loads(raw, object_pairs_hook=_pairs)
+    except RecursionError:  # orjson takes up to 1024 levels, json fewer
+        raise orjson.JSONDecodeError("JSON nested too deeply", "", 0) from None
+
+
+def _pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) == len(pairs):
+        return obj
+    seen: set[str] = set()
+    out = DuplicateKeys(obj)
+    for key, _ in pairs:
+        if key in seen:
+            out.duplicate = key
+            break
+        seen.add(key)
+    return out
+
+
+def parse_json(obj: Any) -> Event:
+    """Validate a decoded JSON event from an HTTP producer (decode with :func:`loads_json`).
+
+    Unknown fields are rejected (a typo such as ``acton`` must not pass silently),
+    and so are repeated keys (``{"org": "a", "org": "b"}``).
     """
     if not isinstance(obj, dict):
         raise InvalidEvent("body", f"must be a JSON object, not {_json_type(obj)}")
+    if isinstance(obj, DuplicateKeys):
+        raise InvalidEvent(obj.duplicate[:80], "appears more than once")
     for name in obj:
         if name not in JSON_FIELDS:
             raise InvalidEvent(str(name)[:80], "unknown field")

@@ -22,8 +22,10 @@ Backpressure: when the consumer group's outstanding work (see
 from __future__ import annotations
 
 import asyncio
+import heapq
 import time
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any
 
 import orjson
@@ -49,7 +51,7 @@ from common.health import (
 )
 from common.keys import Keyspace
 from common.server import setup_limits
-from common.schema import Event, InvalidEvent, parse_json
+from common.schema import Event, InvalidEvent, loads_json, loads_ndjson, parse_json
 from common.store import stream_lag
 from ingest.settings import IngestSettings
 
@@ -115,25 +117,24 @@ class Batch:
 
 def parse_ndjson(body: bytes) -> Batch:
     """One event per line; blank lines are skipped but still numbered."""
+    values, bad = loads_ndjson(body)  # orjson, plus repeated keys flagged
     batch = Batch()
-    for number, raw in enumerate(body.split(b"\n"), 1):
-        line = raw.strip()
-        if not line:
-            continue
-        try:
-            obj = orjson.loads(line)
-        except orjson.JSONDecodeError:
+    tagged = heapq.merge(
+        ((n, obj, None) for n, obj in values), ((n, None, line) for n, line in bad), key=itemgetter(0)
+    )  # line order, so the listed errors are the first ones
+    for number, obj, line in tagged:
+        if line is None:
+            batch.add(number, obj)
+        else:
             err = body_not_json(line)
             batch.reject(number, str(err.body["error"]).replace("body", "line", 1), "body")
-            continue
-        batch.add(number, obj)
     return batch
 
 
 def parse_array(body: bytes) -> Batch:
     """A JSON array of events; "line" is the index + 1."""
     try:
-        items = orjson.loads(body)
+        items = loads_json(body)  # each item with repeated keys is flagged, and rejected alone
     except orjson.JSONDecodeError:
         raise body_not_json(body) from None
     if not isinstance(items, list):

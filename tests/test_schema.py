@@ -227,3 +227,80 @@ def test_json_to_entry_round_trip(
         event_id,
     )
     assert parse_entry(as_entry(ev)) == ev
+
+
+# ---------------------------------------------------------------- duplicate keys (loads_json)
+
+from common.schema import DuplicateKeys, loads_json  # noqa: E402
+
+DUPLICATES = [
+    (b'{"org":"a","org":"b","source":"s","pop":"p","id":"i","action":"x"}', "org"),
+    (b'{"org" : "a", "source":"s","pop":"p","id":"i","action":"x",  "org":"a"}', "org"),
+    (b'{"org":"a","source":"s","pop":"p","id":"i","action":"x","\\u006frg":"b"}', "org"),  # escaped spelling
+    (b'{"org":"org","source":"s","pop":"p","id":"i","action":"x","action":"y"}', "action"),
+    (b'{"x":1,"x":2}', "x"),
+]
+
+
+@pytest.mark.parametrize("raw,field", DUPLICATES)
+def test_duplicate_keys_are_rejected_naming_the_key(raw: bytes, field: str) -> None:
+    obj = loads_json(raw)
+    assert isinstance(obj, DuplicateKeys) and obj.duplicate == field
+    with pytest.raises(InvalidEvent) as info:
+        parse_json(obj)
+    assert info.value.field == field and "more than once" in info.value.problem
+
+
+def test_duplicates_inside_an_array_mark_only_their_item() -> None:
+    items = loads_json(b'[{"org":"a"},{"org":"a","org":"b"},{"id":"\\"org\\""}]')
+    assert [type(i) is DuplicateKeys for i in items] == [False, True, False]
+    assert items[0] == {"org": "a"} and items[2] == {"id": '"org"'}
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b"not json", b'{"org": "a",', b'{"org":"\xff"}', b"[1,", b'{"a":NaN}', b'"\\ud800"'],
+)
+def test_loads_json_refuses_what_orjson_refuses(raw: bytes) -> None:
+    with pytest.raises(orjson.JSONDecodeError):
+        loads_json(raw)
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.text(max_size=8),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=6), children, max_size=5),
+    max_leaves=20,
+)
+
+
+def _dump_with_pairs(pairs: list[tuple[str, Any]], escape: bool) -> bytes:
+    """A JSON object written pair by pair (so keys may repeat), keys optionally \\u-escaped."""
+    parts = []
+    for key, value in pairs:
+        k = "".join(f"\\u{ord(c):04x}" if ord(c) < 0x10000 else c for c in key) if escape else None
+        kb = f'"{k}"'.encode() if k is not None else orjson.dumps(key)
+        parts.append(kb + b":" + orjson.dumps(value))
+    return b"{" + b",".join(parts) + b"}"
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    pairs=st.lists(st.tuples(st.sampled_from(["org", "source", "pop", "id", "action", "x", "é"]), json_values), max_size=8),
+    escape=st.booleans(),
+)
+def test_loads_json_flags_exactly_the_objects_with_a_repeated_key(pairs: list[tuple[str, Any]], escape: bool) -> None:
+    raw = _dump_with_pairs(pairs, escape)
+    obj = loads_json(raw)
+    keys = [k for k, _ in pairs]
+    repeated = len(set(keys)) < len(keys)
+    assert isinstance(obj, DuplicateKeys) == repeated
+    assert dict(obj) == orjson.loads(raw)  # same values as orjson (last key wins)
+    if repeated:
+        assert keys.count(obj.duplicate) > 1
+
+
+@settings(max_examples=200, deadline=None)
+@given(value=json_values)
+def test_loads_json_equals_orjson_on_any_json(value: Any) -> None:
+    raw = orjson.dumps(value)
+    assert loads_json(raw) == orjson.loads(raw)

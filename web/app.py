@@ -51,7 +51,7 @@ from common.health import (
 )
 from common.keys import Keyspace
 from common.server import setup_limits
-from common.schema import LIMITS, Event, InvalidEvent, parse_json
+from common.schema import LIMITS, Event, InvalidEvent, loads_json, parse_json
 from web.live import setup_live
 from web.query import setup_query
 from web.replies import ReplyWaiter, TooManyWaiting
@@ -256,7 +256,7 @@ async def discrete(request: web.Request) -> web.Response:
         require_content_type(request, (JSON,))
         body = await read_body(request, st.settings.max_body_bytes)
         try:
-            obj = orjson.loads(body)
+            obj = loads_json(body)  # orjson, plus repeated keys flagged
         except orjson.JSONDecodeError:
             raise body_not_json(body) from None
         try:
