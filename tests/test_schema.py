@@ -304,3 +304,33 @@ def test_loads_json_flags_exactly_the_objects_with_a_repeated_key(pairs: list[tu
 def test_loads_json_equals_orjson_on_any_json(value: Any) -> None:
     raw = orjson.dumps(value)
     assert loads_json(raw) == orjson.loads(raw)
+
+
+from common.schema import loads_ndjson  # noqa: E402
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    lines=st.lists(
+        st.one_of(
+            st.tuples(
+                st.lists(st.tuples(st.sampled_from(["org", "id", "x", "é"]), json_values), max_size=5), st.booleans()
+            ),
+            st.sampled_from([b"", b"   ", b"not json", b'{"org":', b"\xff"]),
+        ),
+        max_size=12,
+    )
+)
+def test_loads_ndjson_is_loads_json_line_by_line(lines: list[Any]) -> None:
+    raws = [_dump_with_pairs(*line) if isinstance(line, tuple) else line for line in lines]
+    values, bad = loads_ndjson(b"\n".join(raws))
+    want_values, want_bad = [], []
+    for number, raw in enumerate(raws, 1):
+        if not raw.strip():
+            continue
+        try:
+            want_values.append((number, loads_json(raw.strip())))
+        except orjson.JSONDecodeError:
+            want_bad.append((number, raw.strip()))
+    assert bad == want_bad
+    assert [(n, v, type(v)) for n, v in values] == [(n, v, type(v)) for n, v in want_values]
