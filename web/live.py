@@ -83,6 +83,8 @@ async def websocket(request: web.Request) -> web.StreamResponse:
             {"Retry-After": "1"},
         )
     ws = web.WebSocketResponse(heartbeat=settings.ws_heartbeat_s, max_msg_size=4096)
+    if not ws.can_prepare(request).ok:
+        raise ApiError(400, "not a websocket upgrade request (Connection: Upgrade, Upgrade: websocket)", "Upgrade")
     sockets.add(ws)  # before the await: concurrent upgrades cannot overshoot the cap
     try:
         await ws.prepare(request)

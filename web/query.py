@@ -70,7 +70,7 @@ def _text(request: web.Request, name: str) -> str:
 def _limit(request: web.Request, bounds: tuple[int, int]) -> int:
     default, maximum = bounds
     raw = single_query(request, "limit")
-    if raw is None or raw == "":
+    if raw is None:
         return default
     # The length check comes first: int() of thousands of digits is slow, and refused past 4,300 (a 500).
     digits = raw.lstrip("0") or "0"
