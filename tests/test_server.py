@@ -207,3 +207,11 @@ async def test_non_utf8_header_values_are_4xx_json(redis_url: str, prefix: str) 
             host, port, b"GET /api/scopes HTTP/1.1\r\nHost: x\r\nX-Whatever: \xe9\xff\r\nConnection: close\r\n\r\n"
         )
         assert status == 200, raw
+
+
+async def test_errors_do_not_echo_the_content_type(redis_url: str, prefix: str) -> None:
+    async with app_serving(redis_url, prefix) as (host, port, _), aiohttp.ClientSession() as session:
+        for ctype in ("text/ECHOME", "application/json; charset=ECHOME"):
+            async with session.post(f"http://{host}:{port}/discrete", data=b"{}", headers={"Content-Type": ctype}) as r:
+                assert r.status == 415
+                assert b"ECHOME" not in await r.read()
