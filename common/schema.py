@@ -186,28 +186,79 @@ def loads_json(raw: bytes) -> Any:
     return obj if _no_repeats(raw, obj) else _loads_exact(raw)
 
 
-def loads_ndjson(body: bytes) -> tuple[list[tuple[int, Any]], list[tuple[int, bytes]]]:
-    """One JSON value per line, as :func:`loads_json` decodes it; blank lines skipped but numbered.
+def parse_json_lines(body: bytes) -> tuple[list[tuple[int, Event]], list[tuple[int, str, str]]]:
+    """NDJSON events: ``([(line, Event)], [(line, error, field)])``, blank lines skipped but numbered.
 
-    Returns ``([(line number, value)], [(line number, line) orjson refused])``.
-    The repeat check runs once over the whole body (one count, one re-encode);
-    only when it fails is each line checked on its own.
+    Each line is decoded with orjson and validated with :func:`parse_json`;
+    a line that is not JSON is an error of field ``body``, and so is a line
+    with a repeated key (field: that key). The repeat check costs O(1) per
+    line: a valid event object written without escapes holds 2 ``"`` per key
+    and per string value, i.e. ``4 * keys - 2 * integer fields``; when the
+    body has no backslash, its ``"`` minus those of the refused lines must
+    add up to exactly that over the accepted lines, and a repeated key (whose
+    pair the parse dropped) would leave more. Only when the sum is off, or
+    the body has a backslash, is each accepted line checked on its own.
     """
-    values: list[tuple[int, Any]] = []
-    bad: list[tuple[int, bytes]] = []
+    events: list[tuple[int, Event]] = []
+    errors: list[tuple[int, str, str]] = []
+    expected = 0
+    refused_quotes = 0
     for number, raw in enumerate(body.split(b"\n"), 1):
         line = raw.strip()
         if not line:
             continue
         try:
-            values.append((number, orjson.loads(line)))
+            obj = orjson.loads(line)
+            events.append((number, parse_json(obj)))
         except orjson.JSONDecodeError:
-            bad.append((number, line))
-    quotes = body.count(b'"') - sum(line.count(b'"') for _, line in bad)
-    if b"\\u" in body or quotes != orjson.dumps([v for _, v in values]).count(b'"'):
-        lines = body.split(b"\n")
-        values = [(n, v if _no_repeats(lines[n - 1], v) else _loads_exact(lines[n - 1].strip())) for n, v in values]
-    return values, bad
+            errors.append((number, _not_json(line), "body"))
+            refused_quotes += line.count(b'"')
+            continue
+        except InvalidEvent as exc:
+            if not _no_repeats(line, obj):  # a repeated key is the error to report, as /discrete does
+                exact = _loads_exact(line)
+                if isinstance(exact, DuplicateKeys):
+                    exc = _repeated(exact)
+            errors.append((number, str(exc), exc.field))
+            refused_quotes += line.count(b'"')
+            continue
+        expected += 4 * len(obj) - 2 * (("ts" in obj) + ("id_ttl" in obj))
+    if b"\\" in body or body.count(b'"') - refused_quotes != expected:
+        events, errors = _recheck_lines(body, events, errors)
+    return events, errors
+
+
+def _recheck_lines(
+    body: bytes, events: list[tuple[int, Event]], errors: list[tuple[int, str, str]]
+) -> tuple[list[tuple[int, Event]], list[tuple[int, str, str]]]:
+    """Each accepted line checked exactly for repeated keys; errors back in line order."""
+    lines = body.split(b"\n")
+    kept: list[tuple[int, Event]] = []
+    for number, event in events:
+        line = lines[number - 1].strip()
+        obj = orjson.loads(line)
+        if not _no_repeats(line, obj):
+            obj = _loads_exact(line)
+            if isinstance(obj, DuplicateKeys):
+                exc = _repeated(obj)
+                errors.append((number, str(exc), exc.field))
+                continue
+        kept.append((number, event))
+    errors.sort(key=lambda e: e[0])
+    return kept, errors
+
+
+def _repeated(obj: DuplicateKeys) -> InvalidEvent:
+    return InvalidEvent(obj.duplicate[:80], "appears more than once")
+
+
+def _not_json(line: bytes) -> str:
+    """Why orjson refused a line: not UTF-8, or not JSON."""
+    try:
+        line.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return f"line is not valid UTF-8 (byte {exc.start})"
+    return "line is not valid JSON"
 
 
 def _no_repeats(raw: bytes, value: Any) -> bool:
@@ -254,7 +305,7 @@ def parse_json(obj: Any) -> Event:
     if not isinstance(obj, dict):
         raise InvalidEvent("body", f"must be a JSON object, not {_json_type(obj)}")
     if isinstance(obj, DuplicateKeys):
-        raise InvalidEvent(obj.duplicate[:80], "appears more than once")
+        raise _repeated(obj)
     for name in obj:
         if name not in JSON_FIELDS:
             raise InvalidEvent(str(name)[:80], "unknown field")

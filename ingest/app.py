@@ -22,10 +22,8 @@ Backpressure: when the consumer group's outstanding work (see
 from __future__ import annotations
 
 import asyncio
-import heapq
 import time
 from dataclasses import dataclass, field
-from operator import itemgetter
 from typing import Any
 
 import orjson
@@ -51,7 +49,8 @@ from common.health import (
 )
 from common.keys import Keyspace
 from common.server import setup_limits
-from common.schema import Event, InvalidEvent, loads_json, loads_ndjson, parse_json
+from common.schema import Event, InvalidEvent, loads_json, parse_json, parse_json_lines
+
 from common.store import stream_lag
 from ingest.settings import IngestSettings
 
@@ -116,18 +115,11 @@ class Batch:
 
 
 def parse_ndjson(body: bytes) -> Batch:
-    """One event per line; blank lines are skipped but still numbered."""
-    values, bad = loads_ndjson(body)  # orjson, plus repeated keys flagged
-    batch = Batch()
-    tagged = heapq.merge(
-        ((n, obj, None) for n, obj in values), ((n, None, line) for n, line in bad), key=itemgetter(0)
-    )  # line order, so the listed errors are the first ones
-    for number, obj, line in tagged:
-        if line is None:
-            batch.add(number, obj)
-        else:
-            err = body_not_json(line)
-            batch.reject(number, str(err.body["error"]).replace("body", "line", 1), "body")
+    """One event per line; blank lines are skipped but still numbered (repeated keys rejected)."""
+    events, errors = parse_json_lines(body)  # orjson, validated, repeated keys rejected
+    batch = Batch(events=events)
+    for number, error, field_name in errors:
+        batch.reject(number, error, field_name)
     return batch
 
 

@@ -306,31 +306,66 @@ def test_loads_json_equals_orjson_on_any_json(value: Any) -> None:
     assert loads_json(raw) == orjson.loads(raw)
 
 
-from common.schema import loads_ndjson  # noqa: E402
+from common.schema import parse_json_lines  # noqa: E402
 
 
-@settings(max_examples=200, deadline=None)
+def _line_by_line(raws: list[bytes]) -> tuple[list[tuple[int, Event]], list[tuple[int, str, str]]]:
+    """The reference: loads_json and parse_json on each line alone."""
+    events, errors = [], []
+    for number, raw in enumerate(raws, 1):
+        line = raw.strip()
+        if not line:
+            continue
+        try:
+            events.append((number, parse_json(loads_json(line))))
+        except orjson.JSONDecodeError:
+            errors.append((number, "line is not valid UTF-8" if b"\xff" in line else "line is not valid JSON", "body"))
+        except InvalidEvent as exc:
+            errors.append((number, str(exc), exc.field))
+    return events, errors
+
+
+event_pairs = st.lists(
+    st.tuples(
+        st.sampled_from(["org", "source", "pop", "id", "action", "event_id", "ts", "x"]),
+        st.one_of(st.text(min_size=1, max_size=6), st.integers(0, 10**6)),
+    ),
+    min_size=4,
+    max_size=9,
+)
+
+
+@settings(max_examples=300, deadline=None)
 @given(
     lines=st.lists(
         st.one_of(
-            st.tuples(
-                st.lists(st.tuples(st.sampled_from(["org", "id", "x", "é"]), json_values), max_size=5), st.booleans()
-            ),
-            st.sampled_from([b"", b"   ", b"not json", b'{"org":', b"\xff"]),
+            st.tuples(event_pairs, st.booleans()),
+            st.just(GOOD),
+            st.sampled_from([b"", b"   ", b"not json", b'{"org":', b"\xff", b"[1]"]),
         ),
         max_size=12,
     )
 )
-def test_loads_ndjson_is_loads_json_line_by_line(lines: list[Any]) -> None:
-    raws = [_dump_with_pairs(*line) if isinstance(line, tuple) else line for line in lines]
-    values, bad = loads_ndjson(b"\n".join(raws))
-    want_values, want_bad = [], []
-    for number, raw in enumerate(raws, 1):
-        if not raw.strip():
-            continue
-        try:
-            want_values.append((number, loads_json(raw.strip())))
-        except orjson.JSONDecodeError:
-            want_bad.append((number, raw.strip()))
-    assert bad == want_bad
-    assert [(n, v, type(v)) for n, v in values] == [(n, v, type(v)) for n, v in want_values]
+def test_parse_json_lines_is_line_by_line_parsing(lines: list[Any]) -> None:
+    raws = []
+    for line in lines:
+        if isinstance(line, tuple):
+            raws.append(_dump_with_pairs(*line))
+        elif isinstance(line, dict):
+            raws.append(orjson.dumps(line))
+        else:
+            raws.append(line)
+    events, errors = parse_json_lines(b"\n".join(raws))
+    want_events, want_errors = _line_by_line(raws)
+    assert events == want_events
+    assert [(n, f) for n, _, f in errors] == [(n, f) for n, _, f in want_errors]
+    assert [e.split(" (")[0] for _, e, _ in errors] == [e.split(" (")[0] for _, e, _ in want_errors]
+
+
+def test_parse_json_lines_finds_a_repeated_key_among_good_lines() -> None:
+    good = orjson.dumps(GOOD)
+    dup = b'{"org":"acme","org":"beta","source":"s","pop":"p","id":"i","action":"a"}'
+    for body in (good + b"\n" + dup + b"\n" + good, good + b"\n" + dup + b"\n" + b'{"id":"a\\"b"}'):
+        events, errors = parse_json_lines(body)
+        assert [n for n, _ in events] == [1, 3] or [n for n, _ in events] == [1]
+        assert errors[0] == (2, "org: appears more than once", "org")
