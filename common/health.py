@@ -119,6 +119,7 @@ async def read_body(request: web.Request, limit: int) -> bytes:
                     raise ApiError(413, f"body is over the limit of {limit} bytes", "body", limit=limit)
                 chunks.append(chunk)
     except TimeoutError:
+        metrics.HTTP_REFUSED.labels("body_timeout").inc()
         raise ApiError(408, f"body not received within {timeout_s:g}s", "body", headers={"Connection": "close"}) from None
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 

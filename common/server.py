@@ -36,6 +36,7 @@ from aiohttp.http_exceptions import BadHttpMessage, HttpProcessingError, LineToo
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
+from common import metrics
 from common.config import env_float, env_int
 from common.ratelimit import TokenBuckets
 
@@ -45,6 +46,9 @@ MAX_URL_BYTES = 8_190  # request line (method, URL, version); aiohttp's default
 MAX_HEADER_BYTES = 8_192  # one header (name + value); differs from MAX_URL_BYTES so the two errors can be told apart
 MAX_HEADERS = 128
 LINGER_MAX_S = 10.0  # after an early answer, unread body is drained for at most this (and body_timeout_s)
+
+
+_REFUSED = {r: metrics.HTTP_REFUSED.labels(r) for r in ("connections", "websockets", "head_timeout", "body_timeout")}
 
 
 @dataclass(frozen=True)
@@ -120,10 +124,12 @@ class BoundedRequestHandler(RequestHandler):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         state = self._state
         state.connections += 1
+        metrics.HTTP_CONNECTIONS.inc()
         self._counted = True
         super().connection_made(transport)
         if state.connections > state.limits.max_connections:
             state.refused += 1
+            _REFUSED["connections"].inc()
             self._request_handler = self._refuse
             self._arm_head_timer()  # a refused connection that sends nothing does not stay
 
@@ -131,6 +137,7 @@ class BoundedRequestHandler(RequestHandler):
         if self._counted:
             self._counted = False
             self._state.connections -= 1
+            metrics.HTTP_CONNECTIONS.dec()
         self._disarm_head_timer()
         super().connection_lost(exc)
 
@@ -178,6 +185,7 @@ class BoundedRequestHandler(RequestHandler):
         self._head_timer = None
         if self.transport is None or not self._idle():
             return  # a request got going meanwhile; its body has its own timeout
+        _REFUSED["head_timeout"].inc()
         timeout = self._state.limits.header_timeout_s
         body = {"error": f"request head not received within {timeout:g}s", "field": "headers"}
         self.transport.write(_raw_json(408, "Request Timeout", body))

@@ -215,3 +215,20 @@ async def test_errors_do_not_echo_the_content_type(redis_url: str, prefix: str) 
             async with session.post(f"http://{host}:{port}/discrete", data=b"{}", headers={"Content-Type": ctype}) as r:
                 assert r.status == 415
                 assert b"ECHOME" not in await r.read()
+
+
+async def test_metrics_count_connections_and_refusals(redis_url: str, prefix: str) -> None:
+    async with app_serving(redis_url, prefix, max_connections=1, **FAST) as (host, port, app):
+        first = await asyncio.open_connection(host, port)
+        await wait_for(lambda: app[HTTP_STATE].connections >= 1, timeout=5.0, what="first connection")
+        reader, writer = await asyncio.open_connection(host, port)
+        writer.write(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert b"503" in (await read_until_closed(reader, timeout=5.0)).split(b"\r\n")[0]
+        writer.close()
+        first[1].close()
+        await wait_for(lambda: app[HTTP_STATE].connections == 0, timeout=5.0, what="connections closed")
+        async with aiohttp.ClientSession() as session, session.get(f"http://{host}:{port}/metrics") as r:
+            text = await r.text()
+    assert 'binormal_http_refused_total{reason="connections"}' in text
+    gauge = next(line for line in text.splitlines() if line.startswith("binormal_http_connections "))
+    assert float(gauge.split()[1]) >= 1  # at least this request's own connection (the gauge is per process)

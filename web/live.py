@@ -26,6 +26,7 @@ import redis.asyncio as aioredis
 import structlog
 from aiohttp import WSMsgType, web
 
+from common import metrics
 from common.connection import TRANSIENT, make_client, wait_until_up
 from common.health import ApiError
 from web.hub import Hub
@@ -76,6 +77,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     sockets = app[SOCKETS_KEY]
     stats = single_query(request, "stats")
     if len(sockets) >= settings.max_websockets:
+        metrics.HTTP_REFUSED.labels("websockets").inc()
         raise ApiError(
             503,
             f"too many websocket clients (limit {settings.max_websockets}); retry later",
