@@ -19,6 +19,11 @@ per-connection protocol) adds, for every service:
 The body timeout is :func:`common.health.read_body`'s; the websocket cap and
 the rate limit are the handlers'. :func:`run_app` replaces ``web.run_app`` and
 :class:`BoundedAppRunner` replaces ``web.AppRunner`` (tests use it).
+
+The protocol subclass reads aiohttp 3.14's ``RequestHandler`` state
+(``_messages``, ``_request_in_progress``, ``_upgraded``, ``_payload_parser``,
+``_request_count``) and swaps ``_request_handler``; tests/test_server.py
+covers each of these, so an aiohttp upgrade that changes them fails there.
 """
 
 from __future__ import annotations
