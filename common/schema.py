@@ -122,7 +122,7 @@ def parse_entry(fields: Mapping[bytes, bytes]) -> Event:
             raise InvalidEvent(repr(raw_name)[:80], "field name is not valid UTF-8") from None
         limit = LIMITS.get(name)
         if limit is None:
-            raise InvalidEvent(name[:80], "unknown field")
+            raise InvalidEvent(name[:80] or '""', "unknown field")
         size = len(raw_value)
         if size == 0:
             raise InvalidEvent(name, "must not be empty")
@@ -249,7 +249,7 @@ def _recheck_lines(
 
 
 def _repeated(obj: DuplicateKeys) -> InvalidEvent:
-    return InvalidEvent(obj.duplicate[:80], "appears more than once")
+    return InvalidEvent(obj.duplicate[:80] or '""', "appears more than once")
 
 
 def _not_json(line: bytes) -> str:
@@ -308,7 +308,7 @@ def parse_json(obj: Any) -> Event:
         raise _repeated(obj)
     for name in obj:
         if name not in JSON_FIELDS:
-            raise InvalidEvent(str(name)[:80], "unknown field")
+            raise InvalidEvent(str(name)[:80] or '""', "unknown field")
     values: dict[str, str] = {}
     for name in REQUIRED + ("event_id",):
         if name not in obj:

@@ -369,3 +369,47 @@ def test_parse_json_lines_finds_a_repeated_key_among_good_lines() -> None:
         events, errors = parse_json_lines(body)
         assert [n for n, _ in events] == [1, 3] or [n for n, _ in events] == [1]
         assert errors[0] == (2, "org: appears more than once", "org")
+
+
+# ---------------------------------------------------------------- validators never fail otherwise
+
+field_names = st.sampled_from(sorted(LIMITS) + ["x", "", "é"])
+
+
+@settings(max_examples=500, deadline=None)
+@given(obj=st.one_of(json_values, st.dictionaries(field_names, json_values, max_size=10)))
+def test_parse_json_accepts_or_names_a_field_for_any_json(obj: Any) -> None:
+    try:
+        event = parse_json(obj)
+    except InvalidEvent as exc:
+        assert exc.field and exc.problem
+    else:
+        assert parse_entry({k.encode(): v.encode() for k, v in event.to_fields().items()}) == event
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    fields=st.dictionaries(
+        st.one_of(field_names.map(str.encode), st.binary(max_size=8)),
+        st.one_of(st.binary(max_size=40), st.text(max_size=40).map(str.encode)),
+        max_size=12,
+    )
+)
+def test_parse_entry_accepts_or_names_a_field_for_any_bytes(fields: dict[bytes, bytes]) -> None:
+    try:
+        event = parse_entry(fields)
+    except InvalidEvent as exc:
+        assert exc.field and exc.problem
+    else:
+        assert all(len(getattr(event, name).encode()) <= LIMITS[name] for name in REQUIRED)
+
+
+@settings(max_examples=300, deadline=None)
+@given(raw=st.binary(max_size=200))
+def test_json_decoders_refuse_garbage_only_with_a_decode_error(raw: bytes) -> None:
+    try:
+        loads_json(raw)
+    except orjson.JSONDecodeError:
+        pass
+    events, errors = parse_json_lines(raw)
+    assert {n for n, _ in events}.isdisjoint(n for n, _, _ in errors)

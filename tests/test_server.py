@@ -232,3 +232,34 @@ async def test_metrics_count_connections_and_refusals(redis_url: str, prefix: st
     assert 'binormal_http_refused_total{reason="connections"}' in text
     gauge = next(line for line in text.splitlines() if line.startswith("binormal_http_connections "))
     assert float(gauge.split()[1]) >= 1  # at least this request's own connection (the gauge is per process)
+
+
+WEIRD_REQUESTS = [
+    b"GET /api/scopes?limit=%ff HTTP/1.1\r\nHost: x\r\n\r\n",
+    b"GET /api/outliers?org=%ff%fe&source=%00&pop=%c3 HTTP/1.1\r\nHost: x\r\n\r\n",
+    b"GET /api/individual?org=a&source=b&pop=c&id=%ed%a0%80 HTTP/1.1\r\nHost: x\r\n\r\n",
+    b"GET /%ff%fe HTTP/1.1\r\nHost: x\r\n\r\n",
+    b"GET /api/scopes?%ff=1&limit=1%00 HTTP/1.1\r\nHost: x\r\n\r\n",
+    b"POST /discrete HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: abc\r\n\r\n{}",
+    b"POST /discrete HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 2\r\n"
+    b"Content-Length: 3\r\n\r\n{}",
+    b"POST /events HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-ndjson\r\nTransfer-Encoding: chunked\r\n\r\n"
+    b"zz\r\n",
+    b"GET /websocket HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+    b"GET /healthz HTTP/9.9\r\nHost: x\r\n\r\n",
+    b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03ECHOME\r\n\r\n",  # TLS on the plain port
+]
+
+
+@pytest.mark.parametrize("request_bytes", WEIRD_REQUESTS)
+async def test_odd_requests_are_never_a_5xx_and_never_echoed(redis_url: str, prefix: str, request_bytes: bytes) -> None:
+    async with app_serving(redis_url, prefix) as (host, port, _):
+        reader, writer = await asyncio.open_connection(host, port)
+        writer.write(request_bytes)
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5.0)
+        status, headers, _ = parse_response(head)
+        raw = head + await asyncio.wait_for(reader.readexactly(int(headers.get("content-length", "0"))), 5.0)
+        writer.close()
+    assert status < 500, raw
+    assert headers.get("content-type", "").startswith("application/json"), raw
+    assert b"ECHOME" not in raw and b"%ff" not in raw.lower() and b"\xff" not in raw
