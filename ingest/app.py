@@ -48,9 +48,8 @@ from common.health import (
     unavailable,
 )
 from common.keys import Keyspace
-from common.server import setup_limits
 from common.schema import Event, InvalidEvent, loads_json, parse_json, parse_json_lines
-
+from common.server import setup_limits
 from common.store import stream_lag
 from ingest.settings import IngestSettings
 

@@ -50,8 +50,8 @@ from common.health import (
     unavailable,
 )
 from common.keys import Keyspace
-from common.server import setup_limits
 from common.schema import LIMITS, Event, InvalidEvent, loads_json, parse_json
+from common.server import setup_limits
 from web.live import setup_live
 from web.query import setup_query
 from web.replies import ReplyWaiter, TooManyWaiting
