@@ -283,8 +283,8 @@ class BoundedAppRunner(web.AppRunner):
 
 async def _serve_forever(app: web.Application, host: str, port: int, shutdown_timeout: float) -> None:
     runner = BoundedAppRunner(app, handle_signals=True, access_log=None, shutdown_timeout=shutdown_timeout)
-    await runner.setup()
     try:
+        await runner.setup()  # inside the try: a signal during start-up still runs the cleanup contexts entered
         await web.TCPSite(runner, host, port).start()
         await asyncio.Event().wait()
     finally:
