@@ -263,3 +263,34 @@ async def test_odd_requests_are_never_a_5xx_and_never_echoed(redis_url: str, pre
     assert status < 500, raw
     assert headers.get("content-type", "").startswith("application/json"), raw
     assert b"ECHOME" not in raw and b"%ff" not in raw.lower() and b"\xff" not in raw
+
+
+def test_limits_come_from_the_environment_with_bounds() -> None:
+    from aiohttp import web
+
+    from common.config import ConfigError
+    from common.server import HttpLimits, setup_limits
+    from ingest.settings import IngestSettings
+    from web.settings import WebSettings
+
+    env = {
+        "BINORMAL_HEADER_TIMEOUT_S": "2",
+        "BINORMAL_BODY_TIMEOUT_S": "3",
+        "BINORMAL_KEEPALIVE_TIMEOUT_S": "4",
+        "BINORMAL_MAX_CONNECTIONS": "5",
+        "BINORMAL_MAX_WEBSOCKETS": "6",
+        "BINORMAL_RATE_LIMIT": "7",
+        "BINORMAL_RATE_BURST": "8",
+    }
+    want = HttpLimits(2.0, 3.0, 4.0, 5, 7.0, 8.0)
+    ws, ins = WebSettings.from_env(env), IngestSettings.from_env(env)
+    assert ws.http_limits == ins.http_limits == want and ws.max_websockets == 6
+    assert WebSettings.from_env({}).http_limits == HttpLimits() == IngestSettings.from_env({}).http_limits
+    for name, bad in (("BINORMAL_MAX_CONNECTIONS", "0"), ("BINORMAL_HEADER_TIMEOUT_S", "0"), ("BINORMAL_RATE_LIMIT", "-1")):
+        with pytest.raises(ConfigError, match=name):
+            WebSettings.from_env({name: bad})
+    app = web.Application()
+    setup_limits(app, want)
+    setup_limits(app, want)  # idempotent
+    with pytest.raises(ValueError, match="share HTTP limits"):
+        setup_limits(app, HttpLimits())
