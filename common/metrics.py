@@ -43,7 +43,7 @@ HTTP_CONNECTIONS = Gauge(
 )
 HTTP_REFUSED = Counter(
     "binormal_http_refused",
-    "Requests cut or refused by a bound: connections, websockets, head_timeout, body_timeout",
+    "Requests cut or refused by a bound: connections, websockets, head_timeout, body_timeout, send_timeout",
     ["reason"],
 )
 RATE_LIMITED = Counter(

@@ -8,6 +8,8 @@ per-connection protocol) adds, for every service:
 - a head timer: from the first byte of a request head, the whole head must
   arrive within ``header_timeout_s``, else ``408`` JSON and close (an idle
   keep-alive connection is closed after ``keepalive_timeout_s`` instead);
+- a send timer: a client that reads nothing while a response (or websocket
+  frame) waits in the write buffer for ``send_timeout_s`` is cut (aborted);
 - a connection cap: past ``max_connections`` open connections, a new
   connection's first request is answered ``503`` JSON (``Connection: close``)
   without reaching the application, and a connection that sends nothing is
@@ -22,7 +24,7 @@ the rate limit are the handlers'. :func:`run_app` replaces ``web.run_app`` and
 
 The protocol subclass reads aiohttp 3.14's ``RequestHandler`` state
 (``_messages``, ``_request_in_progress``, ``_upgraded``, ``_payload_parser``,
-``_request_count``) and swaps ``_request_handler``; tests/test_server.py
+``_request_count``), swaps ``_request_handler`` and extends ``pause_writing``; tests/test_server.py
 covers each of these, so an aiohttp upgrade that changes them fails there.
 """
 
@@ -53,7 +55,10 @@ MAX_HEADERS = 128
 LINGER_MAX_S = 10.0  # after an early answer, unread body is drained for at most this (and body_timeout_s)
 
 
-_REFUSED = {r: metrics.HTTP_REFUSED.labels(r) for r in ("connections", "websockets", "head_timeout", "body_timeout")}
+_REFUSED = {
+    r: metrics.HTTP_REFUSED.labels(r)
+    for r in ("connections", "websockets", "head_timeout", "body_timeout", "send_timeout")
+}
 
 
 @dataclass(frozen=True)
@@ -62,6 +67,7 @@ class HttpLimits:
 
     header_timeout_s: float = 10.0
     body_timeout_s: float = 30.0
+    send_timeout_s: float = 30.0  # a client that reads nothing of a response for this long is cut
     keepalive_timeout_s: float = 75.0
     max_connections: int = 1_000
     rate_limit: float = 0.0  # events per second per token/address on /discrete and /events; 0 = off
@@ -73,6 +79,7 @@ def limits_env(env: Mapping[str, str]) -> dict[str, Any]:
     return {
         "header_timeout_s": env_float(env, "BINORMAL_HEADER_TIMEOUT_S", 10.0, minimum=0.05),
         "body_timeout_s": env_float(env, "BINORMAL_BODY_TIMEOUT_S", 30.0, minimum=0.05),
+        "send_timeout_s": env_float(env, "BINORMAL_SEND_TIMEOUT_S", 30.0, minimum=0.05),
         "keepalive_timeout_s": env_float(env, "BINORMAL_KEEPALIVE_TIMEOUT_S", 75.0, minimum=0.05),
         "max_connections": env_int(env, "BINORMAL_MAX_CONNECTIONS", 1_000, minimum=1),
         "rate_limit": env_float(env, "BINORMAL_RATE_LIMIT", 0.0),
@@ -123,6 +130,7 @@ class BoundedRequestHandler(RequestHandler):
         self._counted = False
         self._head_timer: asyncio.TimerHandle | None = None
         self._last_payload: Any = None  # the body stream of the newest parsed request
+        self._send_timer: asyncio.TimerHandle | None = None
 
     # ------------------------------------------------------------ connection cap
 
@@ -144,6 +152,7 @@ class BoundedRequestHandler(RequestHandler):
             self._state.connections -= 1
             metrics.HTTP_CONNECTIONS.dec()
         self._disarm_head_timer()
+        self._disarm_send_timer()
         super().connection_lost(exc)
 
     async def _refuse(self, request: BaseRequest) -> web.StreamResponse:
@@ -195,6 +204,34 @@ class BoundedRequestHandler(RequestHandler):
         body = {"error": f"request head not received within {timeout:g}s", "field": "headers"}
         self.transport.write(_raw_json(408, "Request Timeout", body))
         self.force_close()  # transport.close() sends what was written first
+
+    # ------------------------------------------------------------ send timer
+
+    def pause_writing(self) -> None:
+        # The transport's write buffer passed its high-water mark: the peer is not reading.
+        super().pause_writing()
+        if self._send_timer is None:
+            self._send_timer = self._loop.call_later(self._state.limits.send_timeout_s, self._send_timed_out)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        self._disarm_send_timer()
+
+    def _disarm_send_timer(self) -> None:
+        if self._send_timer is not None:
+            self._send_timer.cancel()
+            self._send_timer = None
+
+    def _send_timed_out(self) -> None:
+        self._send_timer = None
+        transport = self.transport
+        if transport is None:
+            return
+        _REFUSED["send_timeout"].inc()
+        log.info("http_send_timeout", timeout_s=self._state.limits.send_timeout_s)
+        self.force_close()
+        # close() would wait to flush a buffer the peer never reads; abort() drops it now.
+        transport.abort()
 
     # ------------------------------------------------------------ protocol errors
 

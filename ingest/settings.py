@@ -28,6 +28,7 @@ class IngestSettings:
     # HTTP bounds (common.server.HttpLimits; the same variables for every service)
     header_timeout_s: float = 10.0  # a request head must arrive within this, else 408
     body_timeout_s: float = 30.0  # a whole request body must arrive within this, else 408
+    send_timeout_s: float = 30.0  # a client that reads nothing of a response for this long is cut
     keepalive_timeout_s: float = 75.0  # an idle keep-alive connection is closed after this
     max_connections: int = 1_000  # open connections per process; past it 503 and close
     rate_limit: float = 0.0  # events/s per token (or client address) on /discrete and /events; 0 = off
@@ -39,6 +40,7 @@ class IngestSettings:
         return HttpLimits(
             header_timeout_s=self.header_timeout_s,
             body_timeout_s=self.body_timeout_s,
+            send_timeout_s=self.send_timeout_s,
             keepalive_timeout_s=self.keepalive_timeout_s,
             max_connections=self.max_connections,
             rate_limit=self.rate_limit,

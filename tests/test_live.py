@@ -23,6 +23,7 @@ from common.embedded import RedisServer, find_binary, free_port
 from common.keys import Keyspace
 from common.schema import Event
 from tests.helpers import running_worker, wait_for, worker_settings, xadd_events
+from tests.http_helpers import stalled_websocket
 from web.live import HUB_KEY, SOCKETS_KEY, SUBSCRIBER_KEY, setup_live
 from web.settings import WebSettings
 
@@ -155,28 +156,6 @@ async def test_subscriber_waits_for_redis_and_resubscribes_after_a_restart(tmp_p
 
 
 # ------------------------------------------------------------ stalled client vs /discrete
-
-
-async def stalled_websocket(port: int) -> socket.socket:
-    """A websocket client that completes the handshake and then never reads again."""
-    loop = asyncio.get_running_loop()
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    # A tiny receive buffer makes TCP back pressure reach the server quickly.
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    s.setblocking(False)
-    await loop.sock_connect(s, ("127.0.0.1", port))
-    await loop.sock_sendall(
-        s,
-        b"GET /websocket HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-    )
-    head = b""
-    while b"\r\n\r\n" not in head:
-        chunk = await asyncio.wait_for(loop.sock_recv(s, 1), timeout=5)
-        assert chunk, "connection closed during the handshake"
-        head += chunk
-    assert b" 101 " in head.split(b"\r\n", 1)[0], head
-    return s  # never read from again
 
 
 async def discrete_latencies(http: aiohttp.ClientSession, base: str, n: int, tag: str) -> list[float]:

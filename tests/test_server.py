@@ -15,7 +15,7 @@ import pytest
 
 from common.server import HTTP_STATE, MAX_HEADER_BYTES, MAX_URL_BYTES
 from helpers import wait_for
-from http_helpers import SEED_BODY, combined_app, ingest_settings, serving, web_settings
+from http_helpers import SEED_BODY, combined_app, ingest_settings, serving, stalled_websocket, web_settings
 
 FAST = {"header_timeout_s": 0.5, "body_timeout_s": 0.5}
 
@@ -282,7 +282,8 @@ def test_limits_come_from_the_environment_with_bounds() -> None:
         "BINORMAL_RATE_LIMIT": "7",
         "BINORMAL_RATE_BURST": "8",
     }
-    want = HttpLimits(2.0, 3.0, 4.0, 5, 7.0, 8.0)
+    env["BINORMAL_SEND_TIMEOUT_S"] = "9"
+    want = HttpLimits(2.0, 3.0, 9.0, 4.0, 5, 7.0, 8.0)
     ws, ins = WebSettings.from_env(env), IngestSettings.from_env(env)
     assert ws.http_limits == ins.http_limits == want and ws.max_websockets == 6
     assert WebSettings.from_env({}).http_limits == HttpLimits() == IngestSettings.from_env({}).http_limits
@@ -294,3 +295,32 @@ def test_limits_come_from_the_environment_with_bounds() -> None:
     setup_limits(app, want)  # idempotent
     with pytest.raises(ValueError, match="share HTTP limits"):
         setup_limits(app, HttpLimits())
+
+
+async def test_a_client_that_stops_reading_is_cut_after_the_send_timeout(redis_url: str, prefix: str) -> None:
+    """TCP back pressure for longer than send_timeout_s aborts the connection (here a websocket whose
+    heartbeat alone would keep it for a minute)."""
+    from web.app import create_app
+    from web.live import HUB_KEY, SOCKETS_KEY
+
+    app = create_app(web_settings(redis_url, prefix, send_timeout_s=0.5, ws_heartbeat_s=60.0, ws_queue=100))
+    line = orjson.dumps({"score": 3.2, "org": "acme", "source": "flood", "pop": "p", "id": "x" * 400, "action": "a"})
+    async with serving(app) as base:
+        hub = app[HUB_KEY]
+        sock = await stalled_websocket(int(base.rsplit(":", 1)[1]))
+        stop = asyncio.Event()
+
+        async def flood() -> None:
+            while not stop.is_set():
+                hub.publish(b"\n".join([line] * 100))
+                await asyncio.sleep(0.01)
+
+        flooder = asyncio.create_task(flood())
+        try:
+            await wait_for(lambda: len(app[SOCKETS_KEY]) == 1, timeout=5.0, what="websocket open")
+            await wait_for(lambda: not app[SOCKETS_KEY], timeout=10.0, what="the stalled client cut")
+        finally:
+            stop.set()
+            await flooder
+            sock.close()
+    assert app[HTTP_STATE].connections == 0
