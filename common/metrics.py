@@ -37,6 +37,19 @@ BACKPRESSURE = Counter(
     "binormal_backpressure_refusals",
     "POST /events requests refused with 503 because the consumer group lagged",
 )
+HTTP_CONNECTIONS = Gauge(
+    "binormal_http_connections",
+    "Open HTTP connections of this process (BINORMAL_MAX_CONNECTIONS caps them)",
+)
+HTTP_REFUSED = Counter(
+    "binormal_http_refused",
+    "Requests cut or refused by a bound: connections, websockets, head_timeout, body_timeout, send_timeout",
+    ["reason"],
+)
+RATE_LIMITED = Counter(
+    "binormal_rate_limited",
+    "Producer requests refused with 429 (BINORMAL_RATE_LIMIT)",
+)
 REQUEST_SECONDS = Histogram(
     "binormal_request_seconds",
     "HTTP request latency by route and status class",

@@ -57,6 +57,7 @@ from common.health import (
     ApiError,
     body_not_json,
     json_response,
+    rate_limit,
     read_body,
     require_content_type,
     serve,
@@ -64,7 +65,8 @@ from common.health import (
     setup_redis,
 )
 from common.keys import Keyspace
-from common.schema import Event, InvalidEvent, parse_json
+from common.schema import Event, InvalidEvent, loads_json, parse_json, parse_json_lines
+from common.server import setup_limits
 from common.store import stream_lag
 from ingest.actioncap import ActionCap
 from ingest.settings import IngestSettings
@@ -132,26 +134,18 @@ class Batch:
 
 
 def parse_ndjson(body: bytes) -> Batch:
-    """One event per line; blank lines are skipped but still numbered."""
-    batch = Batch()
-    for number, raw in enumerate(body.split(b"\n"), 1):
-        line = raw.strip()
-        if not line:
-            continue
-        try:
-            obj = orjson.loads(line)
-        except orjson.JSONDecodeError:
-            err = body_not_json(line)
-            batch.reject(number, str(err.body["error"]).replace("body", "line", 1), "body")
-            continue
-        batch.add(number, obj)
+    """One event per line; blank lines are skipped but still numbered (repeated keys rejected)."""
+    events, errors = parse_json_lines(body)  # orjson, validated, repeated keys rejected
+    batch = Batch(events=events)
+    for number, error, field_name in errors:
+        batch.reject(number, error, field_name)
     return batch
 
 
 def parse_array(body: bytes) -> Batch:
     """A JSON array of events; "line" is the index + 1."""
     try:
-        items = orjson.loads(body)
+        items = loads_json(body)  # each item with repeated keys is flagged, and rejected alone
     except orjson.JSONDecodeError:
         raise body_not_json(body) from None
     if not isinstance(items, list):
@@ -180,6 +174,7 @@ def setup(app: web.Application, settings: IngestSettings) -> None:
     setup_redis(app, settings.redis_url, settings.keys)
     setup_health(app, settings.ready_heartbeat_s)
     setup_auth(app, settings)
+    setup_limits(app, settings.http_limits)
     app[INGEST] = Ingest(
         settings,
         settings.keys,
@@ -213,9 +208,11 @@ async def events(request: web.Request) -> web.Response:
             lag=lag,
             max_lag=st.settings.max_lag,
         )
+    rate_limit(request, 1, charge=False)  # a caller in debt is refused before its body is read
     body = await read_body(request, st.settings.max_body_bytes)
     batch = parse_ndjson(body) if ctype == NDJSON else parse_array(body)
     _check_orgs(request, batch)  # every line before any write: a foreign org writes nothing
+    rate_limit(request, len(batch.events) + batch.rejected)  # every line is an event; 429 writes nothing
     if batch.events:
         before = batch.rejected
         batch.events = await st.cap.check(client, batch.events, batch)

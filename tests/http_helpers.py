@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -16,6 +17,7 @@ import aiohttp
 from aiohttp import web
 
 from common.health import REDIS
+from common.server import BoundedAppRunner
 
 from ingest.app import setup as setup_ingest
 from ingest.settings import IngestSettings
@@ -55,7 +57,7 @@ async def serving(app: web.Application, port: int = 0, wait_redis: bool = True) 
 
     With ``wait_redis`` it first waits until the app has reached Redis.
     """
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
+    runner = BoundedAppRunner(app, access_log=None, shutdown_timeout=2.0)  # the services' own bounds
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", port)
     await site.start()
@@ -99,3 +101,25 @@ async def post_raw(
     data = body.encode() if isinstance(body, str) else body
     async with session.post(url, data=data, headers=hdrs, skip_auto_headers=["Content-Type"]) as r:
         return r.status, await r.json(content_type=None), dict(r.headers)
+
+
+async def stalled_websocket(port: int) -> socket.socket:
+    """A websocket client that completes the handshake and then never reads again."""
+    loop = asyncio.get_running_loop()
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    # A tiny receive buffer makes TCP back pressure reach the server quickly.
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.setblocking(False)
+    await loop.sock_connect(s, ("127.0.0.1", port))
+    await loop.sock_sendall(
+        s,
+        b"GET /websocket HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    )
+    head = b""
+    while b"\r\n\r\n" not in head:
+        chunk = await asyncio.wait_for(loop.sock_recv(s, 1), timeout=5)
+        assert chunk, "connection closed during the handshake"
+        head += chunk
+    assert b" 101 " in head.split(b"\r\n", 1)[0], head
+    return s  # never read from again

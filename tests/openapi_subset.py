@@ -6,7 +6,7 @@ scalars, ``[a, b]`` flow lists of scalars, ``{}``), which :func:`load_yaml`
 parses and rejects anything else loudly. :func:`validate` checks the schema
 keywords the file uses: ``$ref`` (local), ``type`` (a name or a list),
 ``required``, ``properties``, ``additionalProperties``, ``items``, ``enum``,
-``minimum``.
+``minimum``, ``maximum``, ``minLength``, ``maxLength``, ``anyOf``.
 """
 
 from __future__ import annotations
@@ -182,7 +182,7 @@ _TYPES: dict[str, Any] = {
     "null": lambda v: v is None,
 }
 _KNOWN = {"$ref", "type", "required", "properties", "additionalProperties", "items", "enum", "minimum",
-          "description", "example", "format", "title"}
+          "maximum", "minLength", "maxLength", "anyOf", "description", "example", "format", "title"}
 
 
 def resolve(doc: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
@@ -205,6 +205,10 @@ def validate(doc: dict[str, Any], schema: dict[str, Any], value: Any, path: str 
     if unknown:
         return [f"{path}: schema uses unsupported keywords {sorted(unknown)}"]
     errors: list[str] = []
+    if "anyOf" in schema:
+        branches = [validate(doc, branch, value, path) for branch in schema["anyOf"]]
+        if all(branches):
+            return [f"{path}: matches no anyOf branch: {branches}"]
     types = schema.get("type")
     if types is not None:
         names = types if isinstance(types, list) else [types]
@@ -214,6 +218,12 @@ def validate(doc: dict[str, Any], schema: dict[str, Any], value: Any, path: str 
         errors.append(f"{path}: {value!r:.80} not in {schema['enum']}")
     if "minimum" in schema and _TYPES["number"](value) and value < schema["minimum"]:
         errors.append(f"{path}: {value} < minimum {schema['minimum']}")
+    if "maximum" in schema and _TYPES["number"](value) and value > schema["maximum"]:
+        errors.append(f"{path}: {value} > maximum {schema['maximum']}")
+    if "minLength" in schema and isinstance(value, str) and len(value) < schema["minLength"]:
+        errors.append(f"{path}: shorter than minLength {schema['minLength']}")
+    if "maxLength" in schema and isinstance(value, str) and len(value) > schema["maxLength"]:
+        errors.append(f"{path}: longer than maxLength {schema['maxLength']}")
     if isinstance(value, dict):
         props = schema.get("properties", {})
         for name in schema.get("required", []):

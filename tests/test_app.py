@@ -69,6 +69,7 @@ BAD_JSON_BODIES = [
     pytest.param(b"null", "body", id="json-null"),
     pytest.param(b'{"org": "\xff\xfe", "source": "s", "pop": "p", "id": "i", "action": "a"}', "body", id="non-utf8"),
     pytest.param(b"\xff\xfe\x00{", "body", id="binary"),
+    pytest.param(b'{"org": "acme", "org": "beta", "source": "s", "pop": "p", "id": "i", "action": "a"}', "org", id="duplicate-key"),
 ]
 
 

@@ -238,3 +238,16 @@ async def test_redis_unavailable_is_503_not_a_hang(prefix: str) -> None:
         documented(503, got)
         async with session.get(f"{base}/readyz") as r:
             assert r.status == 503
+
+
+async def test_duplicate_keys_reject_only_their_line(ingest: Ingest, aredis: aioredis.Redis) -> None:
+    good = orjson.dumps(ev(1))
+    dup = b'{"org":"acme","org":"beta","source":"web","pop":"p","id":"u","action":"a"}'
+    for body, ctype in ((good + b"\n" + dup + b"\n" + good + b"\n", NDJSON), (b"[" + good + b"," + dup + b"]", "application/json")):
+        status, got, _ = await post_raw(ingest.session, ingest.events, body, ctype)
+        assert status == 202, got
+        documented(202, got)
+        assert got["rejected"] == 1 and got["errors"][0]["line"] == 2 and got["errors"][0]["field"] == "org", got
+    assert await total_len(aredis, ingest.keys) == 3
+    status, got, _ = await post_raw(ingest.session, ingest.events, dup, NDJSON)
+    assert status == 400 and got["field"] == "org", got

@@ -23,7 +23,8 @@ from common.embedded import RedisServer, find_binary, free_port
 from common.keys import Keyspace
 from common.schema import Event
 from tests.helpers import running_worker, wait_for, worker_settings, xadd_events
-from web.live import HUB_KEY, SUBSCRIBER_KEY, setup_live
+from tests.http_helpers import stalled_websocket
+from web.live import HUB_KEY, SOCKETS_KEY, SUBSCRIBER_KEY, setup_live
 from web.settings import WebSettings
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -157,28 +158,6 @@ async def test_subscriber_waits_for_redis_and_resubscribes_after_a_restart(tmp_p
 # ------------------------------------------------------------ stalled client vs /discrete
 
 
-async def stalled_websocket(port: int) -> socket.socket:
-    """A websocket client that completes the handshake and then never reads again."""
-    loop = asyncio.get_running_loop()
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    # A tiny receive buffer makes TCP back pressure reach the server quickly.
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    s.setblocking(False)
-    await loop.sock_connect(s, ("127.0.0.1", port))
-    await loop.sock_sendall(
-        s,
-        b"GET /websocket HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-    )
-    head = b""
-    while b"\r\n\r\n" not in head:
-        chunk = await asyncio.wait_for(loop.sock_recv(s, 1), timeout=5)
-        assert chunk, "connection closed during the handshake"
-        head += chunk
-    assert b" 101 " in head.split(b"\r\n", 1)[0], head
-    return s  # never read from again
-
-
 async def discrete_latencies(http: aiohttp.ClientSession, base: str, n: int, tag: str) -> list[float]:
     """Latency of ``n`` sequential POST /discrete calls (seconds)."""
     out: list[float] = []
@@ -297,3 +276,27 @@ async def test_a_client_that_never_reads_is_evicted_by_the_heartbeat(redis_url: 
             await flooder
             sock.close()
     assert client.closed and evicted_after < 5.0, evicted_after
+
+
+async def test_websockets_past_the_cap_get_503_before_the_upgrade(redis_url: str, prefix: str) -> None:
+    from http_helpers import serving as bounded_serving, web_settings
+    from web.app import create_app
+
+    cap = 3
+    app = create_app(web_settings(redis_url, prefix, max_websockets=cap))
+    async with bounded_serving(app) as base, aiohttp.ClientSession() as session:
+        sockets = [await session.ws_connect(f"{base}/websocket") for _ in range(cap)]
+        with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+            await session.ws_connect(f"{base}/websocket")
+        assert refused.value.status == 503
+        upgrade = {"Connection": "Upgrade", "Upgrade": "websocket", "Sec-WebSocket-Version": "13",
+                   "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="}
+        async with session.get(f"{base}/websocket", headers=upgrade) as r:
+            assert r.status == 503 and r.headers["Retry-After"] == "1"
+            assert await r.json() == {"error": f"too many websocket clients (limit {cap}); retry later", "field": None}
+        # one leaves, a new one gets in
+        await sockets.pop().close()
+        await wait_for(lambda: len(app[SOCKETS_KEY]) < cap, timeout=5.0, what="a websocket slot freed")
+        sockets.append(await session.ws_connect(f"{base}/websocket"))
+        for ws in sockets:
+            await ws.close()

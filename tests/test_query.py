@@ -200,3 +200,32 @@ async def test_bad_state_under_a_key_is_a_500_quoting_redis(
     # the other scopes answer as before
     other = SCOPES[0]
     assert (await api.get("/api/outliers", org=other.org, source=other.source, pop=other.pop))[0] == 200
+
+
+@pytest.mark.parametrize(
+    "query,field",
+    [
+        ("/api/scopes?limit=" + "9" * 5000, "limit"),  # Python refuses int() of > 4,300 digits: was a 500
+        ("/api/scopes?limit=" + "0" * 5000, "limit"),
+        ("/api/scopes?limit=10&limit=20", "limit"),
+        ("/api/outliers?org=a&org=b&source=s&pop=p", "org"),
+        ("/api/outliers?org=a&source=s&pop=p&pop=q", "pop"),
+        ("/api/outliers?org=a&source=s&pop=p&limit=1&limit=1", "limit"),
+        ("/api/individual?org=a&source=s&source=t&pop=p&id=i", "source"),
+        ("/api/individual?org=a&source=s&pop=p&id=i&id=i", "id"),
+        ("/websocket?stats=1&stats=1", "stats"),
+    ],
+)
+async def test_huge_numbers_and_repeated_parameters_are_400_naming_them(
+    redis_url: str, prefix: str, query: str, field: str
+) -> None:
+    app = create_app(web_settings(redis_url, prefix))
+    async with serving(app) as base, aiohttp.ClientSession() as session:
+        async with session.get(f"{base}{query}") as r:
+            body = await r.json()
+            assert r.status == 400, body
+            assert body["field"] == field
+            assert "9999" not in body["error"]  # the input is not echoed
+            if not query.startswith("/websocket"):
+                path = query.partition("?")[0]
+                assert not check_response(DOC, path, "get", r.status, body)

@@ -227,3 +227,189 @@ def test_json_to_entry_round_trip(
         event_id,
     )
     assert parse_entry(as_entry(ev)) == ev
+
+
+# ---------------------------------------------------------------- duplicate keys (loads_json)
+
+from common.schema import DuplicateKeys, loads_json  # noqa: E402
+
+DUPLICATES = [
+    (b'{"org":"a","org":"b","source":"s","pop":"p","id":"i","action":"x"}', "org"),
+    (b'{"org" : "a", "source":"s","pop":"p","id":"i","action":"x",  "org":"a"}', "org"),
+    (b'{"org":"a","source":"s","pop":"p","id":"i","action":"x","\\u006frg":"b"}', "org"),  # escaped spelling
+    (b'{"org":"org","source":"s","pop":"p","id":"i","action":"x","action":"y"}', "action"),
+    (b'{"x":1,"x":2}', "x"),
+]
+
+
+@pytest.mark.parametrize("raw,field", DUPLICATES)
+def test_duplicate_keys_are_rejected_naming_the_key(raw: bytes, field: str) -> None:
+    obj = loads_json(raw)
+    assert isinstance(obj, DuplicateKeys) and obj.duplicate == field
+    with pytest.raises(InvalidEvent) as info:
+        parse_json(obj)
+    assert info.value.field == field and "more than once" in info.value.problem
+
+
+def test_duplicates_inside_an_array_mark_only_their_item() -> None:
+    items = loads_json(b'[{"org":"a"},{"org":"a","org":"b"},{"id":"\\"org\\""}]')
+    assert [type(i) is DuplicateKeys for i in items] == [False, True, False]
+    assert items[0] == {"org": "a"} and items[2] == {"id": '"org"'}
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b"not json", b'{"org": "a",', b'{"org":"\xff"}', b"[1,", b'{"a":NaN}', b'"\\ud800"'],
+)
+def test_loads_json_refuses_what_orjson_refuses(raw: bytes) -> None:
+    with pytest.raises(orjson.JSONDecodeError):
+        loads_json(raw)
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.text(max_size=8),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=6), children, max_size=5),
+    max_leaves=20,
+)
+
+
+def _dump_with_pairs(pairs: list[tuple[str, Any]], escape: bool) -> bytes:
+    """A JSON object written pair by pair (so keys may repeat), keys optionally \\u-escaped."""
+    parts = []
+    for key, value in pairs:
+        k = "".join(f"\\u{ord(c):04x}" if ord(c) < 0x10000 else c for c in key) if escape else None
+        kb = f'"{k}"'.encode() if k is not None else orjson.dumps(key)
+        parts.append(kb + b":" + orjson.dumps(value))
+    return b"{" + b",".join(parts) + b"}"
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    pairs=st.lists(st.tuples(st.sampled_from(["org", "source", "pop", "id", "action", "x", "é"]), json_values), max_size=8),
+    escape=st.booleans(),
+)
+def test_loads_json_flags_exactly_the_objects_with_a_repeated_key(pairs: list[tuple[str, Any]], escape: bool) -> None:
+    raw = _dump_with_pairs(pairs, escape)
+    obj = loads_json(raw)
+    keys = [k for k, _ in pairs]
+    repeated = len(set(keys)) < len(keys)
+    assert isinstance(obj, DuplicateKeys) == repeated
+    assert dict(obj) == orjson.loads(raw)  # same values as orjson (last key wins)
+    if repeated:
+        assert keys.count(obj.duplicate) > 1
+
+
+@settings(max_examples=200, deadline=None)
+@given(value=json_values)
+def test_loads_json_equals_orjson_on_any_json(value: Any) -> None:
+    raw = orjson.dumps(value)
+    assert loads_json(raw) == orjson.loads(raw)
+
+
+from common.schema import parse_json_lines  # noqa: E402
+
+
+def _line_by_line(raws: list[bytes]) -> tuple[list[tuple[int, Event]], list[tuple[int, str, str]]]:
+    """The reference: loads_json and parse_json on each line alone."""
+    events, errors = [], []
+    for number, raw in enumerate(raws, 1):
+        line = raw.strip()
+        if not line:
+            continue
+        try:
+            events.append((number, parse_json(loads_json(line))))
+        except orjson.JSONDecodeError:
+            errors.append((number, "line is not valid UTF-8" if b"\xff" in line else "line is not valid JSON", "body"))
+        except InvalidEvent as exc:
+            errors.append((number, str(exc), exc.field))
+    return events, errors
+
+
+event_pairs = st.lists(
+    st.tuples(
+        st.sampled_from(["org", "source", "pop", "id", "action", "event_id", "ts", "x"]),
+        st.one_of(st.text(min_size=1, max_size=6), st.integers(0, 10**6)),
+    ),
+    min_size=4,
+    max_size=9,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    lines=st.lists(
+        st.one_of(
+            st.tuples(event_pairs, st.booleans()),
+            st.just(GOOD),
+            st.sampled_from([b"", b"   ", b"not json", b'{"org":', b"\xff", b"[1]"]),
+        ),
+        max_size=12,
+    )
+)
+def test_parse_json_lines_is_line_by_line_parsing(lines: list[Any]) -> None:
+    raws = []
+    for line in lines:
+        if isinstance(line, tuple):
+            raws.append(_dump_with_pairs(*line))
+        elif isinstance(line, dict):
+            raws.append(orjson.dumps(line))
+        else:
+            raws.append(line)
+    events, errors = parse_json_lines(b"\n".join(raws))
+    want_events, want_errors = _line_by_line(raws)
+    assert events == want_events
+    assert [(n, f) for n, _, f in errors] == [(n, f) for n, _, f in want_errors]
+    assert [e.split(" (")[0] for _, e, _ in errors] == [e.split(" (")[0] for _, e, _ in want_errors]
+
+
+def test_parse_json_lines_finds_a_repeated_key_among_good_lines() -> None:
+    good = orjson.dumps(GOOD)
+    dup = b'{"org":"acme","org":"beta","source":"s","pop":"p","id":"i","action":"a"}'
+    for body in (good + b"\n" + dup + b"\n" + good, good + b"\n" + dup + b"\n" + b'{"id":"a\\"b"}'):
+        events, errors = parse_json_lines(body)
+        assert [n for n, _ in events] == [1, 3] or [n for n, _ in events] == [1]
+        assert errors[0] == (2, "org: appears more than once", "org")
+
+
+# ---------------------------------------------------------------- validators never fail otherwise
+
+field_names = st.sampled_from(sorted(LIMITS) + ["x", "", "é"])
+
+
+@settings(max_examples=500, deadline=None)
+@given(obj=st.one_of(json_values, st.dictionaries(field_names, json_values, max_size=10)))
+def test_parse_json_accepts_or_names_a_field_for_any_json(obj: Any) -> None:
+    try:
+        event = parse_json(obj)
+    except InvalidEvent as exc:
+        assert exc.field and exc.problem
+    else:
+        assert parse_entry({k.encode(): v.encode() for k, v in event.to_fields().items()}) == event
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    fields=st.dictionaries(
+        st.one_of(field_names.map(str.encode), st.binary(max_size=8)),
+        st.one_of(st.binary(max_size=40), st.text(max_size=40).map(str.encode)),
+        max_size=12,
+    )
+)
+def test_parse_entry_accepts_or_names_a_field_for_any_bytes(fields: dict[bytes, bytes]) -> None:
+    try:
+        event = parse_entry(fields)
+    except InvalidEvent as exc:
+        assert exc.field and exc.problem
+    else:
+        assert all(len(getattr(event, name).encode()) <= LIMITS[name] for name in REQUIRED)
+
+
+@settings(max_examples=300, deadline=None)
+@given(raw=st.binary(max_size=200))
+def test_json_decoders_refuse_garbage_only_with_a_decode_error(raw: bytes) -> None:
+    try:
+        loads_json(raw)
+    except orjson.JSONDecodeError:
+        pass
+    events, errors = parse_json_lines(raw)
+    assert {n for n, _ in events}.isdisjoint(n for n, _, _ in errors)

@@ -47,6 +47,7 @@ from common.health import (
     ApiError,
     body_not_json,
     json_response,
+    rate_limit,
     read_body,
     require_content_type,
     serve,
@@ -55,7 +56,8 @@ from common.health import (
     unavailable,
 )
 from common.keys import Keyspace
-from common.schema import LIMITS, Event, InvalidEvent, parse_json
+from common.schema import LIMITS, Event, InvalidEvent, loads_json, parse_json
+from common.server import setup_limits
 from web.live import setup_live
 from web.query import setup_query
 from web.replies import ReplyWaiter, TooManyWaiting
@@ -168,6 +170,7 @@ def setup(app: web.Application, settings: WebSettings) -> None:
     setup_redis(app, settings.redis_url, settings.keys)
     setup_health(app, settings.ready_heartbeat_s)
     setup_auth(app, settings)
+    setup_limits(app, settings.http_limits)
     app[_WEB_SETTINGS] = settings
     app.cleanup_ctx.append(_replies_ctx)
     app.router.add_post("/discrete", discrete)
@@ -285,11 +288,12 @@ async def discrete(request: web.Request) -> web.Response:
     """``POST /discrete``: count one event and answer its score (see module docstring)."""
     started = time.perf_counter()
     st = request.app[DISCRETE]
+    rate_limit(request, 1)  # 429 (BINORMAL_RATE_LIMIT): nothing read, nothing written
     try:
         require_content_type(request, (JSON,))
         body = await read_body(request, st.settings.max_body_bytes)
         try:
-            obj = orjson.loads(body)
+            obj = loads_json(body)  # orjson, plus repeated keys flagged
         except orjson.JSONDecodeError:
             raise body_not_json(body) from None
         try:

@@ -26,10 +26,13 @@ import redis.asyncio as aioredis
 import structlog
 from aiohttp import WSCloseCode, WSMsgType, web
 
+from common import metrics
 from common.auth import Principal
 from common.connection import TRANSIENT, make_client, wait_until_up
 from common.guard import principal_of, still_valid
+from common.health import ApiError
 from web.hub import Hub
+from web.query import single_query
 from web.settings import WebSettings
 
 log = structlog.get_logger("binormal.web.live")
@@ -69,17 +72,33 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     """Stream results to one browser: frames of newline-delimited JSON (see :mod:`web.hub`).
 
     ``?stats=1`` adds the hello/stats control lines (drop counts) to the stream.
+    Past ``max_websockets`` open clients the answer is ``503`` JSON, before the upgrade.
     """
     app = request.app
     hub = app[HUB_KEY]
     settings = app[LIVE_SETTINGS_KEY]
+    sockets = app[SOCKETS_KEY]
+    stats = single_query(request, "stats")
+    if len(sockets) >= settings.max_websockets:
+        metrics.HTTP_REFUSED.labels("websockets").inc()
+        raise ApiError(
+            503,
+            f"too many websocket clients (limit {settings.max_websockets}); retry later",
+            None,
+            {"Retry-After": "1"},
+        )
     ws = web.WebSocketResponse(heartbeat=settings.ws_heartbeat_s, max_msg_size=4096)
-    await ws.prepare(request)
+    if not ws.can_prepare(request).ok:
+        raise ApiError(400, "not a websocket upgrade request (Connection: Upgrade, Upgrade: websocket)", "Upgrade")
+    sockets.add(ws)  # before the await: concurrent upgrades cannot overshoot the cap
+    try:
+        await ws.prepare(request)
+    except BaseException:
+        sockets.discard(ws)
+        raise
     # Control lines (hello, stats) only for clients that ask: the seed's page gets results only.
     principal = principal_of(request)
-    client = hub.register(control=request.query.get("stats") == "1", orgs=principal.orgs if principal else None)
-    sockets = app[SOCKETS_KEY]
-    sockets.add(ws)
+    client = hub.register(control=stats == "1", orgs=principal.orgs if principal else None)
     writer = asyncio.create_task(hub.run_writer(client, ws.send_str), name=f"ws-writer-{client.id}")
     writer.add_done_callback(lambda t: _writer_done(t, ws))
     watch = asyncio.create_task(_close_when_revoked(request, ws, principal)) if principal else None

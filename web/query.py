@@ -48,8 +48,16 @@ def setup_query(app: web.Application, settings: WebSettings) -> None:
     app.router.add_get("/api/individual", individual)
 
 
+def single_query(request: web.Request, name: str) -> str | None:
+    """The query parameter ``name``, None when absent; ``400`` naming it when given more than once."""
+    values = request.query.getall(name, ())
+    if len(values) > 1:
+        raise ApiError(400, f"{name}: given {len(values)} times, give it once", name)
+    return values[0] if values else None
+
+
 def _text(request: web.Request, name: str) -> str:
-    value = request.query.get(name)
+    value = single_query(request, name)
     if value is None:
         raise ApiError(400, f"{name}: is missing", name)
     if value == "":
@@ -62,12 +70,14 @@ def _text(request: web.Request, name: str) -> str:
 
 def _limit(request: web.Request, bounds: tuple[int, int]) -> int:
     default, maximum = bounds
-    raw = request.query.get("limit")
-    if raw is None or raw == "":
+    raw = single_query(request, "limit")
+    if raw is None:
         return default
-    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= maximum:
+    # The length check comes first: int() of thousands of digits is slow, and refused past 4,300 (a 500).
+    digits = raw.lstrip("0") or "0"
+    if not (raw.isascii() and raw.isdigit()) or len(digits) > len(str(maximum)) or not 1 <= int(digits) <= maximum:
         raise ApiError(400, f"limit: must be an integer from 1 to {maximum}", "limit")
-    return int(raw)
+    return int(digits)
 
 
 def _scope(request: web.Request) -> Scope:

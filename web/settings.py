@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from common.auth import auth_env
 from common.config import DEFAULT_REDIS_URL, env_float, env_int, env_str, environ, redis_env
 from common.keys import DEFAULT_PREFIX, Keyspace
+from common.server import HttpLimits, limits_env
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,28 @@ class WebSettings:
     allow_anonymous: bool = False  # BINORMAL_ALLOW_ANONYMOUS: auth off on other interfaces too
     allowed_origins: tuple[str, ...] = ()  # BINORMAL_ALLOWED_ORIGINS besides the page's own
     allowed_hosts: tuple[str, ...] = ()  # BINORMAL_ALLOWED_HOSTS; empty: bound address + loopback names
+    # HTTP bounds (common.server.HttpLimits; the same variables for every service)
+    header_timeout_s: float = 10.0  # a request head must arrive within this, else 408
+    body_timeout_s: float = 30.0  # a whole request body must arrive within this, else 408
+    send_timeout_s: float = 30.0  # a client that reads nothing of a response for this long is cut
+    keepalive_timeout_s: float = 75.0  # an idle keep-alive connection is closed after this
+    max_connections: int = 1_000  # open connections per process; past it 503 and close
+    rate_limit: float = 0.0  # events/s per token (or client address) on /discrete and /events; 0 = off
+    rate_burst: float = 0.0  # token bucket size; 0 = rate_limit (one second's worth)
+    max_websockets: int = 200  # open /websocket clients per process; past it 503
+
+    @property
+    def http_limits(self) -> HttpLimits:
+        """The HTTP server's bounds."""
+        return HttpLimits(
+            header_timeout_s=self.header_timeout_s,
+            body_timeout_s=self.body_timeout_s,
+            send_timeout_s=self.send_timeout_s,
+            keepalive_timeout_s=self.keepalive_timeout_s,
+            max_connections=self.max_connections,
+            rate_limit=self.rate_limit,
+            rate_burst=self.rate_burst,
+        )
 
     @property
     def keys(self) -> Keyspace:
@@ -46,6 +69,7 @@ class WebSettings:
         return cls(
             **redis_env(e),
             **auth_env(e),
+            **limits_env(e),
             host=env_str(e, "HOST", "127.0.0.1"),
             port=env_int(e, "PORT", 8080),
             instance=env_str(e, "BINORMAL_INSTANCE", ""),
@@ -58,4 +82,5 @@ class WebSettings:
             ws_max_fps=env_float(e, "BINORMAL_WS_MAX_FPS", 20.0, minimum=0.1),
             ws_heartbeat_s=env_float(e, "BINORMAL_WS_HEARTBEAT_S", 20.0, minimum=0.5),
             cap=env_int(e, "BINORMAL_CAP", 100, minimum=1),
+            max_websockets=env_int(e, "BINORMAL_MAX_WEBSOCKETS", 200, minimum=1),
         )
