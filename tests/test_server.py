@@ -61,7 +61,7 @@ def parse_response(raw: bytes) -> tuple[int, dict[str, str], Any]:
 async def test_a_trickled_request_head_is_cut_with_408(redis_url: str, prefix: str) -> None:
     async with app_serving(redis_url, prefix, **FAST) as (host, port, _):
         reader, writer = await asyncio.open_connection(host, port)
-        head = b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + b"X-Slow: " + b"a" * 200 + b"\r\n\r\n"
+        head = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n" + b"X-Slow: " + b"a" * 200 + b"\r\n\r\n"
         sender = asyncio.create_task(trickle(writer, head, 0.05))  # 10 s to send it all
         started = time.monotonic()
         raw = await read_until_closed(reader, timeout=5.0)
@@ -78,7 +78,7 @@ async def test_a_trickled_body_is_cut_with_408(redis_url: str, prefix: str, path
     async with app_serving(redis_url, prefix, **FAST) as (host, port, _):
         reader, writer = await asyncio.open_connection(host, port)
         body = SEED_BODY.encode()
-        head = f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: {content_type}\r\nContent-Length: {len(body)}\r\n\r\n"
+        head = f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {content_type}\r\nContent-Length: {len(body)}\r\n\r\n"
         writer.write(head.encode())
         sender = asyncio.create_task(trickle(writer, body, 0.05))
         started = time.monotonic()
@@ -95,7 +95,7 @@ async def test_an_idle_keepalive_connection_outlives_the_head_timeout(redis_url:
     """The head timer starts at a request's first byte, not when the connection goes idle."""
     async with app_serving(redis_url, prefix, **FAST) as (host, port, _):
         reader, writer = await asyncio.open_connection(host, port)
-        request = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+        request = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
         for _ in range(2):
             writer.write(request)
             status_line = await asyncio.wait_for(reader.readline(), 5.0)
@@ -115,7 +115,7 @@ async def test_connections_past_the_cap_get_503_json_and_are_closed(redis_url: s
         state = app[HTTP_STATE]
         await wait_for(lambda: state.connections >= cap, timeout=5.0, what="idle connections accepted")
         reader, writer = await asyncio.open_connection(host, port)
-        writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         raw = await read_until_closed(reader, timeout=5.0)
         status, headers, body = parse_response(raw)
         assert status == 503 and headers["connection"] == "close" and headers["retry-after"] == "1", raw
@@ -156,7 +156,7 @@ async def test_an_oversize_url_is_414_json_without_echo(redis_url: str, prefix: 
     marker = b"ECHOME"
     path = b"/api/scopes?x=" + marker * (MAX_URL_BYTES // len(marker) + 10)
     async with app_serving(redis_url, prefix) as (host, port, _):
-        status, headers, body, raw = await raw_exchange(host, port, b"GET " + path + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+        status, headers, body, raw = await raw_exchange(host, port, b"GET " + path + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
     assert status == 414 and headers["content-type"].startswith("application/json"), raw[:300]
     assert body["field"] == "url" and marker not in raw
 
@@ -166,7 +166,7 @@ async def test_an_oversize_header_is_431_json_without_echo(redis_url: str, prefi
     value = marker * (MAX_HEADER_BYTES // len(marker) + 10)
     async with app_serving(redis_url, prefix) as (host, port, _):
         status, headers, body, raw = await raw_exchange(
-            host, port, b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + value + b"\r\n\r\n"
+            host, port, b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + value + b"\r\n\r\n"
         )
     assert status == 431 and headers["content-type"].startswith("application/json"), raw[:300]
     assert body["field"] == "headers" and marker not in raw
@@ -175,7 +175,7 @@ async def test_an_oversize_header_is_431_json_without_echo(redis_url: str, prefi
 async def test_too_many_headers_is_431(redis_url: str, prefix: str) -> None:
     many = b"".join(b"X-H%d: v\r\n" % i for i in range(200))
     async with app_serving(redis_url, prefix) as (host, port, _):
-        status, _, body, _ = await raw_exchange(host, port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + many + b"\r\n")
+        status, _, body, _ = await raw_exchange(host, port, b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n" + many + b"\r\n")
     assert status == 431 and body["field"] == "headers"
 
 
@@ -193,18 +193,18 @@ async def test_non_utf8_header_values_are_4xx_json(redis_url: str, prefix: str) 
         for path in ("/discrete", "/events"):
             status, _, answer, raw = await raw_exchange(
                 host, port,
-                b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Type: application/\xe9\xff\r\nContent-Length: %d\r\n"
+                b"POST %s HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/\xe9\xff\r\nContent-Length: %d\r\n"
                 b"Connection: close\r\n\r\n%s" % (path.encode(), len(body), body),
             )
             assert status == 415 and answer["field"] == "Content-Type", raw
             status, _, answer, raw = await raw_exchange(
                 host, port,
-                b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Type: application/json; charset=\xe9\xff\r\n"
+                b"POST %s HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json; charset=\xe9\xff\r\n"
                 b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (path.encode(), len(body), body),
             )
             assert status == 415 and answer["field"] == "Content-Type", raw
         status, _, answer, raw = await raw_exchange(
-            host, port, b"GET /api/scopes HTTP/1.1\r\nHost: x\r\nX-Whatever: \xe9\xff\r\nConnection: close\r\n\r\n"
+            host, port, b"GET /api/scopes HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Whatever: \xe9\xff\r\nConnection: close\r\n\r\n"
         )
         assert status == 200, raw
 
@@ -222,7 +222,7 @@ async def test_metrics_count_connections_and_refusals(redis_url: str, prefix: st
         first = await asyncio.open_connection(host, port)
         await wait_for(lambda: app[HTTP_STATE].connections >= 1, timeout=5.0, what="first connection")
         reader, writer = await asyncio.open_connection(host, port)
-        writer.write(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        writer.write(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         assert b"503" in (await read_until_closed(reader, timeout=5.0)).split(b"\r\n")[0]
         writer.close()
         first[1].close()
@@ -235,18 +235,18 @@ async def test_metrics_count_connections_and_refusals(redis_url: str, prefix: st
 
 
 WEIRD_REQUESTS = [
-    b"GET /api/scopes?limit=%ff HTTP/1.1\r\nHost: x\r\n\r\n",
-    b"GET /api/outliers?org=%ff%fe&source=%00&pop=%c3 HTTP/1.1\r\nHost: x\r\n\r\n",
-    b"GET /api/individual?org=a&source=b&pop=c&id=%ed%a0%80 HTTP/1.1\r\nHost: x\r\n\r\n",
-    b"GET /%ff%fe HTTP/1.1\r\nHost: x\r\n\r\n",
-    b"GET /api/scopes?%ff=1&limit=1%00 HTTP/1.1\r\nHost: x\r\n\r\n",
-    b"POST /discrete HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: abc\r\n\r\n{}",
-    b"POST /discrete HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 2\r\n"
+    b"GET /api/scopes?limit=%ff HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+    b"GET /api/outliers?org=%ff%fe&source=%00&pop=%c3 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+    b"GET /api/individual?org=a&source=b&pop=c&id=%ed%a0%80 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+    b"GET /%ff%fe HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+    b"GET /api/scopes?%ff=1&limit=1%00 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+    b"POST /discrete HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: abc\r\n\r\n{}",
+    b"POST /discrete HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 2\r\n"
     b"Content-Length: 3\r\n\r\n{}",
-    b"POST /events HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-ndjson\r\nTransfer-Encoding: chunked\r\n\r\n"
+    b"POST /events HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/x-ndjson\r\nTransfer-Encoding: chunked\r\n\r\n"
     b"zz\r\n",
-    b"GET /websocket HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
-    b"GET /healthz HTTP/9.9\r\nHost: x\r\n\r\n",
+    b"GET /websocket HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+    b"GET /healthz HTTP/9.9\r\nHost: 127.0.0.1\r\n\r\n",
     b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03ECHOME\r\n\r\n",  # TLS on the plain port
 ]
 
