@@ -25,7 +25,9 @@ import structlog
 from aiohttp import web
 
 from common.config import env_int, env_str
-from common.embedded import RedisServer, die_with_parent, find_binary
+from binormal.runsettings import EmbeddedRedisSettings
+from binormal.supervisor import embedded_server, supervise
+from common.embedded import RedisServer, die_with_parent
 from common.health import serve
 from ingest.app import setup as setup_ingest
 from ingest.settings import IngestSettings
@@ -36,13 +38,13 @@ from worker import WorkerSettings
 log = structlog.get_logger("binormal.run")
 
 
-def start_embedded_redis(env: Mapping[str, str]) -> RedisServer:
-    """The embedded Redis, with its files under ``BINORMAL_DATA_DIR`` (default ./var)."""
-    data_dir = Path(env_str(env, "BINORMAL_DATA_DIR", "var")).resolve() / "redis"
-    port = int(env_str(env, "BINORMAL_REDIS_PORT", "0")) or None
-    server = RedisServer(data_dir, binary=find_binary("embedded"), port=port, aof=True).start()
-    log.info("embedded_redis_started", url=server.url, pid=server.pid, data_dir=str(data_dir))
-    return server
+def start_embedded_redis(env: Mapping[str, str]) -> tuple[RedisServer, EmbeddedRedisSettings]:
+    """The embedded Redis, started, with its files under ``BINORMAL_DATA_DIR`` (default ./var)."""
+    settings = EmbeddedRedisSettings.from_env(env)
+    server = embedded_server(settings).start(timeout=settings.start_timeout_s)
+    log.info("embedded_redis_started", url=server.url, pid=server.pid, data_dir=str(server.data_dir),
+             maxmemory=settings.maxmemory, fsync=settings.fsync)
+    return server, settings
 
 
 RUN_ENV: web.AppKey[dict[str, str]] = web.AppKey("binormal_run_env", dict)
@@ -85,7 +87,7 @@ async def _worker_ctx(app: web.Application) -> AsyncIterator[None]:
                 env=env,
                 stdin=asyncio.subprocess.DEVNULL,
                 start_new_session=True,
-                preexec_fn=die_with_parent,
+                preexec_fn=die_with_parent(),
             )
             current[slot] = proc
             log.info("worker_started", pid=proc.pid, consumer=env["BINORMAL_CONSUMER"])
@@ -117,8 +119,15 @@ async def _worker_ctx(app: web.Application) -> AsyncIterator[None]:
                     proc.kill()
 
 
-def build_app(env: Mapping[str, str], log_level: str = "INFO") -> tuple[web.Application, WebSettings]:
-    """One aiohttp app with the web tier and the ingest service on HOST/PORT, plus a worker process."""
+def build_app(
+    env: Mapping[str, str],
+    log_level: str = "INFO",
+    embedded: tuple[RedisServer, EmbeddedRedisSettings] | None = None,
+) -> tuple[web.Application, WebSettings]:
+    """One aiohttp app with the web tier and the ingest service on HOST/PORT, plus worker processes.
+
+    With ``embedded`` (the server and its settings) the app also supervises that Redis.
+    """
     ws = WebSettings.from_env(env)
     ins = replace(IngestSettings.from_env(env), host=ws.host, port=ws.port)
     WorkerSettings.from_env(env)  # a bad worker setting fails here, before anything starts
@@ -127,6 +136,8 @@ def build_app(env: Mapping[str, str], log_level: str = "INFO") -> tuple[web.Appl
     app[RUN_ENV] = dict(env)
     app[PORT] = ws.port
     app[LOG_LEVEL] = log_level
+    if embedded is not None:
+        supervise(app, *embedded)  # before the workers: torn down after them
     app.cleanup_ctx.append(_worker_ctx)
     setup_web(app, ws)
     setup_ingest(app, ins)
@@ -137,11 +148,13 @@ def main_run(log_level: str = "INFO") -> int:
     """Entry point of ``binormal run``: embedded Redis (unless REDIS_URL), worker, web and ingest."""
     env = dict(os.environ)
     server = None
+    embedded = None
     if not env.get("REDIS_URL"):
-        server = start_embedded_redis(env)
+        embedded = start_embedded_redis(env)
+        server = embedded[0]
         env["REDIS_URL"] = server.url
     try:
-        app, ws = build_app(env, log_level)
+        app, ws = build_app(env, log_level, embedded)
         # run_app handles SIGINT/SIGTERM: stop listening, finish requests, run the cleanup contexts.
         serve(app, ws.host, ws.port, "binormal")
     finally:

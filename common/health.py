@@ -142,7 +142,21 @@ class RedisConfig:
     keys: Keyspace
 
 
+@dataclass
+class Supervision:
+    """What a supervising process (``binormal run``) says about its embedded Redis.
+
+    ``state``: ``running``, ``restarting`` (it died and is being started again:
+    not ready, still alive) or ``failed`` (restarts keep failing: the process
+    cannot heal itself, so liveness fails too). ``detail`` says why.
+    """
+
+    state: str = "running"
+    detail: str = ""
+
+
 REDIS = web.AppKey("binormal_redis", RedisHandle)
+SUPERVISION = web.AppKey("binormal_supervision", Supervision)
 _REDIS_CONFIG = web.AppKey("binormal_redis_config", RedisConfig)
 _HEALTH_READY_S = web.AppKey("binormal_ready_heartbeat_s", float)
 
@@ -254,8 +268,13 @@ _latency: dict[tuple[str, str, int], Any] = {}
 
 
 async def healthz(request: web.Request) -> web.Response:
-    """The process is alive (no dependency is checked)."""
-    return json_response({"status": "alive"})
+    """The process is alive (no dependency is checked), unless its supervisor cannot heal its Redis."""
+    sup = request.app.get(SUPERVISION)
+    if sup is None:
+        return json_response({"status": "alive"})
+    if sup.state == "failed":
+        return json_response({"status": "failing", "embedded_redis": sup.state, "reason": sup.detail}, 503)
+    return json_response({"status": "alive", "embedded_redis": sup.state})
 
 
 async def readyz(request: web.Request) -> web.Response:
@@ -264,6 +283,9 @@ async def readyz(request: web.Request) -> web.Response:
     max_age_s = request.app[_HEALTH_READY_S]
     checks: dict[str, Any] = {"redis": False, "groups": False, "worker": False}
     reasons: list[str] = []
+    sup = request.app.get(SUPERVISION)
+    if sup is not None and sup.state != "running":
+        reasons.append(sup.detail or f"embedded redis {sup.state}")
     if not handle.up.is_set():
         reasons.append("redis not reached yet")
     else:
@@ -285,7 +307,7 @@ async def readyz(request: web.Request) -> web.Response:
             if not checks["worker"]:
                 reasons.append("no worker heartbeat" if not beats else f"newest worker heartbeat is {age_s:.1f}s old")
     metrics.REDIS_UP.set(1 if checks["redis"] else 0)
-    ready = all(checks.values())
+    ready = all(checks.values()) and not (sup is not None and sup.state != "running")
     body = {"ready": ready, "checks": checks, "reasons": reasons}
     return json_response(body, 200 if ready else 503)
 
