@@ -29,7 +29,7 @@ import redis.asyncio as aioredis
 import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
-from redis.exceptions import ResponseError
+from redis.exceptions import OutOfMemoryError, ResponseError
 
 from common import metrics
 from common.connection import TRANSIENT, make_client, wait_until_up
@@ -74,6 +74,18 @@ def json_response(obj: Any, status: int = 200, headers: dict[str, str] | None = 
 def unavailable(retry_after_s: int = 1, **extra: Any) -> ApiError:
     """``503 redis unavailable`` with ``Retry-After``."""
     return ApiError(503, "redis unavailable", None, {"Retry-After": str(retry_after_s)}, **extra)
+
+
+def out_of_memory(retry_after_s: int = 5, **extra: Any) -> ApiError:
+    """``503`` for a Redis at its ``maxmemory``: the write was refused, nothing was stored."""
+    return ApiError(
+        503,
+        "redis is out of memory (maxmemory reached): the write was refused and nothing was stored; "
+        "raise maxmemory (BINORMAL_REDIS_MAXMEMORY for the embedded Redis) or free memory, then retry",
+        None,
+        {"Retry-After": str(retry_after_s)},
+        **extra,
+    )
 
 
 def require_content_type(request: web.Request, allowed: Iterable[str]) -> str:
@@ -228,7 +240,8 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Time the request (histogram) and answer every error as JSON.
 
     ``ApiError`` carries its own body; aiohttp's HTTP errors (404, 405, 413)
-    become ``{"error": reason, "field": ...}``; a Redis outage becomes ``503``;
+    become ``{"error": reason, "field": ...}``; a Redis outage or a Redis at
+    its maxmemory (OOM) becomes ``503``;
     a command Redis refused (bad state under a key: WRONGTYPE) is a ``500``
     that quotes Redis; anything else is logged and answered ``500``.
     """
@@ -247,6 +260,10 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
     except TRANSIENT as exc:
         log.warning("redis_error", path=request.path, error=str(exc) or type(exc).__name__)
         resp = unavailable().response()
+    except OutOfMemoryError:
+        # maxmemory reached (noeviction): Redis refused the write, nothing of it was stored.
+        log.error("redis_out_of_memory", path=request.path)
+        resp = out_of_memory().response()
     except ResponseError as exc:
         log.error("redis_refused", path=request.path, error=str(exc))
         resp = json_response({"error": f"Redis refused a command: {exc}", "field": None}, 500)

@@ -30,6 +30,7 @@ import orjson
 import redis.asyncio as aioredis
 import structlog
 from aiohttp import web
+from redis.exceptions import OutOfMemoryError
 
 from common import metrics
 from common.connection import TRANSIENT, execute_raw, xadd_command
@@ -39,6 +40,7 @@ from common.health import (
     ApiError,
     body_not_json,
     json_response,
+    out_of_memory,
     read_body,
     require_content_type,
     serve,
@@ -226,7 +228,8 @@ async def _write(client: aioredis.Redis, st: Ingest, events: list[tuple[int, Eve
             done = written + len(chunk) - len(bad)
             _ACCEPTED.inc(done)
             log.error("ingest_write_refused", error=str(results[bad[0]]), refused=len(bad))
-            raise unavailable(
+            refuse = out_of_memory if isinstance(results[bad[0]], OutOfMemoryError) else unavailable
+            raise refuse(
                 st.settings.retry_after_s,
                 accepted=done,
                 rejected=summary["rejected"],
