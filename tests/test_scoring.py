@@ -475,3 +475,15 @@ def test_add_actions_equals_a_fresh_snapshot(pop: dict[str, int], added: dict[st
     assert snap.assess(counts, 5) == fresh.assess(counts, 5)
     for n in range(11):
         assert snap.bits0(n) == _full_z(fresh, n)
+
+
+def test_scoring_work_does_not_grow_with_the_number_of_actions() -> None:
+    """Every n' of a 24,000-action scope costs O(cap) bits terms, not O(actions) (issue 9, defect 5)."""
+    pop = {f"GET /r/{i}": 1 + (50_000 // (i + 1)) for i in range(24_000)}
+    snap = Snapshot(dict(pop))
+    for n in range(1, 101):
+        counts = {f"GET /r/{i}": 1 for i in range(n)}
+        snap.assess(counts, 5)
+    # bits terms computed: the top cap+1 actions at each n', plus each individual's own actions.
+    assert len(snap._bits) <= 101 * 100 + 2 * sum(range(1, 101))
+    assert all(len(ranked) <= 101 for ranked in snap._zero_ranked.values())
