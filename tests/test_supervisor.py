@@ -23,6 +23,7 @@ import pytest
 
 from common.embedded import free_port
 from helpers import binormal_command
+from openapi_subset import check_response, load_openapi
 
 SCOPE = {"org": "acme", "source": "webserver", "pop": "heal"}
 
@@ -229,11 +230,16 @@ def test_health_tells_the_truth_while_redis_cannot_come_back(
 
     body = wait_until(given_up, 60, "healthz 503 once the supervisor gave up")
     assert body["status"] == "failing" and "embedded redis" in body["reason"], body
+    spec = load_openapi()
+    assert check_response(spec, "/healthz", "get", 503, body) == []
+    status, ready_body = http("GET", f"{base}/readyz")
+    assert status == 503 and check_response(spec, "/readyz", "get", 503, ready_body) == []
     assert proc.poll() is None
     # Once the cause is gone the supervisor (still trying, slowly) heals: both probes 200 again.
     flag.unlink()
     wait_until(lambda: ready(base) and http("GET", f"{base}/healthz")[0] == 200, 90, "healed")
-    assert http("GET", f"{base}/healthz")[1]["embedded_redis"] == "running"
+    status, body = http("GET", f"{base}/healthz")
+    assert body["embedded_redis"] == "running" and check_response(spec, "/healthz", "get", 200, body) == []
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(60) == 0
 
