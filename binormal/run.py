@@ -26,9 +26,8 @@ from aiohttp import web
 
 from common.config import env_int, env_str
 from binormal.runsettings import EmbeddedRedisSettings
-from binormal.supervisor import embedded_server, supervise
+from binormal.supervisor import embedded_server, serve_until_stopped, supervise
 from common.embedded import RedisServer, die_with_parent
-from common.health import serve
 from ingest.app import setup as setup_ingest
 from ingest.settings import IngestSettings
 from web.app import setup as setup_web
@@ -38,13 +37,11 @@ from worker import WorkerSettings
 log = structlog.get_logger("binormal.run")
 
 
-def start_embedded_redis(env: Mapping[str, str]) -> tuple[RedisServer, EmbeddedRedisSettings]:
-    """The embedded Redis, started, with its files under ``BINORMAL_DATA_DIR`` (default ./var)."""
-    settings = EmbeddedRedisSettings.from_env(env)
-    server = embedded_server(settings).start(timeout=settings.start_timeout_s)
+def start_embedded_redis(server: RedisServer, settings: EmbeddedRedisSettings) -> None:
+    """Start the embedded Redis (files under ``BINORMAL_DATA_DIR``/redis) and wait until it answers."""
+    server.start(timeout=settings.start_timeout_s)
     log.info("embedded_redis_started", url=server.url, pid=server.pid, data_dir=str(server.data_dir),
              maxmemory=settings.maxmemory, fsync=settings.fsync)
-    return server, settings
 
 
 RUN_ENV: web.AppKey[dict[str, str]] = web.AppKey("binormal_run_env", dict)
@@ -150,15 +147,20 @@ def main_run(log_level: str = "INFO") -> int:
     server = None
     embedded = None
     if not env.get("REDIS_URL"):
-        embedded = start_embedded_redis(env)
-        server = embedded[0]
+        settings = EmbeddedRedisSettings.from_env(env)
+        server = embedded_server(settings)
+        embedded = (server, settings)
         env["REDIS_URL"] = server.url
     try:
+        # Inside the try: a SIGTERM while Redis starts (SystemExit(0), binormal/cli.py) still stops it.
+        if embedded is not None:
+            start_embedded_redis(*embedded)
         app, ws = build_app(env, log_level, embedded)
-        # run_app handles SIGINT/SIGTERM: stop listening, finish requests, run the cleanup contexts.
-        serve(app, ws.host, ws.port, "binormal")
+        # Until the first SIGINT/SIGTERM: then stop listening, finish requests, run the cleanup contexts.
+        serve_until_stopped(app, ws.host, ws.port)
     finally:
         if server is not None:
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)  # leaving: a late SIGTERM must not kill us mid-stop
             server.stop()
             log.info("embedded_redis_stopped")
     return 0

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 from collections.abc import AsyncIterator
 
 import structlog
@@ -26,6 +27,7 @@ from aiohttp import web
 from binormal.runsettings import EmbeddedRedisSettings
 from common.embedded import RedisServer, RedisServerError, find_binary
 from common.health import SUPERVISION, Supervision
+from common.runtime import tune_gc
 
 log = structlog.get_logger("binormal.run")
 
@@ -148,3 +150,40 @@ def supervise(app: web.Application, server: RedisServer, settings: EmbeddedRedis
             await task
 
     app.cleanup_ctx.append(ctx)
+
+
+def serve_until_stopped(app: web.Application, host: str, port: int) -> None:
+    """Serve ``app`` on ``host:port`` until the first SIGINT/SIGTERM, then stop gracefully.
+
+    Unlike ``web.run_app`` (which raises ``GracefulExit`` on *every* signal,
+    so a second SIGTERM during the shutdown cancels its cleanup with a
+    traceback), the first signal sets an event and later ones find it set:
+    the workers still get their grace period and the exit code stays 0. The
+    handlers are in place before the app starts (workers, Redis clients), so a
+    signal during that start-up simply ends it.
+    """
+    log.info("listening", service="binormal", url=f"http://{host}:{port}")
+    tune_gc()  # everything is imported and the app built: freeze it
+    asyncio.run(_serve(app, host, port))
+
+
+async def _serve(app: web.Application, host: str, port: int) -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    # In-flight requests get up to 5 s once the socket is closed, then the cleanup contexts run.
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=5.0)
+    try:
+        await runner.setup()
+        if not stop.is_set():
+            await web.TCPSite(runner, host, port).start()
+            await stop.wait()
+        log.info("stopping", service="binormal")
+    finally:
+        await runner.cleanup()
+        # From here on the loop's handlers are gone (default action again): ignore
+        # further signals, the process is on its way out anyway.
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+            signal.signal(sig, signal.SIG_IGN)

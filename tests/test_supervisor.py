@@ -282,13 +282,18 @@ def _sigterm_at(point: str, tmp_path: Path, proc: subprocess.Popen[bytes]) -> No
 @pytest.mark.parametrize(
     "point",
     ["handler", "delay:0.3", "delay:0.6", '"embedded_redis_started"', '"worker_started"', '"listening"',
-     '"redis_ready"', '"worker_ready"'],
+     '"redis_ready"', '"worker_ready"', '"embedded_redis_restarted"', "twice:0.05", "twice:0.3"],
 )
 def test_sigterm_during_start_up_exits_0_without_a_traceback(
     tmp_path: Path, run_env: dict[str, str], spawned: Callable[[dict[str, str]], subprocess.Popen[bytes]],
     point: str,
 ) -> None:
     proc = spawned(run_env)
+    if point == '"embedded_redis_restarted"':
+        # SIGTERM while the supervisor restarts its Redis (sent when the restart is logged).
+        base = f"http://127.0.0.1:{run_env['PORT']}"
+        wait_until(lambda: ready(base), 60, "readyz 200")
+        os.kill(wait_until(lambda: redis_child(proc.pid), 10, "redis child"), signal.SIGKILL)
     if point == "handler":
         # As soon as the process catches SIGTERM (SigCgt bit 15 in /proc/PID/status).
         def catches() -> bool:
@@ -301,6 +306,12 @@ def test_sigterm_during_start_up_exits_0_without_a_traceback(
 
         wait_until(catches, 30, "SIGTERM handler")
         proc.send_signal(signal.SIGTERM)
+    elif point.startswith("twice:"):
+        # A second SIGTERM while the first one's shutdown is under way.
+        _sigterm_at('"worker_ready"', tmp_path, proc)
+        time.sleep(float(point.split(":")[1]))  # any moment of the shutdown must do
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
     else:
         _sigterm_at(point, tmp_path, proc)
     kids = children(proc.pid)
