@@ -8,6 +8,9 @@ tier (``/discrete``, ``/``, ``/websocket``, ``/api/*``) and the ingest service
 ``BINORMAL_WORKERS`` (default 1) scorer workers as its child processes.
 Ctrl-C (SIGINT) or SIGTERM stops them in reverse order and exits 0; the
 counters survive a restart because Redis appends every write to its AOF.
+The embedded Redis is restarted if it dies (binormal/supervisor.py), with a
+``maxmemory`` and ``appendfsync`` from binormal/runsettings.py; see
+docs/operations.md.
 """
 
 from __future__ import annotations
@@ -19,14 +22,13 @@ import socket
 import sys
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import replace
-from pathlib import Path
 
 import structlog
 from aiohttp import web
 
-from common.config import env_int, env_str
 from binormal.runsettings import EmbeddedRedisSettings
 from binormal.supervisor import embedded_server, serve_until_stopped, supervise
+from common.config import env_int, env_str
 from common.embedded import RedisServer, die_with_parent
 from ingest.app import setup as setup_ingest
 from ingest.settings import IngestSettings
