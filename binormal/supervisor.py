@@ -8,7 +8,9 @@ alone loses nothing; see docs/operations.md). Meanwhile ``/readyz`` answers
 ``embedded_redis: restarting``; once ``restart_attempts`` restarts in a row
 have failed, ``/healthz`` fails too (503): this process cannot heal itself and
 an outer supervisor should replace it. It keeps trying at the longest backoff,
-and both probes recover when Redis is back.
+and both probes recover when Redis is back. A Redis that dies again within
+``STABLE_S`` of a restart counts as a failed restart: a crash loop backs off
+(and ends in ``failed``) instead of restarting as fast as it dies.
 
 The server is launched from the event loop, which runs in the main thread:
 PR_SET_PDEATHSIG fires when the *forking thread* exits (common/embedded.py).
@@ -33,6 +35,7 @@ log = structlog.get_logger("binormal.run")
 
 POLL_S = 0.1  # how often the child's exit status is checked (a waitpid, no syscall to Redis)
 PING_TIMEOUT_S = 0.5
+STABLE_S = 30.0  # a restarted Redis that stays up this long resets the backoff and the failure count
 
 
 def embedded_server(settings: EmbeddedRedisSettings) -> RedisServer:
@@ -71,42 +74,67 @@ class RedisSupervisor:
         self.settings = settings
         self.status = status
         self.restarts = 0
+        # Failed starts, and runs shorter than STABLE_S, in a row: a Redis that
+        # dies again right after each restart (a crash loop) backs off too.
+        self.failures = 0
+        self.delay = settings.restart_backoff_s
+        self.started_at = 0.0  # loop time of the last (re)start
 
     async def run(self, stop: asyncio.Event) -> None:
         """Until ``stop``: notice the server's exit, restart it."""
+        loop = asyncio.get_running_loop()
+        self.started_at = loop.time()
         while not stop.is_set():
             proc = self.server.proc
             code = proc.poll() if proc is not None else -1
             if code is None:
+                if self.failures and loop.time() - self.started_at >= STABLE_S:
+                    self.failures, self.delay = 0, self.settings.restart_backoff_s  # it stayed up: healed
                 await _wait(stop, POLL_S)
                 continue
-            log.error("embedded_redis_died", pid=self.server.pid, returncode=code, port=self.server.port)
-            self.status.state = "restarting"
-            self.status.detail = f"embedded redis restarting (it exited with {code})"
+            ran_s = loop.time() - self.started_at
+            self.status.state = "restarting" if self.failures < self.settings.restart_attempts else "failed"
+            self.status.detail = f"embedded redis restarting (it exited with {code} after {ran_s:.1f}s)"
+            if ran_s < STABLE_S and self.restarts:
+                # Died soon after a restart: count it as a failed one and wait before the next.
+                self._failed(f"it exited with {code} {ran_s:.1f}s after its restart")
+                log.error("embedded_redis_died", pid=self.server.pid, returncode=code, ran_s=round(ran_s, 1),
+                          failures=self.failures, restart_in_s=self.delay)
+                await self._backoff(stop)
+            else:
+                log.error("embedded_redis_died", pid=self.server.pid, returncode=code, ran_s=round(ran_s, 1),
+                          restart_in_s=0)
             await self._restart(stop)
 
+    def _failed(self, why: str) -> None:
+        self.failures += 1
+        if self.failures >= self.settings.restart_attempts:
+            self.status.state = "failed"
+            self.status.detail = (
+                f"embedded redis could not be restarted ({self.failures} failures in a row): {why[:200]}"
+            )
+
+    async def _backoff(self, stop: asyncio.Event) -> None:
+        await _wait(stop, self.delay)
+        self.delay = min(self.delay * 2, self.settings.restart_max_backoff_s)
+
     async def _restart(self, stop: asyncio.Event) -> None:
-        s = self.settings
-        delay = s.restart_backoff_s
-        failures = 0
+        loop = asyncio.get_running_loop()
         while not stop.is_set():
             try:
                 await self._start_once()
             except (RedisServerError, OSError) as exc:
-                failures += 1
-                log.error("embedded_redis_restart_failed", attempt=failures, error=str(exc)[:500], retry_in_s=delay)
-                if failures >= s.restart_attempts:
-                    self.status.state = "failed"
-                    self.status.detail = (
-                        f"embedded redis could not be restarted ({failures} attempts in a row failed): {str(exc)[:200]}"
-                    )
-                await _wait(stop, delay)
-                delay = min(delay * 2, s.restart_max_backoff_s)
+                self._failed(str(exc))
+                log.error("embedded_redis_restart_failed", failures=self.failures, error=str(exc)[:500],
+                          retry_in_s=self.delay)
+                await self._backoff(stop)
                 continue
             self.restarts += 1
+            self.started_at = loop.time()
+            # Running again; the failure count and backoff reset only once it stays up STABLE_S.
             self.status.state, self.status.detail = "running", ""
             log.info("embedded_redis_restarted", pid=self.server.pid, port=self.server.port,
-                     attempts=failures + 1, restarts=self.restarts)
+                     failures=self.failures, restarts=self.restarts)
             return
 
     async def _start_once(self) -> None:

@@ -248,6 +248,56 @@ def test_health_tells_the_truth_while_redis_cannot_come_back(
 
 @pytest.mark.slow
 @pytest.mark.timeout(120)
+def test_a_crash_loop_backs_off_and_fails_liveness(
+    tmp_path: Path, run_env: dict[str, str], spawned: Callable[[dict[str, str]], subprocess.Popen[bytes]]
+) -> None:
+    """A Redis that dies again soon after each restart: the waits double, /healthz ends up 503."""
+    from common.embedded import find_binary
+
+    flag = tmp_path / "crash"
+    wrapper = tmp_path / "redis-server"
+    # While the flag exists, the server it starts is SIGKILLed 0.5 s after its start.
+    wrapper.write_text(
+        "#!/bin/sh\n"
+        f'"{find_binary("embedded")}" "$@" &\n'
+        "pid=$!\n"
+        "trap 'kill -9 $pid 2>/dev/null' TERM INT\n"
+        f'if [ -e "{flag}" ]; then sleep 0.5; kill -9 $pid; fi\n'
+        "wait $pid\n"
+    )
+    wrapper.chmod(0o755)
+    env = dict(run_env, REDIS_SERVER=str(wrapper), BINORMAL_REDIS_RESTART_ATTEMPTS="3")
+    base = f"http://127.0.0.1:{env['PORT']}"
+    proc = spawned(env)
+    wait_until(lambda: ready(base), 60, "readyz 200")
+    flag.touch()
+    shell = wait_until(lambda: redis_child(proc.pid), 10, "the wrapper")
+    real = wait_until(lambda: [c for c in children(shell) if alive(c)], 10, "its redis-server")
+    os.kill(real[0], signal.SIGKILL)
+
+    def waits() -> list[float]:
+        out = []
+        for line in log_text(tmp_path).splitlines():
+            if '"embedded_redis_died"' in line:
+                out.append(float(orjson.loads(line)["restart_in_s"]))
+        return out
+
+    def failing() -> bool:
+        status, body = http("GET", f"{base}/healthz")
+        return status == 503 and body["status"] == "failing"
+
+    wait_until(failing, 60, "healthz 503 in the crash loop")
+    got = wait_until(lambda: len(w := waits()) >= 4 and w, 60, "four deaths")
+    # The first death restarts at once; each early death after a restart waits twice as long.
+    assert got[:4] == [0, 0.2, 0.4, 0.8], got
+    flag.unlink()
+    wait_until(lambda: ready(base) and http("GET", f"{base}/healthz")[0] == 200, 60, "healed")
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(60) == 0
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
 @pytest.mark.parametrize("restarted", [False, True])
 def test_sigkill_of_run_takes_every_child_down(
     tmp_path: Path, run_env: dict[str, str], spawned: Callable[[dict[str, str]], subprocess.Popen[bytes]],
