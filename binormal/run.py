@@ -28,7 +28,7 @@ from aiohttp import web
 
 from binormal.runsettings import EmbeddedRedisSettings
 from binormal.supervisor import embedded_server, serve_until_stopped, supervise
-from common.config import env_int, env_str
+from common.config import ConfigError, env_int, env_str
 from common.embedded import RedisServer, die_with_parent
 from ingest.app import setup as setup_ingest
 from ingest.settings import IngestSettings
@@ -144,7 +144,18 @@ def build_app(
 
 
 def main_run(log_level: str = "INFO") -> int:
-    """Entry point of ``binormal run``: embedded Redis (unless REDIS_URL), worker, web and ingest."""
+    """Entry point of ``binormal run``: embedded Redis (unless REDIS_URL), worker, web and ingest.
+
+    A bad setting is one line on stderr naming the variable, exit code 2 (nothing left running).
+    """
+    try:
+        return _main_run(log_level)
+    except ConfigError as exc:
+        sys.stderr.write(f"binormal run: {exc}\n")
+        return 2
+
+
+def _main_run(log_level: str) -> int:
     env = dict(os.environ)
     server = None
     embedded = None
@@ -154,10 +165,10 @@ def main_run(log_level: str = "INFO") -> int:
         embedded = (server, settings)
         env["REDIS_URL"] = server.url
     try:
+        app, ws = build_app(env, log_level, embedded)  # every setting checked before anything starts
         # Inside the try: a SIGTERM while Redis starts (SystemExit(0), binormal/cli.py) still stops it.
         if embedded is not None:
             start_embedded_redis(*embedded)
-        app, ws = build_app(env, log_level, embedded)
         # Until the first SIGINT/SIGTERM: then stop listening, finish requests, run the cleanup contexts.
         serve_until_stopped(app, ws.host, ws.port)
     finally:

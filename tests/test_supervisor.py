@@ -372,3 +372,17 @@ def test_sigterm_during_start_up_exits_0_without_a_traceback(
     assert rc == 0, log[-3000:]
     assert "Traceback" not in log, log[-3000:]
     wait_until(lambda: not any(alive(k) for k in kids), 30, "children gone")
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    "var,value", [("BINORMAL_FSYNC", "never"), ("BINORMAL_REDIS_MAXMEMORY", "lots"), ("BINORMAL_WORKERS", "0")]
+)
+def test_a_bad_setting_is_one_line_naming_it_and_exit_2(
+    tmp_path: Path, run_env: dict[str, str], var: str, value: str
+) -> None:
+    done = subprocess.run([*binormal_command(), "run"], env=dict(run_env, **{var: value}), capture_output=True,
+                          timeout=50)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert var.encode() in done.stderr and b"Traceback" not in done.stderr, done.stderr[-2000:]
+    assert not any((tmp_path / "var" / "redis").glob("*.aof*"))  # bad embedded settings: Redis never started
