@@ -122,13 +122,15 @@ class RedisSupervisor:
         loop = asyncio.get_running_loop()
         while not stop.is_set():
             try:
-                await self._start_once()
+                await self._start_once(stop)
             except (RedisServerError, OSError) as exc:
                 self._failed(str(exc))
                 log.error("embedded_redis_restart_failed", failures=self.failures, error=str(exc)[:500],
                           retry_in_s=self.delay)
                 await self._backoff(stop)
                 continue
+            if stop.is_set():
+                return
             self.restarts += 1
             self.started_at = loop.time()
             # Running again; the failure count and backoff reset only once it stays up STABLE_S.
@@ -137,12 +139,16 @@ class RedisSupervisor:
                      failures=self.failures, restarts=self.restarts)
             return
 
-    async def _start_once(self) -> None:
-        """Launch the server and wait until it answers (or exits, or the start timeout passes)."""
+    async def _start_once(self, stop: asyncio.Event) -> None:
+        """Launch the server and wait until it answers (or exits, or the start timeout passes, or ``stop``).
+
+        On ``stop`` it returns at once: the server, answering or not, is stopped
+        with the others by ``binormal run`` on its way out.
+        """
         proc = self.server.launch()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.settings.start_timeout_s
-        while True:
+        while not stop.is_set():
             if proc.poll() is not None:
                 raise self.server.exit_error()
             # While it loads the AOF it answers -LOADING: keep waiting.

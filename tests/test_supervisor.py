@@ -298,6 +298,32 @@ def test_a_crash_loop_backs_off_and_fails_liveness(
 
 @pytest.mark.slow
 @pytest.mark.timeout(120)
+def test_sigterm_while_a_restarted_redis_is_slow_to_answer_stops_at_once(
+    tmp_path: Path, run_env: dict[str, str], spawned: Callable[[dict[str, str]], subprocess.Popen[bytes]]
+) -> None:
+    """A restart waiting for a Redis that does not answer yet (a big AOF loading) does not hold up the exit."""
+    from common.embedded import find_binary
+
+    flag = tmp_path / "slow"
+    wrapper = tmp_path / "redis-server"
+    wrapper.write_text(f'#!/bin/sh\n[ -e "{flag}" ] && sleep 100\nexec "{find_binary("embedded")}" "$@"\n')
+    wrapper.chmod(0o755)
+    env = dict(run_env, REDIS_SERVER=str(wrapper))
+    base = f"http://127.0.0.1:{env['PORT']}"
+    proc = spawned(env)
+    wait_until(lambda: ready(base), 60, "readyz 200")
+    flag.touch()
+    os.kill(wait_until(lambda: redis_child(proc.pid), 10, "redis child"), signal.SIGKILL)
+    wait_until(lambda: '"embedded_redis_died"' in log_text(tmp_path), 30, "the death noticed")
+    kids = children(proc.pid)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(30) == 0, log_text(tmp_path)[-3000:]  # not the 60 s start timeout, nor the 100 s sleep
+    assert "Traceback" not in log_text(tmp_path)
+    wait_until(lambda: not any(alive(k) for k in kids), 30, "children gone")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
 @pytest.mark.parametrize("restarted", [False, True])
 def test_sigkill_of_run_takes_every_child_down(
     tmp_path: Path, run_env: dict[str, str], spawned: Callable[[dict[str, str]], subprocess.Popen[bytes]],
