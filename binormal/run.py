@@ -29,7 +29,7 @@ from aiohttp import web
 from binormal.runsettings import EmbeddedRedisSettings
 from binormal.supervisor import embedded_server, serve_until_stopped, supervise
 from common.config import ConfigError, env_int, env_str
-from common.embedded import RedisServer, die_with_parent
+from common.embedded import RedisServer, RedisServerError, die_with_parent
 from ingest.app import setup as setup_ingest
 from ingest.settings import IngestSettings
 from web.app import setup as setup_web
@@ -146,13 +146,17 @@ def build_app(
 def main_run(log_level: str = "INFO") -> int:
     """Entry point of ``binormal run``: embedded Redis (unless REDIS_URL), worker, web and ingest.
 
-    A bad setting is one line on stderr naming the variable, exit code 2 (nothing left running).
+    A bad setting is one line on stderr naming the variable, exit code 2 (nothing left running);
+    an embedded Redis that does not start, one line and exit code 1.
     """
     try:
         return _main_run(log_level)
     except ConfigError as exc:
         sys.stderr.write(f"binormal run: {exc}\n")
         return 2
+    except RedisServerError as exc:  # the embedded Redis did not come up (port taken, bad data dir)
+        sys.stderr.write(f"binormal run: the embedded redis-server did not start: {exc}\n")
+        return 1
 
 
 def _main_run(log_level: str) -> int:

@@ -412,3 +412,15 @@ def test_a_bad_setting_is_one_line_naming_it_and_exit_2(
     assert done.returncode == 2, done.stderr[-2000:]
     assert var.encode() in done.stderr and b"Traceback" not in done.stderr, done.stderr[-2000:]
     assert not any((tmp_path / "var" / "redis").glob("*.aof*"))  # bad embedded settings: Redis never started
+
+
+@pytest.mark.timeout(60)
+def test_an_embedded_redis_that_cannot_start_is_one_line_and_exit_1(tmp_path: Path, run_env: dict[str, str]) -> None:
+    import socket
+
+    with socket.socket() as taken:  # its port is in use
+        taken.bind(("127.0.0.1", int(run_env["BINORMAL_REDIS_PORT"])))
+        taken.listen()
+        done = subprocess.run([*binormal_command(), "run"], env=run_env, capture_output=True, timeout=50)
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert b"embedded redis-server did not start" in done.stderr and b"Traceback" not in done.stderr
