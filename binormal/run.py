@@ -8,6 +8,9 @@ tier (``/discrete``, ``/``, ``/websocket``, ``/api/*``) and the ingest service
 ``BINORMAL_WORKERS`` (default 1) scorer workers as its child processes.
 Ctrl-C (SIGINT) or SIGTERM stops them in reverse order and exits 0; the
 counters survive a restart because Redis appends every write to its AOF.
+The embedded Redis is restarted if it dies (binormal/supervisor.py), with a
+``maxmemory`` and ``appendfsync`` from binormal/runsettings.py; see
+docs/operations.md.
 """
 
 from __future__ import annotations
@@ -24,9 +27,10 @@ from pathlib import Path
 import structlog
 from aiohttp import web
 
-from common.config import env_int, env_str
-from common.embedded import RedisServer, die_with_parent, find_binary
-from common.health import serve
+from binormal.runsettings import EmbeddedRedisSettings
+from binormal.supervisor import embedded_server, serve_until_stopped, supervise
+from common.config import ConfigError, env_int, env_str
+from common.embedded import RedisServer, RedisServerError, die_with_parent
 from ingest.app import setup as setup_ingest
 from ingest.settings import IngestSettings
 from web.app import setup as setup_web
@@ -36,13 +40,11 @@ from worker import WorkerSettings
 log = structlog.get_logger("binormal.run")
 
 
-def start_embedded_redis(env: Mapping[str, str]) -> RedisServer:
-    """The embedded Redis, with its files under ``BINORMAL_DATA_DIR`` (default ./var)."""
-    data_dir = Path(env_str(env, "BINORMAL_DATA_DIR", "var")).resolve() / "redis"
-    port = int(env_str(env, "BINORMAL_REDIS_PORT", "0")) or None
-    server = RedisServer(data_dir, binary=find_binary("embedded"), port=port, aof=True).start()
-    log.info("embedded_redis_started", url=server.url, pid=server.pid, data_dir=str(data_dir))
-    return server
+def start_embedded_redis(server: RedisServer, settings: EmbeddedRedisSettings) -> None:
+    """Start the embedded Redis (files under ``BINORMAL_DATA_DIR``/redis) and wait until it answers."""
+    server.start(timeout=settings.start_timeout_s)
+    log.info("embedded_redis_started", url=server.url, pid=server.pid, data_dir=str(server.data_dir),
+             maxmemory=settings.maxmemory, fsync=settings.fsync)
 
 
 RUN_ENV: web.AppKey[dict[str, str]] = web.AppKey("binormal_run_env", dict)
@@ -85,7 +87,7 @@ async def _worker_ctx(app: web.Application) -> AsyncIterator[None]:
                 env=env,
                 stdin=asyncio.subprocess.DEVNULL,
                 start_new_session=True,
-                preexec_fn=die_with_parent,
+                preexec_fn=die_with_parent(),
             )
             current[slot] = proc
             log.info("worker_started", pid=proc.pid, consumer=env["BINORMAL_CONSUMER"])
@@ -127,8 +129,15 @@ def with_default_tokens(env: Mapping[str, str]) -> dict[str, str]:
     return out
 
 
-def build_app(env: Mapping[str, str], log_level: str = "INFO") -> tuple[web.Application, WebSettings]:
-    """One aiohttp app with the web tier and the ingest service on HOST/PORT, plus a worker process."""
+def build_app(
+    env: Mapping[str, str],
+    log_level: str = "INFO",
+    embedded: tuple[RedisServer, EmbeddedRedisSettings] | None = None,
+) -> tuple[web.Application, WebSettings]:
+    """One aiohttp app with the web tier and the ingest service on HOST/PORT, plus worker processes.
+
+    With ``embedded`` (the server and its settings) the app also supervises that Redis.
+    """
     env = with_default_tokens(env)
     ws = WebSettings.from_env(env)
     ins = replace(IngestSettings.from_env(env), host=ws.host, port=ws.port)
@@ -138,6 +147,8 @@ def build_app(env: Mapping[str, str], log_level: str = "INFO") -> tuple[web.Appl
     app[RUN_ENV] = dict(env)
     app[PORT] = ws.port
     app[LOG_LEVEL] = log_level
+    if embedded is not None:
+        supervise(app, *embedded)  # before the workers: torn down after them
     app.cleanup_ctx.append(_worker_ctx)
     setup_web(app, ws)
     setup_ingest(app, ins)
@@ -148,21 +159,40 @@ def main_run(log_level: str = "INFO", open_all: bool = False) -> int:
     """Entry point of ``binormal run``: embedded Redis (unless REDIS_URL), worker, web and ingest.
 
     ``open_all`` (``--open``) listens on every interface (``HOST=0.0.0.0``).
+    A bad setting is one line on stderr naming the variable, exit code 2 (nothing left running);
+    an embedded Redis that does not start, one line and exit code 1.
     """
+    try:
+        return _main_run(log_level, open_all)
+    except ConfigError as exc:
+        sys.stderr.write(f"binormal run: {exc}\n")
+        return 2
+    except RedisServerError as exc:  # the embedded Redis did not come up (port taken, bad data dir)
+        sys.stderr.write(f"binormal run: the embedded redis-server did not start: {exc}\n")
+        return 1
+
+
+def _main_run(log_level: str, open_all: bool) -> int:
     env = dict(os.environ)
     if open_all:
         env["HOST"] = "0.0.0.0"
-    build_app(env, log_level)  # a bad setting (e.g. no tokens off loopback) fails before Redis starts
     server = None
+    embedded = None
     if not env.get("REDIS_URL"):
-        server = start_embedded_redis(env)
+        settings = EmbeddedRedisSettings.from_env(env)
+        server = embedded_server(settings)
+        embedded = (server, settings)
         env["REDIS_URL"] = server.url
     try:
-        app, ws = build_app(env, log_level)
-        # run_app handles SIGINT/SIGTERM: stop listening, finish requests, run the cleanup contexts.
-        serve(app, ws.host, ws.port, "binormal")
+        app, ws = build_app(env, log_level, embedded)  # every setting checked before anything starts
+        # Inside the try: a SIGTERM while Redis starts (SystemExit(0), binormal/cli.py) still stops it.
+        if embedded is not None:
+            start_embedded_redis(*embedded)
+        # Until the first SIGINT/SIGTERM: then stop listening, finish requests, run the cleanup contexts.
+        serve_until_stopped(app, ws.host, ws.port)
     finally:
         if server is not None:
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)  # leaving: a late SIGTERM must not kill us mid-stop
             server.stop()
             log.info("embedded_redis_stopped")
     return 0

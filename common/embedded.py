@@ -14,7 +14,9 @@ import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -62,28 +64,53 @@ def server_version(binary: str) -> str:
     return "unknown"
 
 
-def die_with_parent() -> None:
-    """In the child before exec: get SIGTERM when the parent dies (Linux prctl).
+def die_with_parent(parent: int | None = None) -> Callable[[], None]:
+    """A ``preexec_fn`` that makes the child get SIGTERM when ``parent`` dies (Linux prctl).
 
-    The server runs in its own session (a terminal Ctrl-C must not reach it
-    before the services have stopped), so nothing else would stop it if the
-    parent were SIGKILLed: no orphaned test servers left behind.
+    ``parent`` is the PID of the process that forks (default: this one, now).
+    Children run in their own session (a terminal Ctrl-C must not reach them
+    before the services have stopped), so nothing else would stop them if the
+    parent were SIGKILLed. Two traps: the parent may die between fork and
+    prctl (then the child's parent is already someone else and it leaves at
+    once), and PDEATHSIG fires when the *thread* that forked exits, so fork
+    only from a thread that lives as long as the process (the main thread:
+    asyncio's subprocesses and :meth:`RedisServer.launch` in an event loop
+    running there).
     """
+    expected = os.getpid() if parent is None else parent
     try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG = 1
+        prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up before the fork
     except (OSError, AttributeError):
-        pass
+        prctl = None
+
+    def preexec() -> None:
+        if prctl is None:
+            return
+        prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG = 1
+        if os.getppid() != expected:
+            os._exit(1)  # the parent died before prctl: nobody would ever stop us
+
+    return preexec
 
 
 class RedisServer:
     """Start/stop one redis-server child process."""
 
-    def __init__(self, data_dir: str | Path, binary: str | None = None, port: int | None = None, aof: bool = False):
+    def __init__(
+        self,
+        data_dir: str | Path,
+        binary: str | None = None,
+        port: int | None = None,
+        aof: bool = False,
+        maxmemory: int | None = None,
+        fsync: str = "everysec",
+    ):
         self.binary = binary or find_binary()
         self.data_dir = Path(data_dir)
         self.port = port or free_port()
         self.aof = aof
+        self.maxmemory = maxmemory
+        self.fsync = fsync
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -96,9 +123,8 @@ class RedisServer:
         """PID of the running server."""
         return self.proc.pid if self.proc else None
 
-    def start(self, timeout: float = 10.0) -> RedisServer:
-        """Launch and wait until it answers PING."""
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+    def args(self) -> list[str]:
+        """The redis-server command line."""
         args = [
             self.binary,
             "--port", str(self.port),
@@ -106,26 +132,54 @@ class RedisServer:
             "--dir", str(self.data_dir),
             "--save", "",
             "--appendonly", "yes" if self.aof else "no",
+            "--appendfsync", self.fsync,
             "--daemonize", "no",
             "--protected-mode", "yes",
             "--logfile", str(self.data_dir / "redis.log"),
         ]
+        if self.maxmemory is not None:
+            # noeviction: past the limit Redis refuses writes (OOM) instead of
+            # silently dropping counters, markers or stream entries.
+            args += ["--maxmemory", str(self.maxmemory), "--maxmemory-policy", "noeviction"]
+        return args
+
+    def launch(self) -> subprocess.Popen[bytes]:
+        """Start the process (same port and data dir every time) without waiting for it."""
+        if threading.current_thread() is not threading.main_thread():
+            # PDEATHSIG would fire when this thread ends, killing a healthy server.
+            raise RedisServerError("launch redis-server from the main thread")
+        self.data_dir.mkdir(parents=True, exist_ok=True)
         # Own session: a Ctrl-C in the terminal reaches us, not Redis; we stop it last.
-        self.proc = subprocess.Popen(
-            args,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            start_new_session=True,
-            preexec_fn=die_with_parent,
-        )
+        # stderr (config errors come there, not to the log file) goes to a file:
+        # a pipe nobody reads could fill up and block the server.
+        with open(self.data_dir / "redis.stderr", "ab") as err:
+            self.proc = subprocess.Popen(
+                self.args(),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+                start_new_session=True,
+                preexec_fn=die_with_parent(),
+            )
+        return self.proc
+
+    def exit_error(self) -> RedisServerError:
+        """Why the process exited: its return code and the tail of redis.log."""
+        assert self.proc is not None
+        tails = []
+        for name in ("redis.stderr", "redis.log"):
+            path = self.data_dir / name
+            if path.exists():
+                tails.append(path.read_text(errors="replace")[-300:].strip())
+        return RedisServerError(f"redis-server exited with {self.proc.returncode}: {' | '.join(tails)}")
+
+    def start(self, timeout: float = 10.0) -> RedisServer:
+        """Launch and wait until it answers PING."""
+        proc = self.launch()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                err = self.proc.stderr.read().decode(errors="replace") if self.proc.stderr else ""
-                log = (self.data_dir / "redis.log")
-                tail = log.read_text(errors="replace")[-500:] if log.exists() else ""
-                raise RedisServerError(f"redis-server exited with {self.proc.returncode}: {err} {tail}")
+            if proc.poll() is not None:
+                raise self.exit_error()
             if self._ping():
                 return self
             time.sleep(0.02)

@@ -29,7 +29,7 @@ import redis.asyncio as aioredis
 import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
-from redis.exceptions import ResponseError
+from redis.exceptions import OutOfMemoryError, ResponseError
 
 from common import metrics
 from common.connection import TRANSIENT, make_client, wait_until_up
@@ -76,6 +76,18 @@ def json_response(obj: Any, status: int = 200, headers: dict[str, str] | None = 
 def unavailable(retry_after_s: int = 1, **extra: Any) -> ApiError:
     """``503 redis unavailable`` with ``Retry-After``."""
     return ApiError(503, "redis unavailable", None, {"Retry-After": str(retry_after_s)}, **extra)
+
+
+def out_of_memory(retry_after_s: int = 5, **extra: Any) -> ApiError:
+    """``503`` for a Redis at its ``maxmemory``: the write was refused, nothing was stored."""
+    return ApiError(
+        503,
+        "redis is out of memory (maxmemory reached): the write was refused and nothing was stored; "
+        "raise maxmemory (BINORMAL_REDIS_MAXMEMORY for the embedded Redis) or free memory, then retry",
+        None,
+        {"Retry-After": str(retry_after_s)},
+        **extra,
+    )
 
 
 def require_content_type(request: web.Request, allowed: Iterable[str]) -> str:
@@ -182,7 +194,21 @@ class RedisConfig:
     keys: Keyspace
 
 
+@dataclass
+class Supervision:
+    """What a supervising process (``binormal run``) says about its embedded Redis.
+
+    ``state``: ``running``, ``restarting`` (it died and is being started again:
+    not ready, still alive) or ``failed`` (restarts keep failing: the process
+    cannot heal itself, so liveness fails too). ``detail`` says why.
+    """
+
+    state: str = "running"
+    detail: str = ""
+
+
 REDIS = web.AppKey("binormal_redis", RedisHandle)
+SUPERVISION = web.AppKey("binormal_supervision", Supervision)
 _REDIS_CONFIG = web.AppKey("binormal_redis_config", RedisConfig)
 _HEALTH_READY_S = web.AppKey("binormal_ready_heartbeat_s", float)
 
@@ -254,7 +280,8 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Time the request (histogram) and answer every error as JSON.
 
     ``ApiError`` carries its own body; aiohttp's HTTP errors (404, 405, 413)
-    become ``{"error": reason, "field": ...}``; a Redis outage becomes ``503``;
+    become ``{"error": reason, "field": ...}``; a Redis outage or a Redis at
+    its maxmemory (OOM) becomes ``503``;
     a command Redis refused (bad state under a key: WRONGTYPE) is a ``500``
     that quotes Redis; anything else is logged and answered ``500``.
     """
@@ -273,6 +300,10 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
     except TRANSIENT as exc:
         log.warning("redis_error", path=request.path, error=str(exc) or type(exc).__name__)
         resp = unavailable().response()
+    except OutOfMemoryError:
+        # maxmemory reached (noeviction): Redis refused the write, nothing of it was stored.
+        log.error("redis_out_of_memory", path=request.path)
+        resp = out_of_memory().response()
     except ResponseError as exc:
         log.error("redis_refused", path=request.path, error=str(exc))
         resp = json_response({"error": f"Redis refused a command: {exc}", "field": None}, 500)
@@ -294,8 +325,13 @@ _latency: dict[tuple[str, str, int], Any] = {}
 
 
 async def healthz(request: web.Request) -> web.Response:
-    """The process is alive (no dependency is checked)."""
-    return json_response({"status": "alive"})
+    """The process is alive (no dependency is checked), unless its supervisor cannot heal its Redis."""
+    sup = request.app.get(SUPERVISION)
+    if sup is None:
+        return json_response({"status": "alive"})
+    if sup.state == "failed":
+        return json_response({"status": "failing", "embedded_redis": sup.state, "reason": sup.detail}, 503)
+    return json_response({"status": "alive", "embedded_redis": sup.state})
 
 
 async def readyz(request: web.Request) -> web.Response:
@@ -304,6 +340,9 @@ async def readyz(request: web.Request) -> web.Response:
     max_age_s = request.app[_HEALTH_READY_S]
     checks: dict[str, Any] = {"redis": False, "groups": False, "worker": False}
     reasons: list[str] = []
+    sup = request.app.get(SUPERVISION)
+    if sup is not None and sup.state != "running":
+        reasons.append(sup.detail or f"embedded redis {sup.state}")
     if not handle.up.is_set():
         reasons.append("redis not reached yet")
     else:
@@ -325,7 +364,7 @@ async def readyz(request: web.Request) -> web.Response:
             if not checks["worker"]:
                 reasons.append("no worker heartbeat" if not beats else f"newest worker heartbeat is {age_s:.1f}s old")
     metrics.REDIS_UP.set(1 if checks["redis"] else 0)
-    ready = all(checks.values())
+    ready = all(checks.values()) and not (sup is not None and sup.state != "running")
     body = {"ready": ready, "checks": checks, "reasons": reasons}
     return json_response(body, 200 if ready else 503)
 

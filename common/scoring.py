@@ -13,6 +13,7 @@ hash fields in different orders and must still agree bit for bit.
 
 from __future__ import annotations
 
+import heapq
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -130,6 +131,7 @@ class Snapshot:
     _bits: dict[tuple[str, int, int], float] = field(default_factory=dict, repr=False)
     _zero_ranked: dict[int, list[tuple[float, str]]] = field(default_factory=dict, repr=False)
     _logit: dict[str, float] = field(default_factory=dict, repr=False)
+    _top: list[str] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         self.total = sum(self.counts.values())
@@ -165,21 +167,68 @@ class Snapshot:
                 self._bits[key] = got
         return got
 
+    def absent_candidates(self) -> list[str]:
+        """The only actions whose absence can cost bits at any ``n <= cap``: the top ``cap + 1`` by count.
+
+        ``bits_a(0; n)`` is exactly 0.0 when the mode ``floor((n+1) p_a)`` is 0,
+        i.e. ``p_a < 1/(n+1)``. The mode grows with the count, so the actions
+        with a non-zero mode are the most frequent ones; and since the ``p``'s
+        sum to 1, at most ``n + 1 <= cap + 1`` of them can have ``p >= 1/(n+1)``
+        (a tie at the boundary would make ``cap + 2``: impossible, so ties there
+        all have mode 0). Sums and rankings over this list therefore equal those
+        over every action, bit for bit (the terms left out are exact zeros).
+        Found once per snapshot: O(A log cap), not O(A) per ``n``.
+        """
+        if self._top is None:
+            k = self.cap + 1
+            counts = self.counts
+            self._top = list(counts) if len(counts) <= k else heapq.nlargest(k, counts, key=counts.__getitem__)
+        return self._top
+
     def bits0(self, n: int) -> float:
         """``Z[n]``: bits of an individual of ``n`` events that did no action at all."""
         got = self._zero.get(n)
         if got is None:
-            got = math.fsum(self.bits(a, 0, n) for a in self.counts)
+            if n > self.cap:  # never from assess (n' <= cap); the definition then
+                got = math.fsum(self.bits(a, 0, n) for a in self.counts)
+            else:
+                got = math.fsum(self.bits(a, 0, n) for a in self.absent_candidates())
             self._zero[n] = got
         return got
 
     def _ranked_zero(self, n: int) -> list[tuple[float, str]]:
-        """``(-bits_a(0; n), a)`` for every action, most surprising absence first."""
+        """``(-bits_a(0; n), a)`` for the actions whose absence costs bits, most surprising first."""
         got = self._zero_ranked.get(n)
         if got is None:
-            got = sorted((-self.bits(a, 0, n), a) for a in self.counts)
+            pool = self.counts if n > self.cap else self.absent_candidates()
+            got = sorted((-b, a) for a in pool if (b := self.bits(a, 0, n)) > 0.0)
             self._zero_ranked[n] = got
         return got
+
+    def add_actions(self, counts: Mapping[str, int]) -> None:
+        """Add actions this snapshot lacks, with their current population counts (in place).
+
+        For a worker whose snapshot of a big scope lacks an action the batch just
+        applied: the apply's reply carries that action's count, so adding it costs
+        O(cap) instead of re-reading the whole population hash (O(actions)).
+        The other counts stay as of the snapshot; ``total`` grows by the new
+        counts, so every ``p`` (and each cache) is recomputed.
+        """
+        new = {a: c for a, c in counts.items() if a not in self.counts}
+        if not new:
+            return
+        self.counts.update(new)
+        self.total += sum(new.values())
+        self._zero.clear()
+        self._bits.clear()
+        self._zero_ranked.clear()
+        self._logit.clear()
+        if self._top is not None:
+            # The other counts did not change: the new top is among the old top and the new actions.
+            pool = {a: self.counts[a] for a in (*self._top, *new)}
+            self._top = None if len(self.counts) <= self.cap + 1 else heapq.nlargest(
+                self.cap + 1, pool, key=pool.__getitem__
+            )
 
     def covers(self, actions: Mapping[str, int]) -> bool:
         """True when every action of ``actions`` is known to this snapshot."""

@@ -392,3 +392,45 @@ async def test_capped_key_of_another_type_is_bad_state_not_a_half_write(prefix: 
     [(_, fields)] = await aredis.xrange(keys.dead(shard))
     assert fields[b"reason"].decode() == f"bad state: key {keys.capped(shard)} holds a list, not a hash"
     assert await hgetall_int(aredis, keys.scope_key(SCOPE, "pop")) == {"a1": 1}
+
+
+async def _read_all(aredis: aioredis.Redis, keys: Keyspace, consumer: str) -> list[Entry]:
+    reply = await aredis.xreadgroup(keys.group, consumer, {s: ">" for s in keys.streams()}, count=1000)
+    return [Entry(s, keys.shard_of_stream(s.decode()), eid, f) for s, items in reply for eid, f in items]
+
+
+async def test_a_new_action_is_added_to_the_snapshot_without_rereading_the_scope(
+    prefix: str, aredis: aioredis.Redis
+) -> None:
+    """With a staleness above 0, an entry whose own action is new to its scope's
+    snapshot gets it added with the count the apply returned: no HGETALL of the
+    whole population (O(actions)), and the score is the fresh snapshot's."""
+    keys = Keyspace(prefix, 4)
+    await ensure_groups(aredis, keys.streams(), keys.group)
+    proc = BatchProcessor(keys, Scripts(), "c", snapshot_max_age_ms=60_000)
+    await proc.scripts.load_all(aredis)
+    first = [Event(*SCOPE, f"u{i % 7}", f"a{i % 300}") for i in range(600)]
+    await xadd_events(aredis, keys, first)
+    await proc.process(aredis, await _read_all(aredis, keys, "c"))
+    refreshes = proc.counters.snapshot_refreshes
+    assert refreshes >= 1
+    pop_before = proc.snapshots[SCOPE][0].counts.copy()
+    # u1 does a new action twice; u2 a known one.
+    second = [Event(*SCOPE, "u1", "new"), Event(*SCOPE, "u2", "a1"), Event(*SCOPE, "u1", "new")]
+    await xadd_events(aredis, keys, second)
+    results = await proc.process(aredis, await _read_all(aredis, keys, "c"))
+    assert proc.counters.snapshot_refreshes == refreshes  # nothing re-read
+    snap = proc.snapshots[SCOPE][0]
+    assert snap.counts == {**pop_before, "new": 1}  # the count as of the first apply that brought it
+    fresh = Snapshot({**pop_before, "new": 1})
+    by_id = {r["id"]: r for r in results}
+    u1 = {k.decode(): int(v) for k, v in (await aredis.hgetall(keys.individual(SCOPE, "u1"))).items()}
+    assert by_id["u1"]["score"] == round(fresh.score(u1), 3)
+    # Another worker's new action (this snapshot cannot know its count): the scope is re-read.
+    other = BatchProcessor(keys, proc.scripts, "c2", snapshot_max_age_ms=60_000)
+    await xadd_events(aredis, keys, [Event(*SCOPE, "u3", "elsewhere")])
+    await other.process(aredis, await _read_all(aredis, keys, "c2"))
+    await xadd_events(aredis, keys, [Event(*SCOPE, "u3", "a2")])
+    await proc.process(aredis, await _read_all(aredis, keys, "c"))
+    assert proc.counters.snapshot_refreshes == refreshes + 1
+    assert "elsewhere" in proc.snapshots[SCOPE][0].counts

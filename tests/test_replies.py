@@ -124,3 +124,15 @@ async def test_resubscribes_after_the_connection_is_killed_and_recovers_stored_r
         fut2 = waiter.register("after")
         await aredis.publish(CHANNEL, reply("after"))
         assert (await asyncio.wait_for(fut2, 5.0))["count"] == 2
+
+
+async def test_stop_ends_the_listener_without_a_cancel(client: aioredis.Redis) -> None:
+    """stop() alone ends run() within poll_s: the shutdown does not depend on a cancellation
+    that redis-py can swallow when it lands as a read timeout expires (binormal run then
+    hung in its cleanup, tests/test_supervisor.py)."""
+    waiter = ReplyWaiter(client, CHANNEL, poll_s=0.2)
+    task = asyncio.create_task(waiter.run())
+    await asyncio.wait_for(waiter.subscribed.wait(), 5.0)
+    waiter.stop()
+    await asyncio.wait_for(task, 5.0)
+    assert not waiter.subscribed.is_set() and waiter.resubscriptions == 0

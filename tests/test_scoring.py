@@ -407,3 +407,83 @@ def test_docs_worked_example() -> None:
     doc = (Path(__file__).resolve().parent.parent / "docs" / "scoring.md").read_text(encoding="utf-8")
     for text in ("0.00002268", "19.329653", "11.094738", "2.975", "1.414", "5.821493", "3.934494", "423.005492", "4.871", "4.036"):
         assert text in doc
+
+
+def _full_z(snap: Snapshot, n: int) -> float:
+    """Z[n] by its definition: every action of the snapshot."""
+    return math.fsum(snap.bits(a, 0, n) for a in snap.counts)
+
+
+def _full_ranked(snap: Snapshot, n: int) -> list[tuple[float, str]]:
+    """Every action with a non-zero bits(0; n), most surprising first, by brute force."""
+    return sorted((-snap.bits(a, 0, n), a) for a in snap.counts if snap.bits(a, 0, n) > 0.0)
+
+
+populations = st.dictionaries(
+    st.text(alphabet="abcdefghij", min_size=1, max_size=4),
+    st.one_of(st.integers(min_value=1, max_value=5), st.integers(min_value=1, max_value=100_000)),
+    min_size=2,
+    max_size=400,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(pop=populations, cap=st.sampled_from([1, 2, 5, 10, 100]))
+def test_z_over_the_top_actions_equals_the_full_sum(pop: dict[str, int], cap: int) -> None:
+    """Z[n'] and the ranking of absences from the top cap+1 actions equal the sums over all, bit for bit."""
+    snap = Snapshot(dict(pop), cap=cap)
+    ref = Snapshot(dict(pop), cap=cap)
+    assert len(snap.absent_candidates()) == min(len(pop), cap + 1)
+    for n in range(cap + 1):
+        assert snap.bits0(n) == _full_z(ref, n)
+        assert snap._ranked_zero(n) == _full_ranked(ref, n)
+        # At most n+1 actions have a mode above 0: those are all the top holds.
+        assert sum(1 for a in pop if mode(n, ref.p(a)) > 0) <= n + 1
+
+
+def test_z_with_many_rare_actions_and_ties_at_the_boundary() -> None:
+    # 24,000 actions: 30 frequent, the rest seen once (ties everywhere below the top).
+    pop = {f"a{i}": (1000 - i if i < 30 else 1) for i in range(24_000)}
+    snap, ref = Snapshot(dict(pop)), Snapshot(dict(pop))
+    for n in (1, 2, 50, 99, 100):
+        assert snap.bits0(n) == _full_z(ref, n)
+        assert snap._ranked_zero(n) == _full_ranked(ref, n)
+    # Every count equal: p = 1/A, the mode is 0 for every n' <= cap, so Z = 0.
+    flat = Snapshot({f"a{i}": 7 for i in range(1000)})
+    assert flat.bits0(100) == 0.0 == _full_z(Snapshot({f"a{i}": 7 for i in range(1000)}), 100)
+    # cap + 1 equal actions: each has p = 1/(cap+1), mode 1 at n' = cap (P(0) = P(1) there: 0 bits);
+    # cap equal actions: mode 1 and a positive bits(0), for every one of them.
+    for k in (101, 100):
+        edge = {f"a{i}": 3 for i in range(k)}
+        assert Snapshot(dict(edge)).bits0(100) == _full_z(Snapshot(dict(edge)), 100)
+    assert Snapshot({f"a{i}": 3 for i in range(100)}).bits0(100) > 0.0
+
+
+@settings(max_examples=150, deadline=None)
+@given(pop=populations, added=populations, data=st.data())
+def test_add_actions_equals_a_fresh_snapshot(pop: dict[str, int], added: dict[str, int], data: st.DataObject) -> None:
+    """A snapshot that got new actions added scores exactly as one built with them."""
+    snap = Snapshot(dict(pop), cap=10)
+    snap.bits0(10)
+    snap.absent_candidates()  # caches filled before the change must not leak into it
+    new = {a: c for a, c in added.items() if a not in pop}
+    snap.add_actions(added)
+    fresh = Snapshot({**pop, **new}, cap=10)
+    assert snap.counts == fresh.counts and snap.total == fresh.total
+    actions = sorted(fresh.counts)
+    counts = data.draw(st.dictionaries(st.sampled_from(actions), st.integers(min_value=1, max_value=40), max_size=6))
+    assert snap.assess(counts, 5) == fresh.assess(counts, 5)
+    for n in range(11):
+        assert snap.bits0(n) == _full_z(fresh, n)
+
+
+def test_scoring_work_does_not_grow_with_the_number_of_actions() -> None:
+    """Every n' of a 24,000-action scope costs O(cap) bits terms, not O(actions) (issue 9, defect 5)."""
+    pop = {f"GET /r/{i}": 1 + (50_000 // (i + 1)) for i in range(24_000)}
+    snap = Snapshot(dict(pop))
+    for n in range(1, 101):
+        counts = {f"GET /r/{i}": 1 for i in range(n)}
+        snap.assess(counts, 5)
+    # bits terms computed: the top cap+1 actions at each n', plus each individual's own actions.
+    assert len(snap._bits) <= 101 * 100 + 2 * sum(range(1, 101))
+    assert all(len(ranked) <= 101 for ranked in snap._zero_ranked.values())

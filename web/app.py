@@ -208,6 +208,7 @@ async def _replies_ctx(app: web.Application) -> AsyncIterator[None]:
     try:
         yield
     finally:
+        waiter.stop()  # ends it even if the cancel below gets lost inside redis-py
         for task in tasks:
             task.cancel()
         for task in tasks:

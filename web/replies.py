@@ -56,6 +56,10 @@ class ReplyWaiter:
         self.received = 0
         self.late = 0
         self.resubscriptions = 0
+        # Set by stop(): the loops below also end on it, because redis-py can
+        # swallow a task cancellation that lands while a read timeout expires
+        # (the shutdown then waited forever for this task).
+        self.stopping = False
         self._waiting: dict[
             str, tuple[asyncio.Future[dict[str, Any] | None], str | None, asyncio.TimerHandle | None]
         ] = {}
@@ -116,10 +120,14 @@ class ReplyWaiter:
             got[2].cancel()
         return True
 
+    def stop(self) -> None:
+        """Make :meth:`run` return within ``poll_s`` (cancel its task too)."""
+        self.stopping = True
+
     async def run(self) -> None:
-        """Listen until cancelled, resubscribing with backoff after any connection error."""
+        """Listen until cancelled or stopped, resubscribing with backoff after any connection error."""
         delay = 0.1
-        while True:
+        while not self.stopping:
             pubsub = self.client.pubsub()
             try:
                 await pubsub.subscribe(self.channel)
@@ -138,6 +146,8 @@ class ReplyWaiter:
                 self.subscribed.clear()
                 with contextlib.suppress(*TRANSIENT):
                     await asyncio.shield(pubsub.aclose())
+            if self.stopping:
+                return
             self.resubscriptions += 1
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
@@ -145,18 +155,19 @@ class ReplyWaiter:
     async def _confirm(self, pubsub: Any) -> None:
         """Wait for the subscribe acknowledgement: from then on no publish is missed."""
         deadline = time.monotonic() + 5.0
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and not self.stopping:
             msg = await pubsub.get_message(timeout=1.0)
             if msg is not None and msg["type"] == "subscribe":
                 return
             if msg is not None and msg["type"] == "message":
                 self.deliver(msg["data"])
-        raise TimeoutError("no subscribe confirmation")
+        if not self.stopping:
+            raise TimeoutError("no subscribe confirmation")
 
     async def _listen(self, pubsub: Any) -> None:
         last_heard = time.monotonic()
         pinged = False
-        while True:
+        while not self.stopping:
             # parse_response, not get_message: the raw RESP2 reply without
             # redis-py's per-message dict and hooks (~40% cheaper per reply).
             raw = await pubsub.parse_response(block=False, timeout=self.poll_s)

@@ -367,8 +367,10 @@ class BatchProcessor:
     ) -> list[tuple[Entry, dict[str, Any]]]:
         """Give applied entries a population snapshot (see DESIGN.md section 2); returns those that have one.
 
-        Aged snapshots were already re-read with the applies; here only scopes
-        whose snapshot lacks one of the individual's actions cost a round trip.
+        Aged snapshots were already re-read with the applies; a snapshot lacking
+        only the entry's own action gets it added with the count the apply
+        returned; here only scopes whose snapshot lacks another action of the
+        individual (counted by another worker) cost a round trip.
         An entry whose snapshot could not be read stays counted but unscored:
         its uncommitted mark gets it repaired later.
         """
@@ -378,10 +380,23 @@ class BatchProcessor:
             return applied
         stale: dict[Scope, int] = {}
         for e, st in applied:
-            assert e.scope is not None
+            assert e.scope is not None and e.event is not None
             got = self.snapshots.get(e.scope)
-            if got is None or not got[0].covers(st["counts"]):
+            if got is None:
                 stale[e.scope] = e.shard
+                continue
+            snap, counts = got[0], st["counts"]
+            if snap.covers(counts):
+                continue
+            missing = [a for a in counts if a not in snap.counts]
+            if missing == [e.event.action]:
+                # Only the entry's own action is new to the snapshot, and the apply
+                # returned its population count: add it instead of re-reading the
+                # whole hash (O(actions) for a big scope). The full re-read still
+                # comes once the snapshot is older than the max age (_aged_scopes).
+                snap.add_actions({e.event.action: st["stats"].s1})
+            else:
+                stale[e.scope] = e.shard  # another worker's new action: its count is unknown here
         if stale:
             order = list(stale.items())
 
