@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -85,6 +86,11 @@ def limits_env(env: Mapping[str, str]) -> dict[str, Any]:
         "rate_limit": env_float(env, "BINORMAL_RATE_LIMIT", 0.0),
         "rate_burst": env_float(env, "BINORMAL_RATE_BURST", 0.0),
     }
+
+
+def limits_of(settings: object) -> HttpLimits:
+    """The :class:`HttpLimits` of a service's settings (which carry the same field names)."""
+    return HttpLimits(**{f.name: getattr(settings, f.name) for f in dataclasses.fields(HttpLimits)})
 
 
 class HttpState:

@@ -7,6 +7,10 @@ conftest.py. Schemathesis generates valid and invalid requests from the spec
 (examples, coverage and fuzzing phases) and each answer must be: no 5xx,
 a documented status code, the documented content type and headers, a body
 that matches the documented schema, and a 4xx for what the spec calls invalid. ``CI=true`` runs >= 2,000 examples in total; locally fewer.
+
+It runs twice: with authentication off (no tokens file, loopback) and on (a
+tokens file; requests carry an admin token for every org), so every route is
+fuzzed behind its authorisation check too.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+from common.auth import hash_token
 from common.embedded import RedisServer
 from common.health import REDIS
 from common.server import BoundedAppRunner
@@ -48,7 +53,8 @@ SEED_EVENTS = [  # the spec's examples name this scope, so some generated querie
     b'{"org":"acme","source":"webserver","pop":"auth_getpost","id":"individual2","action":"POST /user/login"}',
 ]
 
-REJECTIONS = ["400", "404", "405", "408", "409", "413", "414", "415", "421", "429", "431"]
+# 401/403 too: with auth on, a case may carry a fuzzed Authorization or Cookie of its own.
+REJECTIONS = ["400", "401", "403", "404", "405", "408", "409", "413", "414", "415", "421", "429", "431"]
 
 schema = schemathesis.openapi.from_path(
     OPENAPI,
@@ -85,8 +91,10 @@ CHECKS = [
 class LiveService:
     """The app and a worker on their own event loop in a thread; ``base`` once serving."""
 
-    def __init__(self, redis_url: str) -> None:
+    def __init__(self, redis_url: str, tokens_file: str = "") -> None:
         self.redis_url = redis_url
+        self.tokens_file = tokens_file
+        self.headers: dict[str, str] = {"Authorization": f"Bearer {ADMIN_TOKEN}"} if tokens_file else {}
         self.prefix = f"fz{uuid.uuid4().hex[:8]}"
         self.base = ""
         self._ready = threading.Event()
@@ -117,8 +125,8 @@ class LiveService:
 
     async def _main(self) -> None:
         self._stop = asyncio.Event()
-        ws = web_settings(self.redis_url, self.prefix, discrete_timeout_s=2.0)
-        app = combined_app(ws, ingest_settings(self.redis_url, self.prefix))
+        ws = web_settings(self.redis_url, self.prefix, discrete_timeout_s=2.0, tokens_file=self.tokens_file)
+        app = combined_app(ws, ingest_settings(self.redis_url, self.prefix, tokens_file=self.tokens_file))
         runner = BoundedAppRunner(app, access_log=None, shutdown_timeout=2.0)
         await runner.setup()
         try:
@@ -139,14 +147,24 @@ class LiveService:
         async with aiohttp.ClientSession() as session:
             for body in SEED_EVENTS:
                 async with session.post(
-                    f"{self.base}/discrete", data=body, headers={"Content-Type": "application/json"}
+                    f"{self.base}/discrete", data=body, headers={"Content-Type": "application/json", **self.headers}
                 ) as r:
                     assert r.status == 200, await r.text()
 
 
-@pytest.fixture(scope="module")
-def live(redis_server: RedisServer) -> Iterator[LiveService]:
-    service = LiveService(redis_server.url).start()
+ADMIN_TOKEN = "fuzz-admin-token"
+
+
+@pytest.fixture(scope="module", params=["auth-off", "auth-on"])
+def live(
+    request: pytest.FixtureRequest, redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LiveService]:
+    tokens = ""
+    if request.param == "auth-on":
+        path = tmp_path_factory.mktemp("fuzz-auth") / "tokens"
+        path.write_text(f"fuzz-admin admin * sha256:{hash_token(ADMIN_TOKEN).hex()}\n")
+        tokens = str(path)
+    service = LiveService(redis_server.url, tokens).start()
     yield service
     service.stop()
 
@@ -161,11 +179,14 @@ def test_the_fuzzer_sees_every_operation() -> None:
 def test_every_route_answers_as_documented(case: schemathesis.Case, live: LiveService) -> None:
     label = f"{case.operation.method.upper()} {case.operation.path}"
     CALLS[label] = CALLS.get(label, 0) + 1
-    case.call_and_validate(base_url=live.base, checks=CHECKS, timeout=10)
+    headers = dict(live.headers)
+    if case.headers and "Authorization" in case.headers:
+        headers.pop("Authorization", None)  # the spec's own credentials (fuzzed) win
+    case.call_and_validate(base_url=live.base, checks=CHECKS, timeout=10, headers=headers)
 
 
 def test_enough_examples_ran() -> None:
-    """The fuzz test above ran every operation, >= 2,000 requests in all in CI."""
+    """The fuzz test above ran every operation, >= 2,000 requests in all in CI (counting both auth modes)."""
     print("fuzz requests per operation:", CALLS)
     assert len(CALLS) == OPERATIONS, CALLS
     assert sum(CALLS.values()) >= (2_000 if IN_CI else 100), CALLS

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from common.auth import auth_env
 from common.config import DEFAULT_REDIS_URL, env_float, env_int, env_str, environ, redis_env
 from common.keys import DEFAULT_PREFIX, Keyspace
-from common.server import HttpLimits, limits_env
+from common.server import HttpLimits, limits_env, limits_of
 
 
 @dataclass(frozen=True)
@@ -47,15 +47,7 @@ class WebSettings:
     @property
     def http_limits(self) -> HttpLimits:
         """The HTTP server's bounds."""
-        return HttpLimits(
-            header_timeout_s=self.header_timeout_s,
-            body_timeout_s=self.body_timeout_s,
-            send_timeout_s=self.send_timeout_s,
-            keepalive_timeout_s=self.keepalive_timeout_s,
-            max_connections=self.max_connections,
-            rate_limit=self.rate_limit,
-            rate_burst=self.rate_burst,
-        )
+        return limits_of(self)
 
     @property
     def keys(self) -> Keyspace:
