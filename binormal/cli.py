@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import signal
 import sys
 
-from common import log
+# Nothing heavy is imported at module level (asyncio, structlog and the services are imported by
+# the subcommands): main() installs its SIGTERM handler within a few ms of the interpreter starting.
 
 
 def _worker(args: argparse.Namespace) -> int:
+    import asyncio
+
     from common.runtime import tune_gc
     from worker import Worker, WorkerSettings
 
@@ -129,6 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     # nothing is in hand yet, so exit 0 instead of dying by the signal.
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     args = build_parser().parse_args(argv)
+    from common import log
+
     log.configure(args.log_level)
     from common.config import ConfigError
 

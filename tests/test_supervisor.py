@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -424,3 +425,14 @@ def test_an_embedded_redis_that_cannot_start_is_one_line_and_exit_1(tmp_path: Pa
         done = subprocess.run([*binormal_command(), "run"], env=run_env, capture_output=True, timeout=50)
     assert done.returncode == 1, done.stderr[-2000:]
     assert b"embedded redis-server did not start" in done.stderr and b"Traceback" not in done.stderr
+
+
+@pytest.mark.timeout(60)
+def test_the_console_script_catches_sigterm_before_any_heavy_import() -> None:
+    """``binormal.cli`` imports nothing heavy at module level, so its SIGTERM handler is in place within
+    a few ms of the interpreter starting (before, asyncio and structlog took ~90 ms to import first and a
+    SIGTERM in that window killed the process by the signal, exit code 143)."""
+    code = "import sys, binormal.cli; print([m for m in ('asyncio', 'structlog', 'aiohttp', 'redis') if m in sys.modules])"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]", done.stdout
