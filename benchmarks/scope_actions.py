@@ -64,10 +64,12 @@ async def one(url: str, keys: Keyspace, seeded: list[Event], timed: list[Event],
     client = aioredis.Redis.from_url(url, protocol=2)
     await client.flushall()
     await fill(client, keys, seeded)
-    await drain(url, len(seeded), batch, max_age_ms)
+    # The big scope is over the default distinct-action cap (BINORMAL_MAX_ACTIONS, 10,000): raise it.
+    cap = 1_000_000
+    await drain(url, len(seeded), batch, max_age_ms, cap)
     await fill(client, keys, timed)
     await client.aclose()
-    return await drain(url, len(timed), batch, max_age_ms)
+    return await drain(url, len(timed), batch, max_age_ms, cap)
 
 
 async def main() -> None:

@@ -22,6 +22,7 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -74,10 +75,12 @@ async def fill(client: aioredis.Redis, keys: Keyspace, events: list[Event]) -> N
         await pipe.execute()
 
 
-async def drain(url: str, n: int, batch: int, max_age_ms: int) -> dict[str, float]:
-    """Time one Worker until it has applied ``n`` entries."""
+async def drain(url: str, n: int, batch: int, max_age_ms: int, max_actions: int | None = None) -> dict[str, float]:
+    """Time one Worker until it has applied ``n`` entries (``max_actions``: BINORMAL_MAX_ACTIONS, default its own)."""
     settings = WorkerSettings(redis_url=url, consumer="bench", batch=batch, snapshot_max_age_ms=max_age_ms,
                               trim_interval_s=0)
+    if max_actions is not None:
+        settings = replace(settings, max_actions=max_actions)
     worker = Worker(settings)
     task = asyncio.create_task(worker.run())
     await worker.ready.wait()
