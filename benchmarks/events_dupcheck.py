@@ -32,12 +32,12 @@ import orjson  # noqa: E402
 import redis.asyncio as aioredis  # noqa: E402
 from aiohttp import web  # noqa: E402
 
-import ingest.app as ingest_app  # noqa: E402
-from common.embedded import RedisServer, find_binary  # noqa: E402
-from common.health import REDIS  # noqa: E402
-from common.runtime import tune_gc  # noqa: E402
-from common.server import BoundedAppRunner  # noqa: E402
-from ingest.settings import IngestSettings  # noqa: E402
+import binormal.ingest.app as ingest_app  # noqa: E402
+from binormal.common.embedded import RedisServer, find_binary  # noqa: E402
+from binormal.common.health import REDIS  # noqa: E402
+from binormal.common.runtime import tune_gc  # noqa: E402
+from binormal.common.server import BoundedAppRunner  # noqa: E402
+from binormal.ingest.settings import IngestSettings  # noqa: E402
 
 PREFIX = "benchdup"
 
@@ -142,8 +142,10 @@ def main() -> int:
     data = body(args.lines)
     tune_gc()  # as every service does before serving (common/runtime.py)
     pa, pb = parse_only(data, args.rounds)
-    print(f"parse only, {args.lines} lines ({len(data)} bytes): A {pa * 1e6 / args.lines:.2f} us/line, "
-          f"B {pb * 1e6 / args.lines:.2f} us/line ({(pb / pa - 1) * 100:+.1f} %)")
+    print(
+        f"parse only, {args.lines} lines ({len(data)} bytes): A {pa * 1e6 / args.lines:.2f} us/line, "
+        f"B {pb * 1e6 / args.lines:.2f} us/line ({(pb / pa - 1) * 100:+.1f} %)"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         server = RedisServer(tmp, binary=find_binary("path")).start()
         try:
@@ -152,12 +154,18 @@ def main() -> int:
             server.stop()
     ma, mb = statistics.median(rates["A"]), statistics.median(rates["B"])
     ca, cb = statistics.median(cpu["A"]), statistics.median(cpu["B"])
-    print(f"POST /events, {args.rounds} batches each, medians: A (old parse) {ma:,.0f} events/s, "
-          f"B (repeats checked) {mb:,.0f} events/s ({(mb / ma - 1) * 100:+.1f} %)")
-    print(f"CPU of this process per event (robust on a shared machine): A {ca:.2f} us, B {cb:.2f} us "
-          f"({(cb / ca - 1) * 100:+.1f} %)")
+    print(
+        f"POST /events, {args.rounds} batches each, medians: A (old parse) {ma:,.0f} events/s, "
+        f"B (repeats checked) {mb:,.0f} events/s ({(mb / ma - 1) * 100:+.1f} %)"
+    )
+    print(
+        f"CPU of this process per event (robust on a shared machine): A {ca:.2f} us, B {cb:.2f} us "
+        f"({(cb / ca - 1) * 100:+.1f} %)"
+    )
     for k in "AB":
-        print(f"{k}:", ", ".join(f"{x:,.0f}" for x in rates[k]), "events/s;", ", ".join(f"{x:.2f}" for x in cpu[k]), "us")
+        print(
+            f"{k}:", ", ".join(f"{x:,.0f}" for x in rates[k]), "events/s;", ", ".join(f"{x:.2f}" for x in cpu[k]), "us"
+        )
     return 0
 
 

@@ -40,9 +40,9 @@ import orjson  # noqa: E402
 import redis.asyncio as aioredis  # noqa: E402
 
 from benchmarks.services import binormal, spawn, wait_ready  # noqa: E402
-from common.embedded import RedisServer, find_binary, free_port, server_version  # noqa: E402
-from common.keys import Keyspace, Scope  # noqa: E402
-from common.store import stream_lag  # noqa: E402
+from binormal.common.embedded import RedisServer, find_binary, free_port, server_version  # noqa: E402
+from binormal.common.keys import Keyspace, Scope  # noqa: E402
+from binormal.common.store import stream_lag  # noqa: E402
 
 PREFIX = "bench"
 
@@ -58,8 +58,15 @@ def write_log(path: Path, lines: int, seed: int = 1) -> None:
         for i in range(lines):
             s = rnd.randrange(20)
             chunk.append(
-                orjson.dumps({"org": f"org{s % 4}", "source": f"src{s}", "pop": f"pop{s}",
-                              "id": f"user{rnd.randrange(5000)}", "action": picks[i]})
+                orjson.dumps(
+                    {
+                        "org": f"org{s % 4}",
+                        "source": f"src{s}",
+                        "pop": f"pop{s}",
+                        "id": f"user{rnd.randrange(5000)}",
+                        "action": picks[i],
+                    }
+                )
             )
             if len(chunk) >= 10_000:
                 f.write(b"\n".join(chunk) + b"\n")
@@ -111,8 +118,10 @@ async def bench(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         log = tmp / "log.json"
         t = time.monotonic()
         write_log(log, args.lines)
-        print(f"wrote {args.lines:,} lines ({log.stat().st_size / 1e6:.0f} MB) in {time.monotonic() - t:.1f}s",
-              file=sys.stderr)
+        print(
+            f"wrote {args.lines:,} lines ({log.stat().st_size / 1e6:.0f} MB) in {time.monotonic() - t:.1f}s",
+            file=sys.stderr,
+        )
         if args.service == "ingest":
             # The feed path alone: no worker, backpressure off (nothing is scored).
             env.update(INGEST_PORT=str(port), BINORMAL_MAX_LAG=str(10 * args.lines))
@@ -167,13 +176,19 @@ def main() -> None:
     p.add_argument("--lines", type=int, default=1_000_000)
     p.add_argument("--batch", type=int, default=1000)
     p.add_argument("--transport", choices=("http", "direct"), default="http")
-    p.add_argument("--service", choices=("run", "ingest"), default="run",
-                   help="run: worker+web+ingest (scored end to end); ingest: /events alone (the feed path only)")
+    p.add_argument(
+        "--service",
+        choices=("run", "ingest"),
+        default="run",
+        help="run: worker+web+ingest (scored end to end); ingest: /events alone (the feed path only)",
+    )
     args = p.parse_args()
     with tempfile.TemporaryDirectory(prefix="binormal-feed-bench-") as tmp:
         result = asyncio.run(bench(args, Path(tmp)))
-    print(f"# {platform.node()} {os.cpu_count()} cpus, python {platform.python_version()}, "
-          f"redis {server_version(find_binary('path'))}")
+    print(
+        f"# {platform.node()} {os.cpu_count()} cpus, python {platform.python_version()}, "
+        f"redis {server_version(find_binary('path'))}"
+    )
     for k, v in result.items():
         print(f"{k:>22}: {v}")
 

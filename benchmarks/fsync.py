@@ -27,8 +27,8 @@ import redis.asyncio as aioredis  # noqa: E402
 
 from benchmarks.http_discrete import bench  # noqa: E402
 from benchmarks.worker_throughput import drain, fill, make_events, quiet_setup  # noqa: E402
-from common.embedded import RedisServer  # noqa: E402
-from common.keys import Keyspace  # noqa: E402
+from binormal.common.embedded import RedisServer  # noqa: E402
+from binormal.common.keys import Keyspace  # noqa: E402
 
 POLICIES = ("everysec", "always")
 
@@ -54,10 +54,19 @@ def main() -> int:
     args = p.parse_args()
     binary = quiet_setup(args.redis_server)
     events = make_events(args.events, 10, 10_000, 40)
-    http_args = argparse.Namespace(mode="run", client="aiohttp", requests=args.requests, seconds=30.0,
-                                   batches=args.batches, log_level="WARNING", levels=[args.clients], env=[])
-    got: dict[str, dict[str, list[float]]] = {pol: {"worker": [], "rps": [], "p50": [], "p99": [], "events": []}
-                                              for pol in POLICIES}
+    http_args = argparse.Namespace(
+        mode="run",
+        client="aiohttp",
+        requests=args.requests,
+        seconds=30.0,
+        batches=args.batches,
+        log_level="WARNING",
+        levels=[args.clients],
+        env=[],
+    )
+    got: dict[str, dict[str, list[float]]] = {
+        pol: {"worker": [], "rps": [], "p50": [], "p99": [], "events": []} for pol in POLICIES
+    }
     for r in range(args.repeat):
         for pol in POLICIES if r % 2 == 0 else POLICIES[::-1]:
             with tempfile.TemporaryDirectory(prefix="binormal-fsync-", dir=args.dir) as tmp:
@@ -69,20 +78,31 @@ def main() -> int:
                 finally:
                     server.stop()
             d = h["discrete"][0]
-            for key, value in (("worker", w), ("rps", d["rps"]), ("p50", d["p50_ms"]), ("p99", d["p99_ms"]),
-                               ("events", h["events"]["events_per_s"])):
+            for key, value in (
+                ("worker", w),
+                ("rps", d["rps"]),
+                ("p50", d["p50_ms"]),
+                ("p99", d["p99_ms"]),
+                ("events", h["events"]["events_per_s"]),
+            ):
                 got[pol][key].append(value)
-            print(f"run {r + 1} {pol:8}: worker {w:,.0f} events/s; /discrete x{args.clients} {d['rps']} req/s "
-                  f"p50 {d['p50_ms']} ms p99 {d['p99_ms']} ms; /events {h['events']['events_per_s']:,} events/s",
-                  flush=True)
+            print(
+                f"run {r + 1} {pol:8}: worker {w:,.0f} events/s; /discrete x{args.clients} {d['rps']} req/s "
+                f"p50 {d['p50_ms']} ms p99 {d['p99_ms']} ms; /events {h['events']['events_per_s']:,} events/s",
+                flush=True,
+            )
     med = {pol: {k: statistics.median(v) for k, v in got[pol].items()} for pol in POLICIES}
     for pol in POLICIES:
         m = med[pol]
-        print(f"median {pol:8}: worker {m['worker']:,.0f} events/s; /discrete {m['rps']:,.0f} req/s "
-              f"p50 {m['p50']:.2f} ms p99 {m['p99']:.2f} ms; /events {m['events']:,.0f} events/s")
+        print(
+            f"median {pol:8}: worker {m['worker']:,.0f} events/s; /discrete {m['rps']:,.0f} req/s "
+            f"p50 {m['p50']:.2f} ms p99 {m['p99']:.2f} ms; /events {m['events']:,.0f} events/s"
+        )
     a, e = med["always"], med["everysec"]
-    print(f"always/everysec: worker {a['worker'] / e['worker']:.2f}, /discrete req/s {a['rps'] / e['rps']:.2f}, "
-          f"p50 {a['p50'] / e['p50']:.2f}, /events {a['events'] / e['events']:.2f}")
+    print(
+        f"always/everysec: worker {a['worker'] / e['worker']:.2f}, /discrete req/s {a['rps'] / e['rps']:.2f}, "
+        f"p50 {a['p50'] / e['p50']:.2f}, /events {a['events'] / e['events']:.2f}"
+    )
     return 0
 
 

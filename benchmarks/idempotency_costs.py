@@ -30,11 +30,11 @@ import aiohttp  # noqa: E402
 import orjson  # noqa: E402
 from aiohttp import web  # noqa: E402
 
-from common.embedded import RedisServer  # noqa: E402
-from common.health import REDIS  # noqa: E402
-from ingest.app import INGEST, create_app  # noqa: E402
-from ingest.settings import IngestSettings  # noqa: E402
-from web.app import RequestIds  # noqa: E402
+from binormal.common.embedded import RedisServer  # noqa: E402
+from binormal.common.health import REDIS  # noqa: E402
+from binormal.ingest.app import INGEST, create_app  # noqa: E402
+from binormal.ingest.settings import IngestSettings  # noqa: E402
+from binormal.web.app import RequestIds  # noqa: E402
 
 
 class OldRequestIds:
@@ -68,10 +68,18 @@ def bench_ids(number: int = 200_000, repeat: int = 7) -> None:
 def body(lines: int, scopes: int, seq: int) -> bytes:
     out = []
     for i in range(lines):
-        out.append(orjson.dumps({
-            "org": "acme", "source": "web", "pop": f"p{i % scopes}", "id": f"u{i % 97}",
-            "action": f"GET /{i % 20}", "event_id": f"b{seq}-{i}",
-        }))
+        out.append(
+            orjson.dumps(
+                {
+                    "org": "acme",
+                    "source": "web",
+                    "pop": f"p{i % scopes}",
+                    "id": f"u{i % 97}",
+                    "action": f"GET /{i % 20}",
+                    "event_id": f"b{seq}-{i}",
+                }
+            )
+        )
     return b"\n".join(out) + b"\n"
 
 
@@ -79,8 +87,7 @@ async def bench_events(rounds: int, lines: int, scopes: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         server = RedisServer(tmp).start()
         try:
-            settings = IngestSettings(redis_url=server.url, prefix="bench", shards=4, lag_check_s=1.0,
-                                      max_lag=10**9)
+            settings = IngestSettings(redis_url=server.url, prefix="bench", shards=4, lag_check_s=1.0, max_lag=10**9)
             app = create_app(settings)
             runner = web.AppRunner(app, access_log=None)
             await runner.setup()
@@ -103,8 +110,9 @@ async def bench_events(rounds: int, lines: int, scopes: int) -> None:
                         seq += 1
                         data = body(lines, scopes, seq)
                         started = time.perf_counter()
-                        async with session.post(f"{base}/events", data=data,
-                                                headers={"Content-Type": "application/x-ndjson"}) as resp:
+                        async with session.post(
+                            f"{base}/events", data=data, headers={"Content-Type": "application/x-ndjson"}
+                        ) as resp:
                             assert resp.status == 202, await resp.text()
                         if r >= 2:
                             times[name].append(time.perf_counter() - started)

@@ -27,14 +27,15 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import redis.asyncio as aioredis  # noqa: E402
-
-from common.embedded import RedisServer  # noqa: E402
-from common.keys import Keyspace  # noqa: E402
-from web.settings import WebSettings  # noqa: E402
-from worker import Worker, WorkerSettings  # noqa: E402
-from worker.settings import WorkerSettings as _Defaults  # noqa: E402
-from worker.worker import ensure_groups, trim_acknowledged  # noqa: E402
 from worker_throughput import make_events, quiet_setup  # noqa: E402
+
+from binormal.common.embedded import RedisServer  # noqa: E402
+from binormal.common.keys import Keyspace  # noqa: E402
+from binormal.web.settings import WebSettings  # noqa: E402
+from binormal.worker import Worker, WorkerSettings  # noqa: E402
+from binormal.worker.settings import WorkerSettings as _Defaults  # noqa: E402
+from binormal.worker.worker import ensure_groups, trim_acknowledged  # noqa: E402
+
 
 def kind_of(key: str) -> str:
     """The kind of a Binormal key: events, individual, pop, seen, reply, ..."""
@@ -87,8 +88,12 @@ async def run(args: argparse.Namespace, url: str) -> None:
         for e in events[i : i + 2000]:
             fields = e.to_fields()
             # What the web tier adds to a /discrete event that brought no id (web/app.py).
-            fields.update(event_id=uuid.uuid4().hex, rid=uuid.uuid4().hex[:16], reply_to="bn:reply:bench",
-                          id_ttl=str(web.generated_id_ttl_s))
+            fields.update(
+                event_id=uuid.uuid4().hex,
+                rid=uuid.uuid4().hex[:16],
+                reply_to="bn:reply:bench",
+                id_ttl=str(web.generated_id_ttl_s),
+            )
             pipe.xadd(keys.stream(keys.shard(e.scope)), fields)
         await pipe.execute()
     queued = await used_memory(client) - base
@@ -104,15 +109,19 @@ async def run(args: argparse.Namespace, url: str) -> None:
     await task
     for stream in keys.streams():
         await trim_acknowledged(client, stream)
-    marker_ttl = max([await client.ttl(k) async for k in client.scan_iter(match=f"{keys.prefix}:*:seen:*", count=100)][:100])
+    marker_ttl = max(
+        [await client.ttl(k) async for k in client.scan_iter(match=f"{keys.prefix}:*:seen:*", count=100)][:100]
+    )
     by_kind = await usage_by_kind(client, keys.prefix)
     total = await used_memory(client) - base
     await client.aclose()
 
     n = len(events)
     print(f"events={n} scopes={args.scopes} individuals={args.individuals} actions={args.actions}")
-    print(f"queued stream entries: {stream_bytes / n:,.0f} B per entry by MEMORY USAGE "
-          f"({queued / n:,.0f} B per entry by used_memory)")
+    print(
+        f"queued stream entries: {stream_bytes / n:,.0f} B per entry by MEMORY USAGE "
+        f"({queued / n:,.0f} B per entry by used_memory)"
+    )
     print(f"after scoring and trimming: used_memory +{total / 2**20:,.1f} MiB")
     print(f"{'kind':<12} {'keys':>8} {'bytes':>14} {'per key':>9}")
     for kind, (count, used) in sorted(by_kind.items(), key=lambda kv: -kv[1][1]):
@@ -131,13 +140,17 @@ async def run(args: argparse.Namespace, url: str) -> None:
     per_reply = reply[1] / max(reply[0], 1)
     d = _Defaults()
     print(f"per /discrete request: marker {per_seen:,.0f} B, reply copy {per_reply:,.0f} B for {d.reply_ttl_s} s")
-    print(f"marker lifetime: {web.generated_id_ttl_s} s for an id the web tier made up (longest TTL seen "
-          f"{marker_ttl} s), {d.seen_ttl_s} s for one the caller chose")
+    print(
+        f"marker lifetime: {web.generated_id_ttl_s} s for an id the web tier made up (longest TTL seen "
+        f"{marker_ttl} s), {d.seen_ttl_s} s for one the caller chose"
+    )
     replies = args.rate * per_reply * d.reply_ttl_s
     for what, ttl in (("made-up ids", web.generated_id_ttl_s), ("caller-chosen ids", d.seen_ttl_s)):
         markers = args.rate * per_seen * ttl
-        print(f"at {args.rate:,} /discrete requests/s with {what}: {(markers + replies) / 2**20:,.0f} MiB alive "
-              f"(markers {markers / 2**20:,.0f} MiB, reply copies {replies / 2**20:,.0f} MiB)")
+        print(
+            f"at {args.rate:,} /discrete requests/s with {what}: {(markers + replies) / 2**20:,.0f} MiB alive "
+            f"(markers {markers / 2**20:,.0f} MiB, reply copies {replies / 2**20:,.0f} MiB)"
+        )
 
 
 def main() -> None:

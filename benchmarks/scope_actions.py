@@ -27,10 +27,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import redis.asyncio as aioredis  # noqa: E402
 
 from benchmarks.worker_throughput import drain, fill, quiet_setup  # noqa: E402
-from common.embedded import RedisServer  # noqa: E402
-from common.keys import Keyspace  # noqa: E402
-from common.runtime import tune_gc  # noqa: E402
-from common.schema import Event  # noqa: E402
+from binormal.common.embedded import RedisServer  # noqa: E402
+from binormal.common.keys import Keyspace  # noqa: E402
+from binormal.common.runtime import tune_gc  # noqa: E402
+from binormal.common.schema import Event  # noqa: E402
 
 SCOPE = ("acme", "webserver", "wide")
 
@@ -57,9 +57,9 @@ def scope_events(
     return seeded, timed
 
 
-async def one(url: str, keys: Keyspace, seeded: list[Event], timed: list[Event], batch: int, max_age_ms: int) -> dict[
-    str, float
-]:
+async def one(
+    url: str, keys: Keyspace, seeded: list[Event], timed: list[Event], batch: int, max_age_ms: int
+) -> dict[str, float]:
     """Seed (drained by a first worker, untimed), then time a fresh worker on the timed events."""
     client = aioredis.Redis.from_url(url, protocol=2)
     await client.flushall()
@@ -87,9 +87,11 @@ async def main() -> None:
     args = p.parse_args()
 
     binary = quiet_setup(args.redis_server)
-    print(f"timed events={args.events} seed events={args.seed_events} individuals={args.individuals} "
-          f"batch={args.batch} snapshot_max_age_ms={args.max_age_ms}; actions big={args.big} small={args.small}; "
-          f"new-action share {args.new_share}")
+    print(
+        f"timed events={args.events} seed events={args.seed_events} individuals={args.individuals} "
+        f"batch={args.batch} snapshot_max_age_ms={args.max_age_ms}; actions big={args.big} small={args.small}; "
+        f"new-action share {args.new_share}"
+    )
     keys = Keyspace()
     cases = {
         name: scope_events(n, args.seed_events, args.events, args.individuals, args.new_share)
@@ -104,8 +106,10 @@ async def main() -> None:
                 for name in ("big", "small") if r % 2 == 0 else ("small", "big"):
                     res = await one(server.url, keys, *cases[name], args.batch, args.max_age_ms)
                     seconds[name].append(res["seconds"])
-                    print(f"run {r + 1} {name:5}: {res['seconds']:.2f} s ({res['events_per_s']:,.0f} events/s), "
-                          f"CPU/event worker {res['worker_cpu_us']:.0f} us + redis {res['redis_cpu_us']:.0f} us")
+                    print(
+                        f"run {r + 1} {name:5}: {res['seconds']:.2f} s ({res['events_per_s']:,.0f} events/s), "
+                        f"CPU/event worker {res['worker_cpu_us']:.0f} us + redis {res['redis_cpu_us']:.0f} us"
+                    )
         finally:
             server.stop()
     big, small = statistics.median(seconds["big"]), statistics.median(seconds["small"])

@@ -14,7 +14,7 @@ import aiohttp
 def binormal() -> list[str]:
     """The ``binormal`` console script of this interpreter's environment (or ``-m`` as a fallback)."""
     script = Path(sys.executable).with_name("binormal")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "binormal.cli"]
+    return [str(script)] if script.exists() else [sys.executable, "-P", "-m", "binormal"]
 
 
 def spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
@@ -32,7 +32,7 @@ async def wait_ready(base: str, timeout: float = 60.0) -> None:
                 async with session.get(f"{base}/readyz", timeout=aiohttp.ClientTimeout(total=2.0)) as r:
                     if r.status == 200:
                         return
-            except (aiohttp.ClientError, asyncio.TimeoutError):
+            except (TimeoutError, aiohttp.ClientError):
                 pass
             await asyncio.sleep(0.1)
     raise TimeoutError(f"{base} not ready after {timeout}s")

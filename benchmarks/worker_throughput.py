@@ -31,12 +31,12 @@ import redis  # noqa: E402
 import redis.asyncio as aioredis  # noqa: E402
 import structlog  # noqa: E402
 
-from common.embedded import RedisServer, find_binary, server_version  # noqa: E402
-from common.keys import Keyspace  # noqa: E402
-from common.runtime import tune_gc  # noqa: E402
-from common.schema import Event  # noqa: E402
-from worker import Worker, WorkerSettings  # noqa: E402
-from worker.worker import ensure_groups  # noqa: E402
+from binormal.common.embedded import RedisServer, find_binary, server_version  # noqa: E402
+from binormal.common.keys import Keyspace  # noqa: E402
+from binormal.common.runtime import tune_gc  # noqa: E402
+from binormal.common.schema import Event  # noqa: E402
+from binormal.worker import Worker, WorkerSettings  # noqa: E402
+from binormal.worker.worker import ensure_groups  # noqa: E402
 
 
 def quiet_setup(redis_server: str | None) -> str:
@@ -44,8 +44,10 @@ def quiet_setup(redis_server: str | None) -> str:
     logging.disable(logging.CRITICAL)
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.CRITICAL))
     binary = redis_server or find_binary("path")
-    print(f"machine: {platform.machine()} {platform.system()} python {platform.python_version()}; "
-          f"redis-server {server_version(binary)}")
+    print(
+        f"machine: {platform.machine()} {platform.system()} python {platform.python_version()}; "
+        f"redis-server {server_version(binary)}"
+    )
     return binary
 
 
@@ -77,8 +79,9 @@ async def fill(client: aioredis.Redis, keys: Keyspace, events: list[Event]) -> N
 
 async def drain(url: str, n: int, batch: int, max_age_ms: int, max_actions: int | None = None) -> dict[str, float]:
     """Time one Worker until it has applied ``n`` entries (``max_actions``: BINORMAL_MAX_ACTIONS, default its own)."""
-    settings = WorkerSettings(redis_url=url, consumer="bench", batch=batch, snapshot_max_age_ms=max_age_ms,
-                              trim_interval_s=0)
+    settings = WorkerSettings(
+        redis_url=url, consumer="bench", batch=batch, snapshot_max_age_ms=max_age_ms, trim_interval_s=0
+    )
     if max_actions is not None:
         settings = replace(settings, max_actions=max_actions)
     worker = Worker(settings)
@@ -158,8 +161,10 @@ async def main() -> None:
     args = p.parse_args()
 
     binary = quiet_setup(args.redis_server)
-    print(f"events={args.events} scopes={args.scopes} individuals={args.individuals} actions={args.actions} "
-          f"batch={args.batch} snapshot_max_age_ms={args.max_age_ms}")
+    print(
+        f"events={args.events} scopes={args.scopes} individuals={args.individuals} actions={args.actions} "
+        f"batch={args.batch} snapshot_max_age_ms={args.max_age_ms}"
+    )
     events = make_events(args.events, args.scopes, args.individuals, args.actions)
     keys = Keyspace()
     tune_gc()  # as `binormal worker` does before it starts
@@ -176,18 +181,21 @@ async def main() -> None:
                 await client.flushall()
                 naive_rate = naive(server.url, keys, events[: args.naive_events])
                 naive_runs.append(naive_rate)
-                print(f"run {r + 1}: worker {res['events_per_s']:,.0f} events/s ({res['seconds']:.1f} s), "
-                      f"{res['round_trips_per_event']:.4f} round trips/event, "
-                      f"{res['lua_calls_per_event']:.2f} Lua calls/event, "
-                      f"CPU/event worker {res['worker_cpu_us']:.0f} us + redis {res['redis_cpu_us']:.0f} us; "
-                      f"17-round-trip way {naive_rate:,.0f} events/s")
+                print(
+                    f"run {r + 1}: worker {res['events_per_s']:,.0f} events/s ({res['seconds']:.1f} s), "
+                    f"{res['round_trips_per_event']:.4f} round trips/event, "
+                    f"{res['lua_calls_per_event']:.2f} Lua calls/event, "
+                    f"CPU/event worker {res['worker_cpu_us']:.0f} us + redis {res['redis_cpu_us']:.0f} us; "
+                    f"17-round-trip way {naive_rate:,.0f} events/s"
+                )
             await client.aclose()
         finally:
             server.stop()
     med = statistics.median(r["events_per_s"] for r in runs)
     med_naive = statistics.median(naive_runs)
-    print(f"median: worker {med:,.0f} events/s; 17-round-trip way {med_naive:,.0f} events/s; "
-          f"ratio {med / med_naive:.1f}x")
+    print(
+        f"median: worker {med:,.0f} events/s; 17-round-trip way {med_naive:,.0f} events/s; ratio {med / med_naive:.1f}x"
+    )
 
 
 if __name__ == "__main__":

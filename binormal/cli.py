@@ -13,8 +13,8 @@ import sys
 def _worker(args: argparse.Namespace) -> int:
     import asyncio
 
-    from common.runtime import tune_gc
-    from worker import Worker, WorkerSettings
+    from binormal.common.runtime import tune_gc
+    from binormal.worker import Worker, WorkerSettings
 
     tune_gc()
 
@@ -34,7 +34,7 @@ def _score(args: argparse.Namespace) -> int:
 
 
 def _recompute(args: argparse.Namespace) -> int:
-    from common.store import main_recompute
+    from binormal.common.store import main_recompute
 
     return main_recompute()
 
@@ -58,21 +58,21 @@ def _token(args: argparse.Namespace) -> int:
 
 
 def _web(args: argparse.Namespace) -> int:
-    from web.app import main as main_web
+    from binormal.web.app import main as main_web
 
     return main_web()
 
 
 def _ingest(args: argparse.Namespace) -> int:
-    from ingest.app import main as main_ingest
+    from binormal.ingest.app import main as main_ingest
 
     return main_ingest()
 
 
 def _feed(args: argparse.Namespace) -> int:
+    from binormal.common.config import ConfigError
     from binormal.feed import main_feed
     from binormal.feedsettings import settings_from_args
-    from common.config import ConfigError
 
     try:
         settings = settings_from_args(args)
@@ -93,13 +93,19 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     r = sub.add_parser("run", help="start everything (embedded Redis unless REDIS_URL is set)")
-    r.add_argument("--open", action="store_true", help="listen on every interface (0.0.0.0; needs a token or BINORMAL_ALLOW_ANONYMOUS=1)")
+    r.add_argument(
+        "--open",
+        action="store_true",
+        help="listen on every interface (0.0.0.0; needs a token or BINORMAL_ALLOW_ANONYMOUS=1)",
+    )
     r.set_defaults(func=_run)
 
     w = sub.add_parser("worker", help="run one scorer worker against REDIS_URL")
     w.set_defaults(func=_worker)
 
-    wb = sub.add_parser("web", help="run the web tier (/discrete, /api/*, /, /websocket) on HOST:PORT against REDIS_URL")
+    wb = sub.add_parser(
+        "web", help="run the web tier (/discrete, /api/*, /, /websocket) on HOST:PORT against REDIS_URL"
+    )
     wb.set_defaults(func=_web)
 
     ig = sub.add_parser("ingest", help="run the ingest service (/events) on HOST:INGEST_PORT against REDIS_URL")
@@ -131,10 +137,10 @@ def main(argv: list[str] | None = None) -> int:
     # nothing is in hand yet, so exit 0 instead of dying by the signal.
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     args = build_parser().parse_args(argv)
-    from common import log
+    from binormal.common import log
 
     log.configure(args.log_level)
-    from common.config import ConfigError
+    from binormal.common.config import ConfigError
 
     try:
         return int(args.func(args))

@@ -22,10 +22,10 @@ from typing import Any, cast
 import orjson
 import redis.asyncio as aioredis
 
-from common.config import environ, redis_env
-from common.connection import TRANSIENT, make_client
-from common.keys import Keyspace
-from common.scripts import Scripts
+from binormal.common.config import environ, redis_env
+from binormal.common.connection import TRANSIENT, make_client
+from binormal.common.keys import Keyspace
+from binormal.common.scripts import Scripts
 
 PAGE = 500  # XRANGE COUNT per round trip
 
@@ -76,7 +76,9 @@ async def dead_letters(client: aioredis.Redis, keys: Keyspace, shards: list[int]
     for shard in shards:
         start = "-"
         while True:
-            page = cast(list[tuple[bytes, dict[bytes, bytes]]], await client.xrange(keys.dead(shard), min=start, count=PAGE))
+            page = cast(
+                list[tuple[bytes, dict[bytes, bytes]]], await client.xrange(keys.dead(shard), min=start, count=PAGE)
+            )
             for dead_id, flat in page:
                 yield parse(shard, dead_id, flat)
             if len(page) < PAGE:

@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 
 import orjson
 
+from binormal.feedsettings import FeedSettings
 from binormal.feedsource import (
     STRICT_STOP,
     ErrorReporter,
@@ -38,7 +39,6 @@ from binormal.feedsource import (
     first_line,
     load_transform,
 )
-from binormal.feedsettings import FeedSettings
 from binormal.feedstate import Position, StateError, StateFile, default_state_path, file_key
 from binormal.feedtransport import (
     BatchTransport,
@@ -485,11 +485,11 @@ class Feeder:
                 if attempt & (attempt - 1) == 0:  # attempts 1, 2, 4, 8, ...: say so without flooding
                     self.say(f"{exc.reason}; retry {attempt} in {delay:.1f} s")
                 if self.stop.is_set():
-                    raise Stopped
+                    raise Stopped from None
                 try:
                     await asyncio.wait_for(self.stop.wait(), timeout=delay)
                     raise Stopped
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     continue
             if attempt:
                 self.retrying = False
@@ -500,8 +500,8 @@ class Feeder:
     def _backoff(self, attempt: int, after: float | None) -> float:
         """Exponential backoff with jitter; a server's Retry-After is honoured (plus a little jitter)."""
         if after is not None:
-            return min(after, self.settings.max_backoff_s) * random.uniform(1.0, 1.2)
-        return min(self.settings.max_backoff_s, 0.1 * 2**attempt) * random.uniform(0.5, 1.0)
+            return float(min(after, self.settings.max_backoff_s) * random.uniform(1.0, 1.2))
+        return float(min(self.settings.max_backoff_s, 0.1 * 2**attempt) * random.uniform(0.5, 1.0))
 
     def _account(self, items: Sequence[Item], outcome: Outcome, idx: int, sent: int | None = None) -> None:
         s = self.stats

@@ -10,9 +10,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from common.config import DEFAULT_REDIS_URL, ConfigError, env_float, env_int, env_str, environ
-from common.keys import DEFAULT_PREFIX, Keyspace
-from common.schema import ID_TTL_MAX
+from binormal.common.config import DEFAULT_REDIS_URL, ConfigError, env_float, env_int, env_str, environ
+from binormal.common.keys import DEFAULT_PREFIX, Keyspace
+from binormal.common.schema import ID_TTL_MAX
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 
@@ -93,31 +93,61 @@ def add_feed_parser(sub: Any) -> argparse.ArgumentParser:
     )
     f.add_argument("files", nargs="+", metavar="FILE", help="NDJSON file (.gz accepted), - for stdin")
     how = f.add_mutually_exclusive_group()
-    how.add_argument("--sync", action="store_const", dest="mode", const="sync",
-                     help="POST /discrete one event at a time and print results (the seed's way)")
-    how.add_argument("--direct", action="store_const", dest="mode", const="direct",
-                     help="XADD straight into the stream shards at --redis-url")
+    how.add_argument(
+        "--sync",
+        action="store_const",
+        dest="mode",
+        const="sync",
+        help="POST /discrete one event at a time and print results (the seed's way)",
+    )
+    how.add_argument(
+        "--direct",
+        action="store_const",
+        dest="mode",
+        const="direct",
+        help="XADD straight into the stream shards at --redis-url",
+    )
     f.add_argument("--url", help=f"service base URL (env BINORMAL_URL, default {DEFAULT_URL})")
     f.add_argument("--redis-url", help="--direct: Redis URL (env REDIS_URL)")
     f.add_argument("--prefix", help="--direct: key prefix (env BINORMAL_PREFIX, default bn)")
     f.add_argument("--shards", type=int, help="--direct: stream shards (env BINORMAL_SHARDS, default 4)")
-    f.add_argument("--transform", metavar="MODULE:FUNCTION",
-                   help="function(line dict) -> event dict or None to skip (default function: process_event)")
-    f.add_argument("--map", dest="field_map", metavar="SPEC",
-                   help="event fields from the line: org=acme,source=web,id=.user.name,action=.request")
+    f.add_argument(
+        "--transform",
+        metavar="MODULE:FUNCTION",
+        help="function(line dict) -> event dict or None to skip (default function: process_event)",
+    )
+    f.add_argument(
+        "--map",
+        dest="field_map",
+        metavar="SPEC",
+        help="event fields from the line: org=acme,source=web,id=.user.name,action=.request",
+    )
     f.add_argument("--strict", action="store_true", default=None, help="stop at the first transform error")
     f.add_argument("--state", help="state file (default: <FILE>.feedstate.json next to each input)")
-    f.add_argument("--save-every", dest="save_every_s", type=float, metavar="SECONDS",
-                   help="write the state file at most this often, and at the end (default 0.5; 0: after every batch)")
-    f.add_argument("--id-ttl", type=int, metavar="SECONDS",
-                   help="ask the service to remember each line's event id this long (default: its full window, "
-                   "1 h); a crashed run must be resumed sooner to count every line once")
+    f.add_argument(
+        "--save-every",
+        dest="save_every_s",
+        type=float,
+        metavar="SECONDS",
+        help="write the state file at most this often, and at the end (default 0.5; 0: after every batch)",
+    )
+    f.add_argument(
+        "--id-ttl",
+        type=int,
+        metavar="SECONDS",
+        help="ask the service to remember each line's event id this long (default: its full window, "
+        "1 h); a crashed run must be resumed sooner to count every line once",
+    )
     f.add_argument("--from-start", action="store_true", default=None, help="ignore the saved position")
     f.add_argument("--follow", action="store_true", default=None, help="keep reading a growing file (Ctrl-C ends)")
     f.add_argument("--batch", type=int, help="events per request (default 1000)")
     f.add_argument("--timeout", dest="timeout_s", type=float, help="seconds per request (default 30)")
-    f.add_argument("--retry-for", dest="retry_for_s", type=float,
-                   help="give up after the service failed this many seconds in a row (default 600, 0: never)")
+    f.add_argument(
+        "--retry-for",
+        dest="retry_for_s",
+        type=float,
+        help="give up after the service failed this many seconds in a row (default 600, 0: never)",
+    )
     f.add_argument("--min-zscore", type=float, help="--sync: print only results with zscore >= Z")
     f.add_argument("--json", action="store_true", default=None, help="print a JSON summary on stdout at the end")
     bar = f.add_mutually_exclusive_group()
@@ -128,7 +158,26 @@ def add_feed_parser(sub: Any) -> argparse.ArgumentParser:
 
 def settings_from_args(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> FeedSettings:
     """FeedSettings from the environment, overridden by the flags that were given."""
-    names = ("mode", "url", "redis_url", "prefix", "shards", "transform", "field_map", "strict", "state",
-             "from_start", "save_every_s", "id_ttl", "follow", "batch", "timeout_s", "retry_for_s", "min_zscore", "json", "progress")
+    names = (
+        "mode",
+        "url",
+        "redis_url",
+        "prefix",
+        "shards",
+        "transform",
+        "field_map",
+        "strict",
+        "state",
+        "from_start",
+        "save_every_s",
+        "id_ttl",
+        "follow",
+        "batch",
+        "timeout_s",
+        "retry_for_s",
+        "min_zscore",
+        "json",
+        "progress",
+    )
     overrides = {n: getattr(args, n, None) for n in names}
     return FeedSettings.from_env(env, files=tuple(args.files), **overrides)

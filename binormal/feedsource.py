@@ -23,8 +23,8 @@ from typing import IO, Any
 
 import orjson
 
+from binormal.common.schema import JSON_FIELDS, InvalidEvent, parse_json
 from binormal.feedstate import event_id
-from common.schema import JSON_FIELDS, InvalidEvent, parse_json
 
 CHUNK = 1 << 20  # bytes per read
 TransformFn = Callable[[Any], Any]
@@ -125,7 +125,7 @@ class FileChunks:
     async def read(self, stop: asyncio.Event) -> bytes | None:
         """Next chunk; ``b""`` at the end; None when following and nothing new was written yet."""
         try:
-            chunk = self.f.read1(CHUNK)
+            chunk: bytes = self.f.read1(CHUNK)
         except (OSError, EOFError) as exc:
             raise InputError(f"cannot read {self.path}: {exc}") from exc
         if chunk:
@@ -139,7 +139,7 @@ class FileChunks:
         """Following: wait a poll interval (or until ``stop``) before reading again."""
         try:
             await asyncio.wait_for(stop.wait(), timeout=self.poll_s)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
 
     def _rewritten(self) -> bool:
@@ -171,9 +171,7 @@ class StdinChunks:
     truncated = False
     size = 0
 
-    def __init__(
-        self, loop: asyncio.AbstractEventLoop, stream: IO[bytes] | None = None, linger_s: float = 0.2
-    ) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, stream: IO[bytes] | None = None, linger_s: float = 0.2) -> None:
         self.linger_s = linger_s
         self.eof = False
         self.stream = stream if stream is not None else sys.stdin.buffer
@@ -186,7 +184,7 @@ class StdinChunks:
     def _pump(self) -> None:
         while True:
             try:
-                chunk = self.stream.read1(CHUNK)  # type: ignore[union-attr,attr-defined]
+                chunk = self.stream.read1(CHUNK)  # type: ignore[union-attr]
             except (OSError, ValueError):
                 chunk = b""
             fut = asyncio.run_coroutine_threadsafe(self.queue.put(chunk), self.loop)
@@ -203,7 +201,7 @@ class StdinChunks:
             return b""
         try:
             chunk = await asyncio.wait_for(self.queue.get(), timeout=self.linger_s)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return None
         self.consumed += len(chunk)
         self.eof = not chunk

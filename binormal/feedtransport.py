@@ -9,7 +9,6 @@ again later; its event ids make a second copy harmless), :class:`TooLarge`
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,9 +17,9 @@ import aiohttp
 import orjson
 from redis.exceptions import ResponseError
 
-from common.connection import TRANSIENT, make_client
-from common.keys import Keyspace
-from common.schema import Event
+from binormal.common.connection import TRANSIENT, make_client
+from binormal.common.keys import Keyspace
+from binormal.common.schema import Event
 
 # Redis errors worth waiting out (loading after a restart, out of memory for now, ...).
 RETRYABLE_REDIS = ("LOADING", "BUSY", "TRYAGAIN", "OOM", "MASTERDOWN", "READONLY", "CLUSTERDOWN")
@@ -116,7 +115,10 @@ class HttpTransport:
         self.session = aiohttp.ClientSession(
             timeout=self.timeout,
             connector=aiohttp.TCPConnector(limit=8, force_close=False),
-            headers={"User-Agent": "binormal-feed", **({"Authorization": f"Bearer {self.token}"} if self.token else {})},
+            headers={
+                "User-Agent": "binormal-feed",
+                **({"Authorization": f"Bearer {self.token}"} if self.token else {}),
+            },
         )
 
     async def close(self) -> None:
@@ -128,11 +130,9 @@ class HttpTransport:
     async def _post(self, path: str, body: bytes, content_type: str) -> tuple[int, Any, bytes]:
         assert self.session is not None
         try:
-            async with self.session.post(
-                self.base + path, data=body, headers={"Content-Type": content_type}
-            ) as resp:
+            async with self.session.post(self.base + path, data=body, headers={"Content-Type": content_type}) as resp:
                 return resp.status, resp.headers, await resp.read()
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise Retry(f"no answer from {self.base} within {self.timeout.total:g} s") from None
         except aiohttp.ClientConnectorError as exc:
             raise Retry(f"cannot connect to {self.base} ({exc.os_error.strerror or exc.os_error})") from None

@@ -27,15 +27,15 @@ from pathlib import Path
 import structlog
 from aiohttp import web
 
+from binormal.common.config import ConfigError, env_int, env_str
+from binormal.common.embedded import RedisServer, RedisServerError, die_with_parent
+from binormal.ingest.app import setup as setup_ingest
+from binormal.ingest.settings import IngestSettings
 from binormal.runsettings import EmbeddedRedisSettings
 from binormal.supervisor import embedded_server, serve_until_stopped, supervise
-from common.config import ConfigError, env_int, env_str
-from common.embedded import RedisServer, RedisServerError, die_with_parent
-from ingest.app import setup as setup_ingest
-from ingest.settings import IngestSettings
-from web.app import setup as setup_web
-from web.settings import WebSettings
-from worker import WorkerSettings
+from binormal.web.app import setup as setup_web
+from binormal.web.settings import WebSettings
+from binormal.worker import WorkerSettings
 
 log = structlog.get_logger("binormal.run")
 
@@ -43,8 +43,14 @@ log = structlog.get_logger("binormal.run")
 def start_embedded_redis(server: RedisServer, settings: EmbeddedRedisSettings) -> None:
     """Start the embedded Redis (files under ``BINORMAL_DATA_DIR``/redis) and wait until it answers."""
     server.start(timeout=settings.start_timeout_s)
-    log.info("embedded_redis_started", url=server.url, pid=server.pid, data_dir=str(server.data_dir),
-             maxmemory=settings.maxmemory, fsync=settings.fsync)
+    log.info(
+        "embedded_redis_started",
+        url=server.url,
+        pid=server.pid,
+        data_dir=str(server.data_dir),
+        maxmemory=settings.maxmemory,
+        fsync=settings.fsync,
+    )
 
 
 RUN_ENV: web.AppKey[dict[str, str]] = web.AppKey("binormal_run_env", dict)
@@ -83,7 +89,13 @@ async def _worker_ctx(app: web.Application) -> AsyncIterator[None]:
     async def supervise(slot: int, env: dict[str, str]) -> None:
         while not stopping.is_set():
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "binormal.cli", "--log-level", app[LOG_LEVEL], "worker",
+                sys.executable,
+                "-P",
+                "-m",
+                "binormal",
+                "--log-level",
+                app[LOG_LEVEL],
+                "worker",
                 env=env,
                 stdin=asyncio.subprocess.DEVNULL,
                 start_new_session=True,
@@ -97,7 +109,7 @@ async def _worker_ctx(app: web.Application) -> AsyncIterator[None]:
             log.error("worker_exited", pid=proc.pid, returncode=code, restart_in_s=WORKER_RESTART_S)
             try:
                 await asyncio.wait_for(stopping.wait(), timeout=WORKER_RESTART_S)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
     run_env: dict[str, str] = app[RUN_ENV]
@@ -112,7 +124,7 @@ async def _worker_ctx(app: web.Application) -> AsyncIterator[None]:
                 proc.send_signal(signal.SIGTERM)
         try:
             await asyncio.wait_for(asyncio.gather(*tasks), timeout=grace + 5.0)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             log.error("worker_did_not_stop", grace_s=grace)
             for proc in current.values():
                 if proc.returncode is None:

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from common.config import ConfigError, env_float, env_int, env_str, environ
+from binormal.common.config import ConfigError, env_float, env_int, env_str, environ
 
 # Redis' own memory syntax: bytes, or a number with kb/mb/gb (k/m/g too), case-insensitive.
 _MEMORY = re.compile(r"^([0-9]{1,15})(b|k|kb|m|mb|g|gb)?$", re.IGNORECASE)

@@ -11,9 +11,9 @@ from typing import IO, Any
 
 import orjson
 
-from common.engine import MemoryEngine
-from common.keys import Scope
-from common.schema import InvalidEvent, parse_json
+from binormal.common.engine import MemoryEngine
+from binormal.common.keys import Scope
+from binormal.common.schema import InvalidEvent, parse_json
 
 
 def open_input(path: str) -> IO[bytes]:

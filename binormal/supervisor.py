@@ -26,11 +26,11 @@ from collections.abc import AsyncIterator
 import structlog
 from aiohttp import web
 
+from binormal.common.embedded import RedisServer, RedisServerError, find_binary
+from binormal.common.health import SUPERVISION, Supervision
+from binormal.common.runtime import tune_gc
+from binormal.common.server import BoundedAppRunner
 from binormal.runsettings import EmbeddedRedisSettings
-from common.embedded import RedisServer, RedisServerError, find_binary
-from common.health import SUPERVISION, Supervision
-from common.runtime import tune_gc
-from common.server import BoundedAppRunner
 
 log = structlog.get_logger("binormal.run")
 
@@ -63,7 +63,7 @@ async def answers(port: int) -> bool:
                 writer.close()
                 with contextlib.suppress(OSError):
                     await writer.wait_closed()
-    except (OSError, asyncio.TimeoutError):
+    except (TimeoutError, OSError):
         return False
 
 
@@ -99,12 +99,19 @@ class RedisSupervisor:
             if ran_s < STABLE_S and self.restarts:
                 # Died soon after a restart: count it as a failed one and wait before the next.
                 self._failed(f"it exited with {code} {ran_s:.1f}s after its restart")
-                log.error("embedded_redis_died", pid=self.server.pid, returncode=code, ran_s=round(ran_s, 1),
-                          failures=self.failures, restart_in_s=self.delay)
+                log.error(
+                    "embedded_redis_died",
+                    pid=self.server.pid,
+                    returncode=code,
+                    ran_s=round(ran_s, 1),
+                    failures=self.failures,
+                    restart_in_s=self.delay,
+                )
                 await self._backoff(stop)
             else:
-                log.error("embedded_redis_died", pid=self.server.pid, returncode=code, ran_s=round(ran_s, 1),
-                          restart_in_s=0)
+                log.error(
+                    "embedded_redis_died", pid=self.server.pid, returncode=code, ran_s=round(ran_s, 1), restart_in_s=0
+                )
             await self._restart(stop)
 
     def _failed(self, why: str) -> None:
@@ -126,8 +133,9 @@ class RedisSupervisor:
                 await self._start_once(stop)
             except (RedisServerError, OSError) as exc:
                 self._failed(str(exc))
-                log.error("embedded_redis_restart_failed", failures=self.failures, error=str(exc)[:500],
-                          retry_in_s=self.delay)
+                log.error(
+                    "embedded_redis_restart_failed", failures=self.failures, error=str(exc)[:500], retry_in_s=self.delay
+                )
                 await self._backoff(stop)
                 continue
             if stop.is_set():
@@ -136,8 +144,13 @@ class RedisSupervisor:
             self.started_at = loop.time()
             # Running again; the failure count and backoff reset only once it stays up STABLE_S.
             self.status.state, self.status.detail = "running", ""
-            log.info("embedded_redis_restarted", pid=self.server.pid, port=self.server.port,
-                     failures=self.failures, restarts=self.restarts)
+            log.info(
+                "embedded_redis_restarted",
+                pid=self.server.pid,
+                port=self.server.port,
+                failures=self.failures,
+                restarts=self.restarts,
+            )
             return
 
     async def _start_once(self, stop: asyncio.Event) -> None:

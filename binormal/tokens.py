@@ -21,7 +21,7 @@ import sys
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
-from common.auth import (
+from binormal.common.auth import (
     ROLES,
     TokensFileError,
     check_name,
@@ -30,7 +30,7 @@ from common.auth import (
     parse_orgs,
     read_tokens_file,
 )
-from common.config import env_str
+from binormal.common.config import env_str
 
 TOKEN_BYTES = 32  # 256 random bits
 
@@ -74,7 +74,7 @@ def _fail(message: str) -> int:
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
-        view = view[os.write(fd, view):]
+        view = view[os.write(fd, view) :]
 
 
 def token_add(path: Path, name: str, role: str, orgs_text: str) -> int:

@@ -32,8 +32,9 @@ from pathlib import Path
 from typing import Any
 
 import structlog
+from aiohttp import web
 
-from common.config import ConfigError, env_str
+from binormal.common.config import ConfigError, env_str
 
 log = structlog.get_logger("binormal.auth")
 
@@ -73,6 +74,11 @@ class Principal:
     def orgs_text(self) -> str:
         """The orgs as written in the tokens file (``*`` or a sorted comma list)."""
         return "*" if self.orgs is None else ",".join(sorted(self.orgs))
+
+
+# The authenticated caller, left on the request by the guard middleware (common/guard.py) for the
+# handlers (org checks) and the rate limiter (common/health.py); absent when auth is off.
+PRINCIPAL = web.RequestKey("binormal_principal", Principal)
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,7 +135,9 @@ def parse_tokens(text: str) -> dict[str, TokenEntry]:
             continue
         fields = line.split()
         if len(fields) != 4:
-            raise TokensFileError(f"tokens file line {number}: expected 4 fields NAME ROLE ORGS sha256:HEX, got {len(fields)}")
+            raise TokensFileError(
+                f"tokens file line {number}: expected 4 fields NAME ROLE ORGS sha256:HEX, got {len(fields)}"
+            )
         name, role, orgs_text, hashed = fields
         try:
             check_name(name)
@@ -139,7 +147,9 @@ def parse_tokens(text: str) -> dict[str, TokenEntry]:
             raise TokensFileError(f"tokens file line {number}: {exc}") from None
         match = HASH_RE.fullmatch(hashed)
         if match is None:
-            raise TokensFileError(f"tokens file line {number}: the 4th field must be sha256: and 64 lowercase hex digits")
+            raise TokensFileError(
+                f"tokens file line {number}: the 4th field must be sha256: and 64 lowercase hex digits"
+            )
         if name in by_name:
             raise TokensFileError(f"tokens file line {number}: NAME is already used on line {by_name[name].line}")
         digest = bytes.fromhex(match.group(1))
@@ -241,7 +251,9 @@ class TokenStore:
 
     def _fail(self, error: str) -> None:
         if error != self.error:
-            log.error("tokens_file_invalid", path=str(self.path), error=error, hint="every token is refused until fixed")
+            log.error(
+                "tokens_file_invalid", path=str(self.path), error=error, hint="every token is refused until fixed"
+            )
         self.error = error
         self._by_name = {}
         self._by_digest = {}

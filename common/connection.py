@@ -125,7 +125,7 @@ async def wait_until_up(
         else:
             try:
                 await asyncio.wait_for(stop.wait(), timeout=delay)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
         delay = min(max_delay, delay * 2) * random.uniform(0.8, 1.2)
     return False
@@ -145,7 +145,7 @@ async def execute_raw(client: aioredis.Redis, commands: Sequence[Sequence[Any]])
     if not commands:
         return []
     pool = client.connection_pool
-    conn = await pool.get_connection()
+    conn = await pool.get_connection()  # type: ignore[no-untyped-call]  # redis-py's asyncio pool is untyped
     try:
         await conn.send_packed_command([hiredis.pack_command(tuple(c)) for c in commands])
         out: list[Any] = []
@@ -163,8 +163,12 @@ async def execute_raw(client: aioredis.Redis, commands: Sequence[Sequence[Any]])
 
 
 # redis-py strips these error codes off the message and raises a class instead.
-_ERROR_CODES = ((OutOfMemoryError, "OOM"), (ReadOnlyError, "READONLY"), (BusyLoadingError, "LOADING"),
-                (NoPermissionError, "NOPERM"))
+_ERROR_CODES = (
+    (OutOfMemoryError, "OOM"),
+    (ReadOnlyError, "READONLY"),
+    (BusyLoadingError, "LOADING"),
+    (NoPermissionError, "NOPERM"),
+)
 
 
 def refusal_text(exc: ResponseError, limit: int = 200) -> str:
@@ -216,7 +220,7 @@ async def execute_partial(client: aioredis.Redis, commands: Sequence[Sequence[An
     packed = [hiredis.pack_command(tuple(c)) for c in commands]  # a bad argument raises here, before any I/O
     pool = client.connection_pool
     try:
-        conn = await pool.get_connection()
+        conn = await pool.get_connection()  # type: ignore[no-untyped-call]  # (untyped in redis-py)
     except TRANSIENT as exc:
         return Partial([], exc, sent=False)
     out: list[Any] = []

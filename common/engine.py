@@ -11,10 +11,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from common.keys import Scope
-from common.result import ActionStats, Aggregates, make_result
-from common.schema import Event
-from common.scoring import DEFAULT_CAP, Snapshot, zscore
+from binormal.common.keys import Scope
+from binormal.common.result import ActionStats, Aggregates, make_result
+from binormal.common.schema import Event
+from binormal.common.scoring import DEFAULT_CAP, Snapshot, zscore
 
 
 @dataclass

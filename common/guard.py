@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-import warnings
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,25 +31,22 @@ import orjson
 import structlog
 from aiohttp import web
 
-from common.auth import (
+from binormal.common.auth import (
     GRANTS,
     MAX_TOKEN_BYTES,
+    PRINCIPAL,
     SESSION_S,
     Principal,
-    TokensUnavailable,
     TokenStore,
+    TokensUnavailable,
     check_session,
     make_session,
 )
-from common.config import ConfigError
-from common.health import JSON, ApiError, json_response, observe, read_body, require_content_type
+from binormal.common.config import ConfigError
+from binormal.common.health import JSON, ApiError, json_response, observe, read_body, require_content_type
 
 log = structlog.get_logger("binormal.auth")
 
-# request["binormal_principal"] is a plain string key on purpose (other modules read it by that name).
-warnings.filterwarnings("ignore", category=getattr(web, "NotAppKeyWarning", UserWarning), module=r"common\.guard")
-
-PRINCIPAL = "binormal_principal"  # request key of the authenticated Principal (the BOUNDS rate limiter uses it)
 SESSION_COOKIE = "binormal_session"
 OPEN = "open"  # no credentials needed
 PROBE = "probe"  # open, and exempt from the Host check (load balancers send their own Host)
@@ -160,8 +156,13 @@ class AuthConfig:
     @classmethod
     def of(cls, settings: AuthSettings) -> AuthConfig:
         """The auth fields of a WebSettings or IngestSettings."""
-        return cls(settings.host, settings.tokens_file, settings.allow_anonymous,
-                   tuple(settings.allowed_origins), tuple(settings.allowed_hosts))
+        return cls(
+            settings.host,
+            settings.tokens_file,
+            settings.allow_anonymous,
+            tuple(settings.allowed_origins),
+            tuple(settings.allowed_hosts),
+        )
 
 
 class AuthState:
@@ -235,7 +236,9 @@ class AuthState:
                 return principal, True
         except TokensUnavailable:
             raise ApiError(
-                503, "authentication unavailable: the tokens file is invalid (see the server log)", None,
+                503,
+                "authentication unavailable: the tokens file is invalid (see the server log)",
+                None,
                 {"Retry-After": "5"},
             ) from None
         return None, False
@@ -311,8 +314,10 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         raise _foreign_origin()  # the browser sent the cookie for another site's page
     if need not in GRANTS[principal.role]:
         raise ApiError(
-            403, f"token {principal.name!r} has role {principal.role!r}; this route needs role {need!r} (or admin)",
-            "Authorization", role=need,
+            403,
+            f"token {principal.name!r} has role {principal.role!r}; this route needs role {need!r} (or admin)",
+            "Authorization",
+            role=need,
         )
     request[PRINCIPAL] = principal
     return await handler(request)
@@ -340,8 +345,12 @@ def require_org(request: web.Request, org: str, field: str = "org") -> None:
 def org_forbidden(principal: Principal, org: str, field: str = "org", **extra: object) -> ApiError:
     """The ``403`` for an org outside the token's orgs."""
     return ApiError(
-        403, f"token {principal.name!r} may not use org {org[:256]!r} (its orgs: {principal.orgs_text()})",
-        field, None, org=org[:256], **extra,
+        403,
+        f"token {principal.name!r} may not use org {org[:256]!r} (its orgs: {principal.orgs_text()})",
+        field,
+        None,
+        org=org[:256],
+        **extra,
     )
 
 
@@ -358,7 +367,7 @@ async def login(request: web.Request) -> web.Response:
     try:
         obj = orjson.loads(body)
     except orjson.JSONDecodeError:
-        raise ApiError(400, "body must be JSON {\"token\": ...}", "body") from None
+        raise ApiError(400, 'body must be JSON {"token": ...}', "body") from None
     token = obj.get("token") if isinstance(obj, dict) else None
     if not isinstance(token, str) or not token or len(token) > MAX_TOKEN_BYTES:
         raise ApiError(400, "token: must be a non-empty string", "token")
@@ -368,15 +377,30 @@ async def login(request: web.Request) -> web.Response:
         principal = st.store.lookup(token)
         entry = st.store.entry(principal.name) if principal is not None else None
     except TokensUnavailable:
-        raise ApiError(503, "authentication unavailable: the tokens file is invalid (see the server log)", None) from None
+        raise ApiError(
+            503, "authentication unavailable: the tokens file is invalid (see the server log)", None
+        ) from None
     if entry is None:
         log.info("login_refused", remote=request.remote)
         raise ApiError(401, "invalid token", "token")
     value, expiry = make_session(entry)
-    resp = json_response({"name": entry.principal.name, "role": entry.principal.role,
-                          "orgs": entry.principal.orgs_text(), "expires": expiry})
-    resp.set_cookie(SESSION_COOKIE, value, max_age=SESSION_S, path="/", httponly=True, samesite="Strict",
-                    secure=request.secure or None)
+    resp = json_response(
+        {
+            "name": entry.principal.name,
+            "role": entry.principal.role,
+            "orgs": entry.principal.orgs_text(),
+            "expires": expiry,
+        }
+    )
+    resp.set_cookie(
+        SESSION_COOKIE,
+        value,
+        max_age=SESSION_S,
+        path="/",
+        httponly=True,
+        samesite="Strict",
+        secure=request.secure or None,
+    )
     log.info("login", name=entry.principal.name, role=entry.principal.role)
     return resp
 

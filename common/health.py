@@ -31,13 +31,14 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from redis.exceptions import OutOfMemoryError, ResponseError
 
-from common import metrics
-from common.connection import TRANSIENT, make_client, wait_until_up
-from common.keys import Keyspace
-from common.ratelimit import retry_after
-from common.runtime import tune_gc
-from common.server import HTTP_STATE, run_app
-from common.store import dead_lengths, groups_present, stream_lag, worker_heartbeats
+from binormal.common import metrics
+from binormal.common.auth import PRINCIPAL
+from binormal.common.connection import TRANSIENT, make_client, wait_until_up
+from binormal.common.keys import Keyspace
+from binormal.common.ratelimit import retry_after
+from binormal.common.runtime import tune_gc
+from binormal.common.server import HTTP_STATE, run_app
+from binormal.common.store import dead_lengths, groups_present, stream_lag, worker_heartbeats
 
 log = structlog.get_logger("binormal.http")
 
@@ -132,20 +133,22 @@ async def read_body(request: web.Request, limit: int) -> bytes:
                 chunks.append(chunk)
     except TimeoutError:
         metrics.HTTP_REFUSED.labels("body_timeout").inc()
-        raise ApiError(408, f"body not received within {timeout_s:g}s", "body", headers={"Connection": "close"}) from None
+        raise ApiError(
+            408, f"body not received within {timeout_s:g}s", "body", headers={"Connection": "close"}
+        ) from None
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def rate_limit(request: web.Request, events: int, charge: bool = True) -> None:
     """``429`` with ``Retry-After`` when the caller is over its rate (``BINORMAL_RATE_LIMIT`` events/s).
 
-    The caller is the token's name when authenticated (``request["binormal_principal"]``),
+    The caller is the token's name when authenticated (``request[PRINCIPAL]``),
     else the client address. ``charge=False`` only checks that one event would pass.
     """
     state = request.app.get(HTTP_STATE)
     if state is None or not state.buckets.enabled:
         return
-    principal = request.get("binormal_principal")
+    principal = request.get(PRINCIPAL)
     key = f"token:{principal.name}" if principal is not None else f"addr:{request.remote}"
     wait_s = state.buckets.charge(key, events) if charge else state.buckets.wait_s(key, 1)
     if wait_s > 0:

@@ -31,8 +31,8 @@ from __future__ import annotations
 
 import hashlib
 import zlib
-from functools import lru_cache
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import NamedTuple
 from urllib.parse import quote, unquote
 
@@ -92,7 +92,7 @@ def fingerprint(ident: str, action: str) -> bytes:
     16 hex digits of BLAKE2b over ``id NUL action``; the marker's key already
     fixes the scope. It tells a retry of the event from another event reusing its id.
     """
-    return hashlib.blake2b(f"{ident}\0{action}".encode("utf-8"), digest_size=8).hexdigest().encode()
+    return hashlib.blake2b(f"{ident}\0{action}".encode(), digest_size=8).hexdigest().encode()
 
 
 @lru_cache(maxsize=16_384)

@@ -12,8 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from common.schema import Event
-from common.scoring import action_zscore, zscore
+from binormal.common.schema import Event
+from binormal.common.scoring import action_zscore, zscore
 
 
 @dataclass(frozen=True, slots=True)

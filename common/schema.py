@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from common.keys import Scope
+from binormal.common.keys import Scope
 
 SCHEMA_VERSION = "1"
 LIMITS: dict[str, int] = {
@@ -34,7 +34,7 @@ REQUIRED = ("org", "source", "pop", "id", "action")
 OPTIONAL = ("event_id", "id_ttl", "rid", "reply_to", "ts", "v")
 # Fields a JSON producer may send (reply_to/rid are set by the web tier only).
 JSON_FIELDS = frozenset(REQUIRED + ("event_id", "id_ttl", "ts"))
-ID_TTL_MAX = 10**LIMITS["id_ttl"] - 1
+ID_TTL_MAX = 10 ** LIMITS["id_ttl"] - 1
 
 
 def action_cap_reason(actions: int) -> str:
@@ -220,11 +220,12 @@ def parse_json_lines(body: bytes) -> tuple[list[tuple[int, Event]], list[tuple[i
             refused_quotes += line.count(b'"')
             continue
         except InvalidEvent as exc:
+            problem = exc
             if not _no_repeats(line, obj):  # a repeated key is the error to report, as /discrete does
                 exact = _loads_exact(line)
                 if isinstance(exact, DuplicateKeys):
-                    exc = _repeated(exact)
-            errors.append((number, str(exc), exc.field))
+                    problem = _repeated(exact)
+            errors.append((number, str(problem), problem.field))
             refused_quotes += line.count(b'"')
             continue
         expected += 4 * len(obj) - 2 * (("ts" in obj) + ("id_ttl" in obj))

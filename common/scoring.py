@@ -38,13 +38,7 @@ def log_pmf(x: int, n: int, p: float) -> float:
         return 0.0 if x == 0 else -math.inf
     if p >= 1.0:
         return 0.0 if x == n else -math.inf
-    return (
-        math.lgamma(n + 1)
-        - math.lgamma(x + 1)
-        - math.lgamma(n - x + 1)
-        + x * math.log(p)
-        + (n - x) * math.log1p(-p)
-    )
+    return math.lgamma(n + 1) - math.lgamma(x + 1) - math.lgamma(n - x + 1) + x * math.log(p) + (n - x) * math.log1p(-p)
 
 
 def mode(n: int, p: float) -> int:
@@ -226,8 +220,8 @@ class Snapshot:
         if self._top is not None:
             # The other counts did not change: the new top is among the old top and the new actions.
             pool = {a: self.counts[a] for a in (*self._top, *new)}
-            self._top = None if len(self.counts) <= self.cap + 1 else heapq.nlargest(
-                self.cap + 1, pool, key=pool.__getitem__
+            self._top = (
+                None if len(self.counts) <= self.cap + 1 else heapq.nlargest(self.cap + 1, pool, key=pool.__getitem__)
             )
 
     def covers(self, actions: Mapping[str, int]) -> bool:

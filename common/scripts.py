@@ -8,10 +8,9 @@ answers NOSCRIPT (restarted, or SCRIPT FLUSH), load every script and retry.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-
-from collections.abc import Sequence
 from typing import Any
 
 import redis.asyncio as aioredis

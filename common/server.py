@@ -44,9 +44,9 @@ from aiohttp.http_exceptions import BadHttpMessage, HttpProcessingError, LineToo
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
-from common import metrics
-from common.config import env_float, env_int
-from common.ratelimit import TokenBuckets
+from binormal.common import metrics
+from binormal.common.config import env_float, env_int
+from binormal.common.ratelimit import TokenBuckets
 
 log = structlog.get_logger("binormal.http.server")
 

@@ -16,11 +16,11 @@ from typing import Any
 import orjson
 import redis.asyncio as aioredis
 
-from common.config import DEFAULT_REDIS_URL, env_int, env_str, environ
-from common.connection import make_client
-from common.keys import DEFAULT_PREFIX, Keyspace, Scope
-from common.result import Aggregates
-from common.scripts import Scripts
+from binormal.common.config import DEFAULT_REDIS_URL, env_int, env_str, environ
+from binormal.common.connection import make_client
+from binormal.common.keys import DEFAULT_PREFIX, Keyspace, Scope
+from binormal.common.result import Aggregates
+from binormal.common.scripts import Scripts
 
 
 async def list_scopes(client: aioredis.Redis, keys: Keyspace) -> list[Scope]:
@@ -131,7 +131,7 @@ async def read_scope(client: aioredis.Redis, keys: Keyspace, scope: Scope) -> Sc
 async def scope_summaries(
     client: aioredis.Redis, keys: Keyspace, limit: int, orgs: frozenset[str] | None = None
 ) -> tuple[list[dict[str, Any]], int]:
-    """Up to ``limit`` scopes (of ``orgs`` only, unless None) with their individual and action counts; also the total."""
+    """Up to ``limit`` scopes (of ``orgs`` only, unless None) with their individual and action counts, and the total."""
     scopes = await list_scopes(client, keys)
     if orgs is not None:
         scopes = [s for s in scopes if s.org in orgs]

@@ -21,9 +21,9 @@ from typing import Any, Protocol
 
 import redis.asyncio as aioredis
 
-from common.connection import execute_raw
-from common.keys import Keyspace, Scope
-from common.schema import Event, action_cap_reason
+from binormal.common.connection import execute_raw
+from binormal.common.keys import Keyspace, Scope
+from binormal.common.schema import Event, action_cap_reason
 
 CACHE_SCOPES = 100_000  # scope sizes remembered at most (cleared past it)
 
@@ -116,9 +116,7 @@ class ActionCap:
     async def _flag(self, client: aioredis.Redis, refused: dict[tuple[Scope, str], int]) -> None:
         """Count the refused events' scopes in the shard's capped hash (what /api/scopes shows)."""
         scopes = {s for s, _ in refused}
-        await execute_raw(
-            client, [("HINCRBY", self.keys.capped(self.keys.shard(s)), s.token, 1) for s in scopes]
-        )
+        await execute_raw(client, [("HINCRBY", self.keys.capped(self.keys.shard(s)), s.token, 1) for s in scopes])
 
     def _remember(self, scopes: Sequence[Scope], sizes: Sequence[Any], now: float) -> None:
         if len(self.sizes) > CACHE_SCOPES:

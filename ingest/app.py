@@ -45,13 +45,12 @@ import orjson
 import redis.asyncio as aioredis
 import structlog
 from aiohttp import web
-
-from common import metrics
 from redis.exceptions import ResponseError
 
-from common.connection import execute_partial, refused_write, xadd_command
-from common.guard import org_forbidden, principal_of, setup_auth
-from common.health import (
+from binormal.common import metrics
+from binormal.common.connection import execute_partial, refused_write, xadd_command
+from binormal.common.guard import org_forbidden, principal_of, setup_auth
+from binormal.common.health import (
     JSON,
     REDIS,
     ApiError,
@@ -64,12 +63,12 @@ from common.health import (
     setup_health,
     setup_redis,
 )
-from common.keys import Keyspace
-from common.schema import Event, InvalidEvent, loads_json, parse_json, parse_json_lines
-from common.server import setup_limits
-from common.store import stream_lag
-from ingest.actioncap import ActionCap
-from ingest.settings import IngestSettings
+from binormal.common.keys import Keyspace
+from binormal.common.schema import Event, InvalidEvent, loads_json, parse_json, parse_json_lines
+from binormal.common.server import setup_limits
+from binormal.common.store import stream_lag
+from binormal.ingest.actioncap import ActionCap
+from binormal.ingest.settings import IngestSettings
 
 log = structlog.get_logger("binormal.ingest")
 
@@ -329,7 +328,7 @@ def line_ranges(events: list[tuple[int, Event]], members: list[int], rejected_li
 
 
 def main() -> int:
-    """``binormal ingest`` / ``python -m ingest``: the ingest service alone on HOST:INGEST_PORT."""
+    """``binormal ingest`` / ``python -m binormal.ingest``: the ingest service alone on HOST:INGEST_PORT."""
     settings = IngestSettings.from_env()
     serve(create_app(settings), settings.host, settings.port, "ingest")
     return 0

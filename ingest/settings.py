@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from common.auth import auth_env
-from common.config import DEFAULT_REDIS_URL, env_float, env_int, env_str, environ, redis_env
-from common.keys import DEFAULT_PREFIX, Keyspace
-from common.server import HttpLimits, limits_env, limits_of
+from binormal.common.auth import auth_env
+from binormal.common.config import DEFAULT_REDIS_URL, env_float, env_int, env_str, environ, redis_env
+from binormal.common.keys import DEFAULT_PREFIX, Keyspace
+from binormal.common.server import HttpLimits, limits_env, limits_of
 
 
 @dataclass(frozen=True)

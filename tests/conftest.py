@@ -16,7 +16,7 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
-from common.embedded import RedisServer, RedisServerError, find_binary, server_version
+from binormal.common.embedded import RedisServer, RedisServerError, find_binary, server_version
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 

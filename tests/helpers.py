@@ -23,9 +23,9 @@ from typing import Any, TextIO
 import orjson
 import redis.asyncio as aioredis
 
-from common.keys import Keyspace, Scope
-from common.schema import Event
-from worker import Worker, WorkerSettings
+from binormal.common.keys import Keyspace, Scope
+from binormal.common.schema import Event
+from binormal.worker import Worker, WorkerSettings
 
 # ---------------------------------------------------------------- events
 
@@ -325,11 +325,11 @@ async def no_uncommitted(client: aioredis.Redis, keys: Keyspace) -> bool:
 
 
 def binormal_command() -> list[str]:
-    """The ``binormal`` console script of this venv (or ``python -m binormal.cli``)."""
+    """The ``binormal`` console script of this venv (or ``python -P -m binormal``)."""
     script = Path(sys.executable).with_name("binormal")
     if script.exists():
         return [str(script)]
-    return [sys.executable, "-m", "binormal.cli"]
+    return [sys.executable, "-P", "-m", "binormal"]
 
 
 @dataclass

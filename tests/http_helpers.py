@@ -16,13 +16,12 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from common.health import REDIS
-from common.server import BoundedAppRunner
-
-from ingest.app import setup as setup_ingest
-from ingest.settings import IngestSettings
-from web.app import setup as setup_web
-from web.settings import WebSettings
+from binormal.common.health import REDIS
+from binormal.common.server import BoundedAppRunner
+from binormal.ingest.app import setup as setup_ingest
+from binormal.ingest.settings import IngestSettings
+from binormal.web.app import setup as setup_web
+from binormal.web.settings import WebSettings
 
 SEED_BODY = (
     '{"org": "acme", "source": "webserver", "pop": "auth_getpost", "id": "individual1", "action": "GET /user/login"}'

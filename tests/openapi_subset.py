@@ -181,8 +181,24 @@ _TYPES: dict[str, Any] = {
     "boolean": lambda v: isinstance(v, bool),
     "null": lambda v: v is None,
 }
-_KNOWN = {"$ref", "type", "required", "properties", "additionalProperties", "items", "enum", "minimum",
-          "maximum", "minLength", "maxLength", "anyOf", "description", "example", "format", "title"}
+_KNOWN = {
+    "$ref",
+    "type",
+    "required",
+    "properties",
+    "additionalProperties",
+    "items",
+    "enum",
+    "minimum",
+    "maximum",
+    "minLength",
+    "maxLength",
+    "anyOf",
+    "description",
+    "example",
+    "format",
+    "title",
+}
 
 
 def resolve(doc: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:

@@ -12,13 +12,13 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 
-from common.embedded import RedisServer, find_binary, free_port
-from common.health import REDIS
-from common.keys import Keyspace, Scope
+from binormal.common.embedded import RedisServer, find_binary, free_port
+from binormal.common.health import REDIS
+from binormal.common.keys import Keyspace, Scope
+from binormal.web.app import create_app
 from helpers import running_worker, worker_settings
 from http_helpers import SEED_BODY, post_json, post_raw, serving, wait_ready, web_settings
 from openapi_subset import check_response, load_openapi
-from web.app import create_app
 
 DOC = load_openapi()
 GOOD = {"org": "acme", "source": "webserver", "pop": "auth_getpost", "id": "individual1", "action": "GET /user/login"}
@@ -69,7 +69,11 @@ BAD_JSON_BODIES = [
     pytest.param(b"null", "body", id="json-null"),
     pytest.param(b'{"org": "\xff\xfe", "source": "s", "pop": "p", "id": "i", "action": "a"}', "body", id="non-utf8"),
     pytest.param(b"\xff\xfe\x00{", "body", id="binary"),
-    pytest.param(b'{"org": "acme", "org": "beta", "source": "s", "pop": "p", "id": "i", "action": "a"}', "org", id="duplicate-key"),
+    pytest.param(
+        b'{"org": "acme", "org": "beta", "source": "s", "pop": "p", "id": "i", "action": "a"}',
+        "org",
+        id="duplicate-key",
+    ),
 ]
 
 
@@ -119,7 +123,13 @@ async def test_bad_body_is_400_naming_the_field_and_writes_nothing(
 
 @pytest.mark.parametrize(
     "content_type",
-    [None, "text/plain", "application/x-www-form-urlencoded", "application/x-ndjson", "application/json; charset=latin-1"],
+    [
+        None,
+        "text/plain",
+        "application/x-www-form-urlencoded",
+        "application/x-ndjson",
+        "application/json; charset=latin-1",
+    ],
 )
 async def test_wrong_content_type_is_415(webapp: Web, aredis: aioredis.Redis, content_type: str | None) -> None:
     status, got, _ = await post_raw(webapp.session, webapp.discrete, SEED_BODY, content_type)
@@ -147,9 +157,7 @@ async def test_body_over_the_limit_is_413(webapp: Web, aredis: aioredis.Redis) -
         for _ in range(40):
             yield b" " * 1024
 
-    async with webapp.session.post(
-        webapp.discrete, data=chunks(), headers={"Content-Type": "application/json"}
-    ) as r:
+    async with webapp.session.post(webapp.discrete, data=chunks(), headers={"Content-Type": "application/json"}) as r:
         assert r.status == 413
         assert (await r.json())["field"] == "body"
     assert await total_len(aredis, webapp.keys) == 0
@@ -201,7 +209,11 @@ async def test_seed_example_answers_seed_keys_and_types(webapp: Web, redis_url: 
     assert isinstance(got["runtime"], int) and 0 <= got["runtime"] < 2000
     assert (got["score"], got["count"], got["zscore"], got["thisActionCount"]) == (0.0, 1, 0.0, 1)
     assert (got["org"], got["source"], got["pop"], got["id"], got["action"]) == (
-        "acme", "webserver", "auth_getpost", "individual1", "GET /user/login"
+        "acme",
+        "webserver",
+        "auth_getpost",
+        "individual1",
+        "GET /user/login",
     )
     assert "rid" not in got and len(got["event_id"]) == 32
 
@@ -223,14 +235,11 @@ async def test_timeout_is_504_naming_the_event_id_and_event_is_queued(
     assert fields[b"event_id"] == got["event_id"].encode() and fields[b"id_ttl"] == b"600"
     # A worker started later counts it; retrying with its event id gives its result, not a second count.
     async with running_worker(worker_settings(redis_url, prefix)):
-        shard = webapp.keys.shard(Scope("acme", "webserver", "auth_getpost"))
         for _ in range(200):
             if await aredis.exists(webapp.keys.reply(Scope("acme", "webserver", "auth_getpost"), got["event_id"])):
                 break
             await asyncio.sleep(0.02)
-        status2, again = await post_json(
-            webapp.session, webapp.discrete, GOOD, {"Idempotency-Key": got["event_id"]}
-        )
+        status2, again = await post_json(webapp.session, webapp.discrete, GOOD, {"Idempotency-Key": got["event_id"]})
     assert status2 == 200, again
     assert again["duplicate"] is True and again["count"] == 1 and again["event_id"] == got["event_id"]
     documented("/discrete", "post", 200, again)
@@ -252,17 +261,19 @@ async def test_idempotency_key_counts_once_and_replays_the_first_result(
     }
     assert third["count"] == 2 and third["event_id"] == "evt-2"
     # Ids the caller chose keep the worker's full window (BINORMAL_IDEMPOTENCY_TTL_S, 1 h).
-    shard = webapp.keys.shard(Scope("acme", "webserver", "auth_getpost"))
     for chosen in ("evt-1", "evt-2"):
         assert 600 < await aredis.ttl(webapp.keys.seen(Scope("acme", "webserver", "auth_getpost"), chosen)) <= 3600
 
 
-async def test_concurrent_requests_share_one_subscription(webapp: Web, redis_url: str, prefix: str,
-                                                          aredis: aioredis.Redis) -> None:
+async def test_concurrent_requests_share_one_subscription(
+    webapp: Web, redis_url: str, prefix: str, aredis: aioredis.Redis
+) -> None:
     async with running_worker(worker_settings(redis_url, prefix)):
         results = await asyncio.gather(
-            *(post_json(webapp.session, webapp.discrete, dict(GOOD, id=f"u{i % 7}", action=f"a{i % 3}"))
-              for i in range(200))
+            *(
+                post_json(webapp.session, webapp.discrete, dict(GOOD, id=f"u{i % 7}", action=f"a{i % 3}"))
+                for i in range(200)
+            )
         )
         channels = await aredis.pubsub_channels(f"{webapp.keys.prefix}:reply:*")
     assert all(s == 200 for s, _ in results), [r for r in results if r[0] != 200][:3]

@@ -16,12 +16,12 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 
-from common.health import REDIS
-from common.keys import Keyspace, Scope
+from binormal.common.health import REDIS
+from binormal.common.keys import Keyspace, Scope
+from binormal.web.app import RequestIds
 from helpers import running_worker, wait_for, worker_settings
 from http_helpers import combined_app, ingest_settings, post_json, serving, web_settings
 from openapi_subset import check_response, load_openapi
-from web.app import RequestIds
 
 DOC = load_openapi()
 ACME = {"org": "acme", "source": "webserver", "pop": "auth_getpost", "id": "individual1", "action": "GET /user/login"}
@@ -97,9 +97,7 @@ def _common_prefix(a: str, b: str) -> str:
     return a[:n]
 
 
-async def test_predicted_ids_cannot_make_other_callers_events_duplicates(
-    svc: Svc, redis_url: str, prefix: str
-) -> None:
+async def test_predicted_ids_cannot_make_other_callers_events_duplicates(svc: Svc, redis_url: str, prefix: str) -> None:
     """The issue's attack: claim the next generated ids through /events before the victims use them."""
     async with running_worker(worker_settings(redis_url, prefix)):
         status, mine = await svc.discrete(ACME)
@@ -119,7 +117,8 @@ async def test_predicted_ids_cannot_make_other_callers_events_duplicates(
         try:
             await wait_for(
                 lambda: _hget_int(client, svc.keys.individual(attacker, "attacker"), "GET /user/login", 2000),
-                timeout=30, what="the attacker's 2000 events counted",
+                timeout=30,
+                what="the attacker's 2000 events counted",
             )
         finally:
             await client.aclose()
@@ -223,8 +222,13 @@ async def test_old_format_marker_still_deduplicates(
 def _raw_post(base: str, headers: list[tuple[bytes, bytes]], body: bytes) -> tuple[int, Any]:
     """POST /discrete with exactly these header bytes (aiohttp's client would refuse them)."""
     url = urlsplit(base)
-    head = [b"POST /discrete HTTP/1.1", f"Host: {url.netloc}".encode(), b"Content-Type: application/json",
-            f"Content-Length: {len(body)}".encode(), b"Connection: close"]
+    head = [
+        b"POST /discrete HTTP/1.1",
+        f"Host: {url.netloc}".encode(),
+        b"Content-Type: application/json",
+        f"Content-Length: {len(body)}".encode(),
+        b"Connection: close",
+    ]
     head += [name + b": " + value for name, value in headers]
     with socket.create_connection((url.hostname, url.port), timeout=10) as sock:
         sock.sendall(b"\r\n".join(head) + b"\r\n\r\n" + body)

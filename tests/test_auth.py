@@ -15,9 +15,11 @@ import aiohttp
 import orjson
 import pytest
 import redis.asyncio as aioredis
-from hypothesis import given, settings as hsettings, strategies as st
+from hypothesis import given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
-from common.auth import (
+from binormal.common.auth import (
     Principal,
     TokensFileError,
     TokenStore,
@@ -28,16 +30,16 @@ from common.auth import (
     make_session,
     parse_tokens,
 )
-from common.config import ConfigError
-from common.guard import SESSION_COOKIE, AuthConfig, AuthState, host_name
-from common.guard import guard as guard_middleware
-from common.health import observe
-from common.keys import Keyspace, Scope
+from binormal.common.config import ConfigError
+from binormal.common.guard import SESSION_COOKIE, AuthConfig, AuthState, host_name
+from binormal.common.guard import guard as guard_middleware
+from binormal.common.health import observe
+from binormal.common.keys import Keyspace, Scope
+from binormal.ingest.settings import IngestSettings
+from binormal.web.settings import WebSettings
 from helpers import binormal_command
 from http_helpers import combined_app, ingest_settings, serving, web_settings
-from ingest.settings import IngestSettings
 from openapi_subset import check_response, load_openapi
-from web.settings import WebSettings
 
 GOOD = {"org": "acme", "source": "web", "pop": "users", "id": "u1", "action": "GET /"}
 DOC = load_openapi()
@@ -88,9 +90,7 @@ async def test_foreign_host_header_is_421(open_base: str) -> None:
                 assert r.status == 200, host
 
 
-async def test_with_a_tokens_file_every_data_route_needs_a_token(
-    tmp_path: Path, redis_url: str, prefix: str
-) -> None:
+async def test_with_a_tokens_file_every_data_route_needs_a_token(tmp_path: Path, redis_url: str, prefix: str) -> None:
     tokens = tmp_path / "tokens"
     tokens.write_text(token_line("alice", "admin", "*", "s3cret-token"))
     env = {"REDIS_URL": redis_url, "BINORMAL_PREFIX": prefix, "BINORMAL_TOKENS_FILE": str(tokens)}
@@ -99,8 +99,13 @@ async def test_with_a_tokens_file_every_data_route_needs_a_token(
     # web and ingest on one app: one guard, inside the JSON/timing middleware
     assert list(app.middlewares) == [observe, guard_middleware]
     async with serving(app) as base, aiohttp.ClientSession() as http:
-        for method, path in [("GET", "/api/scopes"), ("GET", "/metrics"), ("POST", "/discrete"), ("POST", "/events"),
-                             ("GET", "/api/outliers?org=a&source=b&pop=c")]:
+        for method, path in [
+            ("GET", "/api/scopes"),
+            ("GET", "/metrics"),
+            ("POST", "/discrete"),
+            ("POST", "/events"),
+            ("GET", "/api/outliers?org=a&source=b&pop=c"),
+        ]:
             async with http.request(method, base + path, json=GOOD) as r:
                 assert r.status == 401, (method, path, r.status)
                 assert r.headers["WWW-Authenticate"].startswith("Bearer")
@@ -155,12 +160,28 @@ def test_names_and_tokens_are_unique() -> None:
 
 
 NAMES = st.text(alphabet="abcXYZ019_-", min_size=1, max_size=64)
-ORGS = st.none() | st.frozensets(st.text(alphabet=st.characters(blacklist_categories=["Cs", "Z", "Cc"], blacklist_characters=",*"), min_size=1, max_size=20).filter(lambda o: o.strip() == o and len(o.encode()) <= 256 and not any(c.isspace() for c in o)), min_size=1, max_size=4)
+ORGS = st.none() | st.frozensets(
+    st.text(
+        alphabet=st.characters(blacklist_categories=["Cs", "Z", "Cc"], blacklist_characters=",*"),
+        min_size=1,
+        max_size=20,
+    ).filter(lambda o: o.strip() == o and len(o.encode()) <= 256 and not any(c.isspace() for c in o)),
+    min_size=1,
+    max_size=4,
+)
 
 
-@given(st.lists(st.tuples(NAMES, st.sampled_from(["producer", "viewer", "admin"]), ORGS, st.binary(min_size=32, max_size=32)), max_size=8, unique_by=(lambda t: t[0], lambda t: t[3])))
+@given(
+    st.lists(
+        st.tuples(NAMES, st.sampled_from(["producer", "viewer", "admin"]), ORGS, st.binary(min_size=32, max_size=32)),
+        max_size=8,
+        unique_by=(lambda t: t[0], lambda t: t[3]),
+    )
+)
 @hsettings(max_examples=300, deadline=None)
-def test_format_line_round_trips_through_the_parser(entries: list[tuple[str, str, frozenset[str] | None, bytes]]) -> None:
+def test_format_line_round_trips_through_the_parser(
+    entries: list[tuple[str, str, frozenset[str] | None, bytes]],
+) -> None:
     text = "# tokens\n" + "".join(format_line(n, r, o, d) + "\n" for n, r, o, d in entries)
     got = parse_tokens(text)
     assert {n: (e.principal.role, e.principal.orgs, e.digest) for n, e in got.items()} == {
@@ -247,20 +268,36 @@ def test_session_cookie_is_signed_expires_and_dies_with_its_token(tmp_path: Path
 
 
 def test_auth_settings_have_bounds() -> None:
-    got = auth_env({"BINORMAL_ALLOWED_ORIGINS": "https://a.example, http://b.example:8080",
-                    "BINORMAL_ALLOWED_HOSTS": "A.example,[::1]", "BINORMAL_ALLOW_ANONYMOUS": "1"})
+    got = auth_env(
+        {
+            "BINORMAL_ALLOWED_ORIGINS": "https://a.example, http://b.example:8080",
+            "BINORMAL_ALLOWED_HOSTS": "A.example,[::1]",
+            "BINORMAL_ALLOW_ANONYMOUS": "1",
+        }
+    )
     assert got["allowed_origins"] == ("https://a.example", "http://b.example:8080")
     assert got["allowed_hosts"] == ("a.example", "[::1]") and got["allow_anonymous"] is True
-    for env in [{"BINORMAL_ALLOWED_ORIGINS": "https://a.example/path"}, {"BINORMAL_ALLOWED_ORIGINS": "a.example"},
-                {"BINORMAL_ALLOWED_HOSTS": "a.example:80"}, {"BINORMAL_ALLOW_ANONYMOUS": "maybe"},
-                {"BINORMAL_ALLOWED_HOSTS": ",".join(f"h{i}" for i in range(101))}]:
+    for env in [
+        {"BINORMAL_ALLOWED_ORIGINS": "https://a.example/path"},
+        {"BINORMAL_ALLOWED_ORIGINS": "a.example"},
+        {"BINORMAL_ALLOWED_HOSTS": "a.example:80"},
+        {"BINORMAL_ALLOW_ANONYMOUS": "maybe"},
+        {"BINORMAL_ALLOWED_HOSTS": ",".join(f"h{i}" for i in range(101))},
+    ]:
         with pytest.raises(ConfigError, match=next(iter(env))):
             auth_env(env)
     assert WebSettings.from_env({"BINORMAL_TOKENS_FILE": "/x"}).tokens_file == "/x"
 
 
-@pytest.mark.parametrize(("header", "want"), [("Example.com:8080", "example.com"), ("[::1]:80", "[::1]"),
-                                              ("localhost.", "localhost"), ("127.0.0.1", "127.0.0.1")])
+@pytest.mark.parametrize(
+    ("header", "want"),
+    [
+        ("Example.com:8080", "example.com"),
+        ("[::1]:80", "[::1]"),
+        ("localhost.", "localhost"),
+        ("127.0.0.1", "127.0.0.1"),
+    ],
+)
 def test_host_name(header: str, want: str) -> None:
     assert host_name(header) == want
 
@@ -290,7 +327,9 @@ def bearer(name: str) -> dict[str, str]:
 
 
 class Service:
-    def __init__(self, base: str, http: aiohttp.ClientSession, keys: Keyspace, tokens: Path, rc: aioredis.Redis) -> None:
+    def __init__(
+        self, base: str, http: aiohttp.ClientSession, keys: Keyspace, tokens: Path, rc: aioredis.Redis
+    ) -> None:
         self.base, self.http, self.keys, self.tokens, self.redis = base, http, keys, tokens, rc
 
     async def written(self) -> int:
@@ -310,11 +349,17 @@ async def svc(tmp_path: Path, redis_url: str, prefix: str, aredis: aioredis.Redi
 
 async def test_roles_gate_routes(svc: Service) -> None:
     cases = [  # (token, method, path, expected status)
-        ("prod-acme", "GET", "/api/scopes", 403), ("prod-acme", "GET", "/metrics", 403),
-        ("prod-acme", "GET", "/websocket", 403), ("prod-acme", "GET", "/", 403),
-        ("view-acme", "POST", "/events", 403), ("view-acme", "POST", "/discrete", 403),
-        ("view-acme", "GET", "/metrics", 403), ("view-acme", "GET", "/api/scopes", 200), ("view-acme", "GET", "/", 200),
-        ("admin", "GET", "/metrics", 200), ("admin", "GET", "/api/scopes", 200),
+        ("prod-acme", "GET", "/api/scopes", 403),
+        ("prod-acme", "GET", "/metrics", 403),
+        ("prod-acme", "GET", "/websocket", 403),
+        ("prod-acme", "GET", "/", 403),
+        ("view-acme", "POST", "/events", 403),
+        ("view-acme", "POST", "/discrete", 403),
+        ("view-acme", "GET", "/metrics", 403),
+        ("view-acme", "GET", "/api/scopes", 200),
+        ("view-acme", "GET", "/", 200),
+        ("admin", "GET", "/metrics", 200),
+        ("admin", "GET", "/api/scopes", 200),
     ]
     for name, method, path, want in cases:
         async with svc.http.request(method, svc.base + path, headers=bearer(name), json=GOOD) as r:
@@ -342,8 +387,9 @@ async def test_a_producer_for_acme_cannot_write_beta_and_nothing_is_written(svc:
         assert r.status == 403 and body["field"] == "org" and body["org"] == "beta" and "'beta'" in body["error"]
     lines = [GOOD, GOOD, beta, GOOD, dict(beta, id="u9")]
     ndjson = b"\n".join(orjson.dumps(x) for x in lines)
-    async with svc.http.post(svc.base + "/events", data=ndjson, headers={**bearer("prod-acme"),
-                             "Content-Type": "application/x-ndjson"}) as r:
+    async with svc.http.post(
+        svc.base + "/events", data=ndjson, headers={**bearer("prod-acme"), "Content-Type": "application/x-ndjson"}
+    ) as r:
         body = await r.json()
         assert r.status == 403 and body["org"] == "beta" and body["lines"] == [3, 5] and body["accepted"] == 0, body
         documented("/events", "POST", 403, body)
@@ -378,11 +424,26 @@ async def test_a_viewer_for_acme_sees_only_acme(svc: Service) -> None:
 
 async def test_a_viewers_websocket_carries_only_its_orgs(svc: Service, prefix: str) -> None:
     channel = svc.keys.broadcast_channel()
-    lines = [orjson.dumps({"score": 1.0, "count": 1, "zscore": 0.5, "org": org, "source": "web", "pop": "p",
-                           "id": f"{org}-{i}", "action": "GET /"}) for i, org in enumerate(["acme", "beta"] * 5)]
+    lines = [
+        orjson.dumps(
+            {
+                "score": 1.0,
+                "count": 1,
+                "zscore": 0.5,
+                "org": org,
+                "source": "web",
+                "pop": "p",
+                "id": f"{org}-{i}",
+                "action": "GET /",
+            }
+        )
+        for i, org in enumerate(["acme", "beta"] * 5)
+    ]
     lines.append(b'{"org": 42, "id": "no-org"}')
-    async with svc.http.ws_connect(svc.base + "/websocket", headers=bearer("view-acme")) as acme, \
-            svc.http.ws_connect(svc.base + "/websocket", headers=bearer("view-all")) as every:
+    async with (
+        svc.http.ws_connect(svc.base + "/websocket", headers=bearer("view-acme")) as acme,
+        svc.http.ws_connect(svc.base + "/websocket", headers=bearer("view-all")) as every,
+    ):
         deadline = asyncio.get_running_loop().time() + 10
         while (await svc.redis.pubsub_numsub(channel))[0][1] < 1:
             assert asyncio.get_running_loop().time() < deadline
@@ -420,13 +481,18 @@ async def test_login_sets_a_strict_httponly_cookie_that_authorises_the_page(svc:
     async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
         async with http.post(svc.base + "/login", json={"token": "nope"}) as r:
             assert r.status == 401 and SESSION_COOKIE not in r.cookies
-        async with http.post(svc.base + "/login", data="token=tok-view-acme",
-                                 headers={"Content-Type": "application/x-www-form-urlencoded"}) as r:
+        async with http.post(
+            svc.base + "/login",
+            data="token=tok-view-acme",
+            headers={"Content-Type": "application/x-www-form-urlencoded"},
+        ) as r:
             assert r.status == 415  # a cross-site HTML form cannot log anyone in
         async with http.post(svc.base + "/login", json={"token": "tok-view-acme"}) as r:
             assert r.status == 200 and (await r.json())["name"] == "view-acme"
             cookie = r.headers["Set-Cookie"]
-            assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and "Path=/" in cookie and "Secure" not in cookie
+            assert (
+                "HttpOnly" in cookie and "SameSite=Strict" in cookie and "Path=/" in cookie and "Secure" not in cookie
+            )
             assert "tok-view-acme" not in cookie
         async with http.get(svc.base + "/api/scopes") as r:  # the session jar sends the cookie
             assert r.status == 200
@@ -454,11 +520,14 @@ async def test_security_headers_on_the_page_and_the_api(svc: Service) -> None:
 
 async def test_allowed_origins_and_hosts_settings(redis_url: str, prefix: str) -> None:
     ws = web_settings(redis_url, prefix, allowed_origins=("http://dash.example",), allowed_hosts=("binormal.example",))
-    app = combined_app(ws, replace(ingest_settings(redis_url, prefix), allowed_origins=ws.allowed_origins,
-                                   allowed_hosts=ws.allowed_hosts))
+    app = combined_app(
+        ws,
+        replace(ingest_settings(redis_url, prefix), allowed_origins=ws.allowed_origins, allowed_hosts=ws.allowed_hosts),
+    )
     async with serving(app) as base, aiohttp.ClientSession() as http:
-        async with http.ws_connect(base + "/websocket", headers={"Origin": "http://dash.example",
-                                                                 "Host": "binormal.example"}) as sock:
+        async with http.ws_connect(
+            base + "/websocket", headers={"Origin": "http://dash.example", "Host": "binormal.example"}
+        ) as sock:
             assert not sock.closed
         async with http.get(base + "/api/scopes", headers={"Host": "binormal.example:9000"}) as r:
             assert r.status == 200
@@ -474,8 +543,13 @@ async def test_the_feeder_sends_binormal_token_and_stops_on_401_or_403(svc: Serv
     base_env = {k: v for k, v in os.environ.items() if not k.startswith("BINORMAL_")}
 
     def feed(path: Path, **env: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([*binormal_command(), "feed", "--no-progress", "--url", svc.base, str(path)],
-                              env={**base_env, **env}, capture_output=True, text=True, timeout=60)
+        return subprocess.run(
+            [*binormal_command(), "feed", "--no-progress", "--url", svc.base, str(path)],
+            env={**base_env, **env},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
 
     got = await asyncio.to_thread(feed, log)
     assert got.returncode != 0 and "401" in got.stderr and "BINORMAL_TOKEN" in got.stderr, got.stderr

@@ -11,10 +11,12 @@ from collections.abc import Callable
 import pytest
 import redis.asyncio as aioredis
 
-from common.keys import Keyspace, Scope
-from common.schema import Event
-from common.scoring import Snapshot
-from common.scripts import Scripts
+from binormal.common.keys import Keyspace, Scope
+from binormal.common.schema import Event
+from binormal.common.scoring import Snapshot
+from binormal.common.scripts import Scripts
+from binormal.worker.batch import BatchProcessor, Entry
+from binormal.worker.worker import ensure_groups
 from helpers import (
     Collector,
     check_counters,
@@ -26,8 +28,6 @@ from helpers import (
     worker_settings,
     xadd_events,
 )
-from worker.batch import BatchProcessor, Entry
-from worker.worker import ensure_groups
 
 SCOPE = Scope("acme", "webserver", "auth_getpost")
 
@@ -69,9 +69,7 @@ async def test_noscript_reloads_and_counts_once(prefix: str, aredis: aioredis.Re
     assert [r["count"] for r in results if r["id"] == "u0"] == list(range(1, 8))
 
 
-async def test_entry_deleted_while_pending_is_not_counted(
-    redis_url: str, prefix: str, aredis: aioredis.Redis
-) -> None:
+async def test_entry_deleted_while_pending_is_not_counted(redis_url: str, prefix: str, aredis: aioredis.Redis) -> None:
     """XDEL of a pending entry: re-reading the backlog returns it with no fields;
     it goes to the dead letters, nothing is counted, and the group drains."""
     keys = Keyspace(prefix, 4)
@@ -319,7 +317,12 @@ async def test_commit_skips_a_scope_whose_key_holds_another_type(
     # Counted and acknowledged, but neither rank, aggregates nor version moved,
     # and the uncommitted mark stays for a repair once the key is fixed.
     assert results == [] and proc.counters.applied == 1
-    assert await check_counters(aredis, keys, counts_from_events([Event(SCOPE.org, SCOPE.source, SCOPE.pop, "u1", "GET /")])) == []
+    assert (
+        await check_counters(
+            aredis, keys, counts_from_events([Event(SCOPE.org, SCOPE.source, SCOPE.pop, "u1", "GET /")])
+        )
+        == []
+    )
     for name, key in COMMIT_KEYS.items():
         if name != which:
             assert not await aredis.exists(key(keys, shard)), name
@@ -364,11 +367,16 @@ async def test_a_new_action_past_the_cap_is_dead_lettered_and_the_scope_flagged(
     reply_to = f"{prefix}:reply:test"
     async with Collector(aredis, reply_to) as col:
         await _process(aredis, keys, proc, [{"id": "u1", "action": a} for a in ("a1", "a2", "a3")])
-        await _process(aredis, keys, proc, [
-            {"id": "u2", "action": "a4", "reply_to": reply_to, "rid": "r1", "event_id": "e4"},  # new, past the cap
-            {"id": "u2", "action": "a1"},  # known: counted
-            {"id": "u3", "action": "a5"},  # new, past the cap
-        ])
+        await _process(
+            aredis,
+            keys,
+            proc,
+            [
+                {"id": "u2", "action": "a4", "reply_to": reply_to, "rid": "r1", "event_id": "e4"},  # new, past the cap
+                {"id": "u2", "action": "a1"},  # known: counted
+                {"id": "u3", "action": "a5"},  # new, past the cap
+            ],
+        )
         [note] = await col.wait_count(reply_to, 1)
     reason = "action cap: scope already has 3 distinct actions (BINORMAL_MAX_ACTIONS)"
     assert note == {"rejected": True, "error": reason, "field": "action", "event_id": "e4", "rid": "r1"}

@@ -24,18 +24,24 @@ import pytest
 import redis.asyncio as aioredis
 from aiohttp import web
 
-from common.embedded import free_port
+from binormal.common.embedded import free_port
+from binormal.web.live import HUB_KEY
+from binormal.web.settings import WebSettings
 from tests.helpers import running_worker, wait_for, worker_settings
-from web.live import HUB_KEY
-from web.settings import WebSettings
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(240)]
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-quic",
-    "--no-first-run", "--disable-component-update", "--disable-sync",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-component-update",
+    "--disable-sync",
 ]
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 
@@ -80,7 +86,7 @@ class WebTier:
         self.app: web.Application | None = None
 
     async def start(self) -> str:
-        from web.app import create_app
+        from binormal.web.app import create_app
 
         self.app = create_app(self.settings)
         self.runner = web.AppRunner(self.app, shutdown_timeout=1.0)
@@ -108,13 +114,28 @@ class Feeder:
     def event(self) -> dict[str, str]:
         roll = self.rng.random()
         if roll < 0.12:
-            return {"org": "acme", "source": "web", "pop": "users", "id": OUTLIER,
-                    "action": self.rng.choice(OUTLIER_ACTIONS)}
+            return {
+                "org": "acme",
+                "source": "web",
+                "pop": "users",
+                "id": OUTLIER,
+                "action": self.rng.choice(OUTLIER_ACTIONS),
+            }
         if roll < 0.30:
-            return {"org": "acme", "source": "api", "pop": "bots", "id": self.rng.choice(BOTS),
-                    "action": self.rng.choice(BOT_ACTIONS)}
-        return {"org": "acme", "source": "web", "pop": "users", "id": self.rng.choice(USERS),
-                "action": self.rng.choice(NORMAL_ACTIONS)}
+            return {
+                "org": "acme",
+                "source": "api",
+                "pop": "bots",
+                "id": self.rng.choice(BOTS),
+                "action": self.rng.choice(BOT_ACTIONS),
+            }
+        return {
+            "org": "acme",
+            "source": "web",
+            "pop": "users",
+            "id": self.rng.choice(USERS),
+            "action": self.rng.choice(NORMAL_ACTIONS),
+        }
 
     async def send(self, http: aiohttp.ClientSession, n: int) -> None:
         async def one(body: dict[str, str]) -> None:
@@ -127,7 +148,7 @@ class Feeder:
                     if got["id"] == OUTLIER:
                         self.outlier_z.append(float(got["zscore"]))
                     self.sent += 1
-            except (aiohttp.ClientError, OSError, asyncio.TimeoutError):
+            except (TimeoutError, aiohttp.ClientError, OSError):
                 self.errors += 1  # the web tier is being restarted
 
         await asyncio.gather(*(one(self.event()) for _ in range(n)))
@@ -251,9 +272,11 @@ async def test_live_page_end_to_end(redis_url: str, prefix: str) -> None:
             await page.screenshot(path=str(ARTIFACTS / "live-page.png"))
 
             # -- the extra line below the canvas lets the sliders scroll out of view
-            top = await page.evaluate("() => { const c = document.getElementById('matrix'); window.scrollTo(0, c.offsetTop);"
-                                      " const r = c.getBoundingClientRect(); return [r.top, r.bottom, window.innerHeight,"
-                                      " document.getElementById('controls').getBoundingClientRect().bottom]; }")
+            top = await page.evaluate(
+                "() => { const c = document.getElementById('matrix'); window.scrollTo(0, c.offsetTop);"
+                " const r = c.getBoundingClientRect(); return [r.top, r.bottom, window.innerHeight,"
+                " document.getElementById('controls').getBoundingClientRect().bottom]; }"
+            )
             assert abs(top[0]) < 1 and abs(top[1] - top[2]) < 1 and top[3] <= 0.5, top
             await page.evaluate("() => window.scrollTo(0, 0)")
 
@@ -286,7 +309,10 @@ async def test_live_page_end_to_end(redis_url: str, prefix: str) -> None:
             # -- the zscore filter follows a lower zscore while at its minimum; its max widens
             probe = {"org": "acme", "source": "probe", "pop": "probe", "action": "GET /probe", "score": 1.0, "count": 1}
             await rclient.publish(channel, orjson.dumps(dict(probe, id="low", zscore=-7.3)))
-            await wait_js(page, "() => { const e = document.getElementById('zfilter'); return e.min === '-8' && e.value === '-8'; }")
+            await wait_js(
+                page,
+                "() => { const e = document.getElementById('zfilter'); return e.min === '-8' && e.value === '-8'; }",
+            )
             assert await page.locator("#zfilter-value").text_content() == "-8"
             await rclient.publish(channel, orjson.dumps(dict(probe, id="high", zscore=12.2)))
             await wait_js(page, "() => document.getElementById('zfilter').max === '13'")
@@ -311,9 +337,15 @@ async def test_live_page_end_to_end(redis_url: str, prefix: str) -> None:
             await select_scope(page, "pop", "bots")
             await wait_js(page, "() => window.binormal.matrix.label.filter(r => r).length >= 3")
             await asyncio.sleep(1.0)
-            pops = await page.evaluate("() => [...new Set(window.binormal.matrix.label.filter(r => r).map(r => r.pop))]")
+            pops = await page.evaluate(
+                "() => [...new Set(window.binormal.matrix.label.filter(r => r).map(r => r.pop))]"
+            )
             assert pops == ["bots"], pops
-            await wait_js(page, f"() => [...document.querySelectorAll('#outliers-body td.id')].some(td => td.textContent === {XSS_ID!r})")
+            await wait_js(
+                page,
+                "() => [...document.querySelectorAll('#outliers-body td.id')]"
+                f".some(td => td.textContent === {XSS_ID!r})",
+            )
             panel_pops = await page.locator("#outliers-body td.pop").all_text_contents()
             assert set(panel_pops) == {"bots"}, panel_pops
             ids = await page.locator("#outliers-body td.id").all_text_contents()
@@ -374,12 +406,34 @@ def flood_messages(count: int, per_message: int = 500, red_every: int = 100) -> 
             n += 1
             red = n % red_every == 0
             z = 4.2 if red else round(rng.uniform(-1.5, 2.5), 3)
-            lines.append(orjson.dumps({
-                "score": 12.5, "count": 40, "zscore": z, "org": "acme", "source": "load", "pop": f"p{n % 5}",
-                "id": f"id{rng.randrange(10_000)}", "action": f"GET /x{rng.randrange(40)}", "timestamp": n,
-                "thisActionCount": 3, "actionzscore": 0.1, "event_id": None,
-                "explain": [{"action": "GET /x1", "count": 9, "observed": 9, "expected": 2.5, "bits": 6.1, "kind": "over"}],
-            }))
+            lines.append(
+                orjson.dumps(
+                    {
+                        "score": 12.5,
+                        "count": 40,
+                        "zscore": z,
+                        "org": "acme",
+                        "source": "load",
+                        "pop": f"p{n % 5}",
+                        "id": f"id{rng.randrange(10_000)}",
+                        "action": f"GET /x{rng.randrange(40)}",
+                        "timestamp": n,
+                        "thisActionCount": 3,
+                        "actionzscore": 0.1,
+                        "event_id": None,
+                        "explain": [
+                            {
+                                "action": "GET /x1",
+                                "count": 9,
+                                "observed": 9,
+                                "expected": 2.5,
+                                "bits": 6.1,
+                                "kind": "over",
+                            }
+                        ],
+                    }
+                )
+            )
         out.append(b"\n".join(lines))
     return out
 
@@ -436,8 +490,10 @@ async def test_page_stays_responsive_at_20000_results_per_second(redis_url: str,
         elapsed = loop.time() - start
         await asyncio.sleep(0.5)
         after = await counters(page)
-        mon = await page.evaluate("() => ({maxLag: window.__mon.maxLag, frames: window.__mon.frames,"
-                                  " p95: window.__mon.lags.sort((a, b) => a - b)[Math.floor(window.__mon.lags.length * 0.95)]})")
+        mon = await page.evaluate(
+            "() => ({maxLag: window.__mon.maxLag, frames: window.__mon.frames,"
+            " p95: window.__mon.lags.sort((a, b) => a - b)[Math.floor(window.__mon.lags.length * 0.95)]})"
+        )
         ARTIFACTS.mkdir(exist_ok=True)
         await page.screenshot(path=str(ARTIFACTS / "live-page-load.png"))
 
@@ -454,7 +510,10 @@ async def test_page_stays_responsive_at_20000_results_per_second(redis_url: str,
         assert slow_tier.app is not None
         (slow_client,) = slow_tier.app[HUB_KEY].clients
         await wait_for(lambda: slow_client.dropped >= 2900 and not slow_client.queue, what="drops")
-        await wait_js(slow_page, f"() => document.getElementById('dropped').textContent === '{slow_client.dropped} dropped by server'")
+        await wait_js(
+            slow_page,
+            f"() => document.getElementById('dropped').textContent === '{slow_client.dropped} dropped by server'",
+        )
         slow_counters = await counters(slow_page)
         assert slow_counters["received"] + slow_client.dropped == 3000, (slow_counters, slow_client.dropped)
 
@@ -462,9 +521,12 @@ async def test_page_stays_responsive_at_20000_results_per_second(redis_url: str,
     drawn = after["drawn"] - before["drawn"]
     dropped = after["droppedBase"] + after["droppedConn"]
     fps = mon["frames"] / (elapsed + 0.5)
-    print(f"\npublished {published / elapsed:.0f}/s; page received {received / elapsed:.0f}/s, drew {drawn / elapsed:.0f}/s, "
-          f"server dropped {dropped}; {fps:.0f} animation frames/s; timer lag p95 {mon['p95']:.0f} ms max {mon['maxLag']:.0f} ms; "
-          f"evaluate round trip max {max(evaluate_ms):.0f} ms; red queued {after['queuedRed']} drawn {after['drawnRed']}")
+    print(
+        f"\npublished {published / elapsed:.0f}/s; page received {received / elapsed:.0f}/s, "
+        f"drew {drawn / elapsed:.0f}/s, server dropped {dropped}; {fps:.0f} animation frames/s; "
+        f"timer lag p95 {mon['p95']:.0f} ms max {mon['maxLag']:.0f} ms; "
+        f"evaluate round trip max {max(evaluate_ms):.0f} ms; red queued {after['queuedRed']} drawn {after['drawnRed']}"
+    )
     assert published / elapsed > 15_000
     assert received + dropped >= 0.9 * published  # every result reached the page or was counted as dropped
     assert fps >= 10, fps  # the page keeps animating
@@ -485,9 +547,23 @@ ws.onclose = () => { if (window.state !== "open") window.state = "refused"; else
 
 
 def result_line(i: int, org: str = "acme") -> bytes:
-    return orjson.dumps({"score": 1.0, "count": 3, "zscore": 0.4, "org": org, "source": "web", "pop": "users",
-                         "id": f"user{i % 9}", "action": "GET /home", "timestamp": i, "thisActionCount": 1,
-                         "actionzscore": 0.0, "event_id": f"e{i}", "explain": []})
+    return orjson.dumps(
+        {
+            "score": 1.0,
+            "count": 3,
+            "zscore": 0.4,
+            "org": org,
+            "source": "web",
+            "pop": "users",
+            "id": f"user{i % 9}",
+            "action": "GET /home",
+            "timestamp": i,
+            "thisActionCount": 1,
+            "actionzscore": 0.0,
+            "event_id": f"e{i}",
+            "explain": [],
+        }
+    )
 
 
 async def test_a_page_from_another_origin_cannot_read_the_live_stream(redis_url: str, prefix: str) -> None:
@@ -500,6 +576,7 @@ async def test_a_page_from_another_origin_cannot_read_the_live_stream(redis_url:
         tier = WebTier(settings, port)
         await tier.start()
         stack.push_async_callback(tier.stop)
+
         async def evil_page(request: web.Request) -> web.Response:
             return web.Response(text=EVIL_PAGE % port, content_type="text/html")
 
@@ -531,7 +608,7 @@ async def test_viewer_logs_in_once_and_the_live_view_streams(tmp_path: Path, red
     executable = chromium_or_skip()
     from playwright.async_api import async_playwright
 
-    from common.auth import hash_token
+    from binormal.common.auth import hash_token
 
     tokens = tmp_path / "tokens"
     tokens.write_text(f"watcher viewer acme sha256:{hash_token('tok-watcher').hex()}\n")

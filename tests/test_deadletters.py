@@ -10,12 +10,21 @@ from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 
+from binormal.common.keys import Keyspace, Scope
+from binormal.common.schema import Event
+from binormal.common.scripts import Scripts
 from binormal.deadletters import PAGE, dead_letters, replay_one
-from common.keys import Keyspace, Scope
-from common.schema import Event
-from common.scripts import Scripts
-from helpers import binormal_command, check_counters, counts_from_events, drained, running_worker, wait_for, worker_settings, xadd_events
-from worker.worker import ensure_groups
+from binormal.worker.worker import ensure_groups
+from helpers import (
+    binormal_command,
+    check_counters,
+    counts_from_events,
+    drained,
+    running_worker,
+    wait_for,
+    worker_settings,
+    xadd_events,
+)
 
 SCOPE = Scope("acme", "web", "auth")
 BROKEN = Scope("acme", "web", "broken:{pop}")
@@ -65,8 +74,14 @@ async def test_list_shows_reasons_and_original_fields(redis_url: str, prefix: st
     }
     broken = by_reason[f"bad state: key {keys.scope_key(BROKEN, 'pop')} holds a list, not a hash"]
     assert broken["shard"] == keys.shard(BROKEN) and broken["consumer"] == "w1"
-    assert broken["fields"] == {"org": "acme", "source": "web", "pop": "broken:{pop}", "id": "u9",
-                                "action": "GET /x", "event_id": "e-9"}
+    assert broken["fields"] == {
+        "org": "acme",
+        "source": "web",
+        "pop": "broken:{pop}",
+        "id": "u9",
+        "action": "GET /x",
+        "event_id": "e-9",
+    }
     text = await dead(redis_url, prefix, "list", "--reason", "invalid")
     assert text.rc == 0 and text.out.count("\n  {") == 2 and "unknown field" in text.out
     assert text.err.strip() == "2 dead letters (2 invalid)"
@@ -98,8 +113,17 @@ async def test_replay_after_the_fix_counts_the_entry_once(redis_url: str, prefix
 async def test_a_dead_letter_is_replayed_once_by_concurrent_replays(prefix: str, aredis: aioredis.Redis) -> None:
     keys = Keyspace(prefix, 4)
     shard = keys.shard(SCOPE)
-    dead_id = await aredis.xadd(keys.dead(shard), {"reason": "r", "entry_id": "1-0", "stream": keys.stream(shard),
-                                                   "consumer": "c", "f.org": "acme", "f.id": "\xff"})
+    dead_id = await aredis.xadd(
+        keys.dead(shard),
+        {
+            "reason": "r",
+            "entry_id": "1-0",
+            "stream": keys.stream(shard),
+            "consumer": "c",
+            "f.org": "acme",
+            "f.id": "\xff",
+        },
+    )
     [letter] = [d async for d in dead_letters(aredis, keys, [shard])]
     assert letter.dead_id == dead_id.decode()
     scripts = Scripts()
@@ -118,8 +142,10 @@ async def test_nothing_to_replay_is_skipped_and_kept(prefix: str, aredis: aiored
     scripts = Scripts()
     await aredis.script_flush()  # as after a Redis restart: the first EVALSHA answers NOSCRIPT
     results = [await replay_one(aredis, keys, scripts, d) async for d in dead_letters(aredis, keys, [0])]
-    assert results == [(False, "no fields to replay (the entry was deleted before it was read)"),
-                       (False, f"recorded from elsewhere, not {keys.stream(0)}")]
+    assert results == [
+        (False, "no fields to replay (the entry was deleted before it was read)"),
+        (False, f"recorded from elsewhere, not {keys.stream(0)}"),
+    ]
     assert await aredis.xlen(keys.dead(0)) == 2 and not await aredis.exists(keys.stream(0))
 
 

@@ -21,10 +21,11 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 
-from common.engine import MemoryEngine
-from common.health import REDIS
-from common.keys import Keyspace, Scope
-from common.schema import Event
+from binormal.common.engine import MemoryEngine
+from binormal.common.health import REDIS
+from binormal.common.keys import Keyspace, Scope
+from binormal.common.schema import Event
+from binormal.web.app import create_app
 from helpers import (
     WorkerProcess,
     check_counters,
@@ -36,12 +37,18 @@ from helpers import (
 )
 from http_helpers import SEED_BODY, combined_app, ingest_settings, post_json, serving, wait_ready, web_settings
 from openapi_subset import check_response, load_openapi
-from web.app import create_app
 
 DOC = load_openapi()
 
 SEED_CURL = [
-    "curl", "-X", "POST", "-H", "Content-Type: application/json", "-d", SEED_BODY, "http://127.0.0.1:8080/discrete",
+    "curl",
+    "-X",
+    "POST",
+    "-H",
+    "Content-Type: application/json",
+    "-d",
+    SEED_BODY,
+    "http://127.0.0.1:8080/discrete",
 ]
 
 
@@ -54,9 +61,10 @@ async def run_curl(base: str) -> dict[str, Any]:
         out, _ = await asyncio.wait_for(proc.communicate(), 10.0)
         assert proc.returncode == 0
         return dict(orjson.loads(out))
-    async with aiohttp.ClientSession() as s, s.post(
-        argv[-1], data=SEED_BODY.encode(), headers={"Content-Type": "application/json"}
-    ) as r:
+    async with (
+        aiohttp.ClientSession() as s,
+        s.post(argv[-1], data=SEED_BODY.encode(), headers={"Content-Type": "application/json"}) as r,
+    ):
         return dict(await r.json())
 
 
@@ -70,7 +78,10 @@ async def test_seed_curl_example(redis_url: str, prefix: str) -> None:
         assert list(got)[:8] == ["runtime", "score", "count", "zscore", "source", "pop", "id", "action"]
         assert isinstance(got["runtime"], int)
         assert (got["source"], got["pop"], got["id"], got["action"]) == (
-            "webserver", "auth_getpost", "individual1", "GET /user/login"
+            "webserver",
+            "auth_getpost",
+            "individual1",
+            "GET /user/login",
         )
     assert (first["count"], second["count"], second["thisActionCount"]) == (1, 2, 2)
     assert first["score"] == 0 and first["zscore"] == 0
@@ -87,8 +98,9 @@ def sequential_events(n: int, seed: int = 3) -> list[Event]:
         # the "solo" scope has one action only: p = 1 (the engine's single-action edge)
         action = "only" if scope.pop == "solo" else rng.choices(actions, weights)[0]
         ident = f"id{rng.randrange(40 if scope.pop == 'users' else 8)}"
-        out.append(Event(scope.org, scope.source, scope.pop, ident, action, ts=1_700_000_000_000 + 17 * i,
-                         event_id=f"ev-{i}"))
+        out.append(
+            Event(scope.org, scope.source, scope.pop, ident, action, ts=1_700_000_000_000 + 17 * i, event_id=f"ev-{i}")
+        )
     return out
 
 
@@ -104,8 +116,15 @@ async def test_2000_events_one_by_one_match_the_reference_engine(redis_url: str,
         aiohttp.ClientSession() as session,
     ):
         for i, ev in enumerate(events):
-            body = {"org": ev.org, "source": ev.source, "pop": ev.pop, "id": ev.id, "action": ev.action,
-                    "ts": ev.ts, "event_id": ev.event_id}
+            body = {
+                "org": ev.org,
+                "source": ev.source,
+                "pop": ev.pop,
+                "id": ev.id,
+                "action": ev.action,
+                "ts": ev.ts,
+                "event_id": ev.event_id,
+            }
             status, got = await post_json(session, f"{base}/discrete", body)
             assert status == 200, (i, got)
             want = engine.process(ev)

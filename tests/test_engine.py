@@ -9,10 +9,10 @@ from collections import Counter, defaultdict
 
 import pytest
 
-from common.engine import MemoryEngine
-from common.keys import Scope
-from common.schema import Event
-from common.scoring import Snapshot, action_zscore, score_direct
+from binormal.common.engine import MemoryEngine
+from binormal.common.keys import Scope
+from binormal.common.schema import Event
+from binormal.common.scoring import Snapshot, action_zscore, score_direct
 
 ACTIONS = ["GET /", "GET /login", "POST /login", "GET /profile", "POST /logout", "GET /admin"]
 WEIGHTS = [40, 25, 20, 10, 4, 1]
@@ -87,7 +87,9 @@ def test_every_result_against_recomputation() -> None:
         did = [c[e.action] for c in st.individuals.values() if c.get(e.action, 0) > 0]
         az = pstdev_z(counts[e.action], [float(v) for v in did])
         assert abs(r["actionzscore"] - round(az, 3)) <= 0.0011, (r, did)
-        assert r["actionzscore"] == round(action_zscore(counts[e.action], sum(did), sum(v * v for v in did), len(did)), 3)
+        assert r["actionzscore"] == round(
+            action_zscore(counts[e.action], sum(did), sum(v * v for v in did), len(did)), 3
+        )
         assert r["timestamp"] == e.ts
         assert r["event_id"] == e.event_id
         assert (r["org"], r["source"], r["pop"], r["id"], r["action"]) == (e.org, e.source, e.pop, e.id, e.action)

@@ -22,8 +22,8 @@ import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
-from common.keys import Keyspace, Scope
-from common.schema import Event
+from binormal.common.keys import Keyspace, Scope
+from binormal.common.schema import Event
 from helpers import (
     WorkerProcess,
     check_committed,

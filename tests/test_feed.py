@@ -25,14 +25,22 @@ import pytest
 import redis.asyncio as aioredis
 
 from binormal.cli import build_parser
+from binormal.common.config import ConfigError
+from binormal.common.embedded import free_port
+from binormal.common.keys import Keyspace
+from binormal.common.schema import Event
 from binormal.feedsettings import settings_from_args
 from binormal.feedsource import FieldMap, InputError, MapError
 from binormal.feedstate import Position, StateFile, event_id, file_key
-from common.config import ConfigError
-from common.embedded import free_port
-from common.keys import Keyspace
-from common.schema import Event
-from helpers import binormal_command, check_counters, counts_from_events, drained, running_worker, wait_for, worker_settings
+from helpers import (
+    binormal_command,
+    check_counters,
+    counts_from_events,
+    drained,
+    running_worker,
+    wait_for,
+    worker_settings,
+)
 from http_helpers import combined_app, ingest_settings, serving, web_settings
 
 ACTIONS = [f"GET /page/{i}" for i in range(12)] + ["POST /login", "POST /logout", "GET /admin"]
@@ -112,7 +120,7 @@ async def finish(proc: asyncio.subprocess.Process, timeout: float = 120.0, data:
     """Wait for a feeder (killed if it overruns) and collect its output."""
     try:
         out, err = await asyncio.wait_for(proc.communicate(data), timeout)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         proc.kill()
         out, err = await proc.communicate()
         raise AssertionError(f"feeder did not finish in {timeout}s; stderr:\n{err.decode()[-3000:]}") from None
@@ -200,9 +208,15 @@ def test_save_every_and_id_ttl_flags_are_parsed_and_checked() -> None:
 def test_field_map_literals_paths_and_errors() -> None:
     fm = FieldMap.parse("org=acme,source=web,pop=auth,id=.user.name,action=.request")
     assert fm.apply({"user": {"name": "bob"}, "request": "GET /"}) == {
-        "org": "acme", "source": "web", "pop": "auth", "id": "bob", "action": "GET /"
+        "org": "acme",
+        "source": "web",
+        "pop": "auth",
+        "id": "bob",
+        "action": "GET /",
     }
-    assert FieldMap.parse("id=.user.id,org=a,source=b,pop=c,action=.r").apply({"user": {"id": 42}, "r": "x"})["id"] == "42"
+    assert (
+        FieldMap.parse("id=.user.id,org=a,source=b,pop=c,action=.r").apply({"user": {"id": 42}, "r": "x"})["id"] == "42"
+    )
     with pytest.raises(MapError, match="id: path .user.name not found"):
         fm.apply({"request": "GET /"})
     with pytest.raises(MapError, match="action: .request is dict"):
@@ -301,7 +315,7 @@ async def test_transform_errors_report_line_numbers_and_one_traceback(
         assert s["transform_errors"] == len(raising) and s["skipped"] == len(skipped) and s["accepted"] == len(truth)
         assert lines_reported(run.err, log) == raising
         assert run.err.count("Traceback (most recent call last)") == 1
-        assert "myproc.py\", line 3, in process_event" in run.err and "ValueError: bad ts" in run.err
+        assert 'myproc.py", line 3, in process_event' in run.err and "ValueError: bad ts" in run.err
         assert await counted(aredis, prefix, truth) == []
 
 
@@ -320,15 +334,26 @@ async def test_strict_stops_at_the_first_transform_error(
     direct = ["--direct", "--redis-url", redis_url, "--prefix", prefix, "--json", "--batch", "50"]
     # importable by module name from the current directory, like the seed's feed_lib_processor.py
     proc = await asyncio.create_subprocess_exec(
-        *binormal_command(), "feed", "--no-progress", str(log), *direct, "--strict", "--transform", "strictproc",
-        cwd=tmp_path, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        *binormal_command(),
+        "feed",
+        "--no-progress",
+        str(log),
+        *direct,
+        "--strict",
+        "--transform",
+        "strictproc",
+        cwd=tmp_path,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     run = await finish(proc)
     assert run.rc == 1 and run.summary["status"] == "strict", run.err
     assert f"{log}:124: transform error: KeyError: 'missing'" in run.err
     assert run.summary["positions"][str(log)]["line"] == 123 and run.summary["accepted"] == 123
     async with running_worker(worker_settings(redis_url, prefix)):
-        assert await counted(aredis, prefix, [Event("acme", e.source, e.pop, e.id, e.action) for e in events[:123]]) == []
+        assert (
+            await counted(aredis, prefix, [Event("acme", e.source, e.pop, e.id, e.action) for e in events[:123]]) == []
+        )
 
 
 async def test_map_builds_events_from_nested_lines(
@@ -365,9 +390,10 @@ async def test_sync_prints_rising_scores_like_the_seed(
 ) -> None:
     truth = make_events(300, seed=8, individuals=20)
     log = write_lines(tmp_path / "log.json", [event_line(e) for e in truth])
-    async with running_worker(worker_settings(redis_url, prefix, snapshot_max_age_ms=0)), service(
-        redis_url, prefix
-    ) as url:
+    async with (
+        running_worker(worker_settings(redis_url, prefix, snapshot_max_age_ms=0)),
+        service(redis_url, prefix) as url,
+    ):
         run = await feed(str(log), "--url", url, "--sync")
         assert run.rc == 0, run.err
         results = [orjson.loads(ln) for ln in run.out.splitlines()]
@@ -416,7 +442,9 @@ async def test_service_down_for_five_seconds_is_waited_for(
         assert await counted(aredis, prefix, truth) == []
 
 
-async def test_backpressure_503_is_honoured(redis_url: str, prefix: str, aredis: aioredis.Redis, tmp_path: Path) -> None:
+async def test_backpressure_503_is_honoured(
+    redis_url: str, prefix: str, aredis: aioredis.Redis, tmp_path: Path
+) -> None:
     truth = make_events(3_000, seed=12)
     log = write_lines(tmp_path / "log.json", [event_line(e) for e in truth])
     async with service(redis_url, prefix, max_lag=500, retry_after_s=1) as url:
@@ -435,9 +463,10 @@ async def test_backpressure_503_is_honoured(redis_url: str, prefix: str, aredis:
 async def test_oversized_batches_are_split(redis_url: str, prefix: str, aredis: aioredis.Redis, tmp_path: Path) -> None:
     truth = make_events(400, seed=13)
     log = write_lines(tmp_path / "log.json", [event_line(e) for e in truth])
-    async with running_worker(worker_settings(redis_url, prefix)), service(
-        redis_url, prefix, max_body_bytes=4_096
-    ) as url:
+    async with (
+        running_worker(worker_settings(redis_url, prefix)),
+        service(redis_url, prefix, max_body_bytes=4_096) as url,
+    ):
         run = await feed(str(log), "--url", url, "--json", "--batch", "400")
         assert run.rc == 0, run.err
         assert run.summary["accepted"] == 400 and run.summary["rejected"] == 0
@@ -472,7 +501,9 @@ async def test_a_service_that_never_answers_times_out(tmp_path: Path) -> None:
     server = await asyncio.start_server(swallow, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     async with server:
-        run = await feed(str(log), "--url", f"http://127.0.0.1:{port}", "--json", "--timeout", "0.5", "--retry-for", "2")
+        run = await feed(
+            str(log), "--url", f"http://127.0.0.1:{port}", "--json", "--timeout", "0.5", "--retry-for", "2"
+        )
     assert run.rc == 1 and run.summary["status"] == "failed" and run.summary["retries"] >= 2
     assert f"no answer from http://127.0.0.1:{port} within 0.5 s" in run.err
     assert requests >= 3  # each retry is a new request
@@ -484,9 +515,10 @@ async def test_wrong_url_is_a_clear_error(redis_url: str, prefix: str, tmp_path:
         run = await feed(str(log), "--url", url + "/nope", "--json")
     assert run.rc == 1 and run.summary["status"] == "failed"
     assert "answered 404" in run.err
-    assert not Path(str(log) + ".feedstate.json").exists() or StateFile(Path(str(log) + ".feedstate.json")).get(
-        str(log)
-    ) is None
+    assert (
+        not Path(str(log) + ".feedstate.json").exists()
+        or StateFile(Path(str(log) + ".feedstate.json")).get(str(log)) is None
+    )
 
 
 async def test_gives_up_after_retry_for(tmp_path: Path) -> None:
@@ -551,7 +583,9 @@ async def test_state_of_another_file_is_refused(redis_url: str, prefix: str, tmp
 # ---------------------------------------------------------------- --direct
 
 
-async def test_direct_xadds_into_the_stream(redis_url: str, prefix: str, aredis: aioredis.Redis, tmp_path: Path) -> None:
+async def test_direct_xadds_into_the_stream(
+    redis_url: str, prefix: str, aredis: aioredis.Redis, tmp_path: Path
+) -> None:
     events = make_events(5_000, seed=7)
     log = write_lines(tmp_path / "log.json", [raw_log_line(e, i) for i, e in enumerate(events)])
     truth = [Event("acme", e.source, e.pop, e.id, e.action) for e in events]
@@ -586,8 +620,19 @@ async def test_id_ttl_shortens_the_memory_of_the_feeders_ids(
         assert await counted(aredis, prefix, events) == []
     ttls = [await aredis.ttl(k) async for k in aredis.scan_iter(match=f"{prefix}:*:seen:*", count=1000)]
     assert len(ttls) == 300 and all(0 < t <= 120 for t in ttls), sorted(ttls)[-3:]
-    direct = await feed(str(log), "--direct", "--redis-url", redis_url, "--prefix", prefix, "--from-start",
-                        "--id-ttl", "90", "--state", str(tmp_path / "direct.state"))
+    direct = await feed(
+        str(log),
+        "--direct",
+        "--redis-url",
+        redis_url,
+        "--prefix",
+        prefix,
+        "--from-start",
+        "--id-ttl",
+        "90",
+        "--state",
+        str(tmp_path / "direct.state"),
+    )
     assert direct.rc == 0, direct.err
     entries = [f for s in keys.streams() for _, f in await aredis.xrange(s)]
     # the HTTP run's 300 entries (not trimmed here) and the direct run's 300

@@ -59,7 +59,9 @@ async def kill_at_random_points(
         if proc.returncode is not None:
             out, err = await proc.communicate()
             if not moved():
-                raise AssertionError(f"feeder exited with {proc.returncode} before line {target}: {err.decode()[-3000:]}")
+                raise AssertionError(
+                    f"feeder exited with {proc.returncode} before line {target}: {err.decode()[-3000:]}"
+                )
         await asyncio.sleep(rnd.uniform(0.0, 0.08))
         assert proc.returncode is None, "finished before it could be killed"
         proc.kill()

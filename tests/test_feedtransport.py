@@ -12,8 +12,8 @@ from pathlib import Path
 
 import redis.asyncio as aioredis
 
-from common.embedded import RedisServer, find_binary
-from common.schema import Event
+from binormal.common.embedded import RedisServer, find_binary
+from binormal.common.schema import Event
 from helpers import running_worker, wait_for, worker_settings
 from test_feed import counted, event_line, finish, service, start_feed, write_lines
 

@@ -8,7 +8,7 @@ import time
 import orjson
 import pytest
 
-from web.hub import Hub
+from binormal.web.hub import Hub
 
 
 def result_line(i: int, ident: str = "u") -> bytes:
@@ -159,12 +159,23 @@ def test_bad_parameters_are_refused() -> None:
 
 
 def _line(org: str, i: int) -> bytes:
-    return orjson.dumps({"score": 1.5, "count": 2, "zscore": -0.25, "org": org, "source": "s", "pop": "p",
-                         "id": f"{org}{i}", "action": "a", "explain": [{"org": "decoy"}]})
+    return orjson.dumps(
+        {
+            "score": 1.5,
+            "count": 2,
+            "zscore": -0.25,
+            "org": org,
+            "source": "s",
+            "pop": "p",
+            "id": f"{org}{i}",
+            "action": "a",
+            "explain": [{"org": "decoy"}],
+        }
+    )
 
 
 def test_restricted_clients_get_only_their_orgs_and_lines_are_parsed_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    import web.hub as hub_module
+    import binormal.web.hub as hub_module
 
     calls: list[bytes] = []
     real = hub_module.org_of
@@ -207,6 +218,6 @@ def test_restricted_clients_get_only_their_orgs_and_lines_are_parsed_once(monkey
     ],
 )
 def test_org_of_reads_the_top_level_org_only(line: bytes, org: str | None) -> None:
-    from web.hub import org_of
+    from binormal.web.hub import org_of
 
     assert org_of(line) == org

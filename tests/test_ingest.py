@@ -11,15 +11,15 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 
-from common.embedded import free_port
-from common.health import REDIS
-from common.keys import Keyspace
-from common.schema import Event
+from binormal.common.embedded import free_port
+from binormal.common.health import REDIS
+from binormal.common.keys import Keyspace
+from binormal.common.schema import Event
+from binormal.ingest.app import create_app
+from binormal.worker.worker import ensure_groups
 from helpers import check_counters, counts_from_events, drained, running_worker, wait_for, worker_settings
 from http_helpers import ingest_settings, post_raw, serving
-from ingest.app import create_app
 from openapi_subset import check_response, load_openapi
-from worker.worker import ensure_groups
 
 DOC = load_openapi()
 NDJSON = "application/x-ndjson"
@@ -53,7 +53,13 @@ async def ingest(redis_url: str, prefix: str) -> AsyncIterator[Ingest]:
 
 
 def ev(i: int, **changes: Any) -> dict[str, Any]:
-    obj: dict[str, Any] = {"org": "acme", "source": "web", "pop": f"p{i % 3}", "id": f"u{i % 11}", "action": f"a{i % 5}"}
+    obj: dict[str, Any] = {
+        "org": "acme",
+        "source": "web",
+        "pop": f"p{i % 3}",
+        "id": f"u{i % 11}",
+        "action": f"a{i % 5}",
+    }
     obj.update(changes)
     return obj
 
@@ -71,7 +77,9 @@ def documented(status: int, body: Any, method: str = "post") -> None:
     assert not problems, problems
 
 
-async def test_mixed_ndjson_batch_keeps_valid_lines_and_reports_bad_ones(ingest: Ingest, aredis: aioredis.Redis) -> None:
+async def test_mixed_ndjson_batch_keeps_valid_lines_and_reports_bad_ones(
+    ingest: Ingest, aredis: aioredis.Redis
+) -> None:
     lines = [
         orjson.dumps(ev(1)),
         b"",  # blank: skipped, still numbered
@@ -89,7 +97,12 @@ async def test_mixed_ndjson_batch_keeps_valid_lines_and_reports_bad_ones(ingest:
     documented(202, got)
     assert got["accepted"] == 3 and got["rejected"] == 6
     assert [(e["line"], e["field"]) for e in got["errors"]] == [
-        (3, "action"), (4, "body"), (6, "body"), (7, "id"), (8, "body"), (9, "acton")
+        (3, "action"),
+        (4, "body"),
+        (6, "body"),
+        (7, "id"),
+        (8, "body"),
+        (9, "acton"),
     ]
     assert await total_len(aredis, ingest.keys) == 3
     # The entries carry the documented fields, in body order per shard.
@@ -243,7 +256,10 @@ async def test_redis_unavailable_is_503_not_a_hang(prefix: str) -> None:
 async def test_duplicate_keys_reject_only_their_line(ingest: Ingest, aredis: aioredis.Redis) -> None:
     good = orjson.dumps(ev(1))
     dup = b'{"org":"acme","org":"beta","source":"web","pop":"p","id":"u","action":"a"}'
-    for body, ctype in ((good + b"\n" + dup + b"\n" + good + b"\n", NDJSON), (b"[" + good + b"," + dup + b"]", "application/json")):
+    for body, ctype in (
+        (good + b"\n" + dup + b"\n" + good + b"\n", NDJSON),
+        (b"[" + good + b"," + dup + b"]", "application/json"),
+    ):
         status, got, _ = await post_raw(ingest.session, ingest.events, body, ctype)
         assert status == 202, got
         documented(202, got)

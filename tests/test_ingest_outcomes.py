@@ -20,10 +20,10 @@ import redis.asyncio as aioredis
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from common.embedded import RedisServer, find_binary
-from common.health import REDIS
-from common.schema import Event
-from ingest.app import INGEST, line_ranges
+from binormal.common.embedded import RedisServer, find_binary
+from binormal.common.health import REDIS
+from binormal.common.schema import Event
+from binormal.ingest.app import INGEST, line_ranges
 from helpers import running_worker, wait_for, worker_settings
 from http_helpers import combined_app, ingest_settings, post_json, post_raw, serving, web_settings
 from openapi_subset import check_response, load_openapi
@@ -34,8 +34,14 @@ GOOD = {"org": "acme", "source": "webserver", "pop": "auth_getpost", "id": "indi
 
 
 def ev(i: int, **changes: Any) -> dict[str, Any]:
-    obj: dict[str, Any] = {"org": "acme", "source": "web", "pop": f"p{i % 3}", "id": f"u{i % 11}",
-                           "action": f"a{i % 5}", "event_id": f"line-{i}"}
+    obj: dict[str, Any] = {
+        "org": "acme",
+        "source": "web",
+        "pop": f"p{i % 3}",
+        "id": f"u{i % 11}",
+        "action": f"a{i % 5}",
+        "event_id": f"line-{i}",
+    }
     obj.update(changes)
     return obj
 

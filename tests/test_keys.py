@@ -10,7 +10,7 @@ import redis
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from common.keys import Keyspace, Scope, decode, encode, shard_of
+from binormal.common.keys import Keyspace, Scope, decode, encode, shard_of
 
 TRICKY = [
     "a",
@@ -211,8 +211,14 @@ def test_individual_of_inverts_individual() -> None:
     ks = Keyspace(prefix="bn", shards=4)
     scope = Scope("a", "b", "c")
     shard = ks.shard(scope)
-    for wrong in (ks.scope_key(scope, "pop"), ks.individual(scope, "x") + ":y", ks.stream(shard), "junk",
-                  ks.seen(scope, "x"), ks.reply(scope, "x")):
+    for wrong in (
+        ks.scope_key(scope, "pop"),
+        ks.individual(scope, "x") + ":y",
+        ks.stream(shard),
+        "junk",
+        ks.seen(scope, "x"),
+        ks.reply(scope, "x"),
+    ):
         with pytest.raises(ValueError, match="not an individual key"):
             ks.individual_of(wrong, shard)
     with pytest.raises(ValueError, match="not an individual key"):
@@ -289,7 +295,7 @@ def test_tricky_keys_round_trip_in_redis(sredis: redis.Redis, prefix: str) -> No
 def test_marker_fingerprint_is_the_documented_blake2b() -> None:
     import hashlib
 
-    from common.keys import fingerprint
+    from binormal.common.keys import fingerprint
 
     assert fingerprint("u1", "GET /") == hashlib.blake2b(b"u1\x00GET /", digest_size=8).hexdigest().encode()
     assert fingerprint("ü", "a\nb") == hashlib.blake2b("ü\0a\nb".encode(), digest_size=8).hexdigest().encode()

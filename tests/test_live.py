@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import socket
 import statistics
 import time
 from collections.abc import AsyncIterator
@@ -19,13 +18,13 @@ import pytest
 import redis.asyncio as aioredis
 from aiohttp import web
 
-from common.embedded import RedisServer, find_binary, free_port
-from common.keys import Keyspace
-from common.schema import Event
+from binormal.common.embedded import RedisServer, find_binary, free_port
+from binormal.common.keys import Keyspace
+from binormal.common.schema import Event
+from binormal.web.live import HUB_KEY, SOCKETS_KEY, SUBSCRIBER_KEY, setup_live
+from binormal.web.settings import WebSettings
 from tests.helpers import running_worker, wait_for, worker_settings, xadd_events
 from tests.http_helpers import stalled_websocket
-from web.live import HUB_KEY, SOCKETS_KEY, SUBSCRIBER_KEY, setup_live
-from web.settings import WebSettings
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
@@ -67,7 +66,9 @@ async def read_lines(ws: aiohttp.ClientWebSocketResponse, want: int, timeout: fl
     return out
 
 
-async def test_websocket_streams_worker_results_in_seed_format(redis_url: str, prefix: str, aredis: aioredis.Redis) -> None:
+async def test_websocket_streams_worker_results_in_seed_format(
+    redis_url: str, prefix: str, aredis: aioredis.Redis
+) -> None:
     settings = WebSettings(redis_url=redis_url, prefix=prefix, ws_max_fps=20.0)
     keys = settings.keys
     app = live_app(settings)
@@ -89,7 +90,9 @@ async def test_websocket_streams_worker_results_in_seed_format(redis_url: str, p
     assert app[HUB_KEY].received >= 60
 
 
-async def test_a_slow_client_is_told_how_many_results_it_lost(redis_url: str, prefix: str, aredis: aioredis.Redis) -> None:
+async def test_a_slow_client_is_told_how_many_results_it_lost(
+    redis_url: str, prefix: str, aredis: aioredis.Redis
+) -> None:
     settings = WebSettings(redis_url=redis_url, prefix=prefix, ws_queue=10, ws_max_fps=2.0)
     channel = settings.keys.broadcast_channel()
     app = live_app(settings)
@@ -174,8 +177,19 @@ async def discrete_latencies(http: aiohttp.ClientSession, base: str, n: int, tag
 
 async def flood(client: aioredis.Redis, keys: Keyspace, stop: asyncio.Event) -> int:
     """Publish broadcast messages (500 results each, like the workers) until ``stop``."""
-    line = orjson.dumps({"score": 3.2, "count": 9, "zscore": 0.4, "org": "acme", "source": "flood",
-                         "pop": "p", "id": "x" * 40, "action": "GET /a/b/c", "explain": []})
+    line = orjson.dumps(
+        {
+            "score": 3.2,
+            "count": 9,
+            "zscore": 0.4,
+            "org": "acme",
+            "source": "flood",
+            "pop": "p",
+            "id": "x" * 40,
+            "action": "GET /a/b/c",
+            "explain": [],
+        }
+    )
     message = b"\n".join([line] * 500)
     sent = 0
     while not stop.is_set():
@@ -201,7 +215,9 @@ class Reader:
 
 
 @pytest.mark.timeout(120)
-async def test_stalled_websocket_client_does_not_slow_discrete(redis_url: str, prefix: str, aredis: aioredis.Redis) -> None:
+async def test_stalled_websocket_client_does_not_slow_discrete(
+    redis_url: str, prefix: str, aredis: aioredis.Redis
+) -> None:
     app_module = pytest.importorskip("web.app")
     settings = WebSettings(redis_url=redis_url, prefix=prefix, ws_queue=2000, ws_heartbeat_s=60.0)
     keys = settings.keys
@@ -241,9 +257,11 @@ async def test_stalled_websocket_client_does_not_slow_discrete(redis_url: str, p
     base_med, stall_med = statistics.median(baseline), statistics.median(with_stalled)
     base_p90 = sorted(baseline)[35]
     stall_p90 = sorted(with_stalled)[35]
-    print(f"\n/discrete median {base_med * 1000:.1f} ms -> {stall_med * 1000:.1f} ms with 3 stalled clients; "
-          f"p90 {base_p90 * 1000:.1f} -> {stall_p90 * 1000:.1f} ms; flood {published} results; stalled drops {drops}; "
-          f"healthy client got {healthy_got} of {fed} results in {window:.1f} s")
+    print(
+        f"\n/discrete median {base_med * 1000:.1f} ms -> {stall_med * 1000:.1f} ms with 3 stalled clients; "
+        f"p90 {base_p90 * 1000:.1f} -> {stall_p90 * 1000:.1f} ms; flood {published} results; stalled drops {drops}; "
+        f"healthy client got {healthy_got} of {fed} results in {window:.1f} s"
+    )
     # The three stalled clients lost results and their queues stayed bounded ...
     assert len(stuck) == 3 and all(q <= settings.ws_queue for q in queued), (drops, queued)
     # ... a healthy client next to them got (nearly) everything ...
@@ -253,7 +271,9 @@ async def test_stalled_websocket_client_does_not_slow_discrete(redis_url: str, p
     assert stall_p90 <= 3 * base_p90 + 0.1, (base_p90, stall_p90)
 
 
-async def test_a_client_that_never_reads_is_evicted_by_the_heartbeat(redis_url: str, prefix: str, aredis: aioredis.Redis) -> None:
+async def test_a_client_that_never_reads_is_evicted_by_the_heartbeat(
+    redis_url: str, prefix: str, aredis: aioredis.Redis
+) -> None:
     settings = WebSettings(redis_url=redis_url, prefix=prefix, ws_queue=100, ws_heartbeat_s=1.0)
     keys = settings.keys
     app = live_app(settings)
@@ -279,8 +299,9 @@ async def test_a_client_that_never_reads_is_evicted_by_the_heartbeat(redis_url: 
 
 
 async def test_websockets_past_the_cap_get_503_before_the_upgrade(redis_url: str, prefix: str) -> None:
-    from http_helpers import serving as bounded_serving, web_settings
-    from web.app import create_app
+    from binormal.web.app import create_app
+    from http_helpers import serving as bounded_serving
+    from http_helpers import web_settings
 
     cap = 3
     app = create_app(web_settings(redis_url, prefix, max_websockets=cap))
@@ -289,8 +310,12 @@ async def test_websockets_past_the_cap_get_503_before_the_upgrade(redis_url: str
         with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
             await session.ws_connect(f"{base}/websocket")
         assert refused.value.status == 503
-        upgrade = {"Connection": "Upgrade", "Upgrade": "websocket", "Sec-WebSocket-Version": "13",
-                   "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="}
+        upgrade = {
+            "Connection": "Upgrade",
+            "Upgrade": "websocket",
+            "Sec-WebSocket-Version": "13",
+            "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+        }
         async with session.get(f"{base}/websocket", headers=upgrade) as r:
             assert r.status == 503 and r.headers["Retry-After"] == "1"
             assert await r.json() == {"error": f"too many websocket clients (limit {cap}); retry later", "field": None}

@@ -6,7 +6,8 @@ of their own on a free loopback port, against the private redis-server of
 conftest.py. Schemathesis generates valid and invalid requests from the spec
 (examples, coverage and fuzzing phases) and each answer must be: no 5xx,
 a documented status code, the documented content type and headers, a body
-that matches the documented schema, and a 4xx for what the spec calls invalid. ``CI=true`` runs >= 2,000 examples in total; locally fewer.
+that matches the documented schema, and a 4xx for what the spec calls invalid.
+``CI=true`` runs >= 2,000 examples in total; locally fewer.
 
 It runs twice: with authentication off (no tokens file, loopback) and on (a
 tokens file; requests carry an admin token for every org), so every route is
@@ -31,16 +32,15 @@ from schemathesis.config import SchemathesisConfig
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
     negative_data_rejection,
-    positive_data_acceptance,
     response_headers_conformance,
     response_schema_conformance,
     status_code_conformance,
 )
 
-from common.auth import hash_token
-from common.embedded import RedisServer
-from common.health import REDIS
-from common.server import BoundedAppRunner
+from binormal.common.auth import hash_token
+from binormal.common.embedded import RedisServer
+from binormal.common.health import REDIS
+from binormal.common.server import BoundedAppRunner
 from helpers import running_worker, worker_settings
 from http_helpers import combined_app, ingest_settings, web_settings
 

@@ -12,15 +12,15 @@ import aiohttp
 import pytest
 import redis.asyncio as aioredis
 
-from common.engine import MemoryEngine
-from common.health import REDIS
-from common.keys import Keyspace, Scope
-from common.schema import Event
-from common.scoring import normalise, score_direct
+from binormal.common.engine import MemoryEngine
+from binormal.common.health import REDIS
+from binormal.common.keys import Keyspace, Scope
+from binormal.common.schema import Event
+from binormal.common.scoring import normalise, score_direct
+from binormal.web.app import create_app
 from helpers import drained, running_worker, wait_for, worker_settings, xadd_events
 from http_helpers import serving, web_settings
 from openapi_subset import check_response, load_openapi
-from web.app import create_app
 
 DOC = load_openapi()
 SCOPES = [Scope("acme", "web", "users"), Scope("acme", "web", "admins"), Scope("Beta Co", "api:v2", "{bots}")]
@@ -57,7 +57,9 @@ class Api:
 
 
 @pytest.fixture
-async def populated(redis_url: str, prefix: str, aredis: aioredis.Redis) -> AsyncIterator[tuple[Api, MemoryEngine, list[Event]]]:
+async def populated(
+    redis_url: str, prefix: str, aredis: aioredis.Redis
+) -> AsyncIterator[tuple[Api, MemoryEngine, list[Event]]]:
     """3 scopes scored by a real worker (exact snapshots) and the same events through the reference engine."""
     settings = web_settings(redis_url, prefix)
     events = make_events(1500)
@@ -93,9 +95,7 @@ async def test_outliers_are_the_top_scores_with_reasons(populated: tuple[Api, Me
     scope = SCOPES[0]
     status, body = await api.get("/api/outliers", org=scope.org, source=scope.source, pop=scope.pop, limit=5)
     assert status == 200
-    want = sorted(
-        (engine.current(scope, i) for i in engine.scopes[scope].individuals), key=lambda r: -r["score"]
-    )[:5]
+    want = sorted((engine.current(scope, i) for i in engine.scopes[scope].individuals), key=lambda r: -r["score"])[:5]
     assert [o["score"] for o in body["outliers"]] == [w["score"] for w in want]
     assert [o["zscore"] for o in body["outliers"]] == sorted((o["zscore"] for o in body["outliers"]), reverse=True)
     top = body["outliers"][0]
@@ -118,9 +118,7 @@ async def test_individual_profile_counts_expected_and_bits(populated: tuple[Api,
     scope = SCOPES[0]
     st = engine.scopes[scope]
     counts = st.individuals["user3"]
-    status, body = await api.get(
-        "/api/individual", org=scope.org, source=scope.source, pop=scope.pop, id="user3"
-    )
+    status, body = await api.get("/api/individual", org=scope.org, source=scope.source, pop=scope.pop, id="user3")
     assert status == 200
     cur = engine.current(scope, "user3")
     assert (body["count"], body["score"], body["zscore"]) == (cur["count"], cur["score"], cur["zscore"])

@@ -4,8 +4,6 @@ address, 429 with Retry-After, bounded memory."""
 from __future__ import annotations
 
 import asyncio
-import warnings
-from dataclasses import dataclass
 
 import aiohttp
 import orjson
@@ -15,9 +13,10 @@ from aiohttp import web
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from common.health import REDIS, Handler
-from common.keys import Keyspace
-from common.ratelimit import TokenBuckets, retry_after
+from binormal.common.auth import PRINCIPAL, Principal
+from binormal.common.health import REDIS, Handler
+from binormal.common.keys import Keyspace
+from binormal.common.ratelimit import TokenBuckets, retry_after
 from http_helpers import SEED_BODY, combined_app, ingest_settings, post_raw, serving, web_settings
 
 NDJSON = "application/x-ndjson"
@@ -86,19 +85,12 @@ def test_never_more_than_burst_plus_rate_times_elapsed_plus_one_batch(
 # ---------------------------------------------------------------- over HTTP
 
 
-@dataclass(frozen=True)
-class Principal:
-    name: str
-
-
 @web.middleware
 async def fake_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """What the auth middleware does: name the caller in request["binormal_principal"]."""
+    """What the auth middleware does: name the caller in request[PRINCIPAL]."""
     name = request.headers.get("X-Test-Token")
     if name:
-        with warnings.catch_warnings():  # the auth slice's key is a plain string
-            warnings.simplefilter("ignore", web.NotAppKeyWarning)
-            request["binormal_principal"] = Principal(name)
+        request[PRINCIPAL] = Principal(name, "producer", None)
     return await handler(request)
 
 

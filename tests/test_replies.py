@@ -10,9 +10,9 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 
-from common.connection import make_client
+from binormal.common.connection import make_client
+from binormal.web.replies import ReplyWaiter, TooManyWaiting
 from helpers import wait_for
-from web.replies import ReplyWaiter, TooManyWaiting
 
 CHANNEL = "t:reply:inst"
 

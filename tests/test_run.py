@@ -11,20 +11,20 @@ import signal
 import socket
 import subprocess
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.error import HTTPError, URLError
 
 import orjson
 import pytest
 import redis
-import urllib.request
-from urllib.error import HTTPError, URLError
 
+from binormal.common.config import ConfigError
+from binormal.common.embedded import free_port
+from binormal.common.keys import Keyspace
 from binormal.run import worker_envs
-from common.config import ConfigError
-from common.embedded import free_port
-from common.keys import Keyspace
 from helpers import WorkerProcess, binormal_command
 from http_helpers import SEED_BODY
 
@@ -87,8 +87,14 @@ def test_run_serves_everything_on_one_port_and_keeps_counters_across_restarts(
     tmp_path: Path, base_env: dict[str, str]
 ) -> None:
     port, redis_port = free_port(), free_port()
-    env = dict(base_env, PORT=str(port), HOST="127.0.0.1", BINORMAL_DATA_DIR=str(tmp_path / "var"),
-               BINORMAL_REDIS_PORT=str(redis_port), BINORMAL_BLOCK_MS="100")
+    env = dict(
+        base_env,
+        PORT=str(port),
+        HOST="127.0.0.1",
+        BINORMAL_DATA_DIR=str(tmp_path / "var"),
+        BINORMAL_REDIS_PORT=str(redis_port),
+        BINORMAL_BLOCK_MS="100",
+    )
     base = f"http://127.0.0.1:{port}"
     counts = []
     for round_ in range(2):
@@ -98,8 +104,16 @@ def test_run_serves_everything_on_one_port_and_keeps_counters_across_restarts(
             status, got = http("POST", f"{base}/discrete", SEED_BODY.encode())
             assert status == 200, got
             counts.append(got["count"])
-            line = orjson.dumps({"org": "acme", "source": "webserver", "pop": "auth_getpost", "id": "individual1",
-                                 "action": "GET /user/logout", "event_id": f"logout-{round_}"})
+            line = orjson.dumps(
+                {
+                    "org": "acme",
+                    "source": "webserver",
+                    "pop": "auth_getpost",
+                    "id": "individual1",
+                    "action": "GET /user/logout",
+                    "event_id": f"logout-{round_}",
+                }
+            )
             status, got = http("POST", f"{base}/events", line + b"\n", "application/x-ndjson")
             assert status == 202 and got["accepted"] == 1, got
             for path in ("/healthz", "/api/scopes"):
@@ -132,8 +146,14 @@ def test_web_ingest_and_worker_run_alone_against_redis_url(
     tmp_path: Path, base_env: dict[str, str], redis_url: str, prefix: str
 ) -> None:
     web_port, ingest_port = free_port(), free_port()
-    env = dict(base_env, REDIS_URL=redis_url, BINORMAL_PREFIX=prefix, PORT=str(web_port),
-               INGEST_PORT=str(ingest_port), HOST="127.0.0.1")
+    env = dict(
+        base_env,
+        REDIS_URL=redis_url,
+        BINORMAL_PREFIX=prefix,
+        PORT=str(web_port),
+        INGEST_PORT=str(ingest_port),
+        HOST="127.0.0.1",
+    )
     web_p = spawn(["web"], env, tmp_path / "web.log")
     ingest_p = spawn(["ingest"], env, tmp_path / "ingest.log")
     worker = WorkerProcess(redis_url, prefix, "solo", tmp_path / "worker.log").start()
@@ -185,7 +205,8 @@ def _worker_children(pid: int) -> list[int]:
             cmd = (Path("/proc") / str(child) / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if b"worker" in cmd and b"binormal.cli" in cmd:
+        # python -P -m binormal ... worker: -P keeps the current directory off the import path
+        if cmd[1:4] == [b"-P", b"-m", b"binormal"] and b"worker" in cmd:
             found.append(child)
     return found
 
@@ -194,9 +215,16 @@ def _worker_children(pid: int) -> list[int]:
 @pytest.mark.timeout(120)
 def test_run_restarts_a_worker_that_dies_and_stops_it_last(tmp_path: Path, base_env: dict[str, str]) -> None:
     port, redis_port = free_port(), free_port()
-    env = dict(base_env, PORT=str(port), HOST="127.0.0.1", BINORMAL_DATA_DIR=str(tmp_path / "var"),
-               BINORMAL_BLOCK_MS="100", BINORMAL_CLAIM_IDLE_MS="1000", BINORMAL_WORKERS="2",
-               BINORMAL_REDIS_PORT=str(redis_port))
+    env = dict(
+        base_env,
+        PORT=str(port),
+        HOST="127.0.0.1",
+        BINORMAL_DATA_DIR=str(tmp_path / "var"),
+        BINORMAL_BLOCK_MS="100",
+        BINORMAL_CLAIM_IDLE_MS="1000",
+        BINORMAL_WORKERS="2",
+        BINORMAL_REDIS_PORT=str(redis_port),
+    )
     base = f"http://127.0.0.1:{port}"
     names = {f"{socket.gethostname()}-{port}-run-{slot}".encode() for slot in range(2)}
     proc = spawn(["run"], env, tmp_path / "run.log")

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from common.runtime import GC_THRESHOLDS, tune_gc
+from binormal.common.runtime import GC_THRESHOLDS, tune_gc
 
 
 @pytest.fixture

@@ -9,9 +9,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from common.schema import LIMITS, REQUIRED, Event, InvalidEvent, parse_entry, parse_json
+from binormal.common.schema import LIMITS, REQUIRED, Event, InvalidEvent, parse_entry, parse_json
 
-GOOD: dict[str, Any] = {"org": "acme", "source": "webserver", "pop": "auth_getpost", "id": "individual1", "action": "GET /user/login"}
+GOOD: dict[str, Any] = {
+    "org": "acme",
+    "source": "webserver",
+    "pop": "auth_getpost",
+    "id": "individual1",
+    "action": "GET /user/login",
+}
 
 
 def entry(**over: Any) -> dict[bytes, bytes]:
@@ -49,7 +55,9 @@ def test_good_inputs() -> None:
     ev = parse_json(dict(GOOD))
     assert ev == Event(**GOOD)
     assert parse_entry(entry()) == ev
-    assert parse_entry(entry(ts="1700000000000", event_id="e-1", v="1")) == Event(**GOOD, ts=1700000000000, event_id="e-1")
+    assert parse_entry(entry(ts="1700000000000", event_id="e-1", v="1")) == Event(
+        **GOOD, ts=1700000000000, event_id="e-1"
+    )
     assert parse_json(body(ts=0, event_id="k")).ts == 0
 
 
@@ -112,7 +120,14 @@ def test_unknown_fields() -> None:
 
 @pytest.mark.parametrize(
     "value,kind",
-    [(7, "a number"), (1.5, "a number"), (None, "null"), (["a"], "a list"), (True, "a boolean"), ({"a": 1}, "an object")],
+    [
+        (7, "a number"),
+        (1.5, "a number"),
+        (None, "null"),
+        (["a"], "a list"),
+        (True, "a boolean"),
+        ({"a": 1}, "an object"),
+    ],
 )
 @pytest.mark.parametrize("name", REQUIRED + ("event_id",))
 def test_wrong_json_types(name: str, value: Any, kind: str) -> None:
@@ -120,7 +135,9 @@ def test_wrong_json_types(name: str, value: Any, kind: str) -> None:
     assert "must be a string" in err.problem and kind in err.problem
 
 
-@pytest.mark.parametrize("obj,kind", [([], "a list"), ("x", "a string"), (None, "null"), (3, "a number"), (True, "a boolean")])
+@pytest.mark.parametrize(
+    "obj,kind", [([], "a list"), ("x", "a string"), (None, "null"), (3, "a number"), (True, "a boolean")]
+)
 def test_body_not_an_object(obj: Any, kind: str) -> None:
     assert kind in bad_json("body", obj).problem
 
@@ -231,7 +248,7 @@ def test_json_to_entry_round_trip(
 
 # ---------------------------------------------------------------- duplicate keys (loads_json)
 
-from common.schema import DuplicateKeys, loads_json  # noqa: E402
+from binormal.common.schema import DuplicateKeys, loads_json  # noqa: E402
 
 DUPLICATES = [
     (b'{"org":"a","org":"b","source":"s","pop":"p","id":"i","action":"x"}', "org"),
@@ -285,7 +302,9 @@ def _dump_with_pairs(pairs: list[tuple[str, Any]], escape: bool) -> bytes:
 
 @settings(max_examples=300, deadline=None)
 @given(
-    pairs=st.lists(st.tuples(st.sampled_from(["org", "source", "pop", "id", "action", "x", "é"]), json_values), max_size=8),
+    pairs=st.lists(
+        st.tuples(st.sampled_from(["org", "source", "pop", "id", "action", "x", "é"]), json_values), max_size=8
+    ),
     escape=st.booleans(),
 )
 def test_loads_json_flags_exactly_the_objects_with_a_repeated_key(pairs: list[tuple[str, Any]], escape: bool) -> None:
@@ -306,7 +325,7 @@ def test_loads_json_equals_orjson_on_any_json(value: Any) -> None:
     assert loads_json(raw) == orjson.loads(raw)
 
 
-from common.schema import parse_json_lines  # noqa: E402
+from binormal.common.schema import parse_json_lines  # noqa: E402
 
 
 def _line_by_line(raws: list[bytes]) -> tuple[list[tuple[int, Event]], list[tuple[int, str, str]]]:

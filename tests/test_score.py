@@ -12,8 +12,8 @@ from typing import Any
 import orjson
 import pytest
 
-from common.engine import MemoryEngine
-from common.schema import parse_json
+from binormal.common.engine import MemoryEngine
+from binormal.common.schema import parse_json
 
 ACTIONS = ["GET /", "GET /login", "POST /login", "GET /profile", "GET /logout", "GET /admin", "DELETE /user"]
 WEIGHTS = [40, 25, 20, 10, 4, 0.6, 0.4]
@@ -78,7 +78,7 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 def run_score(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
     return subprocess.run(
-        [sys.executable, "-m", "binormal.cli", "score", *args],
+        [sys.executable, "-P", "-m", "binormal", "score", *args],
         input=stdin,
         capture_output=True,
         timeout=60,
@@ -212,12 +212,13 @@ def test_reader_closing_the_pipe_is_not_an_error(tmp_path: Path) -> None:
     big = tmp_path / "big.ndjson"
     big.write_bytes(
         b"".join(
-            orjson.dumps({"org": "o", "source": "s", "pop": f"p{i % 50}", "id": f"id-{i}", "action": f"a{i % 3}"}) + b"\n"
+            orjson.dumps({"org": "o", "source": "s", "pop": f"p{i % 50}", "id": f"id-{i}", "action": f"a{i % 3}"})
+            + b"\n"
             for i in range(6000)
         )
     )
     proc = subprocess.Popen(
-        [sys.executable, "-m", "binormal.cli", "score", str(big), "--json"],
+        [sys.executable, "-P", "-m", "binormal", "score", str(big), "--json"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from scipy.stats import binom
 
-from common.scoring import (
+from binormal.common.scoring import (
     Snapshot,
     action_bits,
     action_zscore,
@@ -357,9 +357,9 @@ def test_docs_worked_example() -> None:
     """The numbers printed in docs/scoring.md section 7."""
     from pathlib import Path
 
-    from common.engine import MemoryEngine
-    from common.keys import Scope
-    from common.schema import Event
+    from binormal.common.engine import MemoryEngine
+    from binormal.common.keys import Scope
+    from binormal.common.schema import Event
 
     login, post, admin = "GET /login", "POST /login", "GET /admin"
     events = []
@@ -384,7 +384,10 @@ def test_docs_worked_example() -> None:
     st = eng.scopes[Scope("acme", "webserver", "auth_getpost")]
     pop = st.pop
     assert pop == {login: 60, post: 30, admin: 10}
-    table = {login: (5, 0.278692, 2, 0.041288, 2.754888, 8.732167), post: (2, 0.296475, 0, 0.057648, 2.362570, 2.362570)}
+    table = {
+        login: (5, 0.278692, 2, 0.041288, 2.754888, 8.732167),
+        post: (2, 0.296475, 0, 0.057648, 2.362570, 2.362570),
+    }
     table[admin] = (0, 0.430467, 6, 0.00002268, 14.212195, 0.0)
     counts = st.individuals["mallory"]
     for a, (m, pm, x, px, bits, bits0) in table.items():
@@ -395,7 +398,11 @@ def test_docs_worked_example() -> None:
         assert round(action_bits(x, 8, p), 6) == bits and round(action_bits(0, 8, p), 6) == bits0
     assert round(Snapshot(dict(pop)).bits0(8), 6) == 11.094738
     assert round(st.scores["mallory"], 6) == 19.329653
-    assert {k: round(v, 6) for k, v in st.scores.items() if v} == {"ivan": 5.821493, "judy": 3.934494, "mallory": 19.329653}
+    assert {k: round(v, 6) for k, v in st.scores.items() if v} == {
+        "ivan": 5.821493,
+        "judy": 3.934494,
+        "mallory": 19.329653,
+    }
     assert (st.agg.n, round(st.agg.total, 6), round(st.agg.total_sq, 6)) == (11, 29.085639, 423.005492)
     scores = list(st.scores.values())
     assert (round(statistics.fmean(scores), 6), round(statistics.pstdev(scores), 6)) == (2.644149, 5.609235)
@@ -405,7 +412,18 @@ def test_docs_worked_example() -> None:
     assert (round(action_bits(0, 4, 0.66), 3), mode(4, 0.66)) == (4.871, 3)
     assert (round(action_bits(10, 10, 0.66), 3), mode(10, 0.66)) == (4.036, 7)
     doc = (Path(__file__).resolve().parent.parent / "docs" / "scoring.md").read_text(encoding="utf-8")
-    for text in ("0.00002268", "19.329653", "11.094738", "2.975", "1.414", "5.821493", "3.934494", "423.005492", "4.871", "4.036"):
+    for text in (
+        "0.00002268",
+        "19.329653",
+        "11.094738",
+        "2.975",
+        "1.414",
+        "5.821493",
+        "3.934494",
+        "423.005492",
+        "4.871",
+        "4.036",
+    ):
         assert text in doc
 
 

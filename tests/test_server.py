@@ -13,7 +13,7 @@ import aiohttp
 import orjson
 import pytest
 
-from common.server import HTTP_STATE, MAX_HEADER_BYTES, MAX_URL_BYTES
+from binormal.common.server import HTTP_STATE, MAX_HEADER_BYTES, MAX_URL_BYTES
 from helpers import wait_for
 from http_helpers import SEED_BODY, combined_app, ingest_settings, serving, stalled_websocket, web_settings
 
@@ -78,7 +78,10 @@ async def test_a_trickled_body_is_cut_with_408(redis_url: str, prefix: str, path
     async with app_serving(redis_url, prefix, **FAST) as (host, port, _):
         reader, writer = await asyncio.open_connection(host, port)
         body = SEED_BODY.encode()
-        head = f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {content_type}\r\nContent-Length: {len(body)}\r\n\r\n"
+        head = (
+            f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n\r\n"
+        )
         writer.write(head.encode())
         sender = asyncio.create_task(trickle(writer, body, 0.05))
         started = time.monotonic()
@@ -156,7 +159,9 @@ async def test_an_oversize_url_is_414_json_without_echo(redis_url: str, prefix: 
     marker = b"ECHOME"
     path = b"/api/scopes?x=" + marker * (MAX_URL_BYTES // len(marker) + 10)
     async with app_serving(redis_url, prefix) as (host, port, _):
-        status, headers, body, raw = await raw_exchange(host, port, b"GET " + path + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        status, headers, body, raw = await raw_exchange(
+            host, port, b"GET " + path + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+        )
     assert status == 414 and headers["content-type"].startswith("application/json"), raw[:300]
     assert body["field"] == "url" and marker not in raw
 
@@ -175,13 +180,17 @@ async def test_an_oversize_header_is_431_json_without_echo(redis_url: str, prefi
 async def test_too_many_headers_is_431(redis_url: str, prefix: str) -> None:
     many = b"".join(b"X-H%d: v\r\n" % i for i in range(200))
     async with app_serving(redis_url, prefix) as (host, port, _):
-        status, _, body, _ = await raw_exchange(host, port, b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n" + many + b"\r\n")
+        status, _, body, _ = await raw_exchange(
+            host, port, b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n" + many + b"\r\n"
+        )
     assert status == 431 and body["field"] == "headers"
 
 
 async def test_a_malformed_request_is_400_json_without_echo(redis_url: str, prefix: str) -> None:
     async with app_serving(redis_url, prefix) as (host, port, _):
-        status, headers, body, raw = await raw_exchange(host, port, b"GET /healthz HTTP/1.1\r\nBad Header ECHOME\r\n\r\n")
+        status, headers, body, raw = await raw_exchange(
+            host, port, b"GET /healthz HTTP/1.1\r\nBad Header ECHOME\r\n\r\n"
+        )
     assert status == 400 and headers["content-type"].startswith("application/json"), raw
     assert body["error"].startswith("malformed HTTP request") and b"ECHOME" not in raw
 
@@ -192,19 +201,23 @@ async def test_non_utf8_header_values_are_4xx_json(redis_url: str, prefix: str) 
     async with app_serving(redis_url, prefix) as (host, port, _):
         for path in ("/discrete", "/events"):
             status, _, answer, raw = await raw_exchange(
-                host, port,
+                host,
+                port,
                 b"POST %s HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/\xe9\xff\r\nContent-Length: %d\r\n"
                 b"Connection: close\r\n\r\n%s" % (path.encode(), len(body), body),
             )
             assert status == 415 and answer["field"] == "Content-Type", raw
             status, _, answer, raw = await raw_exchange(
-                host, port,
+                host,
+                port,
                 b"POST %s HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json; charset=\xe9\xff\r\n"
                 b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (path.encode(), len(body), body),
             )
             assert status == 415 and answer["field"] == "Content-Type", raw
         status, _, answer, raw = await raw_exchange(
-            host, port, b"GET /api/scopes HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Whatever: \xe9\xff\r\nConnection: close\r\n\r\n"
+            host,
+            port,
+            b"GET /api/scopes HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Whatever: \xe9\xff\r\nConnection: close\r\n\r\n",
         )
         assert status == 200, raw
 
@@ -243,7 +256,8 @@ WEIRD_REQUESTS = [
     b"POST /discrete HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: abc\r\n\r\n{}",
     b"POST /discrete HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 2\r\n"
     b"Content-Length: 3\r\n\r\n{}",
-    b"POST /events HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/x-ndjson\r\nTransfer-Encoding: chunked\r\n\r\n"
+    b"POST /events HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/x-ndjson\r\n"
+    b"Transfer-Encoding: chunked\r\n\r\n"
     b"zz\r\n",
     b"GET /websocket HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
     b"GET /healthz HTTP/9.9\r\nHost: 127.0.0.1\r\n\r\n",
@@ -268,10 +282,10 @@ async def test_odd_requests_are_never_a_5xx_and_never_echoed(redis_url: str, pre
 def test_limits_come_from_the_environment_with_bounds() -> None:
     from aiohttp import web
 
-    from common.config import ConfigError
-    from common.server import HttpLimits, setup_limits
-    from ingest.settings import IngestSettings
-    from web.settings import WebSettings
+    from binormal.common.config import ConfigError
+    from binormal.common.server import HttpLimits, setup_limits
+    from binormal.ingest.settings import IngestSettings
+    from binormal.web.settings import WebSettings
 
     env = {
         "BINORMAL_HEADER_TIMEOUT_S": "2",
@@ -287,7 +301,11 @@ def test_limits_come_from_the_environment_with_bounds() -> None:
     ws, ins = WebSettings.from_env(env), IngestSettings.from_env(env)
     assert ws.http_limits == ins.http_limits == want and ws.max_websockets == 6
     assert WebSettings.from_env({}).http_limits == HttpLimits() == IngestSettings.from_env({}).http_limits
-    for name, bad in (("BINORMAL_MAX_CONNECTIONS", "0"), ("BINORMAL_HEADER_TIMEOUT_S", "0"), ("BINORMAL_RATE_LIMIT", "-1")):
+    for name, bad in (
+        ("BINORMAL_MAX_CONNECTIONS", "0"),
+        ("BINORMAL_HEADER_TIMEOUT_S", "0"),
+        ("BINORMAL_RATE_LIMIT", "-1"),
+    ):
         with pytest.raises(ConfigError, match=name):
             WebSettings.from_env({name: bad})
     app = web.Application()
@@ -300,8 +318,8 @@ def test_limits_come_from_the_environment_with_bounds() -> None:
 async def test_a_client_that_stops_reading_is_cut_after_the_send_timeout(redis_url: str, prefix: str) -> None:
     """TCP back pressure for longer than send_timeout_s aborts the connection (here a websocket whose
     heartbeat alone would keep it for a minute)."""
-    from web.app import create_app
-    from web.live import HUB_KEY, SOCKETS_KEY
+    from binormal.web.app import create_app
+    from binormal.web.live import HUB_KEY, SOCKETS_KEY
 
     app = create_app(web_settings(redis_url, prefix, send_timeout_s=0.5, ws_heartbeat_s=60.0, ws_queue=100))
     line = orjson.dumps({"score": 3.2, "org": "acme", "source": "flood", "pop": "p", "id": "x" * 400, "action": "a"})

@@ -10,10 +10,19 @@ import subprocess
 
 import redis.asyncio as aioredis
 
-from common.keys import Keyspace
-from common.result import Aggregates
-from common.store import list_scopes, read_aggregates, recompute_aggregates
-from helpers import TRICKY_SCOPES, binormal_command, drained, generate, running_worker, wait_for, worker_settings, xadd_events
+from binormal.common.keys import Keyspace
+from binormal.common.result import Aggregates
+from binormal.common.store import list_scopes, read_aggregates, recompute_aggregates
+from helpers import (
+    TRICKY_SCOPES,
+    binormal_command,
+    drained,
+    generate,
+    running_worker,
+    wait_for,
+    worker_settings,
+    xadd_events,
+)
 
 
 def keys_of(prefix: str) -> Keyspace:

@@ -22,7 +22,7 @@ from urllib.error import HTTPError, URLError
 import orjson
 import pytest
 
-from common.embedded import free_port
+from binormal.common.embedded import free_port
 from helpers import binormal_command
 from openapi_subset import check_response, load_openapi
 
@@ -88,14 +88,20 @@ def redis_child(pid: int) -> int | None:
 
 
 def worker_children(pid: int) -> list[int]:
-    return [c for c in children(pid) if b"binormal.cli" in cmdline(c) and b"worker" in cmdline(c) and alive(c)]
+    return [c for c in children(pid) if b"-m\0binormal\0" in cmdline(c) and b"worker" in cmdline(c) and alive(c)]
 
 
 @pytest.fixture
 def run_env(tmp_path: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("BINORMAL_") and k not in ("REDIS_URL", "PORT")}
-    return dict(env, PORT=str(free_port()), HOST="127.0.0.1", BINORMAL_DATA_DIR=str(tmp_path / "var"),
-                BINORMAL_REDIS_PORT=str(free_port()), BINORMAL_BLOCK_MS="100")
+    return dict(
+        env,
+        PORT=str(free_port()),
+        HOST="127.0.0.1",
+        BINORMAL_DATA_DIR=str(tmp_path / "var"),
+        BINORMAL_REDIS_PORT=str(free_port()),
+        BINORMAL_BLOCK_MS="100",
+    )
 
 
 @pytest.fixture
@@ -202,7 +208,7 @@ def test_health_tells_the_truth_while_redis_cannot_come_back(
     tmp_path: Path, run_env: dict[str, str], spawned: Callable[[dict[str, str]], subprocess.Popen[bytes]]
 ) -> None:
     """readyz names the embedded Redis while it is down; healthz fails once the supervisor gives up."""
-    from common.embedded import find_binary
+    from binormal.common.embedded import find_binary
 
     flag = tmp_path / "refuse"
     wrapper = tmp_path / "redis-server"
@@ -253,7 +259,7 @@ def test_a_crash_loop_backs_off_and_fails_liveness(
     tmp_path: Path, run_env: dict[str, str], spawned: Callable[[dict[str, str]], subprocess.Popen[bytes]]
 ) -> None:
     """A Redis that dies again soon after each restart: the waits double, /healthz ends up 503."""
-    from common.embedded import find_binary
+    from binormal.common.embedded import find_binary
 
     flag = tmp_path / "crash"
     wrapper = tmp_path / "redis-server"
@@ -303,7 +309,7 @@ def test_sigterm_while_a_restarted_redis_is_slow_to_answer_stops_at_once(
     tmp_path: Path, run_env: dict[str, str], spawned: Callable[[dict[str, str]], subprocess.Popen[bytes]]
 ) -> None:
     """A restart waiting for a Redis that does not answer yet (a big AOF loading) does not hold up the exit."""
-    from common.embedded import find_binary
+    from binormal.common.embedded import find_binary
 
     flag = tmp_path / "slow"
     wrapper = tmp_path / "redis-server"
@@ -327,7 +333,9 @@ def test_sigterm_while_a_restarted_redis_is_slow_to_answer_stops_at_once(
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("restarted", [False, True])
 def test_sigkill_of_run_takes_every_child_down(
-    tmp_path: Path, run_env: dict[str, str], spawned: Callable[[dict[str, str]], subprocess.Popen[bytes]],
+    tmp_path: Path,
+    run_env: dict[str, str],
+    spawned: Callable[[dict[str, str]], subprocess.Popen[bytes]],
     restarted: bool,
 ) -> None:
     workers = 2
@@ -360,11 +368,24 @@ def _sigterm_at(point: str, tmp_path: Path, proc: subprocess.Popen[bytes]) -> No
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize(
     "point",
-    ["handler", "delay:0.3", "delay:0.6", '"embedded_redis_started"', '"worker_started"', '"listening"',
-     '"redis_ready"', '"worker_ready"', '"embedded_redis_restarted"', "twice:0.05", "twice:0.3"],
+    [
+        "handler",
+        "delay:0.3",
+        "delay:0.6",
+        '"embedded_redis_started"',
+        '"worker_started"',
+        '"listening"',
+        '"redis_ready"',
+        '"worker_ready"',
+        '"embedded_redis_restarted"',
+        "twice:0.05",
+        "twice:0.3",
+    ],
 )
 def test_sigterm_during_start_up_exits_0_without_a_traceback(
-    tmp_path: Path, run_env: dict[str, str], spawned: Callable[[dict[str, str]], subprocess.Popen[bytes]],
+    tmp_path: Path,
+    run_env: dict[str, str],
+    spawned: Callable[[dict[str, str]], subprocess.Popen[bytes]],
     point: str,
 ) -> None:
     proc = spawned(run_env)
@@ -408,8 +429,9 @@ def test_sigterm_during_start_up_exits_0_without_a_traceback(
 def test_a_bad_setting_is_one_line_naming_it_and_exit_2(
     tmp_path: Path, run_env: dict[str, str], var: str, value: str
 ) -> None:
-    done = subprocess.run([*binormal_command(), "run"], env=dict(run_env, **{var: value}), capture_output=True,
-                          timeout=50)
+    done = subprocess.run(
+        [*binormal_command(), "run"], env=dict(run_env, **{var: value}), capture_output=True, timeout=50
+    )
     assert done.returncode == 2, done.stderr[-2000:]
     assert var.encode() in done.stderr and b"Traceback" not in done.stderr, done.stderr[-2000:]
     assert not any((tmp_path / "var" / "redis").glob("*.aof*"))  # bad embedded settings: Redis never started
@@ -432,7 +454,9 @@ def test_the_console_script_catches_sigterm_before_any_heavy_import() -> None:
     """``binormal.cli`` imports nothing heavy at module level, so its SIGTERM handler is in place within
     a few ms of the interpreter starting (before, asyncio and structlog took ~90 ms to import first and a
     SIGTERM in that window killed the process by the signal, exit code 143)."""
-    code = "import sys, binormal.cli; print([m for m in ('asyncio', 'structlog', 'aiohttp', 'redis') if m in sys.modules])"
+    code = (
+        "import sys, binormal.cli; print([m for m in ('asyncio', 'structlog', 'aiohttp', 'redis') if m in sys.modules])"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]", done.stdout

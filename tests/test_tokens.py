@@ -10,14 +10,17 @@ from pathlib import Path
 
 import pytest
 
-from common.auth import TokenStore, read_tokens_file
+from binormal.common.auth import TokenStore, read_tokens_file
 from helpers import binormal_command
 
 
-def binormal(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+def binormal(
+    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     base = {k: v for k, v in os.environ.items() if not k.startswith("BINORMAL_")}
-    return subprocess.run([*binormal_command(), *args], env={**base, **(env or {})}, cwd=cwd, capture_output=True,
-                          text=True, timeout=60)
+    return subprocess.run(
+        [*binormal_command(), *args], env={**base, **(env or {})}, cwd=cwd, capture_output=True, text=True, timeout=60
+    )
 
 
 def test_add_prints_the_token_once_alone_and_stores_only_its_hash(tmp_path: Path) -> None:
@@ -73,7 +76,9 @@ def test_list_shows_names_roles_orgs_never_hashes_and_revoke_removes_one_line(tm
 def test_default_file_is_the_env_variable_else_the_data_dir(tmp_path: Path) -> None:
     got = binormal("token", "add", "a", "--role", "viewer", "--orgs", "*", cwd=tmp_path)
     assert got.returncode == 0 and (tmp_path / "var" / "tokens").exists()
-    got = binormal("token", "add", "b", "--role", "viewer", "--orgs", "*", env={"BINORMAL_DATA_DIR": str(tmp_path / "d")})
+    got = binormal(
+        "token", "add", "b", "--role", "viewer", "--orgs", "*", env={"BINORMAL_DATA_DIR": str(tmp_path / "d")}
+    )
     assert got.returncode == 0 and (tmp_path / "d" / "tokens").exists()
     explicit = tmp_path / "elsewhere"
     got = binormal("token", "add", "c", "--role", "viewer", "--orgs", "*", env={"BINORMAL_TOKENS_FILE": str(explicit)})
@@ -117,7 +122,7 @@ def test_run_uses_the_data_dirs_tokens_file_and_sees_a_revocation_without_restar
     import urllib.request
     from urllib.error import HTTPError
 
-    from common.embedded import free_port
+    from binormal.common.embedded import free_port
 
     data = tmp_path / "var"
     env = {"BINORMAL_DATA_DIR": str(data)}
@@ -129,8 +134,9 @@ def test_run_uses_the_data_dirs_tokens_file_and_sees_a_revocation_without_restar
     proc = subprocess.Popen([*binormal_command(), "run"], env=run_env, stdout=log, stderr=log)
 
     def status(path: str, auth: str | None = None) -> int:
-        req = urllib.request.Request(f"http://127.0.0.1:{port}{path}",
-                                     headers={"Authorization": f"Bearer {auth}"} if auth else {})
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{port}{path}", headers={"Authorization": f"Bearer {auth}"} if auth else {}
+        )
         try:
             with urllib.request.urlopen(req, timeout=5) as r:
                 return int(r.status)

@@ -19,11 +19,14 @@ import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
-from common.engine import MemoryEngine
-from common.keys import Keyspace, Scope
-from common.schema import Event
-from common.scripts import Scripts
-from common.store import read_aggregates, recompute_aggregates
+from binormal.common.engine import MemoryEngine
+from binormal.common.keys import Keyspace, Scope
+from binormal.common.schema import Event
+from binormal.common.scripts import Scripts
+from binormal.common.store import read_aggregates, recompute_aggregates
+from binormal.worker import WorkerSettings
+from binormal.worker.batch import BatchProcessor, Entry
+from binormal.worker.worker import ensure_groups, trim_acknowledged
 from helpers import (
     ACTIONS,
     TRICKY_SCOPES,
@@ -42,11 +45,10 @@ from helpers import (
     worker_settings,
     xadd_events,
 )
-from worker import WorkerSettings
-from worker.batch import BatchProcessor, Entry
-from worker.worker import ensure_groups, trim_acknowledged
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
 def keys_of(prefix: str) -> Keyspace:
     return Keyspace(prefix=prefix, shards=4)
 
@@ -592,7 +594,7 @@ async def test_stream_doc_examples(
 
 
 def test_doc_names_every_field_and_limit() -> None:
-    from common.schema import LIMITS
+    from binormal.common.schema import LIMITS
 
     text = (ROOT / "docs" / "stream.md").read_text(encoding="utf-8")
     for name, limit in LIMITS.items():

@@ -38,10 +38,10 @@ import structlog
 from aiohttp import web
 from redis.exceptions import ResponseError
 
-from common import metrics
-from common.connection import TRANSIENT, InDoubt, execute_partial, refusal_text, refused_write, xadd_command
-from common.guard import require_org, setup_auth
-from common.health import (
+from binormal.common import metrics
+from binormal.common.connection import TRANSIENT, InDoubt, execute_partial, refusal_text, refused_write, xadd_command
+from binormal.common.guard import require_org, setup_auth
+from binormal.common.health import (
     JSON,
     REDIS,
     ApiError,
@@ -55,13 +55,13 @@ from common.health import (
     setup_redis,
     unavailable,
 )
-from common.keys import Keyspace
-from common.schema import LIMITS, Event, InvalidEvent, loads_json, parse_json
-from common.server import setup_limits
-from web.live import setup_live
-from web.query import setup_query
-from web.replies import ReplyWaiter, TooManyWaiting
-from web.settings import WebSettings
+from binormal.common.keys import Keyspace
+from binormal.common.schema import LIMITS, Event, InvalidEvent, loads_json, parse_json
+from binormal.common.server import setup_limits
+from binormal.web.live import setup_live
+from binormal.web.query import setup_query
+from binormal.web.replies import ReplyWaiter, TooManyWaiting
+from binormal.web.settings import WebSettings
 
 log = structlog.get_logger("binormal.web")
 
@@ -352,8 +352,12 @@ async def discrete(request: web.Request) -> web.Response:
             _OUTCOME["unavailable"].inc()
             log.error("discrete_write_refused", error=refusal_text(exc))
             raise ApiError(
-                503, refused_write(exc), None, {"Retry-After": "1"},
-                event_id=event_id, queued=False,
+                503,
+                refused_write(exc),
+                None,
+                {"Retry-After": "1"},
+                event_id=event_id,
+                queued=False,
             ) from None
         _ACCEPTED.inc()
         reply = await fut  # None when the time is up
@@ -469,7 +473,7 @@ async def _duplicate(
 
 
 def main() -> int:
-    """``binormal web`` / ``python -m web``: the web tier alone against ``REDIS_URL`` on HOST:PORT."""
+    """``binormal web`` / ``python -m binormal.web``: the web tier alone against ``REDIS_URL`` on HOST:PORT."""
     settings = WebSettings.from_env()
     serve(create_app(settings), settings.host, settings.port, "web")
     return 0

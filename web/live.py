@@ -26,14 +26,14 @@ import redis.asyncio as aioredis
 import structlog
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from common import metrics
-from common.auth import Principal
-from common.connection import TRANSIENT, make_client, wait_until_up
-from common.guard import principal_of, still_valid
-from common.health import ApiError
-from web.hub import Hub
-from web.query import single_query
-from web.settings import WebSettings
+from binormal.common import metrics
+from binormal.common.auth import Principal
+from binormal.common.connection import TRANSIENT, make_client, wait_until_up
+from binormal.common.guard import principal_of, still_valid
+from binormal.common.health import ApiError
+from binormal.web.hub import Hub
+from binormal.web.query import single_query
+from binormal.web.settings import WebSettings
 
 log = structlog.get_logger("binormal.web.live")
 
@@ -208,4 +208,4 @@ async def _listen(client: aioredis.Redis, channel: str, hub: Hub, stop: asyncio.
                 last_ping = now
     finally:
         with contextlib.suppress(*TRANSIENT, RuntimeError):
-            await asyncio.wait_for(pubsub.aclose(), timeout=2.0)
+            await asyncio.wait_for(pubsub.aclose(), timeout=2.0)  # type: ignore[no-untyped-call]

@@ -23,14 +23,14 @@ from typing import Any
 
 from aiohttp import web
 
-from common.guard import principal_of, require_org
-from common.health import REDIS, ApiError, json_response
-from common.keys import Scope
-from common.result import r3
-from common.schema import LIMITS
-from common.scoring import Snapshot, normalise, zscore
-from common.store import read_individual, read_scope, scope_summaries, top_individuals
-from web.settings import WebSettings
+from binormal.common.guard import principal_of, require_org
+from binormal.common.health import REDIS, ApiError, json_response
+from binormal.common.keys import Scope
+from binormal.common.result import r3
+from binormal.common.schema import LIMITS
+from binormal.common.scoring import Snapshot, normalise, zscore
+from binormal.common.store import read_individual, read_scope, scope_summaries, top_individuals
+from binormal.web.settings import WebSettings
 
 _QUERY_SETTINGS = web.AppKey("binormal_query_settings", WebSettings)
 
@@ -88,8 +88,12 @@ def _scope(request: web.Request) -> Scope:
 
 def _unknown_scope(scope: Scope) -> ApiError:
     return ApiError(
-        404, "no event was counted in this scope (org, source, pop)", "pop",
-        org=scope.org, source=scope.source, pop=scope.pop,
+        404,
+        "no event was counted in this scope (org, source, pop)",
+        "pop",
+        org=scope.org,
+        source=scope.source,
+        pop=scope.pop,
     )
 
 
@@ -149,8 +153,13 @@ async def individual(request: web.Request) -> web.Response:
     counts, committed = await read_individual(client, handle.keys, scope, ident)
     if not counts:
         raise ApiError(
-            404, "id: no event was counted for this individual in this scope", "id",
-            org=scope.org, source=scope.source, pop=scope.pop, id=ident,
+            404,
+            "id: no event was counted for this individual in this scope",
+            "id",
+            org=scope.org,
+            source=scope.source,
+            pop=scope.pop,
+            id=ident,
         )
     snap = Snapshot(view.pop, cap=request.app[_QUERY_SETTINGS].cap)
     score = committed if committed is not None else snap.score(counts)

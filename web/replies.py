@@ -25,8 +25,8 @@ import orjson
 import redis.asyncio as aioredis
 import structlog
 
-from common import metrics
-from common.connection import TRANSIENT
+from binormal.common import metrics
+from binormal.common.connection import TRANSIENT
 
 log = structlog.get_logger("binormal.web.replies")
 
@@ -138,14 +138,18 @@ class ReplyWaiter:
                 await self._recover()
                 await self._listen(pubsub)
             except TRANSIENT as exc:
-                log.warning("reply_channel_lost", channel=self.channel, error=str(exc) or type(exc).__name__,
-                            retry_in_s=round(delay, 2))
+                log.warning(
+                    "reply_channel_lost",
+                    channel=self.channel,
+                    error=str(exc) or type(exc).__name__,
+                    retry_in_s=round(delay, 2),
+                )
             except Exception:  # a dead listener would time out every request: log, resubscribe
                 log.exception("reply_listener_failed", channel=self.channel, retry_in_s=round(delay, 2))
             finally:
                 self.subscribed.clear()
                 with contextlib.suppress(*TRANSIENT):
-                    await asyncio.shield(pubsub.aclose())
+                    await asyncio.shield(pubsub.aclose())  # type: ignore[no-untyped-call]
             if self.stopping:
                 return
             self.resubscriptions += 1

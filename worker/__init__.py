@@ -1,6 +1,6 @@
 """The scorer worker: consumes the event stream, counts, scores and publishes."""
 
-from worker.settings import WorkerSettings
-from worker.worker import Worker
+from binormal.worker.settings import WorkerSettings
+from binormal.worker.worker import Worker
 
 __all__ = ["Worker", "WorkerSettings"]

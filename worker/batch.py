@@ -27,12 +27,12 @@ import redis.asyncio as aioredis
 import structlog
 from redis.exceptions import NoScriptError, ResponseError
 
-from common.connection import execute_raw
-from common.keys import Keyspace, Scope, fingerprint
-from common.result import ActionStats, Aggregates, make_result
-from common.schema import Event, InvalidEvent, action_cap_reason, parse_entry
-from common.scoring import Snapshot
-from common.scripts import Scripts
+from binormal.common.connection import execute_raw
+from binormal.common.keys import Keyspace, Scope, fingerprint
+from binormal.common.result import ActionStats, Aggregates, make_result
+from binormal.common.schema import Event, InvalidEvent, action_cap_reason, parse_entry
+from binormal.common.scoring import Snapshot
+from binormal.common.scripts import Scripts
 
 log = structlog.get_logger("binormal.worker")
 

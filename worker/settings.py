@@ -7,8 +7,8 @@ import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from common.config import DEFAULT_REDIS_URL, ConfigError, env_float, env_int, env_str, environ, redis_env
-from common.keys import DEFAULT_PREFIX, Keyspace
+from binormal.common.config import DEFAULT_REDIS_URL, ConfigError, env_float, env_int, env_str, environ, redis_env
+from binormal.common.keys import DEFAULT_PREFIX, Keyspace
 
 
 @dataclass(frozen=True)

@@ -19,10 +19,10 @@ import redis.asyncio as aioredis
 import structlog
 from redis.exceptions import ResponseError
 
-from common.connection import TRANSIENT, execute_raw, make_client, wait_until_up
-from common.scripts import Scripts
-from worker.batch import BatchProcessor, Commands, Counters, Entry
-from worker.settings import WorkerSettings
+from binormal.common.connection import TRANSIENT, execute_raw, make_client, wait_until_up
+from binormal.common.scripts import Scripts
+from binormal.worker.batch import BatchProcessor, Commands, Counters, Entry
+from binormal.worker.settings import WorkerSettings
 
 log = structlog.get_logger("binormal.worker")
 
@@ -168,7 +168,7 @@ class Worker:
             # Stop requested mid-batch: give it the grace period, then cancel.
             try:
                 await asyncio.wait_for(asyncio.shield(task), timeout=self.settings.grace_s)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 task.cancel()
                 log.warning("batch_cancelled_after_grace", entries=len(entries))
             return

@@ -1,0 +1,7 @@
+"""``python -m binormal``: the ``binormal`` console script."""
+
+import sys
+
+from binormal.cli import main
+
+sys.exit(main())
