@@ -260,3 +260,24 @@ async def worker_heartbeats(client: aioredis.Redis, keys: Keyspace) -> dict[str,
     """Consumer name -> last heartbeat (epoch ms) from ``keys.workers()``."""
     raw: dict[bytes, bytes] = await client.hgetall(keys.workers())  # type: ignore[assignment]
     return {k.decode(): int(v) for k, v in raw.items()}
+
+
+async def redis_now_ms(client: aioredis.Redis) -> int:
+    """The Redis server's clock (TIME), in epoch milliseconds: one clock for every host."""
+    sec, usec = await client.time()
+    return int(sec) * 1000 + int(usec) // 1000
+
+
+async def heartbeat_ages(client: aioredis.Redis, keys: Keyspace) -> dict[str, float]:
+    """Consumer name -> seconds since its last heartbeat, judged by Redis TIME.
+
+    TIME and HGETALL go in one round trip (a non-transactional pipeline), so
+    the age does not include a second trip's latency; heartbeats are written
+    with Redis TIME as well (worker.py), so no host's own clock is involved.
+    """
+    pipe = client.pipeline(transaction=False)
+    pipe.time()
+    pipe.hgetall(keys.workers())
+    (sec, usec), raw = await pipe.execute()
+    now_ms = int(sec) * 1000 + int(usec) // 1000
+    return {k.decode(): (now_ms - int(v)) / 1000.0 for k, v in raw.items()}

@@ -111,8 +111,14 @@ class BatchProcessor:
     snapshots: OrderedDict[Scope, tuple[Snapshot, float]] = field(default_factory=OrderedDict)
 
     def validate(self, entries: Sequence[Entry]) -> None:
-        """Parse each entry, or set its dead-letter reason."""
+        """Parse each entry, or set its dead-letter reason.
+
+        An entry that already has a reason (over-delivered) stays a dead letter
+        only: the stages are exclusive, it never reaches apply.
+        """
         for e in entries:
+            if e.reason is not None:
+                continue
             if not e.fields:
                 e.reason = "entry has no fields (deleted from the stream while pending)"
                 continue
@@ -187,7 +193,7 @@ class BatchProcessor:
         bad = [e for e in entries if e.reason is not None]
         if bad:
             await self.dead_letter(client, bad)
-        good = [e for e in entries if e.event is not None]
+        good = [e for e in entries if e.reason is None and e.event is not None]
         if not good:
             return []
         dups: list[Entry] = []
