@@ -20,7 +20,7 @@ from binormal.common.config import DEFAULT_REDIS_URL, env_int, env_str, environ
 from binormal.common.connection import make_client
 from binormal.common.keys import DEFAULT_PREFIX, Keyspace, Scope
 from binormal.common.result import Aggregates
-from binormal.common.scripts import Scripts
+from binormal.common.scripts import Recompute, Scripts
 
 
 async def list_scopes(client: aioredis.Redis, keys: Keyspace) -> list[Scope]:
@@ -44,8 +44,8 @@ async def recompute_aggregates(
 ) -> Aggregates:
     """Rebuild a scope's aggregates from its rank zset; returns what was written."""
     scripts = scripts or Scripts()
-    reply = await scripts.run(client, "recompute", (keys.scope_key(scope, "rank"), keys.scope_key(scope, "agg")))
-    return Aggregates(int(reply[0]), float(reply[1]), float(reply[2]))
+    ks, args = Recompute.pack(keys.scope_key(scope, "rank"), keys.scope_key(scope, "agg"))
+    return Recompute.decode(await scripts.run(client, Recompute.NAME, ks, args))
 
 
 async def recompute_all(client: aioredis.Redis, keys: Keyspace) -> list[dict[str, Any]]:

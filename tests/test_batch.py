@@ -146,8 +146,8 @@ async def test_late_commit_of_an_older_batch_is_skipped(prefix: str, aredis: aio
     proc.validate(a)
     applied_a = await proc._apply(aredis, a, [])  # A: counted, not yet committed
     [result_b] = await proc.process(aredis, b)  # B: counted and committed
-    await proc._refresh_snapshots(aredis, applied_a)
-    [(_, result_a)] = await proc._score_and_commit(aredis, applied_a)  # A's commit arrives late
+    ready_a = await proc._refresh_snapshots(aredis, applied_a)
+    [(_, result_a)] = await proc._score_and_commit(aredis, ready_a)  # A's commit arrives late
     assert (result_a["count"], result_b["count"]) == (1, 2)
     assert result_a["score"] != result_b["score"]
     assert proc.counters.stale_scores == 1
