@@ -48,6 +48,7 @@ from binormal.common.scripts import (
     Scripts,
     pairs_int,
 )
+from binormal.worker.commands import Commands
 
 log = structlog.get_logger("binormal.worker")
 
@@ -584,29 +585,6 @@ class BatchProcessor:
         for i in range(0, len(lines), BROADCAST_CHUNK):
             pipe.publish(channel, b"\n".join(lines[i : i + BROADCAST_CHUNK]))
         self.counters.published += len(results)
-
-
-class Commands:
-    """Commands collected for one :func:`execute_raw` round trip (pipeline-like API)."""
-
-    def __init__(self) -> None:
-        self.commands: list[tuple[Any, ...]] = []
-
-    def evalsha(self, sha: str, numkeys: int, *keys_and_args: Any) -> None:
-        """EVALSHA sha numkeys key... arg..."""
-        self.commands.append(("EVALSHA", sha, numkeys, *keys_and_args))
-
-    def hgetall(self, key: str) -> None:
-        """HGETALL key (reply: flat field/value list)."""
-        self.commands.append(("HGETALL", key))
-
-    def publish(self, channel: str | bytes, message: bytes) -> None:
-        """PUBLISH channel message."""
-        self.commands.append(("PUBLISH", channel, message))
-
-    def set(self, key: str, value: bytes, ex: int) -> None:
-        """SET key value EX seconds."""
-        self.commands.append(("SET", key, value, "EX", ex))
 
 
 def _runs(entries: Sequence[Entry], size: int) -> list[list[Entry]]:

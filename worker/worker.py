@@ -22,7 +22,8 @@ from redis.exceptions import ResponseError
 from binormal.common.connection import TRANSIENT, execute_raw, make_client, wait_until_up
 from binormal.common.scripts import Scripts
 from binormal.common.store import heartbeat_ages, redis_now_ms
-from binormal.worker.batch import BatchProcessor, Commands, Counters, Entry
+from binormal.worker.batch import BatchProcessor, Counters, Entry
+from binormal.worker.commands import Commands
 from binormal.worker.settings import WorkerSettings
 
 log = structlog.get_logger("binormal.worker")
