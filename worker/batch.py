@@ -2,12 +2,18 @@
 
 Each step is one pipelined round trip for the whole batch, whatever its size:
 
-1. dead-letter invalid entries (``deadletter.lua``: XADD to the dead stream + XACK);
-2. apply counters of valid entries (``apply.lua``: counters + XACK, exactly once);
-3. refresh population snapshots that are missing, too old or lack an action;
-4. commit every new score in entry order (``commit.lua``: zset + aggregates,
-   newest state of each individual wins);
+1. dead-letter invalid entries (``deadletter.lua``: XADD to the dead stream + XACK;
+   twin ``scripts.Deadletter``, reply: written or not);
+2. apply counters of valid entries (``apply.lua``: counters + XACK, exactly once;
+   twin ``scripts.Apply``, reply per entry: Applied, Already, Duplicate, BadState, Capped);
+3. refresh population snapshots that are missing, too old or lack an action
+   (applied entries become :class:`Ready`);
+4. score (:class:`Scored`) and commit every new score in entry order (``commit.lua``:
+   zset + aggregates, newest state of each individual wins; twin ``scripts.Commit``,
+   reply per score: Committed(agg, newest) or CommitBadState);
 5. publish replies (``reply_to``), their stored copies, and the broadcast batch.
+
+The stages are exclusive: an entry with a dead-letter reason never reaches apply.
 
 Lua scripts in a pipeline run one after the other in pipeline order, so with
 one worker each apply's reply is the state right after that entry: the results
