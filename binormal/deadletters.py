@@ -25,7 +25,7 @@ import redis.asyncio as aioredis
 from binormal.common.config import environ, redis_env
 from binormal.common.connection import TRANSIENT, make_client
 from binormal.common.keys import Keyspace
-from binormal.common.scripts import Scripts
+from binormal.common.scripts import Replay, Scripts
 
 PAGE = 500  # XRANGE COUNT per round trip
 
@@ -89,9 +89,8 @@ async def dead_letters(client: aioredis.Redis, keys: Keyspace, shards: list[int]
 
 async def replay_one(client: aioredis.Redis, keys: Keyspace, scripts: Scripts, letter: DeadLetter) -> tuple[bool, str]:
     """Replay one dead letter; returns (replayed, new entry id or why not)."""
-    stream_keys = (keys.dead(letter.shard), keys.stream(letter.shard))
-    ok, detail = await scripts.run(client, "replay", stream_keys, (letter.dead_id,))
-    return bool(ok), detail.decode("utf-8", "replace")
+    ks, args = Replay.pack(keys.dead(letter.shard), keys.stream(letter.shard), letter.dead_id)
+    return Replay.decode(await scripts.run(client, Replay.NAME, ks, args))
 
 
 async def run(args: argparse.Namespace, keys: Keyspace, client: aioredis.Redis) -> int:

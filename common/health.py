@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
@@ -38,7 +39,7 @@ from binormal.common.keys import Keyspace
 from binormal.common.ratelimit import retry_after
 from binormal.common.runtime import tune_gc
 from binormal.common.server import HTTP_STATE, run_app
-from binormal.common.store import dead_lengths, groups_present, stream_lag, worker_heartbeats
+from binormal.common.store import dead_lengths, groups_present, heartbeat_ages, stream_lag
 
 log = structlog.get_logger("binormal.http")
 
@@ -354,15 +355,14 @@ async def readyz(request: web.Request) -> web.Response:
                 await handle.client.ping()
                 checks["redis"] = True
                 missing = await groups_present(handle.client, handle.keys)
-                beats = await worker_heartbeats(handle.client, handle.keys)
+                beats = await heartbeat_ages(handle.client, handle.keys)
         except TRANSIENT as exc:
             reasons.append(f"redis unreachable: {exc or type(exc).__name__}")
         else:
             checks["groups"] = not missing
             if missing:
                 reasons.append(f"consumer group missing on shards {missing}")
-            newest = max(beats.values(), default=0)
-            age_s = time.time() - newest / 1000.0
+            age_s = min(beats.values(), default=math.inf)  # judged by Redis TIME (store.heartbeat_ages)
             checks["worker"] = age_s <= max_age_s
             if not checks["worker"]:
                 reasons.append("no worker heartbeat" if not beats else f"newest worker heartbeat is {age_s:.1f}s old")

@@ -11,10 +11,12 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError
+
+from binormal.common.result import ActionStats, Aggregates
 
 LUA_DIR = Path(__file__).with_name("lua")
 
@@ -60,3 +62,271 @@ class Scripts:
         except NoScriptError:
             await self.load_all(client)
             return await client.evalsha(self.sha(name), len(keys), *keys, *args)
+
+
+# ---------------------------------------------------------------- typed twins
+#
+# One class per script: it packs KEYS/ARGV in the order its ``.lua`` header
+# documents and decodes the reply. ``LAYOUT`` is that contract, written once:
+# tests/test_scripts.py parses each header and fails when the two disagree.
+
+
+@dataclass(frozen=True)
+class Layout:
+    """KEYS/ARGV of a script: fixed names, then names repeated per item (or a variadic tail)."""
+
+    keys: tuple[str, ...]
+    item_keys: tuple[str, ...] = ()
+    args: tuple[str, ...] = ()
+    item_args: tuple[str, ...] = ()
+    rest_args: str | None = None  # ARGV[len(args)+1..]: any number of values
+
+
+def pairs_int(flat: Sequence[bytes]) -> dict[str, int]:
+    """An HGETALL's flat [field, value, ...] reply as {str: int}."""
+    return dict(zip(map(bytes.decode, flat[0::2]), map(int, flat[1::2])))
+
+
+class ApplyItem(NamedTuple):
+    """One entry of an ``apply.lua`` call: its 5 KEYS, then its 5 ARGV."""
+
+    pop: str
+    sq: str
+    k: str
+    individual: str
+    marker: str
+    entry_id: bytes
+    action: str
+    token: str
+    ttl: int  # seconds the event_id's marker lives; 0: no event_id (marker untouched)
+    marker_value: bytes  # '<entry id> <fingerprint>'
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    """Counted and acked: the action's population sums, the individual's counts, the pop hash (staleness 0)."""
+
+    stats: ActionStats
+    counts: dict[str, int]
+    pop: dict[str, int] | None
+
+
+@dataclass(frozen=True, slots=True)
+class Already:
+    """Acked before (another delivery counted it): nothing done."""
+
+
+@dataclass(frozen=True, slots=True)
+class Duplicate:
+    """Its event_id was seen: acked, not counted. ``fingerprint`` is None for an older worker's marker."""
+
+    first_entry: bytes
+    fingerprint: bytes | None
+
+    def same_event(self, fp: bytes) -> bool | None:
+        """True: a retry of the first event; False: another event reused its id; None: unknown."""
+        return None if self.fingerprint is None else self.fingerprint == fp
+
+
+@dataclass(frozen=True, slots=True)
+class BadState:
+    """A key it writes holds another type: nothing written, not acked."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Capped:
+    """A new action past the scope's distinct-action cap: not counted, not acked."""
+
+    actions: int  # the scope's distinct actions at the time
+
+
+ApplyReply = Applied | Already | Duplicate | BadState | Capped
+ALREADY = Already()
+
+
+class Apply:
+    """``apply.lua``: count and ack a run of entries of one shard."""
+
+    NAME = "apply"
+    LAYOUT = Layout(
+        keys=("stream", "scopes", "uncommitted", "capped"),
+        item_keys=ApplyItem._fields[:5],
+        args=("group", "want_pop", "max_actions"),
+        item_args=ApplyItem._fields[5:],
+    )
+
+    @staticmethod
+    def pack(
+        head: tuple[bytes, str, str, str], group: str, want_pop: bool, max_actions: int, items: Sequence[ApplyItem]
+    ) -> tuple[list[Any], list[Any]]:
+        """KEYS and ARGV for ``items`` after the shard's ``head`` keys (stream, scopes, uncommitted, capped)."""
+        keys: list[Any] = list(head)
+        args: list[Any] = [group, "1" if want_pop else "0", max_actions]
+        for item in items:
+            keys += item[:5]
+            args += item[5:]
+        return keys, args
+
+    @staticmethod
+    def decode(reply: Sequence[Any], want_pop: bool) -> list[ApplyReply]:
+        """One typed reply per entry (status codes in the script's header)."""
+        out: list[ApplyReply] = []
+        for r in reply:
+            status = int(r[0])
+            if status == 1:
+                pop = pairs_int(r[5]) if want_pop else None
+                out.append(Applied(ActionStats(int(r[1]), int(r[2]), int(r[3])), pairs_int(r[4]), pop))
+            elif status == 0:
+                out.append(ALREADY)
+            elif status == 2:
+                # The marker is '<first entry id> <fingerprint>'; an older worker's is the entry id alone.
+                first, _, fp = r[1].partition(b" ")
+                out.append(Duplicate(first, fp or None))
+            elif status == 3:
+                out.append(BadState(r[1].decode("utf-8", "replace")))
+            elif status == 4:
+                out.append(Capped(int(r[1])))
+            else:
+                raise ValueError(f"apply.lua: unknown status {status}")
+        return out
+
+
+class Score(NamedTuple):
+    """What ``commit.lua`` needs per score."""
+
+    prefix: str  # the scope's key prefix (keys.scope_prefix)
+    ident: str  # individual id
+    score: float
+    events: int  # the individual's event count the score was computed at (orders its states)
+    entry_id: bytes | str  # the entry it is for
+    ikey: str  # the individual's key (its field in the uncommitted hash)
+
+
+@dataclass(frozen=True, slots=True)
+class Committed:
+    """A score committed (``newest``) or skipped as older than the committed one; the scope's aggregates after it."""
+
+    agg: Aggregates
+    newest: bool
+
+
+@dataclass(frozen=True, slots=True)
+class CommitBadState:
+    """A key of its scope holds another type: nothing of that scope was written."""
+
+
+CommitReply = Committed | CommitBadState
+
+
+class Commit:
+    """``commit.lua``: commit a run of scores of one shard, newest state wins."""
+
+    NAME = "commit"
+    LAYOUT = Layout(
+        keys=("uncommitted",),
+        item_keys=("rank", "agg", "ver"),
+        item_args=("ident", "score", "count", "entry_id", "ikey"),
+    )
+
+    @staticmethod
+    def pack(uncommitted: str, scores: Sequence[Score]) -> tuple[list[Any], list[Any]]:
+        """KEYS and ARGV for ``scores`` (all of the shard of ``uncommitted``)."""
+        keys: list[Any] = [uncommitted]
+        args: list[Any] = []
+        for kp, ident, score, count, entry_id, ikey in scores:
+            keys += (kp + "rank", kp + "agg", kp + "ver")
+            args += (ident, repr(score), count, entry_id, ikey)
+        return keys, args
+
+    @staticmethod
+    def decode(reply: Sequence[Any]) -> list[CommitReply]:
+        """One typed reply per score: ``{n, sum, sumsq, committed}`` each."""
+        out: list[CommitReply] = []
+        for i in range(0, len(reply), 4):
+            committed = reply[i + 3]
+            if committed == -1:
+                out.append(CommitBadState())
+            else:
+                out.append(
+                    Committed(Aggregates(int(reply[i]), float(reply[i + 1]), float(reply[i + 2])), bool(committed))
+                )
+        return out
+
+
+class Deadletter:
+    """``deadletter.lua``: move one entry to the dead-letter stream and ack it."""
+
+    NAME = "deadletter"
+    LAYOUT = Layout(
+        keys=("stream", "dead"), args=("group", "entry_id", "reason", "consumer", "maxlen"), rest_args="fields"
+    )
+
+    @staticmethod
+    def pack(
+        stream: bytes,
+        dead: str,
+        group: str,
+        entry_id: bytes,
+        reason: str,
+        consumer: str,
+        maxlen: int,
+        fields: dict[bytes, bytes],
+    ) -> tuple[list[Any], list[Any]]:
+        """KEYS and ARGV; the entry's fields go flat after the fixed ARGV."""
+        args: list[Any] = [group, entry_id, reason, consumer, maxlen]
+        for k, v in fields.items():
+            args += (k, v)
+        return [stream, dead], args
+
+    @staticmethod
+    def decode(reply: Any) -> bool:
+        """True when written, False when the entry was already acknowledged."""
+        return int(reply) == 1
+
+
+class Recompute:
+    """``recompute.lua``: rebuild one scope's aggregates from its rank zset."""
+
+    NAME = "recompute"
+    LAYOUT = Layout(keys=("rank", "agg"))
+
+    @staticmethod
+    def pack(rank: str, agg: str) -> tuple[list[Any], list[Any]]:
+        """KEYS (no ARGV)."""
+        return [rank, agg], []
+
+    @staticmethod
+    def decode(reply: Sequence[Any]) -> Aggregates:
+        """The aggregates as written."""
+        return Aggregates(int(reply[0]), float(reply[1]), float(reply[2]))
+
+
+class Replayed(NamedTuple):
+    """A replay's outcome: the new entry id, or why nothing was replayed."""
+
+    ok: bool
+    detail: str
+
+
+class Replay:
+    """``replay.lua``: put one dead letter back into its stream and delete it."""
+
+    NAME = "replay"
+    LAYOUT = Layout(keys=("dead", "stream"), args=("dead_id",))
+
+    @staticmethod
+    def pack(dead: str, stream: str, dead_id: str) -> tuple[list[Any], list[Any]]:
+        """KEYS and ARGV."""
+        return [dead, stream], [dead_id]
+
+    @staticmethod
+    def decode(reply: Sequence[Any]) -> Replayed:
+        """``{1, new id}`` or ``{0, reason}``."""
+        return Replayed(bool(reply[0]), reply[1].decode("utf-8", "replace"))
+
+
+TWINS: dict[str, type[Apply] | type[Commit] | type[Deadletter] | type[Recompute] | type[Replay]] = {
+    t.NAME: t for t in (Apply, Commit, Deadletter, Recompute, Replay)
+}

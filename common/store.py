@@ -20,7 +20,7 @@ from binormal.common.config import DEFAULT_REDIS_URL, env_int, env_str, environ
 from binormal.common.connection import make_client
 from binormal.common.keys import DEFAULT_PREFIX, Keyspace, Scope
 from binormal.common.result import Aggregates
-from binormal.common.scripts import Scripts
+from binormal.common.scripts import Recompute, Scripts
 
 
 async def list_scopes(client: aioredis.Redis, keys: Keyspace) -> list[Scope]:
@@ -44,8 +44,8 @@ async def recompute_aggregates(
 ) -> Aggregates:
     """Rebuild a scope's aggregates from its rank zset; returns what was written."""
     scripts = scripts or Scripts()
-    reply = await scripts.run(client, "recompute", (keys.scope_key(scope, "rank"), keys.scope_key(scope, "agg")))
-    return Aggregates(int(reply[0]), float(reply[1]), float(reply[2]))
+    ks, args = Recompute.pack(keys.scope_key(scope, "rank"), keys.scope_key(scope, "agg"))
+    return Recompute.decode(await scripts.run(client, Recompute.NAME, ks, args))
 
 
 async def recompute_all(client: aioredis.Redis, keys: Keyspace) -> list[dict[str, Any]]:
@@ -260,3 +260,24 @@ async def worker_heartbeats(client: aioredis.Redis, keys: Keyspace) -> dict[str,
     """Consumer name -> last heartbeat (epoch ms) from ``keys.workers()``."""
     raw: dict[bytes, bytes] = await client.hgetall(keys.workers())  # type: ignore[assignment]
     return {k.decode(): int(v) for k, v in raw.items()}
+
+
+async def redis_now_ms(client: aioredis.Redis) -> int:
+    """The Redis server's clock (TIME), in epoch milliseconds: one clock for every host."""
+    sec, usec = await client.time()
+    return int(sec) * 1000 + int(usec) // 1000
+
+
+async def heartbeat_ages(client: aioredis.Redis, keys: Keyspace) -> dict[str, float]:
+    """Consumer name -> seconds since its last heartbeat, judged by Redis TIME.
+
+    TIME and HGETALL go in one round trip (a non-transactional pipeline), so
+    the age does not include a second trip's latency; heartbeats are written
+    with Redis TIME as well (worker.py), so no host's own clock is involved.
+    """
+    pipe = client.pipeline(transaction=False)
+    pipe.time()
+    pipe.hgetall(keys.workers())
+    (sec, usec), raw = await pipe.execute()
+    now_ms = int(sec) * 1000 + int(usec) // 1000
+    return {k.decode(): (now_ms - int(v)) / 1000.0 for k, v in raw.items()}

@@ -146,8 +146,8 @@ async def test_late_commit_of_an_older_batch_is_skipped(prefix: str, aredis: aio
     proc.validate(a)
     applied_a = await proc._apply(aredis, a, [])  # A: counted, not yet committed
     [result_b] = await proc.process(aredis, b)  # B: counted and committed
-    await proc._refresh_snapshots(aredis, applied_a)
-    [(_, result_a)] = await proc._score_and_commit(aredis, applied_a)  # A's commit arrives late
+    ready_a = await proc._refresh_snapshots(aredis, applied_a)
+    [(_, result_a)] = await proc._score_and_commit(aredis, ready_a)  # A's commit arrives late
     assert (result_a["count"], result_b["count"]) == (1, 2)
     assert result_a["score"] != result_b["score"]
     assert proc.counters.stale_scores == 1
@@ -442,3 +442,20 @@ async def test_a_new_action_is_added_to_the_snapshot_without_rereading_the_scope
     await proc.process(aredis, await _read_all(aredis, keys, "c"))
     assert proc.counters.snapshot_refreshes == refreshes + 1
     assert "elsewhere" in proc.snapshots[SCOPE][0].counts
+
+
+async def test_an_over_delivered_entry_is_dead_lettered_and_never_applied(prefix: str, aredis: aioredis.Redis) -> None:
+    """An entry the worker marked over-delivered (a reason, valid fields) goes to the
+    dead letters only: it is not also passed to apply.lua in the same batch."""
+    keys = Keyspace(prefix, 4)
+    await ensure_groups(aredis, keys.streams(), keys.group)
+    await xadd_events(aredis, keys, [Event(*SCOPE, "u1", "GET /"), Event(*SCOPE, "u2", "GET /")])
+    over, ok = await _read_all(aredis, keys, "c")
+    over.reason = "delivered 9 times without being applied"
+    proc = BatchProcessor(keys, Scripts(), "c", snapshot_max_age_ms=0)
+    await proc.scripts.load_all(aredis)
+    results = await proc.process(aredis, [over, ok])
+    assert [r["id"] for r in results] == ["u2"]
+    assert proc.counters.dead == 1 and proc.counters.applied == 1 and proc.counters.already == 0
+    assert proc.counters.lua_calls == 3  # one dead letter, one apply (of ok alone), one commit
+    assert await hgetall_int(aredis, keys.individual(SCOPE, "u1")) == {}

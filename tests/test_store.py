@@ -7,12 +7,15 @@ import asyncio
 import json
 import math
 import subprocess
+import time
 
+import pytest
 import redis.asyncio as aioredis
 
 from binormal.common.keys import Keyspace
 from binormal.common.result import Aggregates
-from binormal.common.store import list_scopes, read_aggregates, recompute_aggregates
+from binormal.common.store import heartbeat_ages, list_scopes, read_aggregates, recompute_aggregates
+from binormal.worker.worker import ensure_groups
 from helpers import (
     TRICKY_SCOPES,
     binormal_command,
@@ -65,3 +68,45 @@ async def test_recompute_command(redis_url: str, prefix: str, aredis: aioredis.R
     assert (report["org"], report["source"], report["pop"]) == (scope.org, scope.source, scope.pop)
     assert (report["n"], report["sum"], report["sumsq"], report["n_before"]) == (2, 4.0, 8.5, 7)
     assert await read_aggregates(aredis, keys, scope) == Aggregates(2, 4.0, 8.5)
+
+
+async def test_heartbeat_ages_are_judged_by_the_redis_clock(
+    prefix: str, aredis: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ages come from Redis TIME: a local clock an hour off changes nothing."""
+    keys = keys_of(prefix)
+    sec, usec = await aredis.time()
+    now_ms = sec * 1000 + usec // 1000
+    await aredis.hset(keys.workers(), mapping={"old": now_ms - 5_000, "fresh": now_ms})
+    real = time.time
+    monkeypatch.setattr(time, "time", lambda: real() + 3600.0)
+    ages = await heartbeat_ages(aredis, keys)
+    assert set(ages) == {"old", "fresh"}
+    assert 5.0 <= ages["old"] < 6.0 and 0.0 <= ages["fresh"] < 1.0
+    assert await heartbeat_ages(aredis, Keyspace(prefix + "-none", 4)) == {}
+
+
+async def test_readyz_judges_the_worker_heartbeat_by_the_redis_clock(
+    redis_url: str, prefix: str, aredis: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker beat just now (Redis TIME); the web host's clock is an hour ahead: still ready."""
+    import aiohttp
+
+    from binormal.common.health import REDIS
+    from binormal.web.app import create_app
+    from http_helpers import serving, web_settings
+
+    keys = keys_of(prefix)
+    settings = web_settings(redis_url, prefix)
+    await ensure_groups(aredis, settings.keys.streams(), settings.keys.group)
+    sec, usec = await aredis.time()
+    await aredis.hset(settings.keys.workers(), "w1", sec * 1000 + usec // 1000)
+    assert settings.keys.workers() == keys.workers()
+    real = time.time
+    monkeypatch.setattr(time, "time", lambda: real() + 3600.0)
+    app = create_app(settings)
+    async with serving(app) as base, aiohttp.ClientSession() as session:
+        await asyncio.wait_for(app[REDIS].up.wait(), 5.0)
+        async with session.get(f"{base}/readyz") as r:
+            body = await r.json()
+    assert body["checks"]["worker"] is True, body

@@ -599,3 +599,92 @@ def test_doc_names_every_field_and_limit() -> None:
     text = (ROOT / "docs" / "stream.md").read_text(encoding="utf-8")
     for name, limit in LIMITS.items():
         assert re.search(rf"\| `{name}` \| (yes|no) \| {limit} \|", text), name
+
+
+# ------------------------------------------------------------------ stop and clocks
+
+
+async def _redis_ms(client: aioredis.Redis) -> int:
+    sec, usec = await client.time()
+    return int(sec) * 1000 + int(usec) // 1000
+
+
+def _skew_worker_clock(monkeypatch: pytest.MonkeyPatch, offset_s: float) -> None:
+    """The worker module's ``time.time`` runs ``offset_s`` off (another host's clock)."""
+    import types
+
+    from binormal.worker import worker as worker_module
+
+    fake = types.SimpleNamespace(time=lambda: time.time() + offset_s, monotonic=time.monotonic)
+    monkeypatch.setattr(worker_module, "time", fake)
+
+
+@pytest.mark.timeout(30)
+async def test_a_batch_cancelled_after_the_grace_period_ends_before_the_client_closes(
+    redis_url: str, prefix: str, aredis: aioredis.Redis
+) -> None:
+    """The cancelled batch finishes unwinding (here: one more Redis round trip)
+    before the worker says goodbye and closes its client."""
+    from binormal.worker.worker import Worker
+
+    keys = keys_of(prefix)
+    order: list[str] = []
+    started = asyncio.Event()
+
+    class Recording(Worker):
+        async def _goodbye(self, client: aioredis.Redis) -> None:
+            order.append("goodbye")
+            await super()._goodbye(client)
+
+    worker = Recording(worker_settings(redis_url, prefix, grace_s=0.1))
+
+    async def stuck(client: aioredis.Redis, entries: list[Entry], tail: object = None) -> list[dict[str, Any]]:
+        started.set()
+        try:
+            await asyncio.Event().wait()  # never set: only the cancellation ends it
+        except asyncio.CancelledError:
+            await client.ping()  # unwinding still needs the client
+            order.append("batch unwound")
+            raise
+        return []
+
+    worker.processor.process = stuck  # type: ignore[method-assign]
+    task = asyncio.create_task(worker.run())
+    await asyncio.wait_for(worker.ready.wait(), timeout=10)
+    await xadd_events(aredis, keys, generate(1, seed=3))
+    await asyncio.wait_for(started.wait(), timeout=10)
+    worker.request_stop()
+    await asyncio.wait_for(task, timeout=10)
+    assert order == ["batch unwound", "goodbye"]
+
+
+async def test_worker_heartbeat_is_written_with_the_redis_clock(
+    redis_url: str, prefix: str, aredis: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    keys = keys_of(prefix)
+    _skew_worker_clock(monkeypatch, -3600.0)  # the worker's host is an hour behind
+    async with running_worker(worker_settings(redis_url, prefix, consumer="skewed")):
+        await wait_for(lambda: aredis.hexists(keys.workers(), "skewed"), what="heartbeat")
+        beat = int(await aredis.hget(keys.workers(), "skewed"))
+        assert abs(await _redis_ms(aredis) - beat) < 5_000
+
+
+async def test_forgetting_heartbeats_is_judged_by_the_redis_clock(
+    redis_url: str, prefix: str, aredis: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    keys = keys_of(prefix)
+    await ensure_groups(aredis, keys.streams(), keys.group)
+    now_ms = await _redis_ms(aredis)
+    await aredis.hset(keys.workers(), mapping={"ghost": now_ms - 120_000, "other-host": now_ms})
+    _skew_worker_clock(monkeypatch, 3600.0)  # the worker's host is an hour ahead
+    async with running_worker(worker_settings(redis_url, prefix, consumer="live", forget_consumers_s=60.0)):
+        await wait_for(lambda: aredis.hexists(keys.workers(), "live"), what="own heartbeat")
+        await wait_for(_not(aredis.hexists, keys.workers(), "ghost"), what="ghost heartbeat forgotten")
+        assert set(await aredis.hkeys(keys.workers())) == {b"other-host", b"live"}
+
+
+def _not(fn: Any, *args: Any) -> Any:
+    async def check() -> bool:
+        return not await fn(*args)
+
+    return check

@@ -2,12 +2,18 @@
 
 Each step is one pipelined round trip for the whole batch, whatever its size:
 
-1. dead-letter invalid entries (``deadletter.lua``: XADD to the dead stream + XACK);
-2. apply counters of valid entries (``apply.lua``: counters + XACK, exactly once);
-3. refresh population snapshots that are missing, too old or lack an action;
-4. commit every new score in entry order (``commit.lua``: zset + aggregates,
-   newest state of each individual wins);
+1. dead-letter invalid entries (``deadletter.lua``: XADD to the dead stream + XACK;
+   twin ``scripts.Deadletter``, reply: written or not);
+2. apply counters of valid entries (``apply.lua``: counters + XACK, exactly once;
+   twin ``scripts.Apply``, reply per entry: Applied, Already, Duplicate, BadState, Capped);
+3. refresh population snapshots that are missing, too old or lack an action
+   (applied entries become :class:`Ready`);
+4. score (:class:`Scored`) and commit every new score in entry order (``commit.lua``:
+   zset + aggregates, newest state of each individual wins; twin ``scripts.Commit``,
+   reply per score: Committed(agg, newest) or CommitBadState);
 5. publish replies (``reply_to``), their stored copies, and the broadcast batch.
+
+The stages are exclusive: an entry with a dead-letter reason never reaches apply.
 
 Lua scripts in a pipeline run one after the other in pipeline order, so with
 one worker each apply's reply is the state right after that entry: the results
@@ -20,7 +26,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 import redis.asyncio as aioredis
@@ -29,10 +35,26 @@ from redis.exceptions import NoScriptError, ResponseError
 
 from binormal.common.connection import execute_raw
 from binormal.common.keys import Keyspace, Scope, fingerprint
-from binormal.common.result import ActionStats, Aggregates, make_result
+from binormal.common.result import make_result
 from binormal.common.schema import Event, InvalidEvent, action_cap_reason, parse_entry
 from binormal.common.scoring import Snapshot
-from binormal.common.scripts import Scripts
+from binormal.common.scripts import (
+    Already,
+    Applied,
+    Apply,
+    ApplyItem,
+    ApplyReply,
+    BadState,
+    Capped,
+    Commit,
+    CommitBadState,
+    Deadletter,
+    Duplicate,
+    Score,
+    Scripts,
+    pairs_int,
+)
+from binormal.worker.commands import Commands
 
 log = structlog.get_logger("binormal.worker")
 
@@ -42,9 +64,22 @@ SNAPSHOT_CACHE = 10_000  # scopes whose snapshot a worker keeps
 # short enough that a call blocks Redis for only a millisecond or two.
 LUA_CHUNK = 100
 
-# What commit.lua needs per score: scope key prefix, individual id, score, the
-# individual's event count, the entry id it is for, the individual's key.
-Score = tuple[str, str, float, int, Any, str]
+
+class Ready(NamedTuple):
+    """An applied entry with the population snapshot to score it against."""
+
+    entry: Entry
+    applied: Applied
+    snapshot: Snapshot
+
+
+class Scored(NamedTuple):
+    """An applied entry, its score and explanation, ready to commit."""
+
+    entry: Entry
+    applied: Applied
+    score: float
+    explain: list[dict[str, object]]
 
 
 @dataclass
@@ -111,8 +146,14 @@ class BatchProcessor:
     snapshots: OrderedDict[Scope, tuple[Snapshot, float]] = field(default_factory=OrderedDict)
 
     def validate(self, entries: Sequence[Entry]) -> None:
-        """Parse each entry, or set its dead-letter reason."""
+        """Parse each entry, or set its dead-letter reason.
+
+        An entry that already has a reason (over-delivered) stays a dead letter
+        only: the stages are exclusive, it never reaches apply.
+        """
         for e in entries:
+            if e.reason is not None:
+                continue
             if not e.fields:
                 e.reason = "entry has no fields (deleted from the stream while pending)"
                 continue
@@ -152,23 +193,28 @@ class BatchProcessor:
 
     async def dead_letter(self, client: aioredis.Redis, entries: Sequence[Entry]) -> None:
         """Move entries with a reason to the dead-letter stream (acked atomically)."""
-        sha = self.scripts.sha("deadletter")
+        sha = self.scripts.sha(Deadletter.NAME)
 
         def build(pipe: Commands) -> None:
             for e in entries:
-                flat: list[bytes] = []
-                for k, v in (e.fields or {}).items():
-                    flat += [k, v]
-                keys = [e.stream, self.keys.dead(e.shard)]
-                args = [self.keys.group, e.id, e.reason or "", self.consumer, self.dead_maxlen, *flat]
-                pipe.evalsha(sha, 2, *keys, *args)
+                keys, args = Deadletter.pack(
+                    e.stream,
+                    self.keys.dead(e.shard),
+                    self.keys.group,
+                    e.id,
+                    e.reason or "",
+                    self.consumer,
+                    self.dead_maxlen,
+                    e.fields or {},
+                )
+                pipe.evalsha(sha, len(keys), *keys, *args)
 
         results = await self._execute(client, build)
         self.counters.lua_calls += len(entries)
         for e, r in zip(entries, results):
             if isinstance(r, ResponseError):
                 log.error("dead_letter_failed", entry_id=e.id.decode(), error=str(r))
-            elif r == 1:
+            elif Deadletter.decode(r):
                 self.counters.dead += 1
                 log.warning("dead_lettered", entry_id=e.id.decode(), shard=e.shard, reason=e.reason)
 
@@ -187,7 +233,7 @@ class BatchProcessor:
         bad = [e for e in entries if e.reason is not None]
         if bad:
             await self.dead_letter(client, bad)
-        good = [e for e in entries if e.event is not None]
+        good = [e for e in entries if e.reason is None and e.event is not None]
         if not good:
             return []
         dups: list[Entry] = []
@@ -209,8 +255,8 @@ class BatchProcessor:
 
     async def _apply(
         self, client: aioredis.Redis, good: Sequence[Entry], dups: list[Entry]
-    ) -> list[tuple[Entry, dict[str, Any]]]:
-        """Apply counters; returns applied entries with their state, appends duplicates to ``dups``.
+    ) -> list[tuple[Entry, Applied]]:
+        """Apply counters; returns applied entries with apply.lua's reply, appends duplicates to ``dups``.
 
         Entries go to ``apply.lua`` in runs of one shard (at most ``LUA_CHUNK``
         per call). If a call fails, its entries are retried one per call, so one
@@ -220,7 +266,7 @@ class BatchProcessor:
         # Snapshots already too old are re-read in the same round trip, after
         # the applies (so they include this batch's counts).
         prefetch = [] if want_pop else self._aged_scopes(good)
-        replies: list[tuple[Entry, Any]] = []
+        replies: list[tuple[Entry, ApplyReply]] = []
         failed: list[Entry] = []
         for size in (LUA_CHUNK, 1):
             todo = list(good) if size == LUA_CHUNK else failed
@@ -248,66 +294,70 @@ class BatchProcessor:
                         log.error("apply_failed", entry_id=chunk[0].id.decode(), error=str(r))
                     failed.extend(chunk)
                     continue
-                replies.extend(zip(chunk, r))
-        applied: list[tuple[Entry, dict[str, Any]]] = []
+                replies.extend(zip(chunk, Apply.decode(r, want_pop)))
+        applied: list[tuple[Entry, Applied]] = []
         broken: list[Entry] = []
-        for e, r in replies:
-            status = int(r[0])
-            if status == 3:
-                # A key it writes holds another type; nothing was written or acked.
-                e.reason = f"bad state: {r[1].decode('utf-8', 'replace')}"
-                broken.append(e)
-                continue
-            if status == 0:
+        for e, reply in replies:
+            if isinstance(reply, Applied):
+                self.counters.applied += 1
+                applied.append((e, reply))
+            elif isinstance(reply, Already):
                 self.counters.already += 1
-                continue
-            if status == 4:
+            elif isinstance(reply, Duplicate):
+                self.counters.duplicates += 1
+                same = reply.same_event(e.fp)
+                if same is False:
+                    self.counters.reused_ids += 1
+                first = reply.first_entry.decode()
+                log.info("duplicate_event_id", entry_id=e.id.decode(), first_entry=first, same_event=same)
+                e.note = {"duplicate": True, "same_event": same}
+                dups.append(e)
+            elif isinstance(reply, BadState):
+                # A key it writes holds another type; nothing was written or acked.
+                e.reason = f"bad state: {reply.reason}"
+                broken.append(e)
+            elif isinstance(reply, Capped):
                 # Not counted, not acked: dead-lettered below; its waiter is told why.
                 self.counters.capped += 1
-                e.reason = action_cap_reason(int(r[1]))
+                e.reason = action_cap_reason(reply.actions)
                 broken.append(e)
                 e.note = {"rejected": True, "error": e.reason, "field": "action"}
                 dups.append(e)
-                continue
-            if status == 2:
-                self.counters.duplicates += 1
-                # The marker is '<first entry id> <fingerprint>'; an older worker's is the entry id alone.
-                first, _, fp = r[1].partition(b" ")
-                same = None if not fp else fp == e.fp
-                if same is False:
-                    self.counters.reused_ids += 1
-                log.info("duplicate_event_id", entry_id=e.id.decode(), first_entry=first.decode(), same_event=same)
-                e.note = {"duplicate": True, "same_event": same}
-                dups.append(e)
-                continue
-            self.counters.applied += 1
-            state = {
-                "counts": _pairs_int(r[4]),
-                "stats": ActionStats(int(r[1]), int(r[2]), int(r[3])),
-                "pop": _pairs_int(r[5]) if want_pop else None,
-            }
-            applied.append((e, state))
         if broken:
             await self.dead_letter(client, broken)
         return applied
 
     def _build_apply(self, pipe: Commands, chunks: list[list[Entry]], want_pop: bool) -> None:
-        """One ``apply.lua`` call per chunk (KEYS/ARGV layout documented in the script)."""
+        """One ``apply.lua`` call per chunk (``Apply.LAYOUT``, documented in the script)."""
         k = self.keys
-        sha = self.scripts.sha("apply")
+        sha = self.scripts.sha(Apply.NAME)
         for chunk in chunks:
             first = chunk[0]
-            keys: list[Any] = [first.stream, k.scopes(first.shard), k.uncommitted(first.shard), k.capped(first.shard)]
-            args: list[Any] = [k.group, "1" if want_pop else "0", self.max_actions]
+            head = (first.stream, k.scopes(first.shard), k.uncommitted(first.shard), k.capped(first.shard))
+            items: list[ApplyItem] = []
             for e in chunk:
                 ev = e.event
                 assert ev is not None and e.scope is not None
                 kp = e.kp
-                # The marker lives under the scope (kp + "seen:..."): ids of one scope never touch another's.
-                keys += (kp + "pop", kp + "sq", kp + "k", e.ikey, k.seen(e.scope, ev.event_id or "", e.shard))
                 # An entry may ask for a shorter memory of its id (id_ttl), never a longer one.
                 ttl = 0 if ev.event_id is None else min(ev.id_ttl or self.seen_ttl_s, self.seen_ttl_s)
-                args += (e.id, ev.action, e.scope.token, ttl, e.id + b" " + e.fp)
+                # The marker lives under the scope (kp + "seen:..."): ids of one scope never touch another's.
+                marker = k.seen(e.scope, ev.event_id or "", e.shard)
+                items.append(
+                    ApplyItem(
+                        kp + "pop",
+                        kp + "sq",
+                        kp + "k",
+                        e.ikey,
+                        marker,
+                        e.id,
+                        ev.action,
+                        e.scope.token,
+                        ttl,
+                        e.id + b" " + e.fp,
+                    )
+                )
+            keys, args = Apply.pack(head, k.group, want_pop, self.max_actions, items)
             pipe.evalsha(sha, len(keys), *keys, *args)
 
     def _notify_duplicates(self, pipe: Commands, dups: Sequence[Entry]) -> None:
@@ -357,14 +407,12 @@ class BatchProcessor:
                 self.snapshots.pop(scope, None)
                 log.error("snapshot_read_failed", org=scope.org, source=scope.source, pop=scope.pop, error=str(raw))
                 continue
-            self.snapshots[scope] = (Snapshot(_pairs_int(raw), cap=self.cap), now)
+            self.snapshots[scope] = (Snapshot(pairs_int(raw), cap=self.cap), now)
             self.snapshots.move_to_end(scope)
         while len(self.snapshots) > SNAPSHOT_CACHE:
             self.snapshots.popitem(last=False)
 
-    async def _refresh_snapshots(
-        self, client: aioredis.Redis, applied: list[tuple[Entry, dict[str, Any]]]
-    ) -> list[tuple[Entry, dict[str, Any]]]:
+    async def _refresh_snapshots(self, client: aioredis.Redis, applied: list[tuple[Entry, Applied]]) -> list[Ready]:
         """Give applied entries a population snapshot (see DESIGN.md section 2); returns those that have one.
 
         Aged snapshots were already re-read with the applies; a snapshot lacking
@@ -375,26 +423,24 @@ class BatchProcessor:
         its uncommitted mark gets it repaired later.
         """
         if self.snapshot_max_age_ms == 0:
-            for _, st in applied:
-                st["snapshot"] = Snapshot(st["pop"], cap=self.cap)
-            return applied
+            return [Ready(e, a, Snapshot(a.pop or {}, cap=self.cap)) for e, a in applied]
         stale: dict[Scope, int] = {}
-        for e, st in applied:
+        for e, a in applied:
             assert e.scope is not None and e.event is not None
             got = self.snapshots.get(e.scope)
             if got is None:
                 stale[e.scope] = e.shard
                 continue
-            snap, counts = got[0], st["counts"]
+            snap, counts = got[0], a.counts
             if snap.covers(counts):
                 continue
-            missing = [a for a in counts if a not in snap.counts]
+            missing = [x for x in counts if x not in snap.counts]
             if missing == [e.event.action]:
                 # Only the entry's own action is new to the snapshot, and the apply
                 # returned its population count: add it instead of re-reading the
                 # whole hash (O(actions) for a big scope). The full re-read still
                 # comes once the snapshot is older than the max age (_aged_scopes).
-                snap.add_actions({e.event.action: st["stats"].s1})
+                snap.add_actions({e.event.action: a.stats.s1})
             else:
                 stale[e.scope] = e.shard  # another worker's new action: its count is unknown here
         if stale:
@@ -405,37 +451,31 @@ class BatchProcessor:
                     pipe.hgetall(self.keys.scope_key(scope, "pop", shard))
 
             self._store_snapshots(order, await self._execute(client, build))
-        ready: list[tuple[Entry, dict[str, Any]]] = []
-        for e, st in applied:
+        ready: list[Ready] = []
+        for e, a in applied:
             assert e.scope is not None
             got = self.snapshots.get(e.scope)
             if got is None:
                 log.error("left_unscored", entry_id=e.id.decode(), reason="no population snapshot")
                 continue
-            st["snapshot"] = got[0]
-            ready.append((e, st))
+            ready.append(Ready(e, a, got[0]))
         return ready
 
-    async def _score_and_commit(
-        self, client: aioredis.Redis, applied: list[tuple[Entry, dict[str, Any]]]
-    ) -> list[tuple[Entry, dict[str, Any]]]:
+    async def _score_and_commit(self, client: aioredis.Redis, ready: list[Ready]) -> list[tuple[Entry, dict[str, Any]]]:
         """Score each applied entry, commit the scores (``commit.lua``), build results."""
-        if not applied:
+        if not ready:
             return []
-        for _, st in applied:
-            st["score"], st["explain"] = st["snapshot"].assess(st["counts"], self.explain_limit)
+        scored = [Scored(e, a, *snap.assess(a.counts, self.explain_limit)) for e, a, snap in ready]
         # Runs of one shard (one hash tag per call); order within a shard is kept.
-        chunks = _runs([e for e, _ in applied], LUA_CHUNK, by_shard=True)
-        state = {id(e): st for e, st in applied}
+        chunks = _runs_by_shard(scored, LUA_CHUNK)
 
         def build(pipe: Commands) -> None:
             for chunk in chunks:
                 scores: list[Score] = []
-                for e in chunk:
+                for e, a, score, _ in chunk:
                     assert e.event is not None
-                    st = state[id(e)]
-                    scores.append((e.kp, e.event.id, st["score"], sum(st["counts"].values()), e.id, e.ikey))
-                self._build_commit(pipe, chunk[0].shard, scores)
+                    scores.append(Score(e.kp, e.event.id, score, sum(a.counts.values()), e.id, e.ikey))
+                self._build_commit(pipe, chunk[0].entry.shard, scores)
 
         results = await self._execute(client, build)
         self.counters.lua_calls += len(chunks)
@@ -444,32 +484,28 @@ class BatchProcessor:
             if isinstance(r, Exception):
                 # Counted (apply succeeded) but the scores are not committed; each
                 # individual's next event commits a fresh one.
-                log.error("commit_failed", entries=len(chunk), first_entry=chunk[0].id.decode(), error=str(r))
+                first = chunk[0].entry.id.decode()
+                log.error("commit_failed", entries=len(chunk), first_entry=first, error=str(r))
                 continue
-            for i, e in enumerate(chunk):
-                ev, st = e.event, state[id(e)]
+            for (e, a, score, explain), reply in zip(chunk, Commit.decode(r), strict=True):
+                ev = e.event
                 assert ev is not None
-                if r[4 * i + 3] == -1:
+                if isinstance(reply, CommitBadState):
                     log.error("commit_skipped", entry_id=e.id.decode(), reason="a key of its scope holds another type")
                     continue
-                agg = Aggregates(int(r[4 * i]), float(r[4 * i + 1]), float(r[4 * i + 2]))
-                if not r[4 * i + 3]:
+                if not reply.newest:
                     # A batch in flight beside this one already committed a later
                     # state of this individual; its rank score stays the newer one.
                     self.counters.stale_scores += 1
                 ts = ev.ts if ev.ts is not None else entry_ms(e.id)
-                out.append((e, make_result(ev, st["counts"], st["score"], st["explain"], agg, st["stats"], ts)))
+                out.append((e, make_result(ev, a.counts, score, explain, reply.agg, a.stats, ts)))
         return out
 
     def _build_commit(self, pipe: Commands, shard: int, scores: Sequence[Score]) -> None:
-        """One ``commit.lua`` call for scores of one shard (layout documented in the script)."""
-        keys: list[Any] = [self.keys.uncommitted(shard)]
-        args: list[Any] = []
-        for kp, ident, score, count, entry_id, ikey in scores:
-            keys += (kp + "rank", kp + "agg", kp + "ver")
-            # The event count orders one individual's states (commit.lua).
-            args += (ident, repr(score), count, entry_id, ikey)
-        pipe.evalsha(self.scripts.sha("commit"), len(keys), *keys, *args)
+        """One ``commit.lua`` call for scores of one shard (``Commit.LAYOUT``, documented in the script)."""
+        # The event count orders one individual's states (commit.lua).
+        keys, args = Commit.pack(self.keys.uncommitted(shard), scores)
+        pipe.evalsha(self.scripts.sha(Commit.NAME), len(keys), *keys, *args)
 
     async def repair(self, client: aioredis.Redis, shard: int, marks: Sequence[tuple[bytes, bytes]]) -> int:
         """Commit fresh scores for individuals whose last applied entry was never committed.
@@ -510,10 +546,10 @@ class BatchProcessor:
             got = self.snapshots.get(scope)
             if got is None:
                 continue  # its population could not be read (logged by _store_snapshots)
-            counts = _pairs_int(raw)
+            counts = pairs_int(raw)
             score = got[0].assess(counts, 0)[0]
             kp = self.keys.scope_prefix(scope, shard)
-            scores.append((kp, ident, score, sum(counts.values()), entry_id.decode(), ikey.decode("utf-8")))
+            scores.append(Score(kp, ident, score, sum(counts.values()), entry_id.decode(), ikey.decode("utf-8")))
         done = 0
         for i in range(0, len(scores), LUA_CHUNK):
             chunk = scores[i : i + LUA_CHUNK]
@@ -523,7 +559,7 @@ class BatchProcessor:
                 # The marks stay; the next claim round tries again.
                 log.error("repair_commit_failed", shard=shard, individuals=len(chunk), error=str(r))
                 continue
-            done += sum(1 for j in range(len(chunk)) if r[4 * j + 3] != -1)
+            done += sum(1 for reply in Commit.decode(r) if not isinstance(reply, CommitBadState))
         self.counters.repaired += done
         if done:
             log.warning("uncommitted_scores_repaired", shard=shard, individuals=done)
@@ -557,40 +593,8 @@ class BatchProcessor:
         self.counters.published += len(results)
 
 
-class Commands:
-    """Commands collected for one :func:`execute_raw` round trip (pipeline-like API)."""
-
-    def __init__(self) -> None:
-        self.commands: list[tuple[Any, ...]] = []
-
-    def evalsha(self, sha: str, numkeys: int, *keys_and_args: Any) -> None:
-        """EVALSHA sha numkeys key... arg..."""
-        self.commands.append(("EVALSHA", sha, numkeys, *keys_and_args))
-
-    def hgetall(self, key: str) -> None:
-        """HGETALL key (reply: flat field/value list)."""
-        self.commands.append(("HGETALL", key))
-
-    def publish(self, channel: str | bytes, message: bytes) -> None:
-        """PUBLISH channel message."""
-        self.commands.append(("PUBLISH", channel, message))
-
-    def set(self, key: str, value: bytes, ex: int) -> None:
-        """SET key value EX seconds."""
-        self.commands.append(("SET", key, value, "EX", ex))
-
-
-def _runs(entries: Sequence[Entry], size: int, by_shard: bool = False) -> list[list[Entry]]:
-    """Split into runs of at most ``size`` consecutive entries of one stream.
-
-    With ``by_shard`` entries are first grouped by shard (keeping their order
-    within it): scores of different shards never share a call.
-    """
-    if by_shard:
-        groups: dict[int, list[Entry]] = {}
-        for e in entries:
-            groups.setdefault(e.shard, []).append(e)
-        return [g[i : i + size] for g in groups.values() for i in range(0, len(g), size)]
+def _runs(entries: Sequence[Entry], size: int) -> list[list[Entry]]:
+    """Split into runs of at most ``size`` consecutive entries of one stream."""
     runs: list[list[Entry]] = []
     for e in entries:
         if runs and runs[-1][0].stream == e.stream and len(runs[-1]) < size:
@@ -600,6 +604,12 @@ def _runs(entries: Sequence[Entry], size: int, by_shard: bool = False) -> list[l
     return runs
 
 
-def _pairs_int(flat: Sequence[bytes]) -> dict[str, int]:
-    """HGETALL's flat [field, value, ...] reply as {str: int}."""
-    return dict(zip(map(bytes.decode, flat[0::2]), map(int, flat[1::2])))
+def _runs_by_shard(scored: Sequence[Scored], size: int) -> list[list[Scored]]:
+    """Group by shard (keeping their order within it), then split into runs of at most ``size``.
+
+    Scores of different shards never share a call.
+    """
+    groups: dict[int, list[Scored]] = {}
+    for s in scored:
+        groups.setdefault(s.entry.shard, []).append(s)
+    return [g[i : i + size] for g in groups.values() for i in range(0, len(g), size)]

@@ -21,7 +21,9 @@ from redis.exceptions import ResponseError
 
 from binormal.common.connection import TRANSIENT, execute_raw, make_client, wait_until_up
 from binormal.common.scripts import Scripts
-from binormal.worker.batch import BatchProcessor, Commands, Counters, Entry
+from binormal.common.store import heartbeat_ages, redis_now_ms
+from binormal.worker.batch import BatchProcessor, Counters, Entry
+from binormal.worker.commands import Commands
 from binormal.worker.settings import WorkerSettings
 
 log = structlog.get_logger("binormal.worker")
@@ -171,6 +173,9 @@ class Worker:
             except TimeoutError:
                 task.cancel()
                 log.warning("batch_cancelled_after_grace", entries=len(entries))
+                # Let it unwind before the caller goes on to close the client
+                # (asyncio.wait neither raises its CancelledError nor swallows ours).
+                await asyncio.wait({task})
             return
 
     async def _read(self, client: aioredis.Redis, tail: Commands) -> list[Entry]:
@@ -231,7 +236,8 @@ class Worker:
         now = time.monotonic()
         if now >= self._next_heartbeat:
             self._next_heartbeat = now + self.settings.heartbeat_s
-            await client.hset(self.keys.workers(), self.consumer, int(time.time() * 1000))
+            # Redis's clock, not this host's: readers judge ages by Redis TIME too.
+            await client.hset(self.keys.workers(), self.consumer, await redis_now_ms(client))
         if now >= self._next_claim:
             self._next_claim = now + max(self.settings.claim_idle_ms / 2000.0, 0.5)
             await self._claim(client)
@@ -318,9 +324,8 @@ class Worker:
                 if name != me and int(c["pending"]) == 0 and int(c["idle"]) > limit_ms:
                     await client.xgroup_delconsumer(stream, self.keys.group, name)
                     forgotten.add(name.decode(errors="replace"))
-        beats = await client.hgetall(self.keys.workers())
-        now_ms = time.time() * 1000
-        silent = [name for name, beat in beats.items() if name != me and now_ms - float(beat) > limit_ms]
+        ages = await heartbeat_ages(client, self.keys)
+        silent = [name for name, age_s in ages.items() if name != self.consumer and age_s * 1000 > limit_ms]
         if silent:
             await client.hdel(self.keys.workers(), *silent)
         if forgotten or silent:

@@ -1,0 +1,165 @@
+"""The Lua scripts' typed twins (common/scripts.py) against their ``.lua`` headers.
+
+Each twin's ``LAYOUT`` is the KEYS/ARGV contract; the header documents the same
+layout in prose (``KEYS[1] ...``, ``then per entry i (base b = 4 + 5*(i-1))``,
+``KEYS[b+1] ...``, ``ARGV[6..] ...``). These tests parse the header and fail
+when the two disagree, so the contract cannot drift on one side only.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import pytest
+
+from binormal.common.result import ActionStats, Aggregates
+from binormal.common.scripts import (
+    ALREADY,
+    LUA_DIR,
+    TWINS,
+    Applied,
+    Apply,
+    ApplyItem,
+    BadState,
+    Capped,
+    Commit,
+    CommitBadState,
+    Committed,
+    Deadletter,
+    Duplicate,
+    Layout,
+    Score,
+    Scripts,
+)
+
+
+@dataclass(frozen=True)
+class Header:
+    """What a script's leading comment block says about KEYS and ARGV."""
+
+    keys: int  # fixed KEYS[1..n]
+    item_keys: int  # KEYS[x+1..x+m] per item
+    key_base: int | None  # n in 'base x = n + m*(i-1)'
+    key_width: int | None  # m in the same
+    args: int
+    item_args: int
+    arg_base: int | None
+    arg_width: int | None
+    rest_from: int | None  # ARGV[r..]
+
+
+def header(name: str) -> Header:
+    lines = []
+    for line in (LUA_DIR / f"{name}.lua").read_text(encoding="utf-8").splitlines():
+        if not line.startswith("--"):
+            break
+        lines.append(line)
+    text = "\n".join(lines)
+
+    def fixed(kind: str) -> int:
+        found = {int(n) for n in re.findall(rf"\b{kind}\[(\d+)\]", text)}
+        assert found == set(range(1, len(found) + 1)), f"{name}.lua: {kind} indexes {sorted(found)} have gaps"
+        return len(found)
+
+    def per_item(kind: str) -> int:
+        found = {int(n) for n in re.findall(rf"\b{kind}\[[a-z]\+(\d+)\]", text)}
+        assert found == set(range(1, len(found) + 1)), f"{name}.lua: per-item {kind} {sorted(found)} have gaps"
+        return len(found)
+
+    # 'then per entry i (base b = 4 + 5*(i-1))' or 'per score i (base a = 5*(i-1))': keys first, then args.
+    bases = re.findall(r"base ([a-z]) = (?:(\d+) \+ )?(\d+)\*\(i-1\)", text)
+    key_var = re.search(r"\bKEYS\[([a-z])\+1\]", text)
+    arg_var = re.search(r"\bARGV\[([a-z])\+1\]", text)
+    by_var = {v: (int(base or 0), int(width)) for v, base, width in bases}
+    kb = by_var.get(key_var.group(1)) if key_var else None
+    ab = by_var.get(arg_var.group(1)) if arg_var else None
+    rest = re.search(r"\bARGV\[(\d+)\.\.\]", text)
+    return Header(
+        keys=fixed("KEYS"),
+        item_keys=per_item("KEYS"),
+        key_base=kb[0] if kb else None,
+        key_width=kb[1] if kb else None,
+        args=fixed("ARGV"),
+        item_args=per_item("ARGV"),
+        arg_base=ab[0] if ab else None,
+        arg_width=ab[1] if ab else None,
+        rest_from=int(rest.group(1)) if rest else None,
+    )
+
+
+def test_every_script_has_a_twin() -> None:
+    assert set(TWINS) == set(Scripts.NAMES) == {p.stem for p in LUA_DIR.glob("*.lua")}
+
+
+@pytest.mark.parametrize("name", sorted(TWINS))
+def test_twin_layout_matches_the_lua_header(name: str) -> None:
+    layout: Layout = TWINS[name].LAYOUT
+    h = header(name)
+    assert h.keys == len(layout.keys), f"{name}.lua documents {h.keys} fixed KEYS, the twin {layout.keys}"
+    assert h.item_keys == len(layout.item_keys), f"{name}.lua: per-item KEYS vs {layout.item_keys}"
+    assert h.item_args == len(layout.item_args), f"{name}.lua: per-item ARGV vs {layout.item_args}"
+    if layout.rest_args is None:
+        assert h.rest_from is None and h.args == len(layout.args), f"{name}.lua: fixed ARGV vs {layout.args}"
+    else:
+        assert h.rest_from == len(layout.args) + 1, f"{name}.lua: ARGV[{h.rest_from}..] vs {layout.args}"
+    if layout.item_keys:
+        assert (h.key_base, h.key_width) == (len(layout.keys), len(layout.item_keys))
+    if layout.item_args:
+        assert (h.arg_base, h.arg_width) == (len(layout.args), len(layout.item_args))
+
+
+def test_a_header_that_disagrees_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The parser really reads the header: one more fixed key in the twin fails the check."""
+    layout = Apply.LAYOUT
+    monkeypatch.setattr(
+        Apply, "LAYOUT", Layout(("extra", *layout.keys), layout.item_keys, layout.args, layout.item_args)
+    )
+    with pytest.raises(AssertionError):
+        test_twin_layout_matches_the_lua_header("apply")
+
+
+def test_apply_packs_in_layout_order_and_decodes_every_status() -> None:
+    item = ApplyItem("p:pop", "p:sq", "p:k", "p:i:u1", "p:seen:e", b"1-0", "GET /", "tok", 60, b"1-0 fp")
+    keys, args = Apply.pack((b"s", "scopes", "unc", "capped"), "g", True, 99, [item, item])
+    assert keys == [b"s", "scopes", "unc", "capped", *item[:5], *item[:5]]
+    assert args == ["g", "1", 99, *item[5:], *item[5:]]
+    reply = [
+        [1, 3, 5, 2, [b"GET /", b"2"], [b"GET /", b"3"]],
+        [0],
+        [2, b"1-0 fp"],
+        [2, b"1-0"],
+        [3, b"key x holds a list, not a hash"],
+        [4, 7],
+    ]
+    assert Apply.decode(reply, want_pop=True) == [
+        Applied(ActionStats(3, 5, 2), {"GET /": 2}, {"GET /": 3}),
+        ALREADY,
+        Duplicate(b"1-0", b"fp"),
+        Duplicate(b"1-0", None),
+        BadState("key x holds a list, not a hash"),
+        Capped(7),
+    ]
+    dup = Duplicate(b"1-0", b"fp")
+    assert (dup.same_event(b"fp"), dup.same_event(b"other"), Duplicate(b"1-0", None).same_event(b"fp")) == (
+        True,
+        False,
+        None,
+    )
+
+
+def test_commit_packs_and_decodes() -> None:
+    keys, args = Commit.pack("unc", [Score("kp:", "u1", 0.25, 3, b"1-0", "kp:i:u1")])
+    assert keys == ["unc", "kp:rank", "kp:agg", "kp:ver"]
+    assert args == ["u1", "0.25", 3, b"1-0", "kp:i:u1"]
+    assert Commit.decode([2, b"0.5", b"0.125", 1, 2, b"0.5", b"0.125", 0, 0, b"0", b"0", -1]) == [
+        Committed(Aggregates(2, 0.5, 0.125), True),
+        Committed(Aggregates(2, 0.5, 0.125), False),
+        CommitBadState(),
+    ]
+
+
+def test_deadletter_packs_fields_flat() -> None:
+    keys, args = Deadletter.pack(b"s", "dead", "g", b"1-0", "why", "c", 10, {b"a": b"1", b"b": b"2"})
+    assert keys == [b"s", "dead"] and args == ["g", b"1-0", "why", "c", 10, b"a", b"1", b"b", b"2"]
+    assert Deadletter.decode(1) is True and Deadletter.decode(0) is False
