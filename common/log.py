@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from typing import TextIO
 
@@ -31,7 +32,7 @@ def configure(level: str = "INFO", fmt: str = "auto", stream: TextIO | None = No
     _console = wants_console(fmt, out)
     renderer: structlog.typing.Processor
     if _console:
-        renderer = structlog.dev.ConsoleRenderer(colors=True)
+        renderer = structlog.dev.ConsoleRenderer(colors="NO_COLOR" not in os.environ)  # no-color.org
     else:
         renderer = structlog.processors.JSONRenderer()
     logging.basicConfig(stream=out, level=level, format="%(message)s")

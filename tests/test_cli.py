@@ -158,3 +158,25 @@ def test_log_format_from_the_environment(redis_url: str, prefix: str) -> None:
     done = _cli("score", "-", env=env)  # stdin is empty: nothing to score, exit 0
     assert done.returncode in (0, 1), done.stderr
     assert "Unknown level" not in done.stderr and "Traceback" not in done.stderr
+
+
+def test_binormal_run_on_a_terminal_prints_its_url_first_and_its_workers_log_console_lines(
+    redis_url: str, prefix: str
+) -> None:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BINORMAL_")}
+    env.update(REDIS_URL=redis_url, BINORMAL_PREFIX=prefix, HOST="127.0.0.1", PORT=str(port), BINORMAL_BLOCK_MS="100")
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen(
+        [*binormal_command(), "run"], stdin=subprocess.DEVNULL, stdout=follower, stderr=follower, env=env
+    )
+    os.close(follower)
+    try:
+        out = _read_until(leader, b"worker_ready", 60.0)  # logged by the worker child, on the same terminal
+    finally:
+        _stop(proc)
+        os.close(leader)
+    lines = [line for line in out.decode("utf-8", "replace").splitlines() if line.strip()]
+    assert f"http://127.0.0.1:{port}" in lines[0], lines
+    assert all(not line.lstrip().startswith("{") for line in lines), lines
+    assert "\x1b[" in lines[-1]  # the worker's line is coloured too
