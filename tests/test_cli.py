@@ -153,11 +153,18 @@ def test_without_a_terminal_a_service_logs_json_lines(redis_url: str, prefix: st
     assert all("level" in line and "timestamp" in line for line in lines)
 
 
-def test_log_format_from_the_environment(redis_url: str, prefix: str) -> None:
-    env, _ = _service_env(redis_url, prefix, BINORMAL_LOG_FORMAT="console", BINORMAL_LOG_LEVEL="warning")
-    done = _cli("score", "-", env=env)  # stdin is empty: nothing to score, exit 0
-    assert done.returncode in (0, 1), done.stderr
-    assert "Unknown level" not in done.stderr and "Traceback" not in done.stderr
+def test_log_settings_from_the_environment(tmp_path: Path) -> None:
+    """``BINORMAL_LOG_LEVEL`` / ``BINORMAL_LOG_FORMAT`` are the defaults of the flags, checked the same way."""
+    env = dict(os.environ, BINORMAL_LOG_FORMAT="JSON", BINORMAL_LOG_LEVEL="debug")
+    empty = tmp_path / "empty.ndjson"
+    empty.write_bytes(b"")
+    done = _cli("score", str(empty), env=env)
+    assert done.returncode == 0, done.stderr
+    done = _cli("score", str(empty), env=dict(os.environ, BINORMAL_LOG_LEVEL="chatty"))
+    assert done.returncode == 2 and "--log-level" in done.stderr and "chatty" in done.stderr
+    assert "Traceback" not in done.stderr
+    done = _cli("score", str(empty), env=dict(os.environ, BINORMAL_LOG_FORMAT="xml"))
+    assert done.returncode == 2 and "--log-format" in done.stderr
 
 
 def test_binormal_run_on_a_terminal_prints_its_url_first_and_its_workers_log_console_lines(
