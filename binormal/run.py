@@ -204,7 +204,7 @@ def _main_run(log_level: str, open_all: bool, log_format: str) -> int:
         env["REDIS_URL"] = server.url
     try:
         app, ws = build_app(env, log_level, embedded, log_format)  # every setting checked before anything starts
-        logconf.announce("run", f"http://{ws.host}:{ws.port}")  # first, before the embedded Redis logs
+        logconf.announce("run", logconf.browser_url(ws.host, ws.port))  # first, before the embedded Redis logs
         # Inside the try: a SIGTERM while Redis starts (SystemExit(0), binormal/cli.py) still stops it.
         if embedded is not None:
             start_embedded_redis(*embedded)

@@ -222,7 +222,7 @@ def serve(app: web.Application, host: str, port: int, name: str) -> None:
     Graceful: the socket closes, in-flight requests get up to 5 s, then the
     cleanup contexts (pub/sub listeners, Redis client) are torn down.
     """
-    logconf.announce(name, f"http://{host}:{port}")
+    logconf.announce(name, logconf.browser_url(host, port))
     log.info("listening", service=name, url=f"http://{host}:{port}")
     tune_gc()  # everything is imported and the app built: freeze it
     run_app(app, host, port, shutdown_timeout=5.0)  # web.run_app with common.server's bounds

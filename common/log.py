@@ -51,6 +51,17 @@ def configure(level: str = "INFO", fmt: str = "auto", stream: TextIO | None = No
     )
 
 
+def browser_url(host: str, port: int) -> str:
+    """The URL a person opens for a service bound to ``host``: a wildcard address means this machine."""
+    if host in ("", "0.0.0.0"):
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "[::1]"
+    elif ":" in host and not host.startswith("["):
+        host = f"[{host}]"  # an IPv6 literal
+    return f"http://{host}:{port}"
+
+
 def announce(service: str, url: str, stream: TextIO | None = None) -> None:
     """On a console, one plain line with the URL to open (JSON logs carry it in their ``listening`` event)."""
     if not _console:

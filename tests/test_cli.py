@@ -68,6 +68,15 @@ def test_every_command_is_registered() -> None:
         assert exc.value.code == 0
 
 
+def test_the_url_to_open_names_this_machine_for_a_wildcard_address() -> None:
+    from binormal.common.log import browser_url
+
+    assert browser_url("0.0.0.0", 8080) == "http://127.0.0.1:8080"
+    assert browser_url("::", 8080) == "http://[::1]:8080"
+    assert browser_url("::1", 81) == "http://[::1]:81"
+    assert browser_url("10.0.0.5", 8080) == "http://10.0.0.5:8080"
+
+
 def _service_env(redis_url: str, prefix: str, **extra: str) -> tuple[dict[str, str], int]:
     port = free_port()
     env = dict(os.environ, REDIS_URL=redis_url, BINORMAL_PREFIX=prefix, INGEST_PORT=str(port), **extra)
