@@ -84,7 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
         mod.register(sub)
         for added in set(sub.choices) - before:
             sub.choices[added].set_defaults(func=mod.run)
-        assert name in sub.choices, f"{module} did not register {name!r}"
+        if name not in sub.choices:
+            raise RuntimeError(f"{module} did not register the {name!r} command")
     return p
 
 

@@ -68,6 +68,19 @@ def test_every_command_is_registered() -> None:
         assert exc.value.code == 0
 
 
+def test_command_modules_import_nothing_heavy_until_they_run() -> None:
+    """Every module of the registry is light at module level (heavy imports are inside ``run``)."""
+    import sys
+
+    code = (
+        "import sys, importlib, binormal.cli as c; [importlib.import_module(m) for m in c.COMMANDS.values()]; "
+        "print([m for m in ('asyncio', 'structlog', 'aiohttp', 'redis') if m in sys.modules])"
+    )
+    done = subprocess.run([sys.executable, "-P", "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
 def test_the_url_to_open_names_this_machine_for_a_wildcard_address() -> None:
     from binormal.common.log import browser_url
 
