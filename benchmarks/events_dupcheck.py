@@ -34,7 +34,7 @@ from aiohttp import web  # noqa: E402
 
 import binormal.ingest.app as ingest_app  # noqa: E402
 from binormal.common.embedded import RedisServer, find_binary  # noqa: E402
-from binormal.common.health import REDIS  # noqa: E402
+from binormal.common.redisapp import REDIS  # noqa: E402
 from binormal.common.runtime import tune_gc  # noqa: E402
 from binormal.common.server import BoundedAppRunner  # noqa: E402
 from binormal.ingest.settings import IngestSettings  # noqa: E402

@@ -31,7 +31,7 @@ import orjson  # noqa: E402
 from aiohttp import web  # noqa: E402
 
 from binormal.common.embedded import RedisServer  # noqa: E402
-from binormal.common.health import REDIS  # noqa: E402
+from binormal.common.redisapp import REDIS  # noqa: E402
 from binormal.ingest.app import INGEST, create_app  # noqa: E402
 from binormal.ingest.settings import IngestSettings  # noqa: E402
 from binormal.web.app import RequestIds  # noqa: E402

@@ -1,85 +1,58 @@
-"""``binormal`` console script: one subcommand per service or tool."""
+"""``binormal`` console script: one subcommand per service or tool.
+
+Every command is a module of :mod:`binormal.commands` (or elsewhere) with
+``register(subparsers)`` and ``run(args) -> int``, listed once in :data:`COMMANDS`.
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import os
 import signal
 import sys
 
 # Nothing heavy is imported at module level (asyncio, structlog and the services are imported by
 # the subcommands): main() installs its SIGTERM handler within a few ms of the interpreter starting.
 
-
-def _worker(args: argparse.Namespace) -> int:
-    import asyncio
-
-    from binormal.common.runtime import tune_gc
-    from binormal.worker import Worker, WorkerSettings
-
-    tune_gc()
-
-    async def main() -> None:
-        w = Worker(WorkerSettings.from_env())
-        w.install_signal_handlers()
-        await w.run()
-
-    asyncio.run(main())
-    return 0
+COMMANDS: dict[str, str] = {
+    "run": "binormal.commands.run",
+    "worker": "binormal.commands.worker",
+    "web": "binormal.commands.web",
+    "ingest": "binormal.commands.ingest",
+    "score": "binormal.commands.score",
+    "recompute": "binormal.commands.recompute",
+    "dead": "binormal.commands.dead",
+    "feed": "binormal.commands.feed",  # -> "binormal.feed" once the feeder package exposes register/run
+    "token": "binormal.commands.token",
+}
+LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+FORMATS = ("auto", "console", "json")
 
 
-def _score(args: argparse.Namespace) -> int:
-    from binormal.score import main_score
-
-    return main_score(args.file, args.top, args.json, args.cap)
-
-
-def _recompute(args: argparse.Namespace) -> int:
-    from binormal.common.store import main_recompute
-
-    return main_recompute()
+def log_level(text: str) -> str:
+    """``--log-level``: a level name in any case, returned upper-case."""
+    level = text.strip().upper()
+    if level not in LEVELS:
+        raise argparse.ArgumentTypeError(f"unknown level {text!r} (one of {', '.join(x.lower() for x in LEVELS)})")
+    return level
 
 
-def _dead(args: argparse.Namespace) -> int:
-    from binormal.deadletters import main_dead
-
-    return main_dead(args)
-
-
-def _run(args: argparse.Namespace) -> int:
-    from binormal.run import main_run
-
-    return main_run(args.log_level, open_all=args.open)
+def log_format(text: str) -> str:
+    """``--log-format``: auto (console on a terminal, else JSON), console or json; any case."""
+    fmt = text.strip().lower()
+    if fmt not in FORMATS:
+        raise argparse.ArgumentTypeError(f"unknown format {text!r} (one of {', '.join(FORMATS)})")
+    return fmt
 
 
-def _token(args: argparse.Namespace) -> int:
-    from binormal.tokens import main_token
-
-    return main_token(args)
-
-
-def _web(args: argparse.Namespace) -> int:
-    from binormal.web.app import main as main_web
-
-    return main_web()
-
-
-def _ingest(args: argparse.Namespace) -> int:
-    from binormal.ingest.app import main as main_ingest
-
-    return main_ingest()
-
-
-def _feed(args: argparse.Namespace) -> int:
-    from binormal.common.config import ConfigError
-    from binormal.feed import main_feed
-    from binormal.feedsettings import settings_from_args
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
 
     try:
-        settings = settings_from_args(args)
-    except ConfigError as exc:
-        sys.stderr.write(f"binormal feed: {exc}\n")
-        return 2
-    return main_feed(settings)
+        return version("binormal")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
 
 
 def _exit_on_sigterm(signum: int, frame: object) -> None:
@@ -87,47 +60,32 @@ def _exit_on_sigterm(signum: int, frame: object) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser (subcommands added by each service)."""
-    p = argparse.ArgumentParser(prog="binormal", description=__doc__)
-    p.add_argument("--log-level", default="INFO")
+    """The argument parser: global options, then each module of :data:`COMMANDS` registers its subcommand."""
+    p = argparse.ArgumentParser(prog="binormal", description=__doc__.split("\n", 1)[0])
+    p.add_argument("--version", action="version", version=f"binormal {_version()}")
+    # A string default goes through `type` too: a bad BINORMAL_LOG_LEVEL is argparse's error as well.
+    p.add_argument(
+        "--log-level",
+        type=log_level,
+        default=os.environ.get("BINORMAL_LOG_LEVEL", "INFO"),
+        help="debug, info, warning, error or critical, any case (default: BINORMAL_LOG_LEVEL, else info)",
+    )
+    p.add_argument(
+        "--log-format",
+        type=log_format,
+        default=os.environ.get("BINORMAL_LOG_FORMAT", "auto"),
+        help="console (coloured lines), json (one object a line) or auto: console on a terminal, "
+        "else json (default: BINORMAL_LOG_FORMAT, else auto)",
+    )
     sub = p.add_subparsers(dest="command", required=True)
-
-    r = sub.add_parser("run", help="start everything (embedded Redis unless REDIS_URL is set)")
-    r.add_argument(
-        "--open",
-        action="store_true",
-        help="listen on every interface (0.0.0.0; needs a token or BINORMAL_ALLOW_ANONYMOUS=1)",
-    )
-    r.set_defaults(func=_run)
-
-    w = sub.add_parser("worker", help="run one scorer worker against REDIS_URL")
-    w.set_defaults(func=_worker)
-
-    wb = sub.add_parser(
-        "web", help="run the web tier (/discrete, /api/*, /, /websocket) on HOST:PORT against REDIS_URL"
-    )
-    wb.set_defaults(func=_web)
-
-    ig = sub.add_parser("ingest", help="run the ingest service (/events) on HOST:INGEST_PORT against REDIS_URL")
-    ig.set_defaults(func=_ingest)
-
-    s = sub.add_parser("score", help="score an NDJSON log offline (no server needed)")
-    s.add_argument("file", help="NDJSON file, .gz accepted, - for stdin")
-    s.add_argument("--top", type=int, default=10, help="outliers shown per scope")
-    s.add_argument("--json", action="store_true", help="one JSON object per individual")
-    s.add_argument("--cap", type=int, default=100, help="normalisation cap N")
-    s.set_defaults(func=_score)
-
-    rc = sub.add_parser("recompute", help="rebuild every scope's score aggregates from scratch (bounds float drift)")
-    rc.set_defaults(func=_recompute)
-
-    from binormal.deadletters import add_dead_parser
-    from binormal.feedsettings import add_feed_parser
-    from binormal.tokens import add_token_parser
-
-    add_feed_parser(sub).set_defaults(func=_feed)
-    add_dead_parser(sub).set_defaults(func=_dead)
-    add_token_parser(sub).set_defaults(func=_token)
+    for name, module in COMMANDS.items():
+        mod = importlib.import_module(module)
+        before = set(sub.choices)
+        mod.register(sub)
+        for added in set(sub.choices) - before:
+            sub.choices[added].set_defaults(func=mod.run)
+        if name not in sub.choices:
+            raise RuntimeError(f"{module} did not register the {name!r} command")
     return p
 
 
@@ -139,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from binormal.common import log
 
-    log.configure(args.log_level)
+    log.configure(args.log_level, args.log_format)
     from binormal.common.config import ConfigError
 
     try:

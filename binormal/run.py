@@ -27,6 +27,7 @@ from pathlib import Path
 import structlog
 from aiohttp import web
 
+from binormal.common import log as logconf
 from binormal.common.config import ConfigError, env_int, env_str
 from binormal.common.embedded import RedisServer, RedisServerError, die_with_parent
 from binormal.ingest.app import setup as setup_ingest
@@ -55,6 +56,7 @@ def start_embedded_redis(server: RedisServer, settings: EmbeddedRedisSettings) -
 
 RUN_ENV: web.AppKey[dict[str, str]] = web.AppKey("binormal_run_env", dict)
 LOG_LEVEL = web.AppKey("binormal_log_level", str)
+LOG_FORMAT = web.AppKey("binormal_log_format", str)
 PORT = web.AppKey("binormal_port", int)
 WORKER_RESTART_S = 1.0
 
@@ -95,6 +97,8 @@ async def _worker_ctx(app: web.Application) -> AsyncIterator[None]:
                 "binormal",
                 "--log-level",
                 app[LOG_LEVEL],
+                "--log-format",
+                app[LOG_FORMAT],
                 "worker",
                 env=env,
                 stdin=asyncio.subprocess.DEVNULL,
@@ -145,6 +149,7 @@ def build_app(
     env: Mapping[str, str],
     log_level: str = "INFO",
     embedded: tuple[RedisServer, EmbeddedRedisSettings] | None = None,
+    log_format: str = "auto",
 ) -> tuple[web.Application, WebSettings]:
     """One aiohttp app with the web tier and the ingest service on HOST/PORT, plus worker processes.
 
@@ -159,6 +164,7 @@ def build_app(
     app[RUN_ENV] = dict(env)
     app[PORT] = ws.port
     app[LOG_LEVEL] = log_level
+    app[LOG_FORMAT] = log_format
     if embedded is not None:
         supervise(app, *embedded)  # before the workers: torn down after them
     app.cleanup_ctx.append(_worker_ctx)
@@ -167,15 +173,16 @@ def build_app(
     return app, ws
 
 
-def main_run(log_level: str = "INFO", open_all: bool = False) -> int:
+def main_run(log_level: str = "INFO", open_all: bool = False, log_format: str = "auto") -> int:
     """Entry point of ``binormal run``: embedded Redis (unless REDIS_URL), worker, web and ingest.
 
-    ``open_all`` (``--open``) listens on every interface (``HOST=0.0.0.0``).
+    ``open_all`` (``--open``) listens on every interface (``HOST=0.0.0.0``); ``log_level`` and
+    ``log_format`` are passed on to the worker children.
     A bad setting is one line on stderr naming the variable, exit code 2 (nothing left running);
     an embedded Redis that does not start, one line and exit code 1.
     """
     try:
-        return _main_run(log_level, open_all)
+        return _main_run(log_level, open_all, log_format)
     except ConfigError as exc:
         sys.stderr.write(f"binormal run: {exc}\n")
         return 2
@@ -184,7 +191,7 @@ def main_run(log_level: str = "INFO", open_all: bool = False) -> int:
         return 1
 
 
-def _main_run(log_level: str, open_all: bool) -> int:
+def _main_run(log_level: str, open_all: bool, log_format: str) -> int:
     env = dict(os.environ)
     if open_all:
         env["HOST"] = "0.0.0.0"
@@ -196,7 +203,8 @@ def _main_run(log_level: str, open_all: bool) -> int:
         embedded = (server, settings)
         env["REDIS_URL"] = server.url
     try:
-        app, ws = build_app(env, log_level, embedded)  # every setting checked before anything starts
+        app, ws = build_app(env, log_level, embedded, log_format)  # every setting checked before anything starts
+        logconf.announce("run", logconf.browser_url(ws.host, ws.port))  # first, before the embedded Redis logs
         # Inside the try: a SIGTERM while Redis starts (SystemExit(0), binormal/cli.py) still stops it.
         if embedded is not None:
             start_embedded_redis(*embedded)

@@ -77,7 +77,7 @@ class Principal:
 
 
 # The authenticated caller, left on the request by the guard middleware (common/guard.py) for the
-# handlers (org checks) and the rate limiter (common/health.py); absent when auth is off.
+# handlers (org checks) and the rate limiter (common/http.py); absent when auth is off.
 PRINCIPAL = web.RequestKey("binormal_principal", Principal)
 
 

@@ -43,7 +43,7 @@ from binormal.common.auth import (
     make_session,
 )
 from binormal.common.config import ConfigError
-from binormal.common.health import JSON, ApiError, json_response, observe, read_body, require_content_type
+from binormal.common.http import JSON, ApiError, json_response, observe, read_body, require_content_type
 
 log = structlog.get_logger("binormal.auth")
 

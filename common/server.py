@@ -18,7 +18,7 @@ per-connection protocol) adds, for every service:
   over ``MAX_URL_BYTES``), ``431`` (a header over ``MAX_HEADER_BYTES``, or more
   than ``MAX_HEADERS`` headers), ``400`` (anything else malformed).
 
-The body timeout is :func:`common.health.read_body`'s; the websocket cap and
+The body timeout is :func:`common.http.read_body`'s; the websocket cap and
 the rate limit are the handlers'. :func:`run_app` replaces ``web.run_app`` and
 :class:`BoundedAppRunner` replaces ``web.AppRunner`` (tests use it).
 

@@ -8,17 +8,12 @@ atomic Lua call (``recompute.lua``); ``binormal recompute`` runs it on every sco
 
 from __future__ import annotations
 
-import asyncio
-import sys
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
 import redis.asyncio as aioredis
 
-from binormal.common.config import DEFAULT_REDIS_URL, env_int, env_str, environ
-from binormal.common.connection import make_client
-from binormal.common.keys import DEFAULT_PREFIX, Keyspace, Scope
+from binormal.common.keys import Keyspace, Scope
 from binormal.common.result import Aggregates
 from binormal.common.scripts import Recompute, Scripts
 
@@ -74,29 +69,6 @@ async def recompute_all(client: aioredis.Redis, keys: Keyspace) -> list[dict[str
 def _rel(a: float, b: float) -> float:
     scale = max(abs(a), abs(b))
     return 0.0 if scale == 0.0 else abs(a - b) / scale
-
-
-def main_recompute() -> int:
-    """``binormal recompute``: REDIS_URL, BINORMAL_PREFIX, BINORMAL_SHARDS from the environment.
-
-    Prints one JSON line per scope on stdout.
-    """
-    env = environ()
-    keys = Keyspace(
-        prefix=env_str(env, "BINORMAL_PREFIX", DEFAULT_PREFIX), shards=env_int(env, "BINORMAL_SHARDS", 4, minimum=1)
-    )
-
-    async def run() -> list[dict[str, Any]]:
-        client = make_client(env_str(env, "REDIS_URL", DEFAULT_REDIS_URL))
-        try:
-            return await recompute_all(client, keys)
-        finally:
-            await client.aclose()
-
-    for report in asyncio.run(run()):
-        sys.stdout.buffer.write(orjson.dumps(report) + b"\n")
-    sys.stdout.flush()
-    return 0
 
 
 # ---------------------------------------------------------------- read helpers (query API, /metrics, ingest)

@@ -1,10 +1,7 @@
-"""``python -m binormal.ingest``: the ingest service alone (same as ``binormal ingest``)."""
+"""``python -m binormal.ingest``: the same as ``binormal ingest``."""
 
-import os
 import sys
 
-from binormal.common import log
-from binormal.ingest.app import main
+from binormal.cli import main
 
-log.configure(os.environ.get("BINORMAL_LOG_LEVEL", "INFO"))
-sys.exit(main())
+sys.exit(main(["ingest"]))

@@ -50,20 +50,18 @@ from redis.exceptions import ResponseError
 from binormal.common import metrics
 from binormal.common.connection import execute_partial, refused_write, xadd_command
 from binormal.common.guard import org_forbidden, principal_of, setup_auth
-from binormal.common.health import (
+from binormal.common.health import setup_health
+from binormal.common.http import (
     JSON,
-    REDIS,
     ApiError,
     body_not_json,
     json_response,
     rate_limit,
     read_body,
     require_content_type,
-    serve,
-    setup_health,
-    setup_redis,
 )
 from binormal.common.keys import Keyspace
+from binormal.common.redisapp import REDIS, setup_redis
 from binormal.common.schema import Event, InvalidEvent, loads_json, parse_json, parse_json_lines
 from binormal.common.server import setup_limits
 from binormal.common.store import stream_lag
@@ -325,10 +323,3 @@ def line_ranges(events: list[tuple[int, Event]], members: list[int], rejected_li
             out.append([line, line])
         prev = k
     return out
-
-
-def main() -> int:
-    """``binormal ingest`` / ``python -m binormal.ingest``: the ingest service alone on HOST:INGEST_PORT."""
-    settings = IngestSettings.from_env()
-    serve(create_app(settings), settings.host, settings.port, "ingest")
-    return 0

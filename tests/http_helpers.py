@@ -16,7 +16,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from binormal.common.health import REDIS
+from binormal.common.redisapp import REDIS
 from binormal.common.server import BoundedAppRunner
 from binormal.ingest.app import setup as setup_ingest
 from binormal.ingest.settings import IngestSettings

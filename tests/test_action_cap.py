@@ -15,8 +15,8 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 
-from binormal.common.health import REDIS
 from binormal.common.keys import Keyspace, Scope
+from binormal.common.redisapp import REDIS
 from helpers import drained, hgetall_int, running_worker, wait_for, worker_settings
 from http_helpers import combined_app, ingest_settings, post_json, post_raw, serving, web_settings
 from openapi_subset import check_response, load_openapi

@@ -13,8 +13,8 @@ import pytest
 import redis.asyncio as aioredis
 
 from binormal.common.embedded import RedisServer, find_binary, free_port
-from binormal.common.health import REDIS
 from binormal.common.keys import Keyspace, Scope
+from binormal.common.redisapp import REDIS
 from binormal.web.app import create_app
 from helpers import running_worker, worker_settings
 from http_helpers import SEED_BODY, post_json, post_raw, serving, wait_ready, web_settings

@@ -16,8 +16,8 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 
-from binormal.common.health import REDIS
 from binormal.common.keys import Keyspace, Scope
+from binormal.common.redisapp import REDIS
 from binormal.web.app import RequestIds
 from helpers import running_worker, wait_for, worker_settings
 from http_helpers import combined_app, ingest_settings, post_json, serving, web_settings

@@ -33,7 +33,7 @@ from binormal.common.auth import (
 from binormal.common.config import ConfigError
 from binormal.common.guard import SESSION_COOKIE, AuthConfig, AuthState, host_name
 from binormal.common.guard import guard as guard_middleware
-from binormal.common.health import observe
+from binormal.common.http import observe
 from binormal.common.keys import Keyspace, Scope
 from binormal.ingest.settings import IngestSettings
 from binormal.web.settings import WebSettings

@@ -22,8 +22,8 @@ import pytest
 import redis.asyncio as aioredis
 
 from binormal.common.engine import MemoryEngine
-from binormal.common.health import REDIS
 from binormal.common.keys import Keyspace, Scope
+from binormal.common.redisapp import REDIS
 from binormal.common.schema import Event
 from binormal.web.app import create_app
 from helpers import (

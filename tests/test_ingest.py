@@ -12,8 +12,8 @@ import pytest
 import redis.asyncio as aioredis
 
 from binormal.common.embedded import free_port
-from binormal.common.health import REDIS
 from binormal.common.keys import Keyspace
+from binormal.common.redisapp import REDIS
 from binormal.common.schema import Event
 from binormal.ingest.app import create_app
 from binormal.worker.worker import ensure_groups

@@ -21,7 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from binormal.common.embedded import RedisServer, find_binary
-from binormal.common.health import REDIS
+from binormal.common.redisapp import REDIS
 from binormal.common.schema import Event
 from binormal.ingest.app import INGEST, line_ranges
 from helpers import running_worker, wait_for, worker_settings

@@ -39,7 +39,7 @@ from schemathesis.specs.openapi.checks import (
 
 from binormal.common.auth import hash_token
 from binormal.common.embedded import RedisServer
-from binormal.common.health import REDIS
+from binormal.common.redisapp import REDIS
 from binormal.common.server import BoundedAppRunner
 from helpers import running_worker, worker_settings
 from http_helpers import combined_app, ingest_settings, web_settings

@@ -14,9 +14,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from binormal.common.auth import PRINCIPAL, Principal
-from binormal.common.health import REDIS, Handler
+from binormal.common.http import Handler
 from binormal.common.keys import Keyspace
 from binormal.common.ratelimit import TokenBuckets, retry_after
+from binormal.common.redisapp import REDIS
 from http_helpers import SEED_BODY, combined_app, ingest_settings, post_raw, serving, web_settings
 
 NDJSON = "application/x-ndjson"

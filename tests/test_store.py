@@ -92,7 +92,7 @@ async def test_readyz_judges_the_worker_heartbeat_by_the_redis_clock(
     """A worker beat just now (Redis TIME); the web host's clock is an hour ahead: still ready."""
     import aiohttp
 
-    from binormal.common.health import REDIS
+    from binormal.common.redisapp import REDIS
     from binormal.web.app import create_app
     from http_helpers import serving, web_settings
 

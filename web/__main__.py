@@ -1,10 +1,7 @@
-"""``python -m binormal.web``: the web tier alone (same as ``binormal web``)."""
+"""``python -m binormal.web``: the same as ``binormal web``."""
 
-import os
 import sys
 
-from binormal.common import log
-from binormal.web.app import main
+from binormal.cli import main
 
-log.configure(os.environ.get("BINORMAL_LOG_LEVEL", "INFO"))
-sys.exit(main())
+sys.exit(main(["web"]))

@@ -41,21 +41,19 @@ from redis.exceptions import ResponseError
 from binormal.common import metrics
 from binormal.common.connection import TRANSIENT, InDoubt, execute_partial, refusal_text, refused_write, xadd_command
 from binormal.common.guard import require_org, setup_auth
-from binormal.common.health import (
+from binormal.common.health import setup_health
+from binormal.common.http import (
     JSON,
-    REDIS,
     ApiError,
     body_not_json,
     json_response,
     rate_limit,
     read_body,
     require_content_type,
-    serve,
-    setup_health,
-    setup_redis,
     unavailable,
 )
 from binormal.common.keys import Keyspace
+from binormal.common.redisapp import REDIS, setup_redis
 from binormal.common.schema import LIMITS, Event, InvalidEvent, loads_json, parse_json
 from binormal.common.server import setup_limits
 from binormal.web.live import setup_live
@@ -470,10 +468,3 @@ async def _duplicate(
         },
         status=409,
     )
-
-
-def main() -> int:
-    """``binormal web`` / ``python -m binormal.web``: the web tier alone against ``REDIS_URL`` on HOST:PORT."""
-    settings = WebSettings.from_env()
-    serve(create_app(settings), settings.host, settings.port, "web")
-    return 0

@@ -30,7 +30,7 @@ from binormal.common import metrics
 from binormal.common.auth import Principal
 from binormal.common.connection import TRANSIENT, make_client, wait_until_up
 from binormal.common.guard import principal_of, still_valid
-from binormal.common.health import ApiError
+from binormal.common.http import ApiError
 from binormal.web.hub import Hub
 from binormal.web.query import single_query
 from binormal.web.settings import WebSettings
@@ -46,6 +46,9 @@ HUB_KEY = web.AppKey("live_hub", Hub)
 LIVE_SETTINGS_KEY = web.AppKey("live_settings", WebSettings)
 SUBSCRIBER_KEY = web.AppKey[asyncio.Task[None]]("live_subscriber")
 SOCKETS_KEY = web.AppKey[set[web.WebSocketResponse]]("live_sockets")
+# Close tasks of sockets whose writer failed: the event loop keeps only weak references to
+# tasks, so the app holds them until they are done (and awaits them on shutdown).
+CLOSING_KEY = web.AppKey[set[asyncio.Task[None]]]("live_closing")
 
 
 def setup_live(app: web.Application, settings: WebSettings) -> None:
@@ -53,6 +56,7 @@ def setup_live(app: web.Application, settings: WebSettings) -> None:
     app[HUB_KEY] = Hub(settings.ws_queue, settings.ws_max_fps)
     app[LIVE_SETTINGS_KEY] = settings
     app[SOCKETS_KEY] = set()
+    app[CLOSING_KEY] = set()
     app.router.add_get("/", index)
     app.router.add_get("/websocket", websocket)
     app.router.add_static("/static/", STATIC_DIR, append_version=True)
@@ -100,7 +104,8 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     principal = principal_of(request)
     client = hub.register(control=stats == "1", orgs=principal.orgs if principal else None)
     writer = asyncio.create_task(hub.run_writer(client, ws.send_str), name=f"ws-writer-{client.id}")
-    writer.add_done_callback(lambda t: _writer_done(t, ws))
+    closing = app[CLOSING_KEY]
+    writer.add_done_callback(lambda t: _writer_done(t, ws, closing))
     watch = asyncio.create_task(_close_when_revoked(request, ws, principal)) if principal else None
     try:
         # The page sends nothing we need; reading keeps close/pong handling alive.
@@ -129,15 +134,17 @@ async def _close_when_revoked(request: web.Request, ws: web.WebSocketResponse, p
             return
 
 
-def _writer_done(task: asyncio.Task[None], ws: web.WebSocketResponse) -> None:
-    """A writer that failed (peer gone) closes its socket so the reader ends too."""
+def _writer_done(task: asyncio.Task[None], ws: web.WebSocketResponse, closing: set[asyncio.Task[None]]) -> None:
+    """A writer that failed (peer gone) closes its socket so the reader ends too (the task kept in ``closing``)."""
     if task.cancelled():
         return
     exc = task.exception()
     if exc is not None:
         log.info("ws_writer_ended", error=repr(exc))
         if not ws.closed:
-            asyncio.ensure_future(_close_quietly(ws))
+            close = asyncio.create_task(_close_quietly(ws), name="ws-close")
+            closing.add(close)
+            close.add_done_callback(closing.discard)
 
 
 async def _close_quietly(ws: web.WebSocketResponse) -> None:
@@ -148,7 +155,8 @@ async def _close_quietly(ws: web.WebSocketResponse) -> None:
 async def _close_websockets(app: web.Application) -> None:
     """On shutdown tell every browser we are going (it reconnects with backoff)."""
     sockets = app[SOCKETS_KEY]
-    await asyncio.gather(*(_close_quietly(ws) for ws in tuple(sockets)), return_exceptions=True)
+    closing: set[asyncio.Task[None]] = app[CLOSING_KEY]  # closes already started by failed writers
+    await asyncio.gather(*(_close_quietly(ws) for ws in tuple(sockets)), *tuple(closing), return_exceptions=True)
 
 
 async def _live_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -24,8 +24,9 @@ from typing import Any
 from aiohttp import web
 
 from binormal.common.guard import principal_of, require_org
-from binormal.common.health import REDIS, ApiError, json_response
+from binormal.common.http import ApiError, json_response
 from binormal.common.keys import Scope
+from binormal.common.redisapp import REDIS
 from binormal.common.result import r3
 from binormal.common.schema import LIMITS
 from binormal.common.scoring import Snapshot, normalise, zscore

@@ -1,0 +1,41 @@
+"""``binormal recompute``: rebuild every scope's score aggregates from scratch (bounds float drift)."""
+
+from __future__ import annotations
+
+import argparse
+
+from binormal.commands import Subparsers
+
+
+def register(sub: Subparsers) -> None:
+    """Add ``recompute`` (REDIS_URL, BINORMAL_PREFIX, BINORMAL_SHARDS from the environment)."""
+    sub.add_parser("recompute", help="rebuild every scope's score aggregates from scratch (bounds float drift)")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``recompute.lua`` on every scope; one JSON line per scope on stdout."""
+    import asyncio
+    import sys
+    from typing import Any
+
+    import orjson
+
+    from binormal.common.config import environ, redis_env
+    from binormal.common.connection import make_client
+    from binormal.common.keys import Keyspace
+    from binormal.common.store import recompute_all
+
+    settings = redis_env(environ())
+    keys = Keyspace(prefix=settings["prefix"], shards=settings["shards"])
+
+    async def go() -> list[dict[str, Any]]:
+        client = make_client(settings["redis_url"])
+        try:
+            return await recompute_all(client, keys)
+        finally:
+            await client.aclose()
+
+    for report in asyncio.run(go()):
+        sys.stdout.buffer.write(orjson.dumps(report) + b"\n")
+    sys.stdout.flush()
+    return 0
