@@ -69,19 +69,6 @@ def _ingest(args: argparse.Namespace) -> int:
     return main_ingest()
 
 
-def _feed(args: argparse.Namespace) -> int:
-    from binormal.common.config import ConfigError
-    from binormal.feed import main_feed
-    from binormal.feedsettings import settings_from_args
-
-    try:
-        settings = settings_from_args(args)
-    except ConfigError as exc:
-        sys.stderr.write(f"binormal feed: {exc}\n")
-        return 2
-    return main_feed(settings)
-
-
 def _exit_on_sigterm(signum: int, frame: object) -> None:
     raise SystemExit(0)
 
@@ -121,11 +108,11 @@ def build_parser() -> argparse.ArgumentParser:
     rc = sub.add_parser("recompute", help="rebuild every scope's score aggregates from scratch (bounds float drift)")
     rc.set_defaults(func=_recompute)
 
+    from binormal import feed
     from binormal.deadletters import add_dead_parser
-    from binormal.feedsettings import add_feed_parser
     from binormal.tokens import add_token_parser
 
-    add_feed_parser(sub).set_defaults(func=_feed)
+    feed.register(sub)
     add_dead_parser(sub).set_defaults(func=_dead)
     add_token_parser(sub).set_defaults(func=_token)
     return p
