@@ -9,12 +9,13 @@ when following a growing file, a last line without its newline waits.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import gzip
 import io
 import os
 import sys
 import threading
-from typing import IO, Protocol
+from typing import IO, Protocol, runtime_checkable
 
 CHUNK = 1 << 20  # bytes per read
 
@@ -23,6 +24,7 @@ class InputError(RuntimeError):
     """An input that cannot be opened or resumed."""
 
 
+@runtime_checkable
 class Source(Protocol):
     """Where one input's bytes come from, in chunks; the feeder splits them into lines."""
 
@@ -206,8 +208,9 @@ class StdinChunks:
             fut = asyncio.run_coroutine_threadsafe(self.queue.put(chunk), self.loop)
             try:
                 fut.result()
-            except (RuntimeError, asyncio.CancelledError):
-                return  # loop closed
+            except (RuntimeError, concurrent.futures.CancelledError):
+                # The loop closed, or ended and cancelled the put (a concurrent.futures error, not asyncio's).
+                return
             if not chunk:
                 return
 

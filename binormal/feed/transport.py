@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, cast
+from typing import Any, Protocol, cast, runtime_checkable
 
 import aiohttp
 import orjson
@@ -68,6 +68,7 @@ class Outcome:
     after: float | None = None  # the service's Retry-After
 
 
+@runtime_checkable
 class Transport(Protocol):
     """One way of delivering units of events: :meth:`open`, :meth:`send` each unit, :meth:`close`."""
 
