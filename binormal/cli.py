@@ -23,7 +23,7 @@ COMMANDS: dict[str, str] = {
     "score": "binormal.commands.score",
     "recompute": "binormal.commands.recompute",
     "dead": "binormal.commands.dead",
-    "feed": "binormal.commands.feed",  # -> "binormal.feed" once the feeder package exposes register/run
+    "feed": "binormal.feed",
     "token": "binormal.commands.token",
 }
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")

@@ -29,9 +29,10 @@ from binormal.common.config import ConfigError
 from binormal.common.embedded import free_port
 from binormal.common.keys import Keyspace
 from binormal.common.schema import Event
-from binormal.feedsettings import settings_from_args
-from binormal.feedsource import FieldMap, InputError, MapError
-from binormal.feedstate import Position, StateFile, event_id, file_key
+from binormal.feed.convert import FieldMap, MapError
+from binormal.feed.reader import InputError
+from binormal.feed.settings import settings_from_args
+from binormal.feed.state import Position, StateFile, event_id, file_key
 from helpers import (
     binormal_command,
     check_counters,

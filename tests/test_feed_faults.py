@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
-from binormal.feedstate import StateFile
+from binormal.feed.state import StateFile
 from helpers import running_worker, wait_for, worker_settings
 from test_feed import counted, event_line, feed, make_events, service, start_feed, write_lines
 

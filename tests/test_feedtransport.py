@@ -1,4 +1,4 @@
-"""binormal/feedtransport.py: the feeder resends exactly the lines ``/events`` did not take.
+"""binormal/feed/transport.py: the feeder resends exactly the lines ``/events`` did not take.
 
 A private redis-server with a small ``maxmemory`` (noeviction) refuses writes
 part-way through a batch; ``/events`` answers 503 naming the unwritten lines;

@@ -39,6 +39,7 @@ def _build_wheel(tmp_path: Path) -> Path:
 def _runtime_files() -> set[str]:
     """Every file of the package as installed: ``binormal/...`` and ``binormal/<subpackage>/...``."""
     files = {str(p.relative_to(ROOT)) for p in (ROOT / "binormal").glob("*") if p.is_file() and not p.is_symlink()}
+    files |= {str(p.relative_to(ROOT)) for p in (ROOT / "binormal" / "feed").glob("*.py")}  # the feeder's package
     for sub in SUBPACKAGES:
         files |= {
             f"binormal/{sub}/{p.relative_to(ROOT / sub)}"

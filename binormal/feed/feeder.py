@@ -1,7 +1,7 @@
 """``binormal feed FILE...``: send an NDJSON log to the service, resumable, with retries and progress.
 
 A producer task reads lines and turns them into validated events (each with
-an event id derived from the input, see :mod:`binormal.feedstate`); the
+an event id derived from the input, see :mod:`binormal.feed.state`); the
 sender delivers them in order, one unit at a time (a batch, or one event with
 ``--sync``), retrying a unit until the service gives a verdict on it. Only
 then does the saved position move past its lines, so a crash at any point
@@ -14,42 +14,23 @@ from __future__ import annotations
 import asyncio
 import os
 import random
-import shutil
 import signal
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 from urllib.parse import urlsplit
 
 import orjson
 
-from binormal.feedsettings import FeedSettings
-from binormal.feedsource import (
-    STRICT_STOP,
-    ErrorReporter,
-    FieldMap,
-    FileChunks,
-    InputError,
-    LineConverter,
-    Stats,
-    StdinChunks,
-    first_line,
-    load_transform,
-)
-from binormal.feedstate import Position, StateError, StateFile, default_state_path, file_key
-from binormal.feedtransport import (
-    BatchTransport,
-    DirectTransport,
-    Fatal,
-    Item,
-    Outcome,
-    Retry,
-    SyncTransport,
-    TooLarge,
-)
+from binormal.feed.convert import STRICT_STOP, FieldMap, LineConverter, load_transform
+from binormal.feed.reader import InputError, Source, first_line, open_source
+from binormal.feed.report import ErrorReporter, Progress, Stats, summary, summary_text
+from binormal.feed.settings import FeedSettings
+from binormal.feed.state import Position, StateError, StateFile, default_state_path, file_key
+from binormal.feed.transport import Fatal, Item, Outcome, Retry, TooLarge, Transport, open_transport
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -82,69 +63,6 @@ class Input:
     done_bytes: int = 0
 
 
-class Progress:
-    """One status line on a terminal (stderr), redrawn a few times a second; messages go above it."""
-
-    def __init__(self, stream: IO[str], enabled: bool, stats: Stats, feeder: Feeder) -> None:
-        self.stream = stream
-        self.enabled = enabled
-        self.stats = stats
-        self.feeder = feeder
-        self.closed = False
-        self._drawn = False
-
-    def write(self, text: str) -> None:
-        """A message (ends with a newline), above the bar; a closed stderr is ignored."""
-        self.clear()
-        self._put(text)
-
-    def _put(self, text: str) -> None:
-        if self.closed:
-            return
-        try:
-            self.stream.write(text)
-            self.stream.flush()
-        except (OSError, ValueError):  # BrokenPipeError, or the stream was closed
-            self.closed = True
-            self.enabled = False
-
-    def clear(self) -> None:
-        """Erase the bar (before other output on the terminal)."""
-        if self._drawn:
-            self._drawn = False
-            self._put("\r\x1b[2K")
-
-    def draw(self) -> None:
-        """Redraw the bar."""
-        if not self.enabled:
-            return
-        s, elapsed = self.stats, max(time.monotonic() - self.feeder.started, 1e-6)
-        rate = s.read / elapsed
-        text = f"read {s.read:,}  sent {s.sent:,}  rejected {s.rejected:,}  {rate:,.0f} lines/s"
-        frac = self.feeder.fraction()
-        if frac is not None:
-            eta = (elapsed / frac - elapsed) if frac > 0 else 0.0
-            width = 20
-            filled = int(width * frac)
-            text = f"[{'#' * filled}{'.' * (width - filled)}] {frac * 100:5.1f}%  {text}  ETA {_hms(eta)}"
-        if self.feeder.retrying:
-            text += "  (retrying)"
-        columns = shutil.get_terminal_size((100, 20)).columns
-        self._put("\r\x1b[2K" + text[: max(columns - 1, 10)])
-        self._drawn = not self.closed
-
-    async def run(self) -> None:
-        """Redraw every 0.25 s until cancelled."""
-        while True:
-            self.draw()
-            await asyncio.sleep(0.25)
-
-
-def _hms(seconds: float) -> str:
-    seconds = int(max(seconds, 0))
-    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
-
-
 class Feeder:
     """One run of ``binormal feed``: ``await Feeder(settings).run()`` returns the exit code."""
 
@@ -159,11 +77,11 @@ class Feeder:
         self.status = "done"
         self.inputs: list[Input] = []
         self.current = 0
-        self.sources: dict[int, Any] = {}
-        self.progress = Progress(self.err, self._progress_enabled(), self.stats, self)
+        self.sources: dict[int, Source] = {}
+        self.progress = Progress(self.err, self._progress_enabled(), self.stats, self.started)
         self.reporter = ErrorReporter(self.progress.write, settings.errors_shown)
         self.converter: LineConverter | None = None
-        self.transport: Any = None
+        self.transport: Transport = open_transport(settings)
         self._positions: dict[int, Position] = {}
         self._saved: dict[int, Position] = {}
         self._last_save = 0.0
@@ -242,14 +160,6 @@ class Feeder:
         u = urlsplit(st.url)
         return f"{u.scheme}://{u.hostname}:{u.port or (443 if u.scheme == 'https' else 80)}{u.path.rstrip('/')}"
 
-    def _open_transport(self) -> Any:
-        st = self.settings
-        if st.mode == "direct":
-            return DirectTransport(st.redis_url, st.keys, st.timeout_s, st.max_backlog)
-        if st.mode == "sync":
-            return SyncTransport(st.url, st.timeout_s, st.token)
-        return BatchTransport(st.url, st.timeout_s, st.token)
-
     def fraction(self) -> float | None:
         """Share of the input bytes done, when every input has a known size."""
         if self.settings.follow or any(i.path == "-" for i in self.inputs):
@@ -273,9 +183,8 @@ class Feeder:
             self.say(f"binormal feed: {exc}")
             return EXIT_USAGE
         self._install_signals()
-        self.transport = self._open_transport()
         await self.transport.open()
-        ticker = asyncio.ensure_future(self.progress.run()) if self.progress.enabled else None
+        ticker = asyncio.ensure_future(self._tick()) if self.progress.enabled else None
         queue: asyncio.Queue[Batch | None] = asyncio.Queue(maxsize=2)
         producer = asyncio.ensure_future(self._produce(queue))
         code = EXIT_OK
@@ -357,11 +266,8 @@ class Feeder:
             offset = start.offset if start else 0
             lineno = start.line if start else 0
             key = start.key if start else ""
-            if inp.path == "-":
-                src: Any = StdinChunks(asyncio.get_running_loop())
-            else:
-                src = FileChunks(inp.path, offset, st.follow)
-                offset = src.start
+            src = open_source(inp.path, offset, st.follow)
+            offset = src.start
             self.sources[idx] = src
             name = "stdin" if inp.path == "-" else inp.path
             items: list[Item] = []
@@ -409,7 +315,7 @@ class Feeder:
             if lineno > queued and not self.stop.is_set():
                 await queue.put(Batch(idx, items, Position(key, offset, lineno)))
             inp.done_bytes = inp.size
-            if getattr(src, "truncated", False) and not self.stop.is_set():
+            if src.truncated and not self.stop.is_set():
                 self.say(f"{inp.path} was truncated or replaced: reading the new file from its start")
                 src.close()
                 start = None
@@ -562,31 +468,22 @@ class Feeder:
                 continue
             self._saved[idx] = pos
 
+    async def _tick(self) -> None:
+        """Redraw the progress bar until cancelled."""
+        while True:
+            self.progress.draw(self.fraction(), self.retrying)
+            await asyncio.sleep(0.25)
+
     def _summary(self) -> None:
         elapsed = time.monotonic() - self.started
-        s = self.stats
-        doc: dict[str, Any] = {
-            **asdict(s),
-            "seconds": round(elapsed, 3),
-            "rate": round(s.read / elapsed, 1) if elapsed > 0 else 0.0,
-            "status": self.status,
-            "mode": self.settings.mode,
-            "files": [i.path for i in self.inputs],
-            "positions": {
-                self.inputs[i].path: {"offset": p.offset, "line": p.line} for i, p in self._positions.items()
-            },
-        }
+        positions = {self.inputs[i].path: (p.offset, p.line) for i, p in self._positions.items()}
+        doc = summary(self.stats, elapsed, self.status, self.settings.mode, [i.path for i in self.inputs], positions)
         if self.settings.json:
             self._emit(orjson.dumps(doc) + b"\n")
             return
-        self.say(
-            f"{self.status}: {s.read:,} lines read in {elapsed:.1f} s ({doc['rate']:,.0f}/s); "
-            f"{s.sent:,} sent, {s.accepted:,} accepted, {s.rejected:,} rejected, "
-            f"{s.transform_errors:,} transform errors, {s.bad_json:,} bad JSON, {s.skipped:,} skipped"
-            + (f", {s.retries:,} retries" if s.retries else "")
-        )
+        self.say(summary_text(doc, elapsed))
 
 
-def main_feed(settings: FeedSettings) -> int:
-    """Entry point of the ``feed`` subcommand."""
+def feed(settings: FeedSettings) -> int:
+    """Run ``binormal feed`` with ``settings``; returns the exit code."""
     return asyncio.run(Feeder(settings).run())

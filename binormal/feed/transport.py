@@ -1,6 +1,6 @@
 """How ``binormal feed`` delivers events: HTTP batches, one-by-one ``/discrete``, or XADD.
 
-Each transport sends one unit (a batch, or one event for ``--sync``) and
+Each :class:`Transport` sends one unit (a batch, or one event for ``--sync``) and
 either returns what the service said about every event in it, or raises
 :class:`Retry` (nothing is known about the unit: send the very same unit
 again later; its event ids make a second copy harmless), :class:`TooLarge`
@@ -9,17 +9,20 @@ again later; its event ids make a second copy harmless), :class:`TooLarge`
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, cast, runtime_checkable
 
 import aiohttp
 import orjson
+import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
+from redis.typing import EncodableT, FieldT
 
 from binormal.common.connection import TRANSIENT, make_client
 from binormal.common.keys import Keyspace
 from binormal.common.schema import Event
+from binormal.feed.settings import FeedSettings
 
 # Redis errors worth waiting out (loading after a restart, out of memory for now, ...).
 RETRYABLE_REDIS = ("LOADING", "BUSY", "TRYAGAIN", "OOM", "MASTERDOWN", "READONLY", "CLUSTERDOWN")
@@ -65,6 +68,33 @@ class Outcome:
     after: float | None = None  # the service's Retry-After
 
 
+@runtime_checkable
+class Transport(Protocol):
+    """One way of delivering units of events: :meth:`open`, :meth:`send` each unit, :meth:`close`."""
+
+    async def open(self) -> None:
+        """Create the client (before the first :meth:`send`)."""
+        ...
+
+    async def send(self, items: Sequence[Item]) -> Outcome:
+        """Deliver one unit; raises :class:`Retry`, :class:`TooLarge` or :class:`Fatal`."""
+        ...
+
+    async def close(self) -> None:
+        """Release the client (idempotent)."""
+        ...
+
+
+def open_transport(settings: FeedSettings) -> Transport:
+    """The transport of ``settings.mode``: ``batch`` (POST /events), ``sync`` (POST /discrete), ``direct`` (XADD)."""
+    st = settings
+    if st.mode == "direct":
+        return DirectTransport(st.redis_url, st.keys, st.timeout_s, st.max_backlog)
+    if st.mode == "sync":
+        return SyncTransport(st.url, st.timeout_s, st.token)
+    return BatchTransport(st.url, st.timeout_s, st.token)
+
+
 def event_json(e: Event) -> bytes:
     """The JSON a producer sends for ``e`` (the fields of ``common.schema.JSON_FIELDS``)."""
     d: dict[str, Any] = {"org": e.org, "source": e.source, "pop": e.pop, "id": e.id, "action": e.action}
@@ -77,7 +107,7 @@ def event_json(e: Event) -> bytes:
     return orjson.dumps(d)
 
 
-def retry_after(headers: Any, default: float | None = None) -> float | None:
+def retry_after(headers: Mapping[str, str], default: float | None = None) -> float | None:
     """Seconds from a ``Retry-After`` header (delta-seconds form), else ``default``."""
     raw = headers.get("Retry-After")
     if raw is None:
@@ -127,7 +157,7 @@ class HttpTransport:
             await self.session.close()
             self.session = None
 
-    async def _post(self, path: str, body: bytes, content_type: str) -> tuple[int, Any, bytes]:
+    async def _post(self, path: str, body: bytes, content_type: str) -> tuple[int, Mapping[str, str], bytes]:
         assert self.session is not None
         try:
             async with self.session.post(self.base + path, data=body, headers={"Content-Type": content_type}) as resp:
@@ -140,7 +170,7 @@ class HttpTransport:
             raise Retry(f"connection to {self.base} failed: {type(exc).__name__}: {exc}") from None
 
     @staticmethod
-    def _classify(status: int, headers: Any, body: bytes, what: str) -> None:
+    def _classify(status: int, headers: Mapping[str, str], body: bytes, what: str) -> None:
         """Raise for answers that are not a per-event verdict."""
         if status == 503 or status == 429:
             raise Retry(f"{what}: service busy ({status}: {_error_text(body, 120)})", retry_after(headers))
@@ -186,7 +216,7 @@ class BatchTransport(HttpTransport):
             )
         return out
 
-    def _incomplete(self, items: Sequence[Item], headers: Any, doc: dict[str, Any]) -> Outcome:
+    def _incomplete(self, items: Sequence[Item], headers: Mapping[str, str], doc: dict[str, Any]) -> Outcome:
         """A 503 that says which lines were taken: resend exactly the unknown and unwritten ones.
 
         Unknown lines may have been written, so they go again with their same
@@ -281,7 +311,7 @@ class DirectTransport:
         self.keys = keys
         self.timeout_s = timeout_s
         self.max_backlog = max_backlog
-        self.client: Any = None
+        self.client: aioredis.Redis | None = None
         self._stream_of: dict[tuple[str, str, str], str] = {}
 
     async def open(self) -> None:
@@ -305,17 +335,20 @@ class DirectTransport:
 
     async def send(self, items: Sequence[Item]) -> Outcome:
         """XADD every event in one pipeline round trip."""
+        client = self.client
+        assert client is not None, "send() before open()"
         try:
             if self.max_backlog:
-                pipe = self.client.pipeline(transaction=False)
+                pipe = client.pipeline(transaction=False)
                 for s in self.keys.streams():
                     pipe.xlen(s)
                 backlog = sum(int(n) for n in await pipe.execute())
                 if backlog > self.max_backlog:
                     raise Retry(f"stream backlog {backlog} > {self.max_backlog} entries; waiting for the workers", 1.0)
-            pipe = self.client.pipeline(transaction=False)
+            pipe = client.pipeline(transaction=False)
             for it in items:
-                pipe.xadd(self._stream(it.event), it.event.to_fields())
+                # to_fields() is dict[str, str]; redis-py types its mapping with wider keys (dict is invariant).
+                pipe.xadd(self._stream(it.event), cast("dict[FieldT, EncodableT]", it.event.to_fields()))
             await pipe.execute()
         except ResponseError as exc:
             if str(exc).split(" ", 1)[0] in RETRYABLE_REDIS:

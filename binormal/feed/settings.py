@@ -1,6 +1,6 @@
 """Options of ``binormal feed``: the settings dataclass and its command-line flags.
 
-Kept apart from :mod:`binormal.feed` so building the CLI parser imports nothing heavy.
+Kept apart from :mod:`binormal.feed.feeder` so building the CLI parser imports nothing heavy.
 """
 
 from __future__ import annotations
@@ -83,8 +83,8 @@ class FeedSettings:
         return replace(base, **{k: v for k, v in overrides.items() if v is not None})
 
 
-def add_feed_parser(sub: Any) -> argparse.ArgumentParser:
-    """Add the ``feed`` subcommand to the ``binormal`` subparsers."""
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
+    """Add the ``feed`` subcommand to the ``binormal`` subparsers; returns its parser."""
     f = sub.add_parser(
         "feed",
         help="send an NDJSON log to the service (resumable, retries, progress)",
@@ -153,7 +153,7 @@ def add_feed_parser(sub: Any) -> argparse.ArgumentParser:
     bar = f.add_mutually_exclusive_group()
     bar.add_argument("--progress", action="store_true", default=None, help="progress bar even if not a terminal")
     bar.add_argument("--no-progress", action="store_false", dest="progress", help="no progress bar")
-    return f  # type: ignore[no-any-return]
+    return f
 
 
 def settings_from_args(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> FeedSettings:
