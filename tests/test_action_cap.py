@@ -17,9 +17,11 @@ import redis.asyncio as aioredis
 
 from binormal.common.health import REDIS
 from binormal.common.keys import Keyspace, Scope
-from helpers import drained, hgetall_int, running_worker, wait_for, worker_settings
-from http_helpers import combined_app, ingest_settings, post_json, post_raw, serving, web_settings
-from openapi_subset import check_response, load_openapi
+from tests.support.http import combined_app, ingest_settings, post_json, post_raw, serving, web_settings
+from tests.support.openapi import check_response, load_openapi
+from tests.support.redis_state import drained, hgetall_int
+from tests.support.waiting import wait_for
+from tests.support.workers import running_worker, worker_settings
 
 DOC = load_openapi()
 NDJSON = "application/x-ndjson"

@@ -16,9 +16,9 @@ from binormal.common.embedded import RedisServer, find_binary, free_port
 from binormal.common.health import REDIS
 from binormal.common.keys import Keyspace, Scope
 from binormal.web.app import create_app
-from helpers import running_worker, worker_settings
-from http_helpers import SEED_BODY, post_json, post_raw, serving, wait_ready, web_settings
-from openapi_subset import check_response, load_openapi
+from tests.support.http import SEED_BODY, post_json, post_raw, serving, wait_ready, web_settings
+from tests.support.openapi import check_response, load_openapi
+from tests.support.workers import running_worker, worker_settings
 
 DOC = load_openapi()
 GOOD = {"org": "acme", "source": "webserver", "pop": "auth_getpost", "id": "individual1", "action": "GET /user/login"}

@@ -19,9 +19,10 @@ import redis.asyncio as aioredis
 from binormal.common.health import REDIS
 from binormal.common.keys import Keyspace, Scope
 from binormal.web.app import RequestIds
-from helpers import running_worker, wait_for, worker_settings
-from http_helpers import combined_app, ingest_settings, post_json, serving, web_settings
-from openapi_subset import check_response, load_openapi
+from tests.support.http import combined_app, ingest_settings, post_json, serving, web_settings
+from tests.support.openapi import check_response, load_openapi
+from tests.support.waiting import wait_for
+from tests.support.workers import running_worker, worker_settings
 
 DOC = load_openapi()
 ACME = {"org": "acme", "source": "webserver", "pop": "auth_getpost", "id": "individual1", "action": "GET /user/login"}

@@ -37,9 +37,9 @@ from binormal.common.health import observe
 from binormal.common.keys import Keyspace, Scope
 from binormal.ingest.settings import IngestSettings
 from binormal.web.settings import WebSettings
-from helpers import binormal_command
-from http_helpers import combined_app, ingest_settings, serving, web_settings
-from openapi_subset import check_response, load_openapi
+from tests.support.http import combined_app, ingest_settings, serving, web_settings
+from tests.support.openapi import check_response, load_openapi
+from tests.support.workers import binormal_command
 
 GOOD = {"org": "acme", "source": "web", "pop": "users", "id": "u1", "action": "GET /"}
 DOC = load_openapi()

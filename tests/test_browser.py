@@ -27,7 +27,8 @@ from aiohttp import web
 from binormal.common.embedded import free_port
 from binormal.web.live import HUB_KEY
 from binormal.web.settings import WebSettings
-from tests.helpers import running_worker, wait_for, worker_settings
+from tests.support.waiting import wait_for
+from tests.support.workers import running_worker, worker_settings
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(240)]
 

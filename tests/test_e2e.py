@@ -26,17 +26,12 @@ from binormal.common.health import REDIS
 from binormal.common.keys import Keyspace, Scope
 from binormal.common.schema import Event
 from binormal.web.app import create_app
-from helpers import (
-    WorkerProcess,
-    check_counters,
-    counts_from_events,
-    drained,
-    running_worker,
-    wait_for,
-    worker_settings,
-)
-from http_helpers import SEED_BODY, combined_app, ingest_settings, post_json, serving, wait_ready, web_settings
-from openapi_subset import check_response, load_openapi
+from tests.support.events import counts_from_events
+from tests.support.http import SEED_BODY, combined_app, ingest_settings, post_json, serving, wait_ready, web_settings
+from tests.support.openapi import check_response, load_openapi
+from tests.support.redis_state import check_counters, drained
+from tests.support.waiting import wait_for
+from tests.support.workers import WorkerProcess, running_worker, worker_settings
 
 DOC = load_openapi()
 

@@ -24,16 +24,10 @@ from redis.exceptions import ResponseError
 
 from binormal.common.keys import Keyspace, Scope
 from binormal.common.schema import Event
-from helpers import (
-    WorkerProcess,
-    check_committed,
-    check_counters,
-    counts_from_events,
-    drained,
-    no_uncommitted,
-    wait_for,
-    xadd_events,
-)
+from tests.support.events import counts_from_events
+from tests.support.redis_state import check_committed, check_counters, drained, no_uncommitted, xadd_events
+from tests.support.waiting import wait_for
+from tests.support.workers import WorkerProcess
 
 BASE_EVENTS = 30_000
 MIN_MID_BATCH_KILLS = 5  # kills that left entries read but not applied

@@ -32,16 +32,11 @@ from binormal.common.schema import Event
 from binormal.feedsettings import settings_from_args
 from binormal.feedsource import FieldMap, InputError, MapError
 from binormal.feedstate import Position, StateFile, event_id, file_key
-from helpers import (
-    binormal_command,
-    check_counters,
-    counts_from_events,
-    drained,
-    running_worker,
-    wait_for,
-    worker_settings,
-)
-from http_helpers import combined_app, ingest_settings, serving, web_settings
+from tests.support.events import counts_from_events
+from tests.support.http import combined_app, ingest_settings, serving, web_settings
+from tests.support.redis_state import check_counters, drained
+from tests.support.waiting import wait_for
+from tests.support.workers import binormal_command, running_worker, worker_settings
 
 ACTIONS = [f"GET /page/{i}" for i in range(12)] + ["POST /login", "POST /logout", "GET /admin"]
 

@@ -17,8 +17,9 @@ import pytest
 import redis.asyncio as aioredis
 
 from binormal.feedstate import StateFile
-from helpers import running_worker, wait_for, worker_settings
-from test_feed import counted, event_line, feed, make_events, service, start_feed, write_lines
+from tests.support.waiting import wait_for
+from tests.support.workers import running_worker, worker_settings
+from tests.test_feed import counted, event_line, feed, make_events, service, start_feed, write_lines
 
 pytestmark = pytest.mark.slow
 

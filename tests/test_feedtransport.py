@@ -14,8 +14,9 @@ import redis.asyncio as aioredis
 
 from binormal.common.embedded import RedisServer, find_binary
 from binormal.common.schema import Event
-from helpers import running_worker, wait_for, worker_settings
-from test_feed import counted, event_line, finish, service, start_feed, write_lines
+from tests.support.waiting import wait_for
+from tests.support.workers import running_worker, worker_settings
+from tests.test_feed import counted, event_line, finish, service, start_feed, write_lines
 
 
 async def _oom_refusals(client: aioredis.Redis) -> int:

@@ -17,9 +17,12 @@ from binormal.common.keys import Keyspace
 from binormal.common.schema import Event
 from binormal.ingest.app import create_app
 from binormal.worker.worker import ensure_groups
-from helpers import check_counters, counts_from_events, drained, running_worker, wait_for, worker_settings
-from http_helpers import ingest_settings, post_raw, serving
-from openapi_subset import check_response, load_openapi
+from tests.support.events import counts_from_events
+from tests.support.http import ingest_settings, post_raw, serving
+from tests.support.openapi import check_response, load_openapi
+from tests.support.redis_state import check_counters, drained
+from tests.support.waiting import wait_for
+from tests.support.workers import running_worker, worker_settings
 
 DOC = load_openapi()
 NDJSON = "application/x-ndjson"

@@ -24,9 +24,10 @@ from binormal.common.embedded import RedisServer, find_binary
 from binormal.common.health import REDIS
 from binormal.common.schema import Event
 from binormal.ingest.app import INGEST, line_ranges
-from helpers import running_worker, wait_for, worker_settings
-from http_helpers import combined_app, ingest_settings, post_json, post_raw, serving, web_settings
-from openapi_subset import check_response, load_openapi
+from tests.support.http import combined_app, ingest_settings, post_json, post_raw, serving, web_settings
+from tests.support.openapi import check_response, load_openapi
+from tests.support.waiting import wait_for
+from tests.support.workers import running_worker, worker_settings
 
 DOC = load_openapi()
 NDJSON = "application/x-ndjson"

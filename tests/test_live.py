@@ -23,8 +23,10 @@ from binormal.common.keys import Keyspace
 from binormal.common.schema import Event
 from binormal.web.live import HUB_KEY, SOCKETS_KEY, SUBSCRIBER_KEY, setup_live
 from binormal.web.settings import WebSettings
-from tests.helpers import running_worker, wait_for, worker_settings, xadd_events
-from tests.http_helpers import stalled_websocket
+from tests.support.http import stalled_websocket
+from tests.support.redis_state import xadd_events
+from tests.support.waiting import wait_for
+from tests.support.workers import running_worker, worker_settings
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
@@ -300,8 +302,8 @@ async def test_a_client_that_never_reads_is_evicted_by_the_heartbeat(
 
 async def test_websockets_past_the_cap_get_503_before_the_upgrade(redis_url: str, prefix: str) -> None:
     from binormal.web.app import create_app
-    from http_helpers import serving as bounded_serving
-    from http_helpers import web_settings
+    from tests.support.http import serving as bounded_serving
+    from tests.support.http import web_settings
 
     cap = 3
     app = create_app(web_settings(redis_url, prefix, max_websockets=cap))

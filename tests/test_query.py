@@ -18,9 +18,11 @@ from binormal.common.keys import Keyspace, Scope
 from binormal.common.schema import Event
 from binormal.common.scoring import normalise, score_direct
 from binormal.web.app import create_app
-from helpers import drained, running_worker, wait_for, worker_settings, xadd_events
-from http_helpers import serving, web_settings
-from openapi_subset import check_response, load_openapi
+from tests.support.http import serving, web_settings
+from tests.support.openapi import check_response, load_openapi
+from tests.support.redis_state import drained, xadd_events
+from tests.support.waiting import wait_for
+from tests.support.workers import running_worker, worker_settings
 
 DOC = load_openapi()
 SCOPES = [Scope("acme", "web", "users"), Scope("acme", "web", "admins"), Scope("Beta Co", "api:v2", "{bots}")]

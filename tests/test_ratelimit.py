@@ -17,7 +17,7 @@ from binormal.common.auth import PRINCIPAL, Principal
 from binormal.common.health import REDIS, Handler
 from binormal.common.keys import Keyspace
 from binormal.common.ratelimit import TokenBuckets, retry_after
-from http_helpers import SEED_BODY, combined_app, ingest_settings, post_raw, serving, web_settings
+from tests.support.http import SEED_BODY, combined_app, ingest_settings, post_raw, serving, web_settings
 
 NDJSON = "application/x-ndjson"
 

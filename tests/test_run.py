@@ -25,8 +25,8 @@ from binormal.common.config import ConfigError
 from binormal.common.embedded import free_port
 from binormal.common.keys import Keyspace
 from binormal.run import worker_envs
-from helpers import WorkerProcess, binormal_command
-from http_helpers import SEED_BODY
+from tests.support.http import SEED_BODY
+from tests.support.workers import WorkerProcess, binormal_command
 
 KEYS = Keyspace()  # what `binormal run` uses with no BINORMAL_PREFIX/SHARDS set
 

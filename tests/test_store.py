@@ -13,16 +13,10 @@ import redis.asyncio as aioredis
 from binormal.common.keys import Keyspace
 from binormal.common.result import Aggregates
 from binormal.common.store import list_scopes, read_aggregates, recompute_aggregates
-from helpers import (
-    TRICKY_SCOPES,
-    binormal_command,
-    drained,
-    generate,
-    running_worker,
-    wait_for,
-    worker_settings,
-    xadd_events,
-)
+from tests.support.events import TRICKY_SCOPES, generate
+from tests.support.redis_state import drained, xadd_events
+from tests.support.waiting import wait_for
+from tests.support.workers import binormal_command, running_worker, worker_settings
 
 
 def keys_of(prefix: str) -> Keyspace:

@@ -23,8 +23,8 @@ import orjson
 import pytest
 
 from binormal.common.embedded import free_port
-from helpers import binormal_command
-from openapi_subset import check_response, load_openapi
+from tests.support.openapi import check_response, load_openapi
+from tests.support.workers import binormal_command
 
 SCOPE = {"org": "acme", "source": "webserver", "pop": "heal"}
 
