@@ -8,7 +8,6 @@ import contextlib
 import os
 import statistics
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ from binormal.common.keys import Keyspace
 from binormal.common.schema import Event
 from binormal.web.live import HUB_KEY, SOCKETS_KEY, SUBSCRIBER_KEY, setup_live
 from binormal.web.settings import WebSettings
+from tests.support.http import serving as support_serving
 from tests.support.http import stalled_websocket
 from tests.support.redis_state import xadd_events
 from tests.support.waiting import wait_for
@@ -38,17 +38,9 @@ def live_app(settings: WebSettings) -> web.Application:
     return app
 
 
-@contextlib.asynccontextmanager
-async def serving(app: web.Application, port: int = 0) -> AsyncIterator[str]:
-    """Serve ``app`` on a real loopback socket; yields its base URL."""
-    runner = web.AppRunner(app, shutdown_timeout=2.0)
-    await runner.setup()
-    port = port or free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        await runner.cleanup()
+def serving(app: web.Application) -> contextlib.AbstractAsyncContextManager[str]:
+    """The live app alone on a plain ``AppRunner`` (it has no Redis handle to wait for)."""
+    return support_serving(app, wait_redis=False, bounded=False)
 
 
 async def subscribers(client: aioredis.Redis, channel: str) -> int:
@@ -302,12 +294,11 @@ async def test_a_client_that_never_reads_is_evicted_by_the_heartbeat(
 
 async def test_websockets_past_the_cap_get_503_before_the_upgrade(redis_url: str, prefix: str) -> None:
     from binormal.web.app import create_app
-    from tests.support.http import serving as bounded_serving
     from tests.support.http import web_settings
 
     cap = 3
     app = create_app(web_settings(redis_url, prefix, max_websockets=cap))
-    async with bounded_serving(app) as base, aiohttp.ClientSession() as session:
+    async with support_serving(app) as base, aiohttp.ClientSession() as session:
         sockets = [await session.ws_connect(f"{base}/websocket") for _ in range(cap)]
         with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
             await session.ws_connect(f"{base}/websocket")

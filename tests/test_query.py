@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import random
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -14,10 +13,12 @@ import redis.asyncio as aioredis
 
 from binormal.common.engine import MemoryEngine
 from binormal.common.health import REDIS
-from binormal.common.keys import Keyspace, Scope
+from binormal.common.keys import Keyspace
 from binormal.common.schema import Event
 from binormal.common.scoring import normalise, score_direct
 from binormal.web.app import create_app
+from tests.support.events import QUERY_SCOPES as SCOPES
+from tests.support.events import query_events
 from tests.support.http import serving, web_settings
 from tests.support.openapi import check_response, load_openapi
 from tests.support.redis_state import drained, xadd_events
@@ -25,25 +26,6 @@ from tests.support.waiting import wait_for
 from tests.support.workers import running_worker, worker_settings
 
 DOC = load_openapi()
-SCOPES = [Scope("acme", "web", "users"), Scope("acme", "web", "admins"), Scope("Beta Co", "api:v2", "{bots}")]
-
-
-def make_events(n: int, seed: int = 7) -> list[Event]:
-    """A skewed population per scope, with two odd individuals in the first scope."""
-    rng = random.Random(seed)
-    actions = [f"GET /page/{i}" for i in range(12)]
-    weights = [2.0**-i for i in range(12)]
-    out = []
-    for i in range(n):
-        scope = SCOPES[i % 3]
-        ident = f"user{rng.randrange(25)}"
-        action = rng.choices(actions, weights)[0]
-        if scope == SCOPES[0] and ident == "user3":
-            action = "DELETE /admin"  # only this one does it
-        elif scope == SCOPES[0] and ident == "user4":
-            action = actions[-1]  # always the rarest page
-        out.append(Event(scope.org, scope.source, scope.pop, ident, action, ts=1_700_000_000_000 + i))
-    return out
 
 
 class Api:
@@ -64,7 +46,7 @@ async def populated(
 ) -> AsyncIterator[tuple[Api, MemoryEngine, list[Event]]]:
     """3 scopes scored by a real worker (exact snapshots) and the same events through the reference engine."""
     settings = web_settings(redis_url, prefix)
-    events = make_events(1500)
+    events = query_events(1500)
     engine = MemoryEngine()
     for e in events:
         engine.process(e)

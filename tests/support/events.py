@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import zlib
 from collections.abc import Iterable, Mapping
 
 from binormal.common.keys import Scope
@@ -60,3 +61,85 @@ def population_truth(
             sq[a] = sq.get(a, 0) + x * x
             k[a] = k.get(a, 0) + 1
     return pop, sq, k
+
+
+# ---------------------------------------------------------------- the other suites' populations
+# Each keeps its own draw order: the tests' seeds pin the events they assert on.
+
+ENGINE_ACTIONS = ["GET /", "GET /login", "POST /login", "GET /profile", "POST /logout", "GET /admin"]
+ENGINE_WEIGHTS = [40, 25, 20, 10, 4, 1]
+
+
+def engine_events(seed: int, n_events: int, scopes: int = 3, individuals: int = 40) -> list[Event]:
+    """Skewed action mix over a few scopes; individual ``evil`` in scope 0 hammers rare actions."""
+    rng = random.Random(seed)
+    out: list[Event] = []
+    for i in range(n_events):
+        s = rng.randrange(scopes)
+        if s == 0 and i % 25 == 0:
+            out.append(Event("acme", "web", "pop0", "evil", rng.choice(["GET /admin", "POST /logout"]), ts=i))
+            continue
+        ident = f"u{rng.randrange(individuals)}"
+        action = rng.choices(ENGINE_ACTIONS, ENGINE_WEIGHTS)[0]
+        out.append(Event("acme", "web", f"pop{s}", ident, action, ts=i, event_id=f"e{i}"))
+    return out
+
+
+FAULT_SCOPES = [
+    Scope("acme", "webserver", "auth_getpost"),
+    Scope("acme", "webserver", "admins"),
+    Scope("acme", "api", "service accounts"),
+    Scope("org:{x}", "src\n}", "pop 🚀"),
+    Scope("beta", "ci", "workers"),
+    Scope("beta", "ci", "runners:{a}"),
+]
+FAULT_ACTIONS = [f"action-{i}" for i in range(12)]
+FAULT_WEIGHTS = [30, 20, 12, 10, 8, 6, 5, 3, 2, 2, 1, 1]
+
+
+def fault_events(rng: random.Random, n: int, start: int) -> list[Event]:
+    """``n`` events: 6 scopes x 150 individuals, skewed action mix; every 3rd has an event_id."""
+    out = []
+    for i in range(start, start + n):
+        scope = rng.choice(FAULT_SCOPES)
+        ident = f"id-{rng.randrange(150)}"
+        action = rng.choices(FAULT_ACTIONS, FAULT_WEIGHTS)[0]
+        eid = f"f-{i}" if i % 3 == 0 else None  # unique ids: idempotency must not drop any
+        out.append(Event(scope.org, scope.source, scope.pop, ident, action, event_id=eid))
+    return out
+
+
+FEED_ACTIONS = [f"GET /page/{i}" for i in range(12)] + ["POST /login", "POST /logout", "GET /admin"]
+
+
+def feed_events(n: int, seed: int = 1, individuals: int = 200) -> list[Event]:
+    """``n`` events over 3 pops of one org/source; a few individuals favour odd actions."""
+    rnd = random.Random(seed)
+    out = []
+    for _ in range(n):
+        ident = f"user{rnd.randrange(individuals)}"
+        weights = [8 if (zlib.crc32(ident.encode()) + i) % 7 == 0 else 1 for i in range(len(FEED_ACTIONS))]
+        action = rnd.choices(FEED_ACTIONS, weights)[0]
+        out.append(Event("acme", "web", f"pop{rnd.randrange(3)}", ident, action))
+    return out
+
+
+QUERY_SCOPES = [Scope("acme", "web", "users"), Scope("acme", "web", "admins"), Scope("Beta Co", "api:v2", "{bots}")]
+
+
+def query_events(n: int, seed: int = 7) -> list[Event]:
+    """A skewed population per scope, with two odd individuals in the first scope."""
+    rng = random.Random(seed)
+    actions = [f"GET /page/{i}" for i in range(12)]
+    weights = [2.0**-i for i in range(12)]
+    out = []
+    for i in range(n):
+        scope = QUERY_SCOPES[i % 3]
+        ident = f"user{rng.randrange(25)}"
+        action = rng.choices(actions, weights)[0]
+        if scope == QUERY_SCOPES[0] and ident == "user3":
+            action = "DELETE /admin"  # only this one does it
+        elif scope == QUERY_SCOPES[0] and ident == "user4":
+            action = actions[-1]  # always the rarest page
+        out.append(Event(scope.org, scope.source, scope.pop, ident, action, ts=TS0 + i))
+    return out

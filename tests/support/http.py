@@ -51,12 +51,19 @@ def combined_app(ws: WebSettings, ins: IngestSettings) -> web.Application:
 
 
 @contextlib.asynccontextmanager
-async def serving(app: web.Application, port: int = 0, wait_redis: bool = True) -> AsyncIterator[str]:
+async def serving(
+    app: web.Application, port: int = 0, wait_redis: bool = True, bounded: bool = True
+) -> AsyncIterator[str]:
     """Serve ``app`` on 127.0.0.1 (a free port by default); yields the base URL.
 
-    With ``wait_redis`` it first waits until the app has reached Redis.
+    With ``wait_redis`` it first waits until the app has reached Redis (an app
+    without the Redis handle must pass False). ``bounded`` serves with the services'
+    own :class:`BoundedAppRunner`; False, with aiohttp's plain ``AppRunner``.
     """
-    runner = BoundedAppRunner(app, access_log=None, shutdown_timeout=2.0)  # the services' own bounds
+    if bounded:
+        runner: web.AppRunner = BoundedAppRunner(app, access_log=None, shutdown_timeout=2.0)
+    else:
+        runner = web.AppRunner(app, shutdown_timeout=2.0)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", port)
     await site.start()
