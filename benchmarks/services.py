@@ -3,24 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import aiohttp
 
+from tests.support.processes import spawn
+from tests.support.workers import binormal_command as binormal
 
-def binormal() -> list[str]:
-    """The ``binormal`` console script of this interpreter's environment (or ``-m`` as a fallback)."""
-    script = Path(sys.executable).with_name("binormal")
-    return [str(script)] if script.exists() else [sys.executable, "-P", "-m", "binormal"]
-
-
-def spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    """``binormal ARGS`` in the background, stdout and stderr appended to ``log``."""
-    with open(log, "ab") as fh:  # the child keeps its own copy of the descriptor
-        return subprocess.Popen([*binormal(), *args], env=env, stdout=fh, stderr=fh)
+__all__ = ["binormal", "spawn", "wait_ready"]  # spawn and binormal are the tests' own (tests/support)
 
 
 async def wait_ready(base: str, timeout: float = 60.0) -> None:

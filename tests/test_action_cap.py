@@ -6,18 +6,16 @@ pre-checks it per line (ingest/actioncap.py). Real sockets, the private Redis.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
-import orjson
 import pytest
 import redis.asyncio as aioredis
 
-from binormal.common.health import REDIS
-from binormal.common.keys import Keyspace, Scope
-from tests.support.http import combined_app, ingest_settings, post_json, post_raw, serving, web_settings
+from binormal.common.keys import Scope
+from tests.support.events import ndjson
+from tests.support.http import Served, combined_app, ingest_settings, post_json, post_raw, served, serving, web_settings
 from tests.support.openapi import check_response, load_openapi
 from tests.support.redis_state import drained, hgetall_int
 from tests.support.waiting import wait_for
@@ -32,16 +30,7 @@ def line(action: str, ident: str = "u1", **extra: Any) -> dict[str, Any]:
     return {"org": SCOPE.org, "source": SCOPE.source, "pop": SCOPE.pop, "id": ident, "action": action, **extra}
 
 
-def ndjson(objs: list[dict[str, Any]]) -> bytes:
-    return b"".join(orjson.dumps(o) + b"\n" for o in objs)
-
-
-class Svc:
-    def __init__(self, base: str, session: aiohttp.ClientSession, keys: Keyspace) -> None:
-        self.base = base
-        self.session = session
-        self.keys = keys
-
+class Svc(Served):
     async def events(self, objs: list[dict[str, Any]]) -> tuple[int, Any]:
         status, got, _ = await post_raw(self.session, f"{self.base}/events", ndjson(objs), NDJSON)
         return status, got
@@ -51,9 +40,8 @@ class Svc:
 async def svc(redis_url: str, prefix: str) -> AsyncIterator[Svc]:
     ws = web_settings(redis_url, prefix, discrete_timeout_s=3.0)
     app = combined_app(ws, ingest_settings(redis_url, prefix, max_actions=3))
-    async with serving(app) as base, aiohttp.ClientSession() as session:
-        await asyncio.wait_for(app[REDIS].up.wait(), 5.0)
-        yield Svc(base, session, ws.keys)
+    async with served(app, ws.keys, Svc) as running:
+        yield running
 
 
 def reason(n: int) -> str:

@@ -11,15 +11,13 @@ from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urlsplit
 
-import aiohttp
 import orjson
 import pytest
 import redis.asyncio as aioredis
 
-from binormal.common.health import REDIS
-from binormal.common.keys import Keyspace, Scope
+from binormal.common.keys import Scope
 from binormal.web.app import RequestIds
-from tests.support.http import combined_app, ingest_settings, post_json, serving, web_settings
+from tests.support.http import Served, combined_app, ingest_settings, post_json, served, web_settings
 from tests.support.openapi import check_response, load_openapi
 from tests.support.waiting import wait_for
 from tests.support.workers import running_worker, worker_settings
@@ -32,13 +30,8 @@ BETA = dict(ACME, org="beta", pop="auth_getpost1", id="someone-else", action="PO
 NDJSON = "application/x-ndjson"
 
 
-class Svc:
+class Svc(Served):
     """Web tier + ingest on one app (as ``binormal run``), with a session."""
-
-    def __init__(self, base: str, session: aiohttp.ClientSession, keys: Keyspace) -> None:
-        self.base = base
-        self.session = session
-        self.keys = keys
 
     async def discrete(self, body: dict[str, Any], headers: dict[str, str] | None = None) -> tuple[int, Any]:
         return await post_json(self.session, f"{self.base}/discrete", body, headers)
@@ -48,9 +41,8 @@ class Svc:
 async def svc(redis_url: str, prefix: str) -> AsyncIterator[Svc]:
     ws = web_settings(redis_url, prefix, discrete_timeout_s=3.0)
     app = combined_app(ws, ingest_settings(redis_url, prefix))
-    async with serving(app) as base, aiohttp.ClientSession() as session:
-        await asyncio.wait_for(app[REDIS].up.wait(), 5.0)
-        yield Svc(base, session, ws.keys)
+    async with served(app, ws.keys, Svc) as running:
+        yield running
 
 
 def documented(status: int, body: Any) -> None:

@@ -13,13 +13,12 @@ import redis.asyncio as aioredis
 
 from binormal.common.engine import MemoryEngine
 from binormal.common.health import REDIS
-from binormal.common.keys import Keyspace
 from binormal.common.schema import Event
 from binormal.common.scoring import normalise, score_direct
 from binormal.web.app import create_app
 from tests.support.events import QUERY_SCOPES as SCOPES
 from tests.support.events import query_events
-from tests.support.http import serving, web_settings
+from tests.support.http import Served, served, serving, web_settings
 from tests.support.openapi import check_response, load_openapi
 from tests.support.redis_state import drained, xadd_events
 from tests.support.waiting import wait_for
@@ -28,10 +27,7 @@ from tests.support.workers import running_worker, worker_settings
 DOC = load_openapi()
 
 
-class Api:
-    def __init__(self, base: str, session: aiohttp.ClientSession, keys: Keyspace) -> None:
-        self.base, self.session, self.keys = base, session, keys
-
+class Api(Served):
     async def get(self, path: str, **params: Any) -> tuple[int, Any]:
         async with self.session.get(f"{self.base}{path}", params=params) as r:
             body = await r.json()
@@ -54,9 +50,8 @@ async def populated(
         await xadd_events(aredis, settings.keys, events)
         await wait_for(lambda: drained(aredis, settings.keys), timeout=60, what="drain")
     app = create_app(settings)
-    async with serving(app) as base, aiohttp.ClientSession() as session:
-        await asyncio.wait_for(app[REDIS].up.wait(), 5.0)
-        yield Api(base, session, settings.keys), engine, events
+    async with served(app, settings.keys, Api) as running:
+        yield running, engine, events
 
 
 async def test_scopes_lists_every_scope(populated: tuple[Api, MemoryEngine, list[Event]]) -> None:

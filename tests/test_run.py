@@ -31,17 +31,10 @@ KEYS = Keyspace()  # what `binormal run` uses with no BINORMAL_PREFIX/SHARDS set
 @pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_run_serves_everything_on_one_port_and_keeps_counters_across_restarts(
-    tmp_path: Path, base_env: dict[str, str]
+    tmp_path: Path, run_env: dict[str, str]
 ) -> None:
-    port, redis_port = free_port(), free_port()
-    env = dict(
-        base_env,
-        PORT=str(port),
-        HOST="127.0.0.1",
-        BINORMAL_DATA_DIR=str(tmp_path / "var"),
-        BINORMAL_REDIS_PORT=str(redis_port),
-        BINORMAL_BLOCK_MS="100",
-    )
+    port, redis_port = int(run_env["PORT"]), int(run_env["BINORMAL_REDIS_PORT"])
+    env = run_env
     base = f"http://127.0.0.1:{port}"
     counts = []
     for round_ in range(2):
@@ -133,18 +126,9 @@ def test_web_ingest_and_worker_run_alone_against_redis_url(
 
 @pytest.mark.slow
 @pytest.mark.timeout(120)
-def test_run_restarts_a_worker_that_dies_and_stops_it_last(tmp_path: Path, base_env: dict[str, str]) -> None:
-    port, redis_port = free_port(), free_port()
-    env = dict(
-        base_env,
-        PORT=str(port),
-        HOST="127.0.0.1",
-        BINORMAL_DATA_DIR=str(tmp_path / "var"),
-        BINORMAL_BLOCK_MS="100",
-        BINORMAL_CLAIM_IDLE_MS="1000",
-        BINORMAL_WORKERS="2",
-        BINORMAL_REDIS_PORT=str(redis_port),
-    )
+def test_run_restarts_a_worker_that_dies_and_stops_it_last(tmp_path: Path, run_env: dict[str, str]) -> None:
+    port, redis_port = int(run_env["PORT"]), int(run_env["BINORMAL_REDIS_PORT"])
+    env = dict(run_env, BINORMAL_CLAIM_IDLE_MS="1000", BINORMAL_WORKERS="2")
     base = f"http://127.0.0.1:{port}"
     names = {f"{socket.gethostname()}-{port}-run-{slot}".encode() for slot in range(2)}
     proc = spawn(["run"], env, tmp_path / "run.log")

@@ -20,7 +20,6 @@ from typing import Any
 import orjson
 import pytest
 
-from binormal.common.embedded import free_port
 from tests.support.openapi import check_response, load_openapi
 from tests.support.processes import (
     alive,
@@ -35,18 +34,6 @@ from tests.support.waiting import wait_until
 from tests.support.workers import binormal_command
 
 SCOPE = {"org": "acme", "source": "webserver", "pop": "heal"}
-
-
-@pytest.fixture
-def run_env(tmp_path: Path, base_env: dict[str, str]) -> dict[str, str]:
-    return dict(
-        base_env,
-        PORT=str(free_port()),
-        HOST="127.0.0.1",
-        BINORMAL_DATA_DIR=str(tmp_path / "var"),
-        BINORMAL_REDIS_PORT=str(free_port()),
-        BINORMAL_BLOCK_MS="100",
-    )
 
 
 @pytest.fixture

@@ -5,6 +5,9 @@ from __future__ import annotations
 import random
 import zlib
 from collections.abc import Iterable, Mapping
+from typing import Any
+
+import orjson
 
 from binormal.common.keys import Scope
 from binormal.common.schema import Event
@@ -37,6 +40,24 @@ def generate(n: int, seed: int, scopes: list[Scope] = TRICKY_SCOPES, ids: int = 
         eid = f"e{seed}-{i}" if i % 2 == 0 else None
         out.append(Event(scope.org, scope.source, scope.pop, ident, action, ts=TS0 + i, event_id=eid))
     return out
+
+
+def numbered_event(i: int, **changes: Any) -> dict[str, Any]:
+    """Event ``i`` of a small round-robin population as a JSON object (3 pops, 11 ids, 5 actions)."""
+    obj: dict[str, Any] = {
+        "org": "acme",
+        "source": "web",
+        "pop": f"p{i % 3}",
+        "id": f"u{i % 11}",
+        "action": f"a{i % 5}",
+    }
+    obj.update(changes)
+    return obj
+
+
+def ndjson(objs: Iterable[Any]) -> bytes:
+    """Objects as NDJSON, one line each, every line ending in a newline."""
+    return b"".join(orjson.dumps(o) + b"\n" for o in objs)
 
 
 def counts_from_events(events: Iterable[Event]) -> dict[Scope, dict[str, dict[str, int]]]:

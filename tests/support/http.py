@@ -10,13 +10,14 @@ import contextlib
 import socket
 import time
 from collections.abc import AsyncIterator
-from dataclasses import replace
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import Any, TypeVar
 
 import aiohttp
 from aiohttp import web
 
 from binormal.common.health import REDIS
+from binormal.common.keys import Keyspace
 from binormal.common.server import BoundedAppRunner
 from binormal.ingest.app import setup as setup_ingest
 from binormal.ingest.settings import IngestSettings
@@ -74,6 +75,25 @@ async def serving(
         yield f"http://127.0.0.1:{bound}"
     finally:
         await runner.cleanup()
+
+
+@dataclass
+class Served:
+    """A served app: its base URL, a client session on it and its settings' keyspace."""
+
+    base: str
+    session: aiohttp.ClientSession
+    keys: Keyspace
+
+
+S = TypeVar("S", bound=Served)
+
+
+@contextlib.asynccontextmanager
+async def served(app: web.Application, keys: Keyspace, kind: type[S] = Served) -> AsyncIterator[S]:  # type: ignore[assignment]
+    """:func:`serving` plus a client session, yielded as ``kind(base, session, keys)`` (Redis reached)."""
+    async with serving(app) as base, aiohttp.ClientSession() as session:
+        yield kind(base, session, keys)
 
 
 async def wait_ready(session: aiohttp.ClientSession, base: str, timeout: float = 15.0) -> dict[str, Any]:

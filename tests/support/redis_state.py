@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,6 +43,30 @@ async def xadd_events(
     if batch:
         await flush()
     return ids
+
+
+@contextlib.asynccontextmanager
+async def paused_writes(client: aioredis.Redis) -> AsyncIterator[None]:
+    """Hold every write on the server (reads still run) until the block ends."""
+    await client.execute_command("CLIENT", "PAUSE", 20_000, "WRITE")
+    try:
+        yield
+    finally:
+        await client.execute_command("CLIENT", "UNPAUSE")
+
+
+async def kill_blocked_xadd(client: aioredis.Redis, timeout: float = 10.0) -> int:
+    """Wait for a connection whose XADD is held by the pause (flag ``b``), kill it; returns its client id."""
+
+    async def blocked() -> int | None:
+        for c in await client.client_list():
+            if c.get("cmd") == "xadd" and "b" in c.get("flags", ""):
+                return int(c["id"])
+        return None
+
+    cid = await wait_for(blocked, timeout=timeout, what="an XADD held by CLIENT PAUSE")
+    await client.execute_command("CLIENT", "KILL", "ID", cid)
+    return int(cid)
 
 
 class Collector:
