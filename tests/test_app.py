@@ -16,10 +16,9 @@ from binormal.common.embedded import RedisServer, find_binary, free_port
 from binormal.common.keys import Keyspace, Scope
 from binormal.web.app import create_app
 from tests.support.http import SEED_BODY, Served, post_json, post_raw, served, serving, wait_ready, web_settings
-from tests.support.openapi import check_response, load_openapi
+from tests.support.openapi import assert_documented as documented
 from tests.support.workers import running_worker, worker_settings
 
-DOC = load_openapi()
 GOOD = {"org": "acme", "source": "webserver", "pop": "auth_getpost", "id": "individual1", "action": "GET /user/login"}
 
 
@@ -43,11 +42,6 @@ async def webapp(redis_url: str, prefix: str) -> AsyncIterator[Web]:
 async def total_len(client: aioredis.Redis, keys: Keyspace) -> int:
     """Entries in every stream shard."""
     return sum([await client.xlen(s) for s in keys.streams()])
-
-
-def documented(path: str, method: str, status: int, body: Any) -> None:
-    problems = check_response(DOC, path, method, status, body)
-    assert not problems, problems
 
 
 # ---------------------------------------------------------------- bad input: 4xx JSON naming the field, nothing written

@@ -38,16 +38,10 @@ from binormal.common.keys import Keyspace, Scope
 from binormal.ingest.settings import IngestSettings
 from binormal.web.settings import WebSettings
 from tests.support.http import combined_app, ingest_settings, serving, web_settings
-from tests.support.openapi import check_response, load_openapi
+from tests.support.openapi import assert_documented as documented
 from tests.support.workers import binormal_command
 
 GOOD = {"org": "acme", "source": "web", "pop": "users", "id": "u1", "action": "GET /"}
-DOC = load_openapi()
-
-
-def documented(path: str, method: str, status: int, body: Any) -> None:
-    problems = check_response(DOC, path, method, status, body)
-    assert not problems, problems
 
 
 def token_line(name: str, role: str, orgs: str, token: str) -> str:

@@ -26,11 +26,10 @@ from binormal.common.schema import Event
 from binormal.ingest.app import INGEST, line_ranges
 from tests.support.events import ndjson, numbered_event
 from tests.support.http import combined_app, ingest_settings, post_json, post_raw, serving, web_settings
-from tests.support.openapi import check_response, load_openapi
+from tests.support.openapi import assert_documented
 from tests.support.redis_state import kill_blocked_xadd, paused_writes
 from tests.support.workers import running_worker, worker_settings
 
-DOC = load_openapi()
 NDJSON = "application/x-ndjson"
 GOOD = {"org": "acme", "source": "webserver", "pop": "auth_getpost", "id": "individual1", "action": "GET /user/login"}
 
@@ -41,8 +40,7 @@ def ev(i: int, **changes: Any) -> dict[str, Any]:
 
 
 def documented(path: str, status: int, body: Any) -> None:
-    problems = check_response(DOC, path, "post", status, body)
-    assert not problems, problems
+    assert_documented(path, "post", status, body)
 
 
 def expand(ranges: list[list[int]]) -> list[int]:

@@ -7,6 +7,7 @@ validates a body against the documented schema, with every ``$ref`` resolved by
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -63,3 +64,14 @@ def check_response(doc: dict[str, Any], path: str, method: str, status: int, bod
         f"${''.join(f'.{p}' for p in err.absolute_path)}: {err.message:.300}"
         for err in sorted(validator.iter_errors(body), key=lambda e: list(map(str, e.absolute_path)))
     ]
+
+
+@functools.cache
+def _spec() -> dict[str, Any]:
+    return load_openapi()
+
+
+def assert_documented(path: str, method: str, status: int, body: Any) -> None:
+    """Fail the test unless docs/openapi.yaml documents this live response (status and body)."""
+    problems = check_response(_spec(), path, method, status, body)
+    assert not problems, problems
