@@ -39,7 +39,7 @@ import orjson  # noqa: E402
 import redis.asyncio as aioredis  # noqa: E402
 
 from benchmarks.http_discrete import event_lines  # noqa: E402
-from benchmarks.services import binormal, spawn, wait_ready  # noqa: E402
+from benchmarks.services import binormal, spawn, wait_service  # noqa: E402
 from binormal.common.embedded import RedisServer, find_binary, free_port, server_version  # noqa: E402
 from binormal.common.keys import Keyspace, Scope  # noqa: E402
 from binormal.common.store import stream_lag  # noqa: E402
@@ -112,7 +112,7 @@ async def bench(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             env.update(INGEST_PORT=str(port), BINORMAL_MAX_LAG=str(10 * args.lines))
         service = spawn(["--log-level", "WARNING", args.service], env, tmp / "service.log")
         if args.service == "run":
-            await wait_ready(base)
+            await wait_service(base)
         else:
             await wait_listening(port)
         cmd = [*binormal(), "feed", str(log), "--json", "--no-progress", "--batch", str(args.batch)]

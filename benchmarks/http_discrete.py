@@ -51,7 +51,7 @@ import aiohttp  # noqa: E402
 import orjson  # noqa: E402
 import redis  # noqa: E402
 
-from benchmarks.services import spawn, wait_ready  # noqa: E402
+from benchmarks.services import spawn, wait_service  # noqa: E402
 from binormal.common.embedded import RedisServer, find_binary, free_port, server_version  # noqa: E402
 
 LEVELS = (1, 16, 64)
@@ -246,8 +246,8 @@ async def bench(
         connector = aiohttp.TCPConnector(limit=max(args.levels) + 8)
         headers = {"Authorization": f"Bearer {token}"} if token else None
         async with aiohttp.ClientSession(connector=connector, headers=headers) as session:
-            await wait_ready(web_base)
-            await wait_ready(ingest_base)
+            await wait_service(web_base)
+            await wait_service(ingest_base)
             payload = bodies(50_000, seed=1)
             await discrete_level(session, f"{web_base}/discrete", 8, 500, 10, payload)  # warm-up
             for clients in args.levels:

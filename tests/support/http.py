@@ -97,14 +97,17 @@ async def served(app: web.Application, keys: Keyspace, kind: type[S] = Served) -
 
 
 async def wait_ready(session: aiohttp.ClientSession, base: str, timeout: float = 15.0) -> dict[str, Any]:
-    """Poll ``/readyz`` until 200; returns its body."""
+    """Poll ``/readyz`` until 200 (a service still starting may not answer yet); returns its body."""
     deadline = time.monotonic() + timeout
     body: Any = None
     while time.monotonic() < deadline:
-        async with session.get(f"{base}/readyz") as r:
-            body = await r.json()
-            if r.status == 200:
-                return dict(body)
+        try:
+            async with session.get(f"{base}/readyz", timeout=aiohttp.ClientTimeout(total=2.0)) as r:
+                body = await r.json(content_type=None)
+                if r.status == 200:
+                    return dict(body)
+        except (TimeoutError, aiohttp.ClientError, ValueError) as exc:  # not listening yet, or not JSON
+            body = repr(exc)
         await asyncio.sleep(0.05)
     raise TimeoutError(f"not ready after {timeout}s: {body}")
 
