@@ -9,13 +9,12 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-import aiohttp
 import pytest
 import redis.asyncio as aioredis
 
 from binormal.common.keys import Scope
 from tests.support.events import ndjson
-from tests.support.http import Served, combined_app, ingest_settings, post_json, post_raw, served, serving, web_settings
+from tests.support.http import Served, combined_app, ingest_settings, post_json, post_raw, served, web_settings
 from tests.support.openapi import check_response, load_openapi
 from tests.support.redis_state import drained, hgetall_int
 from tests.support.waiting import wait_for
@@ -48,12 +47,10 @@ def reason(n: int) -> str:
     return f"action: action cap: scope already has {n} distinct actions (BINORMAL_MAX_ACTIONS)"
 
 
-async def test_one_body_cannot_push_a_scope_past_the_default_cap(redis_url: str, prefix: str) -> None:
+async def test_one_body_cannot_push_a_scope_past_the_default_cap(combined: Served) -> None:
     """The issue's reproduction: one /events body with 24,000 distinct actions for one scope."""
-    app = combined_app(web_settings(redis_url, prefix), ingest_settings(redis_url, prefix))
-    async with serving(app) as base, aiohttp.ClientSession() as session:
-        body = ndjson([line(f"GET /page/{i}") for i in range(24_000)])
-        status, got, _ = await post_raw(session, f"{base}/events", body, NDJSON)
+    body = ndjson([line(f"GET /page/{i}") for i in range(24_000)])
+    status, got, _ = await post_raw(combined.session, f"{combined.base}/events", body, NDJSON)
     assert status == 202, got
     assert (got["accepted"], got["rejected"]) == (10_000, 14_000)
     assert got["errors"][0] == {

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from binormal.common.embedded import free_port
+from binormal.worker import Worker
+from tests.support.http import Served, combined_app, ingest_settings, served, web_settings
 from tests.support.processes import clean_env
+from tests.support.workers import running_worker, worker_settings
 
 
 @pytest.fixture
@@ -27,3 +31,18 @@ def run_env(tmp_path: Path, base_env: dict[str, str]) -> dict[str, str]:
         BINORMAL_REDIS_PORT=str(free_port()),
         BINORMAL_BLOCK_MS="100",
     )
+
+
+@pytest.fixture
+async def combined(redis_url: str, prefix: str) -> AsyncIterator[Served]:
+    """Web tier + ingest on one app (as ``binormal run``) with the test defaults, served, Redis reached."""
+    ws = web_settings(redis_url, prefix)
+    async with served(combined_app(ws, ingest_settings(redis_url, prefix)), ws.keys) as svc:
+        yield svc
+
+
+@pytest.fixture
+async def worker(redis_url: str, prefix: str) -> AsyncIterator[Worker]:
+    """The default test worker (:func:`worker_settings`), running for the whole test."""
+    async with running_worker(worker_settings(redis_url, prefix)) as w:
+        yield w
