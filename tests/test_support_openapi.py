@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import SchemaError
 from referencing import Registry
 from referencing.jsonschema import DRAFT202012
 
@@ -70,3 +72,14 @@ def test_an_undocumented_status_is_one_problem() -> None:
 def test_refs_through_components_responses_are_followed() -> None:
     """A 4xx documented as ``$ref: '#/components/responses/...'`` checks its Error body."""
     assert check_response(DOC, "/readyz", "get", 414, {}) != []
+
+
+def test_every_component_schema_is_valid_json_schema() -> None:
+    """The checks can only be as good as the schemas: each one is valid Draft 2020-12."""
+    schemas = DOC["components"]["schemas"]
+    assert len(schemas) > 5
+    for name, schema in schemas.items():
+        try:
+            Draft202012Validator.check_schema(schema)
+        except SchemaError as exc:
+            raise AssertionError(f"components/schemas/{name}: {exc.message}") from exc
