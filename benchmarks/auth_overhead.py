@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 import aiohttp  # noqa: E402
 import redis  # noqa: E402
@@ -33,7 +32,7 @@ from benchmarks.http_discrete import bodies  # noqa: E402
 from binormal.common import log  # noqa: E402
 from binormal.common.auth import hash_token  # noqa: E402
 from binormal.common.embedded import RedisServer, find_binary  # noqa: E402
-from http_helpers import combined_app, ingest_settings, serving, web_settings  # noqa: E402
+from tests.support.http import combined_app, ingest_settings, serving, web_settings  # noqa: E402
 
 TOKEN = "bench-producer-token-not-secret"
 

@@ -25,7 +25,6 @@ import argparse
 import asyncio
 import os
 import platform
-import random
 import signal
 import subprocess
 import sys
@@ -39,7 +38,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import orjson  # noqa: E402
 import redis.asyncio as aioredis  # noqa: E402
 
-from benchmarks.services import binormal, spawn, wait_ready  # noqa: E402
+from benchmarks.http_discrete import event_lines  # noqa: E402
+from benchmarks.services import binormal, spawn, wait_service  # noqa: E402
 from binormal.common.embedded import RedisServer, find_binary, free_port, server_version  # noqa: E402
 from binormal.common.keys import Keyspace, Scope  # noqa: E402
 from binormal.common.store import stream_lag  # noqa: E402
@@ -49,25 +49,10 @@ PREFIX = "bench"
 
 def write_log(path: Path, lines: int, seed: int = 1) -> None:
     """``lines`` web-log events: 20 scopes, 5,000 individuals, 30 actions with a skewed mix."""
-    rnd = random.Random(seed)
-    actions = [f"GET /api/v1/item/{i}" for i in range(30)]
-    weights = [1.0 / (r + 1) ** 1.1 for r in range(30)]
     with open(path, "wb") as f:
         chunk: list[bytes] = []
-        picks = rnd.choices(actions, weights=weights, k=lines)
-        for i in range(lines):
-            s = rnd.randrange(20)
-            chunk.append(
-                orjson.dumps(
-                    {
-                        "org": f"org{s % 4}",
-                        "source": f"src{s}",
-                        "pop": f"pop{s}",
-                        "id": f"user{rnd.randrange(5000)}",
-                        "action": picks[i],
-                    }
-                )
-            )
+        for line in event_lines(lines, seed, individuals=5000):
+            chunk.append(line)
             if len(chunk) >= 10_000:
                 f.write(b"\n".join(chunk) + b"\n")
                 chunk.clear()
@@ -127,7 +112,7 @@ async def bench(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             env.update(INGEST_PORT=str(port), BINORMAL_MAX_LAG=str(10 * args.lines))
         service = spawn(["--log-level", "WARNING", args.service], env, tmp / "service.log")
         if args.service == "run":
-            await wait_ready(base)
+            await wait_service(base)
         else:
             await wait_listening(port)
         cmd = [*binormal(), "feed", str(log), "--json", "--no-progress", "--batch", str(args.batch)]

@@ -41,6 +41,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -50,33 +51,34 @@ import aiohttp  # noqa: E402
 import orjson  # noqa: E402
 import redis  # noqa: E402
 
-from benchmarks.services import spawn, wait_ready  # noqa: E402
+from benchmarks.services import spawn, wait_service  # noqa: E402
 from binormal.common.embedded import RedisServer, find_binary, free_port, server_version  # noqa: E402
 
 LEVELS = (1, 16, 64)
 
 
-def bodies(n: int, seed: int) -> list[bytes]:
-    """``n`` distinct JSON events (skewed action mix)."""
+def event_lines(n: int, seed: int, individuals: int = 250) -> Iterator[bytes]:
+    """``n`` JSON events: 20 scopes, ``individuals`` ids, 30 actions with a skewed (Zipf-like) mix."""
     rnd = random.Random(seed)
     actions = [f"GET /api/v1/item/{i}" for i in range(30)]
     weights = [1.0 / (r + 1) ** 1.1 for r in range(30)]
     picks = rnd.choices(actions, weights=weights, k=n)
-    out = []
     for i in range(n):
         s = rnd.randrange(20)
-        out.append(
-            orjson.dumps(
-                {
-                    "org": f"org{s % 4}",
-                    "source": f"src{s}",
-                    "pop": f"pop{s}",
-                    "id": f"user{rnd.randrange(250)}",
-                    "action": picks[i],
-                }
-            )
+        yield orjson.dumps(
+            {
+                "org": f"org{s % 4}",
+                "source": f"src{s}",
+                "pop": f"pop{s}",
+                "id": f"user{rnd.randrange(individuals)}",
+                "action": picks[i],
+            }
         )
-    return out
+
+
+def bodies(n: int, seed: int) -> list[bytes]:
+    """``n`` distinct JSON events (skewed action mix, 250 individuals)."""
+    return list(event_lines(n, seed))
 
 
 async def discrete_level(
@@ -244,8 +246,8 @@ async def bench(
         connector = aiohttp.TCPConnector(limit=max(args.levels) + 8)
         headers = {"Authorization": f"Bearer {token}"} if token else None
         async with aiohttp.ClientSession(connector=connector, headers=headers) as session:
-            await wait_ready(web_base)
-            await wait_ready(ingest_base)
+            await wait_service(web_base)
+            await wait_service(ingest_base)
             payload = bodies(50_000, seed=1)
             await discrete_level(session, f"{web_base}/discrete", 8, 500, 10, payload)  # warm-up
             for clients in args.levels:

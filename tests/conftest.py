@@ -18,6 +18,8 @@ import redis.asyncio as aioredis
 
 from binormal.common.embedded import RedisServer, RedisServerError, find_binary, server_version
 
+pytest_plugins = ["tests.support.fixtures"]
+
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 

@@ -6,20 +6,19 @@ pre-checks it per line (ingest/actioncap.py). Real sockets, the private Redis.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
-import aiohttp
-import orjson
 import pytest
 import redis.asyncio as aioredis
 
-from binormal.common.keys import Keyspace, Scope
-from binormal.common.redisapp import REDIS
-from helpers import drained, hgetall_int, running_worker, wait_for, worker_settings
-from http_helpers import combined_app, ingest_settings, post_json, post_raw, serving, web_settings
-from openapi_subset import check_response, load_openapi
+from binormal.common.keys import Scope
+from tests.support.events import ndjson
+from tests.support.http import Served, combined_app, ingest_settings, post_json, post_raw, served, web_settings
+from tests.support.openapi import check_response, load_openapi
+from tests.support.redis_state import drained, hgetall_int
+from tests.support.waiting import wait_for
+from tests.support.workers import running_worker, worker_settings
 
 DOC = load_openapi()
 NDJSON = "application/x-ndjson"
@@ -30,16 +29,7 @@ def line(action: str, ident: str = "u1", **extra: Any) -> dict[str, Any]:
     return {"org": SCOPE.org, "source": SCOPE.source, "pop": SCOPE.pop, "id": ident, "action": action, **extra}
 
 
-def ndjson(objs: list[dict[str, Any]]) -> bytes:
-    return b"".join(orjson.dumps(o) + b"\n" for o in objs)
-
-
-class Svc:
-    def __init__(self, base: str, session: aiohttp.ClientSession, keys: Keyspace) -> None:
-        self.base = base
-        self.session = session
-        self.keys = keys
-
+class Svc(Served):
     async def events(self, objs: list[dict[str, Any]]) -> tuple[int, Any]:
         status, got, _ = await post_raw(self.session, f"{self.base}/events", ndjson(objs), NDJSON)
         return status, got
@@ -49,21 +39,18 @@ class Svc:
 async def svc(redis_url: str, prefix: str) -> AsyncIterator[Svc]:
     ws = web_settings(redis_url, prefix, discrete_timeout_s=3.0)
     app = combined_app(ws, ingest_settings(redis_url, prefix, max_actions=3))
-    async with serving(app) as base, aiohttp.ClientSession() as session:
-        await asyncio.wait_for(app[REDIS].up.wait(), 5.0)
-        yield Svc(base, session, ws.keys)
+    async with served(app, ws.keys, Svc) as running:
+        yield running
 
 
 def reason(n: int) -> str:
     return f"action: action cap: scope already has {n} distinct actions (BINORMAL_MAX_ACTIONS)"
 
 
-async def test_one_body_cannot_push_a_scope_past_the_default_cap(redis_url: str, prefix: str) -> None:
+async def test_one_body_cannot_push_a_scope_past_the_default_cap(combined: Served) -> None:
     """The issue's reproduction: one /events body with 24,000 distinct actions for one scope."""
-    app = combined_app(web_settings(redis_url, prefix), ingest_settings(redis_url, prefix))
-    async with serving(app) as base, aiohttp.ClientSession() as session:
-        body = ndjson([line(f"GET /page/{i}") for i in range(24_000)])
-        status, got, _ = await post_raw(session, f"{base}/events", body, NDJSON)
+    body = ndjson([line(f"GET /page/{i}") for i in range(24_000)])
+    status, got, _ = await post_raw(combined.session, f"{combined.base}/events", body, NDJSON)
     assert status == 202, got
     assert (got["accepted"], got["rejected"]) == (10_000, 14_000)
     assert got["errors"][0] == {

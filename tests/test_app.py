@@ -14,23 +14,16 @@ import redis.asyncio as aioredis
 
 from binormal.common.embedded import RedisServer, find_binary, free_port
 from binormal.common.keys import Keyspace, Scope
-from binormal.common.redisapp import REDIS
 from binormal.web.app import create_app
-from helpers import running_worker, worker_settings
-from http_helpers import SEED_BODY, post_json, post_raw, serving, wait_ready, web_settings
-from openapi_subset import check_response, load_openapi
+from tests.support.http import SEED_BODY, Served, post_json, post_raw, served, serving, wait_ready, web_settings
+from tests.support.openapi import assert_documented as documented
+from tests.support.workers import running_worker, worker_settings
 
-DOC = load_openapi()
 GOOD = {"org": "acme", "source": "webserver", "pop": "auth_getpost", "id": "individual1", "action": "GET /user/login"}
 
 
-class Web:
+class Web(Served):
     """A running web tier: base URL, client session, its settings' keyspace."""
-
-    def __init__(self, base: str, session: aiohttp.ClientSession, keys: Keyspace) -> None:
-        self.base = base
-        self.session = session
-        self.keys = keys
 
     @property
     def discrete(self) -> str:
@@ -42,19 +35,13 @@ async def webapp(redis_url: str, prefix: str) -> AsyncIterator[Web]:
     """The web tier on a free port, Redis reached, no worker."""
     settings = web_settings(redis_url, prefix, discrete_timeout_s=0.5)
     app = create_app(settings)
-    async with serving(app) as base, aiohttp.ClientSession() as session:
-        await asyncio.wait_for(app[REDIS].up.wait(), 5.0)
-        yield Web(base, session, settings.keys)
+    async with served(app, settings.keys, Web) as running:
+        yield running
 
 
 async def total_len(client: aioredis.Redis, keys: Keyspace) -> int:
     """Entries in every stream shard."""
     return sum([await client.xlen(s) for s in keys.streams()])
-
-
-def documented(path: str, method: str, status: int, body: Any) -> None:
-    problems = check_response(DOC, path, method, status, body)
-    assert not problems, problems
 
 
 # ---------------------------------------------------------------- bad input: 4xx JSON naming the field, nothing written

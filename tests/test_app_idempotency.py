@@ -11,19 +11,17 @@ from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urlsplit
 
-import aiohttp
 import orjson
 import pytest
 import redis.asyncio as aioredis
 
-from binormal.common.keys import Keyspace, Scope
-from binormal.common.redisapp import REDIS
+from binormal.common.keys import Scope
 from binormal.web.app import RequestIds
-from helpers import running_worker, wait_for, worker_settings
-from http_helpers import combined_app, ingest_settings, post_json, serving, web_settings
-from openapi_subset import check_response, load_openapi
+from tests.support.http import Served, combined_app, ingest_settings, post_json, served, web_settings
+from tests.support.openapi import assert_documented
+from tests.support.waiting import wait_for
+from tests.support.workers import running_worker, worker_settings
 
-DOC = load_openapi()
 ACME = {"org": "acme", "source": "webserver", "pop": "auth_getpost", "id": "individual1", "action": "GET /user/login"}
 # A scope of another org in the same stream shard as ACME's (shard 0 of 4): the
 # idempotency namespace used to be per shard, so this is where tenants collided.
@@ -31,13 +29,8 @@ BETA = dict(ACME, org="beta", pop="auth_getpost1", id="someone-else", action="PO
 NDJSON = "application/x-ndjson"
 
 
-class Svc:
+class Svc(Served):
     """Web tier + ingest on one app (as ``binormal run``), with a session."""
-
-    def __init__(self, base: str, session: aiohttp.ClientSession, keys: Keyspace) -> None:
-        self.base = base
-        self.session = session
-        self.keys = keys
 
     async def discrete(self, body: dict[str, Any], headers: dict[str, str] | None = None) -> tuple[int, Any]:
         return await post_json(self.session, f"{self.base}/discrete", body, headers)
@@ -47,14 +40,12 @@ class Svc:
 async def svc(redis_url: str, prefix: str) -> AsyncIterator[Svc]:
     ws = web_settings(redis_url, prefix, discrete_timeout_s=3.0)
     app = combined_app(ws, ingest_settings(redis_url, prefix))
-    async with serving(app) as base, aiohttp.ClientSession() as session:
-        await asyncio.wait_for(app[REDIS].up.wait(), 5.0)
-        yield Svc(base, session, ws.keys)
+    async with served(app, ws.keys, Svc) as running:
+        yield running
 
 
 def documented(status: int, body: Any) -> None:
-    problems = check_response(DOC, "/discrete", "post", status, body)
-    assert not problems, problems
+    assert_documented("/discrete", "post", status, body)
 
 
 # ---------------------------------------------------------------- generated ids

@@ -37,17 +37,11 @@ from binormal.common.http import observe
 from binormal.common.keys import Keyspace, Scope
 from binormal.ingest.settings import IngestSettings
 from binormal.web.settings import WebSettings
-from helpers import binormal_command
-from http_helpers import combined_app, ingest_settings, serving, web_settings
-from openapi_subset import check_response, load_openapi
+from tests.support.http import Served, combined_app, ingest_settings, serving, web_settings
+from tests.support.openapi import assert_documented as documented
+from tests.support.workers import binormal_command
 
 GOOD = {"org": "acme", "source": "web", "pop": "users", "id": "u1", "action": "GET /"}
-DOC = load_openapi()
-
-
-def documented(path: str, method: str, status: int, body: Any) -> None:
-    problems = check_response(DOC, path, method, status, body)
-    assert not problems, problems
 
 
 def token_line(name: str, role: str, orgs: str, token: str) -> str:
@@ -58,11 +52,9 @@ def token_line(name: str, role: str, orgs: str, token: str) -> str:
 
 
 @pytest.fixture
-async def open_base(redis_url: str, prefix: str) -> AsyncIterator[str]:
+def open_base(combined: Served) -> str:
     """web + ingest on one app, auth off (no tokens file), loopback."""
-    app = combined_app(web_settings(redis_url, prefix), ingest_settings(redis_url, prefix))
-    async with serving(app) as base:
-        yield base
+    return combined.base
 
 
 async def test_websocket_from_another_origin_is_refused(open_base: str) -> None:

@@ -17,17 +17,10 @@ from binormal.common.scoring import Snapshot
 from binormal.common.scripts import Scripts
 from binormal.worker.batch import BatchProcessor, Entry
 from binormal.worker.worker import ensure_groups
-from helpers import (
-    Collector,
-    check_counters,
-    counts_from_events,
-    drained,
-    hgetall_int,
-    running_worker,
-    wait_for,
-    worker_settings,
-    xadd_events,
-)
+from tests.support.events import counts_from_events
+from tests.support.redis_state import Collector, check_counters, drained, hgetall_int, xadd_events
+from tests.support.waiting import wait_for
+from tests.support.workers import running_worker, worker_settings
 
 SCOPE = Scope("acme", "webserver", "auth_getpost")
 

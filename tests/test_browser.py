@@ -27,7 +27,8 @@ from aiohttp import web
 from binormal.common.embedded import free_port
 from binormal.web.live import HUB_KEY
 from binormal.web.settings import WebSettings
-from tests.helpers import running_worker, wait_for, worker_settings
+from tests.support.waiting import wait_for
+from tests.support.workers import running_worker, worker_settings
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(240)]
 
@@ -98,6 +99,24 @@ class WebTier:
         if self.runner is not None:
             runner, self.runner = self.runner, None
             await runner.cleanup()
+
+
+async def start_tier(stack: contextlib.AsyncExitStack, settings: WebSettings, port: int) -> WebTier:
+    """A started :class:`WebTier` on ``port``, stopped when ``stack`` closes."""
+    tier = WebTier(settings, port)
+    await tier.start()
+    stack.push_async_callback(tier.stop)
+    return tier
+
+
+async def launch_chromium(stack: contextlib.AsyncExitStack, executable: str) -> Any:
+    """Headless Chromium under Playwright, closed (browser, then Playwright) when ``stack`` closes."""
+    from playwright.async_api import async_playwright
+
+    pw = await stack.enter_async_context(async_playwright())
+    browser = await pw.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS, headless=True)
+    stack.push_async_callback(browser.close)
+    return browser
 
 
 class Feeder:
@@ -193,8 +212,6 @@ async def select_scope(page: Any, level: str, value: str) -> None:
 
 async def test_live_page_end_to_end(redis_url: str, prefix: str) -> None:
     executable = chromium_or_skip()
-    from playwright.async_api import async_playwright
-
     ARTIFACTS.mkdir(exist_ok=True)
     port = free_port()
     settings = WebSettings(redis_url=redis_url, prefix=prefix, port=port)
@@ -203,18 +220,15 @@ async def test_live_page_end_to_end(redis_url: str, prefix: str) -> None:
     csp_reports: list[str] = []  # the page runs under the CSP (no inline script or style): nothing may be refused
     async with contextlib.AsyncExitStack() as stack:
         await stack.enter_async_context(running_worker(worker_settings(redis_url, prefix)))
-        tier = WebTier(settings, port)
-        base = await tier.start()
-        stack.push_async_callback(tier.stop)
+        tier = await start_tier(stack, settings, port)
+        base = tier.base
         http = await stack.enter_async_context(aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)))
         rclient = aioredis.Redis.from_url(redis_url, protocol=2)
         stack.push_async_callback(rclient.aclose)
         channel = settings.keys.broadcast_channel()
         feeder = Feeder(base)
         await feeder.send(http, 200)  # history: the outlier already stands out when the page opens
-        pw = await stack.enter_async_context(async_playwright())
-        browser = await pw.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS, headless=True)
-        stack.push_async_callback(browser.close)
+        browser = await launch_chromium(stack, executable)
         page = await browser.new_page(viewport={"width": 1280, "height": 760})
 
         async def on_dialog(dialog: Any) -> None:
@@ -451,21 +465,15 @@ MONITOR_JS = """() => {
 @pytest.mark.slow
 async def test_page_stays_responsive_at_20000_results_per_second(redis_url: str, prefix: str) -> None:
     executable = chromium_or_skip()
-    from playwright.async_api import async_playwright
-
     port = free_port()
     settings = WebSettings(redis_url=redis_url, prefix=prefix, port=port)
     messages = flood_messages(40)
     seconds = 6.0
     async with contextlib.AsyncExitStack() as stack:
-        tier = WebTier(settings, port)
-        base = await tier.start()
-        stack.push_async_callback(tier.stop)
+        base = (await start_tier(stack, settings, port)).base
         client = aioredis.Redis.from_url(redis_url, protocol=2)
         stack.push_async_callback(client.aclose)
-        pw = await stack.enter_async_context(async_playwright())
-        browser = await pw.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS, headless=True)
-        stack.push_async_callback(browser.close)
+        browser = await launch_chromium(stack, executable)
         page = await browser.new_page(viewport={"width": 1280, "height": 760})
         await page.goto(base + "/")
         await wait_js(page, "() => document.getElementById('conn').textContent === 'connected'")
@@ -568,14 +576,10 @@ def result_line(i: int, org: str = "acme") -> bytes:
 
 async def test_a_page_from_another_origin_cannot_read_the_live_stream(redis_url: str, prefix: str) -> None:
     executable = chromium_or_skip()
-    from playwright.async_api import async_playwright
-
     port = free_port()
     settings = WebSettings(redis_url=redis_url, prefix=prefix, port=port)  # auth off, loopback
     async with contextlib.AsyncExitStack() as stack:
-        tier = WebTier(settings, port)
-        await tier.start()
-        stack.push_async_callback(tier.stop)
+        tier = await start_tier(stack, settings, port)
 
         async def evil_page(request: web.Request) -> web.Response:
             return web.Response(text=EVIL_PAGE % port, content_type="text/html")
@@ -589,9 +593,7 @@ async def test_a_page_from_another_origin_cannot_read_the_live_stream(redis_url:
         stack.push_async_callback(evil_runner.cleanup)
         client = aioredis.Redis.from_url(redis_url, protocol=2)
         stack.push_async_callback(client.aclose)
-        pw = await stack.enter_async_context(async_playwright())
-        browser = await pw.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS, headless=True)
-        stack.push_async_callback(browser.close)
+        browser = await launch_chromium(stack, executable)
         page = await browser.new_page()
         await page.goto(f"http://127.0.0.1:{evil_port}/")
         await wait_js(page, "() => window.state !== 'connecting'")
@@ -606,8 +608,6 @@ async def test_a_page_from_another_origin_cannot_read_the_live_stream(redis_url:
 
 async def test_viewer_logs_in_once_and_the_live_view_streams(tmp_path: Path, redis_url: str, prefix: str) -> None:
     executable = chromium_or_skip()
-    from playwright.async_api import async_playwright
-
     from binormal.common.auth import hash_token
 
     tokens = tmp_path / "tokens"
@@ -617,14 +617,10 @@ async def test_viewer_logs_in_once_and_the_live_view_streams(tmp_path: Path, red
     console: list[str] = []
     page_errors: list[str] = []
     async with contextlib.AsyncExitStack() as stack:
-        tier = WebTier(settings, port)
-        base = await tier.start()
-        stack.push_async_callback(tier.stop)
+        base = (await start_tier(stack, settings, port)).base
         client = aioredis.Redis.from_url(redis_url, protocol=2)
         stack.push_async_callback(client.aclose)
-        pw = await stack.enter_async_context(async_playwright())
-        browser = await pw.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS, headless=True)
-        stack.push_async_callback(browser.close)
+        browser = await launch_chromium(stack, executable)
         page = await browser.new_page()
         page.on("console", lambda m: console.append(m.text))
         page.on("pageerror", lambda e: page_errors.append(str(e)))

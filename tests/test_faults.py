@@ -22,45 +22,15 @@ import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
-from binormal.common.keys import Keyspace, Scope
-from binormal.common.schema import Event
-from helpers import (
-    WorkerProcess,
-    check_committed,
-    check_counters,
-    counts_from_events,
-    drained,
-    no_uncommitted,
-    wait_for,
-    xadd_events,
-)
+from binormal.common.keys import Keyspace
+from tests.support.events import counts_from_events, fault_events
+from tests.support.redis_state import check_committed, check_counters, drained, no_uncommitted, xadd_events
+from tests.support.waiting import wait_for
+from tests.support.workers import WorkerProcess
 
 BASE_EVENTS = 30_000
 MIN_MID_BATCH_KILLS = 5  # kills that left entries read but not applied
 MAX_ROUNDS = 30
-
-SCOPES = [
-    Scope("acme", "webserver", "auth_getpost"),
-    Scope("acme", "webserver", "admins"),
-    Scope("acme", "api", "service accounts"),
-    Scope("org:{x}", "src\n}", "pop 🚀"),
-    Scope("beta", "ci", "workers"),
-    Scope("beta", "ci", "runners:{a}"),
-]
-ACTIONS = [f"action-{i}" for i in range(12)]
-WEIGHTS = [30, 20, 12, 10, 8, 6, 5, 3, 2, 2, 1, 1]
-
-
-def make_events(rng: random.Random, n: int, start: int) -> list[Event]:
-    """``n`` events: 6 scopes x 150 individuals, skewed action mix; every 3rd has an event_id."""
-    out = []
-    for i in range(start, start + n):
-        scope = rng.choice(SCOPES)
-        ident = f"id-{rng.randrange(150)}"
-        action = rng.choices(ACTIONS, WEIGHTS)[0]
-        eid = f"f-{i}" if i % 3 == 0 else None  # unique ids: idempotency must not drop any
-        out.append(Event(scope.org, scope.source, scope.pop, ident, action, event_id=eid))
-    return out
 
 
 @pytest.mark.slow
@@ -85,7 +55,7 @@ async def test_sigkill_workers_while_draining(
     def spawn(slot: int, name: str) -> WorkerProcess:
         return WorkerProcess(redis_url, prefix, name, tmp_path / f"worker-{slot}.log", dict(env)).start()
 
-    events = make_events(rng, BASE_EVENTS, 0)
+    events = fault_events(rng, BASE_EVENTS, 0)
     first, rest = events[:9000], events[9000:]
     await xadd_events(aredis, keys, first)
     workers = [spawn(0, "slot0-g0"), spawn(1, "slot1-g0")]
@@ -104,7 +74,7 @@ async def test_sigkill_workers_while_draining(
             # holds entries it read but has not applied (polled at a random
             # phase, up to 2 s).
             await wait_for(lambda: _running_since(aredis, keys, victim.consumer, spawned[slot]), timeout=20)
-            chunk = rest[:3000] if rest else make_events(rng, 5000, BASE_EVENTS + 5000 * rounds)
+            chunk = rest[:3000] if rest else fault_events(rng, 5000, BASE_EVENTS + 5000 * rounds)
             rest = rest[3000:]
             await xadd_events(aredis, keys, chunk)
             written += chunk

@@ -11,10 +11,8 @@ import asyncio
 import contextlib
 import gzip
 import os
-import random
 import signal
 import time
-import zlib
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,33 +31,14 @@ from binormal.feed.convert import FieldMap, MapError
 from binormal.feed.reader import InputError
 from binormal.feed.settings import settings_from_args
 from binormal.feed.state import Position, StateFile, event_id, file_key
-from helpers import (
-    binormal_command,
-    check_counters,
-    counts_from_events,
-    drained,
-    running_worker,
-    wait_for,
-    worker_settings,
-)
-from http_helpers import combined_app, ingest_settings, serving, web_settings
-
-ACTIONS = [f"GET /page/{i}" for i in range(12)] + ["POST /login", "POST /logout", "GET /admin"]
-
+from tests.support.events import counts_from_events
+from tests.support.events import feed_events as make_events
+from tests.support.http import combined_app, ingest_settings, serving, web_settings
+from tests.support.redis_state import check_counters, drained
+from tests.support.waiting import wait_for
+from tests.support.workers import binormal_command, running_worker, worker_settings
 
 # ---------------------------------------------------------------- inputs
-
-
-def make_events(n: int, seed: int = 1, individuals: int = 200) -> list[Event]:
-    """``n`` events over 3 pops of one org/source; a few individuals favour odd actions."""
-    rnd = random.Random(seed)
-    out = []
-    for _ in range(n):
-        ident = f"user{rnd.randrange(individuals)}"
-        weights = [8 if (zlib.crc32(ident.encode()) + i) % 7 == 0 else 1 for i in range(len(ACTIONS))]
-        action = rnd.choices(ACTIONS, weights)[0]
-        out.append(Event("acme", "web", f"pop{rnd.randrange(3)}", ident, action))
-    return out
 
 
 def event_line(e: Event) -> bytes:

@@ -17,8 +17,10 @@ import pytest
 import redis.asyncio as aioredis
 
 from binormal.feed.state import StateFile
-from helpers import running_worker, wait_for, worker_settings
-from test_feed import counted, event_line, feed, make_events, service, start_feed, write_lines
+from tests.support.events import feed_events as make_events
+from tests.support.waiting import wait_for
+from tests.support.workers import running_worker, worker_settings
+from tests.test_feed import counted, event_line, feed, service, start_feed, write_lines
 
 pytestmark = pytest.mark.slow
 

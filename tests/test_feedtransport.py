@@ -14,8 +14,10 @@ import redis.asyncio as aioredis
 
 from binormal.common.embedded import RedisServer, find_binary
 from binormal.common.schema import Event
-from helpers import running_worker, wait_for, worker_settings
-from test_feed import counted, event_line, finish, service, start_feed, write_lines
+from tests.support.redis_state import kill_blocked_xadd, paused_writes
+from tests.support.waiting import wait_for
+from tests.support.workers import running_worker, worker_settings
+from tests.test_feed import counted, event_line, finish, service, start_feed, write_lines
 
 
 async def _oom_refusals(client: aioredis.Redis) -> int:
@@ -64,20 +66,9 @@ async def test_feeder_resends_lines_in_doubt_with_their_event_ids(
     log = write_lines(tmp_path / "log.json", [event_line(e) for e in truth])
     async with running_worker(worker_settings(redis_url, prefix)):
         async with service(redis_url, prefix, pipeline_batch=100, retry_after_s=1) as url:
-            await aredis.execute_command("CLIENT", "PAUSE", 20_000, "WRITE")
-            try:
+            async with paused_writes(aredis):
                 proc = await start_feed(str(log), "--url", url, "--json", "--batch", "600")
-
-                async def blocked() -> int | None:
-                    for c in await aredis.client_list():
-                        if c.get("cmd") == "xadd" and "b" in c.get("flags", ""):
-                            return int(c["id"])
-                    return None
-
-                cid = await wait_for(blocked, timeout=30, what="an XADD held by CLIENT PAUSE")
-                await aredis.execute_command("CLIENT", "KILL", "ID", cid)
-            finally:
-                await aredis.execute_command("CLIENT", "UNPAUSE")
+                await kill_blocked_xadd(aredis, timeout=30)
             run = await finish(proc, timeout=120)
         assert run.rc == 0, run.err
         assert run.summary["accepted"] == n and run.summary["retries"] >= 1, run.summary

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -13,25 +12,22 @@ import redis.asyncio as aioredis
 
 from binormal.common.embedded import free_port
 from binormal.common.keys import Keyspace
-from binormal.common.redisapp import REDIS
 from binormal.common.schema import Event
 from binormal.ingest.app import create_app
 from binormal.worker.worker import ensure_groups
-from helpers import check_counters, counts_from_events, drained, running_worker, wait_for, worker_settings
-from http_helpers import ingest_settings, post_raw, serving
-from openapi_subset import check_response, load_openapi
+from tests.support.events import counts_from_events, ndjson
+from tests.support.events import numbered_event as ev
+from tests.support.http import Served, ingest_settings, post_raw, served, serving
+from tests.support.openapi import assert_documented
+from tests.support.redis_state import check_counters, drained
+from tests.support.waiting import wait_for
+from tests.support.workers import running_worker, worker_settings
 
-DOC = load_openapi()
 NDJSON = "application/x-ndjson"
 
 
-class Ingest:
+class Ingest(Served):
     """A running ingest service."""
-
-    def __init__(self, base: str, session: aiohttp.ClientSession, keys: Keyspace) -> None:
-        self.base = base
-        self.session = session
-        self.keys = keys
 
     @property
     def events(self) -> str:
@@ -41,9 +37,8 @@ class Ingest:
 async def _start(redis_url: str, prefix: str, **overrides: Any) -> AsyncIterator[Ingest]:
     settings = ingest_settings(redis_url, prefix, **overrides)
     app = create_app(settings)
-    async with serving(app) as base, aiohttp.ClientSession() as session:
-        await asyncio.wait_for(app[REDIS].up.wait(), 5.0)
-        yield Ingest(base, session, settings.keys)
+    async with served(app, settings.keys, Ingest) as running:
+        yield running
 
 
 @pytest.fixture
@@ -52,29 +47,12 @@ async def ingest(redis_url: str, prefix: str) -> AsyncIterator[Ingest]:
         yield svc
 
 
-def ev(i: int, **changes: Any) -> dict[str, Any]:
-    obj: dict[str, Any] = {
-        "org": "acme",
-        "source": "web",
-        "pop": f"p{i % 3}",
-        "id": f"u{i % 11}",
-        "action": f"a{i % 5}",
-    }
-    obj.update(changes)
-    return obj
-
-
-def ndjson(objs: list[Any]) -> bytes:
-    return b"".join(orjson.dumps(o) + b"\n" for o in objs)
-
-
 async def total_len(client: aioredis.Redis, keys: Keyspace) -> int:
     return sum([await client.xlen(s) for s in keys.streams()])
 
 
 def documented(status: int, body: Any, method: str = "post") -> None:
-    problems = check_response(DOC, "/events", method, status, body)
-    assert not problems, problems
+    assert_documented("/events", method, status, body)
 
 
 async def test_mixed_ndjson_batch_keeps_valid_lines_and_reports_bad_ones(

@@ -24,35 +24,23 @@ from binormal.common.embedded import RedisServer, find_binary
 from binormal.common.redisapp import REDIS
 from binormal.common.schema import Event
 from binormal.ingest.app import INGEST, line_ranges
-from helpers import running_worker, wait_for, worker_settings
-from http_helpers import combined_app, ingest_settings, post_json, post_raw, serving, web_settings
-from openapi_subset import check_response, load_openapi
+from tests.support.events import ndjson, numbered_event
+from tests.support.http import combined_app, ingest_settings, post_json, post_raw, serving, web_settings
+from tests.support.openapi import assert_documented
+from tests.support.redis_state import kill_blocked_xadd, paused_writes
+from tests.support.workers import running_worker, worker_settings
 
-DOC = load_openapi()
 NDJSON = "application/x-ndjson"
 GOOD = {"org": "acme", "source": "webserver", "pop": "auth_getpost", "id": "individual1", "action": "GET /user/login"}
 
 
 def ev(i: int, **changes: Any) -> dict[str, Any]:
-    obj: dict[str, Any] = {
-        "org": "acme",
-        "source": "web",
-        "pop": f"p{i % 3}",
-        "id": f"u{i % 11}",
-        "action": f"a{i % 5}",
-        "event_id": f"line-{i}",
-    }
-    obj.update(changes)
-    return obj
-
-
-def ndjson(objs: list[dict[str, Any]]) -> bytes:
-    return b"".join(orjson.dumps(o) + b"\n" for o in objs)
+    """:func:`numbered_event` with an ``event_id`` of its own."""
+    return numbered_event(i, **{"event_id": f"line-{i}", **changes})
 
 
 def documented(path: str, status: int, body: Any) -> None:
-    problems = check_response(DOC, path, "post", status, body)
-    assert not problems, problems
+    assert_documented(path, "post", status, body)
 
 
 def expand(ranges: list[list[int]]) -> list[int]:
@@ -66,30 +54,6 @@ async def app_on(redis_url: str, prefix: str, **ingest: Any) -> AsyncIterator[tu
     async with serving(app) as base, aiohttp.ClientSession() as session:
         await asyncio.wait_for(app[REDIS].up.wait(), 5.0)
         yield base, session
-
-
-@contextlib.asynccontextmanager
-async def paused_writes(client: aioredis.Redis) -> AsyncIterator[None]:
-    """Hold every write on the server (reads still run) until the block ends."""
-    await client.execute_command("CLIENT", "PAUSE", 20_000, "WRITE")
-    try:
-        yield
-    finally:
-        await client.execute_command("CLIENT", "UNPAUSE")
-
-
-async def kill_blocked_xadd(client: aioredis.Redis) -> int:
-    """Wait for a connection whose XADD is held by the pause, kill it; returns its client id."""
-
-    async def blocked() -> int | None:
-        for c in await client.client_list():
-            if c.get("cmd") == "xadd" and "b" in c.get("flags", ""):
-                return int(c["id"])
-        return None
-
-    cid = await wait_for(blocked, timeout=10, what="an XADD held by CLIENT PAUSE")
-    await client.execute_command("CLIENT", "KILL", "ID", cid)
-    return int(cid)
 
 
 def private_redis(tmp_path: Path) -> RedisServer:

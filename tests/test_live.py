@@ -8,7 +8,6 @@ import contextlib
 import os
 import statistics
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +22,10 @@ from binormal.common.keys import Keyspace
 from binormal.common.schema import Event
 from binormal.web.live import HUB_KEY, SOCKETS_KEY, SUBSCRIBER_KEY, setup_live
 from binormal.web.settings import WebSettings
-from tests.helpers import running_worker, wait_for, worker_settings, xadd_events
-from tests.http_helpers import stalled_websocket
+from tests.support.http import serving, stalled_websocket
+from tests.support.redis_state import xadd_events
+from tests.support.waiting import wait_for
+from tests.support.workers import running_worker, worker_settings
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
@@ -34,19 +35,6 @@ def live_app(settings: WebSettings) -> web.Application:
     app = web.Application()
     setup_live(app, settings)
     return app
-
-
-@contextlib.asynccontextmanager
-async def serving(app: web.Application, port: int = 0) -> AsyncIterator[str]:
-    """Serve ``app`` on a real loopback socket; yields its base URL."""
-    runner = web.AppRunner(app, shutdown_timeout=2.0)
-    await runner.setup()
-    port = port or free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        await runner.cleanup()
 
 
 async def subscribers(client: aioredis.Redis, channel: str) -> int:
@@ -72,7 +60,7 @@ async def test_websocket_streams_worker_results_in_seed_format(
     settings = WebSettings(redis_url=redis_url, prefix=prefix, ws_max_fps=20.0)
     keys = settings.keys
     app = live_app(settings)
-    async with serving(app) as base, aiohttp.ClientSession() as http:
+    async with serving(app, wait_redis=False, bounded=False) as base, aiohttp.ClientSession() as http:
         page = await http.get(base + "/")
         assert page.status == 200 and "text/html" in page.headers["Content-Type"]
         await wait_for(lambda: subscribers(aredis, keys.broadcast_channel()), what="live subscriber")
@@ -96,7 +84,7 @@ async def test_a_slow_client_is_told_how_many_results_it_lost(
     settings = WebSettings(redis_url=redis_url, prefix=prefix, ws_queue=10, ws_max_fps=2.0)
     channel = settings.keys.broadcast_channel()
     app = live_app(settings)
-    async with serving(app) as base, aiohttp.ClientSession() as http:
+    async with serving(app, wait_redis=False, bounded=False) as base, aiohttp.ClientSession() as http:
         await wait_for(lambda: subscribers(aredis, channel), what="live subscriber")
         async with http.ws_connect(base + "/websocket?stats=1") as ws:
             hello = orjson.loads((await ws.receive(timeout=5)).data)
@@ -130,7 +118,7 @@ async def test_subscriber_waits_for_redis_and_resubscribes_after_a_restart(tmp_p
     settings = WebSettings(redis_url=f"redis://127.0.0.1:{port}/0", prefix="live")
     channel = settings.keys.broadcast_channel()
     app = live_app(settings)
-    async with serving(app) as base, aiohttp.ClientSession() as http:
+    async with serving(app, wait_redis=False, bounded=False) as base, aiohttp.ClientSession() as http:
         # Redis is not up yet: the page and the websocket work regardless.
         assert (await http.get(base + "/")).status == 200
         async with http.ws_connect(base + "/websocket?stats=1") as ws:
@@ -223,7 +211,10 @@ async def test_stalled_websocket_client_does_not_slow_discrete(
     keys = settings.keys
     app = app_module.create_app(settings)
     hub = app[HUB_KEY]
-    async with running_worker(worker_settings(redis_url, prefix)), serving(app) as base:
+    async with (
+        running_worker(worker_settings(redis_url, prefix)),
+        serving(app, wait_redis=False, bounded=False) as base,
+    ):
         port = int(base.rsplit(":", 1)[1])
         async with aiohttp.ClientSession() as http, http.ws_connect(base + "/websocket") as healthy_ws:
             healthy = Reader(healthy_ws)
@@ -278,7 +269,7 @@ async def test_a_client_that_never_reads_is_evicted_by_the_heartbeat(
     keys = settings.keys
     app = live_app(settings)
     hub = app[HUB_KEY]
-    async with serving(app) as base:
+    async with serving(app, wait_redis=False, bounded=False) as base:
         await wait_for(lambda: subscribers(aredis, keys.broadcast_channel()), what="live subscriber")
         stop = asyncio.Event()
         flooder = asyncio.create_task(flood(aredis, keys, stop))
@@ -300,12 +291,11 @@ async def test_a_client_that_never_reads_is_evicted_by_the_heartbeat(
 
 async def test_websockets_past_the_cap_get_503_before_the_upgrade(redis_url: str, prefix: str) -> None:
     from binormal.web.app import create_app
-    from http_helpers import serving as bounded_serving
-    from http_helpers import web_settings
+    from tests.support.http import web_settings
 
     cap = 3
     app = create_app(web_settings(redis_url, prefix, max_websockets=cap))
-    async with bounded_serving(app) as base, aiohttp.ClientSession() as session:
+    async with serving(app) as base, aiohttp.ClientSession() as session:
         sockets = [await session.ws_connect(f"{base}/websocket") for _ in range(cap)]
         with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
             await session.ws_connect(f"{base}/websocket")

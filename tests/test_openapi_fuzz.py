@@ -41,8 +41,8 @@ from binormal.common.auth import hash_token
 from binormal.common.embedded import RedisServer
 from binormal.common.redisapp import REDIS
 from binormal.common.server import BoundedAppRunner
-from helpers import running_worker, worker_settings
-from http_helpers import combined_app, ingest_settings, web_settings
+from tests.support.http import combined_app, ingest_settings, web_settings
+from tests.support.workers import running_worker, worker_settings
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 OPENAPI = Path(__file__).resolve().parents[1] / "docs" / "openapi.yaml"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import random
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -13,41 +12,22 @@ import pytest
 import redis.asyncio as aioredis
 
 from binormal.common.engine import MemoryEngine
-from binormal.common.keys import Keyspace, Scope
 from binormal.common.redisapp import REDIS
 from binormal.common.schema import Event
 from binormal.common.scoring import normalise, score_direct
 from binormal.web.app import create_app
-from helpers import drained, running_worker, wait_for, worker_settings, xadd_events
-from http_helpers import serving, web_settings
-from openapi_subset import check_response, load_openapi
+from tests.support.events import QUERY_SCOPES as SCOPES
+from tests.support.events import query_events
+from tests.support.http import Served, served, serving, web_settings
+from tests.support.openapi import check_response, load_openapi
+from tests.support.redis_state import drained, xadd_events
+from tests.support.waiting import wait_for
+from tests.support.workers import running_worker, worker_settings
 
 DOC = load_openapi()
-SCOPES = [Scope("acme", "web", "users"), Scope("acme", "web", "admins"), Scope("Beta Co", "api:v2", "{bots}")]
 
 
-def make_events(n: int, seed: int = 7) -> list[Event]:
-    """A skewed population per scope, with two odd individuals in the first scope."""
-    rng = random.Random(seed)
-    actions = [f"GET /page/{i}" for i in range(12)]
-    weights = [2.0**-i for i in range(12)]
-    out = []
-    for i in range(n):
-        scope = SCOPES[i % 3]
-        ident = f"user{rng.randrange(25)}"
-        action = rng.choices(actions, weights)[0]
-        if scope == SCOPES[0] and ident == "user3":
-            action = "DELETE /admin"  # only this one does it
-        elif scope == SCOPES[0] and ident == "user4":
-            action = actions[-1]  # always the rarest page
-        out.append(Event(scope.org, scope.source, scope.pop, ident, action, ts=1_700_000_000_000 + i))
-    return out
-
-
-class Api:
-    def __init__(self, base: str, session: aiohttp.ClientSession, keys: Keyspace) -> None:
-        self.base, self.session, self.keys = base, session, keys
-
+class Api(Served):
     async def get(self, path: str, **params: Any) -> tuple[int, Any]:
         async with self.session.get(f"{self.base}{path}", params=params) as r:
             body = await r.json()
@@ -62,7 +42,7 @@ async def populated(
 ) -> AsyncIterator[tuple[Api, MemoryEngine, list[Event]]]:
     """3 scopes scored by a real worker (exact snapshots) and the same events through the reference engine."""
     settings = web_settings(redis_url, prefix)
-    events = make_events(1500)
+    events = query_events(1500)
     engine = MemoryEngine()
     for e in events:
         engine.process(e)
@@ -70,9 +50,8 @@ async def populated(
         await xadd_events(aredis, settings.keys, events)
         await wait_for(lambda: drained(aredis, settings.keys), timeout=60, what="drain")
     app = create_app(settings)
-    async with serving(app) as base, aiohttp.ClientSession() as session:
-        await asyncio.wait_for(app[REDIS].up.wait(), 5.0)
-        yield Api(base, session, settings.keys), engine, events
+    async with served(app, settings.keys, Api) as running:
+        yield running, engine, events
 
 
 async def test_scopes_lists_every_scope(populated: tuple[Api, MemoryEngine, list[Event]]) -> None:

@@ -18,7 +18,7 @@ from binormal.common.http import Handler
 from binormal.common.keys import Keyspace
 from binormal.common.ratelimit import TokenBuckets, retry_after
 from binormal.common.redisapp import REDIS
-from http_helpers import SEED_BODY, combined_app, ingest_settings, post_raw, serving, web_settings
+from tests.support.http import SEED_BODY, Served, combined_app, ingest_settings, post_raw, serving, web_settings
 
 NDJSON = "application/x-ndjson"
 
@@ -130,9 +130,7 @@ async def test_events_past_the_rate_are_429_with_retry_after_and_not_written(
         assert await total_len(aredis, ws.keys) == 20
 
 
-async def test_default_is_off(redis_url: str, prefix: str) -> None:
-    app = combined_app(web_settings(redis_url, prefix), ingest_settings(redis_url, prefix))
-    async with serving(app) as base, aiohttp.ClientSession() as session:
-        for _ in range(3):
-            status, body, _ = await post_raw(session, f"{base}/events", lines(5000), NDJSON)
-            assert status == 202, body
+async def test_default_is_off(combined: Served) -> None:
+    for _ in range(3):
+        status, body, _ = await post_raw(combined.session, f"{combined.base}/events", lines(5000), NDJSON)
+        assert status == 202, body

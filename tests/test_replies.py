@@ -12,7 +12,7 @@ import redis.asyncio as aioredis
 
 from binormal.common.connection import make_client
 from binormal.web.replies import ReplyWaiter, TooManyWaiting
-from helpers import wait_for
+from tests.support.waiting import wait_for
 
 CHANNEL = "t:reply:inst"
 

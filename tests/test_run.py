@@ -9,13 +9,9 @@ from __future__ import annotations
 import os
 import signal
 import socket
-import subprocess
 import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
-from urllib.error import HTTPError, URLError
 
 import orjson
 import pytest
@@ -25,82 +21,26 @@ from binormal.common.config import ConfigError
 from binormal.common.embedded import free_port
 from binormal.common.keys import Keyspace
 from binormal.run import worker_envs
-from helpers import WorkerProcess, binormal_command
-from http_helpers import SEED_BODY
+from tests.support.http import SEED_BODY
+from tests.support.processes import http, port_open, spawn, stop, wait_process_ready, worker_children
+from tests.support.workers import WorkerProcess
 
 KEYS = Keyspace()  # what `binormal run` uses with no BINORMAL_PREFIX/SHARDS set
-
-
-def http(method: str, url: str, body: bytes | None = None, ctype: str = "application/json") -> tuple[int, Any]:
-    req = urllib.request.Request(url, data=body, method=method, headers={"Content-Type": ctype} if body else {})
-    try:
-        with urllib.request.urlopen(req, timeout=10) as r:
-            return r.status, orjson.loads(r.read())
-    except HTTPError as exc:
-        return exc.code, orjson.loads(exc.read())
-
-
-def wait_ready(base: str, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, f"exited with {proc.returncode}"
-        try:
-            if http("GET", f"{base}/readyz")[0] == 200:
-                return
-        except (URLError, ConnectionError, OSError):
-            pass
-        time.sleep(0.1)
-    raise TimeoutError(f"{base} not ready after {timeout}s")
-
-
-def port_open(port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(0.5)
-        return s.connect_ex(("127.0.0.1", port)) == 0
-
-
-def spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    with open(log, "ab") as fh:
-        return subprocess.Popen([*binormal_command(), *args], env=env, stdout=fh, stderr=fh)
-
-
-@pytest.fixture
-def base_env() -> Iterator[dict[str, str]]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BINORMAL_") and k not in ("REDIS_URL", "PORT")}
-    yield env
-
-
-def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGINT, timeout: float = 30.0) -> int:
-    if proc.poll() is None:
-        proc.send_signal(sig)
-    try:
-        return proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(10)
-        raise
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_run_serves_everything_on_one_port_and_keeps_counters_across_restarts(
-    tmp_path: Path, base_env: dict[str, str]
+    tmp_path: Path, run_env: dict[str, str]
 ) -> None:
-    port, redis_port = free_port(), free_port()
-    env = dict(
-        base_env,
-        PORT=str(port),
-        HOST="127.0.0.1",
-        BINORMAL_DATA_DIR=str(tmp_path / "var"),
-        BINORMAL_REDIS_PORT=str(redis_port),
-        BINORMAL_BLOCK_MS="100",
-    )
+    port, redis_port = int(run_env["PORT"]), int(run_env["BINORMAL_REDIS_PORT"])
+    env = run_env
     base = f"http://127.0.0.1:{port}"
     counts = []
     for round_ in range(2):
         proc = spawn(["run"], env, tmp_path / "run.log")
         try:
-            wait_ready(base, proc)
+            wait_process_ready(base, proc)
             status, got = http("POST", f"{base}/discrete", SEED_BODY.encode())
             assert status == 200, got
             counts.append(got["count"])
@@ -159,8 +99,8 @@ def test_web_ingest_and_worker_run_alone_against_redis_url(
     worker = WorkerProcess(redis_url, prefix, "solo", tmp_path / "worker.log").start()
     web_base, ingest_base = f"http://127.0.0.1:{web_port}", f"http://127.0.0.1:{ingest_port}"
     try:
-        wait_ready(web_base, web_p)
-        wait_ready(ingest_base, ingest_p)
+        wait_process_ready(web_base, web_p)
+        wait_process_ready(ingest_base, ingest_p)
         batch = b"".join(
             orjson.dumps({"org": "o", "source": "s", "pop": "p", "id": f"u{i % 4}", "action": f"a{i % 3}"}) + b"\n"
             for i in range(40)
@@ -184,55 +124,19 @@ def test_web_ingest_and_worker_run_alone_against_redis_url(
     assert rcs == [0, 0], (tmp_path / "web.log").read_text()[-2000:]
 
 
-def _children(pid: int) -> list[int]:
-    """PIDs whose parent is ``pid`` (from /proc)."""
-    out = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                out.append(int(entry.name))
-    return out
-
-
-def _worker_children(pid: int) -> list[int]:
-    found = []
-    for child in _children(pid):
-        try:
-            cmd = (Path("/proc") / str(child) / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        # python -P -m binormal ... worker: -P keeps the current directory off the import path
-        if cmd[1:4] == [b"-P", b"-m", b"binormal"] and b"worker" in cmd:
-            found.append(child)
-    return found
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(120)
-def test_run_restarts_a_worker_that_dies_and_stops_it_last(tmp_path: Path, base_env: dict[str, str]) -> None:
-    port, redis_port = free_port(), free_port()
-    env = dict(
-        base_env,
-        PORT=str(port),
-        HOST="127.0.0.1",
-        BINORMAL_DATA_DIR=str(tmp_path / "var"),
-        BINORMAL_BLOCK_MS="100",
-        BINORMAL_CLAIM_IDLE_MS="1000",
-        BINORMAL_WORKERS="2",
-        BINORMAL_REDIS_PORT=str(redis_port),
-    )
+def test_run_restarts_a_worker_that_dies_and_stops_it_last(tmp_path: Path, run_env: dict[str, str]) -> None:
+    port, redis_port = int(run_env["PORT"]), int(run_env["BINORMAL_REDIS_PORT"])
+    env = dict(run_env, BINORMAL_CLAIM_IDLE_MS="1000", BINORMAL_WORKERS="2")
     base = f"http://127.0.0.1:{port}"
     names = {f"{socket.gethostname()}-{port}-run-{slot}".encode() for slot in range(2)}
     proc = spawn(["run"], env, tmp_path / "run.log")
     try:
-        wait_ready(base, proc)
+        wait_process_ready(base, proc)
         client = redis.Redis(port=redis_port, socket_timeout=5)
         deadline = time.monotonic() + 30
-        while len(workers := _worker_children(proc.pid)) < 2 or _consumers(client) != names:
+        while len(workers := worker_children(proc.pid)) < 2 or _consumers(client) != names:
             assert time.monotonic() < deadline, (workers, _consumers(client))
             time.sleep(0.1)
         assert len(workers) == 2, workers
@@ -241,7 +145,7 @@ def test_run_restarts_a_worker_that_dies_and_stops_it_last(tmp_path: Path, base_
         # The supervisor starts a new worker process, and /discrete is answered again.
         deadline = time.monotonic() + 30
         while True:
-            now = _worker_children(proc.pid)
+            now = worker_children(proc.pid)
             beats = [int(b) for b in client.hvals(KEYS.workers())]
             if len(now) == 2 and workers[0] not in now and len(beats) == 2 and min(beats) > killed_ms:
                 break  # both slots sent a heartbeat since the kill: the new worker runs

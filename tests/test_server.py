@@ -14,8 +14,8 @@ import orjson
 import pytest
 
 from binormal.common.server import HTTP_STATE, MAX_HEADER_BYTES, MAX_URL_BYTES
-from helpers import wait_for
-from http_helpers import SEED_BODY, combined_app, ingest_settings, serving, stalled_websocket, web_settings
+from tests.support.http import SEED_BODY, combined_app, ingest_settings, serving, stalled_websocket, web_settings
+from tests.support.waiting import wait_for
 
 FAST = {"header_timeout_s": 0.5, "body_timeout_s": 0.5}
 

@@ -16,16 +16,10 @@ from binormal.common.keys import Keyspace
 from binormal.common.result import Aggregates
 from binormal.common.store import heartbeat_ages, list_scopes, read_aggregates, recompute_aggregates
 from binormal.worker.worker import ensure_groups
-from helpers import (
-    TRICKY_SCOPES,
-    binormal_command,
-    drained,
-    generate,
-    running_worker,
-    wait_for,
-    worker_settings,
-    xadd_events,
-)
+from tests.support.events import TRICKY_SCOPES, generate
+from tests.support.redis_state import drained, xadd_events
+from tests.support.waiting import wait_for
+from tests.support.workers import binormal_command, running_worker, worker_settings
 
 
 def keys_of(prefix: str) -> Keyspace:
@@ -94,7 +88,7 @@ async def test_readyz_judges_the_worker_heartbeat_by_the_redis_clock(
 
     from binormal.common.redisapp import REDIS
     from binormal.web.app import create_app
-    from http_helpers import serving, web_settings
+    from tests.support.http import serving, web_settings
 
     keys = keys_of(prefix)
     settings = web_settings(redis_url, prefix)

@@ -13,95 +13,27 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
-from urllib.error import HTTPError, URLError
 
 import orjson
 import pytest
 
-from binormal.common.embedded import free_port
-from helpers import binormal_command
-from openapi_subset import check_response, load_openapi
+from tests.support.openapi import check_response, load_openapi
+from tests.support.processes import (
+    alive,
+    children,
+    http,
+    kill_with_children,
+    redis_child,
+    spawn,
+    worker_children,
+)
+from tests.support.waiting import wait_until
+from tests.support.workers import binormal_command
 
 SCOPE = {"org": "acme", "source": "webserver", "pop": "heal"}
-
-
-def http(method: str, url: str, body: bytes | None = None, ctype: str = "application/json") -> tuple[int, Any]:
-    """(status, JSON body); (0, None) when nothing answered."""
-    req = urllib.request.Request(url, data=body, method=method, headers={"Content-Type": ctype} if body else {})
-    try:
-        with urllib.request.urlopen(req, timeout=10) as r:
-            return r.status, orjson.loads(r.read())
-    except HTTPError as exc:
-        return exc.code, orjson.loads(exc.read())
-    except (URLError, ConnectionError, OSError):
-        return 0, None
-
-
-def wait_until(cond: Callable[[], Any], timeout: float, what: str) -> Any:
-    """Poll ``cond`` until it is truthy (its value is returned) or fail after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        got = cond()
-        if got:
-            return got
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
-
-
-def children(pid: int) -> list[int]:
-    """PIDs whose parent is ``pid`` (from /proc)."""
-    out = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                out.append(int(entry.name))
-    return out
-
-
-def cmdline(pid: int) -> bytes:
-    try:
-        return (Path("/proc") / str(pid) / "cmdline").read_bytes()
-    except OSError:
-        return b""
-
-
-def alive(pid: int) -> bool:
-    """Running and not a zombie."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
-def redis_child(pid: int) -> int | None:
-    found = [c for c in children(pid) if b"redis-server" in cmdline(c) and alive(c)]
-    return found[0] if found else None
-
-
-def worker_children(pid: int) -> list[int]:
-    return [c for c in children(pid) if b"-m\0binormal\0" in cmdline(c) and b"worker" in cmdline(c) and alive(c)]
-
-
-@pytest.fixture
-def run_env(tmp_path: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BINORMAL_") and k not in ("REDIS_URL", "PORT")}
-    return dict(
-        env,
-        PORT=str(free_port()),
-        HOST="127.0.0.1",
-        BINORMAL_DATA_DIR=str(tmp_path / "var"),
-        BINORMAL_REDIS_PORT=str(free_port()),
-        BINORMAL_BLOCK_MS="100",
-    )
 
 
 @pytest.fixture
@@ -109,21 +41,13 @@ def spawned(tmp_path: Path) -> Iterator[Callable[[dict[str, str]], subprocess.Po
     """Start ``binormal run`` (stderr to run.log); whatever is left is killed by PID at the end."""
     procs: list[subprocess.Popen[bytes]] = []
 
-    def spawn(env: dict[str, str]) -> subprocess.Popen[bytes]:
-        with open(tmp_path / "run.log", "ab") as fh:
-            proc = subprocess.Popen([*binormal_command(), "run"], env=env, stdout=fh, stderr=fh)
-        procs.append(proc)
-        return proc
+    def spawn_run(env: dict[str, str]) -> subprocess.Popen[bytes]:
+        procs.append(spawn(["run"], env, tmp_path / "run.log"))
+        return procs[-1]
 
-    yield spawn
+    yield spawn_run
     for proc in procs:
-        kids = children(proc.pid)
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
-        for kid in kids:  # a test that failed may leave them behind: ours, by PID
-            if alive(kid):
-                os.kill(kid, signal.SIGKILL)
+        kill_with_children(proc)
 
 
 def log_text(tmp_path: Path) -> str:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from binormal.common.auth import TokenStore, read_tokens_file
-from helpers import binormal_command
+from tests.support.workers import binormal_command
 
 
 def binormal(

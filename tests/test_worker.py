@@ -27,24 +27,18 @@ from binormal.common.store import read_aggregates, recompute_aggregates
 from binormal.worker import WorkerSettings
 from binormal.worker.batch import BatchProcessor, Entry
 from binormal.worker.worker import ensure_groups, trim_acknowledged
-from helpers import (
-    ACTIONS,
-    TRICKY_SCOPES,
-    WEIGHTS,
+from tests.support.events import ACTIONS, TRICKY_SCOPES, WEIGHTS, counts_from_events, generate
+from tests.support.redis_state import (
     Collector,
-    WorkerProcess,
     check_counters,
-    counts_from_events,
     drained,
     dump_keys,
-    generate,
     group_backlog,
     hgetall_int,
-    running_worker,
-    wait_for,
-    worker_settings,
     xadd_events,
 )
+from tests.support.waiting import wait_for
+from tests.support.workers import WorkerProcess, running_worker, worker_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 

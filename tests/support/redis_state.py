@@ -1,121 +1,20 @@
-"""Shared test helpers: generate events, run a real worker (in-process or as ``binormal worker``),
-write events to the right shard, collect broadcasts and wait for a drain.
-
-Everything talks to the private redis-server of ``conftest.py``; nothing here
-mocks Redis.
-"""
+"""Write events to their shard; read counters, backlogs and broadcasts back from Redis."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import random
-import signal
-import subprocess
-import sys
-import time
 from collections.abc import AsyncIterator, Iterable, Mapping
-from dataclasses import dataclass, field, replace
-from pathlib import Path
-from typing import Any, TextIO
+from dataclasses import dataclass
+from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
 
 from binormal.common.keys import Keyspace, Scope
 from binormal.common.schema import Event
-from binormal.worker import Worker, WorkerSettings
-
-# ---------------------------------------------------------------- events
-
-TS0 = 1_700_000_000_000
-
-TRICKY_SCOPES = [
-    Scope("acme", "webserver", "auth_getpost"),
-    Scope("acme", "webserver", "admins"),
-    Scope("a:b{c}", "src }{ :", "pop with spaces\nand a newline"),
-    Scope("ünïcødé 組織", "source/🚀", "p%2F:x%00"),
-    Scope("é" * 128, "s" * 256, "{bn.0}:events"),  # at the byte limits; looks like a key
-]
-ACTIONS = ["GET /login", "POST /login", "GET /", "POST /x:{y}", "ação", "a\nb", "🚀 launch", "DELETE /admin"]
-WEIGHTS = [40, 20, 15, 8, 6, 5, 4, 2]
-
-
-def generate(n: int, seed: int, scopes: list[Scope] = TRICKY_SCOPES, ids: int = 40) -> list[Event]:
-    """``n`` events over ``scopes`` with a skewed action mix and a few odd individuals."""
-    rng = random.Random(seed)
-    idents = [f"user:{i}" for i in range(ids - 3)] + ["{id}", "id with space\n", "x" * 1024]
-    out: list[Event] = []
-    for i in range(n):
-        scope = rng.choice(scopes)
-        ident = rng.choice(idents)
-        if ident.startswith("user:1") and rng.random() < 0.5:
-            action = rng.choice(ACTIONS[-3:])  # outliers
-        else:
-            action = rng.choices(ACTIONS, WEIGHTS)[0]
-        eid = f"e{seed}-{i}" if i % 2 == 0 else None
-        out.append(Event(scope.org, scope.source, scope.pop, ident, action, ts=TS0 + i, event_id=eid))
-    return out
-
-
-# ---------------------------------------------------------------- in-process
-
-
-def worker_settings(redis_url: str, prefix: str, **overrides: Any) -> WorkerSettings:
-    """Settings for a test worker: fast polling, no surprise trimming or claiming."""
-    base = WorkerSettings(
-        redis_url=redis_url,
-        prefix=prefix,
-        shards=4,
-        consumer="w1",
-        batch=500,
-        block_ms=50,
-        claim_idle_ms=60_000,
-        trim_interval_s=0.0,
-        heartbeat_s=0.5,
-    )
-    return replace(base, **overrides)
-
-
-@contextlib.asynccontextmanager
-async def running_worker(settings: WorkerSettings, ready_timeout: float = 10.0) -> AsyncIterator[Worker]:
-    """Run ``Worker(settings).run()`` as a task; stop it gracefully on exit.
-
-    The task's exception (if it died) is raised on exit so a crash fails the test.
-    """
-    worker = Worker(settings)
-    task = asyncio.create_task(worker.run())
-    ready = asyncio.create_task(worker.ready.wait())
-    done, _ = await asyncio.wait({task, ready}, timeout=ready_timeout, return_when=asyncio.FIRST_COMPLETED)
-    if ready not in done:
-        ready.cancel()
-        if task in done:
-            task.result()  # raises what killed it
-        task.cancel()
-        raise TimeoutError("worker did not become ready")
-    try:
-        yield worker
-    finally:
-        worker.request_stop()
-        await asyncio.wait_for(task, timeout=15.0)
-
-
-async def wait_for(predicate: Any, timeout: float = 10.0, interval: float = 0.02, what: str = "condition") -> Any:
-    """Await ``predicate()`` (sync or async) until truthy; returns its value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(interval)
-
-
-# ---------------------------------------------------------------- writing
+from tests.support.events import population_truth
+from tests.support.waiting import wait_for
 
 
 def stream_of(keys: Keyspace, ev: Event) -> str:
@@ -146,7 +45,28 @@ async def xadd_events(
     return ids
 
 
-# ---------------------------------------------------------------- reading state
+@contextlib.asynccontextmanager
+async def paused_writes(client: aioredis.Redis) -> AsyncIterator[None]:
+    """Hold every write on the server (reads still run) until the block ends."""
+    await client.execute_command("CLIENT", "PAUSE", 20_000, "WRITE")
+    try:
+        yield
+    finally:
+        await client.execute_command("CLIENT", "UNPAUSE")
+
+
+async def kill_blocked_xadd(client: aioredis.Redis, timeout: float = 10.0) -> int:
+    """Wait for a connection whose XADD is held by the pause (flag ``b``), kill it; returns its client id."""
+
+    async def blocked() -> int | None:
+        for c in await client.client_list():
+            if c.get("cmd") == "xadd" and "b" in c.get("flags", ""):
+                return int(c["id"])
+        return None
+
+    cid = await wait_for(blocked, timeout=timeout, what="an XADD held by CLIENT PAUSE")
+    await client.execute_command("CLIENT", "KILL", "ID", cid)
+    return int(cid)
 
 
 class Collector:
@@ -250,30 +170,6 @@ async def drained(client: aioredis.Redis, keys: Keyspace) -> bool:
     return True
 
 
-def counts_from_events(events: Iterable[Event]) -> dict[Scope, dict[str, dict[str, int]]]:
-    """Ground truth: scope -> individual -> action -> count."""
-    truth: dict[Scope, dict[str, dict[str, int]]] = {}
-    for ev in events:
-        ind = truth.setdefault(ev.scope, {}).setdefault(ev.id, {})
-        ind[ev.action] = ind.get(ev.action, 0) + 1
-    return truth
-
-
-def population_truth(
-    individuals: Mapping[str, Mapping[str, int]],
-) -> tuple[dict[str, int], dict[str, int], dict[str, int]]:
-    """(C_a, S2_a, K_a) of one scope from its individuals' counts."""
-    pop: dict[str, int] = {}
-    sq: dict[str, int] = {}
-    k: dict[str, int] = {}
-    for counts in individuals.values():
-        for a, x in counts.items():
-            pop[a] = pop.get(a, 0) + x
-            sq[a] = sq.get(a, 0) + x * x
-            k[a] = k.get(a, 0) + 1
-    return pop, sq, k
-
-
 async def check_counters(
     client: aioredis.Redis, keys: Keyspace, truth: Mapping[Scope, Mapping[str, Mapping[str, int]]]
 ) -> list[str]:
@@ -319,81 +215,3 @@ async def check_committed(
 async def no_uncommitted(client: aioredis.Redis, keys: Keyspace) -> bool:
     """No applied entry is waiting for its score to be committed (or repaired)."""
     return sum([await client.hlen(keys.uncommitted(s)) for s in range(keys.shards)]) == 0
-
-
-# ---------------------------------------------------------------- subprocess
-
-
-def binormal_command() -> list[str]:
-    """The ``binormal`` console script of this venv (or ``python -P -m binormal``)."""
-    script = Path(sys.executable).with_name("binormal")
-    if script.exists():
-        return [str(script)]
-    return [sys.executable, "-P", "-m", "binormal"]
-
-
-@dataclass
-class WorkerProcess:
-    """``binormal worker`` as a child process, its stderr (JSON logs) in a file."""
-
-    redis_url: str
-    prefix: str
-    consumer: str
-    log_path: Path
-    extra_env: dict[str, str] = field(default_factory=dict)
-    proc: subprocess.Popen[bytes] | None = None
-    _log: TextIO | None = None
-
-    def start(self) -> WorkerProcess:
-        """Spawn it (REDIS_URL and BINORMAL_* from the fields)."""
-        env = dict(os.environ)
-        env.update(
-            REDIS_URL=self.redis_url,
-            BINORMAL_PREFIX=self.prefix,
-            BINORMAL_CONSUMER=self.consumer,
-            BINORMAL_BLOCK_MS="100",
-            BINORMAL_TRIM_INTERVAL_S="0",
-        )
-        env.update(self.extra_env)
-        self._log = open(self.log_path, "a", encoding="utf-8")  # noqa: SIM115 - closed in wait()
-        self.proc = subprocess.Popen(
-            [*binormal_command(), "worker"], env=env, stdout=subprocess.DEVNULL, stderr=self._log
-        )
-        return self
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def alive(self) -> bool:
-        """Still running?"""
-        return self.proc is not None and self.proc.poll() is None
-
-    def signal(self, sig: int) -> None:
-        """Send ``sig`` to this child (by PID) if it still runs."""
-        if self.alive():
-            assert self.proc is not None
-            self.proc.send_signal(sig)
-
-    def wait(self, timeout: float = 20.0) -> int:
-        """Wait for exit (SIGKILL after ``timeout``); returns the exit code."""
-        assert self.proc is not None
-        try:
-            rc = self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            rc = self.proc.wait(timeout=10)
-        if self._log is not None:
-            self._log.close()
-            self._log = None
-        return rc
-
-    def kill(self) -> int:
-        """SIGKILL and reap."""
-        self.signal(signal.SIGKILL)
-        return self.wait()
-
-    def log_lines(self) -> list[str]:
-        """Every stderr line written so far."""
-        return self.log_path.read_text(encoding="utf-8", errors="replace").splitlines()

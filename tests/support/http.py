@@ -10,12 +10,13 @@ import contextlib
 import socket
 import time
 from collections.abc import AsyncIterator
-from dataclasses import replace
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import Any, TypeVar
 
 import aiohttp
 from aiohttp import web
 
+from binormal.common.keys import Keyspace
 from binormal.common.redisapp import REDIS
 from binormal.common.server import BoundedAppRunner
 from binormal.ingest.app import setup as setup_ingest
@@ -51,12 +52,19 @@ def combined_app(ws: WebSettings, ins: IngestSettings) -> web.Application:
 
 
 @contextlib.asynccontextmanager
-async def serving(app: web.Application, port: int = 0, wait_redis: bool = True) -> AsyncIterator[str]:
+async def serving(
+    app: web.Application, port: int = 0, wait_redis: bool = True, bounded: bool = True
+) -> AsyncIterator[str]:
     """Serve ``app`` on 127.0.0.1 (a free port by default); yields the base URL.
 
-    With ``wait_redis`` it first waits until the app has reached Redis.
+    With ``wait_redis`` it first waits until the app has reached Redis (an app
+    without the Redis handle must pass False). ``bounded`` serves with the services'
+    own :class:`BoundedAppRunner`; False, with aiohttp's plain ``AppRunner``.
     """
-    runner = BoundedAppRunner(app, access_log=None, shutdown_timeout=2.0)  # the services' own bounds
+    if bounded:
+        runner: web.AppRunner = BoundedAppRunner(app, access_log=None, shutdown_timeout=2.0)
+    else:
+        runner = web.AppRunner(app, shutdown_timeout=2.0)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", port)
     await site.start()
@@ -69,15 +77,37 @@ async def serving(app: web.Application, port: int = 0, wait_redis: bool = True) 
         await runner.cleanup()
 
 
+@dataclass
+class Served:
+    """A served app: its base URL, a client session on it and its settings' keyspace."""
+
+    base: str
+    session: aiohttp.ClientSession
+    keys: Keyspace
+
+
+S = TypeVar("S", bound=Served)
+
+
+@contextlib.asynccontextmanager
+async def served(app: web.Application, keys: Keyspace, kind: type[S] = Served) -> AsyncIterator[S]:  # type: ignore[assignment]
+    """:func:`serving` plus a client session, yielded as ``kind(base, session, keys)`` (Redis reached)."""
+    async with serving(app) as base, aiohttp.ClientSession() as session:
+        yield kind(base, session, keys)
+
+
 async def wait_ready(session: aiohttp.ClientSession, base: str, timeout: float = 15.0) -> dict[str, Any]:
-    """Poll ``/readyz`` until 200; returns its body."""
+    """Poll ``/readyz`` until 200 (a service still starting may not answer yet); returns its body."""
     deadline = time.monotonic() + timeout
     body: Any = None
     while time.monotonic() < deadline:
-        async with session.get(f"{base}/readyz") as r:
-            body = await r.json()
-            if r.status == 200:
-                return dict(body)
+        try:
+            async with session.get(f"{base}/readyz", timeout=aiohttp.ClientTimeout(total=2.0)) as r:
+                body = await r.json(content_type=None)
+                if r.status == 200:
+                    return dict(body)
+        except (TimeoutError, aiohttp.ClientError, ValueError) as exc:  # not listening yet, or not JSON
+            body = repr(exc)
         await asyncio.sleep(0.05)
     raise TimeoutError(f"not ready after {timeout}s: {body}")
 

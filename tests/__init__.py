@@ -1,0 +1,1 @@
+"""Binormal's test suite (a package, so helpers import as ``tests.support.*``)."""
