@@ -1,4 +1,4 @@
-"""Binomial surprisal scoring (DESIGN.md section 2) as pure functions.
+"""Binomial surprisal scoring (docs/design.md, "Scoring in brief"; docs/scoring.md) as pure functions.
 
 Everything here is per scope (org, source, pop). Population counts ``C_a`` give
 ``p_a = C_a / C``; an individual with counts ``x_a`` over ``n`` events is

@@ -1,4 +1,4 @@
-"""common/scoring.py held against scipy, numpy/statistics and the definitions of DESIGN.md section 2."""
+"""common/scoring.py held against scipy, numpy/statistics and the definitions of docs/scoring.md."""
 
 from __future__ import annotations
 
