@@ -413,7 +413,7 @@ class BatchProcessor:
             self.snapshots.popitem(last=False)
 
     async def _refresh_snapshots(self, client: aioredis.Redis, applied: list[tuple[Entry, Applied]]) -> list[Ready]:
-        """Give applied entries a population snapshot (see DESIGN.md section 2); returns those that have one.
+        """Give applied entries a population snapshot (docs/design.md: staleness); returns those that have one.
 
         Aged snapshots were already re-read with the applies; a snapshot lacking
         only the entry's own action gets it added with the count the apply
