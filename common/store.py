@@ -16,9 +16,9 @@ from typing import Any
 import orjson
 import redis.asyncio as aioredis
 
-from binormal.common.config import DEFAULT_REDIS_URL, env_int, env_str, environ
+from binormal.common.config import ServiceSettings, from_env
 from binormal.common.connection import make_client
-from binormal.common.keys import DEFAULT_PREFIX, Keyspace, Scope
+from binormal.common.keys import Keyspace, Scope
 from binormal.common.result import Aggregates
 from binormal.common.scripts import Scripts
 
@@ -81,13 +81,11 @@ def main_recompute() -> int:
 
     Prints one JSON line per scope on stdout.
     """
-    env = environ()
-    keys = Keyspace(
-        prefix=env_str(env, "BINORMAL_PREFIX", DEFAULT_PREFIX), shards=env_int(env, "BINORMAL_SHARDS", 4, minimum=1)
-    )
+    settings = from_env(ServiceSettings)
+    keys = Keyspace(prefix=settings.prefix, shards=settings.shards)
 
     async def run() -> list[dict[str, Any]]:
-        client = make_client(env_str(env, "REDIS_URL", DEFAULT_REDIS_URL))
+        client = make_client(settings.redis_url)
         try:
             return await recompute_all(client, keys)
         finally:
