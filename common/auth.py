@@ -360,13 +360,17 @@ def _hosts(name: str, raw: str) -> tuple[str, ...]:
 class AuthSettings:
     """Authentication and origin/host checks (fields every HTTP service's settings inherit)."""
 
-    tokens_file: str = setting("BINORMAL_TOKENS_FILE", "", doc="tokens file: authentication on")
+    tokens_file: str = setting("BINORMAL_TOKENS_FILE", "", shown="unset", doc="tokens file: authentication on")
     allow_anonymous: bool = setting("BINORMAL_ALLOW_ANONYMOUS", False, shown="`0`", doc="1: auth off off loopback")
     allowed_origins: tuple[str, ...] = setting(
-        "BINORMAL_ALLOWED_ORIGINS", (), parse=_origins, doc="comma list of origins besides the page's own"
+        "BINORMAL_ALLOWED_ORIGINS", (), parse=_origins, shown="none", doc="comma list of origins besides the page's own"
     )
     allowed_hosts: tuple[str, ...] = setting(
-        "BINORMAL_ALLOWED_HOSTS", (), parse=_hosts, doc="comma list of Host names answered; empty: bound + loopback"
+        "BINORMAL_ALLOWED_HOSTS",
+        (),
+        parse=_hosts,
+        shown="bound address",
+        doc="comma list of Host names answered; empty: bound + loopback",
     )
 
 

@@ -137,7 +137,9 @@ def read(cls: type, name: str, env: Mapping[str, str] | None = None) -> Any:
 class ServiceSettings:
     """What every service reads alike: the Redis to use, its key layout, the log level."""
 
-    redis_url: str = setting("REDIS_URL", DEFAULT_REDIS_URL, doc="Redis to use")
+    redis_url: str = setting(
+        "REDIS_URL", DEFAULT_REDIS_URL, shown=f"embedded (run) / `{DEFAULT_REDIS_URL}`", doc="Redis to use"
+    )
     prefix: str = setting("BINORMAL_PREFIX", DEFAULT_PREFIX, doc="key prefix")
     shards: int = setting("BINORMAL_SHARDS", 4, minimum=1, doc="stream shards (fixed for a deployment)")
     log_level: str = setting("BINORMAL_LOG_LEVEL", "INFO", doc="log level of a service started alone")
