@@ -48,10 +48,6 @@ def default_maxmemory() -> int:
     return max(min(limits) // 4, 64 * 1024**2)
 
 
-def _memory(name: str, raw: str) -> int:
-    return memory_bytes(name, raw)
-
-
 def _fsync(name: str, raw: str) -> str:
     return raw.lower()  # checked by __post_init__
 
@@ -67,7 +63,7 @@ class EmbeddedRedisSettings:
     maxmemory: int = setting(  # bytes; writes past it are refused (noeviction)
         "BINORMAL_REDIS_MAXMEMORY",
         1024**3,
-        parse=_memory,
+        parse=memory_bytes,
         unset=default_maxmemory,
         shown="a quarter of RAM",
         doc="embedded Redis maxmemory (noeviction)",

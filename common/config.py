@@ -48,8 +48,15 @@ def setting(
     default then stands only for direct construction); ``shown`` is the default as
     README's table words it when it is not the literal value.
     """
-    meta = {"env": env, "doc": doc, "minimum": minimum, "maximum": maximum, "parse": parse, "unset": unset}
-    meta["shown"] = shown
+    meta = {
+        "env": env,
+        "doc": doc,
+        "minimum": minimum,
+        "maximum": maximum,
+        "parse": parse,
+        "unset": unset,
+        "shown": shown,
+    }
     return dataclasses.field(default=default, metadata=meta)
 
 
