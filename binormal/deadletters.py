@@ -22,7 +22,7 @@ from typing import Any, cast
 import orjson
 import redis.asyncio as aioredis
 
-from binormal.common.config import environ, redis_env
+from binormal.common.config import ServiceSettings, from_env
 from binormal.common.connection import TRANSIENT, make_client
 from binormal.common.keys import Keyspace
 from binormal.common.scripts import Replay, Scripts
@@ -144,8 +144,8 @@ def add_dead_parser(sub: Any) -> argparse.ArgumentParser:
 
 def main_dead(args: argparse.Namespace) -> int:
     """``binormal dead``: settings from the environment, then :func:`run`."""
-    settings = redis_env(environ())
-    keys = Keyspace(prefix=settings["prefix"], shards=settings["shards"])
+    settings = from_env(ServiceSettings)
+    keys = Keyspace(prefix=settings.prefix, shards=settings.shards)
     if args.shard is not None and not 0 <= args.shard < keys.shards:
         sys.stderr.write(f"binormal dead: --shard must be 0 to {keys.shards - 1}\n")
         return 2
@@ -154,7 +154,7 @@ def main_dead(args: argparse.Namespace) -> int:
         return 2
 
     async def go() -> int:
-        client = make_client(settings["redis_url"])
+        client = make_client(settings.redis_url)
         try:
             return await run(args, keys, client)
         finally:
@@ -163,5 +163,5 @@ def main_dead(args: argparse.Namespace) -> int:
     try:
         return asyncio.run(go())
     except TRANSIENT as exc:
-        sys.stderr.write(f"binormal dead: cannot reach Redis at {settings['redis_url']}: {exc}\n")
+        sys.stderr.write(f"binormal dead: cannot reach Redis at {settings.redis_url}: {exc}\n")
         return 1

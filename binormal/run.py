@@ -28,11 +28,12 @@ import structlog
 from aiohttp import web
 
 from binormal.common import log as logconf
-from binormal.common.config import ConfigError, env_int, env_str
+from binormal.common.auth import AuthSettings
+from binormal.common.config import ConfigError, read
 from binormal.common.embedded import RedisServer, RedisServerError, die_with_parent
 from binormal.ingest.app import setup as setup_ingest
 from binormal.ingest.settings import IngestSettings
-from binormal.runsettings import EmbeddedRedisSettings
+from binormal.runsettings import EmbeddedRedisSettings, RunSettings
 from binormal.supervisor import embedded_server, serve_until_stopped, supervise
 from binormal.web.app import setup as setup_web
 from binormal.web.settings import WebSettings
@@ -69,8 +70,8 @@ def worker_envs(env: Mapping[str, str], port: int) -> list[dict[str, str]]:
     worker reads its own backlog at once instead of waiting for XAUTOCLAIM, and the
     group does not collect a new dead consumer per restart.
     """
-    workers = env_int(env, "BINORMAL_WORKERS", 1, minimum=1)
-    base = env_str(env, "BINORMAL_CONSUMER", "") or f"{socket.gethostname()}-{port}-run"
+    workers = RunSettings.from_env(env).workers
+    base = read(WorkerSettings, "consumer", env) or f"{socket.gethostname()}-{port}-run"
     names = [base] if workers == 1 else [f"{base}-{slot}" for slot in range(workers)]
     return [dict(env, BINORMAL_CONSUMER=name) for name in names]
 
@@ -138,8 +139,8 @@ async def _worker_ctx(app: web.Application) -> AsyncIterator[None]:
 def with_default_tokens(env: Mapping[str, str]) -> dict[str, str]:
     """``env`` with ``BINORMAL_TOKENS_FILE`` set to ``<BINORMAL_DATA_DIR>/tokens`` when unset and that file exists."""
     out = dict(env)
-    if not env_str(env, "BINORMAL_TOKENS_FILE", ""):
-        default = Path(env_str(env, "BINORMAL_DATA_DIR", "var")) / "tokens"
+    if not read(AuthSettings, "tokens_file", env):
+        default = Path(read(EmbeddedRedisSettings, "data_dir", env)) / "tokens"
         if default.exists():
             out["BINORMAL_TOKENS_FILE"] = str(default.resolve())
     return out

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from binormal.common.config import ConfigError, env_float, env_int, env_str, environ
+from binormal.common.config import ConfigError, from_env, setting
 
 # Redis' own memory syntax: bytes, or a number with kb/mb/gb (k/m/g too), case-insensitive.
 _MEMORY = re.compile(r"^([0-9]{1,15})(b|k|kb|m|mb|g|gb)?$", re.IGNORECASE)
@@ -48,18 +48,39 @@ def default_maxmemory() -> int:
     return max(min(limits) // 4, 64 * 1024**2)
 
 
+def _fsync(name: str, raw: str) -> str:
+    return raw.lower()  # checked by __post_init__
+
+
 @dataclass(frozen=True)
 class EmbeddedRedisSettings:
     """The embedded redis-server of ``binormal run`` and how it is kept alive."""
 
-    data_dir: Path = Path("var")
-    port: int = 0  # 0: a free port, chosen once and kept across restarts
-    maxmemory: int = 1024**3  # bytes; writes past it are refused (noeviction)
-    fsync: str = "everysec"
-    restart_attempts: int = 10  # failed restarts in a row before /healthz fails
-    restart_backoff_s: float = 0.2
-    restart_max_backoff_s: float = 5.0
-    start_timeout_s: float = 60.0  # a big AOF takes a while to load
+    data_dir: Path = setting("BINORMAL_DATA_DIR", Path("var"), shown="`./var`", doc="embedded Redis data (run)")
+    port: int = setting(
+        "BINORMAL_REDIS_PORT", 0, shown="a free port", doc="embedded Redis port; 0: a free one, kept across restarts"
+    )
+    maxmemory: int = setting(  # bytes; writes past it are refused (noeviction)
+        "BINORMAL_REDIS_MAXMEMORY",
+        1024**3,
+        parse=memory_bytes,
+        unset=default_maxmemory,
+        shown="a quarter of RAM",
+        doc="embedded Redis maxmemory (noeviction)",
+    )
+    fsync: str = setting("BINORMAL_FSYNC", "everysec", parse=_fsync, doc="embedded Redis appendfsync")
+    restart_attempts: int = setting(
+        "BINORMAL_REDIS_RESTART_ATTEMPTS", 10, minimum=1, doc="failed restarts in a row before /healthz fails"
+    )
+    restart_backoff_s: float = setting(
+        "BINORMAL_REDIS_RESTART_BACKOFF_S", 0.2, minimum=0.01, doc="first wait before a restart (doubling)"
+    )
+    restart_max_backoff_s: float = setting(
+        "BINORMAL_REDIS_RESTART_MAX_BACKOFF_S", 5.0, minimum=0.01, doc="longest wait before a restart"
+    )
+    start_timeout_s: float = setting(  # a big AOF takes a while to load
+        "BINORMAL_REDIS_START_TIMEOUT_S", 60.0, minimum=1.0, doc="how long a starting Redis may take to answer"
+    )
 
     def __post_init__(self) -> None:
         if self.fsync not in FSYNC_POLICIES:
@@ -74,15 +95,16 @@ class EmbeddedRedisSettings:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> EmbeddedRedisSettings:
         """Read the ``BINORMAL_DATA_DIR`` / ``BINORMAL_REDIS_*`` / ``BINORMAL_FSYNC`` variables."""
-        e = environ() if env is None else env
-        raw_mem = env_str(e, "BINORMAL_REDIS_MAXMEMORY", "")
-        return cls(
-            data_dir=Path(env_str(e, "BINORMAL_DATA_DIR", "var")),
-            port=env_int(e, "BINORMAL_REDIS_PORT", 0),
-            maxmemory=memory_bytes("BINORMAL_REDIS_MAXMEMORY", raw_mem) if raw_mem else default_maxmemory(),
-            fsync=env_str(e, "BINORMAL_FSYNC", "everysec").lower(),
-            restart_attempts=env_int(e, "BINORMAL_REDIS_RESTART_ATTEMPTS", 10, minimum=1),
-            restart_backoff_s=env_float(e, "BINORMAL_REDIS_RESTART_BACKOFF_S", 0.2, minimum=0.01),
-            restart_max_backoff_s=env_float(e, "BINORMAL_REDIS_RESTART_MAX_BACKOFF_S", 5.0, minimum=0.01),
-            start_timeout_s=env_float(e, "BINORMAL_REDIS_START_TIMEOUT_S", 60.0, minimum=1.0),
-        )
+        return from_env(cls, env)
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """What ``binormal run`` itself reads besides the services' settings."""
+
+    workers: int = setting("BINORMAL_WORKERS", 1, minimum=1, doc="worker processes binormal run starts")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> RunSettings:
+        """Read ``BINORMAL_WORKERS``."""
+        return from_env(cls, env)

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from binormal.common.auth import (
     ROLES,
+    AuthSettings,
     TokensFileError,
     check_name,
     format_line,
@@ -30,15 +31,16 @@ from binormal.common.auth import (
     parse_orgs,
     read_tokens_file,
 )
-from binormal.common.config import env_str
+from binormal.common.config import read
+from binormal.runsettings import EmbeddedRedisSettings
 
 TOKEN_BYTES = 32  # 256 random bits
 
 
 def default_tokens_file(env: Mapping[str, str]) -> Path:
     """``BINORMAL_TOKENS_FILE``, else ``<BINORMAL_DATA_DIR>/tokens`` (default ``var/tokens``)."""
-    explicit = env_str(env, "BINORMAL_TOKENS_FILE", "")
-    return Path(explicit) if explicit else Path(env_str(env, "BINORMAL_DATA_DIR", "var")) / "tokens"
+    explicit: str = read(AuthSettings, "tokens_file", env)
+    return Path(explicit) if explicit else Path(read(EmbeddedRedisSettings, "data_dir", env)) / "tokens"
 
 
 def add_token_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:

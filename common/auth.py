@@ -20,6 +20,7 @@ a removed file refuses every token. The HTTP side (middleware, login) is in
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
 import os
@@ -34,7 +35,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from binormal.common.config import ConfigError, env_str
+from binormal.common.config import ConfigError, from_env, parse_list, setting
 
 log = structlog.get_logger("binormal.auth")
 
@@ -52,7 +53,6 @@ CHECK_INTERVAL_S = 1.0  # the tokens file is stat()ed at most this often
 MAX_FILE_BYTES = 4 * 1024 * 1024
 MAX_TOKEN_BYTES = 512  # a presented token longer than this is refused unhashed
 SESSION_S = 12 * 3600  # lifetime of a login session cookie
-MAX_LIST = 100  # entries in BINORMAL_ALLOWED_ORIGINS / BINORMAL_ALLOWED_HOSTS
 
 
 class TokensFileError(ValueError):
@@ -336,38 +336,44 @@ def check_session(store: TokenStore, value: str, now: float | None = None) -> Pr
 # ---------------------------------------------------------------- settings
 
 
-def _env_list(env: Mapping[str, str], name: str) -> tuple[str, ...]:
-    items = tuple(part.strip().lower() for part in env_str(env, name, "").split(",") if part.strip())
-    if len(items) > MAX_LIST:
-        raise ConfigError(f"{name} has {len(items)} entries, at most {MAX_LIST}")
-    for item in items:
-        if len(item) > 255:
-            raise ConfigError(f"{name}: an entry is over 255 characters")
-    return items
-
-
 ORIGIN_RE = re.compile(r"https?://[a-z0-9.\-]+(:[0-9]{1,5})?|https?://\[[0-9a-f:.]+\](:[0-9]{1,5})?")
 HOST_RE = re.compile(r"[a-z0-9.\-]+|\[[0-9a-f:.]+\]")
 
 
-def auth_env(env: Mapping[str, str]) -> dict[str, Any]:
-    """``tokens_file``, ``allow_anonymous``, ``allowed_origins``, ``allowed_hosts`` from the environment."""
-    anonymous = env_str(env, "BINORMAL_ALLOW_ANONYMOUS", "0").lower()
-    if anonymous not in ("0", "1", "true", "false", "yes", "no"):
-        raise ConfigError(f"BINORMAL_ALLOW_ANONYMOUS must be 0 or 1, got {anonymous[:20]!r}")
-    origins = _env_list(env, "BINORMAL_ALLOWED_ORIGINS")
+def _origins(name: str, raw: str) -> tuple[str, ...]:
+    origins = parse_list(name, raw)
     for origin in origins:
         if not ORIGIN_RE.fullmatch(origin):
-            raise ConfigError(
-                f"BINORMAL_ALLOWED_ORIGINS: {origin[:80]!r} is not an origin like https://host or http://host:port"
-            )
-    hosts = _env_list(env, "BINORMAL_ALLOWED_HOSTS")
+            raise ConfigError(f"{name}: {origin[:80]!r} is not an origin like https://host or http://host:port")
+    return origins
+
+
+def _hosts(name: str, raw: str) -> tuple[str, ...]:
+    hosts = parse_list(name, raw)
     for host in hosts:
         if host != "*" and not HOST_RE.fullmatch(host):
-            raise ConfigError(f"BINORMAL_ALLOWED_HOSTS: {host[:80]!r} is not a host name or address (no port), or *")
-    return {
-        "tokens_file": env_str(env, "BINORMAL_TOKENS_FILE", ""),
-        "allow_anonymous": anonymous in ("1", "true", "yes"),
-        "allowed_origins": origins,
-        "allowed_hosts": hosts,
-    }
+            raise ConfigError(f"{name}: {host[:80]!r} is not a host name or address (no port), or *")
+    return hosts
+
+
+@dataclass(frozen=True)
+class AuthSettings:
+    """Authentication and origin/host checks (fields every HTTP service's settings inherit)."""
+
+    tokens_file: str = setting("BINORMAL_TOKENS_FILE", "", shown="unset", doc="tokens file: authentication on")
+    allow_anonymous: bool = setting("BINORMAL_ALLOW_ANONYMOUS", False, shown="`0`", doc="1: auth off off loopback")
+    allowed_origins: tuple[str, ...] = setting(
+        "BINORMAL_ALLOWED_ORIGINS", (), parse=_origins, shown="none", doc="comma list of origins besides the page's own"
+    )
+    allowed_hosts: tuple[str, ...] = setting(
+        "BINORMAL_ALLOWED_HOSTS",
+        (),
+        parse=_hosts,
+        shown="bound address",
+        doc="comma list of Host names answered; empty: bound + loopback",
+    )
+
+
+def auth_env(env: Mapping[str, str]) -> dict[str, Any]:
+    """The :class:`AuthSettings` fields from ``env`` (all four, by field name)."""
+    return dataclasses.asdict(from_env(AuthSettings, env))

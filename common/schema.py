@@ -302,11 +302,13 @@ def _pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def parse_json(obj: Any) -> Event:
+def parse_json(obj: Any, *, header_event_id: bool = False) -> Event:
     """Validate a decoded JSON event from an HTTP producer (decode with :func:`loads_json`).
 
     Unknown fields are rejected (a typo such as ``acton`` must not pass silently),
-    and so are repeated keys (``{"org": "a", "org": "b"}``).
+    and so are repeated keys (``{"org": "a", "org": "b"}``). ``header_event_id``:
+    the request carries its event id in a header (``Idempotency-Key``), so an
+    ``id_ttl`` without a body ``event_id`` is fine.
     """
     if not isinstance(obj, dict):
         raise InvalidEvent("body", f"must be a JSON object, not {_json_type(obj)}")
@@ -336,7 +338,7 @@ def parse_json(obj: Any) -> Event:
         raw = obj["id_ttl"]
         if isinstance(raw, bool) or not isinstance(raw, int):
             raise InvalidEvent("id_ttl", f"must be an integer, not {_json_type(raw)}")
-        id_ttl = _check_id_ttl(raw, "event_id" in values)
+        id_ttl = _check_id_ttl(raw, header_event_id or "event_id" in values)
     return Event(
         org=values["org"],
         source=values["source"],

@@ -45,7 +45,7 @@ from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
 from binormal.common import metrics
-from binormal.common.config import env_float, env_int
+from binormal.common.config import field_values, setting
 from binormal.common.ratelimit import TokenBuckets
 
 log = structlog.get_logger("binormal.http.server")
@@ -64,28 +64,37 @@ _REFUSED = {
 
 @dataclass(frozen=True)
 class HttpLimits:
-    """The HTTP bounds of one process (both services read the same ``BINORMAL_*`` variables)."""
+    """The HTTP bounds of one process (both services read the same ``BINORMAL_*`` variables).
 
-    header_timeout_s: float = 10.0
-    body_timeout_s: float = 30.0
-    send_timeout_s: float = 30.0  # a client that reads nothing of a response for this long is cut
-    keepalive_timeout_s: float = 75.0
-    max_connections: int = 1_000
-    rate_limit: float = 0.0  # events per second per token/address on /discrete and /events; 0 = off
-    rate_burst: float = 0.0  # bucket size; 0 = one second's worth (rate_limit)
+    Service settings inherit these fields; :func:`limits_of` takes them back out.
+    """
+
+    header_timeout_s: float = setting(
+        "BINORMAL_HEADER_TIMEOUT_S", 10.0, minimum=0.05, doc="a request head must arrive within this, else 408"
+    )
+    body_timeout_s: float = setting(
+        "BINORMAL_BODY_TIMEOUT_S", 30.0, minimum=0.05, doc="a whole request body must arrive within this, else 408"
+    )
+    send_timeout_s: float = setting(
+        "BINORMAL_SEND_TIMEOUT_S", 30.0, minimum=0.05, doc="a client that reads nothing for this long is cut"
+    )
+    keepalive_timeout_s: float = setting(
+        "BINORMAL_KEEPALIVE_TIMEOUT_S", 75.0, minimum=0.05, doc="an idle keep-alive connection is closed after this"
+    )
+    max_connections: int = setting(
+        "BINORMAL_MAX_CONNECTIONS", 1_000, minimum=1, doc="open connections per process; past it 503 and close"
+    )
+    rate_limit: float = setting(
+        "BINORMAL_RATE_LIMIT", 0.0, shown="`0` (off)", doc="events/s per token (or address) on /discrete, /events"
+    )
+    rate_burst: float = setting(
+        "BINORMAL_RATE_BURST", 0.0, shown="`0` (= the rate)", doc="token bucket size; 0 = one second's worth"
+    )
 
 
 def limits_env(env: Mapping[str, str]) -> dict[str, Any]:
-    """The :class:`HttpLimits` fields from the environment (spread into each service's settings)."""
-    return {
-        "header_timeout_s": env_float(env, "BINORMAL_HEADER_TIMEOUT_S", 10.0, minimum=0.05),
-        "body_timeout_s": env_float(env, "BINORMAL_BODY_TIMEOUT_S", 30.0, minimum=0.05),
-        "send_timeout_s": env_float(env, "BINORMAL_SEND_TIMEOUT_S", 30.0, minimum=0.05),
-        "keepalive_timeout_s": env_float(env, "BINORMAL_KEEPALIVE_TIMEOUT_S", 75.0, minimum=0.05),
-        "max_connections": env_int(env, "BINORMAL_MAX_CONNECTIONS", 1_000, minimum=1),
-        "rate_limit": env_float(env, "BINORMAL_RATE_LIMIT", 0.0),
-        "rate_burst": env_float(env, "BINORMAL_RATE_BURST", 0.0),
-    }
+    """The :class:`HttpLimits` fields set in ``env``, by field name."""
+    return field_values(HttpLimits, env)
 
 
 def limits_of(settings: object) -> HttpLimits:

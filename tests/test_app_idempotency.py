@@ -258,3 +258,17 @@ async def test_utf8_idempotency_key_is_accepted(svc: Svc, redis_url: str, prefix
         )
     assert status == 200, got
     assert got["event_id"] == "clé-ü"
+
+
+async def test_id_ttl_with_the_event_id_only_in_the_idempotency_key_header(
+    svc: Svc, redis_url: str, prefix: str
+) -> None:
+    # The header is the event id: id_ttl in the body needs no body event_id then (it was a 400).
+    async with running_worker(worker_settings(redis_url, prefix)):
+        status, got = await svc.discrete(dict(ACME, id_ttl=30), {"Idempotency-Key": "hdr-ttl-1"})
+        assert status == 200, got
+        assert got["event_id"] == "hdr-ttl-1"
+        documented(status, got)
+    # Without any event id (no header, no body event_id) id_ttl is still refused.
+    status, got = await svc.discrete(dict(ACME, id_ttl=30))
+    assert status == 400 and got["field"] == "id_ttl", got

@@ -296,7 +296,8 @@ async def discrete(request: web.Request) -> web.Response:
         except orjson.JSONDecodeError:
             raise body_not_json(body) from None
         try:
-            event = parse_json(obj)
+            # An Idempotency-Key header is the event id (checked by _event_id below).
+            event = parse_json(obj, header_event_id="Idempotency-Key" in request.headers)
         except InvalidEvent as exc:
             raise ApiError(400, str(exc), exc.field) from None
         event_id, generated = _event_id(request, event)

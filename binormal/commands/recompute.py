@@ -20,16 +20,16 @@ def run(args: argparse.Namespace) -> int:
 
     import orjson
 
-    from binormal.common.config import environ, redis_env
+    from binormal.common.config import ServiceSettings, from_env
     from binormal.common.connection import make_client
     from binormal.common.keys import Keyspace
     from binormal.common.store import recompute_all
 
-    settings = redis_env(environ())
-    keys = Keyspace(prefix=settings["prefix"], shards=settings["shards"])
+    settings = from_env(ServiceSettings)
+    keys = Keyspace(prefix=settings.prefix, shards=settings.shards)
 
     async def go() -> list[dict[str, Any]]:
-        client = make_client(settings["redis_url"])
+        client = make_client(settings.redis_url)
         try:
             return await recompute_all(client, keys)
         finally:
