@@ -40,13 +40,15 @@ def setting(
     parse: Callable[[str, str], Any] | None = None,
     unset: Callable[[], Any] | None = None,
     shown: str | None = None,
+    repr: bool = True,
 ) -> Any:
     """A settings field read from ``env``: ``default`` when unset or empty.
 
     ``minimum``/``maximum`` bound numbers; ``parse(name, raw)`` replaces the type's
     parser; ``unset()`` computes the value when the variable is unset (the dataclass
     default then stands only for direct construction); ``shown`` is the default as
-    README's table words it when it is not the literal value.
+    README's table words it when it is not the literal value; ``repr=False`` keeps a secret out of
+    the dataclass's repr (and so out of logs).
     """
     meta = {
         "env": env,
@@ -57,7 +59,7 @@ def setting(
         "unset": unset,
         "shown": shown,
     }
-    return dataclasses.field(default=default, metadata=meta)
+    return dataclasses.field(default=default, repr=repr, metadata=meta)
 
 
 def declared(cls: type) -> list[tuple[dataclasses.Field[Any], Any]]:
@@ -150,27 +152,6 @@ class ServiceSettings:
     prefix: str = setting("BINORMAL_PREFIX", DEFAULT_PREFIX, doc="key prefix")
     shards: int = setting("BINORMAL_SHARDS", 4, minimum=1, doc="stream shards (fixed for a deployment)")
     log_level: str = setting("BINORMAL_LOG_LEVEL", "INFO", doc="log level of a service started alone")
-
-
-# ---------------------------------------------------------------- plain readers (feeder settings)
-
-
-def env_str(env: Mapping[str, str], name: str, default: str) -> str:
-    """``env[name]`` or ``default`` when unset or empty."""
-    value = env.get(name, "")
-    return value if value != "" else default
-
-
-def env_int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
-    """Integer setting, at least ``minimum``."""
-    raw = env.get(name, "")
-    return default if raw == "" else int(_number(name, raw, int, {"minimum": minimum, "maximum": None}))
-
-
-def env_float(env: Mapping[str, str], name: str, default: float, minimum: float = 0.0) -> float:
-    """Float setting, at least ``minimum``."""
-    raw = env.get(name, "")
-    return default if raw == "" else float(_number(name, raw, float, {"minimum": minimum, "maximum": None}))
 
 
 def environ() -> Mapping[str, str]:

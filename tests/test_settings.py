@@ -12,6 +12,7 @@ import pytest
 from binormal.common.auth import AuthSettings
 from binormal.common.config import ConfigError, ServiceSettings, declared, from_env, read, setting
 from binormal.common.server import HttpLimits
+from binormal.feed.settings import FeedSettings
 from binormal.ingest.settings import IngestSettings
 from binormal.runsettings import EmbeddedRedisSettings, RunSettings
 from binormal.web.settings import WebSettings
@@ -27,6 +28,7 @@ CLASSES: list[type] = [
     WorkerSettings,
     EmbeddedRedisSettings,
     RunSettings,
+    FeedSettings,
 ]
 SOURCES = [ROOT / d for d in ("binormal", "common", "web", "ingest", "worker")]
 # A variable named in a string literal of the source (read by code outside the declared fields, e.g. the feeder's).

@@ -7,26 +7,32 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
-from binormal.common.config import DEFAULT_REDIS_URL, ConfigError, env_float, env_int, env_str, environ
-from binormal.common.keys import DEFAULT_PREFIX, Keyspace
+from binormal.common.config import ConfigError, ServiceSettings, environ, setting
+from binormal.common.config import from_env as settings_from_env
+from binormal.common.keys import Keyspace
 from binormal.common.schema import ID_TTL_MAX
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 
 
 @dataclass(frozen=True)
-class FeedSettings:
-    """Options of one feed run; :meth:`from_env` reads the environment, CLI flags override."""
+class FeedSettings(ServiceSettings):
+    """Options of one feed run; :meth:`from_env` reads the environment (the declared settings:
+    Redis URL, prefix and shards from :class:`ServiceSettings`, and the three below), CLI flags override."""
 
+    url: str = setting("BINORMAL_URL", DEFAULT_URL, doc="binormal feed: the service base URL (--url wins)")
+    timeout_s: float = setting(
+        "BINORMAL_FEED_TIMEOUT_S", 30.0, minimum=0.1, doc="binormal feed: timeout of one HTTP request"
+    )
+    # Environment only (argv is visible to everyone); kept out of the repr.
+    token: str = setting(
+        "BINORMAL_TOKEN", "", repr=False, shown="unset", doc="binormal feed: the producer token it sends"
+    )
     files: tuple[str, ...] = ()
     mode: str = "batch"  # batch (POST /events), sync (POST /discrete), direct (XADD)
-    url: str = DEFAULT_URL
-    redis_url: str = DEFAULT_REDIS_URL
-    prefix: str = DEFAULT_PREFIX
-    shards: int = 4
     transform: str | None = None
     field_map: str | None = None
     strict: bool = False
@@ -35,7 +41,6 @@ class FeedSettings:
     follow: bool = False
     batch: int = 1000  # events per POST /events or XADD pipeline
     batch_bytes: int = 1 << 20  # and at most this many bytes of lines
-    timeout_s: float = 30.0  # every request
     retry_for_s: float = 600.0  # give up after failing this long without a break (0: never)
     max_backoff_s: float = 30.0
     min_zscore: float | None = None
@@ -45,7 +50,6 @@ class FeedSettings:
     id_ttl: int | None = None  # seconds the service remembers each event id (None: its full window)
     max_backlog: int = 200_000  # --direct: wait while the shards hold more entries
     errors_shown: int = 200  # per kind of problem, line reports before going quiet
-    token: str = field(default="", repr=False)  # BINORMAL_TOKEN (environment only: argv is visible to everyone)
 
     def __post_init__(self) -> None:
         if self.mode not in ("batch", "sync", "direct"):
@@ -70,16 +74,8 @@ class FeedSettings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> FeedSettings:
-        """``BINORMAL_URL``, ``REDIS_URL``, ``BINORMAL_PREFIX``, ``BINORMAL_SHARDS``; ``overrides`` win."""
-        e = environ() if env is None else env
-        base = cls(
-            url=env_str(e, "BINORMAL_URL", DEFAULT_URL),
-            redis_url=env_str(e, "REDIS_URL", DEFAULT_REDIS_URL),
-            prefix=env_str(e, "BINORMAL_PREFIX", DEFAULT_PREFIX),
-            shards=env_int(e, "BINORMAL_SHARDS", 4, minimum=1),
-            timeout_s=env_float(e, "BINORMAL_FEED_TIMEOUT_S", 30.0, minimum=0.1),
-            token=env_str(e, "BINORMAL_TOKEN", ""),
-        )
+        """The declared settings from the environment (``common.config.from_env``); ``overrides`` win."""
+        base = settings_from_env(cls, environ() if env is None else env)
         return replace(base, **{k: v for k, v in overrides.items() if v is not None})
 
 
