@@ -146,3 +146,10 @@ def test_web_settings_have_no_reply_ttl() -> None:
     # The stored reply's TTL is the worker's (BINORMAL_REPLY_TTL_S); the web tier never used its copy.
     assert "reply_ttl_s" not in {f.name for f in dataclasses.fields(WebSettings)}
     assert WorkerSettings.from_env({"BINORMAL_REPLY_TTL_S": "7"}).reply_ttl_s == 7
+
+
+def test_the_feeders_token_stays_out_of_its_repr() -> None:
+    """BINORMAL_TOKEN is a secret: a logged or printed FeedSettings must not carry it."""
+    settings = FeedSettings.from_env({"BINORMAL_TOKEN": "s3cr3t-token"})
+    assert settings.token == "s3cr3t-token"
+    assert "s3cr3t-token" not in repr(settings)
