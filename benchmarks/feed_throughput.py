@@ -72,7 +72,7 @@ async def wait_listening(port: int, timeout: float = 30.0) -> None:
     raise TimeoutError(f"nothing listening on {port} after {timeout}s")
 
 
-async def counted(client: aioredis.Redis, keys: Keyspace) -> int:
+async def events_counted(client: aioredis.Redis, keys: Keyspace) -> int:
     """Events counted so far: the sum of every scope's population counters."""
     total = 0
     for shard in range(keys.shards):
@@ -86,10 +86,10 @@ async def scored_when(client: aioredis.Redis, keys: Keyspace, lines: int, timeou
     """Monotonic time at which every line was counted and the group drained."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if sum((await stream_lag(client, keys)).values()) == 0 and await counted(client, keys) >= lines:
+        if sum((await stream_lag(client, keys)).values()) == 0 and await events_counted(client, keys) >= lines:
             return time.monotonic()
         await asyncio.sleep(0.2)
-    raise TimeoutError(f"only {await counted(client, keys)} of {lines} counted after {timeout}s")
+    raise TimeoutError(f"only {await events_counted(client, keys)} of {lines} counted after {timeout}s")
 
 
 async def bench(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:

@@ -18,9 +18,9 @@ import redis.asyncio as aioredis
 
 from binormal.feed.state import StateFile
 from tests.support.events import feed_events as make_events
+from tests.support.feed import counted, event_line, feed, service, start_feed, write_lines
 from tests.support.waiting import wait_for
 from tests.support.workers import running_worker, worker_settings
-from tests.test_feed import counted, event_line, feed, service, start_feed, write_lines
 
 pytestmark = pytest.mark.slow
 

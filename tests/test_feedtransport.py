@@ -14,10 +14,10 @@ import redis.asyncio as aioredis
 
 from binormal.common.embedded import RedisServer, find_binary
 from binormal.common.schema import Event
+from tests.support.feed import counted, event_line, finish, service, start_feed, write_lines
 from tests.support.redis_state import kill_blocked_xadd, paused_writes
 from tests.support.waiting import wait_for
 from tests.support.workers import running_worker, worker_settings
-from tests.test_feed import counted, event_line, finish, service, start_feed, write_lines
 
 
 async def _oom_refusals(client: aioredis.Redis) -> int:
