@@ -38,8 +38,12 @@ def _build_wheel(tmp_path: Path) -> Path:
 
 def _runtime_files() -> set[str]:
     """Every file of the package as installed: ``binormal/...`` and ``binormal/<subpackage>/...``."""
-    files = {str(p.relative_to(ROOT)) for p in (ROOT / "binormal").glob("*") if p.is_file() and not p.is_symlink()}
-    files |= {str(p.relative_to(ROOT)) for p in (ROOT / "binormal" / "feed").glob("*.py")}  # the feeder's package
+    own = ROOT / "binormal"
+    files = {  # binormal/ itself and its own subpackages (commands, feed), not the linked folders
+        str(p.relative_to(ROOT))
+        for p in own.rglob("*")
+        if p.is_file() and p.relative_to(own).parts[0] not in SUBPACKAGES and "__pycache__" not in p.parts
+    }
     for sub in SUBPACKAGES:
         files |= {
             f"binormal/{sub}/{p.relative_to(ROOT / sub)}"
