@@ -117,7 +117,7 @@ def parse_text(out: str) -> dict[tuple[str, str, str], list[list[str]]]:
 
 
 def test_text_report(data: dict[str, Any]) -> None:
-    proc = run_score(str(data["plain"]), "--top", "5")
+    proc = run_score(str(data["plain"]), "--top", "5", "--exact")
     assert proc.returncode == 0, proc.stderr
     check_stderr(proc.stderr)
     out = proc.stdout.decode("utf-8")
@@ -141,7 +141,7 @@ def json_rows(stdout: bytes) -> list[dict[str, Any]]:
 
 
 def test_json_matches_memory_engine(data: dict[str, Any]) -> None:
-    proc = run_score(str(data["plain"]), "--json")
+    proc = run_score(str(data["plain"]), "--json", "--exact")
     assert proc.returncode == 0, proc.stderr
     check_stderr(proc.stderr)
     rows = json_rows(proc.stdout)
@@ -174,7 +174,7 @@ def test_gz_and_stdin_give_the_same_answer(data: dict[str, Any]) -> None:
 
 
 def test_cap_option_changes_scores(data: dict[str, Any]) -> None:
-    proc = run_score(str(data["plain"]), "--json", "--cap", "10")
+    proc = run_score(str(data["plain"]), "--json", "--cap", "10", "--exact")
     assert proc.returncode == 0
     rows = {(r["org"], r["source"], r["pop"], r["id"]): r for r in json_rows(proc.stdout)}
     eng = MemoryEngine(cap=10)
@@ -229,3 +229,100 @@ def test_reader_closing_the_pipe_is_not_an_error(tmp_path: Path) -> None:
     assert proc.wait(timeout=60) == 0, err
     assert orjson.loads(first)["id"] == "id-0"
     assert b"Traceback" not in err and b"Broken pipe" not in err
+
+
+def raw_log(good: list[dict[str, Any]]) -> bytes:
+    """The valid events as a web server's raw JSON log: nested fields, no org/source/pop."""
+    rows = [
+        {"remote": {"user": o["id"]}, "request": o["action"], "vhost": o["pop"], "src": o["source"]}
+        for o in good
+        if o["org"] == "acme"
+    ]
+    return b"".join(orjson.dumps(r) + b"\n" for r in rows)
+
+
+def test_map_scores_raw_lines(data: dict[str, Any]) -> None:
+    spec = "org=acme,source=.src,pop=.vhost,id=.remote.user,action=.request"
+    blob = raw_log(data["good"]) + b'{"request": "GET /"}\n'  # no source: rejected with its line number
+    proc = run_score("-", "--json", "--exact", "--map", spec, stdin=blob)
+    assert proc.returncode == 0, proc.stderr
+    n = blob.count(b"\n")
+    assert proc.stderr.decode().startswith(f"line {n}: rejected: source: path .src not found")
+    plain = run_score(str(data["plain"]), "--json", "--exact")
+    assert proc.stdout == plain.stdout
+
+
+def test_transform_scores_raw_lines(data: dict[str, Any], tmp_path: Path) -> None:
+    module = tmp_path / "weblog.py"
+    module.write_text(
+        "def process_event(line):\n"
+        "    if line['request'] == 'GET /logout':\n"
+        "        return None\n"
+        "    return {'org': 'acme', 'source': line['src'], 'pop': line['vhost'],\n"
+        "            'id': line['remote']['user'], 'action': line['request']}\n"
+    )
+    log = tmp_path / "raw.log"
+    log.write_bytes(raw_log(data["good"]))
+    proc = run_score(str(log), "--json", "--exact", "--transform", f"{module}:process_event")
+    assert proc.returncode == 0, proc.stderr
+    eng = MemoryEngine()
+    last: dict[tuple[str, ...], dict[str, Any]] = {}
+    for obj in data["good"]:
+        if obj["action"] != "GET /logout":
+            last[(obj["org"], obj["source"], obj["pop"], obj["id"])] = eng.process(parse_json(obj))
+    rows = json_rows(proc.stdout)
+    assert {(r["org"], r["source"], r["pop"], r["id"]): r for r in rows} == {
+        k: {f: v[f] for f in ("org", "source", "pop", "id", "count", "score", "zscore")} for k, v in last.items()
+    }
+
+
+def test_refresh_one_equals_exact_and_default_is_close(data: dict[str, Any]) -> None:
+    exact = run_score(str(data["plain"]), "--json", "--exact")
+    one = run_score(str(data["plain"]), "--json", "--refresh", "1")
+    assert exact.returncode == one.returncode == 0
+    assert one.stdout == exact.stdout
+    stale = run_score(str(data["plain"]), "--json", "--refresh", "500")
+    assert stale.returncode == 0
+    rows, ref = json_rows(stale.stdout), json_rows(exact.stdout)
+    assert [(r["id"], r["count"]) for r in rows] == [(r["id"], r["count"]) for r in ref]
+    for scope, who in OUTLIERS.items():  # bounded staleness still finds the planted outliers
+        mine = [r for r in rows if (r["org"], r["source"], r["pop"]) == scope]
+        assert max(mine, key=lambda r: r["zscore"])["id"] == who
+
+
+@pytest.mark.parametrize("bad", ["0", "-3", "ten", "1.5"])
+def test_bad_refresh_is_exit_2(bad: str) -> None:
+    proc = run_score("-", "--refresh", bad, stdin=b"")
+    assert proc.returncode == 2
+    err = proc.stderr.decode()
+    assert "--refresh" in err and bad in err and "Traceback" not in err
+
+
+def test_exact_and_refresh_together_and_map_with_transform_are_refused() -> None:
+    proc = run_score("-", "--refresh", "5", "--exact", stdin=b"")
+    assert proc.returncode == 2 and "not allowed with" in proc.stderr.decode()
+    proc = run_score("-", "--map", "org=a", "--transform", "x:y", stdin=b"")
+    assert proc.returncode == 2 and "not allowed with" in proc.stderr.decode()
+    proc = run_score("-", "--map", "nofield=1", stdin=b"")
+    assert proc.returncode == 2 and "unknown field" in proc.stderr.decode()
+
+
+def test_progress_bar_on_stderr(tmp_path: Path) -> None:
+    """``--progress`` (the default on a terminal): events read, events/s and an ETA; stdout unchanged."""
+    big = tmp_path / "big.ndjson"
+    big.write_bytes(
+        b"".join(
+            orjson.dumps({"org": "o", "source": "s", "pop": f"p{i % 5}", "id": f"id-{i % 300}", "action": f"a{i % 7}"})
+            + b"\n"
+            for i in range(9000)
+        )
+        + b"oops\n"
+    )
+    with_bar = run_score(str(big), "--json", "--progress")
+    without = run_score(str(big), "--json")  # stderr is a pipe here: no bar
+    assert with_bar.returncode == without.returncode == 0
+    assert with_bar.stdout == without.stdout
+    err = with_bar.stderr.decode()
+    assert "read 4,096 events" in err and "events/s" in err and "ETA" in err and "%" in err
+    assert "line 9001: not JSON" in err
+    assert without.stderr.decode().startswith("line 9001: not JSON") and "events/s" not in without.stderr.decode()
