@@ -29,7 +29,8 @@ Row = dict[str, Any]
 SCORES: dict[str, Callable[[Row], float]] = {
     "zscore": lambda r: float(r["zscore"]),
     "score": lambda r: float(r["score"]),
-    "bits_per_event": lambda r: float(r["score"]) / r["count"],
+    # score is computed on counts normalised to at most cap N events: bits per event of those n' = min(n, N)
+    "bits_per_event": lambda r: float(r["score"]) / r["scored"],
 }
 
 
@@ -139,6 +140,7 @@ def replay(path: str, cap: int, errors: IO[str]) -> list[Row]:
                     "scope": scope,
                     "id": ident,
                     "count": sum(counts.values()),
+                    "scored": min(sum(counts.values()), cap),
                     "score": score,
                     "zscore": zscore(score, st.agg.n, st.agg.total, st.agg.total_sq),
                 }

@@ -84,7 +84,7 @@ def test_labels_csv_header_kind_and_errors() -> None:
 def test_unlabelled_ids_are_scored_but_not_counted() -> None:
     s = Scope("o", "s", "p")
     rows = [
-        {"scope": s, "id": i, "count": 10, "score": sc, "zscore": sc}
+        {"scope": s, "id": i, "count": 10, "scored": 10, "score": sc, "zscore": sc}
         for i, sc in (("x", 9.0), ("y", 1.0), ("z", 2.0), ("free", 100.0))
     ]
     result = evaluate(rows, Labels({"x": 1, "y": 0, "z": 0}, {"x": "bot"}))
