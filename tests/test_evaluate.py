@@ -35,6 +35,34 @@ def generated(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+def test_generator_is_seeded_and_plants_what_it_says(generated: Path, tmp_path: Path) -> None:
+    cmd = [
+        sys.executable,
+        str(ROOT / "benchmarks/quality/generate.py"),
+        str(tmp_path),
+        "--scopes",
+        "2",
+        "--normals",
+        "30",
+    ]
+    subprocess.run([*cmd, "--per-kind", "1"], check=True, capture_output=True, timeout=60)
+    for name in ("events.ndjson", "labels.csv"):
+        assert (tmp_path / name).read_bytes() == (generated / name).read_bytes()
+    events = [json.loads(line) for line in (generated / "events.ndjson").read_text().splitlines()]
+    assert [e["ts"] for e in events] == sorted(e["ts"] for e in events)
+    labels = read_labels(io.StringIO((generated / "labels.csv").read_text()))
+    per_id: dict[str, list[str]] = {}
+    for e in events:
+        per_id.setdefault(e["id"], []).append(e["action"])
+    assert set(per_id) == set(labels.label)
+    assert all(3 <= len(per_id[i]) <= 6 for i, k in labels.kind.items() if k == "lowslow")
+    for pop in ("pop-0", "pop-1"):
+        in_scope = sum(1 for e in events if e["pop"] == pop)
+        assert 0.2 < len(per_id[f"heavy-{pop}-0"]) / in_scope < 0.3
+        repeat = per_id[f"repeat-{pop}-0"]
+        assert max(repeat.count(a) for a in set(repeat)) > 0.85 * len(repeat)
+
+
 def test_roc_auc_hand_examples() -> None:
     # pairs (positive, negative): 0.35>0.1, 0.35<0.4, 0.8>0.1, 0.8>0.4 -> 3 of 4
     assert roc_auc([0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1]) == 0.75
