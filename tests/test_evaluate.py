@@ -10,8 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from binormal.common.engine import MemoryEngine
 from binormal.common.keys import Scope
-from binormal.evaluate import Labels, average_precision, evaluate, precision_at, read_labels, roc_auc
+from binormal.evaluate import Labels, average_precision, evaluate, precision_at, read_labels, replay, roc_auc
+from binormal.score import read_events
 
 ROOT = Path(__file__).resolve().parents[1]
 METRICS = {"roc_auc", "average_precision", "precision_at_k", "precision_at_50"}
@@ -149,3 +151,28 @@ def test_cli_table_and_unlabelled_subset(generated: Path, tmp_path: Path) -> Non
     assert "ROC-AUC" in done.stdout and "masquerade" in done.stdout
     bad = run_evaluate(str(generated / "events.ndjson"), str(tmp_path / "missing.csv"))
     assert bad.returncode == 1 and "missing.csv" in bad.stderr
+
+
+def test_replay_ranks_what_binormal_score_reports(generated: Path) -> None:
+    events = str(generated / "events.ndjson")
+    done = subprocess.run(
+        [sys.executable, "-P", "-m", "binormal", "score", events, "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    offline = {r["id"]: r for r in map(json.loads, done.stdout.splitlines())}
+    rows = replay(events, 100, io.StringIO())
+    assert len(rows) == len(offline)
+    for r in rows:
+        assert r["count"] == offline[r["id"]]["count"]
+        assert round(r["score"], 3) == offline[r["id"]]["score"]
+    # zscore: every individual against its scope's final mean and deviation (binormal score prints
+    # the one of each individual's last event, against the aggregates of that moment)
+    engine = MemoryEngine()
+    with open(events, "rb") as f:
+        for e in read_events(f, io.StringIO()):
+            engine.process(e)
+    for r in rows:
+        assert round(r["zscore"], 3) == engine.current(r["scope"], r["id"])["zscore"]
