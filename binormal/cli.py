@@ -21,6 +21,7 @@ COMMANDS: dict[str, str] = {
     "web": "binormal.commands.web",
     "ingest": "binormal.commands.ingest",
     "score": "binormal.commands.score",
+    "evaluate": "binormal.commands.evaluate",
     "recompute": "binormal.commands.recompute",
     "dead": "binormal.commands.dead",
     "feed": "binormal.feed",
