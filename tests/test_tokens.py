@@ -148,7 +148,8 @@ def test_run_uses_the_data_dirs_tokens_file_and_sees_a_revocation_without_restar
         while True:
             assert proc.poll() is None, (tmp_path / "run.log").read_text()[-2000:]
             try:
-                if status("/healthz") == 200:
+                # Ready, not just alive: the app reaches its Redis in the background (503 until then).
+                if status("/readyz") == 200:
                     break
             except OSError:
                 pass
