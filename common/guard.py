@@ -44,6 +44,7 @@ from binormal.common.auth import (
 )
 from binormal.common.config import ConfigError
 from binormal.common.http import JSON, ApiError, json_response, observe, read_body, require_content_type
+from binormal.common.schema import DuplicateKeys, loads_json
 
 log = structlog.get_logger("binormal.auth")
 
@@ -365,9 +366,11 @@ async def login(request: web.Request) -> web.Response:
     require_content_type(request, (JSON,))
     body = await read_body(request, LOGIN_MAX_BYTES)
     try:
-        obj = orjson.loads(body)
+        obj = loads_json(body)  # orjson, plus repeated keys flagged (as on /discrete)
     except orjson.JSONDecodeError:
         raise ApiError(400, 'body must be JSON {"token": ...}', "body") from None
+    if isinstance(obj, DuplicateKeys):
+        raise ApiError(400, f"{obj.duplicate}: repeated key", "body")
     token = obj.get("token") if isinstance(obj, dict) else None
     if not isinstance(token, str) or not token or len(token) > MAX_TOKEN_BYTES:
         raise ApiError(400, "token: must be a non-empty string", "token")

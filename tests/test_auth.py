@@ -473,6 +473,9 @@ async def test_login_sets_a_strict_httponly_cookie_that_authorises_the_page(svc:
     async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
         async with http.post(svc.base + "/login", json={"token": "nope"}) as r:
             assert r.status == 401 and SESSION_COOKIE not in r.cookies
+        repeated = b'{"token": "nope", "token": "tok-view-acme"}'  # orjson alone would keep the last
+        async with http.post(svc.base + "/login", data=repeated, headers={"Content-Type": "application/json"}) as r:
+            assert r.status == 400 and SESSION_COOKIE not in r.cookies
         async with http.post(
             svc.base + "/login",
             data="token=tok-view-acme",
