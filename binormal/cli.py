@@ -47,6 +47,17 @@ def log_format(text: str) -> str:
     return fmt
 
 
+class _VersionAction(argparse.Action):
+    """``--version``: read from the installed metadata only when asked (not on every start-up)."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: object) -> None:
+        super().__init__(option_strings, dest, nargs=0, help="show the version and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: object, **kwargs: object) -> None:
+        sys.stdout.write(f"binormal {_version()}\n")  # stdout, like argparse's own version action
+        parser.exit()
+
+
 def _version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -63,7 +74,7 @@ def _exit_on_sigterm(signum: int, frame: object) -> None:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser: global options, then each module of :data:`COMMANDS` registers its subcommand."""
     p = argparse.ArgumentParser(prog="binormal", description=__doc__.split("\n", 1)[0])
-    p.add_argument("--version", action="version", version=f"binormal {_version()}")
+    p.add_argument("--version", action=_VersionAction)
     # A string default goes through `type` too: a bad BINORMAL_LOG_LEVEL is argparse's error as well.
     p.add_argument(
         "--log-level",
