@@ -27,7 +27,9 @@ from binormal.common.scripts import (
     CommitBadState,
     Committed,
     Deadletter,
+    Dominated,
     Duplicate,
+    Guard,
     Layout,
     Score,
     Scripts,
@@ -120,12 +122,15 @@ def test_a_header_that_disagrees_is_caught(monkeypatch: pytest.MonkeyPatch) -> N
 
 
 def test_apply_packs_in_layout_order_and_decodes_every_status() -> None:
-    item = ApplyItem("p:pop", "p:sq", "p:k", "p:i:u1", "p:seen:e", b"1-0", "GET /", "tok", 60, b"1-0 fp")
-    keys, args = Apply.pack((b"s", "scopes", "unc", "capped"), "g", True, 99, [item, item])
-    assert keys == [b"s", "scopes", "unc", "capped", *item[:5], *item[:5]]
-    assert args == ["g", "1", 99, *item[5:], *item[5:]]
+    item = ApplyItem(
+        "p:pop", "p:sq", "p:k", "p:i:u1", "p:seen:e", "p:raw", "p:dom", b"1-0", "GET /", "tok", 60, b"1-0 fp", "u1"
+    )
+    keys, args = Apply.pack((b"s", "scopes", "unc", "capped"), "g", True, 99, [item, item], Guard(150, 0.25, 500))
+    assert keys == [b"s", "scopes", "unc", "capped", *item[:7], *item[:7]]
+    assert args == ["g", "1", 99, 150, "0.25", 500, *item[7:], *item[7:]]
     reply = [
-        [1, 3, 5, 2, [b"GET /", b"2"], [b"GET /", b"3"]],
+        [1, 3, 5, 2, [b"GET /", b"2"], [b"GET /", b"3"], 3, 0],
+        [1, 3, 5, 2, [b"GET /", b"2"], [], 1, [b"u1", 400, 1000]],
         [0],
         [2, b"1-0 fp"],
         [2, b"1-0"],
@@ -133,7 +138,8 @@ def test_apply_packs_in_layout_order_and_decodes_every_status() -> None:
         [4, 7],
     ]
     assert Apply.decode(reply, want_pop=True) == [
-        Applied(ActionStats(3, 5, 2), {"GET /": 2}, {"GET /": 3}),
+        Applied(ActionStats(3, 5, 2), {"GET /": 2}, {"GET /": 3}, 3),
+        Applied(ActionStats(3, 5, 2), {"GET /": 2}, {}, 1, Dominated("u1", 400, 1000)),
         ALREADY,
         Duplicate(b"1-0", b"fp"),
         Duplicate(b"1-0", None),

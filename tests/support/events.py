@@ -11,6 +11,7 @@ import orjson
 
 from binormal.common.keys import Scope
 from binormal.common.schema import Event
+from binormal.common.scoring import DEFAULT_CAP, contribution
 
 TS0 = 1_700_000_000_000
 
@@ -70,18 +71,43 @@ def counts_from_events(events: Iterable[Event]) -> dict[Scope, dict[str, dict[st
 
 
 def population_truth(
-    individuals: Mapping[str, Mapping[str, int]],
+    individuals: Mapping[str, Mapping[str, int]], weight_cap: int = DEFAULT_CAP
 ) -> tuple[dict[str, int], dict[str, int], dict[str, int]]:
-    """(C_a, S2_a, K_a) of one scope from its individuals' counts."""
+    """(C_a, S2_a, K_a) of one scope from its individuals' counts.
+
+    C_a is the sum of each individual's contribution under the weight cap
+    (``scoring.contribution``; 0 = raw counts), zero fields included.
+    """
     pop: dict[str, int] = {}
     sq: dict[str, int] = {}
     k: dict[str, int] = {}
     for counts in individuals.values():
+        for a, c in contribution(counts, weight_cap).items():
+            pop[a] = pop.get(a, 0) + c
         for a, x in counts.items():
-            pop[a] = pop.get(a, 0) + x
             sq[a] = sq.get(a, 0) + x * x
             k[a] = k.get(a, 0) + 1
     return pop, sq, k
+
+
+def raw_truth(individuals: Mapping[str, Mapping[str, int]]) -> dict[str, int]:
+    """The raw per-action sums s1 of one scope (its ``raw`` hash when a weight cap is on)."""
+    out: dict[str, int] = {}
+    for counts in individuals.values():
+        for a, x in counts.items():
+            out[a] = out.get(a, 0) + x
+    return out
+
+
+def with_heavy(events: list[Event], scope: Scope, ident: str, n: int, seed: int) -> list[Event]:
+    """``events`` with ``n`` more events of one heavy individual spread among them (a skewed mix of ACTIONS)."""
+    rng = random.Random(seed)
+    out = list(events)
+    for i in range(n):
+        action = rng.choices(ACTIONS, [1, 1, 1, 30, 1, 1, 1, 1])[0]
+        ev = Event(scope.org, scope.source, scope.pop, ident, action, ts=TS0 + 10_000_000 + i, event_id=f"h{seed}-{i}")
+        out.insert(rng.randrange(len(out) + 1), ev)
+    return out
 
 
 # ---------------------------------------------------------------- the other suites' populations
