@@ -190,3 +190,38 @@ def query_events(n: int, seed: int = 7) -> list[Event]:
             action = actions[-1]  # always the rarest page
         out.append(Event(scope.org, scope.source, scope.pop, ident, action, ts=TS0 + i))
     return out
+
+
+# ---------------------------------------------------------------- the dominance scenario (test_dominance, browser)
+
+DOMINANCE_ACTIONS = [f"a{i}" for i in range(8)]
+DOMINANCE_WEIGHTS = [30, 20, 15, 10, 8, 7, 6, 4]
+FLOODER = "flooder"
+
+
+def light_rounds(scope: Scope, rounds: int, individuals: int, seed: int, start: int = 0) -> list[Event]:
+    """``rounds`` rounds of one event per light individual ``u0..``: a skewed mix, the same for one seed."""
+    rng = random.Random(seed)
+    out = []
+    for r in range(start, start + rounds):
+        for i in range(individuals):
+            action = rng.choices(DOMINANCE_ACTIONS, DOMINANCE_WEIGHTS)[0]
+            out.append(Event(scope.org, scope.source, scope.pop, f"u{i}", action, ts=TS0 + 1000 * r + i))
+    return out
+
+
+def flood(scope: Scope, first: int, last: int) -> list[Event]:
+    """Events ``first..last-1`` of the flooder: the rare a7 three times in four, then a6.
+
+    Its proportions are the same at every multiple of 4 events, so once past the
+    weight cap its normalised contribution (75 a7, 25 a6 at W = 100) no longer moves.
+    """
+    return [
+        Event(scope.org, scope.source, scope.pop, FLOODER, "a7" if j % 4 else "a6", ts=TS0 + 10**8 + j)
+        for j in range(first, last)
+    ]
+
+
+def event_dict(e: Event) -> dict[str, Any]:
+    """An event as the JSON object ``POST /events`` takes."""
+    return {"org": e.org, "source": e.source, "pop": e.pop, "id": e.id, "action": e.action}
