@@ -23,7 +23,7 @@ import redis.asyncio as aioredis
 
 from binormal.common.keys import Keyspace, Scope
 from binormal.common.schema import Event
-from tests.support.events import FLOODER, event_dict, flood, light_rounds, ndjson
+from tests.support.events import FLOODER, event_dict, flooder_events, light_rounds, ndjson
 from tests.support.http import Served, post_raw, wait_ready
 from tests.support.openapi import check_response, load_openapi
 from tests.support.redis_state import drained, no_uncommitted
@@ -75,13 +75,15 @@ async def test_a_flood_moves_the_light_zscores_only_without_the_cap(
     try:
         await wait_ready(combined.session, combined.base, timeout=30.0)  # a worker heartbeat: its groups exist
         base = [
-            e for scope in (FLOODED, CONTROL) for e in light_rounds(scope, 40, LIGHT, seed=5) + flood(scope, 0, 200)
+            e
+            for scope in (FLOODED, CONTROL)
+            for e in light_rounds(scope, 40, LIGHT, seed=5) + flooder_events(scope, 0, 200)
         ]
         await send(combined, base, aredis)
         scopes = {(s["pop"]): s for s in (await get(combined, "/api/scopes"))["scopes"]}
         assert scopes["flooded"]["dominated"] is None and scopes["control"]["dominated"] is None  # 200 of 1,400
 
-        await send(combined, flood(FLOODED, 200, 2000), aredis)
+        await send(combined, flooder_events(FLOODED, 200, 2000), aredis)
         await send(
             combined, [e for s in (FLOODED, CONTROL) for e in light_rounds(s, 1, LIGHT, seed=9, start=40)], aredis
         )
@@ -112,7 +114,7 @@ async def test_a_flood_moves_the_light_zscores_only_without_the_cap(
         worker.signal(signal.SIGTERM)
         assert worker.wait() == 0
         worker = WorkerProcess(redis_url, prefix, "w1", log, extra_env=env).start()
-        await send(combined, flood(FLOODED, 2000, 2100), aredis)
+        await send(combined, flooder_events(FLOODED, 2000, 2100), aredis)
         assert len(dominated_logs(worker)) == 1
         keys = Keyspace(prefix=prefix, shards=4)
         dom = await aredis.hgetall(keys.scope_key(FLOODED, "dom"))

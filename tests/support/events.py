@@ -210,7 +210,7 @@ def light_rounds(scope: Scope, rounds: int, individuals: int, seed: int, start: 
     return out
 
 
-def flood(scope: Scope, first: int, last: int) -> list[Event]:
+def flooder_events(scope: Scope, first: int, last: int) -> list[Event]:
     """Events ``first..last-1`` of the flooder: the rare a7 three times in four, then a6.
 
     Its proportions are the same at every multiple of 4 events, so once past the
