@@ -23,7 +23,8 @@ import redis.asyncio as aioredis
 
 from binormal.common.keys import Keyspace, Scope
 from binormal.common.schema import Event
-from tests.support.events import FLOODER, event_dict, flooder_events, light_rounds, ndjson
+from tests.support.events import FLOODER, counts_from_events, event_dict, flooder_events, light_rounds, ndjson
+from tests.support.handcalc import capped_population, explain_by_hand
 from tests.support.http import Served, post_raw, wait_ready
 from tests.support.openapi import check_response, load_openapi
 from tests.support.redis_state import drained, no_uncommitted
@@ -84,9 +85,8 @@ async def test_a_flood_moves_the_light_zscores_only_without_the_cap(
         assert scopes["flooded"]["dominated"] is None and scopes["control"]["dominated"] is None  # 200 of 1,400
 
         await send(combined, flooder_events(FLOODED, 200, 2000), aredis)
-        await send(
-            combined, [e for s in (FLOODED, CONTROL) for e in light_rounds(s, 1, LIGHT, seed=9, start=40)], aredis
-        )
+        last = [e for s in (FLOODED, CONTROL) for e in light_rounds(s, 1, LIGHT, seed=9, start=40)]
+        await send(combined, last, aredis)
         flooded, control = await light_zscores(combined, FLOODED), await light_zscores(combined, CONTROL)
         assert len(flooded) == len(control) == LIGHT
         drift = max(abs(flooded[i] - control[i]) for i in control)
@@ -102,6 +102,16 @@ async def test_a_flood_moves_the_light_zscores_only_without_the_cap(
         out = await get(combined, "/api/outliers", org="acme", source="web", pop="flooded", limit="3")
         assert out["dominated"] == {"id": FLOODER, "share": share}
         top = out["outliers"][0]
+        # Its reasons against the population worked out by hand (the flooder scaled to W events, or raw).
+        individuals = counts_from_events(base + flooder_events(FLOODED, 200, 2000) + last)[FLOODED]
+        pop = capped_population(individuals, weight_cap)
+        for o in out["outliers"]:
+            want = explain_by_hand(individuals[o["id"]], pop, 100, 3)
+            assert [r["action"] for r in o["reasons"]] == [w["action"] for w in want]
+            for r, w in zip(o["reasons"], want):
+                assert (r["count"], r["observed"], r["kind"]) == (w["count"], w["observed"], w["kind"])
+                assert r["expected"] == pytest.approx(w["expected"], abs=5e-4)
+                assert r["bits"] == pytest.approx(w["bits"], abs=5e-4)
         if weight_cap:  # still the outlier it is (z 5.47)
             assert top["id"] == FLOODER and top["zscore"] > 3.0, top
         else:  # it made itself the norm (z -0.11): the light ones now look odd
