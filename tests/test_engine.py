@@ -200,8 +200,8 @@ def test_weight_cap_population_is_the_sum_of_contributions(weight_cap: int) -> N
     eng = MemoryEngine(weight_cap=weight_cap)
     results = eng.run(events)
     for st in eng.scopes.values():
-        pop, sq, k = population_truth(st.individuals, weight_cap)
-        assert (st.pop, st.sq, st.k) == (pop, sq, k)
+        pop, sqs, ks = population_truth(st.individuals, weight_cap)
+        assert (st.pop, st.sq, st.k) == (pop, sqs, ks)
         if weight_cap:
             assert st.raw == raw_truth(st.individuals)
         else:
@@ -211,9 +211,9 @@ def test_weight_cap_population_is_the_sum_of_contributions(weight_cap: int) -> N
     # the last event was scored against its scope's final (capped) population
     assert st.scores[events[-1].id] == Snapshot(dict(st.pop)).score(st.individuals[events[-1].id])
     raw_sum = sum(c.get(events[-1].action, 0) for c in st.individuals.values())
-    sq, kk = st.sq[events[-1].action], st.k[events[-1].action]
+    s2, kk = st.sq[events[-1].action], st.k[events[-1].action]
     x = st.individuals[events[-1].id][events[-1].action]
-    assert last["actionzscore"] == round(action_zscore(x, raw_sum, sq, kk), 3)
+    assert last["actionzscore"] == round(action_zscore(x, raw_sum, s2, kk), 3)
 
 
 def test_guard_caps_a_heavy_individuals_weight() -> None:

@@ -65,7 +65,7 @@ def test_absent_actions_rank_among_the_own_by_their_bits() -> None:
         want = explain_by_hand(counts, pop, 100, limit)
         assert_matches(snap.explain(counts, limit), want)
     listed = explain_by_hand(counts, pop, 100, 20)
-    absent = [w["action"] for w in listed if w["count"] == 0]
+    absent = [str(w["action"]) for w in listed if w["count"] == 0]
     assert absent and absent == sorted(absent)[: len(absent)] and absent[0] == "act00"  # the commonest ones it skips
     assert {w["action"] for w in listed if w["count"]} == {"act10", "act11"}
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from fractions import Fraction
+from typing import Any
 
 
 def pmf_ln(x: int, n: int, p: float) -> float:
@@ -52,14 +53,14 @@ def capped_population(individuals: Mapping[str, Mapping[str, int]], weight_cap: 
     return pop
 
 
-def explain_by_hand(counts: Mapping[str, int], pop: Mapping[str, int], cap: int, limit: int) -> list[dict[str, object]]:
+def explain_by_hand(counts: Mapping[str, int], pop: Mapping[str, int], cap: int, limit: int) -> list[dict[str, Any]]:
     """Every action of the population with bits > 0, most bits first (ties by name), the first ``limit``.
 
     Each: action, raw count, observed x', expected n' p_a (unrounded), bits (unrounded), kind.
     """
     total = sum(pop.values())
     n_norm, norm = scaled(counts, cap)
-    rows: list[dict[str, object]] = []
+    rows: list[dict[str, Any]] = []
     for action, c in pop.items():
         if c == 0:
             continue
@@ -79,5 +80,5 @@ def explain_by_hand(counts: Mapping[str, int], pop: Mapping[str, int], cap: int,
                     "kind": kind,
                 }
             )
-    rows.sort(key=lambda r: (-float(r["bits"]), str(r["action"])))  # type: ignore[arg-type]
+    rows.sort(key=lambda r: (-r["bits"], r["action"]))
     return rows[:limit]
