@@ -14,7 +14,7 @@ from typing import Any
 from binormal.common.keys import Scope
 from binormal.common.result import ActionStats, Aggregates, make_result
 from binormal.common.schema import Event
-from binormal.common.scoring import DEFAULT_CAP, Snapshot, contribution_delta, zscore
+from binormal.common.scoring import DEFAULT_CAP, Snapshot, count_event, zscore
 
 DEFAULT_DOMINANCE_SHARE = 0.2
 DEFAULT_DOMINANCE_MIN_EVENTS = 1000  # 10 N: a young scope is not flagged
@@ -45,9 +45,12 @@ class MemoryEngine:
     default) rebuilds the population snapshot after every event, which is what
     the Redis worker does with ``BINORMAL_SNAPSHOT_MAX_AGE_MS=0``.
 
-    ``weight_cap`` is the dominance guard's W (``BINORMAL_WEIGHT_CAP``): None
-    means the normalisation cap N (the default), 0 turns it off (raw counts, as
-    before the guard); otherwise it must be at least N (:func:`check_weight_cap`).
+    ``weight_cap`` is the dominance guard's W (``BINORMAL_WEIGHT_CAP``, whose
+    default for the services is N): 0, the default here, is off (raw counts,
+    exactly as before the guard, so callers that do not pass it keep their
+    results); None means N; otherwise it must be at least N
+    (:func:`check_weight_cap`). To match a worker with default settings pass
+    ``weight_cap=None`` (or N).
     """
 
     def __init__(
@@ -55,7 +58,7 @@ class MemoryEngine:
         cap: int = DEFAULT_CAP,
         refresh_every: int = 0,
         explain_limit: int = 5,
-        weight_cap: int | None = None,
+        weight_cap: int | None = 0,
         dominance_share: float = DEFAULT_DOMINANCE_SHARE,
         dominance_min_events: int = DEFAULT_DOMINANCE_MIN_EVENTS,
     ) -> None:
@@ -72,18 +75,8 @@ class MemoryEngine:
         st = self.scopes.setdefault(event.scope, ScopeState())
         counts = st.individuals.setdefault(event.id, {})
         k = counts.get(event.action, 0)
-        n = sum(counts.values()) + 1
         w = self.weight_cap
-        if w == 0 or n <= w:
-            counts[event.action] = k + 1
-            st.pop[event.action] = st.pop.get(event.action, 0) + 1
-        else:
-            before = dict(counts)
-            counts[event.action] = k + 1
-            pop = st.pop
-            for a, d in contribution_delta(before, counts, w).items():
-                if d or a == event.action:  # the event's action stays a (possibly 0) field
-                    pop[a] = pop.get(a, 0) + d
+        n = count_event(counts, st.pop, event.action, w)
         if w:
             st.raw[event.action] = st.raw.get(event.action, 0) + 1
         st.events += 1

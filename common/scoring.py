@@ -99,6 +99,32 @@ def contribution_delta(before: Mapping[str, int], after: Mapping[str, int], weig
     return {a: c - cb.get(a, 0) for a, c in ca.items()}
 
 
+def count_event(counts: dict[str, int], pop: dict[str, int], action: str, weight_cap: int, n: int | None = None) -> int:
+    """Count one event of ``action`` for an individual and move its scope's population (in place).
+
+    ``counts`` are the individual's raw counts, ``pop`` the scope's population
+    counts, ``n`` the individual's events before this one (summed when None).
+    The population moves by ``c(after) - c(before)`` (:func:`contribution`):
+    O(1) while the individual has at most ``weight_cap`` events (or the cap is
+    0), O(its own actions) past it; only changed fields are written, plus the
+    event's own action (a field holding 0 keeps the action known). apply.lua
+    does the same in Redis. Returns the individual's events after this one.
+    """
+    if n is None:
+        n = sum(counts.values())
+    n += 1
+    if weight_cap <= 0 or n <= weight_cap:
+        counts[action] = counts.get(action, 0) + 1
+        pop[action] = pop.get(action, 0) + 1
+        return n
+    before = dict(counts)
+    counts[action] = counts.get(action, 0) + 1
+    for a, d in contribution_delta(before, counts, weight_cap).items():
+        if d or a == action:
+            pop[a] = pop.get(a, 0) + d
+    return n
+
+
 def zscore(value: float, count: int, total: float, total_sq: float) -> float:
     """Standard score of ``value`` against running aggregates (population std).
 

@@ -219,7 +219,7 @@ def test_weight_cap_population_is_the_sum_of_contributions(weight_cap: int) -> N
 def test_guard_caps_a_heavy_individuals_weight() -> None:
     light = [Event("o", "s", "p", f"u{i % 20}", "common" if i % 5 else "rare") for i in range(1000)]
     heavy = [Event("o", "s", "p", "heavy", "rare") for _ in range(3000)]
-    on, off = MemoryEngine(), MemoryEngine(weight_cap=0)
+    on, off = MemoryEngine(weight_cap=100), MemoryEngine()
     on.run(light + heavy)
     off.run(light + heavy)
     scope = Scope("o", "s", "p")
@@ -233,7 +233,7 @@ def test_weight_cap_below_the_normalisation_cap_is_refused() -> None:
     assert check_weight_cap(0, 100) == 0 and check_weight_cap(100, 100) == 100 and check_weight_cap(101, 100) == 101
     with pytest.raises(ValueError, match="at least the normalisation cap 100"):
         MemoryEngine(weight_cap=99)
-    assert MemoryEngine(cap=50).weight_cap == 50  # default: W = N
+    assert MemoryEngine(cap=50, weight_cap=None).weight_cap == 50 and MemoryEngine().weight_cap == 0  # None: W = N
 
 
 def test_dominance_needs_enough_events_and_more_than_the_share() -> None:

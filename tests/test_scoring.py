@@ -19,6 +19,7 @@ from binormal.common.scoring import (
     action_zscore,
     contribution,
     contribution_delta,
+    count_event,
     log_pmf,
     mode,
     normalise,
@@ -529,13 +530,17 @@ def test_contribution_deltas_telescope_to_the_final_contribution() -> None:
     for w in (0, 1, 100):
         counts: dict[str, int] = {}
         pop: dict[str, int] = {}
-        for _ in range(700):
+        mine: dict[str, int] = {}  # the same individual counted by count_event
+        pop2: dict[str, int] = {}
+        for i in range(700):
             before = dict(counts)
             a = rng.choices("abcde", [50, 20, 5, 1, 1])[0]
             counts[a] = counts.get(a, 0) + 1
             for action, d in contribution_delta(before, counts, w).items():
                 pop[action] = pop.get(action, 0) + d
                 assert pop[action] >= 0
+            assert count_event(mine, pop2, a, w, i if i % 2 else None) == i + 1
+            assert mine == counts and {x: c for x, c in pop2.items()} == pop
         assert pop == contribution(counts, w)
 
 
