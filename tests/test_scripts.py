@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass
 
 import pytest
+import redis.asyncio as aioredis
 
 from binormal.common.result import ActionStats, Aggregates
 from binormal.common.scripts import (
@@ -169,3 +170,21 @@ def test_deadletter_packs_fields_flat() -> None:
     keys, args = Deadletter.pack(b"s", "dead", "g", b"1-0", "why", "c", 10, {b"a": b"1", b"b": b"2"})
     assert keys == [b"s", "dead"] and args == ["g", b"1-0", "why", "c", 10, b"a", b"1", b"b", b"2"]
     assert Deadletter.decode(1) is True and Deadletter.decode(0) is False
+
+
+async def test_apply_share_of_is_exact_integer_division(aredis: aioredis.Redis) -> None:
+    """apply.lua's ``share_of`` (Lua doubles) is Python's ``(2 x w + m) // (2 m)`` at rounding edges, m up to 4e13."""
+    source = (LUA_DIR / "apply.lua").read_text(encoding="utf-8")
+    start = source.index("local function share_of")
+    body = source[start : source.index("\nend\n", start) + 5]
+    cases: list[tuple[int, int, int]] = [(1, 100, 101), (50, 100, 101), (0, 100, 500)]
+    for m in (10**6 + 1, 2**40 + 3, 4 * 10**13):  # up to the documented bound (2x w + m < 2^53)
+        for q in (1, 37, 99):
+            # x just below / at / above the rounding edge x w / m = q - 1/2
+            edge = ((2 * q - 1) * m) // (2 * 100)
+            cases += [(edge + d, 100, m) for d in (-1, 0, 1, 2) if 0 <= edge + d <= m]
+    call = "share_of(tonumber(ARGV[i]), tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2]))"
+    script = body + f"\nlocal out = {{}}\nfor i = 1, #ARGV, 3 do\n  out[#out + 1] = {call}\nend\nreturn out"
+    args = [v for case in cases for v in case]
+    got = await aredis.eval(script, 0, *args)
+    assert got == [(2 * x * w + m) // (2 * m) for x, w, m in cases]
