@@ -77,13 +77,18 @@ async def fill(client: aioredis.Redis, keys: Keyspace, events: list[Event]) -> N
         await pipe.execute()
 
 
-async def drain(url: str, n: int, batch: int, max_age_ms: int, max_actions: int | None = None) -> dict[str, float]:
-    """Time one Worker until it has applied ``n`` entries (``max_actions``: BINORMAL_MAX_ACTIONS, default its own)."""
+async def drain(
+    url: str, n: int, batch: int, max_age_ms: int, max_actions: int | None = None, weight_cap: int | None = None
+) -> dict[str, float]:
+    """Time one Worker until it has applied ``n`` entries (``max_actions``: BINORMAL_MAX_ACTIONS, default its own;
+    ``weight_cap``: BINORMAL_WEIGHT_CAP, default N)."""
     settings = WorkerSettings(
         redis_url=url, consumer="bench", batch=batch, snapshot_max_age_ms=max_age_ms, trim_interval_s=0
     )
     if max_actions is not None:
         settings = replace(settings, max_actions=max_actions)
+    if weight_cap is not None:
+        settings = replace(settings, weight_cap=weight_cap)
     worker = Worker(settings)
     task = asyncio.create_task(worker.run())
     await worker.ready.wait()
@@ -158,12 +163,13 @@ async def main() -> None:
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--naive-events", type=int, default=5_000)
     p.add_argument("--redis-server", default=None)
+    p.add_argument("--weight-cap", type=int, default=None, help="BINORMAL_WEIGHT_CAP (default N; 0 = guard off)")
     args = p.parse_args()
 
     binary = quiet_setup(args.redis_server)
     print(
         f"events={args.events} scopes={args.scopes} individuals={args.individuals} actions={args.actions} "
-        f"batch={args.batch} snapshot_max_age_ms={args.max_age_ms}"
+        f"batch={args.batch} snapshot_max_age_ms={args.max_age_ms} weight_cap={args.weight_cap}"
     )
     events = make_events(args.events, args.scopes, args.individuals, args.actions)
     keys = Keyspace()
@@ -176,7 +182,7 @@ async def main() -> None:
             for r in range(args.repeat):
                 await client.flushall()
                 await fill(client, keys, events)
-                res = await drain(server.url, len(events), args.batch, args.max_age_ms)
+                res = await drain(server.url, len(events), args.batch, args.max_age_ms, weight_cap=args.weight_cap)
                 runs.append(res)
                 await client.flushall()
                 naive_rate = naive(server.url, keys, events[: args.naive_events])

@@ -14,7 +14,10 @@ from typing import Any
 from binormal.common.keys import Scope
 from binormal.common.result import ActionStats, Aggregates, make_result
 from binormal.common.schema import Event
-from binormal.common.scoring import DEFAULT_CAP, Snapshot, zscore
+from binormal.common.scoring import DEFAULT_CAP, Snapshot, count_event, zscore
+
+DEFAULT_DOMINANCE_SHARE = 0.2
+DEFAULT_DOMINANCE_MIN_EVENTS = 1000  # 10 N: a young scope is not flagged
 
 
 @dataclass
@@ -22,6 +25,7 @@ class ScopeState:
     """All counters of one scope."""
 
     pop: dict[str, int] = field(default_factory=dict)
+    raw: dict[str, int] = field(default_factory=dict)  # raw per-action sums s1 (only with a weight cap)
     sq: dict[str, int] = field(default_factory=dict)
     k: dict[str, int] = field(default_factory=dict)
     individuals: dict[str, dict[str, int]] = field(default_factory=dict)
@@ -29,6 +33,9 @@ class ScopeState:
     agg: Aggregates = field(default_factory=Aggregates)
     snapshot: Snapshot | None = None
     snapshot_age: int = 0
+    events: int = 0  # raw events of the scope
+    top: str = ""  # the individual with the most raw events (the first to reach it)
+    top_n: int = 0
 
 
 class MemoryEngine:
@@ -37,10 +44,28 @@ class MemoryEngine:
     ``refresh_every`` is the snapshot staleness in events per scope: 0 (the
     default) rebuilds the population snapshot after every event, which is what
     the Redis worker does with ``BINORMAL_SNAPSHOT_MAX_AGE_MS=0``.
+
+    ``weight_cap`` is the dominance guard's W (``BINORMAL_WEIGHT_CAP``, whose
+    default for the services is N): 0, the default here, is off (raw counts,
+    exactly as before the guard, so callers that do not pass it keep their
+    results); None means N; otherwise it must be at least N
+    (:func:`check_weight_cap`). To match a worker with default settings pass
+    ``weight_cap=None`` (or N).
     """
 
-    def __init__(self, cap: int = DEFAULT_CAP, refresh_every: int = 0, explain_limit: int = 5) -> None:
+    def __init__(
+        self,
+        cap: int = DEFAULT_CAP,
+        refresh_every: int = 0,
+        explain_limit: int = 5,
+        weight_cap: int | None = 0,
+        dominance_share: float = DEFAULT_DOMINANCE_SHARE,
+        dominance_min_events: int = DEFAULT_DOMINANCE_MIN_EVENTS,
+    ) -> None:
         self.cap = cap
+        self.weight_cap = check_weight_cap(cap if weight_cap is None else weight_cap, cap)
+        self.dominance_share = dominance_share
+        self.dominance_min_events = dominance_min_events
         self.refresh_every = refresh_every
         self.explain_limit = explain_limit
         self.scopes: dict[Scope, ScopeState] = {}
@@ -50,8 +75,13 @@ class MemoryEngine:
         st = self.scopes.setdefault(event.scope, ScopeState())
         counts = st.individuals.setdefault(event.id, {})
         k = counts.get(event.action, 0)
-        counts[event.action] = k + 1
-        st.pop[event.action] = st.pop.get(event.action, 0) + 1
+        w = self.weight_cap
+        n = count_event(counts, st.pop, event.action, w)
+        if w:
+            st.raw[event.action] = st.raw.get(event.action, 0) + 1
+        st.events += 1
+        if n > st.top_n:
+            st.top, st.top_n = event.id, n
         # When a count goes k -> k+1 the sum of squares grows by 2k+1.
         st.sq[event.action] = st.sq.get(event.action, 0) + 2 * k + 1
         if k == 0:
@@ -66,7 +96,8 @@ class MemoryEngine:
         score, explain = snap.assess(counts, self.explain_limit)
         st.agg = st.agg.replace(st.scores.get(event.id), score)
         st.scores[event.id] = score
-        stats = ActionStats(st.pop[event.action], st.sq[event.action], st.k[event.action])
+        s1 = st.raw[event.action] if w else st.pop[event.action]
+        stats = ActionStats(s1, st.sq[event.action], st.k[event.action])
         ts = event.ts if event.ts is not None else (timestamp if timestamp is not None else 0)
         return make_result(event, counts, score, explain, st.agg, stats, ts)
 
@@ -88,8 +119,34 @@ class MemoryEngine:
             "zscore": round(zscore(score, st.agg.n, st.agg.total, st.agg.total_sq), 3),
         }
 
+    def dominated(self, scope: Scope) -> dict[str, Any] | None:
+        """``{id, share}`` of the individual dominating ``scope`` (apply.lua's rule), else None."""
+        st = self.scopes.get(scope)
+        if st is None or not is_dominated(st.top_n, st.events, self.dominance_share, self.dominance_min_events):
+            return None
+        return {"id": st.top, "share": round(st.top_n / st.events, 3)}
+
     def individuals(self) -> Iterable[tuple[Scope, str]]:
         """Every (scope, id) seen so far."""
         for scope, st in self.scopes.items():
             for ident in st.individuals:
                 yield scope, ident
+
+
+def check_weight_cap(weight_cap: int, cap: int) -> int:
+    """``weight_cap`` if usable with normalisation cap ``cap``: 0 (off) or at least ``cap``; else ValueError.
+
+    A W below N could give an individual a normalised count ``x'_a > 0`` for an
+    action whose population count rounded to 0: infinite bits.
+    """
+    if weight_cap != 0 and weight_cap < cap:
+        raise ValueError(f"weight cap must be 0 (off) or at least the normalisation cap {cap}, got {weight_cap}")
+    return weight_cap
+
+
+def is_dominated(top_n: int, events: int, share: float, min_events: int) -> bool:
+    """The dominance flag: the scope has ``min_events`` raw events and its top individual more than ``share`` of them.
+
+    The same double comparison as apply.lua (``top_n / events > share``).
+    """
+    return events >= min_events and events > 0 and top_n / events > share

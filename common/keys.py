@@ -8,6 +8,8 @@ Layout (``P`` is the prefix, default ``bn``; ``s`` the shard number)::
     P:{P.s}:sc:<scope>:pop              hash action -> population count C_a
     P:{P.s}:sc:<scope>:sq               hash action -> sum of squared counts S2_a
     P:{P.s}:sc:<scope>:k                hash action -> individuals that did it K_a
+    P:{P.s}:sc:<scope>:raw              hash action -> raw sum s1 (only with a weight cap; else pop is it)
+    P:{P.s}:sc:<scope>:dom              hash events / top / top_n / flag / logged: the dominance flag
     P:{P.s}:sc:<scope>:i:<id>           hash action -> this individual's count x_a
     P:{P.s}:sc:<scope>:rank             zset id -> current score (bits)
     P:{P.s}:sc:<scope>:agg              hash n / sum / sumsq of current scores
@@ -148,7 +150,7 @@ class Keyspace:
         return _scope_prefix(self.prefix, s, scope)
 
     def scope_key(self, scope: Scope, kind: str, shard: int | None = None) -> str:
-        """A per-scope key (``pop``, ``sq``, ``k``, ``rank``, ``agg``, ``ver``)."""
+        """A per-scope key (``pop``, ``sq``, ``k``, ``raw``, ``dom``, ``rank``, ``agg``, ``ver``)."""
         return self.scope_prefix(scope, shard) + kind
 
     def individual(self, scope: Scope, ident: str, shard: int | None = None) -> str:

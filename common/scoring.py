@@ -74,6 +74,57 @@ def normalise(counts: Mapping[str, int], cap: int = DEFAULT_CAP) -> tuple[int, d
     return n_norm, {a: (2 * x * n_norm + n) // (2 * n) for a, x in counts.items()}
 
 
+def contribution(counts: Mapping[str, int], weight_cap: int) -> dict[str, int]:
+    """What an individual with raw ``counts`` adds to its scope's population counts (the dominance guard).
+
+    ``c(x) = x`` when ``weight_cap`` is 0 (guard off) or ``n = sum x <= weight_cap``;
+    else ``normalise(x, weight_cap)[1]`` (integer round half up), so no individual
+    weighs more than about ``weight_cap`` events in ``p_a``. Actions whose share
+    rounds to 0 stay in the result with 0. docs/quality.md, "Dominance guard".
+    """
+    if weight_cap <= 0 or sum(counts.values()) <= weight_cap:
+        return dict(counts)
+    return normalise(counts, weight_cap)[1]
+
+
+def contribution_delta(before: Mapping[str, int], after: Mapping[str, int], weight_cap: int) -> dict[str, int]:
+    """``c(after) - c(before)`` per action of ``after`` (an individual's counts only grow).
+
+    Every action of ``after`` is in the result, 0 included (the caller writes only
+    the non-zero ones, but keeps a field for the event's own action so the action
+    stays known to the scope). O(the individual's own actions).
+    """
+    cb = contribution(before, weight_cap)
+    ca = contribution(after, weight_cap)
+    return {a: c - cb.get(a, 0) for a, c in ca.items()}
+
+
+def count_event(counts: dict[str, int], pop: dict[str, int], action: str, weight_cap: int, n: int | None = None) -> int:
+    """Count one event of ``action`` for an individual and move its scope's population (in place).
+
+    ``counts`` are the individual's raw counts, ``pop`` the scope's population
+    counts, ``n`` the individual's events before this one (summed when None).
+    The population moves by ``c(after) - c(before)`` (:func:`contribution`):
+    O(1) while the individual has at most ``weight_cap`` events (or the cap is
+    0), O(its own actions) past it; only changed fields are written, plus the
+    event's own action (a field holding 0 keeps the action known). apply.lua
+    does the same in Redis. Returns the individual's events after this one.
+    """
+    if n is None:
+        n = sum(counts.values())
+    n += 1
+    if weight_cap <= 0 or n <= weight_cap:
+        counts[action] = counts.get(action, 0) + 1
+        pop[action] = pop.get(action, 0) + 1
+        return n
+    before = dict(counts)
+    counts[action] = counts.get(action, 0) + 1
+    for a, d in contribution_delta(before, counts, weight_cap).items():
+        if d or a == action:
+            pop[a] = pop.get(a, 0) + d
+    return n
+
+
 def zscore(value: float, count: int, total: float, total_sq: float) -> float:
     """Standard score of ``value`` against running aggregates (population std).
 
@@ -126,8 +177,16 @@ class Snapshot:
     _zero_ranked: dict[int, list[tuple[float, str]]] = field(default_factory=dict, repr=False)
     _logit: dict[str, float] = field(default_factory=dict, repr=False)
     _top: list[str] | None = field(default=None, repr=False)
+    zeros: set[str] = field(default_factory=set, repr=False)  # known actions whose count is 0 (left out)
 
     def __post_init__(self) -> None:
+        # With the dominance guard a population count may be 0 (the action stays
+        # known to the scope). Scoring must equal a population without it: a zero
+        # field would make p = 0 terms (harmless) but also break the single-action
+        # path (len(counts) <= 1) and the p = 1 edge (bits(0) = inf -> NaN).
+        if 0 in self.counts.values():
+            self.zeros = {a for a, c in self.counts.items() if not c}
+            self.counts = {a: c for a, c in self.counts.items() if c}
         self.total = sum(self.counts.values())
 
     def p(self, action: str) -> float:
@@ -208,9 +267,11 @@ class Snapshot:
         The other counts stay as of the snapshot; ``total`` grows by the new
         counts, so every ``p`` (and each cache) is recomputed.
         """
-        new = {a: c for a, c in counts.items() if a not in self.counts}
+        new = {a: c for a, c in counts.items() if a not in self.counts and c}
+        self.zeros.update(a for a, c in counts.items() if not c and a not in self.counts)
         if not new:
             return
+        self.zeros.difference_update(new)
         self.counts.update(new)
         self.total += sum(new.values())
         self._zero.clear()
@@ -225,8 +286,8 @@ class Snapshot:
             )
 
     def covers(self, actions: Mapping[str, int]) -> bool:
-        """True when every action of ``actions`` is known to this snapshot."""
-        return all(a in self.counts for a in actions)
+        """True when every action of ``actions`` is known to this snapshot (a zero count is known too)."""
+        return all(a in self.counts or a in self.zeros for a in actions)
 
     def score(self, counts: Mapping[str, int]) -> float:
         """Score (bits) of an individual with raw ``counts`` against this snapshot."""

@@ -88,27 +88,53 @@ def pairs_int(flat: Sequence[bytes]) -> dict[str, int]:
 
 
 class ApplyItem(NamedTuple):
-    """One entry of an ``apply.lua`` call: its 5 KEYS, then its 5 ARGV."""
+    """One entry of an ``apply.lua`` call: its 7 KEYS, then its 6 ARGV."""
 
     pop: str
     sq: str
     k: str
     individual: str
     marker: str
+    raw: str  # the scope's raw per-action sums (written only with a weight cap)
+    dom: str  # the scope's dominance hash
     entry_id: bytes
     action: str
     token: str
     ttl: int  # seconds the event_id's marker lives; 0: no event_id (marker untouched)
     marker_value: bytes  # '<entry id> <fingerprint>'
+    ident: str  # the individual's id
+
+
+ITEM_KEYS = 7  # the KEYS of an ApplyItem; the rest are its ARGV
+
+
+class Dominated(NamedTuple):
+    """A scope flagged for the first time: its top individual, that one's raw events, the scope's."""
+
+    ident: str
+    events: int
+    scope_events: int
+
+    @property
+    def share(self) -> float:
+        """The top individual's share of the scope's raw events."""
+        return self.events / self.scope_events
 
 
 @dataclass(frozen=True, slots=True)
 class Applied:
-    """Counted and acked: the action's population sums, the individual's counts, the pop hash (staleness 0)."""
+    """Counted and acked: the action's raw sums, the individual's counts, the pop hash (staleness 0).
+
+    ``pop_count`` is the action's population count C_a (``stats.s1`` is its raw
+    sum, which differs once the weight cap applies); ``dominated`` is set the
+    first time the entry made its scope dominated.
+    """
 
     stats: ActionStats
     counts: dict[str, int]
     pop: dict[str, int] | None
+    pop_count: int = 0
+    dominated: Dominated | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +168,15 @@ class Capped:
     actions: int  # the scope's distinct actions at the time
 
 
+@dataclass(frozen=True, slots=True)
+class Guard:
+    """What apply.lua needs of the dominance guard (``BINORMAL_WEIGHT_CAP``, ``BINORMAL_DOMINANCE_*``)."""
+
+    weight_cap: int = 100  # W; 0 = off
+    dominance_share: float = 0.2
+    dominance_min_events: int = 1000
+
+
 ApplyReply = Applied | Already | Duplicate | BadState | Capped
 ALREADY = Already()
 
@@ -152,21 +187,34 @@ class Apply:
     NAME = "apply"
     LAYOUT = Layout(
         keys=("stream", "scopes", "uncommitted", "capped"),
-        item_keys=ApplyItem._fields[:5],
-        args=("group", "want_pop", "max_actions"),
-        item_args=ApplyItem._fields[5:],
+        item_keys=ApplyItem._fields[:ITEM_KEYS],
+        args=("group", "want_pop", "max_actions", "weight_cap", "dominance_share", "dominance_min_events"),
+        item_args=ApplyItem._fields[ITEM_KEYS:],
     )
 
     @staticmethod
     def pack(
-        head: tuple[bytes, str, str, str], group: str, want_pop: bool, max_actions: int, items: Sequence[ApplyItem]
+        head: tuple[bytes, str, str, str],
+        group: str,
+        want_pop: bool,
+        max_actions: int,
+        items: Sequence[ApplyItem],
+        guard: Guard | None = None,
     ) -> tuple[list[Any], list[Any]]:
         """KEYS and ARGV for ``items`` after the shard's ``head`` keys (stream, scopes, uncommitted, capped)."""
+        g = guard or Guard()
         keys: list[Any] = list(head)
-        args: list[Any] = [group, "1" if want_pop else "0", max_actions]
+        args: list[Any] = [
+            group,
+            "1" if want_pop else "0",
+            max_actions,
+            g.weight_cap,
+            repr(g.dominance_share),
+            g.dominance_min_events,
+        ]
         for item in items:
-            keys += item[:5]
-            args += item[5:]
+            keys += item[:ITEM_KEYS]
+            args += item[ITEM_KEYS:]
         return keys, args
 
     @staticmethod
@@ -177,7 +225,10 @@ class Apply:
             status = int(r[0])
             if status == 1:
                 pop = pairs_int(r[5]) if want_pop else None
-                out.append(Applied(ActionStats(int(r[1]), int(r[2]), int(r[3])), pairs_int(r[4]), pop))
+                dom = r[7]
+                flagged = None if dom == 0 else Dominated(dom[0].decode("utf-8"), int(dom[1]), int(dom[2]))
+                stats = ActionStats(int(r[1]), int(r[2]), int(r[3]))
+                out.append(Applied(stats, pairs_int(r[4]), pop, int(r[6]), flagged))
             elif status == 0:
                 out.append(ALREADY)
             elif status == 2:

@@ -76,11 +76,23 @@ def _rel(a: float, b: float) -> float:
 
 @dataclass(frozen=True)
 class ScopeView:
-    """What the query API needs of one scope: population counts and score aggregates."""
+    """What the query API needs of one scope: population counts, score aggregates, the dominance flag."""
 
     scope: Scope
     pop: dict[str, int]
     agg: Aggregates
+    dominated: dict[str, Any] | None = None
+
+
+DOM_FIELDS = ["flag", "top_n", "events"]
+
+
+def dominated_of(raw: list[bytes | None]) -> dict[str, Any] | None:
+    """``{id, share}`` from ``HMGET dom flag top_n events`` (apply.lua keeps the flag), else None."""
+    flag, top_n, events = raw
+    if flag is None or not events:
+        return None
+    return {"id": flag.decode("utf-8", "replace"), "share": round(int(top_n or 0) / int(events), 3)}
 
 
 def _int_hash(raw: dict[bytes, bytes]) -> dict[str, int]:
@@ -94,10 +106,12 @@ async def read_scope(client: aioredis.Redis, keys: Keyspace, scope: Scope) -> Sc
     pipe.sismember(keys.scopes(shard), scope.token)
     pipe.hgetall(keys.scope_key(scope, "pop", shard))
     pipe.hmget(keys.scope_key(scope, "agg", shard), ["n", "sum", "sumsq"])
-    member, pop, (n, total, total_sq) = await pipe.execute()
+    pipe.hmget(keys.scope_key(scope, "dom", shard), DOM_FIELDS)
+    member, pop, (n, total, total_sq), dom = await pipe.execute()
     if not member and not pop:
         return None
-    return ScopeView(scope, _int_hash(pop), Aggregates(int(n or 0), float(total or 0.0), float(total_sq or 0.0)))
+    agg = Aggregates(int(n or 0), float(total or 0.0), float(total_sq or 0.0))
+    return ScopeView(scope, _int_hash(pop), agg, dominated_of(dom))
 
 
 async def scope_summaries(
@@ -113,16 +127,19 @@ async def scope_summaries(
         pipe.hget(keys.scope_key(scope, "agg"), "n")
         pipe.hlen(keys.scope_key(scope, "pop"))
         pipe.hexists(keys.capped(keys.shard(scope)), scope.token)
+        pipe.hmget(keys.scope_key(scope, "dom"), DOM_FIELDS)
     raw = await pipe.execute() if shown else []
     out = [
         {
             "org": s.org,
             "source": s.source,
             "pop": s.pop,
-            "individuals": int(raw[3 * i] or 0),
-            "actions": int(raw[3 * i + 1] or 0),
+            "individuals": int(raw[4 * i] or 0),
+            "actions": int(raw[4 * i + 1] or 0),
             # events with a new action were refused: the scope has BINORMAL_MAX_ACTIONS actions
-            "actions_capped": bool(raw[3 * i + 2]),
+            "actions_capped": bool(raw[4 * i + 2]),
+            # one individual has more than BINORMAL_DOMINANCE_SHARE of the scope's events
+            "dominated": dominated_of(raw[4 * i + 3]),
         }
         for i, s in enumerate(shown)
     ]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import random
 from pathlib import Path
@@ -25,8 +26,11 @@ import redis.asyncio as aioredis
 from aiohttp import web
 
 from binormal.common.embedded import free_port
+from binormal.common.keys import Scope
 from binormal.web.live import HUB_KEY
 from binormal.web.settings import WebSettings
+from tests.support.events import flooder_events, light_rounds
+from tests.support.redis_state import drained, xadd_events
 from tests.support.waiting import wait_for
 from tests.support.workers import running_worker, worker_settings
 
@@ -661,3 +665,31 @@ async def test_viewer_logs_in_once_and_the_live_view_streams(tmp_path: Path, red
         await page.locator("#login").wait_for(state="visible", timeout=15_000)
     assert page_errors == [], page_errors
     assert not [m for m in console if "Content Security Policy" in m], console
+
+
+async def test_the_page_shows_a_dominated_scope_escaped(redis_url: str, prefix: str) -> None:
+    """An HTML injection attempt as the id with 71 % of its scope's events: the panel says so, as text."""
+    executable = chromium_or_skip()
+    port = free_port()
+    settings = WebSettings(redis_url=redis_url, prefix=prefix, port=port)
+    scope = Scope("acme", "web", "flooded")
+    events = light_rounds(scope, 20, 20, seed=5) + [
+        dataclasses.replace(e, id=XSS_ID) for e in flooder_events(scope, 0, 1000)
+    ]
+    page_errors: list[str] = []
+    async with contextlib.AsyncExitStack() as stack:
+        await stack.enter_async_context(running_worker(worker_settings(redis_url, prefix)))
+        base = (await start_tier(stack, settings, port)).base
+        client = aioredis.Redis.from_url(redis_url, protocol=2)
+        stack.push_async_callback(client.aclose)
+        await xadd_events(client, settings.keys, events)
+        await wait_for(lambda: drained(client, settings.keys), timeout=60.0, what="the worker to drain")
+        browser = await launch_chromium(stack, executable)
+        page = await browser.new_page()
+        page.on("pageerror", lambda e: page_errors.append(str(e)))
+        await page.goto(base + "/")
+        await page.locator("#dominated").wait_for(state="visible", timeout=15_000)
+        items = await page.locator("#dominated-list li").all_text_contents()
+        assert items == [f"acme / web / flooded: {XSS_ID} has 71.4 % of its events"], items
+        assert await page.locator("#dominated-list img").count() == 0  # text, never parsed as HTML
+    assert page_errors == [], page_errors

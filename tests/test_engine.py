@@ -9,11 +9,11 @@ from collections import Counter, defaultdict
 
 import pytest
 
-from binormal.common.engine import MemoryEngine
+from binormal.common.engine import MemoryEngine, check_weight_cap, is_dominated
 from binormal.common.keys import Scope
 from binormal.common.schema import Event
-from binormal.common.scoring import Snapshot, action_zscore, score_direct
-from tests.support.events import engine_events
+from binormal.common.scoring import Snapshot, action_zscore, contribution, score_direct
+from tests.support.events import engine_events, population_truth, raw_truth
 
 
 def pstdev_z(value: float, values: list[float]) -> float:
@@ -188,3 +188,61 @@ def test_cap_normalises_long_histories() -> None:
     st = eng.scopes[Scope("o", "s", "p")]
     assert st.scores["a"] == pytest.approx(score_direct(st.individuals["a"], st.pop, cap=10), abs=1e-12)
     assert st.scores["a"] != pytest.approx(score_direct(st.individuals["a"], st.pop, cap=100), abs=1e-6)
+
+
+# ---------------------------------------------------------------- dominance guard
+
+
+@pytest.mark.parametrize("weight_cap", [0, 100, 250])
+def test_weight_cap_population_is_the_sum_of_contributions(weight_cap: int) -> None:
+    """``pop`` = sum of each individual's c(x); actionzscore's s1 stays the raw sum; scores use the capped pop."""
+    events = engine_events(2, 6000, individuals=12)  # ~170 events each: past W = 100 by far
+    eng = MemoryEngine(weight_cap=weight_cap)
+    results = eng.run(events)
+    for st in eng.scopes.values():
+        pop, sqs, ks = population_truth(st.individuals, weight_cap)
+        assert (st.pop, st.sq, st.k) == (pop, sqs, ks)
+        if weight_cap:
+            assert st.raw == raw_truth(st.individuals)
+        else:
+            assert st.raw == {} and st.pop == raw_truth(st.individuals)
+    last = results[-1]
+    st = eng.scopes[events[-1].scope]
+    # the last event was scored against its scope's final (capped) population
+    assert st.scores[events[-1].id] == Snapshot(dict(st.pop)).score(st.individuals[events[-1].id])
+    raw_sum = sum(c.get(events[-1].action, 0) for c in st.individuals.values())
+    s2, kk = st.sq[events[-1].action], st.k[events[-1].action]
+    x = st.individuals[events[-1].id][events[-1].action]
+    assert last["actionzscore"] == round(action_zscore(x, raw_sum, s2, kk), 3)
+
+
+def test_guard_caps_a_heavy_individuals_weight() -> None:
+    light = [Event("o", "s", "p", f"u{i % 20}", "common" if i % 5 else "rare") for i in range(1000)]
+    heavy = [Event("o", "s", "p", "heavy", "rare") for _ in range(3000)]
+    on, off = MemoryEngine(weight_cap=100), MemoryEngine()
+    on.run(light + heavy)
+    off.run(light + heavy)
+    scope = Scope("o", "s", "p")
+    assert on.scopes[scope].pop == {"common": 800, "rare": 200 + 100}
+    assert off.scopes[scope].pop == {"common": 800, "rare": 3200}
+    assert contribution({"rare": 3000}, 100) == {"rare": 100}
+    assert on.dominated(scope) == off.dominated(scope) == {"id": "heavy", "share": 0.75}
+
+
+def test_weight_cap_below_the_normalisation_cap_is_refused() -> None:
+    assert check_weight_cap(0, 100) == 0 and check_weight_cap(100, 100) == 100 and check_weight_cap(101, 100) == 101
+    with pytest.raises(ValueError, match="at least the normalisation cap 100"):
+        MemoryEngine(weight_cap=99)
+    assert MemoryEngine(cap=50, weight_cap=None).weight_cap == 50 and MemoryEngine().weight_cap == 0  # None: W = N
+
+
+def test_dominance_needs_enough_events_and_more_than_the_share() -> None:
+    assert not is_dominated(200, 999, 0.2, 1000)  # a young scope is not flagged
+    assert not is_dominated(200, 1000, 0.2, 1000)  # exactly the share: not more
+    assert is_dominated(201, 1000, 0.2, 1000)
+    assert not is_dominated(1000, 1000, 1.0, 1)  # share 1 never flags
+    eng = MemoryEngine(dominance_min_events=10)
+    eng.run([Event("o", "s", "p", f"u{i}", "a") for i in range(9)])
+    assert eng.dominated(Scope("o", "s", "p")) is None
+    eng.run([Event("o", "s", "p", "u0", "a") for i in range(3)])
+    assert eng.dominated(Scope("o", "s", "p")) == {"id": "u0", "share": 0.333}

@@ -42,7 +42,7 @@ TRICKY = [
     "pop",
     "rank",
 ]
-KINDS = ("pop", "sq", "k", "rank", "agg", "ver")
+KINDS = ("pop", "sq", "k", "raw", "dom", "rank", "agg", "ver")
 
 
 # --- Redis Cluster key slots, our own implementation of the spec ---------------------------

@@ -17,6 +17,9 @@ from binormal.common.scoring import (
     Snapshot,
     action_bits,
     action_zscore,
+    contribution,
+    contribution_delta,
+    count_event,
     log_pmf,
     mode,
     normalise,
@@ -505,3 +508,62 @@ def test_scoring_work_does_not_grow_with_the_number_of_actions() -> None:
     # bits terms computed: the top cap+1 actions at each n', plus each individual's own actions.
     assert len(snap._bits) <= 101 * 100 + 2 * sum(range(1, 101))
     assert all(len(ranked) <= 101 for ranked in snap._zero_ranked.values())
+
+
+# ---------------------------------------------------------------- dominance guard: contributions, zero counts
+
+
+@given(st.dictionaries(st.sampled_from("abcdefg"), st.integers(0, 5000), min_size=1), st.sampled_from([0, 1, 7, 100]))
+def test_contribution_is_raw_up_to_w_then_the_rounded_share(counts: dict[str, int], w: int) -> None:
+    n = sum(counts.values())
+    got = contribution(counts, w)
+    assert set(got) == set(counts)
+    if w == 0 or n <= w:
+        assert got == counts
+    else:  # floor(x W / n + 1/2), from exact fractions
+        assert got == {a: math.floor(Fraction(x * w, n) + Fraction(1, 2)) for a, x in counts.items()}
+        assert abs(sum(got.values()) - w) <= len(counts)
+
+
+def test_contribution_deltas_telescope_to_the_final_contribution() -> None:
+    rng = random.Random(4)
+    for w in (0, 1, 100):
+        counts: dict[str, int] = {}
+        pop: dict[str, int] = {}
+        mine: dict[str, int] = {}  # the same individual counted by count_event
+        pop2: dict[str, int] = {}
+        for i in range(700):
+            before = dict(counts)
+            a = rng.choices("abcde", [50, 20, 5, 1, 1])[0]
+            counts[a] = counts.get(a, 0) + 1
+            for action, d in contribution_delta(before, counts, w).items():
+                pop[action] = pop.get(action, 0) + d
+                assert pop[action] >= 0
+            assert count_event(mine, pop2, a, w, i if i % 2 else None) == i + 1
+            assert mine == counts and {x: c for x, c in pop2.items()} == pop
+        assert pop == contribution(counts, w)
+
+
+def test_zero_population_counts_score_as_if_absent() -> None:
+    """A pop field at 0 (the guard) must not change anything; before the filter the
+    single-action path was skipped and p = 1 gave bits(0) = inf - inf (seen failing first)."""
+    for pop, counts in [
+        ({"a": 5, "b": 0}, {"a": 3}),
+        ({"a": 5, "b": 0}, {"a": 3, "b": 2}),
+        ({"a": 5, "b": 3, "c": 0}, {"a": 3, "c": 1}),
+        ({"a": 50, "b": 30, "c": 0, "d": 1}, {"a": 30, "b": 1, "d": 4}),
+    ]:
+        with_zero, without = Snapshot(dict(pop)), Snapshot({a: c for a, c in pop.items() if c})
+        got, want = with_zero.assess(counts, 5), without.assess(counts, 5)
+        assert got == want and not math.isnan(got[0]), (pop, counts)
+        assert with_zero.covers(counts) and with_zero.counts == without.counts
+        if all(pop[a] for a in counts):  # else inf either way (impossible with W >= N: C_a >= its own c_a)
+            assert with_zero.score(counts) == pytest.approx(score_direct(counts, without.counts), rel=1e-12)
+
+
+def test_add_actions_keeps_a_zero_count_known_but_out_of_p() -> None:
+    snap = Snapshot({"a": 4, "b": 4})
+    snap.add_actions({"c": 0})
+    assert snap.covers({"c": 1}) and "c" not in snap.counts and snap.total == 8
+    snap.add_actions({"c": 2})
+    assert snap.counts["c"] == 2 and "c" not in snap.zeros and snap.total == 10

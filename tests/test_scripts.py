@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass
 
 import pytest
+import redis.asyncio as aioredis
 
 from binormal.common.result import ActionStats, Aggregates
 from binormal.common.scripts import (
@@ -27,7 +28,9 @@ from binormal.common.scripts import (
     CommitBadState,
     Committed,
     Deadletter,
+    Dominated,
     Duplicate,
+    Guard,
     Layout,
     Score,
     Scripts,
@@ -120,12 +123,15 @@ def test_a_header_that_disagrees_is_caught(monkeypatch: pytest.MonkeyPatch) -> N
 
 
 def test_apply_packs_in_layout_order_and_decodes_every_status() -> None:
-    item = ApplyItem("p:pop", "p:sq", "p:k", "p:i:u1", "p:seen:e", b"1-0", "GET /", "tok", 60, b"1-0 fp")
-    keys, args = Apply.pack((b"s", "scopes", "unc", "capped"), "g", True, 99, [item, item])
-    assert keys == [b"s", "scopes", "unc", "capped", *item[:5], *item[:5]]
-    assert args == ["g", "1", 99, *item[5:], *item[5:]]
+    item = ApplyItem(
+        "p:pop", "p:sq", "p:k", "p:i:u1", "p:seen:e", "p:raw", "p:dom", b"1-0", "GET /", "tok", 60, b"1-0 fp", "u1"
+    )
+    keys, args = Apply.pack((b"s", "scopes", "unc", "capped"), "g", True, 99, [item, item], Guard(150, 0.25, 500))
+    assert keys == [b"s", "scopes", "unc", "capped", *item[:7], *item[:7]]
+    assert args == ["g", "1", 99, 150, "0.25", 500, *item[7:], *item[7:]]
     reply = [
-        [1, 3, 5, 2, [b"GET /", b"2"], [b"GET /", b"3"]],
+        [1, 3, 5, 2, [b"GET /", b"2"], [b"GET /", b"3"], 3, 0],
+        [1, 3, 5, 2, [b"GET /", b"2"], [], 1, [b"u1", 400, 1000]],
         [0],
         [2, b"1-0 fp"],
         [2, b"1-0"],
@@ -133,7 +139,8 @@ def test_apply_packs_in_layout_order_and_decodes_every_status() -> None:
         [4, 7],
     ]
     assert Apply.decode(reply, want_pop=True) == [
-        Applied(ActionStats(3, 5, 2), {"GET /": 2}, {"GET /": 3}),
+        Applied(ActionStats(3, 5, 2), {"GET /": 2}, {"GET /": 3}, 3),
+        Applied(ActionStats(3, 5, 2), {"GET /": 2}, {}, 1, Dominated("u1", 400, 1000)),
         ALREADY,
         Duplicate(b"1-0", b"fp"),
         Duplicate(b"1-0", None),
@@ -163,3 +170,21 @@ def test_deadletter_packs_fields_flat() -> None:
     keys, args = Deadletter.pack(b"s", "dead", "g", b"1-0", "why", "c", 10, {b"a": b"1", b"b": b"2"})
     assert keys == [b"s", "dead"] and args == ["g", b"1-0", "why", "c", 10, b"a", b"1", b"b", b"2"]
     assert Deadletter.decode(1) is True and Deadletter.decode(0) is False
+
+
+async def test_apply_share_of_is_exact_integer_division(aredis: aioredis.Redis) -> None:
+    """apply.lua's ``share_of`` (Lua doubles) is Python's ``(2 x w + m) // (2 m)`` at rounding edges, m up to 4e13."""
+    source = (LUA_DIR / "apply.lua").read_text(encoding="utf-8")
+    start = source.index("local function share_of")
+    body = source[start : source.index("\nend\n", start) + 5]
+    cases: list[tuple[int, int, int]] = [(1, 100, 101), (50, 100, 101), (0, 100, 500)]
+    for m in (10**6 + 1, 2**40 + 3, 4 * 10**13):  # up to the documented bound (2x w + m < 2^53)
+        for q in (1, 37, 99):
+            # x just below / at / above the rounding edge x w / m = q - 1/2
+            edge = ((2 * q - 1) * m) // (2 * 100)
+            cases += [(edge + d, 100, m) for d in (-1, 0, 1, 2) if 0 <= edge + d <= m]
+    call = "share_of(tonumber(ARGV[i]), tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2]))"
+    script = body + f"\nlocal out = {{}}\nfor i = 1, #ARGV, 3 do\n  out[#out + 1] = {call}\nend\nreturn out"
+    args = [v for case in cases for v in case]
+    got = await aredis.eval(script, 0, *args)
+    assert got == [(2 * x * w + m) // (2 * m) for x, w, m in cases]

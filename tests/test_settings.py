@@ -153,3 +153,19 @@ def test_the_feeders_token_stays_out_of_its_repr() -> None:
     settings = FeedSettings.from_env({"BINORMAL_TOKEN": "s3cr3t-token"})
     assert settings.token == "s3cr3t-token"
     assert "s3cr3t-token" not in repr(settings)
+
+
+def test_weight_cap_defaults_to_the_normalisation_cap_and_refuses_less() -> None:
+    assert WorkerSettings.from_env({}).weight_cap == 100
+    assert WorkerSettings.from_env({"BINORMAL_CAP": "250"}).weight_cap == 250
+    assert WorkerSettings.from_env({"BINORMAL_WEIGHT_CAP": "0"}).weight_cap == 0
+    assert WorkerSettings.from_env({"BINORMAL_WEIGHT_CAP": "300"}).guard.weight_cap == 300
+    for env, match in [
+        ({"BINORMAL_WEIGHT_CAP": "99"}, "BINORMAL_WEIGHT_CAP must be 0 .off. or at least BINORMAL_CAP .100."),
+        ({"BINORMAL_WEIGHT_CAP": "-1"}, "BINORMAL_WEIGHT_CAP must be >= 0"),
+        ({"BINORMAL_DOMINANCE_SHARE": "0"}, "BINORMAL_DOMINANCE_SHARE must be > 0"),
+        ({"BINORMAL_DOMINANCE_SHARE": "1.5"}, "BINORMAL_DOMINANCE_SHARE must be <= 1"),
+        ({"BINORMAL_DOMINANCE_MIN_EVENTS": "0"}, "BINORMAL_DOMINANCE_MIN_EVENTS must be >= 1"),
+    ]:
+        with pytest.raises(ConfigError, match=match):
+            WorkerSettings.from_env(env)

@@ -27,7 +27,7 @@ from binormal.common.store import read_aggregates, recompute_aggregates
 from binormal.worker import WorkerSettings
 from binormal.worker.batch import BatchProcessor, Entry
 from binormal.worker.worker import ensure_groups, trim_acknowledged
-from tests.support.events import ACTIONS, TRICKY_SCOPES, WEIGHTS, counts_from_events, generate
+from tests.support.events import ACTIONS, TRICKY_SCOPES, WEIGHTS, counts_from_events, generate, with_heavy
 from tests.support.redis_state import (
     Collector,
     check_counters,
@@ -80,18 +80,23 @@ async def test_ensure_groups_tolerates_busygroup_only(prefix: str, aredis: aiore
 # ------------------------------------------------------------------ equivalence
 
 
-@pytest.mark.timeout(60)
-async def test_equivalence_with_memory_engine(redis_url: str, prefix: str, aredis: aioredis.Redis) -> None:
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("weight_cap", [100, 0], ids=["guard-on", "guard-off"])
+async def test_equivalence_with_memory_engine(
+    redis_url: str, prefix: str, aredis: aioredis.Redis, weight_cap: int
+) -> None:
     """Snapshot staleness 0, one worker: every result equals MemoryEngine's, field by field.
 
     A scope lives in one shard and a shard is read in stream order, so each
     scope's events are processed in write order; scopes are independent, so the
-    engine fed the write order gives the same per-scope results.
+    engine fed the write order gives the same per-scope results. With the
+    dominance guard on (W = N, the default) and off (0), and one heavy
+    individual (400 events) among light ones (~26 each), so W is passed by far.
     """
     keys = keys_of(prefix)
-    events = generate(5200, seed=7)
+    events = with_heavy(generate(5200, seed=7), TRICKY_SCOPES[1], "heavy", 400, seed=7)
     assert len({keys.shard(s) for s in TRICKY_SCOPES}) >= 2
-    engine = MemoryEngine(cap=100)
+    engine = MemoryEngine(cap=100, weight_cap=weight_cap)
     expected: dict[Scope, list[dict[str, Any]]] = {}
     for ev in events:
         expected.setdefault(ev.scope, []).append(engine.process(ev))
@@ -103,9 +108,10 @@ async def test_equivalence_with_memory_engine(redis_url: str, prefix: str, aredi
         "BINORMAL_CONSUMER": "only",
         "BINORMAL_SNAPSHOT_MAX_AGE_MS": "0",
         "BINORMAL_BLOCK_MS": "50",
+        "BINORMAL_WEIGHT_CAP": str(weight_cap),
     }
     settings = WorkerSettings.from_env(env)
-    assert settings.snapshot_max_age_ms == 0
+    assert settings.snapshot_max_age_ms == 0 and settings.weight_cap == weight_cap
     channel = keys.broadcast_channel()
     async with Collector(aredis, channel) as col:
         await xadd_events(aredis, keys, events[:2600])  # before the worker (and its group) exist
@@ -130,7 +136,11 @@ async def test_equivalence_with_memory_engine(redis_url: str, prefix: str, aredi
     # The stored aggregates are bit-for-bit the engine's.
     for scope, st in engine.scopes.items():
         assert await read_aggregates(aredis, keys, scope) == st.agg
-    assert await check_counters(aredis, keys, counts_from_events(events)) == []
+        assert await hgetall_int(aredis, keys.scope_key(scope, "pop")) == st.pop
+    assert await check_counters(aredis, keys, counts_from_events(events), weight_cap) == []
+    heavy = engine.scopes[TRICKY_SCOPES[1]]
+    capped = heavy.pop != {a: sum(c.get(a, 0) for c in heavy.individuals.values()) for a in heavy.pop}
+    assert capped == (weight_cap > 0)  # the guard really changed the population (or really did not)
 
 
 # ------------------------------------------------------------------ bad input

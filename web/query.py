@@ -2,11 +2,14 @@
 
 Read-only views of what the workers stored (docs/openapi.yaml documents them):
 
-- ``GET /api/scopes``: every scope with its number of individuals and actions.
+- ``GET /api/scopes``: every scope with its number of individuals and actions, and
+  ``dominated`` (``{id, share}`` while one individual has more than
+  ``BINORMAL_DOMINANCE_SHARE`` of its events, else null; kept by apply.lua).
 - ``GET /api/outliers?org=&source=&pop=&limit=``: the highest current scores of
   a scope (ZREVRANGE of its rank zset). Within a scope zscore is an increasing
   function of score (same mean and sigma for everyone), so the top scores are
-  the top zscores. Each comes with its top reasons (``Snapshot.explain``).
+  the top zscores. Each comes with its top reasons (``Snapshot.explain``); the
+  scope's ``dominated`` flag as in ``/api/scopes``.
 - ``GET /api/individual?org=&source=&pop=&id=``: per action of the scope, the
   individual's count, the normalised count ``x'``, the expected count
   ``n' * p_a`` and the bits it contributes; plus score, zscore and count.
@@ -137,7 +140,14 @@ async def outliers(request: web.Request) -> web.Response:
     ]
     mean, std = _mean_std(agg.n, agg.total, agg.total_sq)
     return json_response(
-        {**_scope_dict(scope), "individuals": agg.n, "mean": r3(mean), "std": r3(std), "outliers": items}
+        {
+            **_scope_dict(scope),
+            "individuals": agg.n,
+            "mean": r3(mean),
+            "std": r3(std),
+            "dominated": view.dominated,
+            "outliers": items,
+        }
     )
 
 

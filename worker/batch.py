@@ -50,6 +50,7 @@ from binormal.common.scripts import (
     CommitBadState,
     Deadletter,
     Duplicate,
+    Guard,
     Score,
     Scripts,
     pairs_int,
@@ -109,6 +110,7 @@ class Counters:
     duplicates: int = 0
     reused_ids: int = 0  # duplicates whose event_id was first used by a different event
     capped: int = 0  # entries refused by the distinct-action cap (dead-lettered)
+    dominated: int = 0  # scopes flagged as dominated for the first time
     dead: int = 0
     published: int = 0
     batches: int = 0
@@ -142,6 +144,7 @@ class BatchProcessor:
     dead_maxlen: int = 100_000
     explain_limit: int = 5
     max_actions: int = 10_000
+    guard: Guard = field(default_factory=Guard)  # weight cap W and the dominance flag (apply.lua)
     counters: Counters = field(default_factory=Counters)
     snapshots: OrderedDict[Scope, tuple[Snapshot, float]] = field(default_factory=OrderedDict)
 
@@ -301,6 +304,8 @@ class BatchProcessor:
             if isinstance(reply, Applied):
                 self.counters.applied += 1
                 applied.append((e, reply))
+                if reply.dominated is not None:
+                    self._log_dominated(e, reply)
             elif isinstance(reply, Already):
                 self.counters.already += 1
             elif isinstance(reply, Duplicate):
@@ -327,6 +332,23 @@ class BatchProcessor:
             await self.dead_letter(client, broken)
         return applied
 
+    def _log_dominated(self, e: Entry, reply: Applied) -> None:
+        """Log a scope flagged for the first time (apply.lua's HSETNX makes it once per scope, restarts included)."""
+        d = reply.dominated
+        assert d is not None and e.scope is not None
+        self.counters.dominated += 1
+        log.warning(
+            "scope_dominated",
+            org=e.scope.org,
+            source=e.scope.source,
+            pop=e.scope.pop,
+            id=d.ident,
+            share=round(d.share, 3),
+            events=d.events,
+            scope_events=d.scope_events,
+            threshold=self.guard.dominance_share,
+        )
+
     def _build_apply(self, pipe: Commands, chunks: list[list[Entry]], want_pop: bool) -> None:
         """One ``apply.lua`` call per chunk (``Apply.LAYOUT``, documented in the script)."""
         k = self.keys
@@ -350,14 +372,17 @@ class BatchProcessor:
                         kp + "k",
                         e.ikey,
                         marker,
+                        kp + "raw",
+                        kp + "dom",
                         e.id,
                         ev.action,
                         e.scope.token,
                         ttl,
                         e.id + b" " + e.fp,
+                        ev.id,
                     )
                 )
-            keys, args = Apply.pack(head, k.group, want_pop, self.max_actions, items)
+            keys, args = Apply.pack(head, k.group, want_pop, self.max_actions, items, self.guard)
             pipe.evalsha(sha, len(keys), *keys, *args)
 
     def _notify_duplicates(self, pipe: Commands, dups: Sequence[Entry]) -> None:
@@ -440,7 +465,7 @@ class BatchProcessor:
                 # returned its population count: add it instead of re-reading the
                 # whole hash (O(actions) for a big scope). The full re-read still
                 # comes once the snapshot is older than the max age (_aged_scopes).
-                snap.add_actions({e.event.action: a.stats.s1})
+                snap.add_actions({e.event.action: a.pop_count})
             else:
                 stale[e.scope] = e.shard  # another worker's new action: its count is unknown here
         if stale:

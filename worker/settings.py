@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from binormal.common.config import ConfigError, ServiceSettings, from_env, setting
 from binormal.common.keys import Keyspace
+from binormal.common.scripts import Guard
 
 
 @dataclass(frozen=True)
@@ -44,12 +45,42 @@ class WorkerSettings(ServiceSettings):
     max_actions: int = setting(
         "BINORMAL_MAX_ACTIONS", 10_000, minimum=1, doc="distinct actions per scope; a new one past it: dead letter"
     )
+    # -1 (the default) stands for "the normalisation cap N", resolved in __post_init__.
+    weight_cap: int = setting(
+        "BINORMAL_WEIGHT_CAP",
+        -1,
+        shown="`BINORMAL_CAP`",
+        doc="dominance guard W: an individual past W events adds its normalised counts to p_a; 0 = off",
+    )
+    dominance_share: float = setting(
+        "BINORMAL_DOMINANCE_SHARE",
+        0.2,
+        maximum=1.0,
+        doc="a scope is flagged when one individual has more than this share of its events (0 < x <= 1)",
+    )
+    dominance_min_events: int = setting(
+        "BINORMAL_DOMINANCE_MIN_EVENTS", 1000, minimum=1, doc="raw events a scope needs before it can be flagged"
+    )
 
     def __post_init__(self) -> None:
+        if self.weight_cap == -1:
+            object.__setattr__(self, "weight_cap", self.cap)
+        if self.weight_cap != 0 and self.weight_cap < self.cap:
+            raise ConfigError(
+                f"BINORMAL_WEIGHT_CAP must be 0 (off) or at least BINORMAL_CAP ({self.cap}), got {self.weight_cap}"
+                " (below N an individual's normalised count could meet a population count of 0)"
+            )
+        if not self.dominance_share > 0.0:
+            raise ConfigError(f"BINORMAL_DOMINANCE_SHARE must be > 0 and <= 1, got {self.dominance_share}")
         if self.block_ms >= 4000:
             raise ConfigError("BINORMAL_BLOCK_MS must stay below the 5 s socket timeout")
         if self.claim_idle_ms <= self.block_ms:
             raise ConfigError("BINORMAL_CLAIM_IDLE_MS must exceed BINORMAL_BLOCK_MS")
+
+    @property
+    def guard(self) -> Guard:
+        """What apply.lua needs of the dominance guard."""
+        return Guard(self.weight_cap, self.dominance_share, self.dominance_min_events)
 
     @property
     def keys(self) -> Keyspace:

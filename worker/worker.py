@@ -53,6 +53,7 @@ class Worker:
             dead_maxlen=settings.dead_maxlen,
             explain_limit=settings.explain_limit,
             max_actions=settings.max_actions,
+            guard=settings.guard,
         )
         self._stream_shard = {s.encode(): i for i, s in enumerate(self.keys.streams())}
         self._backlog: dict[bytes, bytes] = {}

@@ -17,16 +17,22 @@
 --
 -- KEYS[1] stream shard   KEYS[2] shard scopes set   KEYS[3] shard uncommitted hash
 -- KEYS[4] shard capped hash (scope token -> events refused by the action cap)
--- then per entry i (base b = 4 + 5*(i-1)):
+-- then per entry i (base b = 4 + 7*(i-1)):
 --   KEYS[b+1] scope pop hash   KEYS[b+2] scope sq hash   KEYS[b+3] scope k hash
 --   KEYS[b+4] individual hash  KEYS[b+5] idempotency marker of the event id (per scope)
+--   KEYS[b+6] scope raw hash (action -> raw sum s1; only written when ARGV[4] > 0)
+--   KEYS[b+7] scope dom hash (events, top, top_n, flag, logged: the dominance flag)
 -- ARGV[1] group  ARGV[2] '1' to return each scope's whole pop hash (staleness 0)
 -- ARGV[3] most distinct actions a scope may have (BINORMAL_MAX_ACTIONS)
--- then per entry i (base a = 3 + 5*(i-1)):
+-- ARGV[4] weight cap W (BINORMAL_WEIGHT_CAP; 0 = off)
+-- ARGV[5] dominance share (BINORMAL_DOMINANCE_SHARE)
+-- ARGV[6] raw events a scope needs before it is flagged (BINORMAL_DOMINANCE_MIN_EVENTS)
+-- then per entry i (base a = 6 + 6*(i-1)):
 --   ARGV[a+1] entry id  ARGV[a+2] action  ARGV[a+3] scope token
 --   ARGV[a+4] seconds the event_id's marker lives, '0' when the entry has no
 --             event_id (its marker key is then a placeholder, never touched)
 --   ARGV[a+5] the marker's value: '<entry id> <fingerprint of id NUL action>'
+--   ARGV[a+6] the individual's id (kept in the dom hash when it is the scope's top)
 --
 -- Returns one item per entry: {0} already applied; {2, marker value} duplicate
 -- event_id (acked, not counted; the value is the first entry's, so the caller
@@ -34,7 +40,16 @@
 -- key holds another type (not acked, nothing written); {4, actions} the action
 -- is new to a scope that already has ARGV[3] actions (not acked, not counted,
 -- the scope's count in KEYS[4] raised: the caller dead-letters the entry);
--- {1, C_a, S2_a, K_a, individual hash, pop hash or {}}.
+-- {1, s1_a, S2_a, K_a, individual hash, pop hash or {}, C_a, dominated} where
+-- s1_a is the action's raw sum (C_a itself when W = 0) and dominated is 0, or
+-- {top id, its raw events, the scope's raw events} the first time the scope is
+-- flagged (HSETNX 'logged': the worker logs it once, across restarts).
+--
+-- Dominance guard (docs/quality.md): with W > 0 an individual of n raw events
+-- contributes c(x) = x while n <= W, else x'_a = floor((2 x_a W + n) / (2n))
+-- (normalise(x, W), round half up) to the pop hash, which moves by
+-- c(after) - c(before) over the individual's own actions only. A pop field may
+-- reach 0 and stays (the action remains known to the scope and the action cap).
 --
 -- Redis does not undo a script's earlier writes when a later command fails:
 -- an HINCRBY hitting a key of the wrong type (someone else's value under our
@@ -51,17 +66,38 @@ local function wrong(key, want)
   end
   return got
 end
+-- floor((2 x w + m) / (2 m)): x'_a of normalise(x, w) for an individual of m events.
+-- Lua numbers are doubles: num and den are exact integers while num < 2^53 (m
+-- below 2^53 / (2w + 1): 4.5e13 events for w = 100). The quotient is rounded;
+-- below that bound the rounding (half an ulp of q, about q 2^-53) is smaller than
+-- the distance 1/den from a non-integer quotient to the next integer, so floor()
+-- is already right, and the two exact integer comparisons below guarantee it
+-- whatever the argument: the result is Python's (2*x*w + m) // (2*m).
+local function share_of(x, w, m)
+  local num, den = 2 * x * w + m, 2 * m
+  local q = math.floor(num / den)
+  if q * den > num then
+    q = q - 1
+  elseif (q + 1) * den <= num then
+    q = q + 1
+  end
+  return q
+end
 local out = {}
 local max_actions = tonumber(ARGV[3])
-local n = (#ARGV - 3) / 5
-for i = 1, n do
-  local b = 4 + 5 * (i - 1)
-  local a = 3 + 5 * (i - 1)
+local w = tonumber(ARGV[4])
+local dom_share = tonumber(ARGV[5])
+local dom_min = tonumber(ARGV[6])
+local entries = (#ARGV - 6) / 6
+for i = 1, entries do
+  local b = 4 + 7 * (i - 1)
+  local a = 6 + 6 * (i - 1)
   local id = ARGV[a + 1]
   local action = ARGV[a + 2]
   local bad = wrong(KEYS[2], 'set') or wrong(KEYS[3], 'hash') or wrong(KEYS[b + 1], 'hash')
     or wrong(KEYS[b + 2], 'hash') or wrong(KEYS[b + 3], 'hash') or wrong(KEYS[b + 4], 'hash')
     or (ARGV[a + 4] ~= '0' and wrong(KEYS[b + 5], 'string'))
+    or (w > 0 and wrong(KEYS[b + 6], 'hash')) or wrong(KEYS[b + 7], 'hash')
   -- HLEN is O(1); HEXISTS only runs for a scope already at the cap.
   local actions = not bad and redis.call('HLEN', KEYS[b + 1]) or 0
   if not bad and actions >= max_actions and redis.call('HEXISTS', KEYS[b + 1], action) == 0 then
@@ -87,7 +123,44 @@ for i = 1, n do
     end
     if not dup then
       local x = redis.call('HINCRBY', KEYS[b + 4], action, 1)
-      local c = redis.call('HINCRBY', KEYS[b + 1], action, 1)
+      local ind = redis.call('HGETALL', KEYS[b + 4])
+      local total = 0  -- the individual's raw events
+      for j = 2, #ind, 2 do
+        total = total + tonumber(ind[j])
+      end
+      -- >>> population update: pop (C_a), raw (s1), sq (S2_a), k (K_a) >>>
+      local c
+      if w == 0 or total <= w then
+        c = redis.call('HINCRBY', KEYS[b + 1], action, 1)
+      else
+        -- c(after) - c(before) over the individual's own actions (before: one
+        -- event fewer of this action); only changed fields are written, but
+        -- the event's action always is (so a new action gets its 0 field).
+        local m = total - 1
+        for j = 1, #ind, 2 do
+          local f = ind[j]
+          local xa = tonumber(ind[j + 1])
+          local xb = xa
+          if f == action then
+            xb = xa - 1
+          end
+          local before = xb
+          if m > w then
+            before = share_of(xb, w, m)
+          end
+          local delta = share_of(xa, w, total) - before
+          if f == action then
+            c = redis.call('HINCRBY', KEYS[b + 1], f, delta)
+          elseif delta ~= 0 then
+            redis.call('HINCRBY', KEYS[b + 1], f, delta)
+          end
+        end
+      end
+      -- action z-scores stay over raw counts: s1 is kept apart once pop is capped
+      local s1 = c
+      if w > 0 then
+        s1 = redis.call('HINCRBY', KEYS[b + 6], action, 1)
+      end
       -- count k -> k+1 adds (k+1)^2 - k^2 = 2k+1 = 2x-1 to the sum of squares
       local s2 = redis.call('HINCRBY', KEYS[b + 2], action, 2 * x - 1)
       local k
@@ -96,8 +169,33 @@ for i = 1, n do
       else
         k = tonumber(redis.call('HGET', KEYS[b + 3], action))
       end
+      -- <<< population update (end) <<<
+      -- >>> dominance: raw events of the scope and its top individual >>>
+      local events = redis.call('HINCRBY', KEYS[b + 7], 'events', 1)
+      local d = redis.call('HMGET', KEYS[b + 7], 'top_n', 'top', 'flag')
+      local top_n, top = tonumber(d[1]) or 0, d[2]
+      if total > top_n then
+        top_n, top = total, ARGV[a + 6]
+        redis.call('HSET', KEYS[b + 7], 'top_n', total)
+        if d[2] ~= top then
+          redis.call('HSET', KEYS[b + 7], 'top', top)
+        end
+      end
+      local dominated = 0
+      -- the same double comparison as engine.py: is_dominated
+      if events >= dom_min and top_n / events > dom_share then
+        if d[3] ~= top then
+          redis.call('HSET', KEYS[b + 7], 'flag', top)
+        end
+        if redis.call('HSETNX', KEYS[b + 7], 'logged', top) == 1 then
+          dominated = {top, top_n, events}
+        end
+      elseif d[3] then
+        redis.call('HDEL', KEYS[b + 7], 'flag')
+      end
+      -- <<< dominance (end) <<<
       redis.call('HSET', KEYS[3], KEYS[b + 4], id)
-      if c == 1 then
+      if s1 == 1 then
         -- first time this action is seen in the scope (so also its first event)
         redis.call('SADD', KEYS[2], ARGV[a + 3])
       end
@@ -105,7 +203,7 @@ for i = 1, n do
       if ARGV[2] == '1' then
         pop = redis.call('HGETALL', KEYS[b + 1])
       end
-      out[i] = {1, c, s2, k, redis.call('HGETALL', KEYS[b + 4]), pop}
+      out[i] = {1, s1, s2, k, ind, pop, c, dominated}
     end
   end
 end

@@ -11,6 +11,7 @@ import orjson
 
 from binormal.common.keys import Scope
 from binormal.common.schema import Event
+from binormal.common.scoring import DEFAULT_CAP, contribution
 
 TS0 = 1_700_000_000_000
 
@@ -70,18 +71,43 @@ def counts_from_events(events: Iterable[Event]) -> dict[Scope, dict[str, dict[st
 
 
 def population_truth(
-    individuals: Mapping[str, Mapping[str, int]],
+    individuals: Mapping[str, Mapping[str, int]], weight_cap: int = DEFAULT_CAP
 ) -> tuple[dict[str, int], dict[str, int], dict[str, int]]:
-    """(C_a, S2_a, K_a) of one scope from its individuals' counts."""
+    """(C_a, S2_a, K_a) of one scope from its individuals' counts.
+
+    C_a is the sum of each individual's contribution under the weight cap
+    (``scoring.contribution``; 0 = raw counts), zero fields included.
+    """
     pop: dict[str, int] = {}
     sq: dict[str, int] = {}
     k: dict[str, int] = {}
     for counts in individuals.values():
+        for a, c in contribution(counts, weight_cap).items():
+            pop[a] = pop.get(a, 0) + c
         for a, x in counts.items():
-            pop[a] = pop.get(a, 0) + x
             sq[a] = sq.get(a, 0) + x * x
             k[a] = k.get(a, 0) + 1
     return pop, sq, k
+
+
+def raw_truth(individuals: Mapping[str, Mapping[str, int]]) -> dict[str, int]:
+    """The raw per-action sums s1 of one scope (its ``raw`` hash when a weight cap is on)."""
+    out: dict[str, int] = {}
+    for counts in individuals.values():
+        for a, x in counts.items():
+            out[a] = out.get(a, 0) + x
+    return out
+
+
+def with_heavy(events: list[Event], scope: Scope, ident: str, n: int, seed: int) -> list[Event]:
+    """``events`` with ``n`` more events of one heavy individual spread among them (a skewed mix of ACTIONS)."""
+    rng = random.Random(seed)
+    out = list(events)
+    for i in range(n):
+        action = rng.choices(ACTIONS, [1, 1, 1, 30, 1, 1, 1, 1])[0]
+        ev = Event(scope.org, scope.source, scope.pop, ident, action, ts=TS0 + 10_000_000 + i, event_id=f"h{seed}-{i}")
+        out.insert(rng.randrange(len(out) + 1), ev)
+    return out
 
 
 # ---------------------------------------------------------------- the other suites' populations
@@ -164,3 +190,38 @@ def query_events(n: int, seed: int = 7) -> list[Event]:
             action = actions[-1]  # always the rarest page
         out.append(Event(scope.org, scope.source, scope.pop, ident, action, ts=TS0 + i))
     return out
+
+
+# ---------------------------------------------------------------- the dominance scenario (test_dominance, browser)
+
+DOMINANCE_ACTIONS = [f"a{i}" for i in range(8)]
+DOMINANCE_WEIGHTS = [30, 20, 15, 10, 8, 7, 6, 4]
+FLOODER = "flooder"
+
+
+def light_rounds(scope: Scope, rounds: int, individuals: int, seed: int, start: int = 0) -> list[Event]:
+    """``rounds`` rounds of one event per light individual ``u0..``: a skewed mix, the same for one seed."""
+    rng = random.Random(seed)
+    out = []
+    for r in range(start, start + rounds):
+        for i in range(individuals):
+            action = rng.choices(DOMINANCE_ACTIONS, DOMINANCE_WEIGHTS)[0]
+            out.append(Event(scope.org, scope.source, scope.pop, f"u{i}", action, ts=TS0 + 1000 * r + i))
+    return out
+
+
+def flooder_events(scope: Scope, first: int, last: int) -> list[Event]:
+    """Events ``first..last-1`` of the flooder: the rare a7 three times in four, then a6.
+
+    Its proportions are the same at every multiple of 4 events, so once past the
+    weight cap its normalised contribution (75 a7, 25 a6 at W = 100) no longer moves.
+    """
+    return [
+        Event(scope.org, scope.source, scope.pop, FLOODER, "a7" if j % 4 else "a6", ts=TS0 + 10**8 + j)
+        for j in range(first, last)
+    ]
+
+
+def event_dict(e: Event) -> dict[str, Any]:
+    """An event as the JSON object ``POST /events`` takes."""
+    return {"org": e.org, "source": e.source, "pop": e.pop, "id": e.id, "action": e.action}

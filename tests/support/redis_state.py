@@ -13,7 +13,8 @@ import redis.asyncio as aioredis
 
 from binormal.common.keys import Keyspace, Scope
 from binormal.common.schema import Event
-from tests.support.events import population_truth
+from binormal.common.scoring import DEFAULT_CAP
+from tests.support.events import population_truth, raw_truth
 from tests.support.waiting import wait_for
 
 
@@ -171,13 +172,23 @@ async def drained(client: aioredis.Redis, keys: Keyspace) -> bool:
 
 
 async def check_counters(
-    client: aioredis.Redis, keys: Keyspace, truth: Mapping[Scope, Mapping[str, Mapping[str, int]]]
+    client: aioredis.Redis,
+    keys: Keyspace,
+    truth: Mapping[Scope, Mapping[str, Mapping[str, int]]],
+    weight_cap: int = DEFAULT_CAP,
 ) -> list[str]:
-    """Compare every scope and individual counter hash with the truth; returns mismatches."""
+    """Compare every scope and individual counter hash with the truth; returns mismatches.
+
+    ``weight_cap`` is the worker's BINORMAL_WEIGHT_CAP (default N): the pop hash
+    holds each individual's capped contribution, the raw hash the raw sums.
+    """
     problems: list[str] = []
     for scope, individuals in truth.items():
-        pop, sq, k = population_truth(individuals)
-        for kind, want in (("pop", pop), ("sq", sq), ("k", k)):
+        pop, sq, k = population_truth(individuals, weight_cap)
+        kinds = [("pop", pop), ("sq", sq), ("k", k)]
+        if weight_cap:
+            kinds.append(("raw", raw_truth(individuals)))
+        for kind, want in kinds:
             got = await hgetall_int(client, keys.scope_key(scope, kind))
             if got != want:
                 diff = {a: (got.get(a), want.get(a)) for a in set(got) | set(want) if got.get(a) != want.get(a)}

@@ -102,13 +102,43 @@ async function getJSON(url) {
   return resp.json();
 }
 
+// ------------------------------------------------------------------ dominated scopes
+
+const DOMINANCE_REFRESH_MS = 10000;
+
+/** Scopes one individual dominates (``dominated`` of /api/scopes), as text only: never parsed as HTML. */
+function renderDominated(list) {
+  const items = [];
+  for (const s of list) {
+    const d = s.dominated;
+    if (!d || typeof d !== "object") continue;
+    const li = document.createElement("li");
+    li.className = "dominated-scope";
+    const share = Math.round(Number(d.share) * 1000) / 10;
+    li.textContent = `${s.org} / ${s.source} / ${s.pop}: ${d.id} has ${share} % of its events`;
+    li.title = "its weight in the population is capped (BINORMAL_WEIGHT_CAP); see docs/quality.md";
+    items.push(li);
+  }
+  $("dominated-list").replaceChildren(...items);
+  $("dominated").hidden = items.length === 0;
+}
+
+async function scopeList() {
+  const data = await getJSON("/api/scopes");
+  return (Array.isArray(data) ? data : data.scopes ?? []).filter((s) => s && typeof s === "object");
+}
+
+setInterval(async () => {
+  try { renderDominated(await scopeList()); } catch { /* logged out or API down: keep the last list */ }
+}, DOMINANCE_REFRESH_MS);
+
 /** Scope options from /api/scopes, then the panel pre-filled with each scope's stored top outliers. */
 async function loadScopes() {
   let list = [];
   try {
-    const data = await getJSON("/api/scopes");
-    list = (Array.isArray(data) ? data : data.scopes ?? []).filter((s) => s && typeof s === "object");
+    list = await scopeList();
   } catch { return; /* the live stream fills the selectors anyway */ }
+  renderDominated(list);
   for (const s of list) {
     see("org", s.org);
     see("source", s.source);
