@@ -14,7 +14,7 @@ from typing import Any
 from binormal.common.keys import Scope
 from binormal.common.result import ActionStats, Aggregates, make_result
 from binormal.common.schema import Event
-from binormal.common.scoring import DEFAULT_CAP, Snapshot, zscore
+from binormal.common.scoring import DEFAULT_CAP, Snapshot, excluded_view, zscore
 
 
 @dataclass
@@ -37,13 +37,22 @@ class MemoryEngine:
     ``refresh_every`` is the snapshot staleness in events per scope: 0 (the
     default) rebuilds the population snapshot after every event, which is what
     the Redis worker does with ``BINORMAL_SNAPSHOT_MAX_AGE_MS=0``.
+    ``excluded`` holds the (scope, id) pairs excluded from learning (common/rules.py): counted in
+    their own counts and scored, never in the population's counts.
     """
 
-    def __init__(self, cap: int = DEFAULT_CAP, refresh_every: int = 0, explain_limit: int = 5) -> None:
+    def __init__(
+        self,
+        cap: int = DEFAULT_CAP,
+        refresh_every: int = 0,
+        explain_limit: int = 5,
+        excluded: Iterable[tuple[Scope, str]] = (),
+    ) -> None:
         self.cap = cap
         self.refresh_every = refresh_every
         self.explain_limit = explain_limit
         self.scopes: dict[Scope, ScopeState] = {}
+        self.excluded = frozenset(excluded)
 
     def process(self, event: Event, timestamp: int | None = None) -> dict[str, Any]:
         """Count one event and return its result."""
@@ -51,22 +60,27 @@ class MemoryEngine:
         counts = st.individuals.setdefault(event.id, {})
         k = counts.get(event.action, 0)
         counts[event.action] = k + 1
-        st.pop[event.action] = st.pop.get(event.action, 0) + 1
-        # When a count goes k -> k+1 the sum of squares grows by 2k+1.
-        st.sq[event.action] = st.sq.get(event.action, 0) + 2 * k + 1
-        if k == 0:
-            st.k[event.action] = st.k.get(event.action, 0) + 1
+        excluded = bool(self.excluded) and (event.scope, event.id) in self.excluded
+        if not excluded:
+            st.pop[event.action] = st.pop.get(event.action, 0) + 1
+            # When a count goes k -> k+1 the sum of squares grows by 2k+1.
+            st.sq[event.action] = st.sq.get(event.action, 0) + 2 * k + 1
+            if k == 0:
+                st.k[event.action] = st.k.get(event.action, 0) + 1
 
         snap = st.snapshot
-        if snap is None or st.snapshot_age >= self.refresh_every or not snap.covers(counts):
+        if snap is None or st.snapshot_age >= self.refresh_every or (not excluded and not snap.covers(counts)):
             snap = Snapshot(dict(st.pop), cap=self.cap)
             st.snapshot, st.snapshot_age = snap, 0
         st.snapshot_age += 1
+        if excluded:
+            snap = excluded_view(snap, counts)
 
         score, explain = snap.assess(counts, self.explain_limit)
         st.agg = st.agg.replace(st.scores.get(event.id), score)
         st.scores[event.id] = score
-        stats = ActionStats(st.pop[event.action], st.sq[event.action], st.k[event.action])
+        a = event.action
+        stats = ActionStats(st.pop.get(a, 0), st.sq.get(a, 0), st.k.get(a, 0))
         ts = event.ts if event.ts is not None else (timestamp if timestamp is not None else 0)
         return make_result(event, counts, score, explain, st.agg, stats, ts)
 

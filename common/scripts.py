@@ -100,6 +100,7 @@ class ApplyItem(NamedTuple):
     token: str
     ttl: int  # seconds the event_id's marker lives; 0: no event_id (marker untouched)
     marker_value: bytes  # '<entry id> <fingerprint>'
+    exclude: int = 0  # 1: the individual is excluded from learning (common/rules.py), pop/sq/k not moved
 
 
 @dataclass(frozen=True, slots=True)
@@ -287,20 +288,42 @@ class Deadletter:
 
 
 class Recompute:
-    """``recompute.lua``: rebuild one scope's aggregates from its rank zset."""
+    """``recompute.lua``: rebuild one scope's aggregates from its rank zset (and its population, if asked)."""
 
     NAME = "recompute"
-    LAYOUT = Layout(keys=("rank", "agg"))
+    LAYOUT = Layout(
+        keys=("rank", "agg", "pop", "sq", "k"), item_keys=("individual",), args=("rebuild",), item_args=("excluded",)
+    )
 
     @staticmethod
-    def pack(rank: str, agg: str) -> tuple[list[Any], list[Any]]:
-        """KEYS (no ARGV)."""
-        return [rank, agg], []
+    def pack(
+        rank: str,
+        agg: str,
+        population: tuple[str, str, str] | None = None,
+        individuals: Sequence[tuple[str, bool]] = (),
+    ) -> tuple[list[Any], list[Any]]:
+        """KEYS and ARGV; with ``population`` (pop, sq, k keys) those are rebuilt from ``individuals``.
+
+        ``individuals`` are (counts hash key, excluded) pairs: every individual of the scope.
+        """
+        if population is None:
+            return [rank, agg, rank, rank, rank], ["0"]
+        keys: list[Any] = [rank, agg, *population]
+        args: list[Any] = ["1"]
+        for key, excluded in individuals:
+            keys.append(key)
+            args.append("1" if excluded else "0")
+        return keys, args
 
     @staticmethod
     def decode(reply: Sequence[Any]) -> Aggregates:
         """The aggregates as written."""
         return Aggregates(int(reply[0]), float(reply[1]), float(reply[2]))
+
+    @staticmethod
+    def rebuilt(reply: Sequence[Any]) -> tuple[int, int]:
+        """(individuals learnt from, individuals left out) of a population rebuild; zeros without one."""
+        return int(reply[3]), int(reply[4])
 
 
 class Replayed(NamedTuple):

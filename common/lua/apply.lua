@@ -22,11 +22,13 @@
 --   KEYS[b+4] individual hash  KEYS[b+5] idempotency marker of the event id (per scope)
 -- ARGV[1] group  ARGV[2] '1' to return each scope's whole pop hash (staleness 0)
 -- ARGV[3] most distinct actions a scope may have (BINORMAL_MAX_ACTIONS)
--- then per entry i (base a = 3 + 5*(i-1)):
+-- then per entry i (base a = 3 + 6*(i-1)):
 --   ARGV[a+1] entry id  ARGV[a+2] action  ARGV[a+3] scope token
 --   ARGV[a+4] seconds the event_id's marker lives, '0' when the entry has no
 --             event_id (its marker key is then a placeholder, never touched)
 --   ARGV[a+5] the marker's value: '<entry id> <fingerprint of id NUL action>'
+--   ARGV[a+6] '1' when the individual is excluded from learning (a rule): its
+--             own hash is counted, the population's pop/sq/k are only read
 --
 -- Returns one item per entry: {0} already applied; {2, marker value} duplicate
 -- event_id (acked, not counted; the value is the first entry's, so the caller
@@ -53,10 +55,10 @@ local function wrong(key, want)
 end
 local out = {}
 local max_actions = tonumber(ARGV[3])
-local n = (#ARGV - 3) / 5
+local n = (#ARGV - 3) / 6
 for i = 1, n do
   local b = 4 + 5 * (i - 1)
-  local a = 3 + 5 * (i - 1)
+  local a = 3 + 6 * (i - 1)
   local id = ARGV[a + 1]
   local action = ARGV[a + 2]
   local bad = wrong(KEYS[2], 'set') or wrong(KEYS[3], 'hash') or wrong(KEYS[b + 1], 'hash')
@@ -87,15 +89,23 @@ for i = 1, n do
     end
     if not dup then
       local x = redis.call('HINCRBY', KEYS[b + 4], action, 1)
-      local c = redis.call('HINCRBY', KEYS[b + 1], action, 1)
+      local c, s2, k
+      if ARGV[a + 6] == '1' then
+        -- excluded from learning: the population's sums are read, not moved
+        c = tonumber(redis.call('HGET', KEYS[b + 1], action) or 0)
+        s2 = tonumber(redis.call('HGET', KEYS[b + 2], action) or 0)
+        k = tonumber(redis.call('HGET', KEYS[b + 3], action) or 0)
+        redis.call('SADD', KEYS[2], ARGV[a + 3])
+      else
+      c = redis.call('HINCRBY', KEYS[b + 1], action, 1)
       -- count k -> k+1 adds (k+1)^2 - k^2 = 2k+1 = 2x-1 to the sum of squares
-      local s2 = redis.call('HINCRBY', KEYS[b + 2], action, 2 * x - 1)
-      local k
+      s2 = redis.call('HINCRBY', KEYS[b + 2], action, 2 * x - 1)
       if x == 1 then
         k = redis.call('HINCRBY', KEYS[b + 3], action, 1)
       else
         k = tonumber(redis.call('HGET', KEYS[b + 3], action))
       end
+      end -- (the population block above is left unindented: a minimal wrap)
       redis.call('HSET', KEYS[3], KEYS[b + 4], id)
       if c == 1 then
         -- first time this action is seen in the scope (so also its first event)
