@@ -89,7 +89,7 @@ def _text(data: Mapping[str, Any], name: str, required: bool) -> str | None:
         raise RuleError(f"{name}: must be a string", name)
     if value == "" and name != "note":
         raise RuleError(f"{name}: must not be empty", name)
-    limit = NOTE_LIMIT if name == "note" else LIMITS[name]
+    limit = NOTE_LIMIT if name == "note" else LIMITS.get(name, 64)
     size = len(value.encode("utf-8", "surrogatepass"))
     if size > limit:
         raise RuleError(f"{name}: is {size} bytes, over the limit of {limit}", name)
@@ -98,6 +98,11 @@ def _text(data: Mapping[str, Any], name: str, required: bool) -> str | None:
     except UnicodeEncodeError:
         raise RuleError(f"{name}: is not valid UTF-8 (lone surrogate)", name) from None
     return value
+
+
+def check_text(name: str, value: str) -> str:
+    """``value`` if it is a valid ``name`` field (non-empty, within its byte limit), else :class:`RuleError`."""
+    return str(_text({name: value}, name, True))
 
 
 def parse_target(data: Mapping[str, Any]) -> tuple[str, Scope, str, str]:

@@ -52,7 +52,7 @@ def setup_query(app: web.Application, settings: WebSettings) -> None:
     app.router.add_get("/api/scopes", scopes)
     app.router.add_get("/api/outliers", outliers)
     app.router.add_get("/api/individual", individual)
-    setup_rules(app)
+    setup_rules(app, settings.keys)
 
 
 def single_query(request: web.Request, name: str) -> str | None:

@@ -20,9 +20,18 @@ from aiohttp import web
 
 from binormal.common.guard import principal_of, require_org
 from binormal.common.http import JSON, ApiError, body_not_json, json_response, read_body, require_content_type
-from binormal.common.keys import Scope
+from binormal.common.keys import Keyspace, Scope
 from binormal.common.redisapp import REDIS
-from binormal.common.rules import RuleCache, RuleError, add_rule, list_rules, parse_rule, parse_target, remove_rule
+from binormal.common.rules import (
+    RuleCache,
+    RuleError,
+    add_rule,
+    check_text,
+    list_rules,
+    parse_rule,
+    parse_target,
+    remove_rule,
+)
 from binormal.common.schema import DuplicateKeys, loads_json
 
 RULES = web.AppKey("binormal_rules", RuleCache)
@@ -30,9 +39,9 @@ MAX_BODY = 8192
 TARGET_FIELDS = ("kind", "org", "source", "pop", "id", "action")
 
 
-def setup_rules(app: web.Application) -> None:
+def setup_rules(app: web.Application, keys: Keyspace) -> None:
     """Register ``/api/rules`` (GET, POST, DELETE) and the app's rule cache (Redis set up by the caller)."""
-    app[RULES] = RuleCache(app[REDIS].keys)
+    app[RULES] = RuleCache(keys)
     app.router.add_get("/api/rules", get_rules)
     app.router.add_post("/api/rules", post_rule)
     app.router.add_delete("/api/rules", delete_rule)
@@ -62,6 +71,11 @@ def _query(request: web.Request, names: tuple[str, ...]) -> dict[str, str]:
 async def get_rules(request: web.Request) -> web.Response:
     """``GET /api/rules``: the rules the caller may see, optionally of one org or one scope."""
     q = _query(request, ("org", "source", "pop"))
+    try:
+        for name, value in q.items():
+            check_text(name, value)
+    except RuleError as exc:
+        raise ApiError(400, str(exc), exc.field) from None
     principal = principal_of(request)
     orgs = principal.orgs if principal is not None else None
     scope = None
@@ -71,8 +85,6 @@ async def get_rules(request: web.Request) -> web.Response:
             raise ApiError(400, f"{missing[0]}: is missing (give org, source and pop to list one scope)", missing[0])
         scope = Scope(q["org"], q["source"], q["pop"])
     if "org" in q:
-        if q["org"] == "":
-            raise ApiError(400, "org: must not be empty", "org")
         require_org(request, q["org"])
         orgs = frozenset({q["org"]})
     handle = request.app[REDIS]
@@ -103,6 +115,7 @@ async def post_rule(request: web.Request) -> web.Response:
         created = await add_rule(handle.require(), handle.keys, rule)
     except RuleError as exc:
         raise ApiError(409, str(exc), exc.field) from None
+    request.app[RULES].next_check = 0.0  # this instance sees its own change at once (others within 0.5 s)
     return json_response({**rule.as_dict(), "created": created}, status=201 if created else 200)
 
 
@@ -117,6 +130,7 @@ async def delete_rule(request: web.Request) -> web.Response:
     handle = request.app[REDIS]
     if not await remove_rule(handle.require(), handle.keys, kind, scope, target, value):
         raise ApiError(404, f"{target}: no {kind} rule on it in this scope", target)
+    request.app[RULES].next_check = 0.0
     return json_response(
         {"removed": True, "kind": kind, "org": scope.org, "source": scope.source, "pop": scope.pop, target: value}
     )
