@@ -80,11 +80,11 @@ class Rule:
 
 
 def _text(data: Mapping[str, Any], name: str, required: bool) -> str | None:
-    value = data.get(name)
-    if value is None:
+    if name not in data:
         if required:
             raise RuleError(f"{name}: is missing", name)
         return None
+    value = data[name]
     if not isinstance(value, str):
         raise RuleError(f"{name}: must be a string", name)
     if value == "" and name != "note":

@@ -134,6 +134,7 @@ def test_parse_rule_names_the_field_at_fault() -> None:
         ({**base, "id": "u", "note": "x" * 1001}, "note"),
         ({**base, "id": ""}, "id"),
         ({**base, "id": 5}, "id"),
+        ({**base, "id": "u", "note": None}, "note"),
         ({**base, "id": "u", "pop": "p" * 257}, "pop"),
         ({**base, "id": "u", "colour": "red"}, "colour"),
         ({k: v for k, v in base.items() if k != "org"} | {"id": "u"}, "org"),

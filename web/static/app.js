@@ -145,7 +145,7 @@ function onResults(results) {
       counters.filtered++;
       continue;
     }
-    const isRed = z >= state.red;
+    const isRed = z >= state.red && r.muted !== true; // muted (a mute rule): never an outlier
     if (isRed) counters.queuedRed++;
     sampler.push(r, isRed);
   }
