@@ -313,6 +313,8 @@ class RuleCache:
 
     def is_muted(self, scope: Scope, ident: str, action: str | None = None) -> bool:
         """Whether an id (or an event of it with ``action``) is muted."""
+        if not self.muted_ids and not self.muted_actions:
+            return False  # no mute at all: no tuple hashed per result
         if (scope, ident) in self.muted_ids:
             return True
         return action is not None and (scope, action) in self.muted_actions
