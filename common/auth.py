@@ -39,12 +39,13 @@ from binormal.common.config import ConfigError, from_env, parse_list, setting
 
 log = structlog.get_logger("binormal.auth")
 
-ROLES = ("producer", "viewer", "admin")
-# What each role may do: producer routes, viewer routes, admin-only routes.
+ROLES = ("producer", "viewer", "analyst", "admin")
+# What each role may do: producer routes, viewer routes, analyst routes (rules and feedback), admin-only routes.
 GRANTS: dict[str, frozenset[str]] = {
     "producer": frozenset({"producer"}),
     "viewer": frozenset({"viewer"}),
-    "admin": frozenset({"producer", "viewer", "admin"}),
+    "analyst": frozenset({"viewer", "analyst"}),
+    "admin": frozenset({"producer", "viewer", "analyst", "admin"}),
 }
 NAME_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 ORG_RE = re.compile(r"[^\s,]{1,256}")  # orgs in the file: no whitespace, no comma

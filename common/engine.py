@@ -14,7 +14,7 @@ from typing import Any
 from binormal.common.keys import Scope
 from binormal.common.result import ActionStats, Aggregates, make_result
 from binormal.common.schema import Event
-from binormal.common.scoring import DEFAULT_CAP, Snapshot, count_event, zscore
+from binormal.common.scoring import DEFAULT_CAP, Snapshot, count_event, excluded_view, zscore
 
 DEFAULT_DOMINANCE_SHARE = 0.2
 DEFAULT_DOMINANCE_MIN_EVENTS = 1000  # 10 N: a young scope is not flagged
@@ -51,6 +51,9 @@ class MemoryEngine:
     results); None means N; otherwise it must be at least N
     (:func:`check_weight_cap`). To match a worker with default settings pass
     ``weight_cap=None`` (or N).
+
+    ``excluded`` holds the (scope, id) pairs excluded from learning (common/rules.py): counted in
+    their own counts and scored, never in the population's counts nor in its dominance.
     """
 
     def __init__(
@@ -61,6 +64,7 @@ class MemoryEngine:
         weight_cap: int | None = 0,
         dominance_share: float = DEFAULT_DOMINANCE_SHARE,
         dominance_min_events: int = DEFAULT_DOMINANCE_MIN_EVENTS,
+        excluded: Iterable[tuple[Scope, str]] = (),
     ) -> None:
         self.cap = cap
         self.weight_cap = check_weight_cap(cap if weight_cap is None else weight_cap, cap)
@@ -69,35 +73,43 @@ class MemoryEngine:
         self.refresh_every = refresh_every
         self.explain_limit = explain_limit
         self.scopes: dict[Scope, ScopeState] = {}
+        self.excluded = frozenset(excluded)
 
     def process(self, event: Event, timestamp: int | None = None) -> dict[str, Any]:
         """Count one event and return its result."""
         st = self.scopes.setdefault(event.scope, ScopeState())
         counts = st.individuals.setdefault(event.id, {})
         k = counts.get(event.action, 0)
-        w = self.weight_cap
-        n = count_event(counts, st.pop, event.action, w)
-        if w:
-            st.raw[event.action] = st.raw.get(event.action, 0) + 1
-        st.events += 1
-        if n > st.top_n:
-            st.top, st.top_n = event.id, n
-        # When a count goes k -> k+1 the sum of squares grows by 2k+1.
-        st.sq[event.action] = st.sq.get(event.action, 0) + 2 * k + 1
-        if k == 0:
-            st.k[event.action] = st.k.get(event.action, 0) + 1
+        excluded = bool(self.excluded) and (event.scope, event.id) in self.excluded
+        if excluded:
+            counts[event.action] = k + 1
+        else:
+            w = self.weight_cap
+            n = count_event(counts, st.pop, event.action, w)
+            if w:
+                st.raw[event.action] = st.raw.get(event.action, 0) + 1
+            st.events += 1
+            if n > st.top_n:
+                st.top, st.top_n = event.id, n
+            # When a count goes k -> k+1 the sum of squares grows by 2k+1.
+            st.sq[event.action] = st.sq.get(event.action, 0) + 2 * k + 1
+            if k == 0:
+                st.k[event.action] = st.k.get(event.action, 0) + 1
 
         snap = st.snapshot
-        if snap is None or st.snapshot_age >= self.refresh_every or not snap.covers(counts):
+        if snap is None or st.snapshot_age >= self.refresh_every or (not excluded and not snap.covers(counts)):
             snap = Snapshot(dict(st.pop), cap=self.cap)
             st.snapshot, st.snapshot_age = snap, 0
         st.snapshot_age += 1
+        if excluded:
+            snap = excluded_view(snap, counts)
 
         score, explain = snap.assess(counts, self.explain_limit)
         st.agg = st.agg.replace(st.scores.get(event.id), score)
         st.scores[event.id] = score
-        s1 = st.raw[event.action] if w else st.pop[event.action]
-        stats = ActionStats(s1, st.sq[event.action], st.k[event.action])
+        a = event.action
+        s1 = st.raw.get(a, 0) if self.weight_cap else st.pop.get(a, 0)
+        stats = ActionStats(s1, st.sq.get(a, 0), st.k.get(a, 0))
         ts = event.ts if event.ts is not None else (timestamp if timestamp is not None else 0)
         return make_result(event, counts, score, explain, st.agg, stats, ts)
 

@@ -13,7 +13,8 @@
 - the page security headers (CSP, nosniff, no-referrer, no framing) on every response.
 
 Routes and the role they need (see :data:`ROUTE_ROLES`): producer ``/discrete``
-and ``/events``; viewer ``/``, ``/websocket``, ``/api/*``; admin everything
+and ``/events``; viewer ``/``, ``/websocket``, ``/api/*``; analyst (viewer + rules and
+feedback) ``/api/rules``; admin everything
 else (``/metrics``); open: ``/healthz``, ``/readyz``, ``/static/*``, login,
 logout. Orgs are checked by the handlers with :func:`require_org`.
 """
@@ -56,6 +57,7 @@ ROUTE_ROLES: dict[str, str] = {
     "/events": "producer",
     "/": "viewer",
     "/websocket": "viewer",
+    "/api/rules": "analyst",
     "/healthz": PROBE,
     "/readyz": PROBE,
     "/static": OPEN,

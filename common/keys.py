@@ -18,6 +18,9 @@ Layout (``P`` is the prefix, default ``bn``; ``s`` the shard number)::
     P:{P.s}:sc:<scope>:reply:<key>      stored copy of a result, key = event_id else rid (expires)
     P:{P.s}:uncommitted                 hash individual key -> entry applied, score not committed yet
     P:{P.s}:capped                      hash scope token -> events refused by the distinct-action cap
+    P:{P.s}:rules                       hash rule field -> rule JSON (mute/exclude of scopes in shard s)
+    P:{P.s}:marks                       hash scope token:enc(id) -> feedback JSON (mark confirmed/benign)
+    P:rules:version                     integer, raised on every mute/exclude change (caches re-read)
     P:workers                           hash consumer -> last heartbeat (ms)
     channels: P:scored (broadcast), P:reply:<instance> (request-reply)
 
@@ -182,6 +185,18 @@ class Keyspace:
     def capped(self, shard: int) -> str:
         """Hash scope token -> events refused because the scope has BINORMAL_MAX_ACTIONS actions."""
         return f"{self._base(shard)}:capped"
+
+    def rules(self, shard: int) -> str:
+        """Hash rule field (common/rules.py: rule_field) -> rule JSON, for the scopes of ``shard``."""
+        return f"{self._base(shard)}:rules"
+
+    def marks(self, shard: int) -> str:
+        """Hash ``<scope token>:<enc(id)>`` -> feedback JSON (label, by, at, note), for the scopes of ``shard``."""
+        return f"{self._base(shard)}:marks"
+
+    def rules_version(self) -> str:
+        """Counter raised on every rule change: workers and web re-read the rules hashes when it moves."""
+        return f"{self.prefix}:rules:version"
 
     def workers(self) -> str:
         """Hash consumer name -> last heartbeat in ms (read by /readyz)."""

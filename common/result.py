@@ -60,10 +60,13 @@ def make_result(
     agg: Aggregates,
     stats: ActionStats,
     timestamp: int,
+    *,
+    muted: bool = False,
 ) -> dict[str, Any]:
-    """Build the seed-compatible result object (plus org, event_id, explain).
+    """Build the seed-compatible result object (plus org, event_id, explain, muted).
 
-    ``score`` and ``explain`` come from :meth:`Snapshot.assess` on ``counts``.
+    ``score`` and ``explain`` come from :meth:`Snapshot.assess` on ``counts``; ``muted`` says a
+    mute rule covers the id or the action (common/rules.py).
     """
     x = counts.get(event.action, 0)
     return {
@@ -80,4 +83,5 @@ def make_result(
         "actionzscore": r3(action_zscore(x, stats.s1, stats.s2, stats.k)),
         "event_id": event.event_id or event.rid,
         "explain": explain,
+        "muted": muted,
     }

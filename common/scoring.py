@@ -369,3 +369,18 @@ def score_direct(counts: Mapping[str, int], pop: Mapping[str, int], cap: int = D
     if n_norm == 0 or total == 0:
         return 0.0
     return math.fsum(action_bits(norm.get(a, 0), n_norm, c / total) for a, c in pop.items())
+
+
+def excluded_view(snap: Snapshot, counts: Mapping[str, int]) -> Snapshot:
+    """The snapshot an individual excluded from learning is scored against.
+
+    Its counts are not in the population, so an action only it did would have ``p = 0`` and an
+    infinite score: such actions are added with the individual's own counts, on a copy (the
+    shared snapshot is left untouched). O(the scope's actions), only for excluded individuals.
+    """
+    # Not covers(): an action whose population count is 0 (the weight cap) is known but has p = 0.
+    if all(a in snap.counts for a, c in counts.items() if c > 0):
+        return snap
+    view = Snapshot(dict(snap.counts), cap=snap.cap)
+    view.add_actions({a: c for a, c in counts.items() if c > 0})
+    return view

@@ -88,7 +88,7 @@ def pairs_int(flat: Sequence[bytes]) -> dict[str, int]:
 
 
 class ApplyItem(NamedTuple):
-    """One entry of an ``apply.lua`` call: its 7 KEYS, then its 6 ARGV."""
+    """One entry of an ``apply.lua`` call: its 7 KEYS, then its 7 ARGV."""
 
     pop: str
     sq: str
@@ -103,6 +103,7 @@ class ApplyItem(NamedTuple):
     ttl: int  # seconds the event_id's marker lives; 0: no event_id (marker untouched)
     marker_value: bytes  # '<entry id> <fingerprint>'
     ident: str  # the individual's id
+    exclude: int = 0  # 1: the individual is excluded from learning (common/rules.py), pop/raw/sq/k not moved
 
 
 ITEM_KEYS = 7  # the KEYS of an ApplyItem; the rest are its ARGV
@@ -338,20 +339,47 @@ class Deadletter:
 
 
 class Recompute:
-    """``recompute.lua``: rebuild one scope's aggregates from its rank zset."""
+    """``recompute.lua``: rebuild one scope's aggregates from its rank zset (and its population, if asked)."""
 
     NAME = "recompute"
-    LAYOUT = Layout(keys=("rank", "agg"))
+    LAYOUT = Layout(
+        keys=("rank", "agg", "pop", "sq", "k", "raw", "dom"),
+        item_keys=("individual",),
+        args=("rebuild", "weight_cap"),
+        item_args=("excluded", "ident"),
+    )
 
     @staticmethod
-    def pack(rank: str, agg: str) -> tuple[list[Any], list[Any]]:
-        """KEYS (no ARGV)."""
-        return [rank, agg], []
+    def pack(
+        rank: str,
+        agg: str,
+        population: tuple[str, str, str, str, str] | None = None,
+        individuals: Sequence[tuple[str, str, bool]] = (),
+        weight_cap: int = 0,
+    ) -> tuple[list[Any], list[Any]]:
+        """KEYS and ARGV; with ``population`` (pop, sq, k, raw, dom keys) those are rebuilt from ``individuals``.
+
+        ``individuals`` are (counts hash key, id, excluded) triples: every individual of the scope;
+        ``weight_cap`` is the guard's W the population is rebuilt under (0: raw counts).
+        """
+        if population is None:
+            return [rank, agg, rank, rank, rank, rank, rank], ["0", 0]
+        keys: list[Any] = [rank, agg, *population]
+        args: list[Any] = ["1", weight_cap]
+        for key, ident, excluded in individuals:
+            keys.append(key)
+            args += ("1" if excluded else "0", ident)
+        return keys, args
 
     @staticmethod
     def decode(reply: Sequence[Any]) -> Aggregates:
         """The aggregates as written."""
         return Aggregates(int(reply[0]), float(reply[1]), float(reply[2]))
+
+    @staticmethod
+    def rebuilt(reply: Sequence[Any]) -> tuple[int, int]:
+        """(individuals learnt from, individuals left out) of a population rebuild; zeros without one."""
+        return int(reply[3]), int(reply[4])
 
 
 class Replayed(NamedTuple):

@@ -15,6 +15,7 @@ import redis.asyncio as aioredis
 
 from binormal.common.keys import Keyspace, Scope
 from binormal.common.result import Aggregates
+from binormal.common.rules import list_rules
 from binormal.common.scripts import Recompute, Scripts
 
 
@@ -43,13 +44,75 @@ async def recompute_aggregates(
     return Recompute.decode(await scripts.run(client, Recompute.NAME, ks, args))
 
 
-async def recompute_all(client: aioredis.Redis, keys: Keyspace) -> list[dict[str, Any]]:
-    """Recompute every scope; one report per scope (before, after, relative drift)."""
+async def rebuild_population(
+    client: aioredis.Redis,
+    keys: Keyspace,
+    scope: Scope,
+    excluded: frozenset[str],
+    scripts: Scripts | None = None,
+    weight_cap: int = 0,
+) -> tuple[Aggregates, int, int]:
+    """Rebuild a scope's aggregates and its population from its individuals, leaving out ``excluded`` ids.
+
+    The population (pop/sq/k, raw sums and the dominance counters) is rebuilt under the weight cap
+    ``weight_cap`` (``BINORMAL_WEIGHT_CAP``; 0: raw counts), as apply.lua maintains it.
+
+    The individuals are those of the rank zset and those with an uncommitted mark (applied, score not
+    committed yet), read just before the atomic script. Returns the aggregates and the numbers of
+    individuals learnt from and left out.
+    """
+    scripts = scripts or Scripts()
+    shard = keys.shard(scope)
+    ranked: list[bytes] = await client.zrange(keys.scope_key(scope, "rank", shard), 0, -1)  # type: ignore[assignment]
+    pending: list[bytes] = await client.hkeys(keys.uncommitted(shard))  # type: ignore[assignment]
+    head = keys.scope_prefix(scope, shard) + "i:"
+    marked = [k.decode() for k in pending if k.decode().startswith(head)]
+    ikeys = dict.fromkeys([keys.individual(scope, m.decode(), shard) for m in ranked] + marked)
+    idents = [(k, keys.individual_of(k, shard)[1]) for k in ikeys]
+    individuals = [(k, ident, ident in excluded) for k, ident in idents]
+    population = (
+        keys.scope_key(scope, "pop", shard),
+        keys.scope_key(scope, "sq", shard),
+        keys.scope_key(scope, "k", shard),
+        keys.scope_key(scope, "raw", shard),
+        keys.scope_key(scope, "dom", shard),
+    )
+    ks, args = Recompute.pack(
+        keys.scope_key(scope, "rank", shard),
+        keys.scope_key(scope, "agg", shard),
+        population,
+        individuals,
+        weight_cap,
+    )
+    reply = await scripts.run(client, Recompute.NAME, ks, args)
+    return (Recompute.decode(reply), *Recompute.rebuilt(reply))
+
+
+async def recompute_all(
+    client: aioredis.Redis, keys: Keyspace, population: bool = False, weight_cap: int = 0
+) -> list[dict[str, Any]]:
+    """Recompute every scope; one report per scope (before, after, relative drift).
+
+    The population counts (pop/sq/k/raw, dominance counters) of a scope with an exclude rule are
+    rebuilt without the excluded ids (common/rules.py), under ``weight_cap``; with ``population``
+    those of every scope are rebuilt.
+    """
     scripts = Scripts()
+    excluded: dict[Scope, set[str]] = {}
+    for rule in await list_rules(client, keys):
+        if rule.kind == "exclude":
+            excluded.setdefault(rule.scope, set()).add(rule.value)
     reports: list[dict[str, Any]] = []
     for scope in await list_scopes(client, keys):
         before = await read_aggregates(client, keys, scope)
-        after = await recompute_aggregates(client, keys, scope, scripts)
+        extra: dict[str, Any] = {}
+        if population or scope in excluded:
+            after, learnt, left = await rebuild_population(
+                client, keys, scope, frozenset(excluded.get(scope, ())), scripts, weight_cap
+            )
+            extra = {"population_rebuilt": True, "learnt_from": learnt, "excluded": left}
+        else:
+            after = await recompute_aggregates(client, keys, scope, scripts)
         drift = max(_rel(before.total, after.total), _rel(before.total_sq, after.total_sq))
         reports.append(
             {
@@ -61,6 +124,7 @@ async def recompute_all(client: aioredis.Redis, keys: Keyspace) -> list[dict[str
                 "sum": after.total,
                 "sumsq": after.total_sq,
                 "relative_drift": drift,
+                **extra,
             }
         )
     return reports

@@ -693,3 +693,61 @@ async def test_the_page_shows_a_dominated_scope_escaped(redis_url: str, prefix: 
         assert items == [f"acme / web / flooded: {XSS_ID} has 71.4 % of its events"], items
         assert await page.locator("#dominated-list img").count() == 0  # text, never parsed as HTML
     assert page_errors == [], page_errors
+
+
+# ------------------------------------------------------------------ analyst rules (issue 11)
+
+
+async def test_the_page_shows_a_muted_individual_as_muted_and_the_feedback_in_its_profile(
+    redis_url: str, prefix: str
+) -> None:
+    executable = chromium_or_skip()
+    port = free_port()
+    settings = WebSettings(redis_url=redis_url, prefix=prefix, port=port)
+    page_errors: list[str] = []
+    async with contextlib.AsyncExitStack() as stack:
+        await stack.enter_async_context(running_worker(worker_settings(redis_url, prefix)))
+        tier = await start_tier(stack, settings, port)
+        http = await stack.enter_async_context(aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)))
+        feeder = Feeder(tier.base)
+        await feeder.send(http, 300)  # mallory stands out; the bots live in their own population
+        scope = {"org": "acme", "source": "web", "pop": "users"}
+        for rule in (
+            {**scope, "kind": "mute", "id": OUTLIER},
+            {**scope, "kind": "mark", "id": OUTLIER, "label": "confirmed", "note": "<b>sold</b> creds"},
+        ):
+            async with http.post(tier.base + "/api/rules", json=rule) as resp:
+                assert resp.status == 201, await resp.text()
+        browser = await launch_chromium(stack, executable)
+        page = await browser.new_page(viewport={"width": 1280, "height": 760})
+        page.on("pageerror", lambda e: page_errors.append(str(e)))
+        await page.goto(tier.base + "/")
+        await feeder.send(http, 100)  # live results too: mallory's now carry muted: true
+        try:
+            row = page.locator("#outliers-body tr", has=page.locator("td.id", has_text=OUTLIER)).first
+            await row.wait_for(timeout=10_000)
+            await wait_js(
+                page,
+                "() => [...document.querySelectorAll('#outliers-body tr.is-muted td.id')]"
+                f".some(td => td.firstChild.textContent === {OUTLIER!r})",
+            )
+            assert await row.locator(".tag").text_content() == "muted"
+            assert "red" not in (await row.get_attribute("class") or "")
+            # on the canvas its characters are never red: only the (unmuted) bots could be, and none is
+            before = await counters(page)
+            await feeder.send(http, 100)
+            await wait_js(page, f"() => window.binormal.counters.drawn >= {before['drawn'] + 50}")
+            assert (await counters(page))["drawnRed"] == before["drawnRed"]
+            # its profile shows it muted and the analyst's feedback, as text
+            await row.click()
+            await wait_js(page, "() => document.querySelectorAll('#profile-rules .tag').length > 1")
+            assert await page.locator("#profile-title").text_content() == OUTLIER
+            text = await page.locator("#profile-rules").text_content()
+            assert text and "muted" in text and "confirmed by anonymous" in text and "<b>sold</b> creds" in text, text
+            assert await page.evaluate("() => document.querySelectorAll('#profile-rules b').length") == 0
+            await page.screenshot(path=str(ARTIFACTS / "live-page-rules.png"))
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await page.screenshot(path=str(ARTIFACTS / "live-page-rules-failure.png"))
+            raise
+    assert page_errors == [], page_errors

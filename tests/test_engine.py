@@ -246,3 +246,28 @@ def test_dominance_needs_enough_events_and_more_than_the_share() -> None:
     assert eng.dominated(Scope("o", "s", "p")) is None
     eng.run([Event("o", "s", "p", "u0", "a") for i in range(3)])
     assert eng.dominated(Scope("o", "s", "p")) == {"id": "u0", "share": 0.333}
+
+
+def test_an_excluded_id_is_scored_but_never_enters_the_population() -> None:
+    events = engine_events(5, 2000)
+    evil = (Scope("acme", "web", "pop0"), "evil")
+    with_evil = MemoryEngine(excluded={evil})
+    results = with_evil.run(events)
+    without = MemoryEngine()
+    without.run([e for e in events if (e.scope, e.id) != evil])
+    for scope, st in without.scopes.items():
+        mine = with_evil.scopes[scope]
+        assert (mine.pop, mine.sq, mine.k) == (st.pop, st.sq, st.k)
+        for ident, counts in st.individuals.items():
+            assert mine.individuals[ident] == counts
+    evil_results = [r for r in results if r["id"] == "evil"]
+    assert with_evil.scopes[evil[0]].individuals["evil"] == dict(Counter(e.action for e in events if e.id == "evil"))
+    # its rare actions are its own only: scored against the population plus them, never infinite
+    assert evil_results and all(math.isfinite(r["score"]) and math.isfinite(r["zscore"]) for r in evil_results)
+    assert evil_results[-1]["score"] > 0 and evil_results[-1]["muted"] is False
+    # every other result is the one the run without it gives, except zscore (evil's score is in the aggregates)
+    others = [r for r in results if r["id"] != "evil"]
+    again = MemoryEngine().run([e for e in events if (e.scope, e.id) != evil])
+    assert [(r["score"], r["explain"], r["actionzscore"]) for r in others] == [
+        (r["score"], r["explain"], r["actionzscore"]) for r in again
+    ]

@@ -8,13 +8,20 @@ import json
 import math
 import subprocess
 import time
+from collections import Counter
 
 import pytest
 import redis.asyncio as aioredis
 
 from binormal.common.keys import Keyspace
 from binormal.common.result import Aggregates
-from binormal.common.store import heartbeat_ages, list_scopes, read_aggregates, recompute_aggregates
+from binormal.common.store import (
+    heartbeat_ages,
+    list_scopes,
+    read_aggregates,
+    rebuild_population,
+    recompute_aggregates,
+)
 from binormal.worker.worker import ensure_groups
 from tests.support.events import TRICKY_SCOPES, generate
 from tests.support.redis_state import drained, xadd_events
@@ -104,3 +111,28 @@ async def test_readyz_judges_the_worker_heartbeat_by_the_redis_clock(
         async with session.get(f"{base}/readyz") as r:
             body = await r.json()
     assert body["checks"]["worker"] is True, body
+
+
+async def test_population_rebuild_under_the_weight_cap_equals_the_running_one(
+    redis_url: str, prefix: str, aredis: aioredis.Redis
+) -> None:
+    """``rebuild_population`` (``binormal recompute``) gives the pop/raw/sq/k and dominance counters that
+    apply.lua maintained event by event under the same weight cap, heavy individuals (n > W) included."""
+    keys = keys_of(prefix)
+    events = generate(6000, seed=43, ids=12)  # ~100-200 events per individual and scope: many past W
+    await xadd_events(aredis, keys, events)
+    async with running_worker(worker_settings(redis_url, prefix, weight_cap=100)):
+        await wait_for(lambda: drained(aredis, keys), timeout=60, what="drain")
+    heavy = 0
+    for scope in await list_scopes(aredis, keys):
+        names = ("pop", "raw", "sq", "k")
+        running = {n: await aredis.hgetall(keys.scope_key(scope, n)) for n in names}
+        dom = await aredis.hgetall(keys.scope_key(scope, "dom"))
+        per_id = Counter(e.id for e in events if e.scope == scope)
+        heavy += sum(1 for n in per_id.values() if n > 100)
+        await aredis.delete(*(keys.scope_key(scope, n) for n in names))  # rebuilt from the individuals alone
+        await rebuild_population(aredis, keys, scope, frozenset(), weight_cap=100)
+        assert {n: await aredis.hgetall(keys.scope_key(scope, n)) for n in names} == running
+        rebuilt = await aredis.hgetall(keys.scope_key(scope, "dom"))
+        assert (rebuilt[b"events"], rebuilt[b"top_n"]) == (dom[b"events"], dom[b"top_n"])
+    assert heavy > 0  # the cap was exercised

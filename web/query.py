@@ -5,14 +5,17 @@ Read-only views of what the workers stored (docs/openapi.yaml documents them):
 - ``GET /api/scopes``: every scope with its number of individuals and actions, and
   ``dominated`` (``{id, share}`` while one individual has more than
   ``BINORMAL_DOMINANCE_SHARE`` of its events, else null; kept by apply.lua).
-- ``GET /api/outliers?org=&source=&pop=&limit=``: the highest current scores of
+- ``GET /api/outliers?org=&source=&pop=&limit=[&muted=1]``: the highest current scores of
   a scope (ZREVRANGE of its rank zset). Within a scope zscore is an increasing
   function of score (same mean and sigma for everyone), so the top scores are
-  the top zscores. Each comes with its top reasons (``Snapshot.explain``); the
-  scope's ``dominated`` flag as in ``/api/scopes``.
+  the top zscores. Each comes with its top reasons (``Snapshot.explain``) and
+  ``muted``; muted rows (a mute rule on the id, or on the action of its top
+  reason: web/rules.py) are left out unless ``muted=1``; the scope's
+  ``dominated`` flag as in ``/api/scopes``.
 - ``GET /api/individual?org=&source=&pop=&id=``: per action of the scope, the
   individual's count, the normalised count ``x'``, the expected count
-  ``n' * p_a`` and the bits it contributes; plus score, zscore and count.
+  ``n' * p_a`` and the bits it contributes; plus score, zscore and count, whether
+  it is ``muted`` or ``excluded`` from learning, and the analysts' ``feedback``.
 
 The score is the one the worker last committed; zscore is computed from the
 scope's current aggregates, and reasons from the current population counts,
@@ -31,9 +34,11 @@ from binormal.common.http import ApiError, json_response
 from binormal.common.keys import Scope
 from binormal.common.redisapp import REDIS
 from binormal.common.result import r3
+from binormal.common.rules import read_mark
 from binormal.common.schema import LIMITS
 from binormal.common.scoring import Snapshot, normalise, zscore
 from binormal.common.store import read_individual, read_scope, scope_summaries, top_individuals
+from binormal.web.rules import rules_of, setup_rules
 from binormal.web.settings import WebSettings
 
 _QUERY_SETTINGS = web.AppKey("binormal_query_settings", WebSettings)
@@ -50,6 +55,7 @@ def setup_query(app: web.Application, settings: WebSettings) -> None:
     app.router.add_get("/api/scopes", scopes)
     app.router.add_get("/api/outliers", outliers)
     app.router.add_get("/api/individual", individual)
+    setup_rules(app, settings.keys)
 
 
 def single_query(request: web.Request, name: str) -> str | None:
@@ -124,20 +130,33 @@ async def outliers(request: web.Request) -> web.Response:
     view = await read_scope(client, handle.keys, scope)
     if view is None:
         raise _unknown_scope(scope)
+    show_muted = _flag(request, "muted")
+    rules = await rules_of(request)
     cap = request.app[_QUERY_SETTINGS].cap
     snap = Snapshot(view.pop, cap=cap)
     agg = view.agg
-    rows = await top_individuals(client, handle.keys, scope, limit)
-    items = [
-        {
-            "id": ident,
-            "score": r3(score),
-            "count": sum(counts.values()),
-            "zscore": r3(zscore(score, agg.n, agg.total, agg.total_sq)),
-            "reasons": snap.explain(counts, REASONS),
-        }
-        for ident, score, counts in rows
-    ]
+    # Muted ids are read and dropped: read that many more so the limit is still filled.
+    extra = 0 if show_muted else rules.muted_in(scope) + (limit if rules.muted_actions else 0)
+    rows = await top_individuals(client, handle.keys, scope, limit + extra)
+    items: list[dict[str, Any]] = []
+    for ident, score, counts in rows:
+        reasons = snap.explain(counts, REASONS)
+        top = str(reasons[0]["action"]) if reasons else None
+        muted = rules.is_muted(scope, ident) or (top is not None and rules.is_muted_action(scope, top))
+        if muted and not show_muted:
+            continue
+        items.append(
+            {
+                "id": ident,
+                "score": r3(score),
+                "count": sum(counts.values()),
+                "zscore": r3(zscore(score, agg.n, agg.total, agg.total_sq)),
+                "reasons": reasons,
+                "muted": muted,
+            }
+        )
+        if len(items) >= limit:
+            break
     mean, std = _mean_std(agg.n, agg.total, agg.total_sq)
     return json_response(
         {
@@ -194,10 +213,14 @@ async def individual(request: web.Request) -> web.Response:
         )
     rows.sort(key=lambda r: (-r["bits"], r["action"]))
     agg = view.agg
+    rules = await rules_of(request)
     return json_response(
         {
             **_scope_dict(scope),
             "id": ident,
+            "muted": rules.is_muted(scope, ident),
+            "excluded": rules.is_excluded(scope, ident),
+            "feedback": await read_mark(client, handle.keys, scope, ident),
             "count": sum(counts.values()),
             "normalised_count": n_norm,
             "score": r3(score),
@@ -207,6 +230,16 @@ async def individual(request: web.Request) -> web.Response:
             "truncated": len(rows) > limit,
         }
     )
+
+
+def _flag(request: web.Request, name: str) -> bool:
+    """A ``0``/``1`` query flag (absent: false); ``400`` naming it otherwise."""
+    raw = single_query(request, name)
+    if raw is None or raw == "0":
+        return False
+    if raw == "1":
+        return True
+    raise ApiError(400, f"{name}: must be 0 or 1", name)
 
 
 def _mean_std(n: int, total: float, total_sq: float) -> tuple[float, float]:

@@ -36,8 +36,9 @@ from redis.exceptions import NoScriptError, ResponseError
 from binormal.common.connection import execute_raw
 from binormal.common.keys import Keyspace, Scope, fingerprint
 from binormal.common.result import make_result
+from binormal.common.rules import RuleCache
 from binormal.common.schema import Event, InvalidEvent, action_cap_reason, parse_entry
-from binormal.common.scoring import Snapshot
+from binormal.common.scoring import Snapshot, excluded_view
 from binormal.common.scripts import (
     Already,
     Applied,
@@ -98,6 +99,7 @@ class Entry:
     ikey: str = ""  # the individual's counts hash (keys.individual)
     fp: bytes = b""  # fingerprint of (id, action): tells a reused event_id from a retry
     note: dict[str, Any] | None = None  # what its reply_to waiter is told instead of a result
+    excluded: bool = False  # an exclude rule covers its individual: not learnt from (common/rules.py)
 
 
 @dataclass
@@ -147,6 +149,7 @@ class BatchProcessor:
     guard: Guard = field(default_factory=Guard)  # weight cap W and the dominance flag (apply.lua)
     counters: Counters = field(default_factory=Counters)
     snapshots: OrderedDict[Scope, tuple[Snapshot, float]] = field(default_factory=OrderedDict)
+    rules: RuleCache | None = None  # mutes and excludes (re-read when their version moves), None: no rules
 
     def validate(self, entries: Sequence[Entry]) -> None:
         """Parse each entry, or set its dead-letter reason.
@@ -239,6 +242,12 @@ class BatchProcessor:
         good = [e for e in entries if e.reason is None and e.event is not None]
         if not good:
             return []
+        if self.rules is not None:
+            await self.rules.refresh(client)  # one GET at most every 0.5 s, a re-read only on a change
+            if self.rules.excluded:
+                for e in good:
+                    assert e.scope is not None and e.event is not None
+                    e.excluded = self.rules.is_excluded(e.scope, e.event.id)
         dups: list[Entry] = []
         applied = await self._apply(client, good, dups)
         results: list[tuple[Entry, dict[str, Any]]] = []
@@ -380,6 +389,7 @@ class BatchProcessor:
                         ttl,
                         e.id + b" " + e.fp,
                         ev.id,
+                        1 if e.excluded else 0,
                     )
                 )
             keys, args = Apply.pack(head, k.group, want_pop, self.max_actions, items, self.guard)
@@ -448,7 +458,7 @@ class BatchProcessor:
         its uncommitted mark gets it repaired later.
         """
         if self.snapshot_max_age_ms == 0:
-            return [Ready(e, a, Snapshot(a.pop or {}, cap=self.cap)) for e, a in applied]
+            return [Ready(e, a, self._view(e, a, Snapshot(a.pop or {}, cap=self.cap))) for e, a in applied]
         stale: dict[Scope, int] = {}
         for e, a in applied:
             assert e.scope is not None and e.event is not None
@@ -457,8 +467,8 @@ class BatchProcessor:
                 stale[e.scope] = e.shard
                 continue
             snap, counts = got[0], a.counts
-            if snap.covers(counts):
-                continue
+            if snap.covers(counts) or e.excluded:
+                continue  # an excluded individual's own actions are added to a copy (_view)
             missing = [x for x in counts if x not in snap.counts]
             if missing == [e.event.action]:
                 # Only the entry's own action is new to the snapshot, and the apply
@@ -483,8 +493,13 @@ class BatchProcessor:
             if got is None:
                 log.error("left_unscored", entry_id=e.id.decode(), reason="no population snapshot")
                 continue
-            ready.append(Ready(e, a, got[0]))
+            ready.append(Ready(e, a, self._view(e, a, got[0])))
         return ready
+
+    @staticmethod
+    def _view(e: Entry, a: Applied, snap: Snapshot) -> Snapshot:
+        """The snapshot ``e`` is scored against: ``snap``, or for an excluded individual its view."""
+        return excluded_view(snap, a.counts) if e.excluded else snap
 
     async def _score_and_commit(self, client: aioredis.Redis, ready: list[Ready]) -> list[tuple[Entry, dict[str, Any]]]:
         """Score each applied entry, commit the scores (``commit.lua``), build results."""
@@ -523,7 +538,8 @@ class BatchProcessor:
                     # state of this individual; its rank score stays the newer one.
                     self.counters.stale_scores += 1
                 ts = ev.ts if ev.ts is not None else entry_ms(e.id)
-                out.append((e, make_result(ev, a.counts, score, explain, reply.agg, a.stats, ts)))
+                muted = self.rules is not None and self.rules.is_muted(e.scope or ev.scope, ev.id, ev.action)
+                out.append((e, make_result(ev, a.counts, score, explain, reply.agg, a.stats, ts, muted=muted)))
         return out
 
     def _build_commit(self, pipe: Commands, shard: int, scores: Sequence[Score]) -> None:
@@ -572,7 +588,10 @@ class BatchProcessor:
             if got is None:
                 continue  # its population could not be read (logged by _store_snapshots)
             counts = pairs_int(raw)
-            score = got[0].assess(counts, 0)[0]
+            snap = got[0]
+            if self.rules is not None and self.rules.is_excluded(scope, ident):
+                snap = excluded_view(snap, counts)
+            score = snap.assess(counts, 0)[0]
             kp = self.keys.scope_prefix(scope, shard)
             scores.append(Score(kp, ident, score, sum(counts.values()), entry_id.decode(), ikey.decode("utf-8")))
         done = 0

@@ -20,6 +20,7 @@ import structlog
 from redis.exceptions import ResponseError
 
 from binormal.common.connection import TRANSIENT, execute_raw, make_client, wait_until_up
+from binormal.common.rules import RuleCache
 from binormal.common.scripts import Scripts
 from binormal.common.store import heartbeat_ages, redis_now_ms
 from binormal.worker.batch import BatchProcessor, Counters, Entry
@@ -54,6 +55,7 @@ class Worker:
             explain_limit=settings.explain_limit,
             max_actions=settings.max_actions,
             guard=settings.guard,
+            rules=RuleCache(self.keys),
         )
         self._stream_shard = {s.encode(): i for i, s in enumerate(self.keys.streams())}
         self._backlog: dict[bytes, bytes] = {}

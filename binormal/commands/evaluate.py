@@ -8,16 +8,39 @@ from binormal.commands import Subparsers
 
 
 def register(sub: Subparsers) -> None:
-    """Add ``evaluate EVENTS LABELS [--json] [--cap N]``."""
+    """Add ``evaluate EVENTS LABELS [--json] [--cap N]`` and ``evaluate --feedback OUT.csv``."""
     s = sub.add_parser("evaluate", help="ROC-AUC, AP and precision of each score on labelled events")
-    s.add_argument("events", help="NDJSON events, replayed in file order (.gz accepted, - for stdin)")
-    s.add_argument("labels", help="CSV id,label[,kind]: 1 = anomalous; ids without a label are not counted")
+    s.add_argument("events", nargs="?", help="NDJSON events, replayed in file order (.gz accepted, - for stdin)")
+    s.add_argument("labels", nargs="?", help="CSV id,label[,kind]: 1 = anomalous; ids without a label are not counted")
+    s.add_argument(
+        "--feedback",
+        metavar="OUT.csv",
+        help="write the analysts' marks in Redis (binormal rules) as labels id,label (confirmed 1, benign 0; - stdout)",
+    )
     s.add_argument("--json", action="store_true", help="one JSON object instead of the table")
     s.add_argument("--cap", type=int, default=100, help="normalisation cap N")
 
 
 def run(args: argparse.Namespace) -> int:
-    """Replay the events and print the metrics."""
+    """Export the feedback (``--feedback``), then replay the events and print the metrics (if given)."""
+    import sys
+
+    if args.feedback is not None:
+        from redis.exceptions import RedisError
+
+        from binormal.feedback import export_feedback
+
+        try:
+            rows = export_feedback(args.feedback)
+        except (RedisError, OSError) as exc:
+            sys.stderr.write(f"binormal evaluate --feedback: {exc}\n")
+            return 3
+        sys.stderr.write(f"{rows} labels written to {args.feedback}\n")
+        if args.events is None:
+            return 0
+    if args.events is None or args.labels is None:
+        sys.stderr.write("binormal evaluate: EVENTS and LABELS are required (unless --feedback OUT.csv alone)\n")
+        return 2
     from binormal.evaluate import main_evaluate
 
     return main_evaluate(args.events, args.labels, args.json, args.cap)

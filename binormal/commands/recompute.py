@@ -1,4 +1,8 @@
-"""``binormal recompute``: rebuild every scope's score aggregates from scratch (bounds float drift)."""
+"""``binormal recompute``: rebuild every scope's score aggregates from scratch (bounds float drift).
+
+Scopes with an exclude rule (``binormal rules``) also get their population counts rebuilt
+without the excluded ids; ``--population`` rebuilds those of every scope.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,13 @@ from binormal.commands import Subparsers
 
 def register(sub: Subparsers) -> None:
     """Add ``recompute`` (REDIS_URL, BINORMAL_PREFIX, BINORMAL_SHARDS from the environment)."""
-    sub.add_parser("recompute", help="rebuild every scope's score aggregates from scratch (bounds float drift)")
+    p = sub.add_parser("recompute", help="rebuild every scope's score aggregates from scratch (bounds float drift)")
+    p.add_argument(
+        "--population",
+        action="store_true",
+        help="also rebuild every scope's population counts from its individuals (scopes with an exclude "
+        "rule always are, without the excluded ids)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -20,18 +30,21 @@ def run(args: argparse.Namespace) -> int:
 
     import orjson
 
-    from binormal.common.config import ServiceSettings, from_env
+    from binormal.common.config import from_env
     from binormal.common.connection import make_client
     from binormal.common.keys import Keyspace
     from binormal.common.store import recompute_all
+    from binormal.worker.settings import WorkerSettings
 
-    settings = from_env(ServiceSettings)
+    # The workers' settings: the population is rebuilt under their BINORMAL_WEIGHT_CAP.
+    settings = from_env(WorkerSettings)
     keys = Keyspace(prefix=settings.prefix, shards=settings.shards)
 
     async def go() -> list[dict[str, Any]]:
         client = make_client(settings.redis_url)
         try:
-            return await recompute_all(client, keys)
+            population = bool(getattr(args, "population", False))
+            return await recompute_all(client, keys, population=population, weight_cap=settings.weight_cap)
         finally:
             await client.aclose()
 

@@ -27,12 +27,15 @@
 -- ARGV[4] weight cap W (BINORMAL_WEIGHT_CAP; 0 = off)
 -- ARGV[5] dominance share (BINORMAL_DOMINANCE_SHARE)
 -- ARGV[6] raw events a scope needs before it is flagged (BINORMAL_DOMINANCE_MIN_EVENTS)
--- then per entry i (base a = 6 + 6*(i-1)):
+-- then per entry i (base a = 6 + 7*(i-1)):
 --   ARGV[a+1] entry id  ARGV[a+2] action  ARGV[a+3] scope token
 --   ARGV[a+4] seconds the event_id's marker lives, '0' when the entry has no
 --             event_id (its marker key is then a placeholder, never touched)
 --   ARGV[a+5] the marker's value: '<entry id> <fingerprint of id NUL action>'
 --   ARGV[a+6] the individual's id (kept in the dom hash when it is the scope's top)
+--   ARGV[a+7] '1' when the individual is excluded from learning (a rule): its
+--             own hash is counted; the population's pop/raw/sq/k are only read
+--             and the scope's dominance hash is left alone
 --
 -- Returns one item per entry: {0} already applied; {2, marker value} duplicate
 -- event_id (acked, not counted; the value is the first entry's, so the caller
@@ -88,10 +91,10 @@ local max_actions = tonumber(ARGV[3])
 local w = tonumber(ARGV[4])
 local dom_share = tonumber(ARGV[5])
 local dom_min = tonumber(ARGV[6])
-local entries = (#ARGV - 6) / 6
+local entries = (#ARGV - 6) / 7
 for i = 1, entries do
   local b = 4 + 7 * (i - 1)
-  local a = 6 + 6 * (i - 1)
+  local a = 6 + 7 * (i - 1)
   local id = ARGV[a + 1]
   local action = ARGV[a + 2]
   local bad = wrong(KEYS[2], 'set') or wrong(KEYS[3], 'hash') or wrong(KEYS[b + 1], 'hash')
@@ -128,72 +131,84 @@ for i = 1, entries do
       for j = 2, #ind, 2 do
         total = total + tonumber(ind[j])
       end
-      -- >>> population update: pop (C_a), raw (s1), sq (S2_a), k (K_a) >>>
-      local c
-      if w == 0 or total <= w then
-        c = redis.call('HINCRBY', KEYS[b + 1], action, 1)
-      else
-        -- c(after) - c(before) over the individual's own actions (before: one
-        -- event fewer of this action); only changed fields are written, but
-        -- the event's action always is (so a new action gets its 0 field).
-        local m = total - 1
-        for j = 1, #ind, 2 do
-          local f = ind[j]
-          local xa = tonumber(ind[j + 1])
-          local xb = xa
-          if f == action then
-            xb = xa - 1
-          end
-          local before = xb
-          if m > w then
-            before = share_of(xb, w, m)
-          end
-          local delta = share_of(xa, w, total) - before
-          if f == action then
-            c = redis.call('HINCRBY', KEYS[b + 1], f, delta)
-          elseif delta ~= 0 then
-            redis.call('HINCRBY', KEYS[b + 1], f, delta)
-          end
-        end
-      end
-      -- action z-scores stay over raw counts: s1 is kept apart once pop is capped
-      local s1 = c
-      if w > 0 then
-        s1 = redis.call('HINCRBY', KEYS[b + 6], action, 1)
-      end
-      -- count k -> k+1 adds (k+1)^2 - k^2 = 2k+1 = 2x-1 to the sum of squares
-      local s2 = redis.call('HINCRBY', KEYS[b + 2], action, 2 * x - 1)
-      local k
-      if x == 1 then
-        k = redis.call('HINCRBY', KEYS[b + 3], action, 1)
-      else
-        k = tonumber(redis.call('HGET', KEYS[b + 3], action))
-      end
-      -- <<< population update (end) <<<
-      -- >>> dominance: raw events of the scope and its top individual >>>
-      local events = redis.call('HINCRBY', KEYS[b + 7], 'events', 1)
-      local d = redis.call('HMGET', KEYS[b + 7], 'top_n', 'top', 'flag')
-      local top_n, top = tonumber(d[1]) or 0, d[2]
-      if total > top_n then
-        top_n, top = total, ARGV[a + 6]
-        redis.call('HSET', KEYS[b + 7], 'top_n', total)
-        if d[2] ~= top then
-          redis.call('HSET', KEYS[b + 7], 'top', top)
-        end
-      end
+      local c, s1, s2, k
       local dominated = 0
-      -- the same double comparison as engine.py: is_dominated
-      if events >= dom_min and top_n / events > dom_share then
-        if d[3] ~= top then
-          redis.call('HSET', KEYS[b + 7], 'flag', top)
+      if ARGV[a + 7] == '1' then
+        -- excluded from learning (a rule): the population's sums are read, not
+        -- moved, and the individual does not weigh in the scope's dominance
+        c = tonumber(redis.call('HGET', KEYS[b + 1], action) or 0)
+        s1 = c
+        if w > 0 then
+          s1 = tonumber(redis.call('HGET', KEYS[b + 6], action) or 0)
         end
-        if redis.call('HSETNX', KEYS[b + 7], 'logged', top) == 1 then
-          dominated = {top, top_n, events}
+        s2 = tonumber(redis.call('HGET', KEYS[b + 2], action) or 0)
+        k = tonumber(redis.call('HGET', KEYS[b + 3], action) or 0)
+        redis.call('SADD', KEYS[2], ARGV[a + 3])
+      else
+        -- >>> population update: pop (C_a), raw (s1), sq (S2_a), k (K_a) >>>
+        if w == 0 or total <= w then
+          c = redis.call('HINCRBY', KEYS[b + 1], action, 1)
+        else
+          -- c(after) - c(before) over the individual's own actions (before: one
+          -- event fewer of this action); only changed fields are written, but
+          -- the event's action always is (so a new action gets its 0 field).
+          local m = total - 1
+          for j = 1, #ind, 2 do
+            local f = ind[j]
+            local xa = tonumber(ind[j + 1])
+            local xb = xa
+            if f == action then
+              xb = xa - 1
+            end
+            local before = xb
+            if m > w then
+              before = share_of(xb, w, m)
+            end
+            local delta = share_of(xa, w, total) - before
+            if f == action then
+              c = redis.call('HINCRBY', KEYS[b + 1], f, delta)
+            elseif delta ~= 0 then
+              redis.call('HINCRBY', KEYS[b + 1], f, delta)
+            end
+          end
         end
-      elseif d[3] then
-        redis.call('HDEL', KEYS[b + 7], 'flag')
+        -- action z-scores stay over raw counts: s1 is kept apart once pop is capped
+        s1 = c
+        if w > 0 then
+          s1 = redis.call('HINCRBY', KEYS[b + 6], action, 1)
+        end
+        -- count k -> k+1 adds (k+1)^2 - k^2 = 2k+1 = 2x-1 to the sum of squares
+        s2 = redis.call('HINCRBY', KEYS[b + 2], action, 2 * x - 1)
+        if x == 1 then
+          k = redis.call('HINCRBY', KEYS[b + 3], action, 1)
+        else
+          k = tonumber(redis.call('HGET', KEYS[b + 3], action))
+        end
+        -- <<< population update (end) <<<
+        -- >>> dominance: raw events of the scope and its top individual >>>
+        local events = redis.call('HINCRBY', KEYS[b + 7], 'events', 1)
+        local d = redis.call('HMGET', KEYS[b + 7], 'top_n', 'top', 'flag')
+        local top_n, top = tonumber(d[1]) or 0, d[2]
+        if total > top_n then
+          top_n, top = total, ARGV[a + 6]
+          redis.call('HSET', KEYS[b + 7], 'top_n', total)
+          if d[2] ~= top then
+            redis.call('HSET', KEYS[b + 7], 'top', top)
+          end
+        end
+        -- the same double comparison as engine.py: is_dominated
+        if events >= dom_min and top_n / events > dom_share then
+          if d[3] ~= top then
+            redis.call('HSET', KEYS[b + 7], 'flag', top)
+          end
+          if redis.call('HSETNX', KEYS[b + 7], 'logged', top) == 1 then
+            dominated = {top, top_n, events}
+          end
+        elseif d[3] then
+          redis.call('HDEL', KEYS[b + 7], 'flag')
+        end
+        -- <<< dominance (end) <<<
       end
-      -- <<< dominance (end) <<<
       redis.call('HSET', KEYS[3], KEYS[b + 4], id)
       if s1 == 1 then
         -- first time this action is seen in the scope (so also its first event)

@@ -145,13 +145,14 @@ async function loadScopes() {
     see("pop", s.pop);
   }
   for (const s of list.slice(0, PREFILL_SCOPES)) {
-    const q = new URLSearchParams({ org: s.org, source: s.source, pop: s.pop, limit: "10" });
+    // muted=1: muted individuals are listed too, and shown as muted (never red).
+    const q = new URLSearchParams({ org: s.org, source: s.source, pop: s.pop, limit: "10", muted: "1" });
     try {
       const data = await getJSON(`/api/outliers?${q}`);
       for (const o of data.outliers ?? []) {
         // Only fills gaps: a live result for the same id replaces it.
         outliers.offer({ org: s.org, source: s.source, pop: s.pop, id: o.id, zscore: o.zscore,
-          score: o.score, count: o.count, explain: o.reasons }, true);
+          score: o.score, count: o.count, explain: o.reasons, muted: o.muted }, true);
       }
       panelDirty = true;
     } catch { /* scope vanished or API down: live results still arrive */ }
@@ -174,7 +175,7 @@ function onResults(results) {
       counters.filtered++;
       continue;
     }
-    const isRed = z >= state.red;
+    const isRed = z >= state.red && r.muted !== true; // muted (a mute rule): never an outlier
     if (isRed) counters.queuedRed++;
     sampler.push(r, isRed);
   }

@@ -140,8 +140,9 @@ export class Matrix {
       ctx.fillStyle = "#000";
       ctx.fillRect(x, y, s, s);
       const z = Number(r.zscore);
-      if (z >= red) reds++;
-      ctx.fillStyle = colorFor(z, red);
+      const muted = r.muted === true; // a mute rule: never drawn as an outlier (dim green)
+      if (z >= red && !muted) reds++;
+      ctx.fillStyle = muted ? COLORS.dim : colorFor(z, red);
       ctx.fillText(glyphFor(r.action), x + s / 2, y, s);
     }
     return reds;

@@ -50,7 +50,7 @@ export class Outliers {
     s.entries.set(id, {
       org: r.org, source: r.source, pop: r.pop, id,
       zscore: z, score: Number(r.score), count: Number(r.count),
-      reason: reasonText(r.explain), at: Date.now(),
+      reason: reasonText(r.explain), at: Date.now(), muted: r.muted === true,
     });
     this.version++;
     if (s.entries.size > 2 * this.perScope) {
@@ -102,9 +102,18 @@ export class OutlierTable {
     entries.forEach((e, i) => {
       const tr = document.createElement("tr");
       tr.dataset.index = String(i);
-      if (e.zscore >= red) tr.classList.add("red");
+      // A muted individual (a mute rule) is never shown as an outlier: dimmed and tagged instead of red.
+      if (e.muted) tr.classList.add("is-muted");
+      else if (e.zscore >= red) tr.classList.add("red");
       if (this.selected && this.selected === scopeKey(e) + SEP + e.id) tr.classList.add("selected");
-      cell(tr, e.id, "id").title = e.id;
+      const idCell = cell(tr, e.id, "id");
+      idCell.title = e.id;
+      if (e.muted) {
+        const tag = document.createElement("span");
+        tag.className = "tag";
+        tag.textContent = "muted";
+        idCell.appendChild(tag);
+      }
       cell(tr, e.pop ?? "", "pop").title = `${e.org} / ${e.source} / ${e.pop}`;
       cell(tr, fmt(e.zscore), "num z");
       cell(tr, fmt(e.score, 1), "num");
@@ -144,6 +153,29 @@ export function profileRows(data) {
   return rows;
 }
 
+/** Text of the analysts' rules and feedback on an /api/individual answer: muted, excluded, the mark. */
+export function ruleTexts(data) {
+  const out = [];
+  if (data.muted === true) out.push(["muted", "muted"]);
+  if (data.excluded === true) out.push(["excluded", "excluded from learning"]);
+  const fb = data.feedback;
+  if (fb && typeof fb === "object") {
+    const when = Number.isFinite(Number(fb.at)) ? new Date(Number(fb.at)).toISOString().slice(0, 16).replace("T", " ") : "";
+    const note = fb.note ? `: ${fb.note}` : "";
+    out.push([`feedback ${fb.label}`, `${fb.label} by ${fb.by ?? "?"} ${when}${note}`]);
+  }
+  return out;
+}
+
+function ruleTags(data) {
+  return ruleTexts(data).map(([cls, text]) => {
+    const tag = document.createElement("span");
+    tag.className = `tag ${cls}`;
+    tag.textContent = text;
+    return tag;
+  });
+}
+
 /** Profile section: fetches /api/individual and draws counts vs expected and bits as bars. */
 export class Profile {
   constructor(root) {
@@ -152,6 +184,7 @@ export class Profile {
     this.meta = root.querySelector("#profile-meta");
     this.status = root.querySelector("#profile-status");
     this.chart = root.querySelector("#profile-chart");
+    this.rules = root.querySelector("#profile-rules");
     this.pending = null;
   }
 
@@ -161,6 +194,7 @@ export class Profile {
     this.meta.textContent = `${entry.org} / ${entry.source} / ${entry.pop}`;
     this.status.textContent = "loading\u2026";
     this.chart.replaceChildren();
+    if (this.rules) this.rules.replaceChildren();
     const q = new URLSearchParams({ org: entry.org ?? "", source: entry.source ?? "", pop: entry.pop ?? "", id: entry.id });
     const ctl = new AbortController();
     if (this.pending) this.pending.abort();
@@ -185,6 +219,7 @@ export class Profile {
     const score = Number(data.score ?? entry.score);
     const count = data.count ?? data.n ?? entry.count;
     this.status.textContent = `zscore ${fmt(z)} \u00b7 score ${fmt(score, 1)} bits \u00b7 ${count} events`;
+    if (this.rules) this.rules.replaceChildren(...ruleTags(data));
     const rows = profileRows(data);
     const maxCount = Math.max(1, ...rows.map((r) => Math.max(r.normalised, r.expected)));
     const maxBits = Math.max(1e-9, ...rows.map((r) => r.bits));
