@@ -53,6 +53,8 @@ class Worker:
             dead_maxlen=settings.dead_maxlen,
             explain_limit=settings.explain_limit,
             max_actions=settings.max_actions,
+            min_events=settings.min_events,
+            min_individuals=settings.min_individuals,
         )
         self._stream_shard = {s.encode(): i for i, s in enumerate(self.keys.streams())}
         self._backlog: dict[bytes, bytes] = {}
