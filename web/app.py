@@ -63,7 +63,7 @@ from binormal.web.settings import WebSettings
 
 log = structlog.get_logger("binormal.web")
 
-# The seed's response keys in the seed's order, then ours (org, event_id, explain).
+# The seed's response keys in the seed's order, then ours (org, event_id, explain, the calibrated fields).
 RESPONSE_KEYS = (
     "score",
     "count",
@@ -78,6 +78,11 @@ RESPONSE_KEYS = (
     "org",
     "event_id",
     "explain",
+    "pscore",
+    "rzscore",
+    "learning",
+    "novel",
+    "new_action",
 )
 DUPLICATE_POLL_S = 0.01  # a duplicate's first result may still be in flight: re-read its stored copy this often
 

@@ -3,10 +3,11 @@
 Read-only views of what the workers stored (docs/openapi.yaml documents them):
 
 - ``GET /api/scopes``: every scope with its number of individuals and actions.
-- ``GET /api/outliers?org=&source=&pop=&limit=``: the highest current scores of
-  a scope (ZREVRANGE of its rank zset). Within a scope zscore is an increasing
-  function of score (same mean and sigma for everyone), so the top scores are
-  the top zscores. Each comes with its top reasons (``Snapshot.explain``).
+- ``GET /api/outliers?org=&source=&pop=&limit=&exclude_learning=``: the highest
+  current scores of a scope (ZREVRANGE of its rank zset). Within a scope zscore
+  is an increasing function of score (same mean and sigma for everyone), so the
+  top scores are the top zscores. Each comes with its top reasons
+  (``Snapshot.explain``); ``exclude_learning=1`` leaves out ``learning`` ones.
 - ``GET /api/individual?org=&source=&pop=&id=``: per action of the scope, the
   individual's count, the normalised count ``x'``, the expected count
   ``n' * p_a`` and the bits it contributes; plus score, zscore and count.
@@ -14,6 +15,9 @@ Read-only views of what the workers stored (docs/openapi.yaml documents them):
 The score is the one the worker last committed; zscore is computed from the
 scope's current aggregates, and reasons from the current population counts,
 so they can differ slightly from the last ``/discrete`` answer for that id.
+Every individual row also has ``pscore`` (exact, from the rank zset),
+``rzscore`` (the median and MAD a worker last sampled) and ``learning``
+(common/calibration.py).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from typing import Any
 
 from aiohttp import web
 
+from binormal.common.calibration import Rank, Robust, is_learning
 from binormal.common.guard import principal_of, require_org
 from binormal.common.http import ApiError, json_response
 from binormal.common.keys import Scope
@@ -30,7 +35,14 @@ from binormal.common.redisapp import REDIS
 from binormal.common.result import r3
 from binormal.common.schema import LIMITS
 from binormal.common.scoring import Snapshot, normalise, zscore
-from binormal.common.store import read_individual, read_scope, scope_summaries, top_individuals
+from binormal.common.store import (
+    ranks_of,
+    read_individual,
+    read_robust,
+    read_scope,
+    scope_summaries,
+    top_individuals,
+)
 from binormal.web.settings import WebSettings
 
 _QUERY_SETTINGS = web.AppKey("binormal_query_settings", WebSettings)
@@ -81,6 +93,31 @@ def _limit(request: web.Request, bounds: tuple[int, int]) -> int:
     return int(digits)
 
 
+_FLAGS = {"1": True, "true": True, "0": False, "false": False}
+
+
+def _flag(request: web.Request, name: str) -> bool:
+    """A boolean query parameter (``1``/``true``/``0``/``false``), False when absent; ``400`` naming it otherwise."""
+    raw = single_query(request, name)
+    if raw is None:
+        return False
+    value = _FLAGS.get(raw)
+    if value is None:
+        raise ApiError(400, f"{name}: must be 1, true, 0 or false", name)
+    return value
+
+
+def _calibrated(
+    settings: WebSettings, score: float, events: int, individuals: int, rank: Rank, robust: Robust
+) -> dict[str, Any]:
+    """The calibrated fields of one individual row (as in a worker's result)."""
+    return {
+        "pscore": r3(rank.pscore),
+        "rzscore": r3(robust.z(score)),
+        "learning": is_learning(events, individuals, settings.min_events, settings.min_individuals),
+    }
+
+
 def _scope(request: web.Request) -> Scope:
     org = _text(request, "org")
     require_org(request, org)  # 403 before anything is read
@@ -116,24 +153,32 @@ async def outliers(request: web.Request) -> web.Response:
     """``GET /api/outliers``: the scope's top individuals by current score, with reasons."""
     scope = _scope(request)
     limit = _limit(request, OUTLIERS_LIMIT)
+    exclude_learning = _flag(request, "exclude_learning")
     handle = request.app[REDIS]
     client = handle.require()
     view = await read_scope(client, handle.keys, scope)
     if view is None:
         raise _unknown_scope(scope)
-    cap = request.app[_QUERY_SETTINGS].cap
-    snap = Snapshot(view.pop, cap=cap)
+    settings = request.app[_QUERY_SETTINGS]
+    snap = Snapshot(view.pop, cap=settings.cap)
     agg = view.agg
-    rows = await top_individuals(client, handle.keys, scope, limit)
+    if exclude_learning and agg.n < settings.min_individuals:
+        rows = []  # the whole scope is still learning
+    else:
+        min_events = max(settings.min_events, 1) if exclude_learning else 0
+        rows = await top_individuals(client, handle.keys, scope, limit, min_events)
+    ranks = await ranks_of(client, handle.keys, scope, [score for _, score, _ in rows])
+    robust = await read_robust(client, handle.keys, scope)
     items = [
         {
             "id": ident,
             "score": r3(score),
             "count": sum(counts.values()),
             "zscore": r3(zscore(score, agg.n, agg.total, agg.total_sq)),
+            **_calibrated(settings, score, sum(counts.values()), agg.n, rank, robust),
             "reasons": snap.explain(counts, REASONS),
         }
-        for ident, score, counts in rows
+        for (ident, score, counts), rank in zip(rows, ranks)
     ]
     mean, std = _mean_std(agg.n, agg.total, agg.total_sq)
     return json_response(
@@ -162,8 +207,11 @@ async def individual(request: web.Request) -> web.Response:
             pop=scope.pop,
             id=ident,
         )
-    snap = Snapshot(view.pop, cap=request.app[_QUERY_SETTINGS].cap)
+    settings = request.app[_QUERY_SETTINGS]
+    snap = Snapshot(view.pop, cap=settings.cap)
     score = committed if committed is not None else snap.score(counts)
+    [rank] = await ranks_of(client, handle.keys, scope, [score])
+    robust = await read_robust(client, handle.keys, scope)
     n_norm, norm = normalise(counts, snap.cap)
     rows: list[dict[str, Any]] = []
     for action in snap.counts:
@@ -192,6 +240,7 @@ async def individual(request: web.Request) -> web.Response:
             "normalised_count": n_norm,
             "score": r3(score),
             "zscore": r3(zscore(score, agg.n, agg.total, agg.total_sq)),
+            **_calibrated(settings, score, sum(counts.values()), agg.n, rank, robust),
             "actions": rows[:limit],
             "actions_total": len(rows),
             "truncated": len(rows) > limit,
