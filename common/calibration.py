@@ -19,7 +19,7 @@ state gives the same numbers everywhere (docs/quality.md, "Calibrated scores"):
 from __future__ import annotations
 
 import bisect
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from binormal.common.config import setting
@@ -103,18 +103,66 @@ def sample_sorted(scores: Sequence[float], points: int = SAMPLE_POINTS) -> list[
     return [scores[r] for r in sample_ranks(len(scores), points)]
 
 
-def _median_sorted(values: Sequence[float]) -> float:
-    m = len(values)
+def _median_of(get: Callable[[int], float], m: int) -> float:
     half = m // 2
-    return values[half] if m % 2 else (values[half - 1] + values[half]) / 2
+    return get(half) if m % 2 else (get(half - 1) + get(half)) / 2
+
+
+def _kth_of_two(a: Callable[[int], float], la: int, b: Callable[[int], float], lb: int, k: int) -> float:
+    """The ``k``-th smallest (0-based) of two ascending sequences, in O(log) steps."""
+    lo, hi = max(0, k + 1 - lb), min(k + 1, la)
+    while True:
+        i = (lo + hi) // 2  # taken from ``a``; the other k + 1 - i from ``b``
+        j = k + 1 - i
+        if i < la and j > 0 and b(j - 1) > a(i):
+            lo = i + 1
+        elif i > 0 and j < lb and a(i - 1) > b(j):
+            hi = i - 1
+        else:
+            if i == 0:
+                return b(j - 1)
+            if j == 0:
+                return a(i - 1)
+            return max(a(i - 1), b(j - 1))
+
+
+def _robust_sorted(get: Callable[[int], float], m: int) -> Robust:
+    """Median and MAD of ``m`` ascending values ``get(0..m-1)``, without sorting the deviations.
+
+    The deviations ``|v - median|`` are two ascending runs (from the median outwards, left
+    and right), so their median is a selection over two sorted sequences. ``med - v`` is
+    exactly ``abs(v - med)`` (IEEE subtraction is sign-symmetric): the values are the ones
+    a sort of the deviations would give, bit for bit.
+    """
+    if m == 0:
+        return NO_ROBUST
+    med = _median_of(get, m)
+    lo, hi = 0, m  # p: the first index whose value is >= the median
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if get(mid) < med:
+            lo = mid + 1
+        else:
+            hi = mid
+    p = lo
+
+    def left(t: int) -> float:
+        return med - get(p - 1 - t)
+
+    def right(t: int) -> float:
+        return get(p + t) - med
+
+    half = m // 2
+    if m % 2:
+        mad = _kth_of_two(left, p, right, m - p, half)
+    else:
+        mad = (_kth_of_two(left, p, right, m - p, half - 1) + _kth_of_two(left, p, right, m - p, half)) / 2
+    return Robust(med, mad)
 
 
 def robust_of(sample: Sequence[float]) -> Robust:
     """Median and MAD (median absolute deviation) of an ascending sample; zeros for an empty one."""
-    if not sample:
-        return NO_ROBUST
-    med = _median_sorted(sample)
-    return Robust(med, _median_sorted(sorted(abs(v - med) for v in sample)))
+    return _robust_sorted(sample.__getitem__, len(sample))
 
 
 class SortedScores:
@@ -138,5 +186,9 @@ class SortedScores:
         return Rank(lo, hi - lo, len(self.values))
 
     def robust(self, points: int = SAMPLE_POINTS) -> Robust:
-        """Median and MAD of the sample of the current scores."""
-        return robust_of(sample_sorted(self.values, points))
+        """Median and MAD of the sample of the current scores (:func:`sample_ranks`), without copying it."""
+        values, n = self.values, len(self.values)
+        if n <= points:
+            return _robust_sorted(values.__getitem__, n)
+        step = points - 1
+        return _robust_sorted(lambda i: values[i * (n - 1) // step], points)

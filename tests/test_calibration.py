@@ -285,3 +285,25 @@ async def test_a_scope_below_min_individuals_is_all_learning(redis_url: str, pre
         async with s.get(url + "&exclude_learning=1") as resp:
             body = await resp.json()
             assert resp.status == 200 and body["outliers"] == [] and body["individuals"] == 1
+
+
+def test_the_selection_gives_the_median_and_mad_a_sort_gives() -> None:
+    """robust_of selects the MAD from two sorted runs; it must be the sorted deviations' median, bit for bit."""
+    rng = random.Random(8)
+    for trial in range(3000):
+        m = rng.randrange(1, 60)
+        kind = trial % 3
+        if kind == 0:
+            values = sorted(rng.random() * 100 for _ in range(m))
+        elif kind == 1:
+            values = sorted(float(rng.randrange(4)) for _ in range(m))  # many ties, MAD often 0
+        else:
+            values = sorted(rng.lognormvariate(0, 2) * 1e-3 for _ in range(m))  # values that round
+        med = statistics.median(values)
+        want = Robust(med, statistics.median(sorted(abs(v - med) for v in values)))
+        assert robust_of(values) == want, values
+        ranked = SortedScores()
+        for v in values:
+            ranked.replace(None, v)
+        assert ranked.robust() == want
+        assert ranked.robust(points=9) == robust_of(sample_sorted(values, 9))  # the sampled path
