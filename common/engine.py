@@ -11,6 +11,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from binormal.common.calibration import (
+    DEFAULT_MIN_EVENTS,
+    DEFAULT_MIN_INDIVIDUALS,
+    NO_ROBUST,
+    Robust,
+    SortedScores,
+    is_learning,
+)
 from binormal.common.keys import Scope
 from binormal.common.result import ActionStats, Aggregates, make_result
 from binormal.common.schema import Event
@@ -31,6 +39,8 @@ class ScopeState:
     individuals: dict[str, dict[str, int]] = field(default_factory=dict)
     scores: dict[str, float] = field(default_factory=dict)
     agg: Aggregates = field(default_factory=Aggregates)
+    ranked: SortedScores = field(default_factory=SortedScores)  # the rank zset's scores, ascending
+    robust: Robust = NO_ROBUST  # median and MAD of ``ranked`` at the last refresh
     snapshot: Snapshot | None = None
     snapshot_age: int = 0
     events: int = 0  # raw events of the scope
@@ -54,6 +64,10 @@ class MemoryEngine:
 
     ``excluded`` holds the (scope, id) pairs excluded from learning (common/rules.py): counted in
     their own counts and scored, never in the population's counts nor in its dominance.
+    the Redis worker does with ``BINORMAL_SNAPSHOT_MAX_AGE_MS=0``. The scope's
+    median and MAD (``rzscore``) are refreshed at the same points, right after
+    the event's score is committed. ``min_events`` and ``min_individuals`` are
+    the ``learning`` thresholds.
     """
 
     def __init__(
@@ -65,6 +79,8 @@ class MemoryEngine:
         dominance_share: float = DEFAULT_DOMINANCE_SHARE,
         dominance_min_events: int = DEFAULT_DOMINANCE_MIN_EVENTS,
         excluded: Iterable[tuple[Scope, str]] = (),
+        min_events: int = DEFAULT_MIN_EVENTS,
+        min_individuals: int = DEFAULT_MIN_INDIVIDUALS,
     ) -> None:
         self.cap = cap
         self.weight_cap = check_weight_cap(cap if weight_cap is None else weight_cap, cap)
@@ -72,6 +88,8 @@ class MemoryEngine:
         self.dominance_min_events = dominance_min_events
         self.refresh_every = refresh_every
         self.explain_limit = explain_limit
+        self.min_events = min_events
+        self.min_individuals = min_individuals
         self.scopes: dict[Scope, ScopeState] = {}
         self.excluded = frozenset(excluded)
 
@@ -97,21 +115,39 @@ class MemoryEngine:
                 st.k[event.action] = st.k.get(event.action, 0) + 1
 
         snap = st.snapshot
-        if snap is None or st.snapshot_age >= self.refresh_every or (not excluded and not snap.covers(counts)):
+        refreshed = snap is None or st.snapshot_age >= self.refresh_every or (not excluded and not snap.covers(counts))
+        if refreshed:
             snap = Snapshot(dict(st.pop), cap=self.cap)
             st.snapshot, st.snapshot_age = snap, 0
+        assert snap is not None
         st.snapshot_age += 1
         if excluded:
             snap = excluded_view(snap, counts)
 
         score, explain = snap.assess(counts, self.explain_limit)
-        st.agg = st.agg.replace(st.scores.get(event.id), score)
+        old = st.scores.get(event.id)
+        st.agg = st.agg.replace(old, score)
         st.scores[event.id] = score
+        st.ranked.replace(old, score)
+        if refreshed:
+            st.robust = st.ranked.robust()
         a = event.action
         s1 = st.raw.get(a, 0) if self.weight_cap else st.pop.get(a, 0)
         stats = ActionStats(s1, st.sq.get(a, 0), st.k.get(a, 0))
         ts = event.ts if event.ts is not None else (timestamp if timestamp is not None else 0)
-        return make_result(event, counts, score, explain, st.agg, stats, ts)
+        return make_result(
+            event,
+            counts,
+            score,
+            explain,
+            st.agg,
+            stats,
+            ts,
+            rank=st.ranked.rank(score),
+            robust=st.robust,
+            min_events=self.min_events,
+            min_individuals=self.min_individuals,
+        )
 
     def run(self, events: Iterable[Event]) -> list[dict[str, Any]]:
         """Process ``events`` in order, returning every result."""
@@ -121,14 +157,18 @@ class MemoryEngine:
         """The individual's current score and zscore (as of its last event)."""
         st = self.scopes[scope]
         score = st.scores[ident]
+        events = sum(st.individuals[ident].values())
         return {
             "org": scope.org,
             "source": scope.source,
             "pop": scope.pop,
             "id": ident,
-            "count": sum(st.individuals[ident].values()),
+            "count": events,
             "score": round(score, 3),
             "zscore": round(zscore(score, st.agg.n, st.agg.total, st.agg.total_sq), 3),
+            "pscore": round(st.ranked.rank(score).pscore, 3),
+            "rzscore": round(st.robust.z(score), 3),
+            "learning": is_learning(events, st.agg.n, self.min_events, self.min_individuals),
         }
 
     def dominated(self, scope: Scope) -> dict[str, Any] | None:

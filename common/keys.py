@@ -156,6 +156,10 @@ class Keyspace:
         """A per-scope key (``pop``, ``sq``, ``k``, ``raw``, ``dom``, ``rank``, ``agg``, ``ver``)."""
         return self.scope_prefix(scope, shard) + kind
 
+    def robust(self, scope: Scope, shard: int | None = None) -> str:
+        """Hash of the scope's median and MAD of scores (``rzscore``), as the worker last sampled them."""
+        return self.scope_key(scope, "robust", shard)
+
     def individual(self, scope: Scope, ident: str, shard: int | None = None) -> str:
         """Hash of one individual's action counts."""
         return f"{self.scope_prefix(scope, shard)}i:{encode(ident)}"

@@ -12,6 +12,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from binormal.common.calibration import (
+    DEFAULT_MIN_EVENTS,
+    DEFAULT_MIN_INDIVIDUALS,
+    NO_ROBUST,
+    Rank,
+    Robust,
+    is_learning,
+)
 from binormal.common.schema import Event
 from binormal.common.scoring import action_zscore, zscore
 
@@ -61,17 +69,28 @@ def make_result(
     stats: ActionStats,
     timestamp: int,
     *,
+    rank: Rank,
+    robust: Robust = NO_ROBUST,
+    min_events: int = DEFAULT_MIN_EVENTS,
+    min_individuals: int = DEFAULT_MIN_INDIVIDUALS,
     muted: bool = False,
 ) -> dict[str, Any]:
-    """Build the seed-compatible result object (plus org, event_id, explain, muted).
+    """Build the seed-compatible result object (plus org, event_id, explain, muted and the calibrated fields).
 
     ``score`` and ``explain`` come from :meth:`Snapshot.assess` on ``counts``; ``muted`` says a
-    mute rule covers the id or the action (common/rules.py).
+    mute rule covers the id or the action (common/rules.py);
+    ``rank`` is where the committed score stands in its scope (``pscore``),
+    ``robust`` the scope's median and MAD at the last refresh (``rzscore``);
+    ``learning`` uses the thresholds ``min_events`` and ``min_individuals``
+    (docs/quality.md, "Calibrated scores"). ``novel`` and ``new_action`` follow
+    from the counts: the individual's first event of the action, and the first
+    individual of the scope doing it.
     """
     x = counts.get(event.action, 0)
+    events = sum(counts.values())
     return {
         "score": r3(score),
-        "count": sum(counts.values()),
+        "count": events,
         "zscore": r3(zscore(score, agg.n, agg.total, agg.total_sq)),
         "org": event.org,
         "source": event.source,
@@ -84,4 +103,9 @@ def make_result(
         "event_id": event.event_id or event.rid,
         "explain": explain,
         "muted": muted,
+        "pscore": r3(rank.pscore),
+        "rzscore": r3(robust.z(score)),
+        "learning": is_learning(events, agg.n, min_events, min_individuals),
+        "novel": x == 1,
+        "new_action": x == 1 and stats.k <= 1,
     }

@@ -16,6 +16,7 @@ from typing import Any, NamedTuple
 import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError
 
+from binormal.common.calibration import Rank
 from binormal.common.result import ActionStats, Aggregates
 
 LUA_DIR = Path(__file__).with_name("lua")
@@ -254,14 +255,21 @@ class Score(NamedTuple):
     events: int  # the individual's event count the score was computed at (orders its states)
     entry_id: bytes | str  # the entry it is for
     ikey: str  # the individual's key (its field in the uncommitted hash)
+    sample: int = 0  # points of the rank zset's sample to read after this score (0: none)
 
 
 @dataclass(frozen=True, slots=True)
 class Committed:
-    """A score committed (``newest``) or skipped as older than the committed one; the scope's aggregates after it."""
+    """A score committed (``newest``) or skipped as older than the committed one; the scope's aggregates after it.
+
+    ``rank`` is where the score stands in the rank zset after it (pscore);
+    ``sample`` the zset's scores at evenly spaced ranks, ascending, when asked for.
+    """
 
     agg: Aggregates
     newest: bool
+    rank: Rank = Rank()
+    sample: list[float] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -279,7 +287,7 @@ class Commit:
     LAYOUT = Layout(
         keys=("uncommitted",),
         item_keys=("rank", "agg", "ver"),
-        item_args=("ident", "score", "count", "entry_id", "ikey"),
+        item_args=("ident", "score", "count", "entry_id", "ikey", "sample"),
     )
 
     @staticmethod
@@ -287,22 +295,28 @@ class Commit:
         """KEYS and ARGV for ``scores`` (all of the shard of ``uncommitted``)."""
         keys: list[Any] = [uncommitted]
         args: list[Any] = []
-        for kp, ident, score, count, entry_id, ikey in scores:
+        for kp, ident, score, count, entry_id, ikey, sample in scores:
             keys += (kp + "rank", kp + "agg", kp + "ver")
-            args += (ident, repr(score), count, entry_id, ikey)
+            args += (ident, repr(score), count, entry_id, ikey, sample)
         return keys, args
 
     @staticmethod
     def decode(reply: Sequence[Any]) -> list[CommitReply]:
-        """One typed reply per score: ``{n, sum, sumsq, committed}`` each."""
+        """One typed reply per score: ``{n, sum, sumsq, committed, below, ties, card, sample}`` each."""
         out: list[CommitReply] = []
-        for i in range(0, len(reply), 4):
+        for i in range(0, len(reply), 8):
             committed = reply[i + 3]
             if committed == -1:
                 out.append(CommitBadState())
             else:
+                raw = reply[i + 7]
                 out.append(
-                    Committed(Aggregates(int(reply[i]), float(reply[i + 1]), float(reply[i + 2])), bool(committed))
+                    Committed(
+                        Aggregates(int(reply[i]), float(reply[i + 1]), float(reply[i + 2])),
+                        bool(committed),
+                        Rank(int(reply[i + 4]), int(reply[i + 5]), int(reply[i + 6])),
+                        [float(v) for v in raw] if raw else None,
+                    )
                 )
         return out
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from binormal.common.calibration import NO_ROBUST, Rank, Robust
 from binormal.common.keys import Keyspace, Scope
 from binormal.common.result import Aggregates
 from binormal.common.rules import list_rules
@@ -210,21 +211,67 @@ async def scope_summaries(
     return out, len(scopes)
 
 
+TOP_SCAN = 10_000  # ranks /api/outliers?exclude_learning=1 looks through at most
+
+
 async def top_individuals(
-    client: aioredis.Redis, keys: Keyspace, scope: Scope, limit: int
+    client: aioredis.Redis, keys: Keyspace, scope: Scope, limit: int, min_events: int = 0
 ) -> list[tuple[str, float, dict[str, int]]]:
-    """The ``limit`` highest current scores of a scope (ZREVRANGE of the rank zset) with their counts."""
+    """The ``limit`` highest current scores of a scope (ZREVRANGE of the rank zset) with their counts.
+
+    With ``min_events`` > 0 only individuals whose committed score was computed
+    at ``min_events`` events or more (the ``ver`` hash) are kept, looking
+    through at most ``TOP_SCAN`` ranks from the top.
+    """
     shard = keys.shard(scope)
-    rows: list[tuple[bytes, float]] = await client.zrevrange(  # type: ignore[assignment]
-        keys.scope_key(scope, "rank", shard), 0, limit - 1, withscores=True
-    )
-    if not rows:
+    rank = keys.scope_key(scope, "rank", shard)
+    kept: list[tuple[bytes, float]] = []
+    start = 0
+    page = limit if min_events <= 0 else max(2 * limit, 100)
+    while len(kept) < limit and start < TOP_SCAN:
+        rows: list[tuple[bytes, float]] = await client.zrevrange(  # type: ignore[assignment]
+            rank, start, min(start + page, TOP_SCAN) - 1, withscores=True
+        )
+        if min_events <= 0:
+            kept = rows
+            break
+        if rows:
+            events = await client.hmget(keys.scope_key(scope, "ver", shard), [m for m, _ in rows])
+            kept += [row for row, n in zip(rows, events) if int(n or 0) >= min_events]
+        if len(rows) < page:
+            break
+        start += page
+    kept = kept[:limit]
+    if not kept:
         return []
     pipe = client.pipeline(transaction=False)
-    for member, _ in rows:
+    for member, _ in kept:
         pipe.hgetall(keys.individual(scope, member.decode(), shard))
     counts = await pipe.execute()
-    return [(m.decode(), float(score), _int_hash(c)) for (m, score), c in zip(rows, counts)]
+    return [(m.decode(), float(score), _int_hash(c)) for (m, score), c in zip(kept, counts)]
+
+
+async def ranks_of(client: aioredis.Redis, keys: Keyspace, scope: Scope, scores: list[float]) -> list[Rank]:
+    """Where each score stands in the scope's rank zset (``pscore``): ZCOUNT below, ZCOUNT equal, ZCARD."""
+    if not scores:
+        return []
+    rank = keys.scope_key(scope, "rank")
+    pipe = client.pipeline(transaction=False)
+    pipe.zcard(rank)
+    for score in scores:
+        pipe.zcount(rank, "-inf", f"({score!r}")
+        pipe.zcount(rank, repr(score), repr(score))
+    raw = await pipe.execute()
+    n = int(raw[0])
+    return [Rank(int(raw[1 + 2 * i]), int(raw[2 + 2 * i]), n) for i in range(len(scores))]
+
+
+async def read_robust(client: aioredis.Redis, keys: Keyspace, scope: Scope) -> Robust:
+    """The scope's median and MAD of scores as a worker last sampled them (zeros before the first sample)."""
+    median, mad = await client.hmget(keys.robust(scope), ["median", "mad"])
+    if median is None or mad is None:
+        return NO_ROBUST
+    return Robust(float(median), float(mad))
 
 
 async def read_individual(

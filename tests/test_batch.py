@@ -91,18 +91,19 @@ async def test_commit_keeps_the_newest_state_of_an_individual(prefix: str, aredi
     async def commit(member: str, score: float, count: int) -> list[object]:
         entry_id, ikey = f"{count}-0", keys.individual(SCOPE, member)
         reply = await aredis.evalsha(
-            scripts.sha("commit"), 4, marks, rank, agg, ver, member, repr(score), count, entry_id, ikey
+            scripts.sha("commit"), 4, marks, rank, agg, ver, member, repr(score), count, entry_id, ikey, 0
         )
         return list(reply)
 
-    assert await commit("u1", 5.0, 3) == [1, b"5", b"25", 1]
-    assert await commit("u2", 1.0, 1) == [2, b"6", b"26", 1]
-    # u1's score at its 2nd event arrives after the one at its 3rd: skipped
-    assert await commit("u1", 2.0, 2) == [2, b"6", b"26", 0]
+    # {n, sum, sumsq, committed, then (issue 11) below, ties, card, no sample}
+    assert await commit("u1", 5.0, 3) == [1, b"5", b"25", 1, 0, 1, 1, []]
+    assert await commit("u2", 1.0, 1) == [2, b"6", b"26", 1, 0, 1, 2, []]
+    # u1's score at its 2nd event arrives after the one at its 3rd: skipped (2.0 is above u2's 1.0)
+    assert await commit("u1", 2.0, 2) == [2, b"6", b"26", 0, 1, 0, 2, []]
     assert await aredis.zscore(rank, "u1") == 5.0
     assert await aredis.hget(ver, "u1") == b"3"
     # the next state replaces it, and the aggregates move by the change 5 -> 1.5
-    assert await commit("u1", 1.5, 4) == [2, b"2.5", b"3.25", 1]
+    assert await commit("u1", 1.5, 4) == [2, b"2.5", b"3.25", 1, 1, 1, 2, []]
     assert await aredis.zscore(rank, "u1") == 1.5
     assert await aredis.hget(ver, "u1") == b"4"
     # the uncommitted mark goes with the commit of its own entry, not an earlier one

@@ -223,7 +223,9 @@ async def test_live_page_end_to_end(redis_url: str, prefix: str) -> None:
     page_errors: list[str] = []
     csp_reports: list[str] = []  # the page runs under the CSP (no inline script or style): nothing may be refused
     async with contextlib.AsyncExitStack() as stack:
-        await stack.enter_async_context(running_worker(worker_settings(redis_url, prefix)))
+        # 21 users: below the default BINORMAL_MIN_INDIVIDUALS (30) every result would be "learning",
+        # drawn faint; this scenario is about bright red outliers, so the threshold is lowered.
+        await stack.enter_async_context(running_worker(worker_settings(redis_url, prefix, min_individuals=5)))
         tier = await start_tier(stack, settings, port)
         base = tier.base
         http = await stack.enter_async_context(aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)))
@@ -408,6 +410,90 @@ async def _cancel(feeder: Feeder) -> None:
         feeder.task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await feeder.task
+
+
+# ------------------------------------------------------------------ calibrated scores
+
+# Faint red (a red character at the learning alpha, 0.35: about (89, 15, 15)) and the gold new-action mark.
+FAINT_JS = """() => {
+  const c = document.getElementById('matrix');
+  const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+  let red = 0, faint = 0, gold = 0;
+  for (let i = 0; i < d.length; i += 4) {
+    const r = d[i], g = d[i + 1], b = d[i + 2];
+    if (r > 110 && g < 90 && b < 90) red++;
+    else if (r > 40 && g < 35 && b < 35) faint++;
+    if (r > 200 && g > 170 && b < 60) gold++;
+  }
+  return {red, faint, gold};
+}"""
+
+
+async def test_learning_individuals_are_dimmed(redis_url: str, prefix: str) -> None:
+    """Thin evidence is never shown as certainty: learning rows are dimmed, learning reds drawn faint.
+
+    The panel rows come from real results (worker + /discrete, thresholds 5 events and 3
+    individuals); the canvas check uses results published on the broadcast channel, so
+    their zscore (red) and learning flag are known exactly.
+    """
+    executable = chromium_or_skip()
+    port = free_port()
+    settings = WebSettings(redis_url=redis_url, prefix=prefix, port=port, min_events=5, min_individuals=3)
+    page_errors: list[str] = []
+    async with contextlib.AsyncExitStack() as stack:
+        worker = worker_settings(redis_url, prefix, min_events=5, min_individuals=3)
+        await stack.enter_async_context(running_worker(worker))
+        tier = await start_tier(stack, settings, port)
+        http = await stack.enter_async_context(aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)))
+        rclient = aioredis.Redis.from_url(redis_url, protocol=2)
+        stack.push_async_callback(rclient.aclose)
+        browser = await launch_chromium(stack, executable)
+        page = await browser.new_page(viewport={"width": 1100, "height": 700})
+        page.on("pageerror", lambda e: page_errors.append(str(e)))
+        await page.goto(tier.base + "/")
+        await wait_js(page, "() => document.getElementById('conn').textContent === 'connected'")
+
+        scope = {"org": "acme", "source": "web", "pop": "users"}
+        # Round by round, so each user's last result already sees 4 individuals; "thin" comes last.
+        plan = [(f"user{i}", j) for j in range(6) for i in range(4)] + [("thin", 0), ("thin", 1)]
+        learning: dict[str, bool] = {}
+        for ident, j in plan:
+            body = dict(scope, id=ident, action=NORMAL_ACTIONS[j % 3 * 6])
+            async with http.post(tier.base + "/discrete", json=body) as resp:
+                got = await resp.json()
+                assert resp.status == 200, got
+            learning[ident] = got["learning"]
+        assert learning == {"user0": False, "user1": False, "user2": False, "user3": False, "thin": True}
+
+        # -- the panel: the learning individual's row is dimmed, the others are not
+        await wait_js(page, "() => document.querySelectorAll('#outliers-body tr').length === 5")
+        styles = await page.evaluate(
+            "() => Object.fromEntries([...document.querySelectorAll('#outliers-body tr')].map(tr =>"
+            " [tr.querySelector('td.id').textContent, [tr.classList.contains('learning'),"
+            " Number(getComputedStyle(tr).opacity)]]))"
+        )
+        assert styles["thin"][0] is True and styles["thin"][1] < 0.6, styles
+        for ident in ("user0", "user1", "user2", "user3"):
+            assert styles[ident] == [False, 1.0], styles
+
+        # -- the canvas: red (zscore >= 3) but learning is drawn faint, never bright red
+        channel = settings.keys.broadcast_channel()
+        probe = {"org": "acme", "source": "probe", "pop": "probe", "action": "GET /probe", "score": 9.0, "count": 2}
+        drawn = (await counters(page))["drawn"]
+        lines = [orjson.dumps(dict(probe, id=f"thin{i}", zscore=6.0, learning=True)) for i in range(40)]
+        await rclient.publish(channel, b"\n".join(lines))
+        await wait_js(page, f"() => window.binormal.counters.drawn >= {drawn + 40}")
+        px = await page.evaluate(FAINT_JS)
+        assert px["red"] == 0 and px["faint"] > 50, px
+        # the same results without the flag are bright red; a new action gets its gold corner mark
+        lines = [orjson.dumps(dict(probe, id=f"sure{i}", zscore=6.0, learning=False)) for i in range(40)]
+        lines.append(orjson.dumps(dict(probe, id="newcomer", zscore=0.0, learning=False, new_action=True, novel=True)))
+        await rclient.publish(channel, b"\n".join(lines))
+        await wait_js(page, f"() => window.binormal.counters.drawn >= {drawn + 81}")
+        px = await page.evaluate(FAINT_JS)
+        assert px["red"] > 50 and px["gold"] > 0, px
+        await page.screenshot(path=str(ARTIFACTS / "live-page-learning.png")) if ARTIFACTS.is_dir() else None
+    assert page_errors == [], page_errors
 
 
 # ------------------------------------------------------------------ load

@@ -271,3 +271,51 @@ def test_an_excluded_id_is_scored_but_never_enters_the_population() -> None:
     assert [(r["score"], r["explain"], r["actionzscore"]) for r in others] == [
         (r["score"], r["explain"], r["actionzscore"]) for r in again
     ]
+
+
+def test_calibrated_fields_from_scratch() -> None:
+    """pscore, rzscore, learning, novel and new_action of every result, recomputed from the engine's state."""
+    events = engine_events(9, 2500, scopes=2, individuals=45)
+    eng = MemoryEngine(min_events=10, min_individuals=30)
+    seen: dict[Scope, set[str]] = defaultdict(set)
+    done: dict[tuple[Scope, str], set[str]] = defaultdict(set)
+    learning_seen = Counter()
+    for e in events:
+        r = eng.process(e)
+        st = eng.scopes[e.scope]
+        values = list(st.scores.values())
+        mine = st.scores[e.id]
+        below, ties = sum(v < mine for v in values), sum(v == mine for v in values)
+        assert r["pscore"] == round((below + ties / 2) / len(values), 3)
+        med = statistics.median(values)  # fewer than 1025 individuals: the sample is every score
+        mad = statistics.median([abs(v - med) for v in values])
+        assert r["rzscore"] == (0.0 if mad == 0 else round((mine - med) / (1.4826 * mad), 3))
+        learning = sum(st.individuals[e.id].values()) < 10 or len(values) < 30
+        assert r["learning"] is learning
+        learning_seen[learning] += 1
+        assert r["novel"] is (e.action not in done[(e.scope, e.id)])
+        assert r["new_action"] is (e.action not in seen[e.scope])
+        done[(e.scope, e.id)].add(e.action)
+        seen[e.scope].add(e.action)
+        cur = eng.current(e.scope, e.id)
+        assert (cur["pscore"], cur["rzscore"], cur["learning"]) == (r["pscore"], r["rzscore"], r["learning"])
+    assert learning_seen[True] > 50 and learning_seen[False] > 500
+
+
+def test_rzscore_uses_the_median_and_mad_of_the_last_refresh() -> None:
+    """Between snapshot refreshes the scope's median and MAD stay as sampled at the last refresh point."""
+    events = engine_events(2, 800, scopes=1)
+    eng = MemoryEngine(refresh_every=25)
+    changed_without_refresh = 0
+    prev: tuple[object, object] | None = None
+    for e in events:
+        st = eng.scopes.get(e.scope)
+        before = (st.snapshot, st.robust) if st is not None else None
+        eng.process(e)
+        st = eng.scopes[e.scope]
+        if before is not None and st.snapshot is before[0] and st.robust != before[1]:
+            changed_without_refresh += 1
+        if st.snapshot is not (before[0] if before else None):
+            assert st.robust == st.ranked.robust()  # refreshed right after this event's commit
+        prev = (st.snapshot, st.robust)
+    assert prev is not None and changed_without_refresh == 0

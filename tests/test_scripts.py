@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import pytest
 import redis.asyncio as aioredis
 
+from binormal.common.calibration import Rank
 from binormal.common.result import ActionStats, Aggregates
 from binormal.common.scripts import (
     ALREADY,
@@ -156,12 +157,16 @@ def test_apply_packs_in_layout_order_and_decodes_every_status() -> None:
 
 
 def test_commit_packs_and_decodes() -> None:
-    keys, args = Commit.pack("unc", [Score("kp:", "u1", 0.25, 3, b"1-0", "kp:i:u1")])
+    keys, args = Commit.pack("unc", [Score("kp:", "u1", 0.25, 3, b"1-0", "kp:i:u1", 1025)])
     assert keys == ["unc", "kp:rank", "kp:agg", "kp:ver"]
-    assert args == ["u1", "0.25", 3, b"1-0", "kp:i:u1"]
-    assert Commit.decode([2, b"0.5", b"0.125", 1, 2, b"0.5", b"0.125", 0, 0, b"0", b"0", -1]) == [
-        Committed(Aggregates(2, 0.5, 0.125), True),
-        Committed(Aggregates(2, 0.5, 0.125), False),
+    assert args == ["u1", "0.25", 3, b"1-0", "kp:i:u1", 1025]
+    assert Commit.pack("unc", [Score("kp:", "u1", 0.25, 3, b"1-0", "kp:i:u1")])[1][-1] == 0  # no sample by default
+    reply = [2, b"0.5", b"0.125", 1, 1, 1, 2, [b"0", b"0.5"]]
+    reply += [2, b"0.5", b"0.125", 0, 0, 2, 2, []]
+    reply += [0, b"0", b"0", -1, 0, 0, 0, []]
+    assert Commit.decode(reply) == [
+        Committed(Aggregates(2, 0.5, 0.125), True, Rank(1, 1, 2), [0.0, 0.5]),
+        Committed(Aggregates(2, 0.5, 0.125), False, Rank(0, 2, 2), None),
         CommitBadState(),
     ]
 

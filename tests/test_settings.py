@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from binormal.common.auth import AuthSettings
+from binormal.common.calibration import LearningSettings
 from binormal.common.config import ConfigError, ServiceSettings, declared, from_env, read, setting
 from binormal.common.server import HttpLimits
 from binormal.feed.settings import FeedSettings
@@ -23,6 +24,7 @@ CLASSES: list[type] = [
     ServiceSettings,
     HttpLimits,
     AuthSettings,
+    LearningSettings,
     WebSettings,
     IngestSettings,
     WorkerSettings,

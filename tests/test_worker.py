@@ -133,6 +133,12 @@ async def test_equivalence_with_memory_engine(
             assert h == e, f"{scope} event #{i}: redis {h} != memory {e}"
             compared += 1
     assert compared == len(events)
+    # The calibrated fields (issue 11) were among those compared, with both values of each flag.
+    calibrated = {"pscore", "rzscore", "learning", "novel", "new_action"}
+    assert all(calibrated <= set(r) for r in got)
+    for flag in ("learning", "novel", "new_action"):
+        assert {r[flag] for r in got} == {True, False}, flag
+    assert len({r["rzscore"] for r in got}) > 100 and len({r["pscore"] for r in got}) > 100
     # The stored aggregates are bit-for-bit the engine's.
     for scope, st in engine.scopes.items():
         assert await read_aggregates(aredis, keys, scope) == st.agg

@@ -63,7 +63,7 @@ from binormal.web.settings import WebSettings
 
 log = structlog.get_logger("binormal.web")
 
-# The seed's response keys in the seed's order, then ours (org, event_id, explain, muted).
+# The seed's response keys in the seed's order, then ours (org, event_id, explain, muted, the calibrated fields).
 RESPONSE_KEYS = (
     "score",
     "count",
@@ -79,6 +79,11 @@ RESPONSE_KEYS = (
     "event_id",
     "explain",
     "muted",
+    "pscore",
+    "rzscore",
+    "learning",
+    "novel",
+    "new_action",
 )
 DUPLICATE_POLL_S = 0.01  # a duplicate's first result may still be in flight: re-read its stored copy this often
 

@@ -5,13 +5,14 @@ Read-only views of what the workers stored (docs/openapi.yaml documents them):
 - ``GET /api/scopes``: every scope with its number of individuals and actions, and
   ``dominated`` (``{id, share}`` while one individual has more than
   ``BINORMAL_DOMINANCE_SHARE`` of its events, else null; kept by apply.lua).
-- ``GET /api/outliers?org=&source=&pop=&limit=[&muted=1]``: the highest current scores of
-  a scope (ZREVRANGE of its rank zset). Within a scope zscore is an increasing
-  function of score (same mean and sigma for everyone), so the top scores are
-  the top zscores. Each comes with its top reasons (``Snapshot.explain``) and
-  ``muted``; muted rows (a mute rule on the id, or on the action of its top
-  reason: web/rules.py) are left out unless ``muted=1``; the scope's
-  ``dominated`` flag as in ``/api/scopes``.
+- ``GET /api/outliers?org=&source=&pop=&limit=[&muted=1][&exclude_learning=1]``: the
+  highest current scores of a scope (ZREVRANGE of its rank zset). Within a scope zscore
+  is an increasing function of score (same mean and sigma for everyone), so the top
+  scores are the top zscores. Each comes with its top reasons (``Snapshot.explain``),
+  ``muted`` and the calibrated fields; muted rows (a mute rule on the id, or on the
+  action of its top reason: web/rules.py) are left out unless ``muted=1``,
+  ``exclude_learning=1`` leaves out ``learning`` ones; the scope's ``dominated`` flag
+  as in ``/api/scopes``.
 - ``GET /api/individual?org=&source=&pop=&id=``: per action of the scope, the
   individual's count, the normalised count ``x'``, the expected count
   ``n' * p_a`` and the bits it contributes; plus score, zscore and count, whether
@@ -20,6 +21,9 @@ Read-only views of what the workers stored (docs/openapi.yaml documents them):
 The score is the one the worker last committed; zscore is computed from the
 scope's current aggregates, and reasons from the current population counts,
 so they can differ slightly from the last ``/discrete`` answer for that id.
+Every individual row also has ``pscore`` (exact, from the rank zset),
+``rzscore`` (the median and MAD a worker last sampled) and ``learning``
+(common/calibration.py).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from typing import Any
 
 from aiohttp import web
 
+from binormal.common.calibration import Rank, Robust, is_learning
 from binormal.common.guard import principal_of, require_org
 from binormal.common.http import ApiError, json_response
 from binormal.common.keys import Scope
@@ -37,7 +42,14 @@ from binormal.common.result import r3
 from binormal.common.rules import read_mark
 from binormal.common.schema import LIMITS
 from binormal.common.scoring import Snapshot, normalise, zscore
-from binormal.common.store import read_individual, read_scope, scope_summaries, top_individuals
+from binormal.common.store import (
+    ranks_of,
+    read_individual,
+    read_robust,
+    read_scope,
+    scope_summaries,
+    top_individuals,
+)
 from binormal.web.rules import rules_of, setup_rules
 from binormal.web.settings import WebSettings
 
@@ -90,6 +102,31 @@ def _limit(request: web.Request, bounds: tuple[int, int]) -> int:
     return int(digits)
 
 
+_FLAGS = {"1": True, "true": True, "0": False, "false": False}
+
+
+def _flag(request: web.Request, name: str) -> bool:
+    """A boolean query parameter (``1``/``true``/``0``/``false``), False when absent; ``400`` naming it otherwise."""
+    raw = single_query(request, name)
+    if raw is None:
+        return False
+    value = _FLAGS.get(raw)
+    if value is None:
+        raise ApiError(400, f"{name}: must be 1, true, 0 or false", name)
+    return value
+
+
+def _calibrated(
+    settings: WebSettings, score: float, events: int, individuals: int, rank: Rank, robust: Robust
+) -> dict[str, Any]:
+    """The calibrated fields of one individual row (as in a worker's result)."""
+    return {
+        "pscore": r3(rank.pscore),
+        "rzscore": r3(robust.z(score)),
+        "learning": is_learning(events, individuals, settings.min_events, settings.min_individuals),
+    }
+
+
 def _scope(request: web.Request) -> Scope:
     org = _text(request, "org")
     require_org(request, org)  # 403 before anything is read
@@ -125,6 +162,7 @@ async def outliers(request: web.Request) -> web.Response:
     """``GET /api/outliers``: the scope's top individuals by current score, with reasons."""
     scope = _scope(request)
     limit = _limit(request, OUTLIERS_LIMIT)
+    exclude_learning = _flag(request, "exclude_learning")
     handle = request.app[REDIS]
     client = handle.require()
     view = await read_scope(client, handle.keys, scope)
@@ -132,31 +170,40 @@ async def outliers(request: web.Request) -> web.Response:
         raise _unknown_scope(scope)
     show_muted = _flag(request, "muted")
     rules = await rules_of(request)
-    cap = request.app[_QUERY_SETTINGS].cap
-    snap = Snapshot(view.pop, cap=cap)
+    settings = request.app[_QUERY_SETTINGS]
+    snap = Snapshot(view.pop, cap=settings.cap)
     agg = view.agg
     # Muted ids are read and dropped: read that many more so the limit is still filled.
     extra = 0 if show_muted else rules.muted_in(scope) + (limit if rules.muted_actions else 0)
-    rows = await top_individuals(client, handle.keys, scope, limit + extra)
-    items: list[dict[str, Any]] = []
+    if exclude_learning and agg.n < settings.min_individuals:
+        rows = []  # the whole scope is still learning
+    else:
+        min_events = max(settings.min_events, 1) if exclude_learning else 0
+        rows = await top_individuals(client, handle.keys, scope, limit + extra, min_events)
+    kept: list[tuple[str, float, dict[str, int], list[dict[str, object]], bool]] = []
     for ident, score, counts in rows:
         reasons = snap.explain(counts, REASONS)
         top = str(reasons[0]["action"]) if reasons else None
         muted = rules.is_muted(scope, ident) or (top is not None and rules.is_muted_action(scope, top))
         if muted and not show_muted:
             continue
-        items.append(
-            {
-                "id": ident,
-                "score": r3(score),
-                "count": sum(counts.values()),
-                "zscore": r3(zscore(score, agg.n, agg.total, agg.total_sq)),
-                "reasons": reasons,
-                "muted": muted,
-            }
-        )
-        if len(items) >= limit:
+        kept.append((ident, score, counts, reasons, muted))
+        if len(kept) >= limit:
             break
+    ranks = await ranks_of(client, handle.keys, scope, [score for _, score, _, _, _ in kept])
+    robust = await read_robust(client, handle.keys, scope)
+    items = [
+        {
+            "id": ident,
+            "score": r3(score),
+            "count": sum(counts.values()),
+            "zscore": r3(zscore(score, agg.n, agg.total, agg.total_sq)),
+            **_calibrated(settings, score, sum(counts.values()), agg.n, rank, robust),
+            "reasons": reasons,
+            "muted": muted,
+        }
+        for (ident, score, counts, reasons, muted), rank in zip(kept, ranks)
+    ]
     mean, std = _mean_std(agg.n, agg.total, agg.total_sq)
     return json_response(
         {
@@ -191,8 +238,11 @@ async def individual(request: web.Request) -> web.Response:
             pop=scope.pop,
             id=ident,
         )
-    snap = Snapshot(view.pop, cap=request.app[_QUERY_SETTINGS].cap)
+    settings = request.app[_QUERY_SETTINGS]
+    snap = Snapshot(view.pop, cap=settings.cap)
     score = committed if committed is not None else snap.score(counts)
+    [rank] = await ranks_of(client, handle.keys, scope, [score])
+    robust = await read_robust(client, handle.keys, scope)
     n_norm, norm = normalise(counts, snap.cap)
     rows: list[dict[str, Any]] = []
     for action in snap.counts:
@@ -225,21 +275,12 @@ async def individual(request: web.Request) -> web.Response:
             "normalised_count": n_norm,
             "score": r3(score),
             "zscore": r3(zscore(score, agg.n, agg.total, agg.total_sq)),
+            **_calibrated(settings, score, sum(counts.values()), agg.n, rank, robust),
             "actions": rows[:limit],
             "actions_total": len(rows),
             "truncated": len(rows) > limit,
         }
     )
-
-
-def _flag(request: web.Request, name: str) -> bool:
-    """A ``0``/``1`` query flag (absent: false); ``400`` naming it otherwise."""
-    raw = single_query(request, name)
-    if raw is None or raw == "0":
-        return False
-    if raw == "1":
-        return True
-    raise ApiError(400, f"{name}: must be 0 or 1", name)
 
 
 def _mean_std(n: int, total: float, total_sq: float) -> tuple[float, float]:

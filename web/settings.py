@@ -6,13 +6,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from binormal.common.auth import AuthSettings
+from binormal.common.calibration import LearningSettings
 from binormal.common.config import ServiceSettings, from_env, setting
 from binormal.common.keys import Keyspace
 from binormal.common.server import HttpLimits, limits_of
 
 
 @dataclass(frozen=True)
-class WebSettings(ServiceSettings, HttpLimits, AuthSettings):
+class WebSettings(ServiceSettings, HttpLimits, AuthSettings, LearningSettings):
     """Everything the web tier needs; build with :meth:`from_env` (README: configuration)."""
 
     host: str = setting("HOST", "127.0.0.1", doc="where binormal run and binormal web listen")

@@ -33,6 +33,7 @@ import redis.asyncio as aioredis
 import structlog
 from redis.exceptions import NoScriptError, ResponseError
 
+from binormal.common.calibration import DEFAULT_MIN_EVENTS, DEFAULT_MIN_INDIVIDUALS
 from binormal.common.connection import execute_raw
 from binormal.common.keys import Keyspace, Scope, fingerprint
 from binormal.common.result import make_result
@@ -57,6 +58,7 @@ from binormal.common.scripts import (
     pairs_int,
 )
 from binormal.worker.commands import Commands
+from binormal.worker.robust import RobustCache
 
 log = structlog.get_logger("binormal.worker")
 
@@ -147,9 +149,16 @@ class BatchProcessor:
     explain_limit: int = 5
     max_actions: int = 10_000
     guard: Guard = field(default_factory=Guard)  # weight cap W and the dominance flag (apply.lua)
+    min_events: int = DEFAULT_MIN_EVENTS  # learning thresholds (common/calibration.py)
+    min_individuals: int = DEFAULT_MIN_INDIVIDUALS
     counters: Counters = field(default_factory=Counters)
     snapshots: OrderedDict[Scope, tuple[Snapshot, float]] = field(default_factory=OrderedDict)
     rules: RuleCache | None = None  # mutes and excludes (re-read when their version moves), None: no rules
+    robust: RobustCache = field(default_factory=RobustCache)  # per-scope median and MAD (rzscore)
+
+    def __post_init__(self) -> None:
+        # The median and MAD are refreshed as often as the population snapshot.
+        self.robust.max_age_ms = self.snapshot_max_age_ms
 
     def validate(self, entries: Sequence[Entry]) -> None:
         """Parse each entry, or set its dead-letter reason.
@@ -506,6 +515,12 @@ class BatchProcessor:
         if not ready:
             return []
         scored = [Scored(e, a, *snap.assess(a.counts, self.explain_limit)) for e, a, snap in ready]
+        # Which scores bring back a sample of their scope's zset (the median and MAD's refresh points).
+        scopes: list[Scope] = []
+        for s in scored:
+            assert s.entry.scope is not None
+            scopes.append(s.entry.scope)
+        asks = {s.entry.id: p for s, p in zip(scored, self.robust.plan(scopes))}
         # Runs of one shard (one hash tag per call); order within a shard is kept.
         chunks = _runs_by_shard(scored, LUA_CHUNK)
 
@@ -514,7 +529,7 @@ class BatchProcessor:
                 scores: list[Score] = []
                 for e, a, score, _ in chunk:
                     assert e.event is not None
-                    scores.append(Score(e.kp, e.event.id, score, sum(a.counts.values()), e.id, e.ikey))
+                    scores.append(Score(e.kp, e.event.id, score, sum(a.counts.values()), e.id, e.ikey, asks[e.id]))
                 self._build_commit(pipe, chunk[0].entry.shard, scores)
 
         results = await self._execute(client, build)
@@ -537,9 +552,28 @@ class BatchProcessor:
                     # A batch in flight beside this one already committed a later
                     # state of this individual; its rank score stays the newer one.
                     self.counters.stale_scores += 1
+                assert e.scope is not None
+                if reply.sample is not None:
+                    robust = self.robust.update(e.scope, e.shard, reply.sample)
+                else:
+                    robust = self.robust.get(e.scope)
                 ts = ev.ts if ev.ts is not None else entry_ms(e.id)
                 muted = self.rules is not None and self.rules.is_muted(e.scope or ev.scope, ev.id, ev.action)
-                out.append((e, make_result(ev, a.counts, score, explain, reply.agg, a.stats, ts, muted=muted)))
+                result = make_result(
+                    ev,
+                    a.counts,
+                    score,
+                    explain,
+                    reply.agg,
+                    a.stats,
+                    ts,
+                    rank=reply.rank,
+                    robust=robust,
+                    min_events=self.min_events,
+                    min_individuals=self.min_individuals,
+                    muted=muted,
+                )
+                out.append((e, result))
         return out
 
     def _build_commit(self, pipe: Commands, shard: int, scores: Sequence[Score]) -> None:
@@ -634,6 +668,7 @@ class BatchProcessor:
             pipe.publish(reply_to, b"\n".join(replies))
         for i in range(0, len(lines), BROADCAST_CHUNK):
             pipe.publish(channel, b"\n".join(lines[i : i + BROADCAST_CHUNK]))
+        self.robust.write(pipe, self.keys)  # the newest median and MAD, for the query API
         self.counters.published += len(results)
 
 

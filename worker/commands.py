@@ -26,3 +26,7 @@ class Commands:
     def set(self, key: str, value: bytes, ex: int) -> None:
         """SET key value EX seconds."""
         self.commands.append(("SET", key, value, "EX", ex))
+
+    def hset(self, key: str, mapping: dict[str, str]) -> None:
+        """HSET key field value ..."""
+        self.commands.append(("HSET", key, *(x for kv in mapping.items() for x in kv)))

@@ -7,13 +7,14 @@ import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from binormal.common.calibration import LearningSettings
 from binormal.common.config import ConfigError, ServiceSettings, from_env, setting
 from binormal.common.keys import Keyspace
 from binormal.common.scripts import Guard
 
 
 @dataclass(frozen=True)
-class WorkerSettings(ServiceSettings):
+class WorkerSettings(ServiceSettings, LearningSettings):
     """Everything a scorer worker needs; build with :meth:`from_env` (README: configuration)."""
 
     consumer: str = setting("BINORMAL_CONSUMER", "", shown="`host-pid`", doc="the worker's consumer name")

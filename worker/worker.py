@@ -56,6 +56,8 @@ class Worker:
             max_actions=settings.max_actions,
             guard=settings.guard,
             rules=RuleCache(self.keys),
+            min_events=settings.min_events,
+            min_individuals=settings.min_individuals,
         )
         self._stream_shard = {s.encode(): i for i, s in enumerate(self.keys.streams())}
         self._backlog: dict[bytes, bytes] = {}

@@ -20,16 +20,25 @@
 -- One call commits a run of scores of ONE shard, in order (a later score of
 -- the same individual sees the earlier one as its old value).
 --
+-- After each score it also reports where that score stands in the rank zset
+-- (pscore, common/calibration.py: ZCOUNT strictly below, ZCOUNT equal, ZCARD)
+-- and, when asked, a sample of the zset's scores for the scope's median and
+-- MAD (rzscore): all of them up to ARGV[a+6], else ARGV[a+6] evenly spaced
+-- ranks i*(n-1)//(ARGV[a+6]-1), the ranks common/calibration.py sample_ranks
+-- gives; O(ARGV[a+6] log n), read only at the worker's refresh points.
+--
 -- KEYS[1] shard uncommitted hash, then per score i (base k = 1 + 3*(i-1)):
 --   KEYS[k+1] scope rank zset   KEYS[k+2] scope agg hash   KEYS[k+3] scope ver hash
--- per score i (base a = 5*(i-1)):
+-- per score i (base a = 6*(i-1)):
 --   ARGV[a+1] individual id     ARGV[a+2] new score (a repr() of a double)
 --   ARGV[a+3] the individual's event count the score was computed at
 --   ARGV[a+4] the entry id it was computed for
 --   ARGV[a+5] the individual's key (its field in the uncommitted hash)
--- Returns {n, sum, sumsq, committed, ...} after each score (floats as strings;
--- committed is 0 when the score was older than the committed one, -1 when one
--- of its scope's keys holds another type and nothing of that scope was written).
+--   ARGV[a+6] sample points to return after this score (0: no sample)
+-- Returns {n, sum, sumsq, committed, below, ties, card, sample, ...} after each
+-- score (floats as strings; committed is 0 when the score was older than the
+-- committed one, -1 when one of its scope's keys holds another type and nothing
+-- of that scope was written; sample is {} unless asked for, scores as strings).
 --
 -- Redis does not undo a script's earlier writes when a later command fails, so
 -- the keys' types are checked before anything is written: a failure half-way
@@ -45,13 +54,29 @@ end
 if not fits(KEYS[1], 'hash') then
   return redis.error_reply('uncommitted key ' .. KEYS[1] .. ' is not a hash')
 end
+local function sample(rank, points)
+  local got = {}
+  local n = redis.call('ZCARD', rank)
+  if n <= points then
+    local all = redis.call('ZRANGE', rank, 0, -1, 'WITHSCORES')
+    for j = 2, #all, 2 do
+      got[#got + 1] = all[j]
+    end
+  else
+    for j = 0, points - 1 do
+      local r = math.floor(j * (n - 1) / (points - 1))
+      got[#got + 1] = redis.call('ZRANGE', rank, r, r, 'WITHSCORES')[2]
+    end
+  end
+  return got
+end
 local out = {}
 -- Each scope's aggregates are read once per call and written once at its end:
 -- the doubles in between are the ones a read of the %.17g strings would give.
 local aggs, order = {}, {}
-for i = 1, #ARGV / 5 do
+for i = 1, #ARGV / 6 do
   local k = 1 + 3 * (i - 1)
-  local a = 5 * (i - 1)
+  local a = 6 * (i - 1)
   local rank, aggkey, verkey = KEYS[k + 1], KEYS[k + 2], KEYS[k + 3]
   local member, raw, count = ARGV[a + 1], ARGV[a + 2], tonumber(ARGV[a + 3])
   if not (fits(rank, 'zset') and fits(aggkey, 'hash') and fits(verkey, 'hash')) then
@@ -59,6 +84,10 @@ for i = 1, #ARGV / 5 do
     out[#out + 1] = '0'
     out[#out + 1] = '0'
     out[#out + 1] = -1
+    out[#out + 1] = 0
+    out[#out + 1] = 0
+    out[#out + 1] = 0
+    out[#out + 1] = {}
   else
     if redis.call('HGET', KEYS[1], ARGV[a + 5]) == ARGV[a + 4] then
       redis.call('HDEL', KEYS[1], ARGV[a + 5])
@@ -92,6 +121,11 @@ for i = 1, #ARGV / 5 do
     out[#out + 1] = string.format('%.17g', agg[2])
     out[#out + 1] = string.format('%.17g', agg[3])
     out[#out + 1] = committed
+    out[#out + 1] = redis.call('ZCOUNT', rank, '-inf', '(' .. raw)
+    out[#out + 1] = redis.call('ZCOUNT', rank, raw, raw)
+    out[#out + 1] = redis.call('ZCARD', rank)
+    local points = tonumber(ARGV[a + 6])
+    out[#out + 1] = points > 0 and sample(rank, points) or {}
   end
 end
 for _, aggkey in ipairs(order) do

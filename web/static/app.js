@@ -152,7 +152,8 @@ async function loadScopes() {
       for (const o of data.outliers ?? []) {
         // Only fills gaps: a live result for the same id replaces it.
         outliers.offer({ org: s.org, source: s.source, pop: s.pop, id: o.id, zscore: o.zscore,
-          score: o.score, count: o.count, explain: o.reasons, muted: o.muted }, true);
+          score: o.score, count: o.count, pscore: o.pscore, learning: o.learning, explain: o.reasons,
+          muted: o.muted }, true);
       }
       panelDirty = true;
     } catch { /* scope vanished or API down: live results still arrive */ }
@@ -241,7 +242,8 @@ canvas.addEventListener("mousemove", (ev) => {
   }
   const r = hit.last;
   const more = hit.owners > 1 ? ` (+${hit.owners - 1} more share this column)` : "";
-  tip.textContent = `${r.id} \u00b7 ${r.pop} \u00b7 z ${Number(r.zscore).toFixed(2)}${more}`;
+  const learning = r.learning === true ? " \u00b7 learning" : "";
+  tip.textContent = `${r.id} \u00b7 ${r.pop} \u00b7 z ${Number(r.zscore).toFixed(2)}${learning}${more}`;
   tip.hidden = false;
   tip.style.left = `${Math.min(ev.clientX + 12, window.innerWidth - tip.offsetWidth - 4)}px`;
   tip.style.top = `${ev.clientY + 14}px`;

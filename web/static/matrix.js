@@ -38,7 +38,8 @@ export const GLYPHS = (() => {
   return out;
 })();
 
-export const COLORS = { red: "#ff2a2a", green: "#00ff41", dim: "#007a1f" };
+export const COLORS = { red: "#ff2a2a", green: "#00ff41", dim: "#007a1f", mark: "#ffd700", novel: "#c0c0c0" };
+export const LEARNING_ALPHA = 0.35; // a result with "learning": true (thin evidence) is drawn this faint
 
 /** The character of an action: FNV-1a hash of its UTF-16 code units. */
 export function glyphFor(action) {
@@ -143,7 +144,16 @@ export class Matrix {
       const muted = r.muted === true; // a mute rule: never drawn as an outlier (dim green)
       if (z >= red && !muted) reds++;
       ctx.fillStyle = muted ? COLORS.dim : colorFor(z, red);
+      // Thin evidence (few events, or a small population) is never drawn as bright as a certainty.
+      ctx.globalAlpha = r.learning === true ? LEARNING_ALPHA : 1;
       ctx.fillText(glyphFor(r.action), x + s / 2, y, s);
+      ctx.globalAlpha = 1;
+      // A corner mark: the scope's first event of this action (gold), the individual's first (grey).
+      if (r.new_action === true || r.novel === true) {
+        const m = Math.max(2, Math.round(s / 6));
+        ctx.fillStyle = r.new_action === true ? COLORS.mark : COLORS.novel;
+        ctx.fillRect(x, y, m, m);
+      }
     }
     return reds;
   }

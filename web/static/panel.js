@@ -50,6 +50,7 @@ export class Outliers {
     s.entries.set(id, {
       org: r.org, source: r.source, pop: r.pop, id,
       zscore: z, score: Number(r.score), count: Number(r.count),
+      pscore: Number(r.pscore), learning: r.learning === true,
       reason: reasonText(r.explain), at: Date.now(), muted: r.muted === true,
     });
     this.version++;
@@ -105,6 +106,10 @@ export class OutlierTable {
       // A muted individual (a mute rule) is never shown as an outlier: dimmed and tagged instead of red.
       if (e.muted) tr.classList.add("is-muted");
       else if (e.zscore >= red) tr.classList.add("red");
+      if (e.learning) {
+        tr.classList.add("learning"); // thin evidence: shown dimmed (style.css)
+        tr.title = "learning: too few events, or too few individuals in its population, to be sure";
+      }
       if (this.selected && this.selected === scopeKey(e) + SEP + e.id) tr.classList.add("selected");
       const idCell = cell(tr, e.id, "id");
       idCell.title = e.id;
@@ -218,7 +223,12 @@ export class Profile {
     const z = Number(data.zscore ?? entry.zscore);
     const score = Number(data.score ?? entry.score);
     const count = data.count ?? data.n ?? entry.count;
-    this.status.textContent = `zscore ${fmt(z)} \u00b7 score ${fmt(score, 1)} bits \u00b7 ${count} events`;
+    const extra = [];
+    if (Number.isFinite(Number(data.pscore))) extra.push(`percentile ${fmt(100 * Number(data.pscore), 1)}`);
+    if (Number.isFinite(Number(data.rzscore))) extra.push(`robust z ${fmt(Number(data.rzscore))}`);
+    if (data.learning === true) extra.push("learning");
+    this.status.textContent = [`zscore ${fmt(z)}`, `score ${fmt(score, 1)} bits`, `${count} events`, ...extra].join(" \u00b7 ");
+    this.root.classList.toggle("learning", data.learning === true);
     if (this.rules) this.rules.replaceChildren(...ruleTags(data));
     const rows = profileRows(data);
     const maxCount = Math.max(1, ...rows.map((r) => Math.max(r.normalised, r.expected)));
