@@ -5,19 +5,25 @@ from __future__ import annotations
 import argparse
 
 from binormal.commands import Subparsers
+from binormal.commands.score import add_engine_options, engine_options
 
 
 def register(sub: Subparsers) -> None:
-    """Add ``evaluate EVENTS LABELS [--json] [--cap N]``."""
+    """Add ``evaluate EVENTS LABELS [--json] [--cap N] [--weight-cap W] [--refresh N | --exact]``."""
     s = sub.add_parser("evaluate", help="ROC-AUC, AP and precision of each score on labelled events")
+    s.set_defaults(logs=False)
     s.add_argument("events", help="NDJSON events, replayed in file order (.gz accepted, - for stdin)")
     s.add_argument("labels", help="CSV id,label[,kind]: 1 = anomalous; ids without a label are not counted")
     s.add_argument("--json", action="store_true", help="one JSON object instead of the table")
-    s.add_argument("--cap", type=int, default=100, help="normalisation cap N")
+    add_engine_options(s)  # the engine of binormal score: same options, same semantics
 
 
 def run(args: argparse.Namespace) -> int:
     """Replay the events and print the metrics."""
     from binormal.evaluate import main_evaluate
+    from binormal.offline import Options
 
-    return main_evaluate(args.events, args.labels, args.json, args.cap)
+    opts = engine_options(args, "evaluate")
+    if not isinstance(opts, Options):
+        return 2
+    return main_evaluate(args.events, args.labels, args.json, opts)
