@@ -11,6 +11,7 @@ it after every event and scores every event, which gives exactly the results of
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import io
 import itertools
@@ -240,6 +241,9 @@ def main_score(
         # OSError) or a truncated .gz (EOFError): one clear line, exit 2.
         sys.stderr.write(f"binormal score: cannot read {path}: {exc}\n")
         return 2
+    finally:
+        with contextlib.suppress(OSError, ValueError):  # leave sys.stdout usable (the wrapper would close it)
+            out.detach()
 
 
 def make_converter(field_map: str | None, transform: str | None) -> Any:
