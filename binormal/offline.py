@@ -77,19 +77,20 @@ class Options:
 
 
 class ScopeState:
-    """Counters of one scope: ``ind`` maps an id to ``[counts, n, snapshot at its last event, extra]``."""
+    """Counters of one scope: ``ind`` maps an id to ``[counts, n, snapshot at its last event, scope, id]``."""
 
-    __slots__ = ("scope", "pop", "ind", "heavy", "dirty", "snap", "known", "age")
+    __slots__ = ("key", "scope", "pop", "ind", "heavy", "dirty", "snap", "known", "left")
 
-    def __init__(self, scope: Scope) -> None:
-        self.scope = scope
+    def __init__(self, key: tuple[str, str, str]) -> None:
+        self.key = key
+        self.scope = Scope(*key)
         self.pop: dict[str, int] = {}  # sum of contributions (an action may be at 0)
         self.ind: dict[str, list[Any]] = {}
         self.heavy: dict[str, dict[str, int]] = {}  # id past W -> the contribution pop holds for it
         self.dirty: set[str] = set()  # heavy ids with events since their contribution was recorded
         self.snap: Snapshot | None = None
         self.known: dict[str, int] = {}  # the snapshot's counts
-        self.age = 0
+        self.left = 0  # events before the next rebuild
 
     def rebuild(self, opts: Options) -> Snapshot:
         """Bring the heavy individuals' contributions up to date; a new snapshot of the non-zero counts."""
@@ -105,7 +106,7 @@ class ScopeState:
         self.dirty.clear()
         snap = self.snap = Snapshot({a: c for a, c in pop.items() if c}, cap=opts.cap)
         self.known = snap.counts
-        self.age = 0
+        self.left = opts.refresh - 1
         return snap
 
 
@@ -116,17 +117,18 @@ class Engine:
         self.opts = opts
         self.w = opts.weight_cap or _NO_CAP
         self.scopes: dict[tuple[str, str, str], ScopeState] = {}
+        self.recs: dict[tuple[str, str, str, str], list[Any]] = {}  # (org, source, pop, id) -> sc.ind[id]
 
     def add(self, event: Event) -> tuple[ScopeState, list[Any]]:
         """Count one validated event (the slow path; :meth:`feed_lines` inlines the same steps)."""
         key = (event.org, event.source, event.pop)
         sc = self.scopes.get(key)
         if sc is None:
-            sc = self.scopes[key] = ScopeState(Scope(*key))
+            sc = self.scopes[key] = ScopeState(key)
         action = event.action
         rec = sc.ind.get(event.id)
         if rec is None:
-            rec = sc.ind[event.id] = [{}, 0, None, None]
+            rec = self._record(sc, event.id)
         counts, n = rec[0], rec[1]
         pop = sc.pop
         if action not in pop:
@@ -139,10 +141,10 @@ class Engine:
             pop[action] += 1
         counts[action] = counts.get(action, 0) + 1
         rec[1] = n + 1
-        refresh = self.opts.refresh
-        if sc.age >= refresh or action not in sc.known:
+        if sc.left <= 0 or action not in sc.known:
             sc.rebuild(self.opts)
-        sc.age += 1
+        else:
+            sc.left -= 1
         rec[2] = sc.snap
         return sc, rec
 
@@ -150,9 +152,8 @@ class Engine:
         """Count NDJSON lines (numbered from ``start``); bad lines are reported on ``errors``. Returns lines read."""
         loads = orjson.loads
         decode_error = orjson.JSONDecodeError
-        scopes = self.scopes
+        recs = self.recs
         w = self.w
-        refresh = self.opts.refresh
         opts = self.opts
         lineno = start - 1
         for lineno, raw in enumerate(stream, start):  # noqa: B007 (the count is returned)
@@ -165,38 +166,54 @@ class Engine:
                 self._slow(lineno, raw, errors)
                 continue
             size = len(obj)
-            if size != 5 and not (size == 6 and type(ts := obj.get("ts")) is int and 0 <= ts <= TS_MAX):
-                self._slow(lineno, raw, errors)
-                continue
+            if size != 5:
+                ts = obj.get("ts") if size == 6 else None
+                if type(ts) is not int or ts < 0 or ts > TS_MAX:
+                    self._slow(lineno, raw, errors)
+                    continue
             try:
-                sc = scopes.get((obj["org"], obj["source"], obj["pop"]))
+                rec = recs.get((obj["org"], obj["source"], obj["pop"], obj["id"]))
                 action = obj["action"]
-                ident = obj["id"]
-                if sc is None or action not in sc.pop:
-                    raise KeyError
-                rec = sc.ind.get(ident)
                 if rec is None:
-                    if type(ident) is not str or not _valid_id(ident):
+                    rec = self._newcomer(obj, action)
+                counts = rec[0]
+                c = counts.get(action)
+                if c is None:
+                    c = 0
+                    if action not in rec[3].pop:
                         raise KeyError
-                    rec = sc.ind[ident] = [{}, 0, None, None]
             except (KeyError, TypeError):  # missing, unhashable or not yet validated: the full check
                 self._slow(lineno, raw, errors)
                 continue
-            counts = rec[0]
+            sc = rec[3]
             n = rec[1]
-            if n >= w:
-                if n == w:
-                    sc.heavy[ident] = dict(counts)
-                sc.dirty.add(ident)
-            else:
+            if n < w:
                 sc.pop[action] += 1
-            counts[action] = counts.get(action, 0) + 1
+            else:
+                if n == w:
+                    sc.heavy[rec[4]] = dict(counts)
+                sc.dirty.add(rec[4])
+            counts[action] = c + 1
             rec[1] = n + 1
-            if sc.age >= refresh or action not in sc.known:
+            left = sc.left
+            if left <= 0 or action not in sc.known:
                 sc.rebuild(opts)
-            sc.age += 1
+            else:
+                sc.left = left - 1
             rec[2] = sc.snap
         return lineno - start + 1
+
+    def _newcomer(self, obj: dict[str, Any], action: Any) -> list[Any]:
+        """The record of an id new to a known scope, its id and action checked; KeyError when it takes the full check."""
+        ident = obj["id"]
+        sc = self.scopes.get((obj["org"], obj["source"], obj["pop"]))
+        if sc is None or type(ident) is not str or not _valid_id(ident) or action not in sc.pop:
+            raise KeyError(ident)
+        return self._record(sc, ident)
+
+    def _record(self, sc: ScopeState, ident: str) -> list[Any]:
+        rec = sc.ind[ident] = self.recs[(*sc.key, ident)] = [{}, 0, None, sc, ident]
+        return rec
 
     def _slow(self, lineno: int, raw: bytes, errors: IO[str] | Any) -> None:
         """A line the fast path did not take: today's exact checks and messages."""
