@@ -204,7 +204,7 @@ class Engine:
         return lineno - start + 1
 
     def _newcomer(self, obj: dict[str, Any], action: Any) -> list[Any]:
-        """The record of an id new to a known scope, its id and action checked; KeyError when it takes the full check."""
+        """The record of an id new to a known scope (id and action checked); KeyError: take the full check."""
         ident = obj["id"]
         sc = self.scopes.get((obj["org"], obj["source"], obj["pop"]))
         if sc is None or type(ident) is not str or not _valid_id(ident) or action not in sc.pop:
