@@ -336,7 +336,7 @@ class _Bits:
         self.snap = snap
         self.logit: dict[str, tuple[float, float]] = {}  # action -> (p, logit p)
         self.zero: dict[int, float] = {}  # n -> Z[n]
-        self.pairs: dict[tuple[str, int], float] = {}  # (action, n) -> -bits(action, 0, n)
+        self.pairs: dict[tuple[str, int], tuple[int, float, float]] = {}  # (action, n) -> _per_n
 
     def bits(self, action: str, x: int, n: int) -> float:
         got = self.logit.get(action)
@@ -347,6 +347,12 @@ class _Bits:
         m = min(int((n + 1) * p), n)
         return max((_LG[x] + _LG[n - x] - _LG[m] - _LG[n - m] + (m - x) * logit) / LN2, 0.0)
 
+    def _per_n(self, action: str, n: int) -> tuple[int, float, float]:
+        """(mode m, logit p, -bits(action, 0, n)) of ``action`` at ``n`` events."""
+        b0 = self.bits(action, 0, n)
+        p, logit = self.logit[action]
+        return min(int((n + 1) * p), n), logit, -b0
+
     def score(self, counts: dict[str, int], n: int) -> float:
         """``snap.assess(counts, 0)[0]`` for raw counts of ``n <= cap`` events, every action in the snapshot."""
         z = self.zero.get(n)
@@ -354,21 +360,14 @@ class _Bits:
             z = self.zero[n] = math.fsum([self.bits(a, 0, n) for a in self.snap.absent_candidates()])
         terms = [z]
         add = terms.append
-        logits = self.logit
-        pairs = self.pairs
+        per_n = self.pairs
         lg = _LG
         for action, x in counts.items():
-            got = logits.get(action)
+            got = per_n.get((action, n))
             if got is None:
-                self.bits(action, 0, n)
-                got = logits[action]
-            p, logit = got
-            m = min(int((n + 1) * p), n)
+                got = per_n[(action, n)] = self._per_n(action, n)
+            m, logit, b0 = got
             add(max((lg[x] + lg[n - x] - lg[m] - lg[n - m] + (m - x) * logit) / LN2, 0.0))
-            key = (action, n)
-            b0 = pairs.get(key)
-            if b0 is None:
-                b0 = pairs[key] = -max((lg[0] + lg[n] - lg[m] - lg[n - m] + m * logit) / LN2, 0.0)
             add(b0)
         score = math.fsum(terms)
         return 0.0 if score < SCORE_EPSILON else score
