@@ -22,8 +22,8 @@ from typing import IO, Any
 
 import orjson
 
-from binormal.offline import Engine, Options, no_gc
-from binormal.score import open_input
+from binormal.offline import Options, no_gc
+from binormal.score import Bar, fast_rows, input_size, open_input
 
 Row = dict[str, Any]
 SCORES: dict[str, Callable[[Row], float]] = {
@@ -127,12 +127,12 @@ def read_labels(stream: IO[str]) -> Labels:
     return Labels(label, kind)
 
 
-def replay(path: str, opts: Options, errors: IO[str]) -> list[Row]:
+def replay(path: str, opts: Options, errors: IO[str], progress: bool = False) -> list[Row]:
     """Every individual's final result after replaying ``path`` in order (one row per scope and id)."""
-    engine = Engine(opts)
     with open_input(path) as stream, no_gc():
-        engine.feed_lines(stream, errors)
-        rows = list(engine.rows())
+        bar = Bar(errors, progress, input_size(path, stream))
+        rows = list(fast_rows(stream, opts, bar if progress else errors, bar if progress else None))
+        bar.close()
     return [
         {
             "scope": r.scope,
@@ -204,12 +204,12 @@ def render(result: dict[str, Any], out: IO[str]) -> None:
             )
 
 
-def main_evaluate(events: str, labels_path: str, as_json: bool, opts: Options) -> int:
+def main_evaluate(events: str, labels_path: str, as_json: bool, opts: Options, progress: bool | None = None) -> int:
     """Entry point used by the CLI."""
     try:
         with open(labels_path, encoding="utf-8", newline="") as f:
             labels = read_labels(f)
-        rows = replay(events, opts, sys.stderr)
+        rows = replay(events, opts, sys.stderr, sys.stderr.isatty() if progress is None else progress)
     except (OSError, EOFError, ValueError) as exc:
         sys.stderr.write(f"binormal evaluate: {exc}\n")
         return 1

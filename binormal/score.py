@@ -82,6 +82,16 @@ class Bar:
             self._drawn = False
 
 
+def input_size(path: str, stream: IO[bytes]) -> int | None:
+    """Bytes of the file behind ``stream`` (None for stdin or when not known): the bar's 100 %."""
+    if path == "-":
+        return None
+    try:
+        return os.fstat(stream.fileno()).st_size
+    except (OSError, ValueError, io.UnsupportedOperation):
+        return None
+
+
 def _hms(seconds: float) -> str:
     s = int(max(seconds, 0))
     return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
@@ -133,13 +143,7 @@ def score_file(
 ) -> int:
     """Process ``path`` in order; print top outliers per scope (or JSON per individual)."""
     with open_input(path) as stream:
-        size = None
-        if path != "-":
-            try:
-                size = os.fstat(stream.fileno()).st_size
-            except (OSError, ValueError, io.UnsupportedOperation):
-                size = None
-        bar = Bar(errors, progress, size)
+        bar = Bar(errors, progress, input_size(path, stream))
         sink: IO[str] | Bar = bar if progress else errors
         if converter is not None and progress:
             converter.reporter.write = bar.write

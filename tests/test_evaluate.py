@@ -201,3 +201,12 @@ def test_cli_engine_options_change_the_replay(generated: Path) -> None:
     assert results["off"]["kinds"]["heavy"] != results["default"]["kinds"]["heavy"]
     bad = run_evaluate(str(generated / "events.ndjson"), labels, "--weight-cap", "3")
     assert bad.returncode == 2 and "--weight-cap must be 0 (off)" in bad.stderr
+
+
+def test_progress_bar_on_stderr(generated: Path) -> None:
+    """``--progress`` (the default on a terminal): the bar of binormal score on stderr, stdout unchanged."""
+    args = (str(generated / "events.ndjson"), str(generated / "labels.csv"), "--json")
+    with_bar, without = run_evaluate(*args, "--progress"), run_evaluate(*args)
+    assert with_bar.returncode == without.returncode == 0
+    assert with_bar.stdout == without.stdout
+    assert "events/s" in with_bar.stderr and "ETA" in with_bar.stderr and without.stderr == ""

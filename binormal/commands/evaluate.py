@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from binormal.commands import Subparsers
-from binormal.commands.score import add_engine_options, engine_options
+from binormal.commands.score import add_engine_options, add_progress_options, engine_options
 
 
 def register(sub: Subparsers) -> None:
@@ -16,6 +16,7 @@ def register(sub: Subparsers) -> None:
     s.add_argument("labels", help="CSV id,label[,kind]: 1 = anomalous; ids without a label are not counted")
     s.add_argument("--json", action="store_true", help="one JSON object instead of the table")
     add_engine_options(s)  # the engine of binormal score: same options, same semantics
+    add_progress_options(s)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -26,4 +27,4 @@ def run(args: argparse.Namespace) -> int:
     opts = engine_options(args, "evaluate")
     if not isinstance(opts, Options):
         return 2
-    return main_evaluate(args.events, args.labels, args.json, opts)
+    return main_evaluate(args.events, args.labels, args.json, opts, args.progress)

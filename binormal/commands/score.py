@@ -94,6 +94,11 @@ def register(sub: Subparsers) -> None:
     conv.add_argument(
         "--transform", metavar="MODULE:FUNCTION", help="a function turning each parsed line into an event"
     )
+    add_progress_options(s)
+
+
+def add_progress_options(s: argparse.ArgumentParser) -> None:
+    """--progress / --no-progress (default: a bar when stderr is a terminal)."""
     bar = s.add_mutually_exclusive_group()
     bar.add_argument("--progress", action="store_true", default=None, help="progress bar on stderr (default: a tty)")
     bar.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
