@@ -133,14 +133,17 @@ def main(argv: list[str] | None = None) -> int:
         from binormal.common import log
 
         log.configure(args.log_level, args.log_format)
-    from binormal.common.config import ConfigError
-
     try:
         return int(args.func(args))
     except KeyboardInterrupt:
         return 130
-    except ConfigError as exc:  # a setting that cannot be used: say which, no traceback
-        sys.stderr.write(f"binormal {args.command}: {exc}\n")
+    except ValueError as exc:
+        # ConfigError (a ValueError), imported only now: the offline commands never load the settings module
+        from binormal.common.config import ConfigError
+
+        if not isinstance(exc, ConfigError):
+            raise
+        sys.stderr.write(f"binormal {args.command}: {exc}\n")  # a setting that cannot be used: say which
         return 2
 
 
