@@ -347,6 +347,27 @@ class _Bits:
         m = min(int((n + 1) * p), n)
         return max((_LG[x] + _LG[n - x] - _LG[m] - _LG[n - m] + (m - x) * logit) / LN2, 0.0)
 
+    def _zero(self, n: int) -> float:
+        """``Z[n]`` (:meth:`Snapshot.bits0`), filling :attr:`pairs` for every action it sums over on the way."""
+        lg = _LG
+        per_n = self.pairs
+        values = []
+        for action in self.snap.absent_candidates():
+            got = per_n.get((action, n))
+            if got is None:
+                got = self.logit.get(action)
+                if got is None:
+                    p = self.snap.counts[action] / self.snap.total
+                    got = self.logit[action] = (p, math.log(p) - math.log1p(-p))
+                p, logit = got
+                m = min(int((n + 1) * p), n)
+                x = 0
+                b0 = max((lg[x] + lg[n - x] - lg[m] - lg[n - m] + (m - x) * logit) / LN2, 0.0)
+                got = per_n[(action, n)] = (m, logit, -b0)
+            values.append(-got[2])
+        z = self.zero[n] = math.fsum(values)
+        return z
+
     def _per_n(self, action: str, n: int) -> tuple[int, float, float]:
         """(mode m, logit p, -bits(action, 0, n)) of ``action`` at ``n`` events."""
         b0 = self.bits(action, 0, n)
@@ -357,7 +378,7 @@ class _Bits:
         """``snap.assess(counts, 0)[0]`` for raw counts of ``n <= cap`` events, every action in the snapshot."""
         z = self.zero.get(n)
         if z is None:
-            z = self.zero[n] = math.fsum([self.bits(a, 0, n) for a in self.snap.absent_candidates()])
+            z = self._zero(n)
         terms = [z]
         add = terms.append
         per_n = self.pairs
@@ -375,13 +396,15 @@ class _Bits:
 
 def final_score(snap: Snapshot, counts: dict[str, int], n: int, cap: int, memo: dict[int, _Bits]) -> float:
     """The individual's score against ``snap``: :class:`_Bits` where it applies, else :meth:`Snapshot.assess`."""
-    known = snap.counts
-    if n > cap or n >= len(_LG) or len(known) <= 1 or not all(a in known for a in counts):
+    if n > cap or n >= len(_LG) or len(snap.counts) <= 1:
         return snap.assess(counts, 0)[0]
     got = memo.get(id(snap))
     if got is None:
         got = memo[id(snap)] = _Bits(snap)
-    return got.score(counts, n)
+    try:
+        return got.score(counts, n)
+    except KeyError:  # an action the snapshot lacks (never with a count, see the module docstring)
+        return snap.assess(counts, 0)[0]
 
 
 def exact_rows(events: Iterable[Event], opts: Options) -> list[Row]:

@@ -459,6 +459,12 @@ def test_final_score_is_assess_bit_for_bit() -> None:
         memo: dict[int, Any] = {}
         assert final_score(snap, counts, n, snap.cap, memo) == snap.assess(counts, 0)[0], trial
         assert final_score(snap, counts, n, snap.cap, memo) == snap.assess(counts, 0)[0], trial
+    # the fall-backs: more events than the cap, one action, an action the snapshot lacks
+    snap = Snapshot({"a": 3, "b": 1}, cap=5)
+    for counts in ({"a": 7, "b": 1}, {"a": 2, "zz": 1}):
+        assert final_score(snap, counts, sum(counts.values()), 5, {}) == snap.assess(counts, 0)[0]
+    single = Snapshot({"a": 3}, cap=5)
+    assert final_score(single, {"a": 2}, 2, 5, {}) == single.assess({"a": 2}, 0)[0] == 0.0
 
 
 @pytest.mark.parametrize("bad", ["0", "-3", "ten", "1.5"])
