@@ -355,11 +355,11 @@ class _Bits:
         for action in self.snap.absent_candidates():
             got = per_n.get((action, n))
             if got is None:
-                got = self.logit.get(action)
-                if got is None:
+                pl = self.logit.get(action)
+                if pl is None:
                     p = self.snap.counts[action] / self.snap.total
-                    got = self.logit[action] = (p, math.log(p) - math.log1p(-p))
-                p, logit = got
+                    pl = self.logit[action] = (p, math.log(p) - math.log1p(-p))
+                p, logit = pl
                 m = min(int((n + 1) * p), n)
                 x = 0
                 b0 = max((lg[x] + lg[n - x] - lg[m] - lg[n - m] + (m - x) * logit) / LN2, 0.0)
