@@ -3,10 +3,13 @@
 Times, in one run on the same file (written to a temporary directory):
 
 * reading the file and ``orjson.loads`` of every line in Python (the floor);
-* ``binormal score FILE --json`` as a subprocess in the default mode (snapshot
-  refreshed every 1,000 events per scope), and ``--exact`` for comparison.
+* ``binormal score FILE --json`` as a subprocess (interpreter start-up included) in the default
+  mode (snapshot refreshed every 1,000 events per scope, guard on), and ``--exact`` for comparison;
+* the default mode's stages in-process (counting, final scores, JSON rows).
 
-    python benchmarks/score_offline.py [--events 200000] [--no-exact]
+Each is run ``--repeats`` times (interleaved) and the median shown.
+
+    python benchmarks/score_offline.py [--events 200000] [--repeats 3] [--exact-repeats 3]
 
 Targets: default mode >= 100,000 events/s and <= 5x the read+parse time.
 """
@@ -17,6 +20,8 @@ import argparse
 import os
 import platform
 import random
+import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -39,48 +44,84 @@ def write_file(path: Path, events: int, seed: int = 6) -> None:
             f.write(orjson.dumps(obj) + b"\n")
 
 
-def read_parse(path: Path) -> float:
-    t0 = time.perf_counter()
-    n = 0
+def read_parse(path: Path) -> tuple[float, float]:
+    """Wall and CPU seconds of reading the file and ``orjson.loads`` of every line."""
+    t0, c0 = time.perf_counter(), time.process_time()
     with path.open("rb") as f:
         for line in f:
             orjson.loads(line)
-            n += 1
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, time.process_time() - c0
 
 
-def run_score(path: Path, *extra: str) -> float:
+def run_score(path: Path, *extra: str) -> tuple[float, float]:
+    """Wall and CPU seconds of ``binormal score FILE --json`` as a subprocess (start-up included)."""
     root = Path(__file__).resolve().parents[1]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     subprocess.run(
-        [sys.executable, "-m", "binormal", "score", str(path), "--json", "--no-progress", *extra],
+        [sys.executable, "-P", "-m", "binormal", "score", str(path), "--json", "--no-progress", *extra],
         check=True,
         stdout=subprocess.DEVNULL,
         cwd=root,
     )
-    return time.perf_counter() - t0
+    wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
+def breakdown(path: Path) -> dict[str, float]:
+    """In-process CPU seconds of the default mode's stages (no start-up)."""
+    from binormal.offline import Engine, Options, no_gc
+
+    engine = Engine(Options(cap=100, refresh=1000, weight_cap=100))
+    with no_gc():
+        t0 = time.process_time()
+        with path.open("rb") as f:
+            engine.feed_lines(f, sys.stderr)
+        t1 = time.process_time()
+        rows = list(engine.rows())
+        t2 = time.process_time()
+        "".join([orjson.dumps(r.as_json()).decode() + "\n" for r in rows])
+        t3 = time.process_time()
+    return {"count (parse, validate, snapshots)": t1 - t0, "final scores": t2 - t1, "JSON rows": t3 - t2}
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--events", type=int, default=200_000)
-    ap.add_argument("--no-exact", action="store_true", help="skip the --exact run")
+    ap.add_argument("--repeats", type=int, default=3, help="runs of each measurement (the median is shown)")
+    ap.add_argument("--exact-repeats", type=int, default=3, help="runs of --exact (slow); 0: skip it")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "events.ndjson"
         write_file(path, args.events)
-        parse = read_parse(path)
-        default = run_score(path)
+        parse: list[tuple[float, float]] = []
+        default: list[tuple[float, float]] = []
+        exact: list[tuple[float, float]] = []
+        parts: list[dict[str, float]] = []
+        for _ in range(args.repeats):  # interleaved, so a noisy neighbour hits every measurement alike
+            parse.append(read_parse(path))
+            default.append(run_score(path))
+            parts.append(breakdown(path))
+        exact = [run_score(path, "--exact") for _ in range(args.exact_repeats)]
+        floor = statistics.median(p[0] for p in parse)
+        floor_cpu = statistics.median(p[1] for p in parse)
         print(f"machine: {platform.machine()} {os.cpu_count()} cpus, Python {platform.python_version()}")
         print(f"file: {args.events:,} events, {path.stat().st_size / 1e6:.1f} MB, 40 actions, 10 scopes")
-        print(f"read+parse: {parse:.3f} s ({args.events / parse:,.0f} lines/s)")
-        print(
-            f"score (default, --refresh 1000): {default:.3f} s, {args.events / default:,.0f} events/s, "
-            f"{default / parse:.2f}x read+parse"
-        )
-        if not args.no_exact:
-            exact = run_score(path, "--exact")
-            print(f"score --exact: {exact:.3f} s, {args.events / exact:,.0f} events/s, {exact / parse:.2f}x read+parse")
+        print(f"medians of {args.repeats} runs (--exact: {args.exact_repeats}); load average {os.getloadavg()[0]:.2f}")
+        print(f"read+parse: {floor:.3f} s wall ({floor_cpu:.3f} s CPU), {args.events / floor:,.0f} lines/s")
+        for name, runs in (("score (default, --refresh 1000)", default), ("score --exact", exact)):
+            if not runs:
+                continue
+            wall = statistics.median(r[0] for r in runs)
+            cpu = statistics.median(r[1] for r in runs)
+            print(
+                f"{name}: {wall:.3f} s wall ({cpu:.3f} s CPU), {args.events / wall:,.0f} events/s "
+                f"({args.events / cpu:,.0f} per CPU second), {wall / floor:.2f}x read+parse wall, "
+                f"{cpu / floor_cpu:.2f}x CPU"
+            )
+        for stage in parts[0]:
+            print(f"  in-process {stage}: {statistics.median(p[stage] for p in parts):.3f} s CPU")
     return 0
 
 

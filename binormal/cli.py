@@ -72,8 +72,27 @@ def _exit_on_sigterm(signum: int, frame: object) -> None:
     raise SystemExit(0)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser: global options, then each module of :data:`COMMANDS` registers its subcommand."""
+def chosen_command(argv: list[str]) -> str | None:
+    """The subcommand ``argv`` names (its first word after the global options), None when unsure."""
+    i = 0
+    while i < len(argv):
+        word = argv[i]
+        if word in ("--log-level", "--log-format"):
+            i += 2
+        elif word.startswith(("--log-level=", "--log-format=")):
+            i += 1
+        else:
+            return word if word in COMMANDS else None
+    return None
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The argument parser: global options, then each module of :data:`COMMANDS` registers its subcommand.
+
+    ``only``: register just that command (what :func:`main` does when the arguments name one), so
+    a light command (``binormal score``) does not pay the imports of another's parser
+    (``token`` and ``dead`` build theirs from modules that import aiohttp and redis).
+    """
     p = argparse.ArgumentParser(prog="binormal", description=__doc__.split("\n", 1)[0])
     p.add_argument("--version", action=_VersionAction)
     # A string default goes through `type` too: a bad BINORMAL_LOG_LEVEL is argparse's error as well.
@@ -92,6 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = p.add_subparsers(dest="command", required=True)
     for name, module in COMMANDS.items():
+        if only is not None and name != only:
+            continue
         mod = importlib.import_module(module)
         before = set(sub.choices)
         mod.register(sub)
@@ -107,18 +128,23 @@ def main(argv: list[str] | None = None) -> int:
     # Until a service installs its own handlers, SIGTERM means "leave now":
     # nothing is in hand yet, so exit 0 instead of dying by the signal.
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
-    args = build_parser().parse_args(argv)
-    from binormal.common import log
+    words = sys.argv[1:] if argv is None else argv
+    args = build_parser(chosen_command(words)).parse_args(words)
+    if getattr(args, "logs", True):  # an offline tool that logs nothing sets logs=False (structlog costs ~0.1 s)
+        from binormal.common import log
 
-    log.configure(args.log_level, args.log_format)
-    from binormal.common.config import ConfigError
-
+        log.configure(args.log_level, args.log_format)
     try:
         return int(args.func(args))
     except KeyboardInterrupt:
         return 130
-    except ConfigError as exc:  # a setting that cannot be used: say which, no traceback
-        sys.stderr.write(f"binormal {args.command}: {exc}\n")
+    except ValueError as exc:
+        # ConfigError (a ValueError), imported only now: the offline commands never load the settings module
+        from binormal.common.config import ConfigError
+
+        if not isinstance(exc, ConfigError):
+            raise
+        sys.stderr.write(f"binormal {args.command}: {exc}\n")  # a setting that cannot be used: say which
         return 2
 
 

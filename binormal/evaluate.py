@@ -1,7 +1,8 @@
 """``binormal evaluate EVENTS LABELS``: detection quality of each offered score on labelled events.
 
-The events are replayed in file order through the in-memory engine (the one ``binormal score``
-uses); each individual is ranked by its final score in its scope. Labels are a CSV ``id,label``
+The events are replayed in file order through the engine of ``binormal score``
+(:mod:`binormal.offline`: snapshot every ``--refresh`` events per scope, ``--exact`` after every
+event; ``--weight-cap``); each individual is ranked by its final scores in its scope. Labels are a CSV ``id,label``
 (1 = anomalous, 0 = normal) with an optional third column ``kind`` (a planted anomaly's kind,
 reported per kind; ignored when absent). Ids without a label are scored but not counted.
 
@@ -21,16 +22,17 @@ from typing import IO, Any
 
 import orjson
 
-from binormal.common.engine import MemoryEngine
-from binormal.common.scoring import DEFAULT_CAP, zscore
-from binormal.score import open_input, read_events
+from binormal.offline import Options, no_gc
+from binormal.score import Bar, fast_rows, input_size, open_input
 
 Row = dict[str, Any]
 SCORES: dict[str, Callable[[Row], float]] = {
     "zscore": lambda r: float(r["zscore"]),
     "score": lambda r: float(r["score"]),
+    "pscore": lambda r: float(r["pscore"]),
+    "rzscore": lambda r: float(r["rzscore"]),
     # score is computed on counts normalised to at most cap N events: bits per event of those n' = min(n, N)
-    "bits_per_event": lambda r: float(r["score"]) / r["scored"],
+    "bits_per_event": lambda r: float(r["bits_per_event"]),
 }
 
 
@@ -125,27 +127,26 @@ def read_labels(stream: IO[str]) -> Labels:
     return Labels(label, kind)
 
 
-def replay(path: str, cap: int, errors: IO[str]) -> list[Row]:
+def replay(path: str, opts: Options, errors: IO[str], progress: bool = False) -> list[Row]:
     """Every individual's final result after replaying ``path`` in order (one row per scope and id)."""
-    engine = MemoryEngine(cap=cap)
-    with open_input(path) as stream:
-        for event in read_events(stream, errors):
-            engine.process(event)
-    rows: list[Row] = []
-    for scope, st in engine.scopes.items():
-        for ident, counts in st.individuals.items():
-            score = st.scores[ident]
-            rows.append(
-                {
-                    "scope": scope,
-                    "id": ident,
-                    "count": sum(counts.values()),
-                    "scored": min(sum(counts.values()), cap),
-                    "score": score,
-                    "zscore": zscore(score, st.agg.n, st.agg.total, st.agg.total_sq),
-                }
-            )
-    return rows
+    with open_input(path) as stream, no_gc():
+        bar = Bar(errors, progress, input_size(path, stream))
+        rows = list(fast_rows(stream, opts, bar if progress else errors, bar if progress else None))
+        bar.close()
+    return [
+        {
+            "scope": r.scope,
+            "id": r.ident,
+            "count": r.count,
+            "score": r.score,
+            "zscore": r.zscore,
+            "pscore": r.pscore,
+            "rzscore": r.rzscore,
+            "bits_per_event": r.bits_per_event,
+            "learning": r.learning,
+        }
+        for r in rows
+    ]
 
 
 def metrics(values: Sequence[float], labels: Sequence[int]) -> dict[str, float | None]:
@@ -203,12 +204,12 @@ def render(result: dict[str, Any], out: IO[str]) -> None:
             )
 
 
-def main_evaluate(events: str, labels_path: str, as_json: bool, cap: int = DEFAULT_CAP) -> int:
+def main_evaluate(events: str, labels_path: str, as_json: bool, opts: Options, progress: bool | None = None) -> int:
     """Entry point used by the CLI."""
     try:
         with open(labels_path, encoding="utf-8", newline="") as f:
             labels = read_labels(f)
-        rows = replay(events, cap, sys.stderr)
+        rows = replay(events, opts, sys.stderr, sys.stderr.isatty() if progress is None else progress)
     except (OSError, EOFError, ValueError) as exc:
         sys.stderr.write(f"binormal evaluate: {exc}\n")
         return 1

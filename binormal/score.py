@@ -1,29 +1,31 @@
-"""``binormal score FILE``: offline analysis of a log with the in-memory engine, no server.
+"""``binormal score FILE``: offline analysis of a log with no server (engine: :mod:`binormal.offline`).
 
 Lines are NDJSON events, or raw lines turned into events by the feeder's
 ``--map`` / ``--transform`` (:mod:`binormal.feed.convert`). By default the
 population snapshot of a scope is rebuilt every ``refresh`` events of that
-scope (the worker's bounded staleness); ``refresh=0`` (``--exact``) rebuilds it
-after every event, which gives exactly the results of :class:`MemoryEngine`.
+scope (the worker's bounded staleness) and each individual is scored once, at
+the end, against the snapshot in force at its last event; ``--exact`` rebuilds
+it after every event and scores every event, which gives exactly the results of
+:class:`MemoryEngine` (the zscore of each individual's last event).
 """
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import io
+import itertools
 import os
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from typing import IO, Any
 
 import orjson
 
 from binormal.common.keys import Scope
-from binormal.common.result import Aggregates, r3
 from binormal.common.schema import Event, InvalidEvent, parse_json
-from binormal.common.scoring import DEFAULT_CAP, Snapshot, zscore
+from binormal.offline import Engine, Options, Row, exact_rows, no_gc
 
 DEFAULT_REFRESH = 1000  # events per scope between snapshot rebuilds (the default mode; the CLI repeats it)
 
@@ -80,6 +82,16 @@ class Bar:
             self._drawn = False
 
 
+def input_size(path: str, stream: IO[bytes]) -> int | None:
+    """Bytes of the file behind ``stream`` (None for stdin or when not known): the bar's 100 %."""
+    if path == "-":
+        return None
+    try:
+        return os.fstat(stream.fileno()).st_size
+    except (OSError, ValueError, io.UnsupportedOperation):
+        return None
+
+
 def _hms(seconds: float) -> str:
     s = int(max(seconds, 0))
     return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
@@ -118,129 +130,81 @@ def read_events(stream: IO[bytes], errors: IO[str] | Bar, converter: Any = None)
             errors.write(f"line {lineno}: {exc}\n")
 
 
-@dataclass
-class _Scope:
-    pop: dict[str, int]
-    individuals: dict[str, dict[str, int]]
-    scores: dict[str, float]
-    agg: Aggregates
-    snapshot: Snapshot | None = None
-    age: int = 0
-    last: dict[str, tuple[Aggregates, Snapshot]] = field(default_factory=dict)
-
-
-@dataclass
-class Last:
-    """An individual as of its last event: enough to build its row (and explanation) at the end."""
-
-    scope: Scope
-    ident: str
-    counts: dict[str, int]
-    score: float
-    agg: Aggregates
-    snapshot: Snapshot
-
-    def row(self) -> dict[str, Any]:
-        """The ``--json`` object."""
-        a = self.agg
-        return {
-            "org": self.scope.org,
-            "source": self.scope.source,
-            "pop": self.scope.pop,
-            "id": self.ident,
-            "count": sum(self.counts.values()),
-            "score": r3(self.score),
-            "zscore": r3(zscore(self.score, a.n, a.total, a.total_sq)),
-        }
-
-
-def score_events(events: Iterator[Event], cap: int, refresh: int) -> dict[tuple[Scope, str], Last]:
-    """Each individual's state at its last event: the counting of :class:`MemoryEngine`, without results.
-
-    Scores equal :meth:`MemoryEngine.process`'s with ``refresh_every=refresh``
-    bit for bit (same snapshots, same :meth:`Snapshot.assess`, same aggregates);
-    the per-event result dict and explanation are not built.
-    """
-    scopes: dict[Scope, _Scope] = {}
-    # (scope, id) -> the scope's state; per scope, id -> (aggregates, snapshot) at its last event
-    order: dict[tuple[Scope, str], _Scope] = {}
-    for event in events:
-        scope = event.scope
-        st = scopes.get(scope)
-        if st is None:
-            st = scopes[scope] = _Scope({}, {}, {}, Aggregates())
-        ident, action = event.id, event.action
-        counts = st.individuals.get(ident)
-        if counts is None:
-            counts = st.individuals[ident] = {}
-            order[(scope, ident)] = st
-        counts[action] = counts.get(action, 0) + 1
-        pop = st.pop
-        pop[action] = pop.get(action, 0) + 1
-        snap = st.snapshot
-        if snap is None or st.age >= refresh or action not in snap.counts:
-            snap = st.snapshot = Snapshot(dict(pop), cap=cap)
-            st.age = 0
-        st.age += 1
-        score = snap.assess(counts, 0)[0]
-        scores = st.scores
-        agg = st.agg = st.agg.replace(scores.get(ident), score)
-        scores[ident] = score
-        st.last[ident] = (agg, snap)
-    out: dict[tuple[Scope, str], Last] = {}
-    for (scope, ident), st in order.items():
-        agg, snap = st.last[ident]
-        out[(scope, ident)] = Last(scope, ident, st.individuals[ident], st.scores[ident], agg, snap)
-    return out
-
-
 def score_file(
     path: str,
     top: int,
     as_json: bool,
-    cap: int,
+    opts: Options,
     out: IO[str],
     errors: IO[str],
-    refresh: int = 0,
     converter: Any = None,
     progress: bool = False,
+    exact: bool = False,
 ) -> int:
     """Process ``path`` in order; print top outliers per scope (or JSON per individual)."""
     with open_input(path) as stream:
-        size = None
-        if path != "-":
-            try:
-                size = os.fstat(stream.fileno()).st_size
-            except (OSError, ValueError, io.UnsupportedOperation):
-                size = None
-        bar = Bar(errors, progress, size)
-        events = read_events(stream, bar if progress else errors, converter)
-        if progress:
-            events = _ticking(events, bar, stream)
+        bar = Bar(errors, progress, input_size(path, stream))
+        sink: IO[str] | Bar = bar if progress else errors
         if converter is not None and progress:
             converter.reporter.write = bar.write
-        last = score_events(events, cap, refresh)
+        with no_gc():
+            rows = _rows(stream, opts, sink, bar, progress, converter, exact)
         bar.close()
     if as_json:
-        for item in last.values():
-            out.write(orjson.dumps(item.row()).decode() + "\n")
+        dumps = orjson.dumps
+        out.write("".join([dumps(r.as_json()).decode() + "\n" for r in rows]))
         return 0
-    by_scope: dict[Scope, list[dict[str, Any]]] = {}
-    for item in last.values():
-        r = item.row()
-        r["_item"] = item
-        by_scope.setdefault(item.scope, []).append(r)
+    by_scope: dict[Scope, list[Row]] = {}
+    for r in rows:
+        by_scope.setdefault(r.scope, []).append(r)
     for scope in sorted(by_scope, key=lambda s: (s.org, s.source, s.pop)):
-        rows = sorted(by_scope[scope], key=lambda r: (-r["zscore"], r["id"]))[:top]
-        out.write(f"== org={scope.org} source={scope.source} pop={scope.pop} ({len(by_scope[scope])} individuals)\n")
+        mine = by_scope[scope]
+        shown = sorted(mine, key=lambda r: (-round(r.zscore, 3), r.ident))[:top]
+        learning = sum(1 for r in mine if r.learning)
+        note = f", {learning} learning" if learning else ""
+        out.write(f"== org={scope.org} source={scope.source} pop={scope.pop} ({len(mine)} individuals{note})\n")
         out.write(f"{'zscore':>8} {'score':>9} {'count':>7}  id  (top reason)\n")
-        for r in rows:
-            item = r["_item"]
-            explain = item.snapshot.assess(item.counts, 5)[1]
+        for r in shown:
+            explain = r.snapshot.assess(r.counts, 5)[1]
             reason = explain[0] if explain else None
             why = f"{reason['action']} {reason['kind']} ({reason['bits']} bits)" if reason else ""
-            out.write(f"{r['zscore']:>8.3f} {r['score']:>9.3f} {r['count']:>7}  {r['id']}  {why}\n")
+            mark = "  [learning]" if r.learning else ""
+            out.write(f"{r.zscore:>8.3f} {r.score:>9.3f} {r.count:>7}  {r.ident}  {why}{mark}\n")
     return 0
+
+
+def _rows(
+    stream: IO[bytes], opts: Options, sink: IO[str] | Bar, bar: Bar, progress: bool, converter: Any, exact: bool
+) -> list[Row]:
+    """Every individual's row: the fast line engine, or events one by one (``--exact``, ``--map``, ``--transform``)."""
+    if not exact and converter is None:
+        return list(fast_rows(stream, opts, sink, bar if progress else None))
+    events = read_events(stream, sink, converter)
+    if progress:
+        events = _ticking(events, bar, stream)
+    if exact:
+        return exact_rows(events, opts)
+    engine = Engine(opts)
+    for event in events:
+        engine.add(event)
+    return list(engine.rows())
+
+
+CHUNK = 4096  # lines counted between two progress-bar updates
+
+
+def fast_rows(stream: IO[bytes], opts: Options, errors: IO[str] | Bar, bar: Bar | None = None) -> Iterator[Row]:
+    """NDJSON lines through the fast engine (:mod:`binormal.offline`), the rows at the end."""
+    engine = Engine(opts)
+    if bar is None:
+        engine.feed_lines(stream, errors)
+    else:
+        lineno = 1
+        while chunk := list(itertools.islice(stream, CHUNK)):
+            engine.feed_lines(chunk, errors, lineno)
+            lineno += len(chunk)
+            bar.tick(lineno - 1, _position(stream))
+    return engine.rows()
 
 
 def _ticking(events: Iterator[Event], bar: Bar, stream: IO[bytes]) -> Iterator[Event]:
@@ -254,8 +218,8 @@ def main_score(
     path: str,
     top: int,
     as_json: bool,
-    cap: int = DEFAULT_CAP,
-    refresh: int = 0,
+    opts: Options,
+    exact: bool = False,
     field_map: str | None = None,
     transform: str | None = None,
     progress: bool | None = None,
@@ -270,7 +234,7 @@ def main_score(
         sys.stderr.write(f"binormal score: {exc}\n")
         return 2
     try:
-        return score_file(path, top, as_json, cap, out, sys.stderr, refresh, converter, progress)
+        return score_file(path, top, as_json, opts, out, sys.stderr, converter, progress, exact)
     except BrokenPipeError:
         # The reader went away (``| head``): stop quietly, and point stdout at
         # /dev/null so the interpreter's final flush does not complain again.
@@ -281,6 +245,9 @@ def main_score(
         # OSError) or a truncated .gz (EOFError): one clear line, exit 2.
         sys.stderr.write(f"binormal score: cannot read {path}: {exc}\n")
         return 2
+    finally:
+        with contextlib.suppress(OSError, ValueError):  # leave sys.stdout usable (the wrapper would close it)
+            out.detach()
 
 
 def make_converter(field_map: str | None, transform: str | None) -> Any:

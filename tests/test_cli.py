@@ -209,3 +209,17 @@ def test_binormal_run_on_a_terminal_prints_its_url_first_and_its_workers_log_con
     assert f"http://127.0.0.1:{port}" in lines[0], lines
     assert all(not line.lstrip().startswith("{") for line in lines), lines
     assert "\x1b[" in lines[-1]  # the worker's line is coloured too
+
+
+def test_offline_commands_start_without_the_service_stack() -> None:
+    """``binormal score`` and ``evaluate`` register only their own parser and configure no logging:
+    no aiohttp, redis or structlog import (the other commands' parsers and structlog cost ~0.5 s)."""
+    import sys
+
+    code = (
+        "import sys; from binormal.cli import main; rc = main(['score', '-', '--json']); "
+        "print(rc, [m for m in ('asyncio', 'structlog', 'aiohttp', 'redis') if m in sys.modules])"
+    )
+    done = subprocess.run([sys.executable, "-P", "-c", code], input="", capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "0 []"

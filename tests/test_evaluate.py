@@ -13,6 +13,7 @@ import pytest
 from binormal.common.engine import MemoryEngine
 from binormal.common.keys import Scope
 from binormal.evaluate import Labels, average_precision, evaluate, precision_at, read_labels, replay, roc_auc
+from binormal.offline import Options
 from binormal.score import read_events
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -114,7 +115,7 @@ def test_labels_csv_header_kind_and_errors() -> None:
 def test_unlabelled_ids_are_scored_but_not_counted() -> None:
     s = Scope("o", "s", "p")
     rows = [
-        {"scope": s, "id": i, "count": 10, "scored": 10, "score": sc, "zscore": sc}
+        {"scope": s, "id": i, "count": 10, "score": sc, "zscore": sc, "pscore": sc, "rzscore": sc, "bits_per_event": sc}
         for i, sc in (("x", 9.0), ("y", 1.0), ("z", 2.0), ("free", 100.0))
     ]
     result = evaluate(rows, Labels({"x": 1, "y": 0, "z": 0}, {"x": "bot"}))
@@ -133,7 +134,7 @@ def test_cli_json_shape(generated: Path) -> None:
     assert result["labelled"] == result["individuals"] == len(labels.label)
     assert result["anomalous"] == sum(labels.label.values()) == 2 * 7
     assert result["scopes"] == 2
-    assert set(result["scores"]) == {"zscore", "score", "bits_per_event"}
+    assert set(result["scores"]) == {"zscore", "score", "pscore", "rzscore", "bits_per_event"}
     assert set(result["kinds"]) == {"skip", "repeat", "odd", "lowslow", "takeover", "masquerade", "heavy"}
     for m in result["scores"].values():
         assert set(m) == METRICS and all(0.0 <= v <= 1.0 for v in m.values())
@@ -154,25 +155,58 @@ def test_cli_table_and_unlabelled_subset(generated: Path, tmp_path: Path) -> Non
 
 
 def test_replay_ranks_what_binormal_score_reports(generated: Path) -> None:
+    """evaluate and score share the engine: the same rows, for the default mode and --exact, guard on and off."""
     events = str(generated / "events.ndjson")
-    done = subprocess.run(
-        [sys.executable, "-P", "-m", "binormal", "score", events, "--json", "--exact"],  # the evaluator replays exactly
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
-    offline = {r["id"]: r for r in map(json.loads, done.stdout.splitlines())}
-    rows = replay(events, 100, io.StringIO())
-    assert len(rows) == len(offline)
-    for r in rows:
-        assert r["count"] == offline[r["id"]]["count"]
-        assert round(r["score"], 3) == offline[r["id"]]["score"]
-    # zscore: every individual against its scope's final mean and deviation (binormal score prints
-    # the one of each individual's last event, against the aggregates of that moment)
+    for extra, opts in (
+        ([], Options(100, 1000, 100)),
+        (["--exact", "--weight-cap", "0"], Options(100, 0, 0)),
+        (["--refresh", "7", "--weight-cap", "150", "--cap", "50"], Options(50, 7, 150)),
+    ):
+        done = subprocess.run(
+            [sys.executable, "-P", "-m", "binormal", "score", events, "--json", *extra],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        )
+        offline = {r["id"]: r for r in map(json.loads, done.stdout.splitlines())}
+        rows = replay(events, opts, io.StringIO())
+        assert len(rows) == len(offline)
+        for r in rows:
+            mine = offline[r["id"]]
+            assert r["count"] == mine["count"] and r["learning"] == mine["learning"]
+            for name in ("score", "pscore", "rzscore", "bits_per_event"):
+                assert round(r[name], 3) == mine[name], name
+            if "--exact" not in extra:  # --exact prints the zscore of each individual's last event
+                assert round(r["zscore"], 3) == mine["zscore"]
+    # --exact, guard off: the scores MemoryEngine gives, and zscores against the final aggregates
     engine = MemoryEngine()
     with open(events, "rb") as f:
         for e in read_events(f, io.StringIO()):
             engine.process(e)
-    for r in rows:
-        assert round(r["zscore"], 3) == engine.current(r["scope"], r["id"])["zscore"]
+    for r in replay(events, Options(100, 0, 0), io.StringIO()):
+        current = engine.current(r["scope"], r["id"])
+        assert round(r["score"], 3) == current["score"]
+        assert round(r["zscore"], 3) == pytest.approx(current["zscore"], abs=0.0011)  # fsum vs running sums
+
+
+def test_cli_engine_options_change_the_replay(generated: Path) -> None:
+    labels = str(generated / "labels.csv")
+    results = {}
+    for name, extra in (("default", []), ("exact", ["--exact"]), ("off", ["--weight-cap", "0"])):
+        done = run_evaluate(str(generated / "events.ndjson"), labels, "--json", *extra)
+        assert done.returncode == 0, done.stderr
+        results[name] = json.loads(done.stdout)
+    assert results["default"]["individuals"] == results["off"]["individuals"]
+    assert results["off"]["kinds"]["heavy"] != results["default"]["kinds"]["heavy"]
+    bad = run_evaluate(str(generated / "events.ndjson"), labels, "--weight-cap", "3")
+    assert bad.returncode == 2 and "--weight-cap must be 0 (off)" in bad.stderr
+
+
+def test_progress_bar_on_stderr(generated: Path) -> None:
+    """``--progress`` (the default on a terminal): the bar of binormal score on stderr, stdout unchanged."""
+    args = (str(generated / "events.ndjson"), str(generated / "labels.csv"), "--json")
+    with_bar, without = run_evaluate(*args, "--progress"), run_evaluate(*args)
+    assert with_bar.returncode == without.returncode == 0
+    assert with_bar.stdout == without.stdout
+    assert "events/s" in with_bar.stderr and "ETA" in with_bar.stderr and without.stderr == ""

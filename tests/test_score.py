@@ -13,7 +13,10 @@ import orjson
 import pytest
 
 from binormal.common.engine import MemoryEngine
-from binormal.common.schema import parse_json
+from binormal.common.schema import Event, parse_json
+from binormal.common.scoring import Snapshot
+from binormal.offline import Engine, Options, final_score
+from tests.support.offline import offline_events, reference_rows
 
 ACTIONS = ["GET /", "GET /login", "POST /login", "GET /profile", "GET /logout", "GET /admin", "DELETE /user"]
 WEIGHTS = [40, 25, 20, 10, 4, 0.6, 0.4]
@@ -140,19 +143,24 @@ def json_rows(stdout: bytes) -> list[dict[str, Any]]:
     return [orjson.loads(line) for line in stdout.splitlines()]
 
 
+FIELDS = ["org", "source", "pop", "id", "count", "score", "zscore", "pscore", "rzscore", "bits_per_event", "learning"]
+SEEN = ("org", "source", "pop", "id", "count", "score", "zscore")  # what MemoryEngine's results also hold
+
+
 def test_json_matches_memory_engine(data: dict[str, Any]) -> None:
-    proc = run_score(str(data["plain"]), "--json", "--exact")
+    # --weight-cap 0: the guard off, as MemoryEngine() (issue 11 made the guard the default)
+    proc = run_score(str(data["plain"]), "--json", "--exact", "--weight-cap", "0")
     assert proc.returncode == 0, proc.stderr
     check_stderr(proc.stderr)
     rows = json_rows(proc.stdout)
     assert len(rows) == len(data["last"])
     seen = set()
     for row in rows:
-        assert list(row) == ["org", "source", "pop", "id", "count", "score", "zscore"]
+        assert list(row) == FIELDS
         key = (row["org"], row["source"], row["pop"], row["id"])
         seen.add(key)
         ref = data["last"][key]
-        assert row == {k: ref[k] for k in row}
+        assert {k: row[k] for k in SEEN} == {k: ref[k] for k in SEEN}
     assert seen == set(data["last"])
     # the outlier stands out in its scope
     for scope, who in OUTLIERS.items():
@@ -174,7 +182,7 @@ def test_gz_and_stdin_give_the_same_answer(data: dict[str, Any]) -> None:
 
 
 def test_cap_option_changes_scores(data: dict[str, Any]) -> None:
-    proc = run_score(str(data["plain"]), "--json", "--cap", "10", "--exact")
+    proc = run_score(str(data["plain"]), "--json", "--cap", "10", "--exact", "--weight-cap", "0")
     assert proc.returncode == 0
     rows = {(r["org"], r["source"], r["pop"], r["id"]): r for r in json_rows(proc.stdout)}
     eng = MemoryEngine(cap=10)
@@ -263,7 +271,7 @@ def test_transform_scores_raw_lines(data: dict[str, Any], tmp_path: Path) -> Non
     )
     log = tmp_path / "raw.log"
     log.write_bytes(raw_log(data["good"]))
-    proc = run_score(str(log), "--json", "--exact", "--transform", f"{module}:process_event")
+    proc = run_score(str(log), "--json", "--exact", "--weight-cap", "0", "--transform", f"{module}:process_event")
     assert proc.returncode == 0, proc.stderr
     eng = MemoryEngine()
     last: dict[tuple[str, ...], dict[str, Any]] = {}
@@ -271,23 +279,192 @@ def test_transform_scores_raw_lines(data: dict[str, Any], tmp_path: Path) -> Non
         if obj["action"] != "GET /logout":
             last[(obj["org"], obj["source"], obj["pop"], obj["id"])] = eng.process(parse_json(obj))
     rows = json_rows(proc.stdout)
-    assert {(r["org"], r["source"], r["pop"], r["id"]): r for r in rows} == {
-        k: {f: v[f] for f in ("org", "source", "pop", "id", "count", "score", "zscore")} for k, v in last.items()
+    assert {(r["org"], r["source"], r["pop"], r["id"]): {f: r[f] for f in SEEN} for r in rows} == {
+        k: {f: v[f] for f in SEEN} for k, v in last.items()
     }
 
 
-def test_refresh_one_equals_exact_and_default_is_close(data: dict[str, Any]) -> None:
+def test_refresh_one_scores_as_exact_and_default_is_close(data: dict[str, Any]) -> None:
+    """--refresh 1 gives --exact's scores; its zscores compare with the final scores (--exact: at the last event)."""
     exact = run_score(str(data["plain"]), "--json", "--exact")
     one = run_score(str(data["plain"]), "--json", "--refresh", "1")
     assert exact.returncode == one.returncode == 0
-    assert one.stdout == exact.stdout
+    rows_one, rows_exact = json_rows(one.stdout), json_rows(exact.stdout)
+    assert [(r["id"], r["score"], r["pscore"], r["rzscore"]) for r in rows_one] == [
+        (r["id"], r["score"], r["pscore"], r["rzscore"]) for r in rows_exact
+    ]
+    events = [parse_json(o) for o in data["good"]]
+    ref = reference_rows(events, refresh=1)
+    assert {(r["org"], r["source"], r["pop"], r["id"]): r for r in rows_one} == ref
     stale = run_score(str(data["plain"]), "--json", "--refresh", "500")
     assert stale.returncode == 0
-    rows, ref = json_rows(stale.stdout), json_rows(exact.stdout)
-    assert [(r["id"], r["count"]) for r in rows] == [(r["id"], r["count"]) for r in ref]
+    rows = json_rows(stale.stdout)
+    assert [(r["id"], r["count"]) for r in rows] == [(r["id"], r["count"]) for r in rows_exact]
     for scope, who in OUTLIERS.items():  # bounded staleness still finds the planted outliers
         mine = [r for r in rows if (r["org"], r["source"], r["pop"]) == scope]
         assert max(mine, key=lambda r: r["zscore"])["id"] == who
+
+
+@pytest.fixture(scope="module")
+def heavy_file(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Event]]:
+    events = offline_events()
+    path = tmp_path_factory.mktemp("heavy") / "heavy.ndjson"
+    path.write_bytes(b"".join(orjson.dumps(e.to_fields() | {"ts": e.ts}) + b"\n" for e in events))
+    return path, events
+
+
+@pytest.mark.parametrize("weight_cap", ["0", "100", "250"])
+@pytest.mark.parametrize("refresh", ["1", "40", "1000"])
+def test_default_mode_equals_the_slow_reference(
+    heavy_file: tuple[Path, list[Event]], weight_cap: str, refresh: str
+) -> None:
+    """Every field of every row, guard off and on, on three scopes with a heavy individual."""
+    path, events = heavy_file
+    proc = run_score(str(path), "--json", "--refresh", refresh, "--weight-cap", weight_cap)
+    assert proc.returncode == 0 and proc.stderr == b"", proc.stderr
+    rows = json_rows(proc.stdout)
+    got = {(r["org"], r["source"], r["pop"], r["id"]): r for r in rows}
+    assert len(got) == len(rows)
+    assert got == reference_rows(events, refresh=int(refresh), weight_cap=int(weight_cap))
+    assert [list(r) for r in rows[:1]] == [FIELDS]
+
+
+@pytest.mark.parametrize("weight_cap", ["0", "100"])
+def test_exact_mode_equals_the_slow_reference(heavy_file: tuple[Path, list[Event]], weight_cap: str) -> None:
+    path, events = heavy_file
+    proc = run_score(str(path), "--json", "--exact", "--weight-cap", weight_cap)
+    assert proc.returncode == 0 and proc.stderr == b"", proc.stderr
+    got = {(r["org"], r["source"], r["pop"], r["id"]): r for r in json_rows(proc.stdout)}
+    assert got == reference_rows(events, refresh=0, weight_cap=int(weight_cap), exact=True)
+
+
+def test_the_guard_caps_the_heavy_individual(heavy_file: tuple[Path, list[Event]]) -> None:
+    """With the guard, ``heavy`` weighs its counts normalised to W: RARE's population count is 0, so
+    the snapshot leaves it out; the others' zscores move less from ``heavy``'s mix."""
+    _, events = heavy_file
+    snaps = {}
+    for w in (0, 100):
+        engine = Engine(Options(cap=100, refresh=1, weight_cap=w))
+        for e in events:
+            engine.add(e)
+        big = engine.scopes[("acme", "web", "big")]
+        snaps[w] = big.snap
+        assert big.pop["RARE"] == (2 if w == 0 else 0)
+    assert snaps[0] is not None and snaps[100] is not None
+    assert "RARE" in snaps[0].counts and "RARE" not in snaps[100].counts
+    heavy_n = sum(1 for e in events if e.id == "heavy")
+    assert sum(snaps[0].counts.values()) - sum(snaps[100].counts.values()) > heavy_n - 200
+
+
+def test_learning_and_new_fields(heavy_file: tuple[Path, list[Event]]) -> None:
+    path, _ = heavy_file
+    rows = json_rows(run_score(str(path), "--json").stdout)
+    small = [r for r in rows if r["pop"] == "small"]
+    assert small and all(r["learning"] for r in small)  # 12 individuals < --min-individuals 30
+    once = [r for r in rows if r["id"].startswith("once")]
+    assert once and all(r["learning"] and r["count"] < 10 for r in once)
+    assert all(0.0 <= r["pscore"] < 1.0 for r in rows)
+    big = [r for r in rows if r["pop"] == "big"]
+    assert max(big, key=lambda r: r["score"])["pscore"] == round((len(big) - 1) / len(big), 3)
+    fewer = json_rows(run_score(str(path), "--json", "--min-individuals", "5", "--min-events", "1").stdout)
+    assert not any(r["learning"] for r in fewer)
+    text = run_score(str(path), "--top", "50").stdout.decode()
+    assert "(12 individuals, 12 learning)" in text
+    marked = [line for line in text.splitlines() if line.endswith("[learning]")]
+    assert marked and all(" once" in line or line.split()[3].startswith("u") for line in marked)
+
+
+@pytest.mark.parametrize(
+    ("args", "problem"),
+    [
+        (["--weight-cap", "50"], "--weight-cap must be 0 (off) or at least the normalisation cap --cap 100, got 50"),
+        (["--weight-cap", "5", "--cap", "10"], "--cap 10, got 5"),
+        (["--weight-cap", "-1"], "--weight-cap: must be at least 0, got -1"),
+        (["--weight-cap", "lots"], "--weight-cap: must be a whole number, got 'lots'"),
+        (["--cap", "0"], "--cap: must be at least 1, got 0"),
+    ],
+)
+def test_bad_weight_cap_is_exit_2(args: list[str], problem: str) -> None:
+    for command in ("score", "evaluate"):
+        paths = ["-"] if command == "score" else ["-", "labels.csv"]
+        proc = subprocess.run(
+            [sys.executable, "-P", "-m", "binormal", command, *paths, *args],
+            input=b"",
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+        err = proc.stderr.decode()
+        assert proc.returncode == 2 and problem in err and "Traceback" not in err, (command, err)
+
+
+def test_weight_cap_accepted_values() -> None:
+    line = b'{"org": "o", "source": "s", "pop": "p", "id": "a", "action": "x"}\n'
+    for w in ("0", "100", "100000"):
+        proc = run_score("-", "--json", "--weight-cap", w, stdin=line)
+        assert proc.returncode == 0 and json_rows(proc.stdout)[0]["count"] == 1
+
+
+FAST_PATH_BAD = [
+    b'{"org": "acme", "source": "webserver", "pop": "auth_getpost", "id": 5, "action": "GET /"}',
+    b'{"org": "acme", "source": "webserver", "pop": "auth_getpost", "id": "", "action": "GET /"}',
+    b'{"org": "acme", "source": "webserver", "pop": "auth_getpost", "id": "' + b"x" * 1025 + b'", "action": "GET /"}',
+    b'{"org": "acme", "source": "webserver", "pop": "auth_getpost", "id": "\\ud800", "action": "GET /"}',
+    b'{"org": "acme", "source": "webserver", "pop": "auth_getpost", "id": ["l"], "action": "GET /"}',
+    b'{"org": "acme", "source": "webserver", "pop": "auth_getpost", "id": "user1", "action": "GET /", "ts": true}',
+    b'{"org": "acme", "source": "webserver", "pop": "auth_getpost", "id": "user1", "action": "GET /", "ts": -1}',
+    b'{"org": "acme", "source": "webserver", "pop": "auth_getpost", "id": "user1", "action": "GET /", "ts": 1.5}',
+    b'{"org": "acme", "source": "webserver", "pop": "auth_getpost", "id": "user1", "action": "GET /", "acton": 1}',
+    b'{"org": "acme", "source": "webserver", "pop": "auth_getpost", "id": "user1", "action": "GET /", "id_ttl": 5}',
+    b'{"org": "acme", "source": "webserver", "pop": "auth_getpost", "id": "user1"}',
+    b'{"org": "acme", "source": "webserver", "pop": "auth_getpost", "id": "user1", "action": {"a": 1}}',
+    b'{"org": "acme", "source": "webserver", "pop": ["auth_getpost"], "id": "user1", "action": "GET /"}',
+    b'{"org": "acme", "source": "webserver", "pop": "auth_getpost", "id": "user1", "action": "GET /", "ts": 9e99}',
+    b'{"org": "acme", "source": "webserver", "pop": "auth_getpost", "id": "user1", "action": "GET /"} trailing',
+    b"\x0c",
+]
+FAST_PATH_GOOD = [  # taken by the full check, and counted
+    b'{"org": "acme", "source": "webserver", "pop": "auth_getpost", "id": "user1", "action": "GET /", "event_id": "e"}',
+    b'{"ts": 3, "action": "GET /", "id": "user1", "pop": "auth_getpost", "source": "webserver", "org": "acme"}',
+    b'\t{"org": "acme", "source": "webserver", "pop": "auth_getpost", "id": "user1", "action": "GET /"}\x0b',
+]
+
+
+def test_fast_path_reports_what_the_full_check_reports(data: dict[str, Any]) -> None:
+    """Lines the fast path must not take (a known scope and action, a bad id, ts or field) come back
+    with the same messages and line numbers as the per-line path (--exact), and the same counts."""
+    lines = data["blob"].splitlines()
+    mixed = lines[:1000] + FAST_PATH_BAD + FAST_PATH_GOOD + lines[1000:]
+    blob = b"\n".join(mixed) + b"\n"
+    fast = run_score("-", "--json", stdin=blob)
+    exact = run_score("-", "--json", "--exact", stdin=blob)
+    assert fast.returncode == exact.returncode == 0
+    assert fast.stderr == exact.stderr
+    err = fast.stderr.decode().splitlines()
+    assert len(err) == len(BAD) + len(FAST_PATH_BAD) - 1  # the form feed alone is a blank line
+    assert any(line.startswith("line 1001: id: must be a string") for line in err)
+    assert any(line.startswith("line 1007: ts: must not be negative") for line in err)
+    count = {r["id"]: r["count"] for r in json_rows(fast.stdout) if r["pop"] == "auth_getpost"}
+    assert count == {r["id"]: r["count"] for r in json_rows(exact.stdout) if r["pop"] == "auth_getpost"}
+
+
+def test_final_score_is_assess_bit_for_bit() -> None:
+    """The inlined bits of the final scoring equal Snapshot.assess on random snapshots and counts."""
+    rng = random.Random(3)
+    for trial in range(300):
+        actions = [f"a{i}" for i in range(rng.randrange(1, 30))]
+        snap = Snapshot({a: rng.randrange(1, 500) for a in actions}, cap=rng.choice([5, 50, 100]))
+        counts = {a: rng.randrange(1, 40) for a in rng.sample(actions, rng.randrange(1, len(actions) + 1))}
+        n = sum(counts.values())
+        memo: dict[int, Any] = {}
+        assert final_score(snap, counts, n, snap.cap, memo) == snap.assess(counts, 0)[0], trial
+        assert final_score(snap, counts, n, snap.cap, memo) == snap.assess(counts, 0)[0], trial
+    # the fall-backs: more events than the cap, one action, an action the snapshot lacks
+    snap = Snapshot({"a": 3, "b": 1}, cap=5)
+    for counts in ({"a": 7, "b": 1}, {"a": 2, "zz": 1}):
+        assert final_score(snap, counts, sum(counts.values()), 5, {}) == snap.assess(counts, 0)[0]
+    single = Snapshot({"a": 3}, cap=5)
+    assert final_score(single, {"a": 2}, 2, 5, {}) == single.assess({"a": 2}, 0)[0] == 0.0
 
 
 @pytest.mark.parametrize("bad", ["0", "-3", "ten", "1.5"])
@@ -326,3 +503,26 @@ def test_progress_bar_on_stderr(tmp_path: Path) -> None:
     assert "read 4,096 events" in err and "events/s" in err and "ETA" in err and "%" in err
     assert "line 9001: not JSON" in err
     assert without.stderr.decode().startswith("line 9001: not JSON") and "events/s" not in without.stderr.decode()
+
+
+@pytest.mark.parametrize("weight_cap", [100, 250])
+def test_exact_rows_equal_the_memory_engine_with_the_guard_on(weight_cap: int) -> None:
+    """``--exact`` with the dominance guard counts the population as MemoryEngine (and so the worker) does:
+    every individual's score and zscore equal its last result there, bit for bit, heavy ones included."""
+    from binormal.offline import Options, exact_rows
+    from tests.support.events import engine_events
+
+    events = engine_events(7, 12000, scopes=2, individuals=15)  # ~400 events each: past W
+    rows = exact_rows(iter(events), Options(cap=100, refresh=0, weight_cap=weight_cap))
+    engine = MemoryEngine(cap=100, weight_cap=weight_cap)
+    last = {(e.scope, e.id): engine.process(e) for e in events}
+    assert len(rows) == len(last)
+    heavy = 0
+    for row in rows:
+        ref = last[(row.scope, row.ident)]
+        assert row.score == engine.scopes[row.scope].scores[row.ident]  # the unrounded score, bit for bit
+        assert (round(row.zscore, 3), row.count) == (ref["zscore"], ref["count"])
+        heavy += row.count > weight_cap
+    assert heavy > 0
+    off = exact_rows(iter(events), Options(cap=100, refresh=0, weight_cap=0))
+    assert [r.score for r in off] != [r.score for r in rows]  # the guard changed the scores

@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 
 from binormal.commands import Subparsers
+from binormal.commands.score import add_engine_options, add_progress_options, engine_options
 
 
 def register(sub: Subparsers) -> None:
-    """Add ``evaluate EVENTS LABELS [--json] [--cap N]`` and ``evaluate --feedback OUT.csv``."""
+    """Add ``evaluate EVENTS LABELS [--json] [--cap N] [--weight-cap W] [--refresh N | --exact]`` and ``--feedback``."""
     s = sub.add_parser("evaluate", help="ROC-AUC, AP and precision of each score on labelled events")
+    s.set_defaults(logs=False)
     s.add_argument("events", nargs="?", help="NDJSON events, replayed in file order (.gz accepted, - for stdin)")
     s.add_argument("labels", nargs="?", help="CSV id,label[,kind]: 1 = anomalous; ids without a label are not counted")
     s.add_argument(
@@ -18,7 +20,8 @@ def register(sub: Subparsers) -> None:
         help="write the analysts' marks in Redis (binormal rules) as labels id,label (confirmed 1, benign 0; - stdout)",
     )
     s.add_argument("--json", action="store_true", help="one JSON object instead of the table")
-    s.add_argument("--cap", type=int, default=100, help="normalisation cap N")
+    add_engine_options(s)  # the engine of binormal score: same options, same semantics
+    add_progress_options(s)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -42,5 +45,9 @@ def run(args: argparse.Namespace) -> int:
         sys.stderr.write("binormal evaluate: EVENTS and LABELS are required (unless --feedback OUT.csv alone)\n")
         return 2
     from binormal.evaluate import main_evaluate
+    from binormal.offline import Options
 
-    return main_evaluate(args.events, args.labels, args.json, args.cap)
+    opts = engine_options(args, "evaluate")
+    if not isinstance(opts, Options):
+        return 2
+    return main_evaluate(args.events, args.labels, args.json, opts, args.progress)

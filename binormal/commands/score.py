@@ -3,43 +3,102 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from binormal.commands import Subparsers
 
 DEFAULT_REFRESH = 1000  # binormal.score.DEFAULT_REFRESH, not imported here (nothing heavy at import)
+SEMANTICS = (
+    "Default: the state the service would show after ingesting the file with bounded staleness. "
+    "A scope's population snapshot is rebuilt every --refresh N of its events (and when an event's "
+    "action is new to it); each individual's score is its score at its last event against the snapshot "
+    "in force then, and zscore, pscore and rzscore compare it with the final scores of its scope "
+    "(as /api/outliers shows once the file is in). --exact: a snapshot after every event and the zscore "
+    "each individual had at its last event (the in-memory engine's results). Rows with fewer than "
+    "--min-events events, or in a scope with fewer than --min-individuals individuals, are learning."
+)
 
 
-def _refresh(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a whole number of events, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+def whole(low: int, what: str) -> argparse._ActionType:
+    """An argparse type: a whole number at least ``low``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a whole number{what}, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        return value
+
+    return parse
 
 
-def register(sub: Subparsers) -> None:
-    """Add ``score FILE [--top N] [--json] [--cap N] [--refresh N | --exact] [--map M | --transform T]``."""
-    s = sub.add_parser("score", help="score a log offline (no server needed)")
-    s.add_argument("file", help="NDJSON file, .gz accepted, - for stdin")
-    s.add_argument("--top", type=int, default=10, help="outliers shown per scope")
-    s.add_argument("--json", action="store_true", help="one JSON object per individual")
-    s.add_argument("--cap", type=int, default=100, help="normalisation cap N")
+def add_engine_options(s: argparse.ArgumentParser) -> None:
+    """The options ``score`` and ``evaluate`` share: --cap, --weight-cap, --refresh / --exact."""
+    s.add_argument("--cap", type=whole(1, ""), default=100, help="normalisation cap N (default 100)")
+    s.add_argument(
+        "--weight-cap",
+        type=whole(0, ""),
+        default=None,
+        metavar="W",
+        help="dominance guard: an individual with more than W events weighs its counts normalised to W "
+        "in its population (default: N, the --cap; 0 = off; else at least N)",
+    )
     mode = s.add_mutually_exclusive_group()
     mode.add_argument(
         "--refresh",
-        type=_refresh,
+        type=whole(1, " of events"),
         default=DEFAULT_REFRESH,
         metavar="N",
         help=f"rebuild a scope's population snapshot every N of its events (default {DEFAULT_REFRESH})",
     )
     mode.add_argument("--exact", action="store_true", help="rebuild the snapshot after every event (slower, exact)")
+
+
+def engine_options(args: argparse.Namespace, command: str) -> object | None:
+    """:class:`binormal.offline.Options` from the shared options, or None (reported) when unusable."""
+    from binormal.offline import Options, check_weight_cap
+
+    weight_cap = args.cap if args.weight_cap is None else args.weight_cap
+    problem = check_weight_cap(weight_cap, args.cap)
+    if problem is not None:
+        sys.stderr.write(f"binormal {command}: {problem}\n")
+        return None
+    refresh = 0 if args.exact else args.refresh
+    learning = (getattr(args, "min_events", 10), getattr(args, "min_individuals", 30))
+    return Options(args.cap, refresh, weight_cap, *learning)
+
+
+def add_learning_options(s: argparse.ArgumentParser) -> None:
+    """--min-events and --min-individuals (what counts as learning)."""
+    s.add_argument("--min-events", type=whole(0, ""), default=10, help="fewer events: learning (default 10)")
+    s.add_argument("--min-individuals", type=whole(0, ""), default=30, help="a scope with fewer: learning (default 30)")
+
+
+def register(sub: Subparsers) -> None:
+    """Add ``score FILE [--top N] [--json] [engine options] [--map | --transform] [--progress]``."""
+    s = sub.add_parser("score", help="score a log offline (no server needed)", description=SEMANTICS)
+    s.set_defaults(logs=False)
+    s.add_argument("file", help="NDJSON file, .gz accepted, - for stdin")
+    s.add_argument("--top", type=int, default=10, help="outliers shown per scope")
+    s.add_argument(
+        "--json",
+        action="store_true",
+        help="one JSON object per individual: count, score, zscore, pscore, rzscore, bits_per_event, learning",
+    )
+    add_engine_options(s)
+    add_learning_options(s)
     conv = s.add_mutually_exclusive_group()
     conv.add_argument("--map", dest="field_map", metavar="SPEC", help="event fields from raw lines: org=acme,id=.user")
     conv.add_argument(
         "--transform", metavar="MODULE:FUNCTION", help="a function turning each parsed line into an event"
     )
+    add_progress_options(s)
+
+
+def add_progress_options(s: argparse.ArgumentParser) -> None:
+    """--progress / --no-progress (default: a bar when stderr is a terminal)."""
     bar = s.add_mutually_exclusive_group()
     bar.add_argument("--progress", action="store_true", default=None, help="progress bar on stderr (default: a tty)")
     bar.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
@@ -47,7 +106,10 @@ def register(sub: Subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Score the file and print each scope's outliers (or JSON lines)."""
+    from binormal.offline import Options
     from binormal.score import main_score
 
-    refresh = 0 if args.exact else args.refresh
-    return main_score(args.file, args.top, args.json, args.cap, refresh, args.field_map, args.transform, args.progress)
+    opts = engine_options(args, "score")
+    if not isinstance(opts, Options):
+        return 2
+    return main_score(args.file, args.top, args.json, opts, args.exact, args.field_map, args.transform, args.progress)

@@ -7,6 +7,7 @@
 - :mod:`tests.support.processes`: ``binormal`` child processes, their children in /proc, plain HTTP calls.
 - :mod:`tests.support.http`: serve an app on a real loopback socket, service settings, HTTP calls.
 - :mod:`tests.support.openapi`: check live responses against docs/openapi.yaml (PyYAML + jsonschema).
+- :mod:`tests.support.offline`: a slow reference of ``binormal score``'s semantics, and a file for it.
 - :mod:`tests.support.fixtures`: shared fixtures (``base_env``, ``run_env``, ``combined``, ``worker``),
   a pytest plugin loaded by ``tests/conftest.py``.
 

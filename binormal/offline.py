@@ -1,0 +1,431 @@
+"""The offline engine of ``binormal score`` and ``binormal evaluate``: one pass over a log, no server.
+
+Semantics (docs/quality.md, "Offline semantics"): events are counted in file order; a scope's
+population snapshot is rebuilt every ``refresh`` of its events, and whenever an event's action
+is not in it (``refresh=0``: after every event). Each individual's ``score`` is its score at its
+last event against the snapshot in force at that event (the worker's bounded staleness), and its
+``zscore``, ``pscore`` and ``rzscore`` compare that final score with the final scores of every
+individual of its scope, as ``/api/outliers`` shows once the file is in. So one
+:meth:`Snapshot.assess` per individual, at the end, instead of one per event.
+
+Dominance guard (``weight_cap`` W, 0 = off): an individual with raw counts ``x`` over ``n``
+events contributes ``x`` to its population while ``n <= W``, else ``normalise(x, W)``. Light
+individuals are counted per event; an individual past W is brought up to date lazily, when its
+scope's snapshot is rebuilt (its recorded contribution taken out, the new one put in), which
+gives at every rebuild exactly the population per-event maintenance gives. Snapshots leave out
+actions whose population count is 0.
+
+Validation fast path: a line whose scope, action (in that scope) and id were already validated
+is counted after a few dict lookups; anything else goes through :func:`schema.parse_json`,
+so every bad line gets the same message, with its line number, as before.
+"""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+import gc
+import math
+import statistics
+import sys
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import IO, Any
+
+import orjson
+
+from binormal.common.keys import Scope
+from binormal.common.result import Aggregates
+from binormal.common.schema import TS_MAX, Event, InvalidEvent, parse_json
+from binormal.common.scoring import _LG, LN2, SCORE_EPSILON, Snapshot, normalise, zscore
+
+MIN_EVENTS = 10  # an individual with fewer events is "learning"
+MIN_INDIVIDUALS = 30  # so is every individual of a scope with fewer individuals
+MAD_SCALE = 1.4826  # MAD -> standard deviation of a normal distribution
+_NO_CAP = sys.maxsize
+
+
+@contextlib.contextmanager
+def no_gc() -> Iterator[None]:
+    """The cyclic garbage collector paused: the engine builds no cycles, and the collector's
+    passes over its growing state (a dict per individual) cost a third of the run."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
+def check_weight_cap(weight_cap: int, cap: int) -> str | None:
+    """Why ``weight_cap`` cannot be used with normalisation cap ``cap`` (None when it can)."""
+    if weight_cap != 0 and weight_cap < cap:
+        return f"--weight-cap must be 0 (off) or at least the normalisation cap --cap {cap}, got {weight_cap}"
+    return None
+
+
+@dataclass(frozen=True)
+class Options:
+    """How to score: normalisation cap N, snapshot refresh (0 = every event), weight cap W (0 = off)."""
+
+    cap: int
+    refresh: int
+    weight_cap: int
+    min_events: int = MIN_EVENTS
+    min_individuals: int = MIN_INDIVIDUALS
+
+
+class ScopeState:
+    """Counters of one scope: ``ind`` maps an id to ``[counts, n, snapshot at its last event, scope, id]``."""
+
+    __slots__ = ("key", "scope", "pop", "ind", "heavy", "dirty", "snap", "known", "left")
+
+    def __init__(self, key: tuple[str, str, str]) -> None:
+        self.key = key
+        self.scope = Scope(*key)
+        self.pop: dict[str, int] = {}  # sum of contributions (an action may be at 0)
+        self.ind: dict[str, list[Any]] = {}
+        self.heavy: dict[str, dict[str, int]] = {}  # id past W -> the contribution pop holds for it
+        self.dirty: set[str] = set()  # heavy ids with events since their contribution was recorded
+        self.snap: Snapshot | None = None
+        self.known: dict[str, int] = {}  # the snapshot's counts
+        self.left = 0  # events before the next rebuild
+
+    def rebuild(self, opts: Options) -> Snapshot:
+        """Bring the heavy individuals' contributions up to date; a new snapshot of the non-zero counts."""
+        pop = self.pop
+        for ident in self.dirty:
+            old = self.heavy[ident]
+            new = normalise(self.ind[ident][0], opts.weight_cap)[1]
+            for a, c in old.items():
+                pop[a] -= c
+            for a, c in new.items():
+                pop[a] += c
+            self.heavy[ident] = new
+        self.dirty.clear()
+        snap = self.snap = Snapshot({a: c for a, c in pop.items() if c}, cap=opts.cap)
+        self.known = snap.counts
+        self.left = opts.refresh - 1
+        return snap
+
+
+class Engine:
+    """Counts events in order (see the module docstring); :meth:`rows` gives the final results."""
+
+    def __init__(self, opts: Options) -> None:
+        self.opts = opts
+        self.w = opts.weight_cap or _NO_CAP
+        self.scopes: dict[tuple[str, str, str], ScopeState] = {}
+        self.recs: dict[tuple[str, str, str, str], list[Any]] = {}  # (org, source, pop, id) -> sc.ind[id]
+
+    def add(self, event: Event) -> tuple[ScopeState, list[Any]]:
+        """Count one validated event (the slow path; :meth:`feed_lines` inlines the same steps)."""
+        key = (event.org, event.source, event.pop)
+        sc = self.scopes.get(key)
+        if sc is None:
+            sc = self.scopes[key] = ScopeState(key)
+        action = event.action
+        rec = sc.ind.get(event.id)
+        if rec is None:
+            rec = self._record(sc, event.id)
+        counts, n = rec[0], rec[1]
+        pop = sc.pop
+        if action not in pop:
+            pop[action] = 0
+        if n >= self.w:
+            if n == self.w:
+                sc.heavy[event.id] = dict(counts)
+            sc.dirty.add(event.id)
+        else:
+            pop[action] += 1
+        counts[action] = counts.get(action, 0) + 1
+        rec[1] = n + 1
+        if sc.left <= 0 or action not in sc.known:
+            sc.rebuild(self.opts)
+        else:
+            sc.left -= 1
+        rec[2] = sc.snap
+        return sc, rec
+
+    def feed_lines(self, stream: Iterable[bytes], errors: IO[str] | Any, start: int = 1) -> int:
+        """Count NDJSON lines (numbered from ``start``); bad lines are reported on ``errors``. Returns lines read."""
+        loads = orjson.loads
+        decode_error = orjson.JSONDecodeError
+        recs = self.recs
+        w = self.w
+        opts = self.opts
+        lineno = start - 1
+        for lineno, raw in enumerate(stream, start):  # noqa: B007 (the count is returned)
+            try:
+                obj = loads(raw)
+            except decode_error:
+                self._slow(lineno, raw, errors)
+                continue
+            if type(obj) is not dict:
+                self._slow(lineno, raw, errors)
+                continue
+            size = len(obj)
+            if size != 5:
+                ts = obj.get("ts") if size == 6 else None
+                if type(ts) is not int or ts < 0 or ts > TS_MAX:
+                    self._slow(lineno, raw, errors)
+                    continue
+            try:
+                rec = recs.get((obj["org"], obj["source"], obj["pop"], obj["id"]))
+                action = obj["action"]
+                if rec is None:
+                    rec = self._newcomer(obj, action)
+                counts = rec[0]
+                c = counts.get(action)
+                if c is None:
+                    c = 0
+                    if action not in rec[3].pop:
+                        raise KeyError
+            except (KeyError, TypeError):  # missing, unhashable or not yet validated: the full check
+                self._slow(lineno, raw, errors)
+                continue
+            sc = rec[3]
+            n = rec[1]
+            if n < w:
+                sc.pop[action] += 1
+            else:
+                if n == w:
+                    sc.heavy[rec[4]] = dict(counts)
+                sc.dirty.add(rec[4])
+            counts[action] = c + 1
+            rec[1] = n + 1
+            left = sc.left
+            if left <= 0 or action not in sc.known:
+                sc.rebuild(opts)
+            else:
+                sc.left = left - 1
+            rec[2] = sc.snap
+        return lineno - start + 1
+
+    def _newcomer(self, obj: dict[str, Any], action: Any) -> list[Any]:
+        """The record of an id new to a known scope (id and action checked); KeyError: take the full check."""
+        ident = obj["id"]
+        sc = self.scopes.get((obj["org"], obj["source"], obj["pop"]))
+        if sc is None or type(ident) is not str or not _valid_id(ident) or action not in sc.pop:
+            raise KeyError(ident)
+        return self._record(sc, ident)
+
+    def _record(self, sc: ScopeState, ident: str) -> list[Any]:
+        rec = sc.ind[ident] = self.recs[(*sc.key, ident)] = [{}, 0, None, sc, ident]
+        return rec
+
+    def _slow(self, lineno: int, raw: bytes, errors: IO[str] | Any) -> None:
+        """A line the fast path did not take: today's exact checks and messages."""
+        line = raw.strip()
+        if not line:
+            return
+        try:
+            event = parse_json(orjson.loads(line))
+        except orjson.JSONDecodeError as exc:
+            errors.write(f"line {lineno}: not JSON: {exc}\n")
+            return
+        except InvalidEvent as exc:
+            errors.write(f"line {lineno}: {exc}\n")
+            return
+        self.add(event)
+
+    def rows(self) -> Iterator[Row]:
+        """Every individual's final row, scope by scope in order of first appearance."""
+        opts = self.opts
+        for sc in self.scopes.values():
+            yield from scope_rows(sc, opts, None)
+
+
+def _valid_id(ident: str) -> bool:
+    """The id checks of :func:`parse_json` (non-empty, at most 1024 UTF-8 bytes, no lone surrogate)."""
+    if not ident:
+        return False
+    try:
+        return len(ident.encode("utf-8")) <= 1024
+    except UnicodeEncodeError:
+        return False
+
+
+@dataclass
+class Row:
+    """One individual's final result, with what its explanation needs."""
+
+    scope: Scope
+    ident: str
+    counts: dict[str, int]
+    count: int
+    score: float
+    zscore: float
+    pscore: float
+    rzscore: float
+    learning: bool
+    bits_per_event: float
+    snapshot: Snapshot
+
+    def as_json(self) -> dict[str, Any]:
+        """The ``binormal score --json`` object (numbers rounded to 3 decimals)."""
+        s = self.scope
+        return {
+            "org": s.org,
+            "source": s.source,
+            "pop": s.pop,
+            "id": self.ident,
+            "count": self.count,
+            "score": round(self.score, 3),
+            "zscore": round(self.zscore, 3),
+            "pscore": round(self.pscore, 3),
+            "rzscore": round(self.rzscore, 3),
+            "bits_per_event": round(self.bits_per_event, 3),
+            "learning": self.learning,
+        }
+
+
+def scope_rows(sc: ScopeState, opts: Options, zscores: dict[str, float] | None) -> list[Row]:
+    """The scope's rows: final scores, and each compared with all of them.
+
+    ``zscores`` (``--exact``) replaces the zscore against the final aggregates by the one each
+    individual had at its last event.
+    """
+    scores: dict[str, float] = {}
+    memo: dict[int, _Bits] = {}  # id(snapshot) -> its inlined bits (the snapshots live in sc.ind meanwhile)
+    cap = opts.cap
+    for ident, rec in sc.ind.items():
+        scores[ident] = final_score(rec[2], rec[0], rec[1], cap, memo)
+    values = list(scores.values())
+    ordered = sorted(values)
+    agg = Aggregates(len(values), math.fsum(values), math.fsum(v * v for v in values))
+    median = statistics.median(ordered) if ordered else 0.0
+    mad = statistics.median(sorted(abs(v - median) for v in values)) if values else 0.0
+    spread = MAD_SCALE * mad
+    few = len(values) < opts.min_individuals
+    out: list[Row] = []
+    for ident, rec in sc.ind.items():
+        score = scores[ident]
+        n = rec[1]
+        z = zscores[ident] if zscores is not None else zscore(score, agg.n, agg.total, agg.total_sq)
+        out.append(
+            Row(
+                scope=sc.scope,
+                ident=ident,
+                counts=rec[0],
+                count=n,
+                score=score,
+                zscore=z,
+                pscore=bisect.bisect_left(ordered, score) / len(ordered),
+                rzscore=(score - median) / spread if spread > 0.0 else 0.0,
+                learning=few or n < opts.min_events,
+                bits_per_event=score / min(n, opts.cap),
+                snapshot=rec[2],
+            )
+        )
+    return out
+
+
+class _Bits:
+    """:meth:`Snapshot.bits` and :meth:`Snapshot.bits0` of one snapshot for ``n <= min(cap, 1000)``, inlined.
+
+    The closed form of :meth:`Snapshot.bits` (``0 < p < 1``, ``n`` within the lgamma table), the
+    same float operations in the same order, so the values are the same to the last bit (a test
+    compares :func:`_score` with :meth:`Snapshot.assess`); memoised per action and per ``n``.
+    """
+
+    __slots__ = ("snap", "logit", "zero", "pairs")
+
+    def __init__(self, snap: Snapshot) -> None:
+        self.snap = snap
+        self.logit: dict[str, tuple[float, float]] = {}  # action -> (p, logit p)
+        self.zero: dict[int, float] = {}  # n -> Z[n]
+        self.pairs: dict[tuple[str, int], tuple[int, float, float]] = {}  # (action, n) -> _per_n
+
+    def bits(self, action: str, x: int, n: int) -> float:
+        got = self.logit.get(action)
+        if got is None:
+            p = self.snap.counts[action] / self.snap.total
+            got = self.logit[action] = (p, math.log(p) - math.log1p(-p))
+        p, logit = got
+        m = min(int((n + 1) * p), n)
+        return max((_LG[x] + _LG[n - x] - _LG[m] - _LG[n - m] + (m - x) * logit) / LN2, 0.0)
+
+    def _zero(self, n: int) -> float:
+        """``Z[n]`` (:meth:`Snapshot.bits0`), filling :attr:`pairs` for every action it sums over on the way."""
+        lg = _LG
+        per_n = self.pairs
+        values = []
+        for action in self.snap.absent_candidates():
+            got = per_n.get((action, n))
+            if got is None:
+                pl = self.logit.get(action)
+                if pl is None:
+                    p = self.snap.counts[action] / self.snap.total
+                    pl = self.logit[action] = (p, math.log(p) - math.log1p(-p))
+                p, logit = pl
+                m = min(int((n + 1) * p), n)
+                x = 0
+                b0 = max((lg[x] + lg[n - x] - lg[m] - lg[n - m] + (m - x) * logit) / LN2, 0.0)
+                got = per_n[(action, n)] = (m, logit, -b0)
+            values.append(-got[2])
+        z = self.zero[n] = math.fsum(values)
+        return z
+
+    def _per_n(self, action: str, n: int) -> tuple[int, float, float]:
+        """(mode m, logit p, -bits(action, 0, n)) of ``action`` at ``n`` events."""
+        b0 = self.bits(action, 0, n)
+        p, logit = self.logit[action]
+        return min(int((n + 1) * p), n), logit, -b0
+
+    def score(self, counts: dict[str, int], n: int) -> float:
+        """``snap.assess(counts, 0)[0]`` for raw counts of ``n <= cap`` events, every action in the snapshot."""
+        z = self.zero.get(n)
+        if z is None:
+            z = self._zero(n)
+        terms = [z]
+        add = terms.append
+        per_n = self.pairs
+        lg = _LG
+        for action, x in counts.items():
+            got = per_n.get((action, n))
+            if got is None:
+                got = per_n[(action, n)] = self._per_n(action, n)
+            m, logit, b0 = got
+            add(max((lg[x] + lg[n - x] - lg[m] - lg[n - m] + (m - x) * logit) / LN2, 0.0))
+            add(b0)
+        score = math.fsum(terms)
+        return 0.0 if score < SCORE_EPSILON else score
+
+
+def final_score(snap: Snapshot, counts: dict[str, int], n: int, cap: int, memo: dict[int, _Bits]) -> float:
+    """The individual's score against ``snap``: :class:`_Bits` where it applies, else :meth:`Snapshot.assess`."""
+    if n > cap or n >= len(_LG) or len(snap.counts) <= 1:
+        return snap.assess(counts, 0)[0]
+    got = memo.get(id(snap))
+    if got is None:
+        got = memo[id(snap)] = _Bits(snap)
+    try:
+        return got.score(counts, n)
+    except KeyError:  # an action the snapshot lacks (never with a count, see the module docstring)
+        return snap.assess(counts, 0)[0]
+
+
+def exact_rows(events: Iterable[Event], opts: Options) -> list[Row]:
+    """``--exact``: a snapshot after every event, and each zscore as of the individual's last event.
+
+    The per-event counting and scoring of :class:`MemoryEngine` (with the weight cap applied
+    at every event): rows equal its results at each individual's last event, bit for bit.
+    """
+    engine = Engine(Options(opts.cap, 0, opts.weight_cap, opts.min_events, opts.min_individuals))
+    scores: dict[tuple[str, str, str], dict[str, float]] = {}
+    aggs: dict[tuple[str, str, str], Aggregates] = {}
+    zs: dict[tuple[str, str, str], dict[str, float]] = {}
+    for event in events:
+        sc, rec = engine.add(event)
+        key = (event.org, event.source, event.pop)
+        score = rec[2].assess(rec[0], 0)[0]
+        mine = scores.setdefault(key, {})
+        agg = aggs[key] = aggs.get(key, Aggregates()).replace(mine.get(event.id), score)
+        mine[event.id] = score
+        zs.setdefault(key, {})[event.id] = zscore(score, agg.n, agg.total, agg.total_sq)
+    out: list[Row] = []
+    for key, sc in engine.scopes.items():
+        out.extend(scope_rows(sc, engine.opts, zs[key]))
+    return out
