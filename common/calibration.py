@@ -192,3 +192,13 @@ class SortedScores:
             return _robust_sorted(values.__getitem__, n)
         step = points - 1
         return _robust_sorted(lambda i: values[i * (n - 1) // step], points)
+
+
+def bits_per_event(score: float, events: int, cap: int) -> float:
+    """The score per normalised event, ``score / n'`` with ``n' = min(n, N)``; 0 for no events.
+
+    A variant the evaluation harness offers (docs/quality.md): it ranks an individual with few
+    events but rare actions (low and slow) above one whose bits come from sheer volume.
+    """
+    n_norm = min(events, cap)
+    return score / n_norm if n_norm > 0 else 0.0

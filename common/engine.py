@@ -147,6 +147,7 @@ class MemoryEngine:
             robust=st.robust,
             min_events=self.min_events,
             min_individuals=self.min_individuals,
+            cap=self.cap,
         )
 
     def run(self, events: Iterable[Event]) -> list[dict[str, Any]]:

@@ -18,10 +18,11 @@ from binormal.common.calibration import (
     NO_ROBUST,
     Rank,
     Robust,
+    bits_per_event,
     is_learning,
 )
 from binormal.common.schema import Event
-from binormal.common.scoring import action_zscore, zscore
+from binormal.common.scoring import DEFAULT_CAP, action_zscore, zscore
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +75,7 @@ def make_result(
     min_events: int = DEFAULT_MIN_EVENTS,
     min_individuals: int = DEFAULT_MIN_INDIVIDUALS,
     muted: bool = False,
+    cap: int = DEFAULT_CAP,
 ) -> dict[str, Any]:
     """Build the seed-compatible result object (plus org, event_id, explain, muted and the calibrated fields).
 
@@ -84,7 +86,9 @@ def make_result(
     ``learning`` uses the thresholds ``min_events`` and ``min_individuals``
     (docs/quality.md, "Calibrated scores"). ``novel`` and ``new_action`` follow
     from the counts: the individual's first event of the action, and the first
-    individual of the scope doing it.
+    individual of the scope doing it. ``bits_per_event`` is the score per normalised
+    event, ``score / min(count, cap)``: the variant that finds low-and-slow accounts
+    (docs/quality.md).
     """
     x = counts.get(event.action, 0)
     events = sum(counts.values())
@@ -105,6 +109,7 @@ def make_result(
         "muted": muted,
         "pscore": r3(rank.pscore),
         "rzscore": r3(robust.z(score)),
+        "bits_per_event": r3(bits_per_event(score, events, cap)),
         "learning": is_learning(events, agg.n, min_events, min_individuals),
         "novel": x == 1,
         "new_action": x == 1 and stats.k <= 1,

@@ -228,6 +228,7 @@ async def test_every_calibrated_field_through_the_service(redis_url: str, prefix
             assert (got["novel"], got["new_action"], got["learning"]) == (novel, new_action, learning), (i, got)
             assert got["pscore"] == hand_rank(scores, scores[ident]), (i, got, scores)
             assert got["rzscore"] == hand_rzscore(scores, scores[ident]), (i, got, scores)
+            assert got["bits_per_event"] == round(scores[ident] / min(events, 100), 3), (i, got)
         assert toggled == {"events": True, "individuals": True}
         assert got["id"] == "e" and got["novel"] is False and got["learning"] is False
 
@@ -241,6 +242,7 @@ async def test_every_calibrated_field_through_the_service(redis_url: str, prefix
         for ident, r in rows.items():
             assert r["pscore"] == hand_rank(scores, scores[ident]), r
             assert r["rzscore"] == hand_rzscore(scores, scores[ident]), r
+            assert r["bits_per_event"] == round(scores[ident] / min(sum(counts[ident].values()), 100), 3), r
             assert r["learning"] == (sum(counts[ident].values()) < MIN_EVENTS), r
         assert rows["x"]["learning"] is False and rows["a"]["learning"] is False
         for flag, want in (("1", set(counts)), ("true", set(counts)), ("0", set(counts)), ("false", set(counts))):

@@ -134,7 +134,7 @@ async def test_equivalence_with_memory_engine(
             compared += 1
     assert compared == len(events)
     # The calibrated fields (issue 11) were among those compared, with both values of each flag.
-    calibrated = {"pscore", "rzscore", "learning", "novel", "new_action"}
+    calibrated = {"pscore", "rzscore", "bits_per_event", "learning", "novel", "new_action"}
     assert all(calibrated <= set(r) for r in got)
     for flag in ("learning", "novel", "new_action"):
         assert {r[flag] for r in got} == {True, False}, flag

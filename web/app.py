@@ -81,6 +81,7 @@ RESPONSE_KEYS = (
     "muted",
     "pscore",
     "rzscore",
+    "bits_per_event",
     "learning",
     "novel",
     "new_action",

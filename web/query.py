@@ -33,7 +33,7 @@ from typing import Any
 
 from aiohttp import web
 
-from binormal.common.calibration import Rank, Robust, is_learning
+from binormal.common.calibration import Rank, Robust, bits_per_event, is_learning
 from binormal.common.guard import principal_of, require_org
 from binormal.common.http import ApiError, json_response
 from binormal.common.keys import Scope
@@ -124,6 +124,7 @@ def _calibrated(
         "pscore": r3(rank.pscore),
         "rzscore": r3(robust.z(score)),
         "learning": is_learning(events, individuals, settings.min_events, settings.min_individuals),
+        "bits_per_event": r3(bits_per_event(score, events, settings.cap)),
     }
 
 

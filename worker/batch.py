@@ -572,6 +572,7 @@ class BatchProcessor:
                     min_events=self.min_events,
                     min_individuals=self.min_individuals,
                     muted=muted,
+                    cap=self.cap,
                 )
                 out.append((e, result))
         return out
