@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import os
 import random
 import subprocess
 import sys
@@ -526,3 +527,29 @@ def test_exact_rows_equal_the_memory_engine_with_the_guard_on(weight_cap: int) -
     assert heavy > 0
     off = exact_rows(iter(events), Options(cap=100, refresh=0, weight_cap=0))
     assert [r.score for r in off] != [r.score for r in rows]  # the guard changed the scores
+
+
+def test_the_services_variables_are_the_defaults_of_the_options(data: dict[str, Any]) -> None:
+    """BINORMAL_WEIGHT_CAP / BINORMAL_MIN_EVENTS / BINORMAL_MIN_INDIVIDUALS set what an option not given means."""
+
+    def score(*args: str, **env: str) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run(
+            [sys.executable, "-P", "-m", "binormal", "score", str(data["plain"]), "--json", *args],
+            capture_output=True,
+            timeout=60,
+            check=False,
+            env={**os.environ, **env},
+        )
+
+    off = score("--weight-cap", "0", "--min-events", "1", "--min-individuals", "1")
+    by_env = score(BINORMAL_WEIGHT_CAP="0", BINORMAL_MIN_EVENTS="1", BINORMAL_MIN_INDIVIDUALS="1")
+    default = score()
+    assert off.returncode == by_env.returncode == default.returncode == 0, (off.stderr, by_env.stderr)
+    assert by_env.stdout == off.stdout != default.stdout
+    assert not any(r["learning"] for r in json_rows(by_env.stdout))
+    # the option wins over the variable
+    assert score("--weight-cap", "100", BINORMAL_WEIGHT_CAP="0").stdout == default.stdout
+    bad = score(BINORMAL_WEIGHT_CAP="lots")
+    assert bad.returncode == 2 and b"BINORMAL_WEIGHT_CAP must be a whole number" in bad.stderr
+    below = score(BINORMAL_WEIGHT_CAP="50")
+    assert below.returncode == 2 and b"weight" in below.stderr.lower()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from binormal.commands import Subparsers
@@ -43,7 +44,7 @@ def add_engine_options(s: argparse.ArgumentParser) -> None:
         default=None,
         metavar="W",
         help="dominance guard: an individual with more than W events weighs its counts normalised to W "
-        "in its population (default: N, the --cap; 0 = off; else at least N)",
+        "in its population (default: $BINORMAL_WEIGHT_CAP, else N, the --cap; 0 = off; else at least N)",
     )
     mode = s.add_mutually_exclusive_group()
     mode.add_argument(
@@ -60,20 +61,50 @@ def engine_options(args: argparse.Namespace, command: str) -> object | None:
     """:class:`binormal.offline.Options` from the shared options, or None (reported) when unusable."""
     from binormal.offline import Options, check_weight_cap
 
-    weight_cap = args.cap if args.weight_cap is None else args.weight_cap
+    try:
+        # An option not given falls back to the variable the services read, then to its default.
+        weight_cap = _from_env(args.weight_cap, "BINORMAL_WEIGHT_CAP", args.cap)
+        learning = (
+            _from_env(getattr(args, "min_events", None), "BINORMAL_MIN_EVENTS", 10),
+            _from_env(getattr(args, "min_individuals", None), "BINORMAL_MIN_INDIVIDUALS", 30),
+        )
+    except ValueError as exc:
+        sys.stderr.write(f"binormal {command}: {exc}\n")
+        return None
     problem = check_weight_cap(weight_cap, args.cap)
     if problem is not None:
         sys.stderr.write(f"binormal {command}: {problem}\n")
         return None
     refresh = 0 if args.exact else args.refresh
-    learning = (getattr(args, "min_events", 10), getattr(args, "min_individuals", 30))
     return Options(args.cap, refresh, weight_cap, *learning)
+
+
+def _from_env(given: int | None, name: str, default: int) -> int:
+    """``given`` if the option was given, else the variable ``name`` (a whole number >= 0), else ``default``."""
+    if given is not None:
+        return given
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    if not (raw.isascii() and raw.isdigit()):
+        raise ValueError(f"{name} must be a whole number >= 0, got {raw!r}")
+    return int(raw)
 
 
 def add_learning_options(s: argparse.ArgumentParser) -> None:
     """--min-events and --min-individuals (what counts as learning)."""
-    s.add_argument("--min-events", type=whole(0, ""), default=10, help="fewer events: learning (default 10)")
-    s.add_argument("--min-individuals", type=whole(0, ""), default=30, help="a scope with fewer: learning (default 30)")
+    s.add_argument(
+        "--min-events",
+        type=whole(0, ""),
+        default=None,
+        help="fewer events: learning (default $BINORMAL_MIN_EVENTS, 10)",
+    )
+    s.add_argument(
+        "--min-individuals",
+        type=whole(0, ""),
+        default=None,
+        help="a scope with fewer: learning (default $BINORMAL_MIN_INDIVIDUALS, 30)",
+    )
 
 
 def register(sub: Subparsers) -> None:
