@@ -26,10 +26,13 @@ import bisect
 import contextlib
 import gc
 import math
+import re
 import statistics
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from itertools import islice
+from operator import itemgetter
 from typing import IO, Any
 
 import orjson
@@ -79,12 +82,13 @@ class Options:
 class ScopeState:
     """Counters of one scope: ``ind`` maps an id to ``[counts, n, snapshot at its last event, scope, id]``."""
 
-    __slots__ = ("key", "scope", "pop", "ind", "heavy", "dirty", "snap", "known", "left")
+    __slots__ = ("key", "scope", "pop", "names", "ind", "heavy", "dirty", "snap", "known", "left")
 
     def __init__(self, key: tuple[str, str, str]) -> None:
         self.key = key
         self.scope = Scope(*key)
         self.pop: dict[str, int] = {}  # sum of contributions (an action may be at 0)
+        self.names: dict[str, str] = {}  # each action of pop to itself: one string object per action name
         self.ind: dict[str, list[Any]] = {}
         self.heavy: dict[str, dict[str, int]] = {}  # id past W -> the contribution pop holds for it
         self.dirty: set[str] = set()  # heavy ids with events since their contribution was recorded
@@ -133,6 +137,8 @@ class Engine:
         pop = sc.pop
         if action not in pop:
             pop[action] = 0
+            sc.names[action] = action
+        action = sc.names[action]
         if n >= self.w:
             if n == self.w:
                 sc.heavy[event.id] = dict(counts)
@@ -149,14 +155,27 @@ class Engine:
         return sc, rec
 
     def feed_lines(self, stream: Iterable[bytes], errors: IO[str] | Any, start: int = 1) -> int:
-        """Count NDJSON lines (numbered from ``start``); bad lines are reported on ``errors``. Returns lines read."""
+        """Count NDJSON lines (numbered from ``start``); bad lines are reported on ``errors``. Returns lines read.
+
+        Lines are parsed :data:`BATCH` at a time as one JSON array (one C call) when
+        :func:`_batch` accepts it, else one by one: the same objects, line for line, either way.
+        """
+        it = iter(stream)
+        lineno = start
+        while lines := list(islice(it, BATCH)):
+            objs = _batch(lines)
+            if objs is None:
+                self._count_each(lines, lineno, errors)
+            else:
+                self._count(objs, lines, lineno, errors, _fields_ok(objs))
+            lineno += len(lines)
+        return lineno - start
+
+    def _count_each(self, lines: list[bytes], start: int, errors: IO[str] | Any) -> None:
+        """Lines parsed one by one: a line orjson rejects, or not an object, takes the full check."""
         loads = orjson.loads
         decode_error = orjson.JSONDecodeError
-        recs = self.recs
-        w = self.w
-        opts = self.opts
-        lineno = start - 1
-        for lineno, raw in enumerate(stream, start):  # noqa: B007 (the count is returned)
+        for lineno, raw in enumerate(lines, start):
             try:
                 obj = loads(raw)
             except decode_error:
@@ -165,14 +184,34 @@ class Engine:
             if type(obj) is not dict:
                 self._slow(lineno, raw, errors)
                 continue
-            size = len(obj)
-            if size != 5:
+            self._count((obj,), (raw,), lineno, errors, False)
+
+    def _count(
+        self,
+        objs: Sequence[dict[str, Any]],
+        lines: Sequence[bytes],
+        start: int,
+        errors: IO[str] | Any,
+        sized: bool,
+    ) -> None:
+        """Count parsed objects (``objs[i]`` is line ``start + i``, ``lines[i]``): the fast path, else the full check.
+
+        ``sized``: every object is known to have 5 fields, or 6 with a valid integer ``ts``.
+        """
+        recs_get = self.recs.get
+        key_of = _KEY
+        w = self.w
+        opts = self.opts
+        i = -1
+        for obj in objs:
+            i += 1
+            if not sized and (size := len(obj)) != 5:
                 ts = obj.get("ts") if size == 6 else None
                 if type(ts) is not int or ts < 0 or ts > TS_MAX:
-                    self._slow(lineno, raw, errors)
+                    self._slow(start + i, lines[i], errors)
                     continue
             try:
-                rec = recs.get((obj["org"], obj["source"], obj["pop"], obj["id"]))
+                rec = recs_get(key_of(obj))
                 action = obj["action"]
                 if rec is None:
                     rec = self._newcomer(obj, action)
@@ -180,10 +219,9 @@ class Engine:
                 c = counts.get(action)
                 if c is None:
                     c = 0
-                    if action not in rec[3].pop:
-                        raise KeyError
+                    action = rec[3].names[action]  # KeyError: new to the scope
             except (KeyError, TypeError):  # missing, unhashable or not yet validated: the full check
-                self._slow(lineno, raw, errors)
+                self._slow(start + i, lines[i], errors)
                 continue
             sc = rec[3]
             n = rec[1]
@@ -201,13 +239,12 @@ class Engine:
             else:
                 sc.left = left - 1
             rec[2] = sc.snap
-        return lineno - start + 1
 
     def _newcomer(self, obj: dict[str, Any], action: Any) -> list[Any]:
         """The record of an id new to a known scope (id and action checked); KeyError: take the full check."""
         ident = obj["id"]
         sc = self.scopes.get((obj["org"], obj["source"], obj["pop"]))
-        if sc is None or type(ident) is not str or not _valid_id(ident) or action not in sc.pop:
+        if sc is None or type(ident) is not str or not _valid_id(ident) or action not in sc.names:
             raise KeyError(ident)
         return self._record(sc, ident)
 
@@ -235,6 +272,52 @@ class Engine:
         opts = self.opts
         for sc in self.scopes.values():
             yield from scope_rows(sc, opts, None)
+
+
+BATCH = 512  # lines per JSON-array parse
+_KEY = itemgetter("org", "source", "pop", "id")
+# Two objects side by side within one line ("}" "," "{" with no newline between): such a line
+# (even inside a string) sends its batch line by line (see :func:`_batch`).
+_TWO_IN_A_LINE = re.compile(rb"\}[ \t\r]*,[ \t\r]*\{")
+
+
+def _batch(lines: list[bytes]) -> list[dict[str, Any]] | None:
+    """The lines' objects from one parse of ``[line,line,...]``, or None: parse them one by one.
+
+    Accepted only if that parses, gives as many values as lines, all objects, and no line holds
+    ``}`` ``,`` ``{`` (whitespace aside). Then each line is exactly one of the objects, in order:
+    every value starts with ``{``, a line starting two would hold such a ``}`` ``,`` ``{`` (the
+    joining commas follow a newline), so with as many values as lines each line starts one, and
+    a value running on into the next line would put one there too. So any blank line, line that
+    is not one object, or JSON error sends the batch to the per-line path and its messages.
+    """
+    data = b",".join(lines)
+    if _TWO_IN_A_LINE.search(data) is not None:
+        return None
+    try:
+        objs = orjson.loads(b"[" + data + b"]")
+    except orjson.JSONDecodeError:
+        return None
+    if len(objs) != len(lines) or set(map(type, objs)) != {dict}:
+        return None
+    return objs  # type: ignore[no-any-return]
+
+
+_TS = itemgetter("ts")
+
+
+def _fields_ok(objs: list[dict[str, Any]]) -> bool:
+    """True when every object has 5 fields, or every one 6 of which an integer ``ts`` in range (checked in C)."""
+    sizes = set(map(len, objs))
+    if sizes == {5}:
+        return True
+    if sizes != {6}:
+        return False
+    try:
+        ts = list(map(_TS, objs))
+    except KeyError:
+        return False
+    return set(map(type, ts)) == {int} and min(ts) >= 0 and max(ts) <= TS_MAX
 
 
 def _valid_id(ident: str) -> bool:
@@ -326,70 +409,72 @@ class _Bits:
     """:meth:`Snapshot.bits` and :meth:`Snapshot.bits0` of one snapshot for ``n <= min(cap, 1000)``, inlined.
 
     The closed form of :meth:`Snapshot.bits` (``0 < p < 1``, ``n`` within the lgamma table), the
-    same float operations in the same order, so the values are the same to the last bit (a test
-    compares :func:`_score` with :meth:`Snapshot.assess`); memoised per action and per ``n``.
+    same float operations in the same order, so every term is the same to the last bit (a test
+    compares :func:`final_score` with :meth:`Snapshot.assess`). Terms that are exactly 0 are left
+    out of the sums: :func:`math.fsum` is exactly rounded, so neither that nor the order of the
+    terms changes a sum. Memoised per ``n``: ``Z[n]`` and each action's (mode, logit, -bits(0)).
+    ``Z[n]`` stops at the first action (most frequent first) whose mode at ``n`` is 0: its
+    ``bits(0)`` and all later ones are exactly 0.
     """
 
-    __slots__ = ("snap", "logit", "zero", "pairs")
+    __slots__ = ("snap", "logit", "zero", "rows", "rare", "order")
 
     def __init__(self, snap: Snapshot) -> None:
         self.snap = snap
         self.logit: dict[str, tuple[float, float]] = {}  # action -> (p, logit p)
         self.zero: dict[int, float] = {}  # n -> Z[n]
-        self.pairs: dict[tuple[str, int], tuple[int, float, float]] = {}  # (action, n) -> _per_n
+        self.rows: dict[int, dict[str, tuple[int, float, float]]] = {}  # n -> action -> (m, logit, -bits(0))
+        self.rare: dict[str, tuple[int, float, float]] = {}  # the same where m is 0 (shared by every n)
+        counts = snap.counts
+        self.order = sorted(snap.absent_candidates(), key=counts.__getitem__, reverse=True)
 
-    def bits(self, action: str, x: int, n: int) -> float:
+    def _p(self, action: str) -> tuple[float, float]:
         got = self.logit.get(action)
         if got is None:
             p = self.snap.counts[action] / self.snap.total
             got = self.logit[action] = (p, math.log(p) - math.log1p(-p))
-        p, logit = got
-        m = min(int((n + 1) * p), n)
-        return max((_LG[x] + _LG[n - x] - _LG[m] - _LG[n - m] + (m - x) * logit) / LN2, 0.0)
+        return got
 
-    def _zero(self, n: int) -> float:
-        """``Z[n]`` (:meth:`Snapshot.bits0`), filling :attr:`pairs` for every action it sums over on the way."""
+    def _row(self, n: int) -> dict[str, tuple[int, float, float]]:
+        """The entries at ``n`` of the actions with a non-zero mode, and ``Z[n]`` from their ``bits(0)``."""
         lg = _LG
-        per_n = self.pairs
+        row: dict[str, tuple[int, float, float]] = {}
         values = []
-        for action in self.snap.absent_candidates():
-            got = per_n.get((action, n))
-            if got is None:
-                pl = self.logit.get(action)
-                if pl is None:
-                    p = self.snap.counts[action] / self.snap.total
-                    pl = self.logit[action] = (p, math.log(p) - math.log1p(-p))
-                p, logit = pl
-                m = min(int((n + 1) * p), n)
-                x = 0
-                b0 = max((lg[x] + lg[n - x] - lg[m] - lg[n - m] + (m - x) * logit) / LN2, 0.0)
-                got = per_n[(action, n)] = (m, logit, -b0)
-            values.append(-got[2])
-        z = self.zero[n] = math.fsum(values)
-        return z
+        for action in self.order:
+            p, logit = self._p(action)
+            m = min(int((n + 1) * p), n)
+            if m == 0:
+                break
+            x = 0
+            b0 = max((lg[x] + lg[n - x] - lg[m] - lg[n - m] + (m - x) * logit) / LN2, 0.0)
+            row[action] = (m, logit, -b0)
+            values.append(b0)
+        self.zero[n] = math.fsum(values)
+        self.rows[n] = row
+        return row
 
-    def _per_n(self, action: str, n: int) -> tuple[int, float, float]:
-        """(mode m, logit p, -bits(action, 0, n)) of ``action`` at ``n`` events."""
-        b0 = self.bits(action, 0, n)
-        p, logit = self.logit[action]
-        return min(int((n + 1) * p), n), logit, -b0
+    def _rare(self, action: str) -> tuple[int, float, float]:
+        """The entry of an action whose mode at ``n`` is 0 (any ``n`` whose row lacks it): (0, logit p, 0.0)."""
+        got = self.rare[action] = (0, self._p(action)[1], 0.0)
+        return got
 
     def score(self, counts: dict[str, int], n: int) -> float:
         """``snap.assess(counts, 0)[0]`` for raw counts of ``n <= cap`` events, every action in the snapshot."""
-        z = self.zero.get(n)
-        if z is None:
-            z = self._zero(n)
-        terms = [z]
+        row = self.rows.get(n)
+        if row is None:
+            row = self._row(n)
+        terms = [self.zero[n]]
         add = terms.append
-        per_n = self.pairs
+        rare = self.rare
         lg = _LG
         for action, x in counts.items():
-            got = per_n.get((action, n))
-            if got is None:
-                got = per_n[(action, n)] = self._per_n(action, n)
+            got = row.get(action) or rare.get(action) or self._rare(action)
             m, logit, b0 = got
-            add(max((lg[x] + lg[n - x] - lg[m] - lg[n - m] + (m - x) * logit) / LN2, 0.0))
-            add(b0)
+            v = (lg[x] + lg[n - x] - lg[m] - lg[n - m] + (m - x) * logit) / LN2
+            if v > 0.0:
+                add(v)
+            if b0:
+                add(b0)
         score = math.fsum(terms)
         return 0.0 if score < SCORE_EPSILON else score
 
