@@ -17,7 +17,9 @@ actions whose population count is 0.
 
 Validation fast path: a line whose scope, action (in that scope) and id were already validated
 is counted after a few dict lookups; anything else goes through :func:`schema.parse_json`,
-so every bad line gets the same message, with its line number, as before.
+so every bad line gets the same message, with its line number, as before. Lines are parsed
+512 at a time as one JSON array when that provably gives each line's own object (:func:`_batch`),
+else one by one.
 """
 
 from __future__ import annotations
@@ -82,13 +84,12 @@ class Options:
 class ScopeState:
     """Counters of one scope: ``ind`` maps an id to ``[counts, n, snapshot at its last event, scope, id]``."""
 
-    __slots__ = ("key", "scope", "pop", "names", "ind", "heavy", "dirty", "snap", "known", "left")
+    __slots__ = ("key", "scope", "pop", "ind", "heavy", "dirty", "snap", "known", "left")
 
     def __init__(self, key: tuple[str, str, str]) -> None:
         self.key = key
         self.scope = Scope(*key)
         self.pop: dict[str, int] = {}  # sum of contributions (an action may be at 0)
-        self.names: dict[str, str] = {}  # each action of pop to itself: one string object per action name
         self.ind: dict[str, list[Any]] = {}
         self.heavy: dict[str, dict[str, int]] = {}  # id past W -> the contribution pop holds for it
         self.dirty: set[str] = set()  # heavy ids with events since their contribution was recorded
@@ -137,8 +138,6 @@ class Engine:
         pop = sc.pop
         if action not in pop:
             pop[action] = 0
-            sc.names[action] = action
-        action = sc.names[action]
         if n >= self.w:
             if n == self.w:
                 sc.heavy[event.id] = dict(counts)
@@ -219,7 +218,8 @@ class Engine:
                 c = counts.get(action)
                 if c is None:
                     c = 0
-                    action = rec[3].names[action]  # KeyError: new to the scope
+                    if action not in rec[3].pop:
+                        raise KeyError
             except (KeyError, TypeError):  # missing, unhashable or not yet validated: the full check
                 self._slow(start + i, lines[i], errors)
                 continue
@@ -244,7 +244,7 @@ class Engine:
         """The record of an id new to a known scope (id and action checked); KeyError: take the full check."""
         ident = obj["id"]
         sc = self.scopes.get((obj["org"], obj["source"], obj["pop"]))
-        if sc is None or type(ident) is not str or not _valid_id(ident) or action not in sc.names:
+        if sc is None or type(ident) is not str or not _valid_id(ident) or action not in sc.pop:
             raise KeyError(ident)
         return self._record(sc, ident)
 
@@ -383,23 +383,29 @@ def scope_rows(sc: ScopeState, opts: Options, zscores: dict[str, float] | None) 
     spread = MAD_SCALE * mad
     few = len(values) < opts.min_individuals
     out: list[Row] = []
+    add = out.append
+    scope = sc.scope
+    size = len(ordered)
+    rank = bisect.bisect_left
+    count, total, total_sq = agg.n, agg.total, agg.total_sq
+    min_events = opts.min_events
     for ident, rec in sc.ind.items():
         score = scores[ident]
         n = rec[1]
-        z = zscores[ident] if zscores is not None else zscore(score, agg.n, agg.total, agg.total_sq)
-        out.append(
-            Row(
-                scope=sc.scope,
-                ident=ident,
-                counts=rec[0],
-                count=n,
-                score=score,
-                zscore=z,
-                pscore=bisect.bisect_left(ordered, score) / len(ordered),
-                rzscore=(score - median) / spread if spread > 0.0 else 0.0,
-                learning=few or n < opts.min_events,
-                bits_per_event=score / min(n, opts.cap),
-                snapshot=rec[2],
+        z = zscores[ident] if zscores is not None else zscore(score, count, total, total_sq)
+        add(
+            Row(  # scope, ident, counts, count, score, zscore, pscore, rzscore, learning, bits/event, snapshot
+                scope,
+                ident,
+                rec[0],
+                n,
+                score,
+                z,
+                rank(ordered, score) / size,
+                (score - median) / spread if spread > 0.0 else 0.0,
+                few or n < min_events,
+                score / min(n, cap),
+                rec[2],
             )
         )
     return out
@@ -414,7 +420,9 @@ class _Bits:
     out of the sums: :func:`math.fsum` is exactly rounded, so neither that nor the order of the
     terms changes a sum. Memoised per ``n``: ``Z[n]`` and each action's (mode, logit, -bits(0)).
     ``Z[n]`` stops at the first action (most frequent first) whose mode at ``n`` is 0: its
-    ``bits(0)`` and all later ones are exactly 0.
+    ``bits(0)`` and all later ones are exactly 0. So the row of ``n`` lacks exactly the actions
+    of mode 0 at ``n`` (:meth:`Snapshot.absent_candidates` holds every action of a non-zero mode
+    for ``n <= cap``), whose entry ``(0, logit p, 0.0)`` is the same for every ``n``.
     """
 
     __slots__ = ("snap", "logit", "zero", "rows", "rare", "order")
