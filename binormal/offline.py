@@ -17,9 +17,7 @@ actions whose population count is 0.
 
 Validation fast path: a line whose scope, action (in that scope) and id were already validated
 is counted after a few dict lookups; anything else goes through :func:`schema.parse_json`,
-so every bad line gets the same message, with its line number, as before. Lines are parsed
-512 at a time as one JSON array when that provably gives each line's own object (:func:`_batch`),
-else one by one.
+so every bad line gets the same message, with its line number, as before.
 """
 
 from __future__ import annotations
@@ -28,13 +26,10 @@ import bisect
 import contextlib
 import gc
 import math
-import re
 import statistics
 import sys
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from itertools import islice
-from operator import itemgetter
 from typing import IO, Any
 
 import orjson
@@ -154,27 +149,14 @@ class Engine:
         return sc, rec
 
     def feed_lines(self, stream: Iterable[bytes], errors: IO[str] | Any, start: int = 1) -> int:
-        """Count NDJSON lines (numbered from ``start``); bad lines are reported on ``errors``. Returns lines read.
-
-        Lines are parsed :data:`BATCH` at a time as one JSON array (one C call) when
-        :func:`_batch` accepts it, else one by one: the same objects, line for line, either way.
-        """
-        it = iter(stream)
-        lineno = start
-        while lines := list(islice(it, BATCH)):
-            objs = _batch(lines)
-            if objs is None:
-                self._count_each(lines, lineno, errors)
-            else:
-                self._count(objs, lines, lineno, errors, _fields_ok(objs))
-            lineno += len(lines)
-        return lineno - start
-
-    def _count_each(self, lines: list[bytes], start: int, errors: IO[str] | Any) -> None:
-        """Lines parsed one by one: a line orjson rejects, or not an object, takes the full check."""
+        """Count NDJSON lines (numbered from ``start``); bad lines are reported on ``errors``. Returns lines read."""
         loads = orjson.loads
         decode_error = orjson.JSONDecodeError
-        for lineno, raw in enumerate(lines, start):
+        recs = self.recs
+        w = self.w
+        opts = self.opts
+        lineno = start - 1
+        for lineno, raw in enumerate(stream, start):  # noqa: B007 (the count is returned)
             try:
                 obj = loads(raw)
             except decode_error:
@@ -183,34 +165,14 @@ class Engine:
             if type(obj) is not dict:
                 self._slow(lineno, raw, errors)
                 continue
-            self._count((obj,), (raw,), lineno, errors, False)
-
-    def _count(
-        self,
-        objs: Sequence[dict[str, Any]],
-        lines: Sequence[bytes],
-        start: int,
-        errors: IO[str] | Any,
-        sized: bool,
-    ) -> None:
-        """Count parsed objects (``objs[i]`` is line ``start + i``, ``lines[i]``): the fast path, else the full check.
-
-        ``sized``: every object is known to have 5 fields, or 6 with a valid integer ``ts``.
-        """
-        recs_get = self.recs.get
-        key_of = _KEY
-        w = self.w
-        opts = self.opts
-        i = -1
-        for obj in objs:
-            i += 1
-            if not sized and (size := len(obj)) != 5:
+            size = len(obj)
+            if size != 5:
                 ts = obj.get("ts") if size == 6 else None
                 if type(ts) is not int or ts < 0 or ts > TS_MAX:
-                    self._slow(start + i, lines[i], errors)
+                    self._slow(lineno, raw, errors)
                     continue
             try:
-                rec = recs_get(key_of(obj))
+                rec = recs.get((obj["org"], obj["source"], obj["pop"], obj["id"]))
                 action = obj["action"]
                 if rec is None:
                     rec = self._newcomer(obj, action)
@@ -221,7 +183,7 @@ class Engine:
                     if action not in rec[3].pop:
                         raise KeyError
             except (KeyError, TypeError):  # missing, unhashable or not yet validated: the full check
-                self._slow(start + i, lines[i], errors)
+                self._slow(lineno, raw, errors)
                 continue
             sc = rec[3]
             n = rec[1]
@@ -239,6 +201,7 @@ class Engine:
             else:
                 sc.left = left - 1
             rec[2] = sc.snap
+        return lineno - start + 1
 
     def _newcomer(self, obj: dict[str, Any], action: Any) -> list[Any]:
         """The record of an id new to a known scope (id and action checked); KeyError: take the full check."""
@@ -272,52 +235,6 @@ class Engine:
         opts = self.opts
         for sc in self.scopes.values():
             yield from scope_rows(sc, opts, None)
-
-
-BATCH = 512  # lines per JSON-array parse
-_KEY = itemgetter("org", "source", "pop", "id")
-# Two objects side by side within one line ("}" "," "{" with no newline between): such a line
-# (even inside a string) sends its batch line by line (see :func:`_batch`).
-_TWO_IN_A_LINE = re.compile(rb"\}[ \t\r]*,[ \t\r]*\{")
-
-
-def _batch(lines: list[bytes]) -> list[dict[str, Any]] | None:
-    """The lines' objects from one parse of ``[line,line,...]``, or None: parse them one by one.
-
-    Accepted only if that parses, gives as many values as lines, all objects, and no line holds
-    ``}`` ``,`` ``{`` (whitespace aside). Then each line is exactly one of the objects, in order:
-    every value starts with ``{``, a line starting two would hold such a ``}`` ``,`` ``{`` (the
-    joining commas follow a newline), so with as many values as lines each line starts one, and
-    a value running on into the next line would put one there too. So any blank line, line that
-    is not one object, or JSON error sends the batch to the per-line path and its messages.
-    """
-    data = b",".join(lines)
-    if _TWO_IN_A_LINE.search(data) is not None:
-        return None
-    try:
-        objs = orjson.loads(b"[" + data + b"]")
-    except orjson.JSONDecodeError:
-        return None
-    if len(objs) != len(lines) or set(map(type, objs)) != {dict}:
-        return None
-    return objs  # type: ignore[no-any-return]
-
-
-_TS = itemgetter("ts")
-
-
-def _fields_ok(objs: list[dict[str, Any]]) -> bool:
-    """True when every object has 5 fields, or every one 6 of which an integer ``ts`` in range (checked in C)."""
-    sizes = set(map(len, objs))
-    if sizes == {5}:
-        return True
-    if sizes != {6}:
-        return False
-    try:
-        ts = list(map(_TS, objs))
-    except KeyError:
-        return False
-    return set(map(type, ts)) == {int} and min(ts) >= 0 and max(ts) <= TS_MAX
 
 
 def _valid_id(ident: str) -> bool:

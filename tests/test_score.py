@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gzip
-import io
 import random
 import subprocess
 import sys
@@ -13,7 +12,6 @@ from typing import Any
 import orjson
 import pytest
 
-from binormal import offline
 from binormal.common.engine import MemoryEngine
 from binormal.common.schema import Event, parse_json
 from binormal.common.scoring import Snapshot
@@ -528,63 +526,6 @@ def test_exact_rows_equal_the_memory_engine_with_the_guard_on(weight_cap: int) -
     assert heavy > 0
     off = exact_rows(iter(events), Options(cap=100, refresh=0, weight_cap=0))
     assert [r.score for r in off] != [r.score for r in rows]  # the guard changed the scores
-
-
-def _engine_rows(lines: list[bytes], weight_cap: int) -> tuple[list[tuple[Any, ...]], str]:
-    engine = Engine(Options(cap=100, refresh=3, weight_cap=weight_cap))
-    errors = io.StringIO()
-    assert engine.feed_lines(lines, errors) == len(lines)
-    rows = [
-        (r.scope, r.ident, r.counts, r.count, r.score.hex(), r.zscore.hex(), r.snapshot.counts) for r in engine.rows()
-    ]
-    return rows, errors.getvalue()
-
-
-def test_batched_parse_equals_line_by_line(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Lines parsed as one JSON array per batch give the rows and messages of one parse per line.
-
-    Among them a batch that parses as an array of as many objects as lines while no line is one
-    object (two objects on one line, one object split over the next two): it must not be taken.
-    """
-
-    def ev(ident: str, action: str = "GET /", **extra: Any) -> bytes:
-        return orjson.dumps({"org": "acme", "source": "w", "pop": "p", "id": ident, "action": action} | extra)
-
-    two_in_one = ev("u1") + b", " + ev("u2")
-    split = [b'{"org": "acme", "source": "w", "pop": "p"', b'"id": "u3", "action": "GET /"}']
-    assert offline._batch([two_in_one, *split]) is None
-    assert offline._batch([ev("u1"), ev("u2", "a}, {b")]) is None  # the pattern inside a string: line by line
-    assert offline._batch([ev("u1") + b"\r\n", ev("u2") + b"  \n"]) is not None
-    rng = random.Random(5)
-    lines = [ev(f"u{rng.randrange(9)}", rng.choice(["GET /", "POST /"]), ts=i) + b"\n" for i in range(60)]
-    tricky = [
-        b"\n",
-        b"   \n",
-        b'["a", "list"]\n',
-        b"7\n",
-        ev("u4", ts=-1) + b"\n",
-        ev("u4", ts=True) + b"\n",
-        ev("u4", extra=1) + b"\n",
-        ev("") + b"\n",
-        ev("u5") + b"\r\n",
-        b"not json\n",
-        ev("u7", "x}, {y") + b"\n",
-    ]
-    for at, line in zip(range(5, 60, 4), tricky, strict=False):
-        lines.insert(at, line)
-    lines[40:40] = [two_in_one + b"\n", *(line + b"\n" for line in split)]  # with the next line: 4 objects
-    lines.append(ev("u6"))  # no final newline
-    monkeypatch.setattr(offline, "BATCH", 4)
-    taken = [offline._batch(lines[i : i + 4]) is not None for i in range(0, len(lines), 4)]
-    assert 5 <= sum(taken) < len(taken)
-    for weight_cap in (0, 100):
-        batched = _engine_rows(lines, weight_cap)
-        with monkeypatch.context() as m:
-            m.setattr(offline, "_batch", lambda lines: None)
-            assert _engine_rows(lines, weight_cap) == batched
-    assert len(batched[1].splitlines()) == 10, batched[1]  # every bad line but the two blank ones
-    assert "line 41: not JSON" in batched[1] and "line 43: not JSON" in batched[1], batched[1]
-    assert sum(r[3] for r in batched[0]) == 60 + 3  # the good lines, u5's CRLF one, u6 and u7
 
 
 def test_final_score_shares_memo_rows_bit_for_bit() -> None:
