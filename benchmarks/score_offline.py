@@ -53,14 +53,18 @@ def read_parse(path: Path) -> tuple[float, float]:
     return time.perf_counter() - t0, time.process_time() - c0
 
 
-def run_score(path: Path, *extra: str) -> tuple[float, float]:
-    """Wall and CPU seconds of ``binormal score FILE --json`` as a subprocess (start-up included)."""
+def run_score(path: Path | str, *extra: str) -> tuple[float, float]:
+    """Wall and CPU seconds of ``binormal score FILE --json`` as a subprocess (start-up included).
+
+    ``-`` reads an empty stdin: the start-up alone (interpreter, imports, no events).
+    """
     root = Path(__file__).resolve().parents[1]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     subprocess.run(
         [sys.executable, "-P", "-m", "binormal", "score", str(path), "--json", "--no-progress", *extra],
         check=True,
+        stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         cwd=root,
     )
@@ -99,10 +103,12 @@ def main() -> int:
         default: list[tuple[float, float]] = []
         exact: list[tuple[float, float]] = []
         parts: list[dict[str, float]] = []
+        startup: list[tuple[float, float]] = []
         for _ in range(args.repeats):  # interleaved, so a noisy neighbour hits every measurement alike
             parse.append(read_parse(path))
             default.append(run_score(path))
             parts.append(breakdown(path))
+            startup.append(run_score("-"))
         exact = [run_score(path, "--exact") for _ in range(args.exact_repeats)]
         floor = statistics.median(p[0] for p in parse)
         floor_cpu = statistics.median(p[1] for p in parse)
@@ -122,6 +128,10 @@ def main() -> int:
             )
         for stage in parts[0]:
             print(f"  in-process {stage}: {statistics.median(p[stage] for p in parts):.3f} s CPU")
+        print(
+            f"  start-up (`binormal score - </dev/null`): {statistics.median(r[0] for r in startup):.3f} s wall"
+            f" ({statistics.median(r[1] for r in startup):.3f} s CPU)"
+        )
     return 0
 
 

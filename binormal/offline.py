@@ -300,23 +300,29 @@ def scope_rows(sc: ScopeState, opts: Options, zscores: dict[str, float] | None) 
     spread = MAD_SCALE * mad
     few = len(values) < opts.min_individuals
     out: list[Row] = []
+    add = out.append
+    scope = sc.scope
+    size = len(ordered)
+    rank = bisect.bisect_left
+    count, total, total_sq = agg.n, agg.total, agg.total_sq
+    min_events = opts.min_events
     for ident, rec in sc.ind.items():
         score = scores[ident]
         n = rec[1]
-        z = zscores[ident] if zscores is not None else zscore(score, agg.n, agg.total, agg.total_sq)
-        out.append(
-            Row(
-                scope=sc.scope,
-                ident=ident,
-                counts=rec[0],
-                count=n,
-                score=score,
-                zscore=z,
-                pscore=bisect.bisect_left(ordered, score) / len(ordered),
-                rzscore=(score - median) / spread if spread > 0.0 else 0.0,
-                learning=few or n < opts.min_events,
-                bits_per_event=score / min(n, opts.cap),
-                snapshot=rec[2],
+        z = zscores[ident] if zscores is not None else zscore(score, count, total, total_sq)
+        add(
+            Row(  # scope, ident, counts, count, score, zscore, pscore, rzscore, learning, bits/event, snapshot
+                scope,
+                ident,
+                rec[0],
+                n,
+                score,
+                z,
+                rank(ordered, score) / size,
+                (score - median) / spread if spread > 0.0 else 0.0,
+                few or n < min_events,
+                score / min(n, cap),
+                rec[2],
             )
         )
     return out
@@ -326,70 +332,74 @@ class _Bits:
     """:meth:`Snapshot.bits` and :meth:`Snapshot.bits0` of one snapshot for ``n <= min(cap, 1000)``, inlined.
 
     The closed form of :meth:`Snapshot.bits` (``0 < p < 1``, ``n`` within the lgamma table), the
-    same float operations in the same order, so the values are the same to the last bit (a test
-    compares :func:`_score` with :meth:`Snapshot.assess`); memoised per action and per ``n``.
+    same float operations in the same order, so every term is the same to the last bit (a test
+    compares :func:`final_score` with :meth:`Snapshot.assess`). Terms that are exactly 0 are left
+    out of the sums: :func:`math.fsum` is exactly rounded, so neither that nor the order of the
+    terms changes a sum. Memoised per ``n``: ``Z[n]`` and each action's (mode, logit, -bits(0)).
+    ``Z[n]`` stops at the first action (most frequent first) whose mode at ``n`` is 0: its
+    ``bits(0)`` and all later ones are exactly 0. So the row of ``n`` lacks exactly the actions
+    of mode 0 at ``n`` (:meth:`Snapshot.absent_candidates` holds every action of a non-zero mode
+    for ``n <= cap``), whose entry ``(0, logit p, 0.0)`` is the same for every ``n``.
     """
 
-    __slots__ = ("snap", "logit", "zero", "pairs")
+    __slots__ = ("snap", "logit", "zero", "rows", "rare", "order")
 
     def __init__(self, snap: Snapshot) -> None:
         self.snap = snap
         self.logit: dict[str, tuple[float, float]] = {}  # action -> (p, logit p)
         self.zero: dict[int, float] = {}  # n -> Z[n]
-        self.pairs: dict[tuple[str, int], tuple[int, float, float]] = {}  # (action, n) -> _per_n
+        self.rows: dict[int, dict[str, tuple[int, float, float]]] = {}  # n -> action -> (m, logit, -bits(0))
+        self.rare: dict[str, tuple[int, float, float]] = {}  # the same where m is 0 (shared by every n)
+        counts = snap.counts
+        self.order = sorted(snap.absent_candidates(), key=counts.__getitem__, reverse=True)
 
-    def bits(self, action: str, x: int, n: int) -> float:
+    def _p(self, action: str) -> tuple[float, float]:
         got = self.logit.get(action)
         if got is None:
             p = self.snap.counts[action] / self.snap.total
             got = self.logit[action] = (p, math.log(p) - math.log1p(-p))
-        p, logit = got
-        m = min(int((n + 1) * p), n)
-        return max((_LG[x] + _LG[n - x] - _LG[m] - _LG[n - m] + (m - x) * logit) / LN2, 0.0)
+        return got
 
-    def _zero(self, n: int) -> float:
-        """``Z[n]`` (:meth:`Snapshot.bits0`), filling :attr:`pairs` for every action it sums over on the way."""
+    def _row(self, n: int) -> dict[str, tuple[int, float, float]]:
+        """The entries at ``n`` of the actions with a non-zero mode, and ``Z[n]`` from their ``bits(0)``."""
         lg = _LG
-        per_n = self.pairs
+        row: dict[str, tuple[int, float, float]] = {}
         values = []
-        for action in self.snap.absent_candidates():
-            got = per_n.get((action, n))
-            if got is None:
-                pl = self.logit.get(action)
-                if pl is None:
-                    p = self.snap.counts[action] / self.snap.total
-                    pl = self.logit[action] = (p, math.log(p) - math.log1p(-p))
-                p, logit = pl
-                m = min(int((n + 1) * p), n)
-                x = 0
-                b0 = max((lg[x] + lg[n - x] - lg[m] - lg[n - m] + (m - x) * logit) / LN2, 0.0)
-                got = per_n[(action, n)] = (m, logit, -b0)
-            values.append(-got[2])
-        z = self.zero[n] = math.fsum(values)
-        return z
+        for action in self.order:
+            p, logit = self._p(action)
+            m = min(int((n + 1) * p), n)
+            if m == 0:
+                break
+            x = 0
+            b0 = max((lg[x] + lg[n - x] - lg[m] - lg[n - m] + (m - x) * logit) / LN2, 0.0)
+            row[action] = (m, logit, -b0)
+            values.append(b0)
+        self.zero[n] = math.fsum(values)
+        self.rows[n] = row
+        return row
 
-    def _per_n(self, action: str, n: int) -> tuple[int, float, float]:
-        """(mode m, logit p, -bits(action, 0, n)) of ``action`` at ``n`` events."""
-        b0 = self.bits(action, 0, n)
-        p, logit = self.logit[action]
-        return min(int((n + 1) * p), n), logit, -b0
+    def _rare(self, action: str) -> tuple[int, float, float]:
+        """The entry of an action whose mode at ``n`` is 0 (any ``n`` whose row lacks it): (0, logit p, 0.0)."""
+        got = self.rare[action] = (0, self._p(action)[1], 0.0)
+        return got
 
     def score(self, counts: dict[str, int], n: int) -> float:
         """``snap.assess(counts, 0)[0]`` for raw counts of ``n <= cap`` events, every action in the snapshot."""
-        z = self.zero.get(n)
-        if z is None:
-            z = self._zero(n)
-        terms = [z]
+        row = self.rows.get(n)
+        if row is None:
+            row = self._row(n)
+        terms = [self.zero[n]]
         add = terms.append
-        per_n = self.pairs
+        rare = self.rare
         lg = _LG
         for action, x in counts.items():
-            got = per_n.get((action, n))
-            if got is None:
-                got = per_n[(action, n)] = self._per_n(action, n)
+            got = row.get(action) or rare.get(action) or self._rare(action)
             m, logit, b0 = got
-            add(max((lg[x] + lg[n - x] - lg[m] - lg[n - m] + (m - x) * logit) / LN2, 0.0))
-            add(b0)
+            v = (lg[x] + lg[n - x] - lg[m] - lg[n - m] + (m - x) * logit) / LN2
+            if v > 0.0:
+                add(v)
+            if b0:
+                add(b0)
         score = math.fsum(terms)
         return 0.0 if score < SCORE_EPSILON else score
 

@@ -553,3 +553,16 @@ def test_the_services_variables_are_the_defaults_of_the_options(data: dict[str, 
     assert bad.returncode == 2 and b"BINORMAL_WEIGHT_CAP must be a whole number" in bad.stderr
     below = score(BINORMAL_WEIGHT_CAP="50")
     assert below.returncode == 2 and b"weight" in below.stderr.lower()
+
+
+def test_final_score_shares_memo_rows_bit_for_bit() -> None:
+    """One memo across many individuals of a snapshot of more actions than cap + 1 equals assess."""
+    rng = random.Random(8)
+    actions = [f"a{i}" for i in range(150)]
+    snap = Snapshot({a: 1 + int(5000 / (i + 1) ** 1.3) for i, a in enumerate(actions)}, cap=100)
+    memo: dict[int, Any] = {}
+    for trial in range(400):
+        pool = actions[: rng.choice([5, 40, 150])]
+        counts = {a: rng.randrange(1, 12) for a in rng.sample(pool, rng.randrange(1, 6))}
+        n = sum(counts.values())
+        assert final_score(snap, counts, n, 100, memo) == snap.assess(counts, 0)[0], trial
