@@ -37,7 +37,7 @@ import orjson
 from binormal.common.keys import Scope
 from binormal.common.result import Aggregates
 from binormal.common.schema import TS_MAX, Event, InvalidEvent, parse_json
-from binormal.common.scoring import _LG, LN2, SCORE_EPSILON, Snapshot, normalise, zscore
+from binormal.common.scoring import _LG, LN2, SCORE_EPSILON, Snapshot, normalise, weight_cap_usable, zscore
 
 MIN_EVENTS = 10  # an individual with fewer events is "learning"
 MIN_INDIVIDUALS = 30  # so is every individual of a scope with fewer individuals
@@ -60,7 +60,7 @@ def no_gc() -> Iterator[None]:
 
 def check_weight_cap(weight_cap: int, cap: int) -> str | None:
     """Why ``weight_cap`` cannot be used with normalisation cap ``cap`` (None when it can)."""
-    if weight_cap != 0 and weight_cap < cap:
+    if not weight_cap_usable(weight_cap, cap):
         return f"--weight-cap must be 0 (off) or at least the normalisation cap --cap {cap}, got {weight_cap}"
     return None
 

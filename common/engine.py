@@ -22,7 +22,7 @@ from binormal.common.calibration import (
 from binormal.common.keys import Scope
 from binormal.common.result import ActionStats, Aggregates, make_result
 from binormal.common.schema import Event
-from binormal.common.scoring import DEFAULT_CAP, Snapshot, count_event, excluded_view, zscore
+from binormal.common.scoring import DEFAULT_CAP, Snapshot, count_event, excluded_view, weight_cap_usable, zscore
 
 DEFAULT_DOMINANCE_SHARE = 0.2
 DEFAULT_DOMINANCE_MIN_EVENTS = 1000  # 10 N: a young scope is not flagged
@@ -187,12 +187,8 @@ class MemoryEngine:
 
 
 def check_weight_cap(weight_cap: int, cap: int) -> int:
-    """``weight_cap`` if usable with normalisation cap ``cap``: 0 (off) or at least ``cap``; else ValueError.
-
-    A W below N could give an individual a normalised count ``x'_a > 0`` for an
-    action whose population count rounded to 0: infinite bits.
-    """
-    if weight_cap != 0 and weight_cap < cap:
+    """``weight_cap`` if usable with normalisation cap ``cap`` (:func:`weight_cap_usable`); else ValueError."""
+    if not weight_cap_usable(weight_cap, cap):
         raise ValueError(f"weight cap must be 0 (off) or at least the normalisation cap {cap}, got {weight_cap}")
     return weight_cap
 

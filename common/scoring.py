@@ -74,6 +74,15 @@ def normalise(counts: Mapping[str, int], cap: int = DEFAULT_CAP) -> tuple[int, d
     return n_norm, {a: (2 * x * n_norm + n) // (2 * n) for a, x in counts.items()}
 
 
+def weight_cap_usable(weight_cap: int, cap: int) -> bool:
+    """Whether a weight cap W can go with normalisation cap N: 0 (the guard off) or ``W >= N``.
+
+    With ``W < N`` an individual could be scored with a normalised count ``x'_a > 0`` for an
+    action whose population count its own capped contribution rounded to 0 (infinite bits).
+    """
+    return weight_cap == 0 or weight_cap >= cap
+
+
 def contribution(counts: Mapping[str, int], weight_cap: int) -> dict[str, int]:
     """What an individual with raw ``counts`` adds to its scope's population counts (the dominance guard).
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from binormal.common.calibration import LearningSettings
 from binormal.common.config import ConfigError, ServiceSettings, from_env, setting
 from binormal.common.keys import Keyspace
+from binormal.common.scoring import weight_cap_usable
 from binormal.common.scripts import Guard
 
 
@@ -66,7 +67,7 @@ class WorkerSettings(ServiceSettings, LearningSettings):
     def __post_init__(self) -> None:
         if self.weight_cap == -1:
             object.__setattr__(self, "weight_cap", self.cap)
-        if self.weight_cap != 0 and self.weight_cap < self.cap:
+        if not weight_cap_usable(self.weight_cap, self.cap):
             raise ConfigError(
                 f"BINORMAL_WEIGHT_CAP must be 0 (off) or at least BINORMAL_CAP ({self.cap}), got {self.weight_cap}"
                 " (below N an individual's normalised count could meet a population count of 0)"
