@@ -164,6 +164,8 @@ async def test_the_worker_expires_idle_individuals_and_one_coming_back_starts_fr
             )
 
         await wait_for(all_gone, timeout=20.0, what="every individual to expire")
+        # its count grows when the sweep round ends, a moment after the last removal
+        await wait_for(lambda: worker.sweeper.removed >= 14, what="the sweep round to end")
         assert worker.sweeper.removed == 14
         async with combined.session.get(f"{combined.base}/api/scopes") as r:
             body = await r.json()
@@ -193,18 +195,28 @@ async def test_two_workers_sweeping_at_once_remove_each_individual_once(
     async with running_worker(settings):
         await feed(aredis, keys, events)
         cutoff = max((await state(aredis, keys, SCOPE))["last"].values())
-    # Two sweepers (two workers' worth), each with its own client, over the same scope at the same time;
-    # small batches so their calls interleave many times.
+    shard = keys.shard(SCOPE)
+    last = keys.scope_key(SCOPE, "last", shard)
+    # The race made certain: both read the same candidates, then both send them; the second finds them gone.
     sweepers = [Sweeper(keys, Scripts(), idle_ttl_s=3600, weight_cap=100, batch=25) for _ in range(2)]
+    members = [m.decode() for m in await aredis.zrange(last, 0, 24)]
+    packed = [s._pack(SCOPE, shard, members, cutoff) for s in sweepers]
+    first, second = [Expire.decode(r) for r in await sweepers[0]._run(aredis, [(SCOPE, 25, *p) for p in packed])]
+    assert (first.removed, second.removed) == (25, 0)
+    sweepers[0].removed = 25
+    # Then two sweepers (two workers' worth), each with its own client, loop over the scope at the same
+    # time until it is empty: small batches, so their reads and calls interleave many times.
     clients = [aioredis.Redis.from_url(redis_url, protocol=2) for _ in range(2)]
+
+    async def until_empty(sweeper: Sweeper, client: aioredis.Redis) -> None:
+        while await client.zcard(last):
+            await sweeper.sweep_scopes(client, shard, [SCOPE], cutoff)
+
     try:
-        shard = keys.shard(SCOPE)
-        for _ in range(3):  # each round removes at most SWEEP_CALLS * batch of a scope
-            await asyncio.gather(*(s.sweep_scopes(c, shard, [SCOPE], cutoff) for s, c in zip(sweepers, clients)))
+        await asyncio.gather(*(until_empty(s, c) for s, c in zip(sweepers, clients)))
     finally:
         for c in clients:
             await c.aclose()
-    assert sweepers[0].removed > 0 and sweepers[1].removed > 0  # both did part of the work
     assert sweepers[0].removed + sweepers[1].removed == len(ids)
     assert int(await aredis.hget(keys.expired(shard), SCOPE.token) or 0) == len(ids)
     after = await state(aredis, keys, SCOPE)
@@ -304,3 +316,41 @@ def test_retention_settings_and_their_bounds() -> None:
     ]:
         with pytest.raises(ConfigError, match=message):
             WorkerSettings.from_env({**base, name: raw})
+
+
+async def test_a_broken_scopes_set_stops_neither_the_worker_nor_the_other_shards(
+    redis_url: str, prefix: str, aredis: aioredis.Redis
+) -> None:
+    settings = worker_settings(redis_url, prefix, idle_ttl_s=1, sweep_interval_s=0.05)
+    keys = settings.keys
+    bad = 0  # swept before SCOPE's shard
+    assert keys.shard(SCOPE) > bad
+    await aredis.set(keys.scopes(bad), "someone else's")
+    async with running_worker(settings) as worker:
+        await feed(aredis, keys, events_of(["a", "b"], seed=8))
+        await wait_for(lambda: worker.sweeper.removed == 2, timeout=15.0, what="the good shard's individuals to expire")
+    assert int(await aredis.hget(keys.expired(keys.shard(SCOPE)), SCOPE.token) or 0) == 2
+
+
+async def test_two_running_workers_expire_each_individual_once(
+    redis_url: str, prefix: str, aredis: aioredis.Redis
+) -> None:
+    """The same through two real workers' housekeeping: their removals add up to the individuals, once each."""
+    ids = [f"u{i}" for i in range(300)]
+    one = worker_settings(redis_url, prefix, idle_ttl_s=1, sweep_interval_s=0.02)
+    keys = one.keys
+    shard = keys.shard(SCOPE)
+    async with running_worker(one) as w1, running_worker(replace(one, consumer="w2")) as w2:
+        await feed(aredis, keys, events_of(ids, seed=9, heavy=["u7"]))
+
+        async def expired() -> bool:
+            return int(await aredis.hget(keys.expired(shard), SCOPE.token) or 0) >= len(ids)
+
+        await wait_for(expired, timeout=20.0, what="every individual to expire")
+        # a sweeper adds to its count when its round ends: wait for both rounds in flight
+        await wait_for(lambda: w1.sweeper.removed + w2.sweeper.removed >= len(ids), what="both rounds to end")
+    assert w1.sweeper.removed + w2.sweeper.removed == len(ids)
+    assert int(await aredis.hget(keys.expired(shard), SCOPE.token) or 0) == len(ids)
+    after = await state(aredis, keys, SCOPE)
+    assert (after["pop"], after["sq"], after["k"], after["raw"], after["rank"], after["last"]) == ({},) * 6
+    assert after["agg"] == {"n": 0.0, "sum": 0.0, "sumsq": 0.0} and after["dom"]["events"] == "0"

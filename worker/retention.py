@@ -33,8 +33,8 @@ log = structlog.get_logger("binormal.worker")
 
 SWEEP_SCOPES = 1_000  # scopes read per shard and round (SSCAN pages of SCAN_PAGE)
 SCAN_PAGE = 250
-SWEEP_BATCH = 100  # individuals per expire.lua call (a call blocks Redis for about a millisecond)
-SWEEP_CALLS = 10  # calls per scope and round: at most 1,000 individuals of a scope per round
+SWEEP_BATCH = 50  # individuals per expire.lua call (a call blocks Redis for a few milliseconds at most)
+SWEEP_CALLS = 20  # calls per scope and round: at most 1,000 individuals of a scope per round
 
 
 @dataclass
@@ -60,7 +60,11 @@ class Sweeper:
             await self.rules.refresh(client)
         done = 0
         for shard in range(self.keys.shards):
-            scopes = await self._scopes(client, shard)
+            try:
+                scopes = await self._scopes(client, shard)
+            except ResponseError as exc:  # bad state under the shard's scopes set: the other shards go on
+                log.error("sweep_failed", shard=shard, error=str(exc))
+                continue
             if scopes:
                 done += await self.sweep_scopes(client, shard, scopes, cutoff)
         return done
