@@ -121,7 +121,7 @@ class Worker:
         finally:
             await self._goodbye(client)
             await client.aclose()
-            log.info("worker_stopped", **self.counters.as_dict())
+            log.info("worker_stopped", **self.counters.as_dict(), expired=self.sweeper.removed)
 
     async def _setup(self, client: aioredis.Redis) -> None:
         """Create the group on every shard; start by re-reading our own backlog."""
