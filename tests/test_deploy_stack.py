@@ -16,6 +16,7 @@ import os
 import subprocess
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -68,41 +69,54 @@ def _ready(url: str) -> bool:
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def images(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Images]:
+    """A Docker daemon (ours only if none answered, then stopped by PID) and the three images, built."""
     if os.geteuid() != 0:
         unavailable("make test-deploy runs as root (dockerd, debootstrap)")
-    tmp = tmp_path_factory.mktemp("deploy")
-    started = start_dockerd(tmp / "dockerd.log")
+    started = start_dockerd(tmp_path_factory.mktemp("dockerd") / "dockerd.log")
     try:
-        images = Images()
-        print(f"\n[deploy] images built in {images.build():.1f} s ({images.base}, {images.redis}, {images.app})")
-        tokens = tmp / "tokens"
-        producer, viewer = _add_token(tokens, "producer", "producer"), _add_token(tokens, "viewer", "viewer")
-        os.chown(tokens, IMAGE_UID, IMAGE_UID)
-        web_port, ingest_port = free_port(), free_port()
-        env = compose_env(
-            BINORMAL_IMAGE=images.app,
-            BINORMAL_REDIS_IMAGE=images.redis,
-            BINORMAL_WEB_PORT=str(web_port),
-            BINORMAL_INGEST_PORT=str(ingest_port),
-            BINORMAL_TOKENS_HOST_FILE=str(tokens),
-        )
-        project = Project(COMPOSE_FILES["single"], env)
-        web, ingest = f"http://127.0.0.1:{web_port}", f"http://127.0.0.1:{ingest_port}"
-        try:
-            start = time.monotonic()
-            project.compose("up", "-d", "--no-build")
-            wait_until(lambda: _ready(web) and _ready(ingest), 120, "web and ingest /readyz", interval=0.5)
-            print(f"[deploy] project {project.name} up and ready in {time.monotonic() - start:.1f} s")
-            yield Stack(project, web, ingest, producer, viewer)
-        finally:
-            (tmp / "compose.log").write_text(project.compose("logs", "--no-color", check=False).stdout)
-            print(f"[deploy] logs of {project.name}: {tmp / 'compose.log'}")
-            project.down()
-            assert project.all_containers() == [], "compose down left containers behind"
+        built = Images()
+        print(f"\n{built.build()}")
+        yield built
     finally:
         if started is not None:
             stop_dockerd(started)
+
+
+@contextmanager
+def _project(file: Path, env: dict[str, str], logs: Path) -> Iterator[Project]:
+    """A compose project under a unique name; its logs kept in ``logs``, then down with its volumes."""
+    project = Project(file, env)
+    try:
+        yield project
+    finally:
+        logs.write_text(project.compose("logs", "--no-color", check=False).stdout)
+        print(f"[deploy] logs of {project.name}: {logs}")
+        project.down()
+        assert project.all_containers() == [], "compose down left containers behind"
+
+
+@pytest.fixture(scope="module")
+def stack(images: Images, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    tmp = tmp_path_factory.mktemp("deploy")
+    tokens = tmp / "tokens"
+    producer, viewer = _add_token(tokens, "producer", "producer"), _add_token(tokens, "viewer", "viewer")
+    os.chown(tokens, IMAGE_UID, IMAGE_UID)
+    web_port, ingest_port = free_port(), free_port()
+    env = compose_env(
+        BINORMAL_IMAGE=images.app,
+        BINORMAL_REDIS_IMAGE=images.redis,
+        BINORMAL_WEB_PORT=str(web_port),
+        BINORMAL_INGEST_PORT=str(ingest_port),
+        BINORMAL_TOKENS_HOST_FILE=str(tokens),
+    )
+    web, ingest = f"http://127.0.0.1:{web_port}", f"http://127.0.0.1:{ingest_port}"
+    with _project(COMPOSE_FILES["single"], env, tmp / "compose.log") as project:
+        start = time.monotonic()
+        project.compose("up", "-d", "--no-build")
+        wait_until(lambda: _ready(web) and _ready(ingest), 120, "web and ingest /readyz", interval=0.5)
+        print(f"[deploy] project {project.name} up and ready in {time.monotonic() - start:.1f} s")
+        yield Stack(project, web, ingest, producer, viewer)
 
 
 def _seed_curl(stack: Stack, token: str | None) -> tuple[int, Any]:
@@ -214,3 +228,25 @@ def test_events_survive_a_killed_worker_container_counted_exactly_once(stack: St
     ours = [s for s in scopes["scopes"] if s["pop"] == BATCH_SCOPE.pop]
     assert [(s["individuals"], s["actions"]) for s in ours] == [(len(IDS), len(ACTIONS))]
     print(f"[deploy] {sent} events in {rounds} rounds: every counter exact after the kill")
+
+
+def test_the_cluster_compose_file_forms_a_three_master_cluster(images: Images, tmp_path: Path) -> None:
+    """docker-compose.cluster.yml's Redis part for real (the app on it needs the cluster client: Deliver 1)."""
+    env = compose_env(BINORMAL_REDIS_IMAGE=images.redis, BINORMAL_IMAGE=images.app)
+    with _project(COMPOSE_FILES["cluster"], env, tmp_path / "compose.log") as project:
+        project.compose("up", "-d", "--no-build", "cluster-init")  # and the three nodes it depends on
+        (init,) = project.containers("cluster-init")
+        wait_until(lambda: docker("inspect", "-f", "{{.State.Status}}", init).stdout.strip() == "exited", 120, "init")
+        assert docker("inspect", "-f", "{{.State.ExitCode}}", init).stdout.strip() == "0"
+        for node in ("redis-1", "redis-2", "redis-3"):
+            info = project.redis("CLUSTER", "INFO", service=node, text=True)
+            assert "cluster_state:ok" in info and "cluster_known_nodes:3" in info, info
+            assert "cluster_size:3" in info, info  # three masters serving slots
+        shards = project.redis("CLUSTER", "SHARDS", service="redis-1")
+        endpoints = sorted(node["endpoint"] for shard in shards for node in shard["nodes"])
+        assert endpoints == ["redis-1", "redis-2", "redis-3"], shards  # hostnames, not container IPs
+        # Running cluster-init again (a restart of the project) leaves the formed cluster alone.
+        project.compose("up", "--no-build", "--no-deps", "--force-recreate", "cluster-init")
+        (init,) = project.containers("cluster-init")
+        assert docker("inspect", "-f", "{{.State.ExitCode}}", init).stdout.strip() == "0"
+        assert "cluster_state:ok" in project.redis("CLUSTER", "INFO", service="redis-1", text=True)

@@ -11,7 +11,6 @@ import json
 import shutil
 import signal
 import subprocess
-import time
 import urllib.request
 import uuid
 from dataclasses import dataclass, field
@@ -81,18 +80,17 @@ class Images:
     redis: str = "binormal-local/redis:7-bookworm"
     app: str = "binormal-local/binormal:test"
 
-    def build(self) -> float:
-        """Build (base and Redis only when their tags are missing); returns the seconds it took."""
+    def build(self) -> str:
+        """Build (base and Redis only when their tags are missing); returns the script's timed steps."""
         if not (ROOT / "deploy" / "wheelhouse").is_dir():
             raise AssertionError("deploy/wheelhouse/ is missing: run `make wheelhouse` (make test-deploy does)")
         env = compose_env(BINORMAL_BASE_IMAGE=self.base, BINORMAL_REDIS_IMAGE=self.redis, BINORMAL_IMAGE=self.app)
-        start = time.monotonic()
         done = subprocess.run(
             ["bash", str(ROOT / "deploy" / "build-images.sh")], capture_output=True, text=True, env=env, timeout=900
         )
         if done.returncode != 0:
             raise AssertionError(f"deploy/build-images.sh failed: {done.stderr[-4000:]}")
-        return time.monotonic() - start
+        return "\n".join(line for line in done.stderr.splitlines() if line.startswith("[build-images]"))
 
 
 @dataclass
@@ -130,11 +128,14 @@ class Project:
         out = docker("ps", "-a", "--filter", f"label=com.docker.compose.project={self.name}", "--format", "{{.Names}}")
         return out.stdout.split()
 
-    def redis(self, *args: str) -> Any:
-        """``redis-cli --json ARGS`` inside the project's Redis container (it is published nowhere)."""
-        (container,) = self.containers("redis")
-        out = docker("exec", container, "redis-cli", "--json", *args, timeout=30).stdout
-        return json.loads(out)
+    def redis(self, *args: str, service: str = "redis", text: bool = False) -> Any:
+        """``redis-cli --json ARGS`` inside the project's Redis container (it is published nowhere).
+
+        ``text``: the reply as redis-cli prints it (INFO-style replies are not JSON).
+        """
+        (container,) = self.containers(service)
+        out = docker("exec", container, "redis-cli", *([] if text else ["--json"]), *args, timeout=30).stdout
+        return out if text else json.loads(out)
 
     def down(self) -> None:
         """Remove the project's containers, networks and volumes (by its name)."""
