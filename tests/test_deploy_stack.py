@@ -193,18 +193,24 @@ def test_events_survive_a_killed_worker_container_counted_exactly_once(stack: St
     victim = stack.project.containers("worker")[0]
     me = hostname_of(victim) + "-"
     sent, killed_pending = 0, 0
+    workers = stack.project.containers("worker")
     for _attempt in range(5):  # catch the worker with entries in hand; each try adds a chunk
-        sent += _post_chunk(stack)
+        # A backlog first (the workers frozen while it is posted), so they are busy when one is killed.
+        docker("pause", *workers)
+        try:
+            sent += _post_chunk(stack)
+        finally:
+            docker("unpause", *workers)
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline and _pending(stack, me) == 0:
-            time.sleep(0.02)
+            time.sleep(0.01)
         docker("kill", victim)
         killed_pending = _pending(stack, me)  # frozen: delivered to the dead process, never acknowledged
         if killed_pending:
             break
         docker("start", victim)
     assert killed_pending > 0, "never caught the worker holding unacknowledged entries"
-    print(f"[deploy] killed {victim} holding {killed_pending} unacknowledged entries")
+    print(f"[deploy] killed {victim} (try {_attempt + 1}) holding {killed_pending} unacknowledged entries")
     sent += _post_chunk(stack)  # accepted while a worker is down
     docker("start", victim)
     wait_until(lambda: _settled(stack), 120, "every entry acknowledged", interval=0.5)
