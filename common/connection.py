@@ -18,11 +18,14 @@ from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import Connection
 from redis.exceptions import (
     BusyLoadingError,
+    ClusterDownError,
     NoPermissionError,
     OutOfMemoryError,
     ReadOnlyError,
     RedisClusterException,
     ResponseError,
+    SlotNotCoveredError,
+    TryAgainError,
 )
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -32,8 +35,18 @@ from binormal.common.config import ConfigError
 
 log = structlog.get_logger("binormal.redis")
 
-# Errors that mean "Redis is not there right now", as opposed to bad data.
-TRANSIENT = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError, asyncio.TimeoutError)
+# Errors that mean "Redis is not there right now", as opposed to bad data. On a cluster also
+# a slot without a master or a cluster still electing one (during a failover or a resharding).
+TRANSIENT = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    ConnectionError,
+    OSError,
+    asyncio.TimeoutError,
+    ClusterDownError,
+    TryAgainError,
+    SlotNotCoveredError,
+)
 
 # Either client: a single Redis, or redis-py's cluster client (REDIS_URL names one node of a cluster).
 Client = aioredis.Redis | RedisCluster
@@ -185,7 +198,10 @@ async def connect(
     delay = 0.1
     while True:
         try:
-            return await _client_for(url, found, cluster, socket_timeout, max_connections, pool_timeout)
+            client = await _client_for(url, found, cluster, socket_timeout, max_connections, pool_timeout)
+            if isinstance(client, RedisCluster):
+                log.info("redis_cluster", masters=len(client.get_primaries()), nodes=len(client.get_nodes()))
+            return client
         except (RedisClusterException, *TRANSIENT) as exc:
             log.warning("redis_cluster_not_ready", error=str(exc), retry_in_s=round(delay, 2))
         if stop is not None:
@@ -235,7 +251,6 @@ async def _client_for(
     except BaseException:
         await client.aclose()
         raise
-    log.info("redis_cluster", masters=len(client.get_primaries()), nodes=len(client.get_nodes()))
     return client
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from binormal.common.calibration import NO_ROBUST, Rank, Robust
-from binormal.common.connection import Client
+from binormal.common.connection import Client, execute_raw
 from binormal.common.keys import Keyspace, Scope
 from binormal.common.result import Aggregates
 from binormal.common.rules import list_rules
@@ -370,13 +370,16 @@ async def redis_now_ms(client: Client) -> int:
 async def heartbeat_ages(client: Client, keys: Keyspace) -> dict[str, float]:
     """Consumer name -> seconds since its last heartbeat, judged by Redis TIME.
 
-    TIME and HGETALL go in one round trip (a non-transactional pipeline), so
-    the age does not include a second trip's latency; heartbeats are written
-    with Redis TIME as well (worker.py), so no host's own clock is involved.
+    TIME and HGETALL go in one round trip (a lean pipeline: redis-py's
+    cluster pipeline refuses TIME), so the age does not include a second
+    trip's latency; heartbeats are written with Redis TIME as well
+    (worker.py), so no host's own clock is involved. On a cluster TIME is
+    answered by the node holding the hash: the same clock that stamped it.
     """
-    pipe = client.pipeline(transaction=False)
-    pipe.time()
-    pipe.hgetall(keys.workers())
-    (sec, usec), raw = await pipe.execute()
+    flat, now = await execute_raw(client, [("HGETALL", keys.workers()), ("TIME",)])
+    for reply in (flat, now):
+        if isinstance(reply, Exception):
+            raise reply
+    sec, usec = now
     now_ms = int(sec) * 1000 + int(usec) // 1000
-    return {k.decode(): (now_ms - int(v)) / 1000.0 for k, v in raw.items()}
+    return {k.decode(): (now_ms - int(v)) / 1000.0 for k, v in zip(flat[0::2], flat[1::2])}

@@ -144,6 +144,8 @@ class Worker:
         if is_cluster(client):
             self._queue = asyncio.Queue(maxsize=2 * self.lanes)
             readers = [asyncio.ensure_future(self._reader(client, s)) for s in self._stream_shard]
+        lanes_done: asyncio.Future[list[None]] | None = None
+        readers_done: asyncio.Future[list[None]] | None = None
         try:
             if not readers:
                 await asyncio.gather(*lanes)
@@ -159,6 +161,9 @@ class Worker:
             for task in (*lanes, *readers):
                 task.cancel()
             await asyncio.gather(*lanes, *readers, return_exceptions=True)
+            for gathered in (lanes_done, readers_done):
+                if gathered is not None and gathered.done() and not gathered.cancelled():
+                    gathered.exception()  # retrieved (raised above when it mattered)
 
     async def _reader(self, client: Client, stream: bytes) -> None:
         """Cluster read path: XREADGROUP of ONE stream (one slot), BLOCK, into the lanes' queue.
