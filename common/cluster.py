@@ -152,9 +152,11 @@ async def _send_group(
             if ask:
                 wire.append(hiredis.pack_command(("ASKING",)))
             wire.append(p)
-        await conn.send_packed_command(wire)
+        if not conn.is_connected:
+            await conn.connect()  # refused here: certainly not sent
         for i in items:
-            out.sent[i] = True
+            out.sent[i] = True  # from here on a failure leaves them in doubt (bytes may have left)
+        await conn.send_packed_command(wire)
         for i, ask in zip(items, asking):
             if ask:
                 try:
@@ -208,7 +210,11 @@ async def run_grouped(client: RedisCluster, commands: Sequence[Sequence[Any]]) -
     out = Outcome.empty(n)
     packed = [hiredis.pack_command(tuple(c)) for c in commands]  # a bad argument raises here, before any I/O
     if client in _STALE:
-        await refresh(client)
+        try:
+            await refresh(client)
+        except RedisConnectionError as exc:
+            out.error = exc  # nothing sent
+            return out
     todo = list(range(n))
     ask_node: dict[int, ClusterNode] = {}
     delay = RETRY_DELAY_S

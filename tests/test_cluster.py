@@ -19,7 +19,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
 
 from binormal.common.config import ConfigError
-from binormal.common.connection import Client, connect, execute_partial, execute_raw, open_client, pubsub_of
+from binormal.common.connection import TRANSIENT, Client, connect, execute_partial, execute_raw, open_client, pubsub_of
 from binormal.common.embedded import RedisServer
 from binormal.common.keys import Keyspace, Scope
 from binormal.common.localcluster import LocalCluster, command
@@ -149,6 +149,32 @@ async def test_moved_and_ask_are_followed_and_nothing_runs_twice(cluster: RedisC
         assert await fresh.get(key) == b"3"  # counted exactly three times, on the new owner
     finally:
         await fresh.aclose()
+
+
+@pytest.mark.timeout(60)
+async def test_a_dead_master_leaves_its_commands_in_doubt_and_the_others_answered(tmp_path: object) -> None:
+    local = LocalCluster(str(tmp_path), masters=3).start()
+    client: Client | None = None
+    try:
+        client = await connect(local.url)
+        assert isinstance(client, RedisCluster)
+        streams = [f"s:{{t{i}}}" for i in range(30)]
+        dead = client.get_node_from_key(streams[0])
+        local.node(int(dead.port)).kill()
+        commands = [("XADD", s, "*", "f", "v") for s in streams]
+        got = await execute_partial(client, commands)
+        assert got.error is not None and got.replies == [] and got.sent  # the first one is on the dead node
+        with pytest.raises(TRANSIENT):
+            await execute_raw(client, commands)
+        # The other masters' streams were written (once per call), the dead one's not.
+        for s in streams:
+            node = client.get_node_from_key(s)
+            if node.name != dead.name:
+                assert command(int(node.port), "XLEN", s).strip() == b":2", s
+    finally:
+        if client is not None:
+            await client.aclose()
+        local.stop()
 
 
 async def test_noscript_on_one_master_loads_the_scripts_there_and_reruns(cluster: RedisCluster) -> None:
