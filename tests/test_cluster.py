@@ -18,6 +18,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
 
+from binormal.common.cluster import command_key
 from binormal.common.config import ConfigError
 from binormal.common.connection import TRANSIENT, Client, connect, execute_partial, execute_raw, open_client, pubsub_of
 from binormal.common.embedded import RedisServer
@@ -107,6 +108,15 @@ async def test_the_web_tier_with_a_contradicted_mode_answers_503_and_says_why(re
 
 
 # ---------------------------------------------------------------- grouped pipelines
+
+
+def test_the_key_that_routes_each_command() -> None:
+    assert command_key(("EVALSHA", "sha", 2, "k1", "k2", "arg")) == "k1"
+    assert command_key(("EVALSHA", "sha", 0, "arg")) is None
+    assert command_key(("XREADGROUP", "GROUP", "g", "c", "COUNT", 5, "BLOCK", 9, "STREAMS", "s", ">")) == "s"
+    assert command_key((b"PUBLISH", b"chan", b"x")) is None
+    assert command_key(("HSET", "h", "f", "v")) == "h"
+    assert command_key(("TIME",)) is None
 
 
 async def test_execute_raw_groups_per_node_and_keeps_the_callers_order(cluster: RedisCluster) -> None:

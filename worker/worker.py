@@ -3,7 +3,10 @@
 Loop: read a batch (own backlog first, then new entries; XREADGROUP COUNT/BLOCK),
 run it through :class:`~worker.batch.BatchProcessor`, and between batches do the
 housekeeping: heartbeat, take over entries of dead consumers (XAUTOCLAIM) and
-trim history every group has acknowledged. SIGTERM/SIGINT stop the loop after
+trim history every group has acknowledged. On Redis Cluster a multi-stream
+XREADGROUP would be CROSSSLOT, so new entries come from one blocking reader per
+stream through a bounded queue instead (:meth:`Worker._reader`); the rest is
+per stream already. SIGTERM/SIGINT stop the loop after
 the batch in hand; if that takes longer than the grace period the batch is
 cancelled, which is safe because nothing is acknowledged before it is applied.
 """
