@@ -13,10 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import NoScriptError
 
 from binormal.common.calibration import Rank
+from binormal.common.cluster import load_scripts, primaries, register_script
+from binormal.common.connection import Client
 from binormal.common.result import ActionStats, Aggregates
 
 LUA_DIR = Path(__file__).with_name("lua")
@@ -44,19 +46,30 @@ class Scripts:
 
     def __init__(self) -> None:
         self.by_name = {n: LuaScript.load(n) for n in self.NAMES}
+        for script in self.by_name.values():
+            register_script(script.sha, script.source)
 
     def sha(self, name: str) -> str:
         """SHA-1 to EVALSHA for script ``name``."""
         return self.by_name[name].sha
 
-    async def load_all(self, client: aioredis.Redis) -> None:
-        """SCRIPT LOAD every script (after a NOSCRIPT, or at start)."""
-        for script in self.by_name.values():
-            sha = await client.script_load(script.source)
+    async def load_all(self, client: Client) -> None:
+        """SCRIPT LOAD every script (after a NOSCRIPT, or at start); on a cluster on every master."""
+        scripts = list(self.by_name.values())
+        if isinstance(client, RedisCluster):
+            for node in primaries(client):
+                shas = await load_scripts(node, [s.source.encode() for s in scripts])
+                self._check(scripts, [x.decode() if isinstance(x, bytes) else str(x) for x in shas])
+            return
+        self._check(scripts, [await client.script_load(s.source) for s in scripts])
+
+    @staticmethod
+    def _check(scripts: list[LuaScript], shas: list[str]) -> None:
+        for script, sha in zip(scripts, shas):
             if sha != script.sha:
                 raise RuntimeError(f"Redis hashed {script.name}.lua as {sha}, expected {script.sha}")
 
-    async def run(self, client: aioredis.Redis, name: str, keys: Sequence[str], args: Sequence[Any] = ()) -> Any:
+    async def run(self, client: Client, name: str, keys: Sequence[str], args: Sequence[Any] = ()) -> Any:
         """EVALSHA one script outside a pipeline; on NOSCRIPT load them all and run it again."""
         try:
             return await client.evalsha(self.sha(name), len(keys), *keys, *args)

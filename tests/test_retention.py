@@ -28,6 +28,7 @@ from binormal.common.scripts import Expire, ExpireScope, Scripts
 from binormal.common.store import redis_now_ms, scope_summaries
 from binormal.worker import WorkerSettings
 from binormal.worker.retention import Sweeper
+from tests.support.backends import both_backends
 from tests.support.http import Served
 from tests.support.openapi import check_response, load_openapi
 from tests.support.redis_state import drained, hgetall_int, no_uncommitted, xadd_events
@@ -145,6 +146,7 @@ async def test_after_expiry_the_scope_equals_one_built_from_the_remaining_indivi
     assert [(s["pop"], s["expired"]) for s in summaries] == [(SCOPE.pop, len(old_ids))]
 
 
+@both_backends
 async def test_the_worker_expires_idle_individuals_and_one_coming_back_starts_from_zero(
     redis_url: str, prefix: str, aredis: aioredis.Redis, combined: Served
 ) -> None:
@@ -332,6 +334,7 @@ async def test_a_broken_scopes_set_stops_neither_the_worker_nor_the_other_shards
     assert int(await aredis.hget(keys.expired(keys.shard(SCOPE)), SCOPE.token) or 0) == 2
 
 
+@both_backends
 async def test_two_running_workers_expire_each_individual_once(
     redis_url: str, prefix: str, aredis: aioredis.Redis
 ) -> None:

@@ -20,10 +20,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import redis.asyncio as aioredis
 import structlog
 from redis.exceptions import NoScriptError, ResponseError
 
+from binormal.common.connection import Client, execute_raw
 from binormal.common.keys import Keyspace, Scope
 from binormal.common.rules import RuleCache
 from binormal.common.scripts import Expire, Expired, ExpireScope, Scripts
@@ -51,7 +51,7 @@ class Sweeper:
     removed: int = 0  # individuals this worker removed so far
     cursors: dict[int, int] = field(default_factory=dict)  # SSCAN cursor of each shard's scopes set
 
-    async def sweep(self, client: aioredis.Redis) -> int:
+    async def sweep(self, client: Client) -> int:
         """One round: every shard's scopes (bounded); returns the individuals removed."""
         # The cutoff is judged by Redis's clock, the clock apply.lua stamps with;
         # read once and passed to the script (an older cutoff only removes less).
@@ -69,7 +69,7 @@ class Sweeper:
                 done += await self.sweep_scopes(client, shard, scopes, cutoff)
         return done
 
-    async def _scopes(self, client: aioredis.Redis, shard: int) -> list[Scope]:
+    async def _scopes(self, client: Client, shard: int) -> list[Scope]:
         """Up to ``SWEEP_SCOPES`` scopes of ``shard``, carrying on from last round's cursor."""
         key = self.keys.scopes(shard)
         cursor = self.cursors.get(shard, 0)
@@ -88,7 +88,7 @@ class Sweeper:
                 log.error("scope_token_invalid", shard=shard, token=t[:200])
         return out
 
-    async def sweep_scopes(self, client: aioredis.Redis, shard: int, scopes: Sequence[Scope], cutoff_ms: int) -> int:
+    async def sweep_scopes(self, client: Client, shard: int, scopes: Sequence[Scope], cutoff_ms: int) -> int:
         """Remove what is idle (last seen at or before ``cutoff_ms``, -1: none) or over the cap in ``scopes``.
 
         One round trip reads the oldest ``batch`` members of each scope's last-seen zset, one more runs
@@ -163,17 +163,18 @@ class Sweeper:
             candidates,
         )
 
-    async def _run(self, client: aioredis.Redis, calls: Sequence[tuple[Scope, int, list[Any], list[Any]]]) -> list[Any]:
+    async def _run(self, client: Client, calls: Sequence[tuple[Scope, int, list[Any], list[Any]]]) -> list[Any]:
         """EVALSHA every call in one round trip; after a NOSCRIPT load the scripts and send them again.
 
         Sending again is safe: the script decides from the zset, a member already removed is skipped.
         """
         sha = self.scripts.sha(Expire.NAME)
         for attempt in (1, 2):
-            pipe = client.pipeline(transaction=False)
-            for _, _, keys, args in calls:
-                pipe.evalsha(sha, len(keys), *keys, *args)
-            results: list[Any] = await pipe.execute(raise_on_error=False)
+            # execute_raw, not a redis-py pipeline: a cluster pipeline refuses EVALSHA,
+            # execute_raw groups the calls per node (each call's keys are of one slot).
+            results = await execute_raw(
+                client, [("EVALSHA", sha, len(keys), *keys, *args) for _, _, keys, args in calls]
+            )
             if attempt == 1 and any(isinstance(r, NoScriptError) for r in results):
                 await self.scripts.load_all(client)
                 continue
