@@ -25,8 +25,6 @@ from tests.support.deploy import (
 
 APP = ("worker", "web", "ingest")
 NODES = ("redis-1", "redis-2", "redis-3")
-# Read by the cluster support that lands with issue 12's Deliver 1 (not in README's table yet).
-PENDING_VARIABLES = {"BINORMAL_REDIS_CLUSTER"}
 K8S_VERSIONS = ("1.29.0", "1.33.0")
 
 
@@ -79,7 +77,7 @@ def _assert_app_hardened(compose: dict[str, Any]) -> None:
 
 
 def _assert_variables_exist(compose: dict[str, Any]) -> None:
-    known = readme_variables() | PENDING_VARIABLES
+    known = readme_variables()
     for name in APP:
         unknown = set(env_of(compose["services"][name])) - known
         assert not unknown, f"{name} sets variables no code reads: {sorted(unknown)}"
@@ -202,7 +200,7 @@ def _container_env(container: dict[str, Any]) -> dict[str, str]:
 
 def test_k8s_deployments_probe_limit_and_drop_root() -> None:
     config = next(d for _, d in k8s_documents() if d["kind"] == "ConfigMap")
-    known = readme_variables() | PENDING_VARIABLES
+    known = readme_variables()
     assert set(config["data"]) <= known, sorted(set(config["data"]) - known)
     ports = {"binormal-web": ("PORT", 8080), "binormal-ingest": ("INGEST_PORT", 8081)}
     for name in ("binormal-web", "binormal-ingest", "binormal-worker"):
