@@ -7,8 +7,12 @@ calls per event. For comparison it also times the original's way of doing the
 same work: 17 sequential round trips per event (a sample of the events).
 
     python benchmarks/worker_throughput.py [--events N] [--repeat R] [--redis-server PATH]
+    python benchmarks/worker_throughput.py --cluster [--shards S] [--plain-connection]
 
 Prints one line per run and the medians. Loopback only; stops by itself.
+``--cluster``: the same on a private 3-master Redis Cluster (no 17-round-trip
+comparison there); ``--plain-connection``: the cluster nodes use redis-py's
+own Connection instead of our FastConnection (the A/B of that choice).
 """
 
 from __future__ import annotations
@@ -31,8 +35,10 @@ import redis  # noqa: E402
 import redis.asyncio as aioredis  # noqa: E402
 import structlog  # noqa: E402
 
+from binormal.common import connection  # noqa: E402
 from binormal.common.embedded import RedisServer, find_binary, server_version  # noqa: E402
 from binormal.common.keys import Keyspace  # noqa: E402
+from binormal.common.localcluster import LocalCluster, command, info_fields  # noqa: E402
 from binormal.common.runtime import tune_gc  # noqa: E402
 from binormal.common.schema import Event  # noqa: E402
 from binormal.worker import Worker, WorkerSettings  # noqa: E402
@@ -77,13 +83,29 @@ async def fill(client: aioredis.Redis, keys: Keyspace, events: list[Event]) -> N
         await pipe.execute()
 
 
+def redis_cpu_s(ports: list[int]) -> float:
+    """User + system CPU seconds of the redis-servers on ``ports`` (INFO cpu), summed."""
+    total = 0.0
+    for port in ports:
+        cpu = info_fields(command(port, "INFO", "cpu"))
+        total += float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"])
+    return total
+
+
 async def drain(
-    url: str, n: int, batch: int, max_age_ms: int, max_actions: int | None = None, weight_cap: int | None = None
+    url: str,
+    n: int,
+    batch: int,
+    max_age_ms: int,
+    max_actions: int | None = None,
+    weight_cap: int | None = None,
+    shards: int = 4,
+    ports: list[int] | None = None,
 ) -> dict[str, float]:
     """Time one Worker until it has applied ``n`` entries (``max_actions``: BINORMAL_MAX_ACTIONS, default its own;
     ``weight_cap``: BINORMAL_WEIGHT_CAP, default N)."""
     settings = WorkerSettings(
-        redis_url=url, consumer="bench", batch=batch, snapshot_max_age_ms=max_age_ms, trim_interval_s=0
+        redis_url=url, consumer="bench", batch=batch, snapshot_max_age_ms=max_age_ms, trim_interval_s=0, shards=shards
     )
     if max_actions is not None:
         settings = replace(settings, max_actions=max_actions)
@@ -92,8 +114,8 @@ async def drain(
     worker = Worker(settings)
     task = asyncio.create_task(worker.run())
     await worker.ready.wait()
-    probe = aioredis.Redis.from_url(url, protocol=2)
-    cpu0 = await probe.info("cpu")
+    redis_ports = ports or [int(url.rsplit(":", 1)[1].split("/")[0])]
+    cpu0 = redis_cpu_s(redis_ports)
     p0 = time.process_time()
     t0 = time.perf_counter()
     while worker.counters.applied < n:
@@ -102,9 +124,7 @@ async def drain(
             task.result()
     elapsed = time.perf_counter() - t0
     py_cpu = time.process_time() - p0
-    cpu1 = await probe.info("cpu")
-    await probe.aclose()
-    redis_cpu = sum(float(cpu1[k]) - float(cpu0[k]) for k in ("used_cpu_user", "used_cpu_sys"))
+    redis_cpu = redis_cpu_s(redis_ports) - cpu0
     worker.request_stop()
     await task
     c = worker.counters
@@ -164,7 +184,13 @@ async def main() -> None:
     p.add_argument("--naive-events", type=int, default=5_000)
     p.add_argument("--redis-server", default=None)
     p.add_argument("--weight-cap", type=int, default=None, help="BINORMAL_WEIGHT_CAP (default N; 0 = guard off)")
+    p.add_argument("--cluster", action="store_true", help="a private 3-master Redis Cluster instead of one server")
+    p.add_argument("--shards", type=int, default=4, help="BINORMAL_SHARDS")
+    p.add_argument("--plain-connection", action="store_true", help="cluster nodes without FastConnection")
     args = p.parse_args()
+    if args.cluster:
+        await cluster_main(args)
+        return
 
     binary = quiet_setup(args.redis_server)
     print(
@@ -202,6 +228,50 @@ async def main() -> None:
     print(
         f"median: worker {med:,.0f} events/s; 17-round-trip way {med_naive:,.0f} events/s; ratio {med / med_naive:.1f}x"
     )
+
+
+async def cluster_main(args: argparse.Namespace) -> None:
+    """The drain on a private 3-master cluster (``--cluster``)."""
+    binary = quiet_setup(args.redis_server)
+    if args.plain_connection:
+        make = connection.make_cluster_client
+
+        def plain(url: str, **kw: float) -> aioredis.RedisCluster:
+            client = make(url, **kw)  # type: ignore[arg-type]
+            client.connection_kwargs["connection_class"] = aioredis.Connection
+            for node in client.startup_nodes:
+                node.connection_class = aioredis.Connection
+            return client
+
+        connection.make_cluster_client = plain  # type: ignore[assignment]
+    print(
+        f"cluster of 3 masters; events={args.events} shards={args.shards} batch={args.batch} "
+        f"snapshot_max_age_ms={args.max_age_ms} connection={'plain' if args.plain_connection else 'fast'}"
+    )
+    events = make_events(args.events, args.scopes, args.individuals, args.actions)
+    keys = Keyspace(shards=args.shards)
+    tune_gc()
+    runs = []
+    with tempfile.TemporaryDirectory() as tmp:
+        cluster = LocalCluster(tmp, masters=3, binary=binary).start()
+        try:
+            client = aioredis.RedisCluster.from_url(cluster.url, protocol=2)
+            for r in range(args.repeat):
+                await client.flushall()  # every master (redis-py sends FLUSHALL to all primaries)
+                await fill(client, keys, events)  # type: ignore[arg-type]
+                res = await drain(
+                    cluster.url, len(events), args.batch, args.max_age_ms, shards=args.shards, ports=cluster.ports
+                )
+                runs.append(res)
+                print(
+                    f"run {r + 1}: worker {res['events_per_s']:,.0f} events/s ({res['seconds']:.1f} s), "
+                    f"{res['round_trips_per_event']:.4f} round trips/event, "
+                    f"CPU/event worker {res['worker_cpu_us']:.0f} us + redis {res['redis_cpu_us']:.0f} us"
+                )
+            await client.aclose()
+        finally:
+            cluster.stop()
+    print(f"median: worker {statistics.median(r['events_per_s'] for r in runs):,.0f} events/s")
 
 
 if __name__ == "__main__":

@@ -20,10 +20,9 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 import orjson
-import redis.asyncio as aioredis
 
 from binormal.common.config import ServiceSettings, from_env
-from binormal.common.connection import TRANSIENT, make_client
+from binormal.common.connection import TRANSIENT, Client, open_client
 from binormal.common.keys import Keyspace
 from binormal.common.scripts import Replay, Scripts
 
@@ -71,7 +70,7 @@ def parse(shard: int, dead_id: bytes, flat: dict[bytes, bytes]) -> DeadLetter:
     )
 
 
-async def dead_letters(client: aioredis.Redis, keys: Keyspace, shards: list[int]) -> AsyncIterator[DeadLetter]:
+async def dead_letters(client: Client, keys: Keyspace, shards: list[int]) -> AsyncIterator[DeadLetter]:
     """Every dead letter of ``shards``, oldest first per shard, read ``PAGE`` at a time."""
     for shard in shards:
         start = "-"
@@ -87,13 +86,13 @@ async def dead_letters(client: aioredis.Redis, keys: Keyspace, shards: list[int]
             start = "(" + page[-1][0].decode()
 
 
-async def replay_one(client: aioredis.Redis, keys: Keyspace, scripts: Scripts, letter: DeadLetter) -> tuple[bool, str]:
+async def replay_one(client: Client, keys: Keyspace, scripts: Scripts, letter: DeadLetter) -> tuple[bool, str]:
     """Replay one dead letter; returns (replayed, new entry id or why not)."""
     ks, args = Replay.pack(keys.dead(letter.shard), keys.stream(letter.shard), letter.dead_id)
     return Replay.decode(await scripts.run(client, Replay.NAME, ks, args))
 
 
-async def run(args: argparse.Namespace, keys: Keyspace, client: aioredis.Redis) -> int:
+async def run(args: argparse.Namespace, keys: Keyspace, client: Client) -> int:
     """List or replay; prints to stdout, returns the exit code."""
     shards = list(range(keys.shards)) if args.shard is None else [args.shard]
     scripts = Scripts()
@@ -154,7 +153,7 @@ def main_dead(args: argparse.Namespace) -> int:
         return 2
 
     async def go() -> int:
-        client = make_client(settings.redis_url)
+        client = await open_client(settings.redis_url, cluster=settings.redis_cluster)
         try:
             return await run(args, keys, client)
         finally:

@@ -12,7 +12,7 @@ import csv
 import sys
 
 from binormal.common.config import ServiceSettings, from_env
-from binormal.common.connection import make_client
+from binormal.common.connection import open_client
 from binormal.common.keys import Keyspace
 from binormal.common.rules import feedback_labels, list_rules
 
@@ -20,7 +20,7 @@ from binormal.common.rules import feedback_labels, list_rules
 async def read_feedback(settings: ServiceSettings) -> list[tuple[str, int]]:
     """``(id, label)`` of every mark in the deployment ``settings`` name."""
     keys = Keyspace(prefix=settings.prefix, shards=settings.shards)
-    client = make_client(settings.redis_url)
+    client = await open_client(settings.redis_url, cluster=settings.redis_cluster)
     try:
         return feedback_labels(await list_rules(client, keys))
     finally:

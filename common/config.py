@@ -149,6 +149,13 @@ class ServiceSettings:
     redis_url: str = setting(
         "REDIS_URL", DEFAULT_REDIS_URL, shown=f"embedded (run) / `{DEFAULT_REDIS_URL}`", doc="Redis to use"
     )
+    redis_cluster: bool | None = setting(
+        "BINORMAL_REDIS_CLUSTER",
+        None,
+        parse=parse_bool,
+        shown="auto (`INFO cluster`)",
+        doc="1: REDIS_URL is a Redis Cluster node, 0: a single Redis (checked when first reached)",
+    )
     prefix: str = setting("BINORMAL_PREFIX", DEFAULT_PREFIX, doc="key prefix")
     shards: int = setting("BINORMAL_SHARDS", 4, minimum=1, doc="stream shards (fixed for a deployment)")
     log_level: str = setting("BINORMAL_LOG_LEVEL", "INFO", doc="log level of a service started alone")

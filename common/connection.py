@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -12,15 +14,44 @@ import hiredis
 import redis.asyncio as aioredis
 import structlog
 from redis._parsers.hiredis import NOT_ENOUGH_DATA
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import Connection
-from redis.exceptions import BusyLoadingError, NoPermissionError, OutOfMemoryError, ReadOnlyError, ResponseError
+from redis.exceptions import (
+    BusyLoadingError,
+    ClusterDownError,
+    NoPermissionError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    RedisClusterException,
+    ResponseError,
+    SlotNotCoveredError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from binormal.common.cluster import run_grouped
+from binormal.common.config import ConfigError
+
 log = structlog.get_logger("binormal.redis")
 
-# Errors that mean "Redis is not there right now", as opposed to bad data.
-TRANSIENT = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError, asyncio.TimeoutError)
+# Errors that mean "Redis is not there right now", as opposed to bad data. On a cluster also
+# a slot without a master or a cluster still electing one (during a failover or a resharding).
+TRANSIENT = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    ConnectionError,
+    OSError,
+    asyncio.TimeoutError,
+    ClusterDownError,
+    TryAgainError,
+    SlotNotCoveredError,
+)
+
+# Either client: a single Redis, or redis-py's cluster client (REDIS_URL names one node of a cluster).
+Client = aioredis.Redis | RedisCluster
+
+CLUSTER_ENV = "BINORMAL_REDIS_CLUSTER"
 
 
 class FastConnection(Connection):
@@ -72,7 +103,11 @@ class FastConnection(Connection):
 
 
 def make_client(
-    url: str, *, socket_timeout: float = 5.0, max_connections: int = 32, pool_timeout: float | None = None
+    url: str,
+    *,
+    socket_timeout: float = 5.0,
+    max_connections: int = 32,
+    pool_timeout: float | None = None,
 ) -> aioredis.Redis:
     """An asyncio Redis client speaking RESP2 (redis-py 8 defaults to RESP3).
 
@@ -80,16 +115,10 @@ def make_client(
     (redis-py#3138), so callers keep their BLOCK a few seconds shorter.
     With ``pool_timeout`` set (HTTP services: many concurrent requests), a
     command waits up to that long for a free pooled connection instead of
-    failing at once with "Too many connections".
+    failing at once with "Too many connections". A cluster node's URL
+    needs :func:`connect` (or :func:`make_cluster_client`) instead.
     """
-    options: dict[str, Any] = {
-        "protocol": 2,
-        "socket_timeout": socket_timeout,
-        "socket_connect_timeout": min(socket_timeout, 5.0),
-        "health_check_interval": 15,
-        "max_connections": max_connections,
-        "decode_responses": False,
-    }
+    options = _options(socket_timeout, max_connections)
     if url.startswith("redis://"):
         options["connection_class"] = FastConnection
     if pool_timeout is not None:
@@ -98,8 +127,170 @@ def make_client(
     return aioredis.Redis.from_url(url, **options)
 
 
+def _options(socket_timeout: float, max_connections: int) -> dict[str, Any]:
+    return {
+        "protocol": 2,
+        "socket_timeout": socket_timeout,
+        "socket_connect_timeout": min(socket_timeout, 5.0),
+        "health_check_interval": 15,
+        "max_connections": max_connections,
+        "decode_responses": False,
+    }
+
+
+def make_cluster_client(url: str, *, socket_timeout: float = 5.0, max_connections: int = 32) -> RedisCluster:
+    """redis-py's cluster client (RESP2, same timeouts, ``max_connections`` per node), FastConnection on every node.
+
+    It finds the other nodes when it first connects (``await client.initialize()``).
+    """
+    options = _options(socket_timeout, max_connections)
+    try:
+        client = RedisCluster.from_url(url, **options)
+    except RedisClusterException as exc:
+        raise ConfigError(f"REDIS_URL cannot name a cluster node: {exc}") from None
+    if url.startswith("redis://"):
+        # The library builds every node from these kwargs (it has no connection_class option).
+        client.connection_kwargs["connection_class"] = FastConnection
+        for node in client.startup_nodes:
+            node.connection_class = FastConnection
+    return client
+
+
+def is_cluster(client: Client) -> bool:
+    """Whether ``client`` is the cluster client."""
+    return isinstance(client, RedisCluster)
+
+
+async def cluster_enabled(client: aioredis.Redis) -> bool | None:
+    """``INFO cluster``'s ``cluster_enabled`` of the node; None if the server refuses INFO."""
+    try:
+        info = await client.info("cluster")
+    except ResponseError:
+        return None
+    return bool(int(info.get("cluster_enabled", 0)))
+
+
+async def connect(
+    url: str,
+    *,
+    cluster: bool | None = None,
+    stop: asyncio.Event | None = None,
+    socket_timeout: float = 5.0,
+    max_connections: int = 32,
+    pool_timeout: float | None = None,
+) -> Client | None:
+    """Wait until the Redis at ``url`` answers, then the right client for it; None if ``stop`` came first.
+
+    Detection happens here, when Redis is first reached: ``INFO cluster``
+    says ``cluster_enabled:1`` on a cluster node. ``cluster`` (the setting
+    ``BINORMAL_REDIS_CLUSTER``) forces the mode; a forced mode that the
+    server contradicts is a :class:`~binormal.common.config.ConfigError`
+    (a single-node client on a cluster would see MOVED for most keys). A
+    server that refuses INFO is taken at the forced mode's word (else single).
+    """
+    probe = make_client(url, socket_timeout=socket_timeout, max_connections=2)
+    try:
+        if not await wait_until_up(probe, stop):
+            return None
+        found = await cluster_enabled(probe)
+    finally:
+        await probe.aclose()
+    delay = 0.1
+    while True:
+        try:
+            client = await _client_for(url, found, cluster, socket_timeout, max_connections, pool_timeout)
+            if isinstance(client, RedisCluster):
+                log.info("redis_cluster", masters=len(client.get_primaries()), nodes=len(client.get_nodes()))
+            return client
+        except (RedisClusterException, *TRANSIENT) as exc:
+            log.warning("redis_cluster_not_ready", error=str(exc), retry_in_s=round(delay, 2))
+        if stop is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=delay)
+            if stop.is_set():
+                return None
+        else:
+            await asyncio.sleep(delay)
+        delay = min(5.0, delay * 2)
+
+
+async def open_client(
+    url: str, *, cluster: bool | None = None, socket_timeout: float = 5.0, max_connections: int = 32
+) -> Client:
+    """:func:`connect` without waiting, for command-line tools: a Redis that does not answer raises TRANSIENT."""
+    probe = make_client(url, socket_timeout=socket_timeout, max_connections=2)
+    try:
+        found = await cluster_enabled(probe)
+    finally:
+        await probe.aclose()
+    try:
+        return await _client_for(url, found, cluster, socket_timeout, max_connections, None)
+    except RedisClusterException as exc:
+        raise RedisConnectionError(f"redis cluster not ready: {exc}") from None
+
+
+async def _client_for(
+    url: str,
+    found: bool | None,
+    cluster: bool | None,
+    socket_timeout: float,
+    max_connections: int,
+    pool_timeout: float | None,
+) -> Client:
+    """The client for a server whose ``INFO cluster`` said ``found``, the setting ``cluster`` checked against it."""
+    if found is not None and cluster is not None and found != cluster:
+        what = "a cluster node (INFO cluster: cluster_enabled:1)" if found else "not a cluster node (cluster_enabled:0)"
+        raise ConfigError(f"{CLUSTER_ENV}={int(cluster)} but the Redis at REDIS_URL is {what}; unset it to detect")
+    if not (found if found is not None else bool(cluster)):
+        return make_client(
+            url, socket_timeout=socket_timeout, max_connections=max_connections, pool_timeout=pool_timeout
+        )
+    client = make_cluster_client(url, socket_timeout=socket_timeout, max_connections=max_connections)
+    try:
+        await client.initialize()
+    except BaseException:
+        await client.aclose()
+        raise
+    return client
+
+
+# Connection options a pub/sub connection to one cluster node copies from the cluster client.
+_PUBSUB_OPTIONS = (
+    "username",
+    "password",
+    "credential_provider",
+    "client_name",
+    "socket_timeout",
+    "socket_connect_timeout",
+    "socket_keepalive",
+    "protocol",
+    "encoding",
+    "encoding_errors",
+    "decode_responses",
+)
+_pubsub_turn = itertools.count()
+
+
+def pubsub_of(client: Client, **kwargs: Any) -> aioredis.client.PubSub:
+    """A pub/sub object: the client's own for a single Redis; on a cluster one plain connection to a node.
+
+    Classic pub/sub is cluster-wide (a PUBLISH on any node reaches subscribers
+    on every node), so one node will do; each call takes the next node the
+    client knows, so a resubscription after that node died tries another.
+    Closing the pub/sub closes its connection.
+    """
+    if not isinstance(client, RedisCluster):
+        return client.pubsub(**kwargs)
+    nodes = sorted(client.get_nodes(), key=lambda n: n.name)
+    node = nodes[next(_pubsub_turn) % len(nodes)]
+    given = client.get_connection_kwargs()
+    options: dict[str, Any] = {k: given[k] for k in _PUBSUB_OPTIONS if given.get(k) is not None}
+    pool = aioredis.ConnectionPool(host=node.host, port=int(node.port), max_connections=1, **options)
+    return aioredis.client.PubSub(pool, **kwargs)
+
+
 async def wait_until_up(
-    client: aioredis.Redis,
+    client: Client,
     stop: asyncio.Event | None = None,
     first_delay: float = 0.1,
     max_delay: float = 5.0,
@@ -131,7 +322,7 @@ async def wait_until_up(
     return False
 
 
-async def execute_raw(client: aioredis.Redis, commands: Sequence[Sequence[Any]]) -> list[Any]:
+async def execute_raw(client: Client, commands: Sequence[Sequence[Any]]) -> list[Any]:
     """Send ``commands`` in one write and read every reply: a lean pipeline.
 
     redis-py's Pipeline object costs tens of microseconds per command in
@@ -141,9 +332,15 @@ async def execute_raw(client: aioredis.Redis, commands: Sequence[Sequence[Any]])
     command's error is returned in its place, as with
     ``execute(raise_on_error=False)``. Connection errors propagate, and the
     connection is then dropped so no stray reply can reach the next user.
+    On a cluster the commands are grouped per node (common/cluster.py).
     """
     if not commands:
         return []
+    if isinstance(client, RedisCluster):
+        got = await run_grouped(client, commands)
+        if got.error is not None:
+            raise got.error
+        return got.replies
     pool = client.connection_pool
     conn = await pool.get_connection()  # type: ignore[no-untyped-call]  # redis-py's asyncio pool is untyped
     try:
@@ -208,15 +405,24 @@ class Partial:
     sent: bool = True
 
 
-async def execute_partial(client: aioredis.Redis, commands: Sequence[Sequence[Any]]) -> Partial:
+async def execute_partial(client: Client, commands: Sequence[Sequence[Any]]) -> Partial:
     """:func:`execute_raw` that says how far it got instead of raising on a connection failure.
 
     Redis runs a connection's commands in order and answers each in order, so
     every reply read proves its command ran; a command whose reply never came
-    is in doubt once its bytes were sent.
+    is in doubt once its bytes were sent. On a cluster (groups per node) the
+    replies kept are those up to the first command without one; from there on
+    all are in doubt unless none of them was sent or answered.
     """
     if not commands:
         return Partial()
+    if isinstance(client, RedisCluster):
+        got = await run_grouped(client, commands)
+        if got.error is None:
+            return Partial(got.replies)
+        first = got.done.index(False) if False in got.done else len(commands)
+        sent = any(got.sent[first:]) or any(got.done[first:])
+        return Partial(got.replies[:first], got.error, sent=sent)
     packed = [hiredis.pack_command(tuple(c)) for c in commands]  # a bad argument raises here, before any I/O
     pool = client.connection_pool
     try:

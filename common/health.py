@@ -75,7 +75,9 @@ async def readyz(request: web.Request) -> web.Response:
     sup = request.app.get(SUPERVISION)
     if sup is not None and sup.state != "running":
         reasons.append(sup.detail or f"embedded redis {sup.state}")
-    if not handle.up.is_set():
+    if handle.error is not None:
+        reasons.append(handle.error)
+    elif not handle.up.is_set():
         reasons.append("redis not reached yet")
     else:
         try:

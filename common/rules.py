@@ -25,10 +25,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-import redis.asyncio as aioredis
 import structlog
 from redis.exceptions import RedisError
 
+from binormal.common.connection import Client
 from binormal.common.keys import Keyspace, Scope, decode, encode
 from binormal.common.schema import LIMITS
 
@@ -172,7 +172,7 @@ def _decode_rule(field: bytes, value: bytes) -> Rule | None:
         return None
 
 
-async def add_rule(client: aioredis.Redis, keys: Keyspace, rule: Rule) -> bool:
+async def add_rule(client: Client, keys: Keyspace, rule: Rule) -> bool:
     """Store ``rule`` (replacing one on the same target); True when it is new.
 
     Raises :class:`RuleError` (field ``kind``) when the shard already holds its maximum of rules.
@@ -200,7 +200,7 @@ async def add_rule(client: aioredis.Redis, keys: Keyspace, rule: Rule) -> bool:
     return not exists
 
 
-async def remove_rule(client: aioredis.Redis, keys: Keyspace, kind: str, scope: Scope, target: str, value: str) -> bool:
+async def remove_rule(client: Client, keys: Keyspace, kind: str, scope: Scope, target: str, value: str) -> bool:
     """Delete one rule; True when it existed."""
     shard = keys.shard(scope)
     if kind == "mark":
@@ -212,7 +212,7 @@ async def remove_rule(client: aioredis.Redis, keys: Keyspace, kind: str, scope: 
 
 
 async def list_rules(
-    client: aioredis.Redis, keys: Keyspace, orgs: frozenset[str] | None = None, scope: Scope | None = None
+    client: Client, keys: Keyspace, orgs: frozenset[str] | None = None, scope: Scope | None = None
 ) -> list[Rule]:
     """Every rule (of ``orgs`` only unless None; of ``scope`` only if given), sorted by scope, kind, target."""
     shards = range(keys.shards) if scope is None else [keys.shard(scope)]
@@ -232,7 +232,7 @@ async def list_rules(
     return out
 
 
-async def read_mark(client: aioredis.Redis, keys: Keyspace, scope: Scope, ident: str) -> dict[str, Any] | None:
+async def read_mark(client: Client, keys: Keyspace, scope: Scope, ident: str) -> dict[str, Any] | None:
     """The feedback on one individual (``label``, ``by``, ``at``, ``note``), None when unmarked."""
     raw = await client.hget(keys.marks(keys.shard(scope)), mark_field(scope, ident))
     if raw is None:
@@ -269,7 +269,7 @@ class RuleCache:
         self.excluded: frozenset[tuple[Scope, str]] = frozenset()
         self.reloads = 0
 
-    async def refresh(self, client: aioredis.Redis, force: bool = False) -> bool:
+    async def refresh(self, client: Client, force: bool = False) -> bool:
         """Re-read the rules if the version moved (checked at most every ``interval_s``); True when reloaded.
 
         A Redis error keeps the rules as they were (logged); the next check tries again.

@@ -11,16 +11,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import redis.asyncio as aioredis
-
 from binormal.common.calibration import NO_ROBUST, Rank, Robust
+from binormal.common.connection import Client, execute_raw
 from binormal.common.keys import Keyspace, Scope
 from binormal.common.result import Aggregates
 from binormal.common.rules import list_rules
 from binormal.common.scripts import Recompute, Scripts
 
 
-async def list_scopes(client: aioredis.Redis, keys: Keyspace) -> list[Scope]:
+async def list_scopes(client: Client, keys: Keyspace) -> list[Scope]:
     """Every scope with at least one counted event, shard by shard (sorted within a shard)."""
     out: list[Scope] = []
     for shard in range(keys.shards):
@@ -30,14 +29,14 @@ async def list_scopes(client: aioredis.Redis, keys: Keyspace) -> list[Scope]:
     return out
 
 
-async def read_aggregates(client: aioredis.Redis, keys: Keyspace, scope: Scope) -> Aggregates:
+async def read_aggregates(client: Client, keys: Keyspace, scope: Scope) -> Aggregates:
     """The running aggregates as stored (zeros for an unknown scope)."""
     n, total, total_sq = await client.hmget(keys.scope_key(scope, "agg"), ["n", "sum", "sumsq"])
     return Aggregates(int(n or 0), float(total or 0.0), float(total_sq or 0.0))
 
 
 async def recompute_aggregates(
-    client: aioredis.Redis, keys: Keyspace, scope: Scope, scripts: Scripts | None = None
+    client: Client, keys: Keyspace, scope: Scope, scripts: Scripts | None = None
 ) -> Aggregates:
     """Rebuild a scope's aggregates from its rank zset; returns what was written."""
     scripts = scripts or Scripts()
@@ -46,7 +45,7 @@ async def recompute_aggregates(
 
 
 async def rebuild_population(
-    client: aioredis.Redis,
+    client: Client,
     keys: Keyspace,
     scope: Scope,
     excluded: frozenset[str],
@@ -90,7 +89,7 @@ async def rebuild_population(
 
 
 async def recompute_all(
-    client: aioredis.Redis, keys: Keyspace, population: bool = False, weight_cap: int = 0
+    client: Client, keys: Keyspace, population: bool = False, weight_cap: int = 0
 ) -> list[dict[str, Any]]:
     """Recompute every scope; one report per scope (before, after, relative drift).
 
@@ -164,7 +163,7 @@ def _int_hash(raw: dict[bytes, bytes]) -> dict[str, int]:
     return {k.decode(): int(v) for k, v in raw.items()}
 
 
-async def read_scope(client: aioredis.Redis, keys: Keyspace, scope: Scope) -> ScopeView | None:
+async def read_scope(client: Client, keys: Keyspace, scope: Scope) -> ScopeView | None:
     """Population counts and aggregates of ``scope``; None when nothing was counted in it."""
     shard = keys.shard(scope)
     pipe = client.pipeline(transaction=False)
@@ -180,7 +179,7 @@ async def read_scope(client: aioredis.Redis, keys: Keyspace, scope: Scope) -> Sc
 
 
 async def scope_summaries(
-    client: aioredis.Redis, keys: Keyspace, limit: int, orgs: frozenset[str] | None = None
+    client: Client, keys: Keyspace, limit: int, orgs: frozenset[str] | None = None
 ) -> tuple[list[dict[str, Any]], int]:
     """Up to ``limit`` scopes (of ``orgs`` only, unless None) with their individual and action counts, and the total."""
     scopes = await list_scopes(client, keys)
@@ -193,18 +192,21 @@ async def scope_summaries(
         pipe.hlen(keys.scope_key(scope, "pop"))
         pipe.hexists(keys.capped(keys.shard(scope)), scope.token)
         pipe.hmget(keys.scope_key(scope, "dom"), DOM_FIELDS)
+        pipe.hget(keys.expired(keys.shard(scope)), scope.token)
     raw = await pipe.execute() if shown else []
     out = [
         {
             "org": s.org,
             "source": s.source,
             "pop": s.pop,
-            "individuals": int(raw[4 * i] or 0),
-            "actions": int(raw[4 * i + 1] or 0),
+            "individuals": int(raw[5 * i] or 0),
+            "actions": int(raw[5 * i + 1] or 0),
             # events with a new action were refused: the scope has BINORMAL_MAX_ACTIONS actions
-            "actions_capped": bool(raw[4 * i + 2]),
+            "actions_capped": bool(raw[5 * i + 2]),
             # one individual has more than BINORMAL_DOMINANCE_SHARE of the scope's events
-            "dominated": dominated_of(raw[4 * i + 3]),
+            "dominated": dominated_of(raw[5 * i + 3]),
+            # individuals removed by retention (BINORMAL_IDLE_TTL_S, BINORMAL_MAX_INDIVIDUALS; expire.lua)
+            "expired": int(raw[5 * i + 4] or 0),
         }
         for i, s in enumerate(shown)
     ]
@@ -215,7 +217,7 @@ TOP_SCAN = 10_000  # ranks /api/outliers?exclude_learning=1 looks through at mos
 
 
 async def top_individuals(
-    client: aioredis.Redis, keys: Keyspace, scope: Scope, limit: int, min_events: int = 0
+    client: Client, keys: Keyspace, scope: Scope, limit: int, min_events: int = 0
 ) -> list[tuple[str, float, dict[str, int]]]:
     """The ``limit`` highest current scores of a scope (ZREVRANGE of the rank zset) with their counts.
 
@@ -251,7 +253,7 @@ async def top_individuals(
     return [(m.decode(), float(score), _int_hash(c)) for (m, score), c in zip(kept, counts)]
 
 
-async def ranks_of(client: aioredis.Redis, keys: Keyspace, scope: Scope, scores: list[float]) -> list[Rank]:
+async def ranks_of(client: Client, keys: Keyspace, scope: Scope, scores: list[float]) -> list[Rank]:
     """Where each score stands in the scope's rank zset (``pscore``): ZCOUNT below, ZCOUNT equal, ZCARD."""
     if not scores:
         return []
@@ -266,7 +268,7 @@ async def ranks_of(client: aioredis.Redis, keys: Keyspace, scope: Scope, scores:
     return [Rank(int(raw[1 + 2 * i]), int(raw[2 + 2 * i]), n) for i in range(len(scores))]
 
 
-async def read_robust(client: aioredis.Redis, keys: Keyspace, scope: Scope) -> Robust:
+async def read_robust(client: Client, keys: Keyspace, scope: Scope) -> Robust:
     """The scope's median and MAD of scores as a worker last sampled them (zeros before the first sample)."""
     median, mad = await client.hmget(keys.robust(scope), ["median", "mad"])
     if median is None or mad is None:
@@ -275,7 +277,7 @@ async def read_robust(client: aioredis.Redis, keys: Keyspace, scope: Scope) -> R
 
 
 async def read_individual(
-    client: aioredis.Redis, keys: Keyspace, scope: Scope, ident: str
+    client: Client, keys: Keyspace, scope: Scope, ident: str
 ) -> tuple[dict[str, int], float | None]:
     """An individual's action counts and current committed score (None if not committed)."""
     shard = keys.shard(scope)
@@ -291,7 +293,7 @@ async def read_individual(
 EXACT_LAG_LIMIT = 20_000
 
 
-async def stream_lag(client: aioredis.Redis, keys: Keyspace, limit: int | None = None) -> dict[int, int]:
+async def stream_lag(client: Client, keys: Keyspace, limit: int | None = None) -> dict[int, int]:
     """Per shard: entries the consumer group has not acknowledged yet.
 
     Redis 7 reports ``lag`` (entries not yet delivered) per group; adding
@@ -332,7 +334,7 @@ async def stream_lag(client: aioredis.Redis, keys: Keyspace, limit: int | None =
     return out
 
 
-async def groups_present(client: aioredis.Redis, keys: Keyspace) -> list[int]:
+async def groups_present(client: Client, keys: Keyspace) -> list[int]:
     """Shards whose stream lacks the consumer group (empty list: all present)."""
     pipe = client.pipeline(transaction=False)
     for stream in keys.streams():
@@ -348,7 +350,7 @@ async def groups_present(client: aioredis.Redis, keys: Keyspace) -> list[int]:
     return missing
 
 
-async def dead_lengths(client: aioredis.Redis, keys: Keyspace) -> dict[int, int]:
+async def dead_lengths(client: Client, keys: Keyspace) -> dict[int, int]:
     """XLEN of every shard's dead-letter stream."""
     pipe = client.pipeline(transaction=False)
     for shard in range(keys.shards):
@@ -356,28 +358,31 @@ async def dead_lengths(client: aioredis.Redis, keys: Keyspace) -> dict[int, int]
     return {shard: int(n) for shard, n in enumerate(await pipe.execute())}
 
 
-async def worker_heartbeats(client: aioredis.Redis, keys: Keyspace) -> dict[str, int]:
+async def worker_heartbeats(client: Client, keys: Keyspace) -> dict[str, int]:
     """Consumer name -> last heartbeat (epoch ms) from ``keys.workers()``."""
     raw: dict[bytes, bytes] = await client.hgetall(keys.workers())  # type: ignore[assignment]
     return {k.decode(): int(v) for k, v in raw.items()}
 
 
-async def redis_now_ms(client: aioredis.Redis) -> int:
+async def redis_now_ms(client: Client) -> int:
     """The Redis server's clock (TIME), in epoch milliseconds: one clock for every host."""
     sec, usec = await client.time()
     return int(sec) * 1000 + int(usec) // 1000
 
 
-async def heartbeat_ages(client: aioredis.Redis, keys: Keyspace) -> dict[str, float]:
+async def heartbeat_ages(client: Client, keys: Keyspace) -> dict[str, float]:
     """Consumer name -> seconds since its last heartbeat, judged by Redis TIME.
 
-    TIME and HGETALL go in one round trip (a non-transactional pipeline), so
-    the age does not include a second trip's latency; heartbeats are written
-    with Redis TIME as well (worker.py), so no host's own clock is involved.
+    TIME and HGETALL go in one round trip (a lean pipeline: redis-py's
+    cluster pipeline refuses TIME), so the age does not include a second
+    trip's latency; heartbeats are written with Redis TIME as well
+    (worker.py), so no host's own clock is involved. On a cluster TIME is
+    answered by the node holding the hash: the same clock that stamped it.
     """
-    pipe = client.pipeline(transaction=False)
-    pipe.time()
-    pipe.hgetall(keys.workers())
-    (sec, usec), raw = await pipe.execute()
+    flat, now = await execute_raw(client, [("HGETALL", keys.workers()), ("TIME",)])
+    for reply in (flat, now):
+        if isinstance(reply, Exception):
+            raise reply
+    sec, usec = now
     now_ms = int(sec) * 1000 + int(usec) // 1000
-    return {k.decode(): (now_ms - int(v)) / 1000.0 for k, v in raw.items()}
+    return {k.decode(): (now_ms - int(v)) / 1000.0 for k, v in zip(flat[0::2], flat[1::2])}

@@ -19,9 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-import redis.asyncio as aioredis
-
-from binormal.common.connection import execute_raw
+from binormal.common.connection import Client, execute_raw
 from binormal.common.keys import Keyspace, Scope
 from binormal.common.schema import Event, action_cap_reason
 
@@ -43,9 +41,7 @@ class ActionCap:
     ttl_s: float = 1.0
     sizes: dict[Scope, tuple[int, float]] = field(default_factory=dict)
 
-    async def check(
-        self, client: aioredis.Redis, events: list[tuple[int, Event]], batch: Rejects
-    ) -> list[tuple[int, Event]]:
+    async def check(self, client: Client, events: list[tuple[int, Event]], batch: Rejects) -> list[tuple[int, Event]]:
         """``events`` without those refused by the cap (each reported with ``batch.reject``)."""
         # Distinct actions per scope, in order of first use. A plain tuple key per line
         # (built in C) rather than ev.scope (a NamedTuple made in Python): this loop is
@@ -88,7 +84,7 @@ class ActionCap:
         return kept
 
     async def _refused(
-        self, client: aioredis.Redis, near: Sequence[Scope], wanted: dict[Scope, dict[str, None]], now: float
+        self, client: Client, near: Sequence[Scope], wanted: dict[Scope, dict[str, None]], now: float
     ) -> dict[tuple[Scope, str], int]:
         """(scope, action) pairs past the cap, with the scope's action count; one round trip."""
         commands: list[tuple[Any, ...]] = []
@@ -113,7 +109,7 @@ class ActionCap:
             self.sizes[s] = (int(size) + admitted, now)
         return out
 
-    async def _flag(self, client: aioredis.Redis, refused: dict[tuple[Scope, str], int]) -> None:
+    async def _flag(self, client: Client, refused: dict[tuple[Scope, str], int]) -> None:
         """Count the refused events' scopes in the shard's capped hash (what /api/scopes shows)."""
         scopes = {s for s, _ in refused}
         await execute_raw(client, [("HINCRBY", self.keys.capped(self.keys.shard(s)), s.token, 1) for s in scopes])

@@ -42,13 +42,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-import redis.asyncio as aioredis
 import structlog
 from aiohttp import web
 from redis.exceptions import ResponseError
 
 from binormal.common import metrics
-from binormal.common.connection import execute_partial, refused_write, xadd_command
+from binormal.common.connection import Client, execute_partial, refused_write, xadd_command
 from binormal.common.guard import org_forbidden, principal_of, setup_auth
 from binormal.common.health import setup_health
 from binormal.common.http import (
@@ -91,7 +90,7 @@ class LagReader:
     read_at: float = float("-inf")
     _task: asyncio.Future[int] | None = field(default=None, repr=False)
 
-    async def get(self, client: aioredis.Redis) -> int:
+    async def get(self, client: Client) -> int:
         """The cached reading, refreshed when older than ``ttl_s``."""
         if time.monotonic() - self.read_at < self.ttl_s:
             return self.value
@@ -100,7 +99,7 @@ class LagReader:
         # shield: one caller going away must not cancel the reading the others await
         return await asyncio.shield(self._task)
 
-    async def _read(self, client: aioredis.Redis) -> int:
+    async def _read(self, client: Client) -> int:
         lag = sum((await stream_lag(client, self.keys, self.limit)).values())
         self.value, self.read_at = lag, time.monotonic()
         return lag
@@ -168,7 +167,7 @@ INGEST = web.AppKey("binormal_ingest", Ingest)
 
 def setup(app: web.Application, settings: IngestSettings) -> None:
     """Register ``POST /events`` (and health, Redis) on ``app``."""
-    setup_redis(app, settings.redis_url, settings.keys)
+    setup_redis(app, settings.redis_url, settings.keys, settings.redis_cluster)
     setup_health(app, settings.ready_heartbeat_s)
     setup_auth(app, settings)
     setup_limits(app, settings.http_limits)
@@ -238,7 +237,7 @@ def _check_orgs(request: web.Request, batch: Batch) -> None:
         raise org_forbidden(principal, org, accepted=0, lines=lines[:MAX_ERRORS], forbidden=len(lines))
 
 
-async def _write(client: aioredis.Redis, st: Ingest, batch: Batch, summary: dict[str, Any]) -> None:
+async def _write(client: Client, st: Ingest, batch: Batch, summary: dict[str, Any]) -> None:
     """XADD in pipelined chunks, in body order; sets ``summary["accepted"]``.
 
     Every line ends known accepted (its XADD answered), unwritten (Redis refused

@@ -44,9 +44,21 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     server.stop()
 
 
+def on_cluster(request: pytest.FixtureRequest) -> bool:
+    """Whether this test's ``redis_url`` is the cluster's (``@both_backends``: the ``cluster`` param)."""
+    callspec = getattr(request.node, "callspec", None)
+    return callspec is not None and callspec.params.get("redis_url") == "cluster"
+
+
 @pytest.fixture
-def redis_url(redis_server: RedisServer) -> str:
-    """URL of the private server, flushed before the test."""
+def redis_url(request: pytest.FixtureRequest, redis_server: RedisServer) -> str:
+    """URL of the private server, flushed before the test.
+
+    Parametrized ``node``/``cluster`` (tests/support/backends.py: ``both_backends``),
+    the ``cluster`` run gets a node of the private cluster instead, every master flushed.
+    """
+    if getattr(request, "param", "node") == "cluster":
+        return str(request.getfixturevalue("cluster_url"))
     with redis.Redis.from_url(redis_server.url, protocol=2) as c:
         c.flushall()
     return redis_server.url
@@ -59,16 +71,29 @@ def prefix() -> str:
 
 
 @pytest.fixture
-async def aredis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    """An asyncio client on the private server (RESP2, like the services)."""
+async def aredis(request: pytest.FixtureRequest, redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    """An asyncio client on the private server (RESP2, like the services); a cluster client on the cluster.
+
+    Typed as the single-node client: the tests call commands both clients have.
+    """
+    if on_cluster(request):
+        cluster = aioredis.RedisCluster.from_url(redis_url, protocol=2)
+        yield cluster  # type: ignore[misc]
+        await cluster.aclose()
+        return
     client = aioredis.Redis.from_url(redis_url, protocol=2)
     yield client
     await client.aclose()
 
 
 @pytest.fixture
-def sredis(redis_url: str) -> Iterator[redis.Redis]:
-    """A synchronous client on the private server."""
+def sredis(request: pytest.FixtureRequest, redis_url: str) -> Iterator[redis.Redis]:
+    """A synchronous client on the private server (a cluster client on the cluster)."""
+    if on_cluster(request):
+        cluster = redis.RedisCluster.from_url(redis_url, protocol=2)
+        yield cluster  # type: ignore[misc]
+        cluster.close()
+        return
     client = redis.Redis.from_url(redis_url, protocol=2)
     yield client
     client.close()

@@ -16,6 +16,7 @@ import orjson
 import pytest
 
 from binormal.common.embedded import free_port
+from tests.support.backends import both_backends
 from tests.support.workers import binormal_command
 
 
@@ -189,6 +190,7 @@ def test_log_settings_from_the_environment(tmp_path: Path) -> None:
     assert done.returncode == 2 and "--log-format" in done.stderr
 
 
+@both_backends
 def test_binormal_run_on_a_terminal_prints_its_url_first_and_its_workers_log_console_lines(
     redis_url: str, prefix: str
 ) -> None:

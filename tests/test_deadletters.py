@@ -15,6 +15,7 @@ from binormal.common.schema import Event
 from binormal.common.scripts import Scripts
 from binormal.deadletters import PAGE, dead_letters, replay_one
 from binormal.worker.worker import ensure_groups
+from tests.support.backends import both_backends
 from tests.support.events import counts_from_events
 from tests.support.redis_state import check_counters, drained, xadd_events
 from tests.support.waiting import wait_for
@@ -55,6 +56,7 @@ async def make_dead_letters(redis_url: str, prefix: str, aredis: aioredis.Redis)
     return keys
 
 
+@both_backends
 async def test_list_shows_reasons_and_original_fields(redis_url: str, prefix: str, aredis: aioredis.Redis) -> None:
     keys = await make_dead_letters(redis_url, prefix, aredis)
     got = await dead(redis_url, prefix, "--json")
@@ -83,6 +85,7 @@ async def test_list_shows_reasons_and_original_fields(redis_url: str, prefix: st
     assert none.rc == 0 and none.out == "" and "0 dead letters" in none.err
 
 
+@both_backends
 async def test_replay_after_the_fix_counts_the_entry_once(redis_url: str, prefix: str, aredis: aioredis.Redis) -> None:
     keys = await make_dead_letters(redis_url, prefix, aredis)
     await aredis.delete(keys.scope_key(BROKEN, "pop"))  # the fix: the foreign value is gone

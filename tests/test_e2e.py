@@ -27,6 +27,7 @@ from binormal.common.redisapp import REDIS
 from binormal.common.schema import Event
 from binormal.web.app import create_app
 from binormal.worker import Worker
+from tests.support.backends import both_backends
 from tests.support.events import counts_from_events
 from tests.support.http import (
     SEED_BODY,
@@ -105,6 +106,7 @@ def sequential_events(n: int, seed: int = 3) -> list[Event]:
     return out
 
 
+@both_backends
 @pytest.mark.timeout(240)
 async def test_2000_events_one_by_one_match_the_reference_engine(redis_url: str, prefix: str) -> None:
     events = sequential_events(2000)

@@ -23,6 +23,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from binormal.common.keys import Keyspace
+from tests.support.backends import both_backends
 from tests.support.events import counts_from_events, fault_events
 from tests.support.redis_state import check_committed, check_counters, drained, no_uncommitted, xadd_events
 from tests.support.waiting import wait_for
@@ -33,6 +34,7 @@ MIN_MID_BATCH_KILLS = 5  # kills that left entries read but not applied
 MAX_ROUNDS = 30
 
 
+@both_backends
 @pytest.mark.slow
 @pytest.mark.timeout(240)
 async def test_sigkill_workers_while_draining(

@@ -24,6 +24,7 @@ from binormal.feed.convert import FieldMap, MapError
 from binormal.feed.reader import InputError
 from binormal.feed.settings import settings_from_args
 from binormal.feed.state import Position, StateFile, event_id, file_key
+from tests.support.backends import both_backends
 from tests.support.events import feed_events as make_events
 from tests.support.feed import (
     counted,
@@ -451,6 +452,7 @@ async def test_state_of_another_file_is_refused(redis_url: str, prefix: str, tmp
 # ---------------------------------------------------------------- --direct
 
 
+@both_backends
 async def test_direct_xadds_into_the_stream(
     redis_url: str, prefix: str, aredis: aioredis.Redis, tmp_path: Path
 ) -> None:

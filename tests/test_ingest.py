@@ -15,6 +15,7 @@ from binormal.common.keys import Keyspace
 from binormal.common.schema import Event
 from binormal.ingest.app import create_app
 from binormal.worker.worker import ensure_groups
+from tests.support.backends import both_backends
 from tests.support.events import counts_from_events, ndjson
 from tests.support.events import numbered_event as ev
 from tests.support.http import Served, ingest_settings, post_raw, served, serving
@@ -55,6 +56,7 @@ def documented(status: int, body: Any, method: str = "post") -> None:
     assert_documented("/events", method, status, body)
 
 
+@both_backends
 async def test_mixed_ndjson_batch_keeps_valid_lines_and_reports_bad_ones(
     ingest: Ingest, aredis: aioredis.Redis
 ) -> None:
@@ -186,6 +188,7 @@ async def test_lag_reading_is_cached_for_lag_check_s(redis_url: str, prefix: str
         assert await total_len(aredis, svc.keys) == 30
 
 
+@both_backends
 async def test_events_are_counted_by_the_worker_in_pipelined_batches(
     redis_url: str, prefix: str, aredis: aioredis.Redis
 ) -> None:
@@ -199,6 +202,7 @@ async def test_events_are_counted_by_the_worker_in_pipelined_batches(
         assert await check_counters(aredis, svc.keys, truth) == []
 
 
+@both_backends
 async def test_event_ids_make_a_resent_batch_count_once(redis_url: str, prefix: str, aredis: aioredis.Redis) -> None:
     objs = [ev(i, event_id=f"batch1-{i}") for i in range(50)]
     async for svc in _start(redis_url, prefix):

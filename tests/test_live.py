@@ -22,6 +22,7 @@ from binormal.common.keys import Keyspace
 from binormal.common.schema import Event
 from binormal.web.live import HUB_KEY, SOCKETS_KEY, SUBSCRIBER_KEY, setup_live
 from binormal.web.settings import WebSettings
+from tests.support.backends import both_backends
 from tests.support.http import serving, stalled_websocket
 from tests.support.redis_state import xadd_events
 from tests.support.waiting import wait_for
@@ -38,7 +39,11 @@ def live_app(settings: WebSettings) -> web.Application:
 
 
 async def subscribers(client: aioredis.Redis, channel: str) -> int:
-    """PUBSUB NUMSUB of one channel."""
+    """PUBSUB NUMSUB of one channel (on a cluster summed over every node: each counts its own)."""
+    if isinstance(client, aioredis.RedisCluster):
+        await client.initialize()  # (idempotent) the node list is empty before the first command
+        counts = [await client.execute_command("PUBSUB NUMSUB", channel, target_nodes=n) for n in client.get_nodes()]
+        return sum(int(c[0][1]) for c in counts)
     got = await client.pubsub_numsub(channel)
     return int(got[0][1])
 
@@ -54,6 +59,7 @@ async def read_lines(ws: aiohttp.ClientWebSocketResponse, want: int, timeout: fl
     return out
 
 
+@both_backends
 async def test_websocket_streams_worker_results_in_seed_format(
     redis_url: str, prefix: str, aredis: aioredis.Redis
 ) -> None:

@@ -27,6 +27,7 @@ from binormal.common.engine import MemoryEngine
 from binormal.common.keys import Keyspace, Scope
 from binormal.common.rules import Rule, RuleCache, RuleError, add_rule, list_rules, parse_rule
 from binormal.common.schema import Event
+from tests.support.backends import both_backends
 from tests.support.events import engine_events, ndjson
 from tests.support.http import combined_app, ingest_settings, serving, web_settings
 from tests.support.redis_state import Collector, drained, hgetall_int, no_uncommitted, xadd_events
@@ -199,6 +200,7 @@ async def test_analyst_may_viewer_and_producer_may_not_and_other_orgs_are_refuse
 # ---------------------------------------------------------------- mute
 
 
+@both_backends
 async def test_a_mute_added_via_the_api_reaches_the_running_worker_within_a_second(svc: Svc) -> None:
     await svc.send(stream("users", [f"u{i}" for i in range(8)], NORMAL, 10) + stream("users", ["bot"], SCANNER, 10))
 
@@ -243,6 +245,7 @@ async def test_a_mute_added_via_the_api_reaches_the_running_worker_within_a_seco
 # ---------------------------------------------------------------- exclude and recompute
 
 
+@both_backends
 async def test_an_excluded_id_does_not_move_the_population_and_recompute_rebuilds_without_it(svc: Svc) -> None:
     users = [f"u{i}" for i in range(10)]
     # A: the scanner is excluded before its first event; B: the same without the scanner;
@@ -332,6 +335,7 @@ async def test_a_mark_shows_in_the_profile_and_evaluate_feedback_writes_the_labe
 # ---------------------------------------------------------------- binormal rules
 
 
+@both_backends
 async def test_rules_command_adds_lists_removes_with_clear_errors_and_exit_codes(svc: Svc) -> None:
     def rules(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -361,6 +365,7 @@ async def test_rules_command_adds_lists_removes_with_clear_errors_and_exit_codes
 # ---------------------------------------------------------------- the engines agree on exclusions
 
 
+@both_backends
 async def test_worker_and_memory_engine_agree_with_an_excluded_id_at_staleness_0(
     redis_url: str, prefix: str, aredis: aioredis.Redis
 ) -> None:

@@ -21,6 +21,7 @@ from binormal.common.config import ConfigError
 from binormal.common.embedded import free_port
 from binormal.common.keys import Keyspace
 from binormal.run import worker_envs
+from tests.support.backends import both_backends
 from tests.support.http import SEED_BODY
 from tests.support.processes import http, port_open, spawn, stop, wait_process_ready, worker_children
 from tests.support.workers import WorkerProcess
@@ -80,6 +81,7 @@ def test_run_serves_everything_on_one_port_and_keeps_counters_across_restarts(
     assert (data / "appendonly.aof").exists() or any((data / "appendonlydir").glob("appendonly.aof.*"))
 
 
+@both_backends
 @pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_web_ingest_and_worker_run_alone_against_redis_url(

@@ -31,6 +31,9 @@ from binormal.common.scripts import (
     Deadletter,
     Dominated,
     Duplicate,
+    Expire,
+    Expired,
+    ExpireScope,
     Guard,
     Layout,
     Score,
@@ -125,11 +128,25 @@ def test_a_header_that_disagrees_is_caught(monkeypatch: pytest.MonkeyPatch) -> N
 
 def test_apply_packs_in_layout_order_and_decodes_every_status() -> None:
     item = ApplyItem(
-        "p:pop", "p:sq", "p:k", "p:i:u1", "p:seen:e", "p:raw", "p:dom", b"1-0", "GET /", "tok", 60, b"1-0 fp", "u1"
+        "p:pop",
+        "p:sq",
+        "p:k",
+        "p:i:u1",
+        "p:seen:e",
+        "p:raw",
+        "p:dom",
+        "p:last",
+        b"1-0",
+        "GET /",
+        "tok",
+        60,
+        b"1-0 fp",
+        "u1",
     )
     keys, args = Apply.pack((b"s", "scopes", "unc", "capped"), "g", True, 99, [item, item], Guard(150, 0.25, 500))
-    assert keys == [b"s", "scopes", "unc", "capped", *item[:7], *item[:7]]
-    assert args == ["g", "1", 99, 150, "0.25", 500, *item[7:], *item[7:]]
+    assert keys == [b"s", "scopes", "unc", "capped", *item[:8], *item[:8]]
+    assert args == ["g", "1", 99, 150, "0.25", 500, "0", *item[8:], *item[8:]]
+    assert Apply.pack((b"s", "scopes", "unc", "capped"), "g", True, 99, [item], retention=True)[1][6] == "1"
     reply = [
         [1, 3, 5, 2, [b"GET /", b"2"], [b"GET /", b"3"], 3, 0],
         [1, 3, 5, 2, [b"GET /", b"2"], [], 1, [b"u1", 400, 1000]],
@@ -169,6 +186,17 @@ def test_commit_packs_and_decodes() -> None:
         Committed(Aggregates(2, 0.5, 0.125), False, Rank(0, 2, 2), None),
         CommitBadState(),
     ]
+
+
+def test_expire_packs_the_scope_keys_then_one_key_per_candidate() -> None:
+    scope = ExpireScope.of("kp:")
+    assert scope == ExpireScope("kp:last", "kp:pop", "kp:sq", "kp:k", "kp:raw", "kp:dom", "kp:rank", "kp:agg", "kp:ver")
+    keys, args = Expire.pack(
+        ("unc", "exp"), scope, "tok", 1234, 5, 100, [("kp:i:a", "a", False), ("kp:i:b", "b", True)]
+    )
+    assert keys == ["unc", "exp", *scope, "kp:i:a", "kp:i:b"]
+    assert args == ["tok", 1234, 5, 100, "a", "0", "b", "1"]
+    assert Expire.decode([2, 1, 7]) == Expired(2, 1, 7)
 
 
 def test_deadletter_packs_fields_flat() -> None:

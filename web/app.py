@@ -33,13 +33,21 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-import redis.asyncio as aioredis
 import structlog
 from aiohttp import web
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
 from binormal.common import metrics
-from binormal.common.connection import TRANSIENT, InDoubt, execute_partial, refusal_text, refused_write, xadd_command
+from binormal.common.connection import (
+    TRANSIENT,
+    Client,
+    InDoubt,
+    execute_partial,
+    refusal_text,
+    refused_write,
+    xadd_command,
+)
 from binormal.common.guard import require_org, setup_auth
 from binormal.common.health import setup_health
 from binormal.common.http import (
@@ -105,12 +113,23 @@ class XaddBatcher:
     one request alone waits for no timer and many share a round trip.
     """
 
-    def __init__(self, client: aioredis.Redis, max_batch: int = 500) -> None:
-        self.client = client
+    def __init__(self, client: Client | None, max_batch: int = 500) -> None:
+        self._client = client
         self.max_batch = max_batch
         self.round_trips = 0
         self._queue: list[tuple[str, dict[str, str], asyncio.Future[None]]] = []
         self._wakeup = asyncio.Event()
+
+    @property
+    def client(self) -> Client:
+        """The Redis client (set once Redis was reached)."""
+        if self._client is None:
+            raise RedisConnectionError("redis not reached yet")
+        return self._client
+
+    @client.setter
+    def client(self, client: Client) -> None:
+        self._client = client
 
     async def xadd(self, stream: str, fields: dict[str, str]) -> None:
         """Append one entry; raises what Redis answered for it (a ResponseError: not written),
@@ -172,7 +191,7 @@ _WEB_SETTINGS = web.AppKey("binormal_web_settings", WebSettings)
 
 def setup(app: web.Application, settings: WebSettings) -> None:
     """Register the web tier's routes and cleanup contexts on ``app``."""
-    setup_redis(app, settings.redis_url, settings.keys)
+    setup_redis(app, settings.redis_url, settings.keys, settings.redis_cluster)
     setup_health(app, settings.ready_heartbeat_s)
     setup_auth(app, settings)
     setup_limits(app, settings.http_limits)
@@ -201,8 +220,14 @@ async def _replies_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[_WEB_SETTINGS]
     handle = app[REDIS]
     channel = settings.keys.reply_channel(instance_name(settings))
-    waiter = ReplyWaiter(handle.client, channel)
-    writer = XaddBatcher(handle.client)
+    waiter = ReplyWaiter(None, channel)
+    writer = XaddBatcher(None)
+
+    def bind(client: Client) -> None:  # runs before handle.up is set: no request sees them unbound
+        waiter.client = client
+        writer.client = client
+
+    handle.on_connect(bind)
     app[DISCRETE] = Discrete(settings, settings.keys, channel, waiter, writer)
 
     async def listen() -> None:

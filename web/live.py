@@ -22,13 +22,13 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import redis.asyncio as aioredis
 import structlog
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from binormal.common import metrics
 from binormal.common.auth import Principal
-from binormal.common.connection import TRANSIENT, make_client, wait_until_up
+from binormal.common.config import ConfigError
+from binormal.common.connection import TRANSIENT, Client, connect, pubsub_of, wait_until_up
 from binormal.common.guard import principal_of, still_valid
 from binormal.common.http import ApiError
 from binormal.web.hub import Hub
@@ -173,7 +173,14 @@ async def _live_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def subscribe_forever(settings: WebSettings, hub: Hub, stop: asyncio.Event) -> None:
     """Feed ``hub`` from the broadcast channel until ``stop``; reconnect on any Redis failure."""
-    client = make_client(settings.redis_url, max_connections=2)
+    try:
+        found = await connect(settings.redis_url, cluster=settings.redis_cluster, stop=stop, max_connections=2)
+    except ConfigError as exc:  # the web tier's handle logs and reports it too (/readyz)
+        log.error("live_subscriber_not_started", error=str(exc))
+        return
+    if found is None:
+        return
+    client: Client = found
     channel = settings.keys.broadcast_channel()
     try:
         while not stop.is_set():
@@ -191,9 +198,9 @@ async def subscribe_forever(settings: WebSettings, hub: Hub, stop: asyncio.Event
             await client.aclose()
 
 
-async def _listen(client: aioredis.Redis, channel: str, hub: Hub, stop: asyncio.Event) -> None:
+async def _listen(client: Client, channel: str, hub: Hub, stop: asyncio.Event) -> None:
     """One subscription's life: deliver messages, PING when idle, raise when the link is dead."""
-    pubsub = client.pubsub(ignore_subscribe_messages=True)
+    pubsub = pubsub_of(client, ignore_subscribe_messages=True)
     try:
         await pubsub.subscribe(channel)
         log.info("live_subscribed", channel=channel)

@@ -22,11 +22,11 @@ import time
 from typing import Any
 
 import orjson
-import redis.asyncio as aioredis
 import structlog
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from binormal.common import metrics
-from binormal.common.connection import TRANSIENT
+from binormal.common.connection import TRANSIENT, Client, pubsub_of
 
 log = structlog.get_logger("binormal.web.replies")
 
@@ -40,14 +40,14 @@ class ReplyWaiter:
 
     def __init__(
         self,
-        client: aioredis.Redis,
+        client: Client | None,
         channel: str,
         *,
         max_pending: int = 20_000,
         ping_interval_s: float = 5.0,
         poll_s: float = 1.0,
     ) -> None:
-        self.client = client
+        self._client = client
         self.channel = channel
         self.max_pending = max_pending
         self.ping_interval_s = ping_interval_s
@@ -66,6 +66,17 @@ class ReplyWaiter:
 
     def __len__(self) -> int:
         return len(self._waiting)
+
+    @property
+    def client(self) -> Client:
+        """The Redis client (set once Redis was reached)."""
+        if self._client is None:
+            raise RedisConnectionError("redis not reached yet")
+        return self._client
+
+    @client.setter
+    def client(self, client: Client) -> None:
+        self._client = client
 
     def register(
         self, rid: str, stored_key: str | None = None, timeout_s: float | None = None
@@ -128,7 +139,7 @@ class ReplyWaiter:
         """Listen until cancelled or stopped, resubscribing with backoff after any connection error."""
         delay = 0.1
         while not self.stopping:
-            pubsub = self.client.pubsub()
+            pubsub = pubsub_of(self.client)
             try:
                 await pubsub.subscribe(self.channel)
                 await self._confirm(pubsub)

@@ -29,12 +29,11 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import orjson
-import redis.asyncio as aioredis
 import structlog
 from redis.exceptions import NoScriptError, ResponseError
 
 from binormal.common.calibration import DEFAULT_MIN_EVENTS, DEFAULT_MIN_INDIVIDUALS
-from binormal.common.connection import execute_raw
+from binormal.common.connection import Client, execute_raw
 from binormal.common.keys import Keyspace, Scope, fingerprint
 from binormal.common.result import make_result
 from binormal.common.rules import RuleCache
@@ -149,6 +148,7 @@ class BatchProcessor:
     explain_limit: int = 5
     max_actions: int = 10_000
     guard: Guard = field(default_factory=Guard)  # weight cap W and the dominance flag (apply.lua)
+    retention: bool = False  # stamp individuals in their scope's last-seen zset (worker/retention.py)
     min_events: int = DEFAULT_MIN_EVENTS  # learning thresholds (common/calibration.py)
     min_individuals: int = DEFAULT_MIN_INDIVIDUALS
     counters: Counters = field(default_factory=Counters)
@@ -188,7 +188,7 @@ class BatchProcessor:
             e.ikey = self.keys.individual(scope, ev.id, home)
             e.fp = fingerprint(ev.id, ev.action)
 
-    async def _execute(self, client: aioredis.Redis, build: Callable[[Commands], None]) -> list[Any]:
+    async def _execute(self, client: Client, build: Callable[[Commands], None]) -> list[Any]:
         """Run the commands ``build(pipe)`` lists in one round trip; on NOSCRIPT load scripts and rerun.
 
         Rerunning is safe: apply and dead-letter do nothing for entries already
@@ -206,7 +206,7 @@ class BatchProcessor:
             return results
         raise AssertionError("unreachable")
 
-    async def dead_letter(self, client: aioredis.Redis, entries: Sequence[Entry]) -> None:
+    async def dead_letter(self, client: Client, entries: Sequence[Entry]) -> None:
         """Move entries with a reason to the dead-letter stream (acked atomically)."""
         sha = self.scripts.sha(Deadletter.NAME)
 
@@ -234,7 +234,7 @@ class BatchProcessor:
                 log.warning("dead_lettered", entry_id=e.id.decode(), shard=e.shard, reason=e.reason)
 
     async def process(
-        self, client: aioredis.Redis, entries: Sequence[Entry], tail: Commands | None = None
+        self, client: Client, entries: Sequence[Entry], tail: Commands | None = None
     ) -> list[dict[str, Any]]:
         """Process one batch; returns the results (for tests and tools).
 
@@ -274,9 +274,7 @@ class BatchProcessor:
             await self.flush(client, out)
         return [r for _, r in results]
 
-    async def _apply(
-        self, client: aioredis.Redis, good: Sequence[Entry], dups: list[Entry]
-    ) -> list[tuple[Entry, Applied]]:
+    async def _apply(self, client: Client, good: Sequence[Entry], dups: list[Entry]) -> list[tuple[Entry, Applied]]:
         """Apply counters; returns applied entries with apply.lua's reply, appends duplicates to ``dups``.
 
         Entries go to ``apply.lua`` in runs of one shard (at most ``LUA_CHUNK``
@@ -392,6 +390,7 @@ class BatchProcessor:
                         marker,
                         kp + "raw",
                         kp + "dom",
+                        kp + "last",
                         e.id,
                         ev.action,
                         e.scope.token,
@@ -401,7 +400,7 @@ class BatchProcessor:
                         1 if e.excluded else 0,
                     )
                 )
-            keys, args = Apply.pack(head, k.group, want_pop, self.max_actions, items, self.guard)
+            keys, args = Apply.pack(head, k.group, want_pop, self.max_actions, items, self.guard, self.retention)
             pipe.evalsha(sha, len(keys), *keys, *args)
 
     def _notify_duplicates(self, pipe: Commands, dups: Sequence[Entry]) -> None:
@@ -417,7 +416,7 @@ class BatchProcessor:
                 note = {**e.note, "event_id": ev.event_id, "rid": ev.rid}
                 pipe.publish(ev.reply_to, orjson.dumps(note))
 
-    async def flush(self, client: aioredis.Redis, pipe: Commands) -> None:
+    async def flush(self, client: Client, pipe: Commands) -> None:
         """Send collected publishing commands (one round trip) and log failures."""
         if not pipe.commands:
             return
@@ -456,7 +455,7 @@ class BatchProcessor:
         while len(self.snapshots) > SNAPSHOT_CACHE:
             self.snapshots.popitem(last=False)
 
-    async def _refresh_snapshots(self, client: aioredis.Redis, applied: list[tuple[Entry, Applied]]) -> list[Ready]:
+    async def _refresh_snapshots(self, client: Client, applied: list[tuple[Entry, Applied]]) -> list[Ready]:
         """Give applied entries a population snapshot (docs/design.md: staleness); returns those that have one.
 
         Aged snapshots were already re-read with the applies; a snapshot lacking
@@ -510,7 +509,7 @@ class BatchProcessor:
         """The snapshot ``e`` is scored against: ``snap``, or for an excluded individual its view."""
         return excluded_view(snap, a.counts) if e.excluded else snap
 
-    async def _score_and_commit(self, client: aioredis.Redis, ready: list[Ready]) -> list[tuple[Entry, dict[str, Any]]]:
+    async def _score_and_commit(self, client: Client, ready: list[Ready]) -> list[tuple[Entry, dict[str, Any]]]:
         """Score each applied entry, commit the scores (``commit.lua``), build results."""
         if not ready:
             return []
@@ -583,7 +582,7 @@ class BatchProcessor:
         keys, args = Commit.pack(self.keys.uncommitted(shard), scores)
         pipe.evalsha(self.scripts.sha(Commit.NAME), len(keys), *keys, *args)
 
-    async def repair(self, client: aioredis.Redis, shard: int, marks: Sequence[tuple[bytes, bytes]]) -> int:
+    async def repair(self, client: Client, shard: int, marks: Sequence[tuple[bytes, bytes]]) -> int:
         """Commit fresh scores for individuals whose last applied entry was never committed.
 
         ``marks`` are (individual key, entry id) pairs of the shard's uncommitted

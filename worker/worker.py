@@ -2,8 +2,12 @@
 
 Loop: read a batch (own backlog first, then new entries; XREADGROUP COUNT/BLOCK),
 run it through :class:`~worker.batch.BatchProcessor`, and between batches do the
-housekeeping: heartbeat, take over entries of dead consumers (XAUTOCLAIM) and
-trim history every group has acknowledged. SIGTERM/SIGINT stop the loop after
+housekeeping: heartbeat, take over entries of dead consumers (XAUTOCLAIM),
+trim history every group has acknowledged and, with retention on, sweep idle
+individuals (worker/retention.py). On Redis Cluster a multi-stream
+XREADGROUP would be CROSSSLOT, so new entries come from one blocking reader per
+stream through a bounded queue instead (:meth:`Worker._reader`); the rest is
+per stream already. SIGTERM/SIGINT stop the loop after
 the batch in hand; if that takes longer than the grace period the batch is
 cancelled, which is safe because nothing is acknowledged before it is applied.
 """
@@ -15,16 +19,16 @@ import signal
 import time
 from typing import Any, cast
 
-import redis.asyncio as aioredis
 import structlog
 from redis.exceptions import ResponseError
 
-from binormal.common.connection import TRANSIENT, execute_raw, make_client, wait_until_up
+from binormal.common.connection import TRANSIENT, Client, connect, execute_raw, is_cluster, wait_until_up
 from binormal.common.rules import RuleCache
 from binormal.common.scripts import Scripts
 from binormal.common.store import heartbeat_ages, redis_now_ms
 from binormal.worker.batch import BatchProcessor, Counters, Entry
 from binormal.worker.commands import Commands
+from binormal.worker.retention import Sweeper
 from binormal.worker.settings import WorkerSettings
 
 log = structlog.get_logger("binormal.worker")
@@ -32,6 +36,8 @@ log = structlog.get_logger("binormal.worker")
 # Uncommitted marks read per shard and claim round: at most 10 HSCAN pages of ~1,000.
 MARK_PAGES = 10
 MARK_PAGE_SIZE = 1_000
+# Cluster read path: connections per node beyond one blocking reader per shard stream.
+SPARE_CONNECTIONS = 16
 
 
 class Worker:
@@ -55,9 +61,18 @@ class Worker:
             explain_limit=settings.explain_limit,
             max_actions=settings.max_actions,
             guard=settings.guard,
+            retention=settings.retention,
             rules=RuleCache(self.keys),
             min_events=settings.min_events,
             min_individuals=settings.min_individuals,
+        )
+        self.sweeper = Sweeper(
+            keys=self.keys,
+            scripts=self.processor.scripts,
+            idle_ttl_s=settings.idle_ttl_s,
+            max_individuals=settings.max_individuals,
+            weight_cap=settings.weight_cap,
+            rules=self.processor.rules,
         )
         self._stream_shard = {s.encode(): i for i, s in enumerate(self.keys.streams())}
         self._backlog: dict[bytes, bytes] = {}
@@ -65,8 +80,11 @@ class Worker:
         self._next_trim = 0.0
         self._next_heartbeat = 0.0
         self._next_forget = 0.0
+        self._next_sweep = 0.0
         self._claim_cursor: dict[bytes, bytes] = {}
         self._marks: dict[int, dict[bytes, bytes]] = {}  # uncommitted marks seen last round, per shard
+        # Cluster only: batches read by the per-stream readers, waiting for a lane (bounded).
+        self._queue: asyncio.Queue[list[Entry]] = asyncio.Queue(maxsize=2 * max(1, settings.inflight))
 
     @property
     def counters(self) -> Counters:
@@ -87,8 +105,17 @@ class Worker:
 
     async def run(self) -> None:
         """Consume until :meth:`request_stop`; reconnects through Redis outages."""
-        client = make_client(self.settings.redis_url)
         structlog.contextvars.bind_contextvars(consumer=self.consumer)
+        found = await connect(
+            self.settings.redis_url,
+            cluster=self.settings.redis_cluster,
+            stop=self.stop_event,
+            max_connections=len(self._stream_shard) + SPARE_CONNECTIONS,
+        )
+        if found is None:
+            log.info("worker_stopped", **self.counters.as_dict())
+            return
+        client: Client = found
         try:
             while not self.stop_event.is_set():
                 if not await wait_until_up(client, self.stop_event):
@@ -109,9 +136,9 @@ class Worker:
         finally:
             await self._goodbye(client)
             await client.aclose()
-            log.info("worker_stopped", **self.counters.as_dict())
+            log.info("worker_stopped", **self.counters.as_dict(), expired=self.sweeper.removed)
 
-    async def _setup(self, client: aioredis.Redis) -> None:
+    async def _setup(self, client: Client) -> None:
         """Create the group on every shard; start by re-reading our own backlog."""
         await ensure_groups(client, self.keys.streams(), self.keys.group)
         await self.processor.scripts.load_all(client)
@@ -121,19 +148,80 @@ class Worker:
         self._backlog = {s: b"0" for s in self._stream_shard}
         log.info("worker_ready", streams=len(self._stream_shard), group=self.keys.group)
 
-    async def _loop(self, client: aioredis.Redis) -> None:
+    async def _loop(self, client: Client) -> None:
         # Own backlog first, in one lane, so it is applied before anything new.
         while self._backlog and not self.stop_event.is_set():
             entries = await self._read(client, Commands())
             if entries:
                 await self._run_batch(client, entries, None)
         lanes = [asyncio.ensure_future(self._lane(client, i)) for i in range(self.lanes)]
+        readers: list[asyncio.Future[None]] = []
+        if is_cluster(client):
+            self._queue = asyncio.Queue(maxsize=2 * self.lanes)
+            readers = [asyncio.ensure_future(self._reader(client, s)) for s in self._stream_shard]
+        lanes_done: asyncio.Future[list[None]] | None = None
+        readers_done: asyncio.Future[list[None]] | None = None
         try:
-            await asyncio.gather(*lanes)
+            if not readers:
+                await asyncio.gather(*lanes)
+                return
+            # Lanes end on a stop request; a reader's failure (lost link, NOGROUP) ends them all.
+            lanes_done = asyncio.gather(*lanes)
+            readers_done = asyncio.gather(*readers)
+            await asyncio.wait({lanes_done, readers_done}, return_when=asyncio.FIRST_COMPLETED)
+            for done in (readers_done, lanes_done):
+                if done.done():
+                    done.result()
         finally:
-            for lane in lanes:
-                lane.cancel()
-            await asyncio.gather(*lanes, return_exceptions=True)
+            for task in (*lanes, *readers):
+                task.cancel()
+            await asyncio.gather(*lanes, *readers, return_exceptions=True)
+            for gathered in (lanes_done, readers_done):
+                if gathered is not None and gathered.done() and not gathered.cancelled():
+                    gathered.exception()  # retrieved (raised above when it mattered)
+
+    async def _reader(self, client: Client, stream: bytes) -> None:
+        """Cluster read path: XREADGROUP of ONE stream (one slot), BLOCK, into the lanes' queue.
+
+        One XREADGROUP over several shard streams would be CROSSSLOT on a
+        cluster, so each stream has its reader (and a connection to its node).
+        Entries read and still queued when we stop stay pending under our
+        name: the next start re-reads them as backlog, or others claim them.
+        """
+        g, c = self.keys.group, self.consumer
+        cmd = (
+            "XREADGROUP",
+            "GROUP",
+            g,
+            c,
+            "COUNT",
+            self.settings.batch,
+            "BLOCK",
+            self.settings.block_ms,
+            "STREAMS",
+            stream,
+            ">",
+        )
+        while not self.stop_event.is_set():
+            reply = (await execute_raw(client, [cmd]))[0]
+            self.processor.counters.round_trips += 1
+            if isinstance(reply, Exception):
+                raise reply
+            entries = self._entries(reply)
+            if entries:
+                await self._queue.put(entries)
+
+    async def _take(self, client: Client, tail: Commands) -> list[Entry]:
+        """Cluster read path: up to ``batch`` entries from the readers' queue (waits at most BLOCK)."""
+        if tail.commands:
+            await self.processor.flush(client, tail)  # publish now: the wait below may be long
+        try:
+            entries = await asyncio.wait_for(self._queue.get(), timeout=self.settings.block_ms / 1000)
+        except TimeoutError:
+            return []
+        while len(entries) < self.settings.batch and not self._queue.empty():
+            entries = entries + self._queue.get_nowait()
+        return entries
 
     @property
     def lanes(self) -> int:
@@ -146,7 +234,7 @@ class Worker:
         """
         return 1 if self.settings.snapshot_max_age_ms == 0 else self.settings.inflight
 
-    async def _lane(self, client: aioredis.Redis, lane: int) -> None:
+    async def _lane(self, client: Client, lane: int) -> None:
         # A batch's publishing commands ride in front of the lane's next read.
         tail = Commands()
         try:
@@ -162,7 +250,7 @@ class Worker:
             if tail.commands:
                 await self.processor.flush(client, tail)
 
-    async def _run_batch(self, client: aioredis.Redis, entries: list[Entry], tail: Commands | None) -> None:
+    async def _run_batch(self, client: Client, entries: list[Entry], tail: Commands | None) -> None:
         """Process a batch; a stop request during it waits at most the grace period."""
         task = asyncio.ensure_future(self.processor.process(client, entries, tail))
         while True:
@@ -183,14 +271,17 @@ class Worker:
                 await asyncio.wait({task})
             return
 
-    async def _read(self, client: aioredis.Redis, tail: Commands) -> list[Entry]:
+    async def _read(self, client: Client, tail: Commands) -> list[Entry]:
         """Own backlog first (from id 0, non-blocking), then new entries (BLOCK).
 
         ``tail`` (the previous batch's publishing commands) is sent in the same
         write, ahead of the XREADGROUP, and emptied.
         """
         if self._backlog:
-            entries = self._entries(await self._xreadgroup(client, tail, dict(self._backlog), block=False))
+            if is_cluster(client):
+                entries = await self._read_backlog_per_stream(client)
+            else:
+                entries = self._entries(await self._xreadgroup(client, tail, dict(self._backlog), block=False))
             got = {e.stream for e in entries}
             for stream in list(self._backlog):
                 if stream in got:
@@ -199,9 +290,23 @@ class Worker:
                     del self._backlog[stream]
             if entries:
                 return entries
+        if is_cluster(client):
+            return await self._take(client, tail)
         return self._entries(await self._xreadgroup(client, tail, {s: b">" for s in self._stream_shard}, block=True))
 
-    async def _xreadgroup(self, client: aioredis.Redis, tail: Commands, ids: dict[bytes, bytes], block: bool) -> Any:
+    async def _read_backlog_per_stream(self, client: Client) -> list[Entry]:
+        """Cluster: the own-backlog read as one XREADGROUP per stream, sent grouped per node at once."""
+        head = ("XREADGROUP", "GROUP", self.keys.group, self.consumer, "COUNT", self.settings.batch, "STREAMS")
+        replies = await execute_raw(client, [(*head, s, i) for s, i in self._backlog.items()])
+        self.processor.counters.round_trips += 1
+        entries: list[Entry] = []
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+            entries += self._entries(reply)
+        return entries
+
+    async def _xreadgroup(self, client: Client, tail: Commands, ids: dict[bytes, bytes], block: bool) -> Any:
         """XREADGROUP GROUP g c COUNT n [BLOCK ms] STREAMS ... as a raw RESP2 reply."""
         cmd: list[Any] = ["XREADGROUP", "GROUP", self.keys.group, self.consumer, "COUNT", self.settings.batch]
         if block:
@@ -235,9 +340,11 @@ class Worker:
             due = min(due, self._next_trim)
         if self.settings.forget_consumers_s > 0:
             due = min(due, self._next_forget)
+        if self.settings.retention:
+            due = min(due, self._next_sweep)
         return now >= due
 
-    async def _housekeeping(self, client: aioredis.Redis) -> None:
+    async def _housekeeping(self, client: Client) -> None:
         now = time.monotonic()
         if now >= self._next_heartbeat:
             self._next_heartbeat = now + self.settings.heartbeat_s
@@ -254,8 +361,12 @@ class Worker:
         if self.settings.forget_consumers_s > 0 and now >= self._next_forget:
             self._next_forget = now + min(60.0, self.settings.forget_consumers_s / 2)
             await self._forget_dead_consumers(client)
+        if self.settings.retention and now >= self._next_sweep:
+            self._next_sweep = now + self.settings.sweep_interval_s
+            # Idle expiry and the per-scope cap (worker/retention.py): bounded per round.
+            await self.sweeper.sweep(client)
 
-    async def _claim(self, client: aioredis.Redis) -> None:
+    async def _claim(self, client: Client) -> None:
         """Take over entries pending longer than the claim idle time (dead consumers).
 
         No lock: XAUTOCLAIM is atomic, and apply.lua's XACK check makes a
@@ -283,7 +394,7 @@ class Worker:
             await self._mark_over_delivered(client, stream, claimed)
             await self.processor.process(client, claimed)
 
-    async def _repair(self, client: aioredis.Redis) -> None:
+    async def _repair(self, client: Client) -> None:
         """Commit the scores a dead worker applied but never committed.
 
         apply.lua marks each individual with its applied entry in the shard's
@@ -311,7 +422,7 @@ class Worker:
                 except ResponseError as exc:  # bad state under a key: say so, keep scoring
                     log.error("repair_failed", shard=shard, individuals=len(stale), error=str(exc))
 
-    async def _forget_dead_consumers(self, client: aioredis.Redis) -> None:
+    async def _forget_dead_consumers(self, client: Client) -> None:
         """Delete consumers idle longer than ``forget_consumers_s`` with nothing pending.
 
         A worker started without BINORMAL_CONSUMER joins under a new host-pid
@@ -336,7 +447,7 @@ class Worker:
         if forgotten or silent:
             log.info("forgot_dead_consumers", consumers=sorted(forgotten), heartbeats=len(silent))
 
-    async def _mark_over_delivered(self, client: aioredis.Redis, stream: bytes, claimed: list[Entry]) -> None:
+    async def _mark_over_delivered(self, client: Client, stream: bytes, claimed: list[Entry]) -> None:
         """Entries delivered more than ``max_deliveries`` times go to the dead letters."""
         pipe = client.pipeline(transaction=False)
         for e in claimed:
@@ -348,14 +459,14 @@ class Worker:
                 e.reason = f"delivered {info[0]['times_delivered']} times without being applied"
                 e.fields = e.fields or {}
 
-    async def _goodbye(self, client: aioredis.Redis) -> None:
+    async def _goodbye(self, client: Client) -> None:
         try:
             await asyncio.wait_for(client.hdel(self.keys.workers(), self.consumer), timeout=1.0)
         except TRANSIENT:
             pass
 
 
-async def ensure_groups(client: aioredis.Redis, streams: list[str], group: str) -> None:
+async def ensure_groups(client: Client, streams: list[str], group: str) -> None:
     """XGROUP CREATE ... 0 MKSTREAM on every stream; an existing group is fine.
 
     Start id 0, not ``$``: entries written before the group existed must be read.
@@ -369,7 +480,7 @@ async def ensure_groups(client: aioredis.Redis, streams: list[str], group: str) 
                 raise
 
 
-async def trim_acknowledged(client: aioredis.Redis, stream: bytes | str) -> int:
+async def trim_acknowledged(client: Client, stream: bytes | str) -> int:
     """XTRIM MINID below what any group still needs; returns entries removed.
 
     For each group the boundary is its oldest pending entry, or its

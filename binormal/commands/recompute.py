@@ -31,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
     import orjson
 
     from binormal.common.config import from_env
-    from binormal.common.connection import make_client
+    from binormal.common.connection import open_client
     from binormal.common.keys import Keyspace
     from binormal.common.store import recompute_all
     from binormal.worker.settings import WorkerSettings
@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     keys = Keyspace(prefix=settings.prefix, shards=settings.shards)
 
     async def go() -> list[dict[str, Any]]:
-        client = make_client(settings.redis_url)
+        client = await open_client(settings.redis_url, cluster=settings.redis_cluster)
         try:
             population = bool(getattr(args, "population", False))
             return await recompute_all(client, keys, population=population, weight_cap=settings.weight_cap)

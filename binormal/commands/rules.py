@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     from redis.exceptions import TimeoutError as RedisTimeoutError
 
     from binormal.common.config import ServiceSettings, from_env
-    from binormal.common.connection import make_client
+    from binormal.common.connection import open_client
     from binormal.common.keys import Keyspace, Scope
     from binormal.common.rules import RuleError, add_rule, list_rules, parse_rule, parse_target, remove_rule
 
@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     fields = {n: v for n, v in fields.items() if v is not None}
 
     async def go() -> int:
-        client = make_client(settings.redis_url)
+        client = await open_client(settings.redis_url, cluster=settings.redis_cluster)
         try:
             if args.rules_command == "add":
                 rule = parse_rule({**fields, "note": args.note}, by=args.by)

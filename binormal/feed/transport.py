@@ -15,11 +15,10 @@ from typing import Any, Protocol, cast, runtime_checkable
 
 import aiohttp
 import orjson
-import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 from redis.typing import EncodableT, FieldT
 
-from binormal.common.connection import TRANSIENT, make_client
+from binormal.common.connection import TRANSIENT, Client, open_client
 from binormal.common.keys import Keyspace
 from binormal.common.schema import Event
 from binormal.feed.settings import FeedSettings
@@ -89,7 +88,7 @@ def open_transport(settings: FeedSettings) -> Transport:
     """The transport of ``settings.mode``: ``batch`` (POST /events), ``sync`` (POST /discrete), ``direct`` (XADD)."""
     st = settings
     if st.mode == "direct":
-        return DirectTransport(st.redis_url, st.keys, st.timeout_s, st.max_backlog)
+        return DirectTransport(st.redis_url, st.keys, st.timeout_s, st.max_backlog, st.redis_cluster)
     if st.mode == "sync":
         return SyncTransport(st.url, st.timeout_s, st.token)
     return BatchTransport(st.url, st.timeout_s, st.token)
@@ -306,17 +305,19 @@ class DirectTransport:
     (XLEN; the workers trim what every group acknowledged), wait before adding more.
     """
 
-    def __init__(self, redis_url: str, keys: Keyspace, timeout_s: float, max_backlog: int) -> None:
+    def __init__(
+        self, redis_url: str, keys: Keyspace, timeout_s: float, max_backlog: int, cluster: bool | None = None
+    ) -> None:
         self.redis_url = redis_url
+        self.cluster = cluster
         self.keys = keys
         self.timeout_s = timeout_s
         self.max_backlog = max_backlog
-        self.client: aioredis.Redis | None = None
+        self.client: Client | None = None
         self._stream_of: dict[tuple[str, str, str], str] = {}
 
     async def open(self) -> None:
-        """Create the client (connections are made on first use)."""
-        self.client = make_client(self.redis_url, socket_timeout=self.timeout_s, max_connections=4)
+        """Nothing yet: the client is made when Redis is first reached (single node or cluster)."""
 
     async def close(self) -> None:
         """Close the client."""
@@ -335,9 +336,13 @@ class DirectTransport:
 
     async def send(self, items: Sequence[Item]) -> Outcome:
         """XADD every event in one pipeline round trip."""
-        client = self.client
-        assert client is not None, "send() before open()"
         try:
+            if self.client is None:
+                # A cluster client routes each XADD by its stream's {P.s} tag (docs/stream.md).
+                self.client = await open_client(
+                    self.redis_url, cluster=self.cluster, socket_timeout=self.timeout_s, max_connections=4
+                )
+            client = self.client
             if self.max_backlog:
                 pipe = client.pipeline(transaction=False)
                 for s in self.keys.streams():

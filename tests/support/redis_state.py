@@ -11,6 +11,7 @@ from typing import Any
 import orjson
 import redis.asyncio as aioredis
 
+from binormal.common.connection import pubsub_of
 from binormal.common.keys import Keyspace, Scope
 from binormal.common.schema import Event
 from binormal.common.scoring import DEFAULT_CAP
@@ -74,7 +75,7 @@ class Collector:
     """Subscribes to channels and collects every message as parsed JSON lines."""
 
     def __init__(self, client: aioredis.Redis, *channels: str) -> None:
-        self.pubsub = client.pubsub()
+        self.pubsub = pubsub_of(client)  # on a cluster: one node's connection (pub/sub is cluster-wide)
         self.channels = channels
         self.messages: dict[str, list[dict[str, Any]]] = {c: [] for c in channels}
         self._task: asyncio.Task[None] | None = None
