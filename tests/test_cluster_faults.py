@@ -1,13 +1,17 @@
 """Faults on a real Redis Cluster: a slot moves under load, a master dies.
 
 First the mechanics (tests/support/cluster_faults.py) on raw keys with redis-py's
-cluster client, each on a private cluster of its own (slots move, nodes die: the
-session cluster is left alone).
+cluster client, then the service itself (ingest + web in-process, two ``binormal
+worker`` processes): the busy shard's slot moves while /events is fed, and the busy
+shard's master is SIGKILLed with a replica per master. Each test has a private
+cluster of its own (slots move, nodes die: the session cluster is left alone).
+docs/operations.md ("Faults on a cluster, tested") reports what they found.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import random
 import signal
 import threading
@@ -20,7 +24,7 @@ import aiohttp
 import pytest
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.cluster import RedisCluster
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from binormal.common.embedded import RedisServerError, find_binary
 from binormal.common.keys import Keyspace, Scope
@@ -31,6 +35,9 @@ from tests.support.cluster_faults import (
     kill_master,
     masters,
     migrate_slot,
+    node_client,
+    node_id,
+    replica_of,
     slot_of,
     slot_owner,
     wait_replicas_synced,
@@ -38,7 +45,7 @@ from tests.support.cluster_faults import (
 from tests.support.events import counts_from_events, ndjson
 from tests.support.http import combined_app, ingest_settings, post_raw, served, web_settings
 from tests.support.redis_state import check_committed, check_counters, drained, group_backlog, no_uncommitted
-from tests.support.waiting import wait_for
+from tests.support.waiting import wait_for, wait_until
 from tests.support.workers import WorkerProcess
 
 # Same slot for all: the hash tag.
@@ -143,6 +150,27 @@ def test_migrate_slot_under_load_loses_nothing(own_cluster: LocalCluster) -> Non
         assert load.xadds > 0 and load.scripted > 0
     finally:
         client.close()
+
+
+def test_script_touching_a_key_it_emptied_aborts_half_way_on_a_migrating_slot(own_cluster: LocalCluster) -> None:
+    """Redis (7.0) behaviour behind commit.lua's half-done commits during a slot move: on the
+    migrating source, a script that empties one of its keys and touches it again is stopped
+    at that call ("non local key"), and what it wrote before stays written."""
+    script = "redis.call('INCR', KEYS[2]); redis.call('HDEL', KEYS[1], 'f'); return redis.call('HGET', KEYS[1], 'f')"
+    slot = slot_of(HOT)
+    source = slot_owner(own_cluster, slot)
+    destination = next(p for p in masters(own_cluster) if p != source)
+    with node_client(source) as src, node_client(destination) as dst:
+        src.hset(f"{HOT}:h", "f", "1")
+        assert src.eval(script, 2, f"{HOT}:h", f"{HOT}:n") is None  # a stable slot: fine
+        src.hset(f"{HOT}:h", "f", "1")
+        dst.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", node_id(source))
+        src.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", node_id(destination))
+        with pytest.raises(ResponseError, match="non local key"):
+            src.eval(script, 2, f"{HOT}:h", f"{HOT}:n")
+        assert src.get(f"{HOT}:n") == b"2"  # the INCR before the abort stayed
+        for node in (src, dst):
+            node.execute_command("CLUSTER", "SETSLOT", slot, "STABLE")
 
 
 @pytest.mark.slow
@@ -337,10 +365,15 @@ async def test_slot_of_a_busy_shard_moves_during_load(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 @pytest.mark.timeout(240)
-async def test_service_resumes_after_a_master_dies(tmp_path: Path) -> None:
+@pytest.mark.parametrize("lagging", [False, True], ids=["in-sync-replica", "lagging-replica"])
+async def test_service_resumes_after_a_master_dies(tmp_path: Path, lagging: bool) -> None:
     """SIGKILL the master of the busy shard (a replica per master, AOF everysec): the replica
     takes over, the service resumes, every event accepted after the failover is counted once;
-    what was accepted before may be lost only in the replication window, and never doubled."""
+    what was accepted before may be lost only in the replication window, and never doubled.
+
+    ``lagging``: the replica is SIGSTOPped and its link cut for the last ~500 events before
+    the kill (SIGCONTinued right after it), a replication window made visible: the events
+    the old master acknowledged meanwhile are the ones lost, and only they."""
     pytest.importorskip("binormal.common.cluster", reason="the services do not speak Redis Cluster yet")
     cluster = private_cluster(tmp_path / "cluster", replicas=1, aof=True)
     wait_replicas_synced(cluster)
@@ -362,8 +395,27 @@ async def test_service_resumes_after_a_master_dies(tmp_path: Path) -> None:
             feeding = asyncio.create_task(producer.run())
             await wait_for(lambda: len(producer.events) >= 1_000, timeout=60, what="load before the kill")
             victim = slot_owner(cluster, slot)
+            replica = cluster.node(replica_of(cluster, victim))
+            assert replica.proc is not None
+            resume: Callable[[], None] | None = None
+            stopped_at = time.monotonic()
+            if lagging:
+                # Stop the replica and cut its link: what the master writes from now on
+                # stays in its own memory (a replica that lags, as behind a slow network).
+                replica.proc.send_signal(signal.SIGSTOP)  # our child, by PID
+                with node_client(victim) as master:
+                    master.execute_command("CLIENT", "KILL", "TYPE", "replica")
+                    wait_until(lambda: int(master.info("replication")["connected_slaves"]) == 0, 10, "replica link cut")
+                stopped_at = time.monotonic()
+                n = len(producer.events)
+                await wait_for(lambda: len(producer.events) >= n + 500, timeout=60, what="load while it lags")
+                resume = functools.partial(replica.proc.send_signal, signal.SIGCONT)
             killed_at = time.monotonic()
-            failover = await asyncio.to_thread(kill_master, cluster, victim)
+            try:
+                failover = await asyncio.to_thread(kill_master, cluster, victim, 30.0, resume, replica.port)
+            finally:
+                if lagging and replica.proc.poll() is None:
+                    replica.proc.send_signal(signal.SIGCONT)
             promoted_at = time.monotonic()
             before = len(producer.events)
             await wait_for(lambda: len(producer.events) >= before + 1_000, timeout=90, what="load after the failover")
@@ -390,6 +442,9 @@ async def test_service_resumes_after_a_master_dies(tmp_path: Path) -> None:
         assert doubled == []
         # Only what the old master had acknowledged before it died can be gone ...
         assert all(producer.accepted_at[i] <= promoted_at for i in lost)
+        if lagging:
+            # ... here: only what it acknowledged while its replica was stopped, and that is gone.
+            assert lost and all(producer.accepted_at[i] >= stopped_at for i in lost)
         # ... every event accepted after the failover is counted exactly once.
         after = [ev for ev, t in zip(producer.events, producer.accepted_at) if t > promoted_at]
         assert len(after) >= 1_000 and all(counted[ev.id] == 1 for ev in after)

@@ -1,5 +1,6 @@
-"""Many workers on one node: three ``binormal worker`` processes share the shards through
-the consumer group alone (no lock of ours) and the counters equal the input's totals.
+"""Many workers, on one node and on the private 3-master cluster: three ``binormal worker``
+processes share the shards through the consumer group alone (no lock of ours) and the
+counters equal the input's totals.
 
 Redis hands every stream entry to exactly one consumer of the group (XREADGROUP ``>``),
 and apply.lua applies an entry only together with its XACK, so however the entries
@@ -17,6 +18,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from binormal.common.keys import Keyspace
+from tests.support.backends import both_backends
 from tests.support.events import counts_from_events, generate
 from tests.support.redis_state import check_committed, check_counters, drained, no_uncommitted, xadd_events
 from tests.support.waiting import wait_for
@@ -37,6 +39,7 @@ def applied_by(worker: WorkerProcess) -> int:
     raise AssertionError(f"{worker.consumer} logged no worker_stopped")
 
 
+@both_backends
 @pytest.mark.timeout(120)
 async def test_three_worker_processes_count_every_event_once(
     redis_url: str, prefix: str, aredis: aioredis.Redis, tmp_path: Path

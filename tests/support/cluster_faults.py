@@ -186,20 +186,33 @@ class Failover:
     lag_bytes: int  # replication stream not acknowledged by the replica just before the kill
 
 
-def kill_master(cluster: LocalCluster, master: int, timeout: float = 30.0) -> Failover:
+def kill_master(
+    cluster: LocalCluster,
+    master: int,
+    timeout: float = 30.0,
+    after_kill: Callable[[], None] | None = None,
+    replica: int | None = None,
+) -> Failover:
     """SIGKILL the master at ``master`` (our child, by PID) and wait until its replica took over.
 
     The replica starts an election after ``cluster-node-timeout`` without the master
     (2 s in a LocalCluster); the other masters vote; the winner takes the slots and the
-    cluster is ``ok`` again.
+    cluster is ``ok`` again. ``after_kill`` runs right after the SIGKILL (e.g. to
+    SIGCONT a replica the test had stopped to make it lag); ``replica``: the one expected
+    to take over (default: the master's connected replica).
     """
-    replica = replica_of(cluster, master)
+    replica = replica if replica is not None else replica_of(cluster, master)
     node = cluster.node(master)
     assert node.proc is not None and node.proc.poll() is None, f"node {master} is not running"
-    lag = replication_lag(master, replica)  # the replica acknowledges once a second: an upper bound
+    try:
+        lag = replication_lag(master, replica)  # the replica acknowledges once a second: an upper bound
+    except LookupError:
+        lag = -1  # a stopped replica may have dropped out of the master's list
     t0 = time.monotonic()
     os.kill(node.proc.pid, signal.SIGKILL)
     node.proc.wait(10)
+    if after_kill is not None:
+        after_kill()
     deadline = t0 + timeout
     while cluster.role(replica) != "master":
         if time.monotonic() > deadline:
