@@ -20,6 +20,7 @@ import structlog
 from redis.exceptions import ResponseError
 
 from binormal.common.connection import TRANSIENT, execute_raw, make_client, wait_until_up
+from binormal.common.migrate import check_layout
 from binormal.common.rules import RuleCache
 from binormal.common.scripts import Scripts
 from binormal.common.store import heartbeat_ages, redis_now_ms
@@ -113,6 +114,7 @@ class Worker:
 
     async def _setup(self, client: aioredis.Redis) -> None:
         """Create the group on every shard; start by re-reading our own backlog."""
+        await check_layout(client, self.keys)  # refuses data of layout 1 (binormal migrate)
         await ensure_groups(client, self.keys.streams(), self.keys.group)
         await self.processor.scripts.load_all(client)
         # After a restart (or a lost connection) entries we were given but had

@@ -13,15 +13,25 @@
 -- An applied entry's id is left in the shard's uncommitted hash under its
 -- individual's key until commit.lua commits a score for that entry; a mark
 -- that outlives a worker (killed between apply and commit) tells the others
--- which score to repair (worker.py: _repair).
+-- which score to repair (worker.py: _repair). The mark is '<entry id> <L>',
+-- L the event count of the individual's committed score (commit.lua): kept
+-- from the mark before, else the count before this event (no mark means the
+-- individual's last applied entry was committed, or it is new).
+--
+-- The individual's hash is keyed by the scope's action numbers (an: action ->
+-- number, na: number -> action; a new action gets HLEN + 1, and numbers are
+-- never reused), so a long action name is stored once per scope; the reply
+-- gives the counts by action name.
 --
 -- KEYS[1] stream shard   KEYS[2] shard scopes set   KEYS[3] shard uncommitted hash
 -- KEYS[4] shard capped hash (scope token -> events refused by the action cap)
--- then per entry i (base b = 4 + 7*(i-1)):
+-- then per entry i (base b = 4 + 9*(i-1)):
 --   KEYS[b+1] scope pop hash   KEYS[b+2] scope sq hash   KEYS[b+3] scope k hash
---   KEYS[b+4] individual hash  KEYS[b+5] idempotency marker of the event id (per scope)
+--   KEYS[b+4] individual hash (action number -> count)
+--   KEYS[b+5] idempotency marker of the event id (per scope)
 --   KEYS[b+6] scope raw hash (action -> raw sum s1; only written when ARGV[4] > 0)
 --   KEYS[b+7] scope dom hash (events, top, top_n, flag, logged: the dominance flag)
+--   KEYS[b+8] scope an hash (action -> number)   KEYS[b+9] scope na hash (number -> action)
 -- ARGV[1] group  ARGV[2] '1' to return each scope's whole pop hash (staleness 0)
 -- ARGV[3] most distinct actions a scope may have (BINORMAL_MAX_ACTIONS)
 -- ARGV[4] weight cap W (BINORMAL_WEIGHT_CAP; 0 = off)
@@ -43,7 +53,8 @@
 -- key holds another type (not acked, nothing written); {4, actions} the action
 -- is new to a scope that already has ARGV[3] actions (not acked, not counted,
 -- the scope's count in KEYS[4] raised: the caller dead-letters the entry);
--- {1, s1_a, S2_a, K_a, individual hash, pop hash or {}, C_a, dominated} where
+-- {1, s1_a, S2_a, K_a, counts, pop hash or {}, C_a, dominated} where counts are
+-- the individual's (flat action name, count pairs, as HGETALL gives them),
 -- s1_a is the action's raw sum (C_a itself when W = 0) and dominated is 0, or
 -- {top id, its raw events, the scope's raw events} the first time the scope is
 -- flagged (HSETNX 'logged': the worker logs it once, across restarts).
@@ -93,7 +104,7 @@ local dom_share = tonumber(ARGV[5])
 local dom_min = tonumber(ARGV[6])
 local entries = (#ARGV - 6) / 7
 for i = 1, entries do
-  local b = 4 + 7 * (i - 1)
+  local b = 4 + 9 * (i - 1)
   local a = 6 + 7 * (i - 1)
   local id = ARGV[a + 1]
   local action = ARGV[a + 2]
@@ -101,6 +112,7 @@ for i = 1, entries do
     or wrong(KEYS[b + 2], 'hash') or wrong(KEYS[b + 3], 'hash') or wrong(KEYS[b + 4], 'hash')
     or (ARGV[a + 4] ~= '0' and wrong(KEYS[b + 5], 'string'))
     or (w > 0 and wrong(KEYS[b + 6], 'hash')) or wrong(KEYS[b + 7], 'hash')
+    or wrong(KEYS[b + 8], 'hash') or wrong(KEYS[b + 9], 'hash')
   -- HLEN is O(1); HEXISTS only runs for a scope already at the cap.
   local actions = not bad and redis.call('HLEN', KEYS[b + 1]) or 0
   if not bad and actions >= max_actions and redis.call('HEXISTS', KEYS[b + 1], action) == 0 then
@@ -125,12 +137,29 @@ for i = 1, entries do
       end
     end
     if not dup then
-      local x = redis.call('HINCRBY', KEYS[b + 4], action, 1)
+      -- >>> action number, the individual's counts (by name) >>>
+      local num = redis.call('HGET', KEYS[b + 8], action)
+      if not num then
+        num = redis.call('HLEN', KEYS[b + 8]) + 1
+        redis.call('HSET', KEYS[b + 8], action, num)
+        redis.call('HSET', KEYS[b + 9], num, action)
+      end
+      local x = redis.call('HINCRBY', KEYS[b + 4], num, 1)
       local ind = redis.call('HGETALL', KEYS[b + 4])
+      local nums = {}
       local total = 0  -- the individual's raw events
       for j = 2, #ind, 2 do
+        nums[#nums + 1] = ind[j - 1]
         total = total + tonumber(ind[j])
       end
+      -- HMGET in slices: unpack() of more than ~8000 values overflows Lua's C stack
+      for from = 1, #nums, 1000 do
+        local names = redis.call('HMGET', KEYS[b + 9], unpack(nums, from, math.min(from + 999, #nums)))
+        for j = 1, #names do
+          ind[2 * (from + j - 1) - 1] = names[j]
+        end
+      end
+      -- <<< action number (end) <<<
       local c, s1, s2, k
       local dominated = 0
       if ARGV[a + 7] == '1' then
@@ -209,7 +238,9 @@ for i = 1, entries do
         end
         -- <<< dominance (end) <<<
       end
-      redis.call('HSET', KEYS[3], KEYS[b + 4], id)
+      local mark = redis.call('HGET', KEYS[3], KEYS[b + 4])
+      local committed = mark and string.match(mark, ' (%d+)$') or (total - 1)
+      redis.call('HSET', KEYS[3], KEYS[b + 4], id .. ' ' .. committed)
       if s1 == 1 then
         -- first time this action is seen in the scope (so also its first event)
         redis.call('SADD', KEYS[2], ARGV[a + 3])
