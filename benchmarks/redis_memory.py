@@ -155,7 +155,9 @@ async def run(args: argparse.Namespace, url: str) -> None:
     queued = await used_memory(client) - base
     stream_bytes = (await usage_by_kind(client, keys.prefix)).get("events", (0, 0))[1]
 
-    worker = Worker(WorkerSettings(redis_url=url, consumer="bench", trim_interval_s=0))
+    # Reply copies are kept an hour here so a slow drain still finds them to measure (the lines
+    # below count them for the default BINORMAL_REPLY_TTL_S).
+    worker = Worker(WorkerSettings(redis_url=url, consumer="bench", trim_interval_s=0, reply_ttl_s=3600))
     task = asyncio.create_task(worker.run())
     while worker.counters.applied < len(events):
         await asyncio.sleep(0.05)
