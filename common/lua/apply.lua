@@ -98,6 +98,7 @@ local function share_of(x, w, m)
   return q
 end
 local out = {}
+local numbers = {}  -- per scope an key: {num = action -> number, name = number -> action} read in this call
 local max_actions = tonumber(ARGV[3])
 local w = tonumber(ARGV[4])
 local dom_share = tonumber(ARGV[5])
@@ -138,26 +139,38 @@ for i = 1, entries do
     end
     if not dup then
       -- >>> action number, the individual's counts (by name) >>>
-      local num = redis.call('HGET', KEYS[b + 8], action)
+      -- numbers are never reassigned, so what this call read of a scope's an/na stays true
+      local known = numbers[KEYS[b + 8]]
+      if not known then
+        known = {num = {}, name = {}}
+        numbers[KEYS[b + 8]] = known
+      end
+      local num = known.num[action] or redis.call('HGET', KEYS[b + 8], action)
       if not num then
-        num = redis.call('HLEN', KEYS[b + 8]) + 1
+        num = tostring(redis.call('HLEN', KEYS[b + 8]) + 1)
         redis.call('HSET', KEYS[b + 8], action, num)
         redis.call('HSET', KEYS[b + 9], num, action)
       end
+      known.num[action], known.name[num] = num, action
       local x = redis.call('HINCRBY', KEYS[b + 4], num, 1)
       local ind = redis.call('HGETALL', KEYS[b + 4])
-      local nums = {}
+      local unnamed = {}
       local total = 0  -- the individual's raw events
-      for j = 2, #ind, 2 do
-        nums[#nums + 1] = ind[j - 1]
-        total = total + tonumber(ind[j])
+      for j = 1, #ind, 2 do
+        if not known.name[ind[j]] then
+          unnamed[#unnamed + 1] = ind[j]
+        end
+        total = total + tonumber(ind[j + 1])
       end
       -- HMGET in slices: unpack() of more than ~8000 values overflows Lua's C stack
-      for from = 1, #nums, 1000 do
-        local names = redis.call('HMGET', KEYS[b + 9], unpack(nums, from, math.min(from + 999, #nums)))
-        for j = 1, #names do
-          ind[2 * (from + j - 1) - 1] = names[j]
+      for from = 1, #unnamed, 1000 do
+        local got = redis.call('HMGET', KEYS[b + 9], unpack(unnamed, from, math.min(from + 999, #unnamed)))
+        for j = 1, #got do
+          known.name[unnamed[from + j - 1]] = got[j]
         end
+      end
+      for j = 1, #ind, 2 do
+        ind[j] = known.name[ind[j]]
       end
       -- <<< action number (end) <<<
       local c, s1, s2, k
