@@ -7,6 +7,10 @@ less (docs/operations.md, Sizing; benchmarks/redis_memory.py measures the same a
 
 from __future__ import annotations
 
+import asyncio
+import json
+import subprocess
+
 import pytest
 import redis.asyncio as aioredis
 
@@ -16,7 +20,7 @@ from binormal.common.schema import Event
 from binormal.common.store import read_individual
 from tests.support.redis_state import check_committed, check_counters, drained, no_uncommitted, xadd_events
 from tests.support.waiting import wait_for
-from tests.support.workers import running_worker, worker_settings
+from tests.support.workers import binormal_command, running_worker, worker_settings
 
 SCOPE = Scope("acme", "webserver", "users")
 ACTIONS = [f"GET /api/v1/resource/{i}" for i in range(40)]
@@ -119,3 +123,23 @@ async def test_layout1_is_refused_then_migrated(redis_url: str, prefix: str, are
     assert after == list(truth[SCOPE].values())
     assert await check_committed(aredis, keys, truth) == []
     assert await aredis.hget(kp + "pop", "GET /") == b"4" and await aredis.hget(kp + "pop", "PUT /x") == b"1"
+
+
+async def test_migrate_command_and_recompute_refusing_layout1(
+    redis_url: str, prefix: str, aredis: aioredis.Redis
+) -> None:
+    keys = Keyspace(prefix, 4)
+    await _layout1(aredis, keys)
+    env = {"REDIS_URL": redis_url, "BINORMAL_PREFIX": prefix, "BINORMAL_SHARDS": "4", "PATH": "/usr/bin:/bin"}
+
+    def binormal(*words: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*binormal_command(), *words], env=env, capture_output=True, text=True, timeout=60)
+
+    refused = await asyncio.to_thread(binormal, "recompute")
+    assert refused.returncode == 2 and "run `binormal migrate`" in refused.stderr, refused.stderr
+    assert "Traceback" not in refused.stderr
+    done = await asyncio.to_thread(binormal, "migrate")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"individuals": 3, "scopes": 1, "ver_keys_deleted": 0}
+    again = await asyncio.to_thread(binormal, "recompute")
+    assert again.returncode == 0 and json.loads(again.stdout)["n"] == 2, again.stderr
