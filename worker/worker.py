@@ -17,7 +17,7 @@ from typing import Any, cast
 
 import redis.asyncio as aioredis
 import structlog
-from redis.exceptions import ResponseError
+from redis.exceptions import OutOfMemoryError, ResponseError
 
 from binormal.common.connection import TRANSIENT, execute_raw, make_client, wait_until_up
 from binormal.common.migrate import check_layout
@@ -244,7 +244,12 @@ class Worker:
         if now >= self._next_heartbeat:
             self._next_heartbeat = now + self.settings.heartbeat_s
             # Redis's clock, not this host's: readers judge ages by Redis TIME too.
-            await client.hset(self.keys.workers(), self.consumer, await redis_now_ms(client))
+            try:
+                await client.hset(self.keys.workers(), self.consumer, await redis_now_ms(client))
+            except OutOfMemoryError as exc:
+                # A full Redis (maxmemory, noeviction) refuses the HSET: keep scoring what it lets
+                # through; the heartbeat goes stale, which /readyz reports.
+                log.warning("heartbeat_refused", error=str(exc))
         if now >= self._next_claim:
             self._next_claim = now + max(self.settings.claim_idle_ms / 2000.0, 0.5)
             await self._claim(client)
