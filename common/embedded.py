@@ -104,6 +104,7 @@ class RedisServer:
         aof: bool = False,
         maxmemory: int | None = None,
         fsync: str = "everysec",
+        extra_args: tuple[str, ...] = (),
     ):
         self.binary = binary or find_binary()
         self.data_dir = Path(data_dir)
@@ -111,6 +112,7 @@ class RedisServer:
         self.aof = aof
         self.maxmemory = maxmemory
         self.fsync = fsync
+        self.extra_args = extra_args
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -150,7 +152,7 @@ class RedisServer:
             # noeviction: past the limit Redis refuses writes (OOM) instead of
             # silently dropping counters, markers or stream entries.
             args += ["--maxmemory", str(self.maxmemory), "--maxmemory-policy", "noeviction"]
-        return args
+        return args + list(self.extra_args)
 
     def launch(self) -> subprocess.Popen[bytes]:
         """Start the process (same port and data dir every time) without waiting for it."""

@@ -15,11 +15,13 @@ Layout (``P`` is the prefix, default ``bn``; ``s`` the shard number)::
     P:{P.s}:sc:<scope>:c:<id>           hash action number -> this individual's count x_a
     P:{P.s}:sc:<scope>:rank             zset id -> current score (bits)
     P:{P.s}:sc:<scope>:agg              hash n / sum / sumsq of current scores
+    P:{P.s}:sc:<scope>:last             zset id -> last seen (Redis ms; only with retention on)
     P:{P.s}:sc:<scope>:seen:<event_id>  idempotency marker of an event id in this scope (expires)
     P:{P.s}:sc:<scope>:reply:<key>      stored copy of a result, key = event_id else rid (expires)
     P:{P.s}:uncommitted                 hash individual key -> '<entry id> <L>': the entry applied last,
                                         its score not committed yet; L the event count the committed score is from
     P:{P.s}:capped                      hash scope token -> events refused by the distinct-action cap
+    P:{P.s}:expired                     hash scope token -> individuals removed by retention (expire.lua)
     P:{P.s}:rules                       hash rule field -> rule JSON (mute/exclude of scopes in shard s)
     P:{P.s}:marks                       hash scope token:enc(id) -> feedback JSON (mark confirmed/benign)
     P:rules:version                     integer, raised on every mute/exclude change (caches re-read)
@@ -169,7 +171,7 @@ class Keyspace:
         return _scope_prefix(self.prefix, s, scope)
 
     def scope_key(self, scope: Scope, kind: str, shard: int | None = None) -> str:
-        """A per-scope key (``pop``, ``sq``, ``k``, ``raw``, ``dom``, ``rank``, ``agg``, ``an``, ``na``)."""
+        """A per-scope key (``pop``, ``sq``, ``k``, ``raw``, ``dom``, ``rank``, ``agg``, ``an``, ``na``, ``last``)."""
         return self.scope_prefix(scope, shard) + kind
 
     def robust(self, scope: Scope, shard: int | None = None) -> str:
@@ -211,6 +213,10 @@ class Keyspace:
     def capped(self, shard: int) -> str:
         """Hash scope token -> events refused because the scope has BINORMAL_MAX_ACTIONS actions."""
         return f"{self._base(shard)}:capped"
+
+    def expired(self, shard: int) -> str:
+        """Hash scope token -> individuals removed by idle expiry or the per-scope cap (expire.lua)."""
+        return f"{self._base(shard)}:expired"
 
     def rules(self, shard: int) -> str:
         """Hash rule field (common/rules.py: rule_field) -> rule JSON, for the scopes of ``shard``."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
+from typing import Any
 
 import redis.asyncio as aioredis
 
@@ -36,9 +37,12 @@ async def has_layout1(client: aioredis.Redis, keys: Keyspace) -> bool:
     pipe = client.pipeline(transaction=False)
     for shard in range(keys.shards):
         pipe.srandmember(keys.scopes(shard), PROBE)
-    sampled: list[list[bytes]] = await pipe.execute()
+    # A shard whose scopes key holds another type (bad state) is left to the worker's own checks.
+    sampled: list[Any] = await pipe.execute(raise_on_error=False)
     probe = client.pipeline(transaction=False)
     for shard, tokens in enumerate(sampled):
+        if isinstance(tokens, Exception):
+            continue
         for token in tokens:
             probe.exists(keys.scope_key(Scope.from_token(token.decode("utf-8")), "ver", shard))
     return any(int(n) for n in await probe.execute())

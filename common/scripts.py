@@ -40,7 +40,7 @@ class LuaScript:
 class Scripts:
     """All of Binormal's Lua scripts, by name."""
 
-    NAMES = ("apply", "commit", "deadletter", "recompute", "replay", "migrate")
+    NAMES = ("apply", "commit", "deadletter", "expire", "recompute", "replay", "migrate")
 
     def __init__(self) -> None:
         self.by_name = {n: LuaScript.load(n) for n in self.NAMES}
@@ -89,7 +89,7 @@ def pairs_int(flat: Sequence[bytes]) -> dict[str, int]:
 
 
 class ApplyItem(NamedTuple):
-    """One entry of an ``apply.lua`` call: its 9 KEYS, then its 7 ARGV."""
+    """One entry of an ``apply.lua`` call: its 10 KEYS, then its 7 ARGV."""
 
     pop: str
     sq: str
@@ -98,6 +98,7 @@ class ApplyItem(NamedTuple):
     marker: str
     raw: str  # the scope's raw per-action sums (written only with a weight cap)
     dom: str  # the scope's dominance hash
+    last: str  # the scope's last-seen zset (written only with retention on)
     an: str  # the scope's action -> number hash
     na: str  # the scope's number -> action hash
     entry_id: bytes
@@ -109,7 +110,7 @@ class ApplyItem(NamedTuple):
     exclude: int = 0  # 1: the individual is excluded from learning (common/rules.py), pop/raw/sq/k not moved
 
 
-ITEM_KEYS = 9  # the KEYS of an ApplyItem; the rest are its ARGV
+ITEM_KEYS = 10  # the KEYS of an ApplyItem; the rest are its ARGV
 
 
 class Dominated(NamedTuple):
@@ -192,7 +193,15 @@ class Apply:
     LAYOUT = Layout(
         keys=("stream", "scopes", "uncommitted", "capped"),
         item_keys=ApplyItem._fields[:ITEM_KEYS],
-        args=("group", "want_pop", "max_actions", "weight_cap", "dominance_share", "dominance_min_events"),
+        args=(
+            "group",
+            "want_pop",
+            "max_actions",
+            "weight_cap",
+            "dominance_share",
+            "dominance_min_events",
+            "retention",
+        ),
         item_args=ApplyItem._fields[ITEM_KEYS:],
     )
 
@@ -204,8 +213,12 @@ class Apply:
         max_actions: int,
         items: Sequence[ApplyItem],
         guard: Guard | None = None,
+        retention: bool = False,
     ) -> tuple[list[Any], list[Any]]:
-        """KEYS and ARGV for ``items`` after the shard's ``head`` keys (stream, scopes, uncommitted, capped)."""
+        """KEYS and ARGV for ``items`` after the shard's ``head`` keys (stream, scopes, uncommitted, capped).
+
+        With ``retention`` each applied entry stamps its individual in the scope's last-seen zset.
+        """
         g = guard or Guard()
         keys: list[Any] = list(head)
         args: list[Any] = [
@@ -215,6 +228,7 @@ class Apply:
             g.weight_cap,
             repr(g.dominance_share),
             g.dominance_min_events,
+            "1" if retention else "0",
         ]
         for item in items:
             keys += item[:ITEM_KEYS]
@@ -398,6 +412,71 @@ class Recompute:
         return int(reply[3]), int(reply[4])
 
 
+class ExpireScope(NamedTuple):
+    """The keys of one scope ``expire.lua`` reads and writes (after the shard's uncommitted and expired hashes)."""
+
+    last: str
+    pop: str
+    sq: str
+    k: str
+    raw: str
+    dom: str
+    rank: str
+    agg: str
+    na: str  # number -> action: the counts hashes are keyed by action number
+
+    @classmethod
+    def of(cls, kp: str) -> ExpireScope:
+        """The keys under a scope's prefix (keys.scope_prefix)."""
+        return cls(*(kp + kind for kind in cls._fields))
+
+
+class Expired(NamedTuple):
+    """What one ``expire.lua`` call did."""
+
+    removed: int
+    busy: int  # idle but skipped: an uncommitted mark (a commit in flight or a repair due)
+    left: int  # individuals still in the scope's last-seen zset
+
+
+class Expire:
+    """``expire.lua``: remove idle (or over-cap) individuals of one scope with all they contributed."""
+
+    NAME = "expire"
+    LAYOUT = Layout(
+        keys=("uncommitted", "expired", *ExpireScope._fields),
+        item_keys=("individual",),
+        args=("token", "cutoff_ms", "max_individuals", "weight_cap"),
+        item_args=("ident", "excluded"),
+    )
+
+    @staticmethod
+    def pack(
+        head: tuple[str, str],
+        scope: ExpireScope,
+        token: str,
+        cutoff_ms: int,
+        max_individuals: int,
+        weight_cap: int,
+        candidates: Sequence[tuple[str, str, bool]],
+    ) -> tuple[list[Any], list[Any]]:
+        """KEYS and ARGV; ``candidates`` are (counts hash key, id, excluded) of the oldest last-seen members.
+
+        ``head`` is the shard's (uncommitted, expired) hashes; ``cutoff_ms`` -1 turns idle expiry off.
+        """
+        keys: list[Any] = [*head, *scope]
+        args: list[Any] = [token, cutoff_ms, max_individuals, weight_cap]
+        for key, ident, excluded in candidates:
+            keys.append(key)
+            args += (ident, "1" if excluded else "0")
+        return keys, args
+
+    @staticmethod
+    def decode(reply: Sequence[Any]) -> Expired:
+        """``{removed, busy, left}``."""
+        return Expired(int(reply[0]), int(reply[1]), int(reply[2]))
+
+
 class Replayed(NamedTuple):
     """A replay's outcome: the new entry id, or why nothing was replayed."""
 
@@ -446,6 +525,7 @@ class Migrate:
         return int(reply)
 
 
-TWINS: dict[str, type[Apply] | type[Commit] | type[Deadletter] | type[Recompute] | type[Replay] | type[Migrate]] = {
-    t.NAME: t for t in (Apply, Commit, Deadletter, Recompute, Replay, Migrate)
-}
+TWINS: dict[
+    str,
+    type[Apply] | type[Commit] | type[Deadletter] | type[Expire] | type[Recompute] | type[Replay] | type[Migrate],
+] = {t.NAME: t for t in (Apply, Commit, Deadletter, Expire, Recompute, Replay, Migrate)}

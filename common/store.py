@@ -211,18 +211,21 @@ async def scope_summaries(
         pipe.hlen(keys.scope_key(scope, "pop"))
         pipe.hexists(keys.capped(keys.shard(scope)), scope.token)
         pipe.hmget(keys.scope_key(scope, "dom"), DOM_FIELDS)
+        pipe.hget(keys.expired(keys.shard(scope)), scope.token)
     raw = await pipe.execute() if shown else []
     out = [
         {
             "org": s.org,
             "source": s.source,
             "pop": s.pop,
-            "individuals": int(raw[4 * i] or 0),
-            "actions": int(raw[4 * i + 1] or 0),
+            "individuals": int(raw[5 * i] or 0),
+            "actions": int(raw[5 * i + 1] or 0),
             # events with a new action were refused: the scope has BINORMAL_MAX_ACTIONS actions
-            "actions_capped": bool(raw[4 * i + 2]),
+            "actions_capped": bool(raw[5 * i + 2]),
             # one individual has more than BINORMAL_DOMINANCE_SHARE of the scope's events
-            "dominated": dominated_of(raw[4 * i + 3]),
+            "dominated": dominated_of(raw[5 * i + 3]),
+            # individuals removed by retention (BINORMAL_IDLE_TTL_S, BINORMAL_MAX_INDIVIDUALS; expire.lua)
+            "expired": int(raw[5 * i + 4] or 0),
         }
         for i, s in enumerate(shown)
     ]

@@ -17,6 +17,7 @@ import redis
 import redis.asyncio as aioredis
 
 from binormal.common.embedded import RedisServer, RedisServerError, find_binary, server_version
+from binormal.common.localcluster import LocalCluster
 
 pytest_plugins = ["tests.support.fixtures"]
 
@@ -71,3 +72,27 @@ def sredis(redis_url: str) -> Iterator[redis.Redis]:
     client = redis.Redis.from_url(redis_url, protocol=2)
     yield client
     client.close()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    """A private 3-master Redis Cluster for the session (no replicas), on free loopback ports, stopped by PID."""
+    try:
+        binary = find_binary("path")
+        cluster = LocalCluster(tmp_path_factory.mktemp("cluster"), masters=3, binary=binary).start()
+    except RedisServerError as exc:
+        _unavailable(str(exc))
+        raise
+    print(f"\n[binormal tests] redis cluster {server_version(binary)} on ports {cluster.ports}")
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def cluster_url(redis_cluster: LocalCluster) -> str:
+    """URL of one node of the private cluster, every master flushed before the test (they are ours)."""
+    for port in redis_cluster.live_ports():
+        if redis_cluster.role(port) == "master":
+            with redis.Redis(host="127.0.0.1", port=port, protocol=2) as c:
+                c.flushall()
+    return redis_cluster.url

@@ -197,7 +197,12 @@ async def test_worker_repairs_a_score_whose_commit_never_happened(
     assert await aredis.hget(marks, ikey) == entries[-1].id + b" 0"  # no score committed yet: L = 0
     settings = worker_settings(redis_url, prefix, claim_idle_ms=200)
     async with running_worker(settings) as w:
-        await wait_for(lambda: _absent(aredis, marks, ikey), timeout=10, what="repair")
+
+        async def repaired() -> bool:
+            # The mark goes in the commit's round trip; the counter moves once its reply is read.
+            return await _absent(aredis, marks, ikey) and w.counters.repaired > 0
+
+        await wait_for(repaired, timeout=10, what="repair")
         assert w.counters.repaired == 1
     pop = {k.decode(): int(v) for k, v in (await aredis.hgetall(keys.scope_key(SCOPE, "pop"))).items()}
     expected = Snapshot(pop).score({"GET /": 1, "DELETE /admin": 2})

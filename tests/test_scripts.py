@@ -31,6 +31,9 @@ from binormal.common.scripts import (
     Deadletter,
     Dominated,
     Duplicate,
+    Expire,
+    Expired,
+    ExpireScope,
     Guard,
     Layout,
     Score,
@@ -125,12 +128,13 @@ def test_a_header_that_disagrees_is_caught(monkeypatch: pytest.MonkeyPatch) -> N
 
 def test_apply_packs_in_layout_order_and_decodes_every_status() -> None:
     item = ApplyItem(
-        "p:pop", "p:sq", "p:k", "p:c:u1", "p:seen:e", "p:raw", "p:dom", "p:an", "p:na", b"1-0", "GET /", "tok", 60,
-        b"1-0 fp", "u1",
+        "p:pop", "p:sq", "p:k", "p:c:u1", "p:seen:e", "p:raw", "p:dom", "p:last", "p:an", "p:na", b"1-0", "GET /",
+        "tok", 60, b"1-0 fp", "u1",
     )  # fmt: skip
     keys, args = Apply.pack((b"s", "scopes", "unc", "capped"), "g", True, 99, [item, item], Guard(150, 0.25, 500))
-    assert keys == [b"s", "scopes", "unc", "capped", *item[:9], *item[:9]]
-    assert args == ["g", "1", 99, 150, "0.25", 500, *item[9:], *item[9:]]
+    assert keys == [b"s", "scopes", "unc", "capped", *item[:10], *item[:10]]
+    assert args == ["g", "1", 99, 150, "0.25", 500, "0", *item[10:], *item[10:]]
+    assert Apply.pack((b"s", "scopes", "unc", "capped"), "g", True, 99, [item], retention=True)[1][6] == "1"
     reply = [
         [1, 3, 5, 2, [b"GET /", b"2"], [b"GET /", b"3"], 3, 0],
         [1, 3, 5, 2, [b"GET /", b"2"], [], 1, [b"u1", 400, 1000]],
@@ -170,6 +174,17 @@ def test_commit_packs_and_decodes() -> None:
         Committed(Aggregates(2, 0.5, 0.125), False, Rank(0, 2, 2), None),
         CommitBadState(),
     ]
+
+
+def test_expire_packs_the_scope_keys_then_one_key_per_candidate() -> None:
+    scope = ExpireScope.of("kp:")
+    assert scope == ExpireScope("kp:last", "kp:pop", "kp:sq", "kp:k", "kp:raw", "kp:dom", "kp:rank", "kp:agg", "kp:na")
+    keys, args = Expire.pack(
+        ("unc", "exp"), scope, "tok", 1234, 5, 100, [("kp:c:a", "a", False), ("kp:c:b", "b", True)]
+    )
+    assert keys == ["unc", "exp", *scope, "kp:c:a", "kp:c:b"]
+    assert args == ["tok", 1234, 5, 100, "a", "0", "b", "1"]
+    assert Expire.decode([2, 1, 7]) == Expired(2, 1, 7)
 
 
 def test_deadletter_packs_fields_flat() -> None:

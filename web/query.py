@@ -4,7 +4,8 @@ Read-only views of what the workers stored (docs/openapi.yaml documents them):
 
 - ``GET /api/scopes``: every scope with its number of individuals and actions, and
   ``dominated`` (``{id, share}`` while one individual has more than
-  ``BINORMAL_DOMINANCE_SHARE`` of its events, else null; kept by apply.lua).
+  ``BINORMAL_DOMINANCE_SHARE`` of its events, else null; kept by apply.lua) and ``expired``
+  (individuals removed by retention, counted by expire.lua).
 - ``GET /api/outliers?org=&source=&pop=&limit=[&muted=1][&exclude_learning=1]``: the
   highest current scores of a scope (ZREVRANGE of its rank zset). Within a scope zscore
   is an increasing function of score (same mean and sigma for everyone), so the top

@@ -150,6 +150,7 @@ class BatchProcessor:
     explain_limit: int = 5
     max_actions: int = 10_000
     guard: Guard = field(default_factory=Guard)  # weight cap W and the dominance flag (apply.lua)
+    retention: bool = False  # stamp individuals in their scope's last-seen zset (worker/retention.py)
     min_events: int = DEFAULT_MIN_EVENTS  # learning thresholds (common/calibration.py)
     min_individuals: int = DEFAULT_MIN_INDIVIDUALS
     counters: Counters = field(default_factory=Counters)
@@ -393,6 +394,7 @@ class BatchProcessor:
                         marker,
                         kp + "raw",
                         kp + "dom",
+                        kp + "last",
                         kp + "an",
                         kp + "na",
                         e.id,
@@ -404,7 +406,7 @@ class BatchProcessor:
                         1 if e.excluded else 0,
                     )
                 )
-            keys, args = Apply.pack(head, k.group, want_pop, self.max_actions, items, self.guard)
+            keys, args = Apply.pack(head, k.group, want_pop, self.max_actions, items, self.guard, self.retention)
             pipe.evalsha(sha, len(keys), *keys, *args)
 
     def _notify_duplicates(self, pipe: Commands, dups: Sequence[Entry]) -> None:

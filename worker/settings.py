@@ -64,6 +64,18 @@ class WorkerSettings(ServiceSettings, LearningSettings):
         "BINORMAL_DOMINANCE_MIN_EVENTS", 1000, minimum=1, doc="raw events a scope needs before it can be flagged"
     )
 
+    idle_ttl_s: int = setting(
+        "BINORMAL_IDLE_TTL_S",
+        0,
+        doc="an individual unseen this long is removed with its contribution (retention); 0 = never",
+    )
+    max_individuals: int = setting(
+        "BINORMAL_MAX_INDIVIDUALS", 0, doc="individuals per scope; past it the least recently seen go; 0 = no cap"
+    )
+    sweep_interval_s: float = setting(
+        "BINORMAL_SWEEP_INTERVAL_S", 10.0, minimum=0.01, doc="how often a worker sweeps for idle individuals"
+    )
+
     def __post_init__(self) -> None:
         if self.weight_cap == -1:
             object.__setattr__(self, "weight_cap", self.cap)
@@ -78,6 +90,11 @@ class WorkerSettings(ServiceSettings, LearningSettings):
             raise ConfigError("BINORMAL_BLOCK_MS must stay below the 5 s socket timeout")
         if self.claim_idle_ms <= self.block_ms:
             raise ConfigError("BINORMAL_CLAIM_IDLE_MS must exceed BINORMAL_BLOCK_MS")
+
+    @property
+    def retention(self) -> bool:
+        """Idle expiry or the per-scope cap is on: apply.lua keeps the last-seen index, the worker sweeps."""
+        return self.idle_ttl_s > 0 or self.max_individuals > 0
 
     @property
     def guard(self) -> Guard:

@@ -2,9 +2,10 @@
 
 Loop: read a batch (own backlog first, then new entries; XREADGROUP COUNT/BLOCK),
 run it through :class:`~worker.batch.BatchProcessor`, and between batches do the
-housekeeping: heartbeat, take over entries of dead consumers (XAUTOCLAIM) and
-trim history every group has acknowledged. SIGTERM/SIGINT stop the loop after
-the batch in hand; if that takes longer than the grace period the batch is
+housekeeping: heartbeat, take over entries of dead consumers (XAUTOCLAIM),
+trim history every group has acknowledged and, with retention on, sweep idle
+individuals (worker/retention.py). SIGTERM/SIGINT stop the loop after the
+batch in hand; if that takes longer than the grace period the batch is
 cancelled, which is safe because nothing is acknowledged before it is applied.
 """
 
@@ -26,6 +27,7 @@ from binormal.common.scripts import Scripts
 from binormal.common.store import heartbeat_ages, redis_now_ms
 from binormal.worker.batch import BatchProcessor, Counters, Entry
 from binormal.worker.commands import Commands
+from binormal.worker.retention import Sweeper
 from binormal.worker.settings import WorkerSettings
 
 log = structlog.get_logger("binormal.worker")
@@ -56,9 +58,18 @@ class Worker:
             explain_limit=settings.explain_limit,
             max_actions=settings.max_actions,
             guard=settings.guard,
+            retention=settings.retention,
             rules=RuleCache(self.keys),
             min_events=settings.min_events,
             min_individuals=settings.min_individuals,
+        )
+        self.sweeper = Sweeper(
+            keys=self.keys,
+            scripts=self.processor.scripts,
+            idle_ttl_s=settings.idle_ttl_s,
+            max_individuals=settings.max_individuals,
+            weight_cap=settings.weight_cap,
+            rules=self.processor.rules,
         )
         self._stream_shard = {s.encode(): i for i, s in enumerate(self.keys.streams())}
         self._backlog: dict[bytes, bytes] = {}
@@ -66,6 +77,7 @@ class Worker:
         self._next_trim = 0.0
         self._next_heartbeat = 0.0
         self._next_forget = 0.0
+        self._next_sweep = 0.0
         self._claim_cursor: dict[bytes, bytes] = {}
         self._marks: dict[int, dict[bytes, bytes]] = {}  # uncommitted marks seen last round, per shard
 
@@ -110,7 +122,7 @@ class Worker:
         finally:
             await self._goodbye(client)
             await client.aclose()
-            log.info("worker_stopped", **self.counters.as_dict())
+            log.info("worker_stopped", **self.counters.as_dict(), expired=self.sweeper.removed)
 
     async def _setup(self, client: aioredis.Redis) -> None:
         """Create the group on every shard; start by re-reading our own backlog."""
@@ -237,6 +249,8 @@ class Worker:
             due = min(due, self._next_trim)
         if self.settings.forget_consumers_s > 0:
             due = min(due, self._next_forget)
+        if self.settings.retention:
+            due = min(due, self._next_sweep)
         return now >= due
 
     async def _housekeeping(self, client: aioredis.Redis) -> None:
@@ -261,6 +275,10 @@ class Worker:
         if self.settings.forget_consumers_s > 0 and now >= self._next_forget:
             self._next_forget = now + min(60.0, self.settings.forget_consumers_s / 2)
             await self._forget_dead_consumers(client)
+        if self.settings.retention and now >= self._next_sweep:
+            self._next_sweep = now + self.settings.sweep_interval_s
+            # Idle expiry and the per-scope cap (worker/retention.py): bounded per round.
+            await self.sweeper.sweep(client)
 
     async def _claim(self, client: aioredis.Redis) -> None:
         """Take over entries pending longer than the claim idle time (dead consumers).

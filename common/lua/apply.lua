@@ -25,19 +25,22 @@
 --
 -- KEYS[1] stream shard   KEYS[2] shard scopes set   KEYS[3] shard uncommitted hash
 -- KEYS[4] shard capped hash (scope token -> events refused by the action cap)
--- then per entry i (base b = 4 + 9*(i-1)):
+-- then per entry i (base b = 4 + 10*(i-1)):
 --   KEYS[b+1] scope pop hash   KEYS[b+2] scope sq hash   KEYS[b+3] scope k hash
 --   KEYS[b+4] individual hash (action number -> count)
 --   KEYS[b+5] idempotency marker of the event id (per scope)
 --   KEYS[b+6] scope raw hash (action -> raw sum s1; only written when ARGV[4] > 0)
 --   KEYS[b+7] scope dom hash (events, top, top_n, flag, logged: the dominance flag)
---   KEYS[b+8] scope an hash (action -> number)   KEYS[b+9] scope na hash (number -> action)
+--   KEYS[b+8] scope last-seen zset (id -> Redis TIME ms of its last applied entry;
+--             only written when ARGV[7] is '1', retention on: expire.lua reads it)
+--   KEYS[b+9] scope an hash (action -> number)   KEYS[b+10] scope na hash (number -> action)
 -- ARGV[1] group  ARGV[2] '1' to return each scope's whole pop hash (staleness 0)
 -- ARGV[3] most distinct actions a scope may have (BINORMAL_MAX_ACTIONS)
 -- ARGV[4] weight cap W (BINORMAL_WEIGHT_CAP; 0 = off)
 -- ARGV[5] dominance share (BINORMAL_DOMINANCE_SHARE)
 -- ARGV[6] raw events a scope needs before it is flagged (BINORMAL_DOMINANCE_MIN_EVENTS)
--- then per entry i (base a = 6 + 7*(i-1)):
+-- ARGV[7] '1' when retention is on (BINORMAL_IDLE_TTL_S or BINORMAL_MAX_INDIVIDUALS): keep KEYS[b+8]
+-- then per entry i (base a = 7 + 7*(i-1)):
 --   ARGV[a+1] entry id  ARGV[a+2] action  ARGV[a+3] scope token
 --   ARGV[a+4] seconds the event_id's marker lives, '0' when the entry has no
 --             event_id (its marker key is then a placeholder, never touched)
@@ -103,17 +106,29 @@ local max_actions = tonumber(ARGV[3])
 local w = tonumber(ARGV[4])
 local dom_share = tonumber(ARGV[5])
 local dom_min = tonumber(ARGV[6])
-local entries = (#ARGV - 6) / 7
+-- >>> retention (setup): one TIME per call, shared by its entries >>>
+-- Scripts replicate their effects (Redis 5+ default, the only mode of 7), so
+-- a TIME before writes is allowed; the last-seen stamp is Redis's clock at the
+-- apply, not the entry's stream time, so an old backlog is not idle on arrival.
+local retain = ARGV[7] == '1'
+local now_ms = 0
+if retain then
+  local t = redis.call('TIME')
+  now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+-- <<< retention (setup) <<<
+local entries = (#ARGV - 7) / 7
 for i = 1, entries do
-  local b = 4 + 9 * (i - 1)
-  local a = 6 + 7 * (i - 1)
+  local b = 4 + 10 * (i - 1)
+  local a = 7 + 7 * (i - 1)
   local id = ARGV[a + 1]
   local action = ARGV[a + 2]
   local bad = wrong(KEYS[2], 'set') or wrong(KEYS[3], 'hash') or wrong(KEYS[b + 1], 'hash')
     or wrong(KEYS[b + 2], 'hash') or wrong(KEYS[b + 3], 'hash') or wrong(KEYS[b + 4], 'hash')
     or (ARGV[a + 4] ~= '0' and wrong(KEYS[b + 5], 'string'))
     or (w > 0 and wrong(KEYS[b + 6], 'hash')) or wrong(KEYS[b + 7], 'hash')
-    or wrong(KEYS[b + 8], 'hash') or wrong(KEYS[b + 9], 'hash')
+    or (retain and wrong(KEYS[b + 8], 'zset'))
+    or wrong(KEYS[b + 9], 'hash') or wrong(KEYS[b + 10], 'hash')
   -- HLEN is O(1); HEXISTS only runs for a scope already at the cap.
   local actions = not bad and redis.call('HLEN', KEYS[b + 1]) or 0
   if not bad and actions >= max_actions and redis.call('HEXISTS', KEYS[b + 1], action) == 0 then
@@ -140,16 +155,16 @@ for i = 1, entries do
     if not dup then
       -- >>> action number, the individual's counts (by name) >>>
       -- numbers are never reassigned, so what this call read of a scope's an/na stays true
-      local known = numbers[KEYS[b + 8]]
+      local known = numbers[KEYS[b + 9]]
       if not known then
         known = {num = {}, name = {}}
-        numbers[KEYS[b + 8]] = known
+        numbers[KEYS[b + 9]] = known
       end
-      local num = known.num[action] or redis.call('HGET', KEYS[b + 8], action)
+      local num = known.num[action] or redis.call('HGET', KEYS[b + 9], action)
       if not num then
-        num = tostring(redis.call('HLEN', KEYS[b + 8]) + 1)
-        redis.call('HSET', KEYS[b + 8], action, num)
-        redis.call('HSET', KEYS[b + 9], num, action)
+        num = tostring(redis.call('HLEN', KEYS[b + 9]) + 1)
+        redis.call('HSET', KEYS[b + 9], action, num)
+        redis.call('HSET', KEYS[b + 10], num, action)
       end
       known.num[action], known.name[num] = num, action
       local x = redis.call('HINCRBY', KEYS[b + 4], num, 1)
@@ -164,7 +179,7 @@ for i = 1, entries do
       end
       -- HMGET in slices: unpack() of more than ~8000 values overflows Lua's C stack
       for from = 1, #unnamed, 1000 do
-        local got = redis.call('HMGET', KEYS[b + 9], unpack(unnamed, from, math.min(from + 999, #unnamed)))
+        local got = redis.call('HMGET', KEYS[b + 10], unpack(unnamed, from, math.min(from + 999, #unnamed)))
         for j = 1, #got do
           known.name[unnamed[from + j - 1]] = got[j]
         end
@@ -254,6 +269,13 @@ for i = 1, entries do
       local mark = redis.call('HGET', KEYS[3], KEYS[b + 4])
       local committed = mark and string.match(mark, ' (%d+)$') or (total - 1)
       redis.call('HSET', KEYS[3], KEYS[b + 4], id .. ' ' .. committed)
+      -- >>> retention: last-seen index (excluded individuals too: they have counts) >>>
+      if retain then
+        -- GT: a stamp never goes back (an apply of an earlier TIME cannot land later,
+        -- but a clock step back on the server could)
+        redis.call('ZADD', KEYS[b + 8], 'GT', now_ms, ARGV[a + 6])
+      end
+      -- <<< retention (end) <<<
       if s1 == 1 then
         -- first time this action is seen in the scope (so also its first event)
         redis.call('SADD', KEYS[2], ARGV[a + 3])

@@ -14,6 +14,16 @@ from tests.support.processes import clean_env
 from tests.support.workers import running_worker, worker_settings
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``deploy`` (Docker, minutes) run only when ``-m`` names the marker (``make test-deploy``)."""
+    if "deploy" in (config.getoption("markexpr") or ""):
+        return
+    dropped = [item for item in items if item.get_closest_marker("deploy") is not None]
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = [item for item in items if item.get_closest_marker("deploy") is None]
+
+
 @pytest.fixture
 def base_env() -> dict[str, str]:
     """The environment for a ``binormal`` child: ours without BINORMAL_*, REDIS_URL and PORT."""
