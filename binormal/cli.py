@@ -23,6 +23,7 @@ COMMANDS: dict[str, str] = {
     "score": "binormal.commands.score",
     "evaluate": "binormal.commands.evaluate",
     "recompute": "binormal.commands.recompute",
+    "migrate": "binormal.commands.migrate",
     "rules": "binormal.commands.rules",
     "dead": "binormal.commands.dead",
     "feed": "binormal.feed",

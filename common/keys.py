@@ -10,19 +10,22 @@ Layout (``P`` is the prefix, default ``bn``; ``s`` the shard number)::
     P:{P.s}:sc:<scope>:k                hash action -> individuals that did it K_a
     P:{P.s}:sc:<scope>:raw              hash action -> raw sum s1 (only with a weight cap; else pop is it)
     P:{P.s}:sc:<scope>:dom              hash events / top / top_n / flag / logged: the dominance flag
-    P:{P.s}:sc:<scope>:i:<id>           hash action -> this individual's count x_a
+    P:{P.s}:sc:<scope>:an               hash action -> its number in the scope (1, 2, ...; never reused)
+    P:{P.s}:sc:<scope>:na               hash number -> action (the inverse of an)
+    P:{P.s}:sc:<scope>:c:<id>           hash action number -> this individual's count x_a
     P:{P.s}:sc:<scope>:rank             zset id -> current score (bits)
     P:{P.s}:sc:<scope>:agg              hash n / sum / sumsq of current scores
-    P:{P.s}:sc:<scope>:ver              hash id -> event count its rank score is from
     P:{P.s}:sc:<scope>:last             zset id -> last seen (Redis ms; only with retention on)
     P:{P.s}:sc:<scope>:seen:<event_id>  idempotency marker of an event id in this scope (expires)
     P:{P.s}:sc:<scope>:reply:<key>      stored copy of a result, key = event_id else rid (expires)
-    P:{P.s}:uncommitted                 hash individual key -> entry applied, score not committed yet
+    P:{P.s}:uncommitted                 hash individual key -> '<entry id> <L>': the entry applied last,
+                                        its score not committed yet; L the event count the committed score is from
     P:{P.s}:capped                      hash scope token -> events refused by the distinct-action cap
     P:{P.s}:expired                     hash scope token -> individuals removed by retention (expire.lua)
     P:{P.s}:rules                       hash rule field -> rule JSON (mute/exclude of scopes in shard s)
     P:{P.s}:marks                       hash scope token:enc(id) -> feedback JSON (mark confirmed/benign)
     P:rules:version                     integer, raised on every mute/exclude change (caches re-read)
+    P:layout                            integer, the layout of the keys above (LAYOUT; binormal migrate)
     P:workers                           hash consumer -> last heartbeat (ms)
     channels: P:scored (broadcast), P:reply:<instance> (request-reply)
 
@@ -32,6 +35,12 @@ components and cannot spill into another scope's keys or change the hash tag.
 Every key of a scope carries its shard's tag ``{P.s}``, the same tag as the
 shard's stream, so one Lua script may touch the stream and the scope at once
 (and would on Redis Cluster: one tag, one slot).
+
+An individual costs one small hash (its counts, keyed by the scope's action
+numbers, so a long action name is stored once per scope, not once per
+individual) and one rank member: docs/operations.md, Sizing. Layout 1 (before
+the action numbers) keyed ``i:<id>`` by action name and kept a ``ver`` hash;
+``binormal migrate`` converts it (common/migrate.py).
 """
 
 from __future__ import annotations
@@ -45,6 +54,7 @@ from urllib.parse import quote, unquote
 
 DEFAULT_PREFIX = "bn"
 GROUP = "scorers"
+LAYOUT = 2  # the key layout this code reads and writes (P:layout)
 
 
 @lru_cache(maxsize=65_536)
@@ -102,6 +112,12 @@ def fingerprint(ident: str, action: str) -> bytes:
     return hashlib.blake2b(f"{ident}\0{action}".encode(), digest_size=8).hexdigest().encode()
 
 
+def mark_entry(mark: bytes | str) -> str:
+    """The entry id of an uncommitted mark (``<entry id> <L>``; layout 1 had the id alone)."""
+    text = mark.decode("utf-8") if isinstance(mark, bytes) else mark
+    return text.partition(" ")[0]
+
+
 @lru_cache(maxsize=16_384)
 def _scope_prefix(prefix: str, shard: int, scope: Scope) -> str:
     return f"{prefix}:{{{prefix}.{shard}}}:sc:{scope.token}:"
@@ -155,7 +171,7 @@ class Keyspace:
         return _scope_prefix(self.prefix, s, scope)
 
     def scope_key(self, scope: Scope, kind: str, shard: int | None = None) -> str:
-        """A per-scope key (``pop``, ``sq``, ``k``, ``raw``, ``dom``, ``rank``, ``agg``, ``ver``, ``last``)."""
+        """A per-scope key (``pop``, ``sq``, ``k``, ``raw``, ``dom``, ``rank``, ``agg``, ``an``, ``na``, ``last``)."""
         return self.scope_prefix(scope, shard) + kind
 
     def robust(self, scope: Scope, shard: int | None = None) -> str:
@@ -163,21 +179,27 @@ class Keyspace:
         return self.scope_key(scope, "robust", shard)
 
     def individual(self, scope: Scope, ident: str, shard: int | None = None) -> str:
-        """Hash of one individual's action counts."""
-        return f"{self.scope_prefix(scope, shard)}i:{encode(ident)}"
+        """Hash of one individual's action counts, keyed by the scope's action numbers (``an``/``na``)."""
+        return f"{self.scope_prefix(scope, shard)}c:{encode(ident)}"
 
-    def individual_of(self, key: str | bytes, shard: int) -> tuple[Scope, str]:
-        """Scope and id of an individual's key made by :meth:`individual` for ``shard``."""
+    def individual_of(self, key: str | bytes, shard: int, kind: str = "c") -> tuple[Scope, str]:
+        """Scope and id of an individual's key made by :meth:`individual` for ``shard``.
+
+        ``kind`` ``"i"`` parses a key of layout 1 (``binormal migrate``).
+        """
         text = key.decode("utf-8") if isinstance(key, bytes) else key
         head = f"{self._base(shard)}:sc:"
         parts = text[len(head) :].split(":") if text.startswith(head) else []
-        if len(parts) != 5 or parts[3] != "i":
+        if len(parts) != 5 or parts[3] != kind:
             raise ValueError(f"not an individual key of shard {shard}: {text[:200]!r}")
         org, source, pop, _, ident = parts
         return Scope(decode(org), decode(source), decode(pop)), decode(ident)
 
     def uncommitted(self, shard: int) -> str:
-        """Hash individual key -> id of its last applied entry whose score is not committed yet."""
+        """Hash individual key -> ``<entry id> <L>``: its last applied entry, whose score is not committed yet.
+
+        L is the event count of the score in the rank zset (commit.lua keeps the newest); see :func:`mark_entry`.
+        """
         return f"{self._base(shard)}:uncommitted"
 
     def seen(self, scope: Scope, event_id: str, shard: int | None = None) -> str:
@@ -203,6 +225,10 @@ class Keyspace:
     def marks(self, shard: int) -> str:
         """Hash ``<scope token>:<enc(id)>`` -> feedback JSON (label, by, at, note), for the scopes of ``shard``."""
         return f"{self._base(shard)}:marks"
+
+    def layout(self) -> str:
+        """Integer: the key layout the data is in (``LAYOUT``); written by the first worker or ``binormal migrate``."""
+        return f"{self.prefix}:layout"
 
     def rules_version(self) -> str:
         """Counter raised on every rule change: workers and web re-read the rules hashes when it moves."""

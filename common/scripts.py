@@ -42,7 +42,7 @@ class LuaScript:
 class Scripts:
     """All of Binormal's Lua scripts, by name."""
 
-    NAMES = ("apply", "commit", "deadletter", "expire", "recompute", "replay")
+    NAMES = ("apply", "commit", "deadletter", "expire", "recompute", "replay", "migrate")
 
     def __init__(self) -> None:
         self.by_name = {n: LuaScript.load(n) for n in self.NAMES}
@@ -102,7 +102,7 @@ def pairs_int(flat: Sequence[bytes]) -> dict[str, int]:
 
 
 class ApplyItem(NamedTuple):
-    """One entry of an ``apply.lua`` call: its 8 KEYS, then its 7 ARGV."""
+    """One entry of an ``apply.lua`` call: its 10 KEYS, then its 7 ARGV."""
 
     pop: str
     sq: str
@@ -112,6 +112,8 @@ class ApplyItem(NamedTuple):
     raw: str  # the scope's raw per-action sums (written only with a weight cap)
     dom: str  # the scope's dominance hash
     last: str  # the scope's last-seen zset (written only with retention on)
+    an: str  # the scope's action -> number hash
+    na: str  # the scope's number -> action hash
     entry_id: bytes
     action: str
     token: str
@@ -121,7 +123,7 @@ class ApplyItem(NamedTuple):
     exclude: int = 0  # 1: the individual is excluded from learning (common/rules.py), pop/raw/sq/k not moved
 
 
-ITEM_KEYS = 8  # the KEYS of an ApplyItem; the rest are its ARGV
+ITEM_KEYS = 10  # the KEYS of an ApplyItem; the rest are its ARGV
 
 
 class Dominated(NamedTuple):
@@ -281,7 +283,7 @@ class Score(NamedTuple):
     score: float
     events: int  # the individual's event count the score was computed at (orders its states)
     entry_id: bytes | str  # the entry it is for
-    ikey: str  # the individual's key (its field in the uncommitted hash)
+    ikey: str  # the individual's counts key (also its field in the uncommitted hash)
     sample: int = 0  # points of the rank zset's sample to read after this score (0: none)
 
 
@@ -313,8 +315,8 @@ class Commit:
     NAME = "commit"
     LAYOUT = Layout(
         keys=("uncommitted",),
-        item_keys=("rank", "agg", "ver"),
-        item_args=("ident", "score", "count", "entry_id", "ikey", "sample"),
+        item_keys=("rank", "agg", "individual"),
+        item_args=("ident", "score", "count", "entry_id", "sample"),
     )
 
     @staticmethod
@@ -323,8 +325,8 @@ class Commit:
         keys: list[Any] = [uncommitted]
         args: list[Any] = []
         for kp, ident, score, count, entry_id, ikey, sample in scores:
-            keys += (kp + "rank", kp + "agg", kp + "ver")
-            args += (ident, repr(score), count, entry_id, ikey, sample)
+            keys += (kp + "rank", kp + "agg", ikey)
+            args += (ident, repr(score), count, entry_id, sample)
         return keys, args
 
     @staticmethod
@@ -384,7 +386,7 @@ class Recompute:
 
     NAME = "recompute"
     LAYOUT = Layout(
-        keys=("rank", "agg", "pop", "sq", "k", "raw", "dom"),
+        keys=("rank", "agg", "pop", "sq", "k", "raw", "dom", "na"),
         item_keys=("individual",),
         args=("rebuild", "weight_cap"),
         item_args=("excluded", "ident"),
@@ -394,17 +396,17 @@ class Recompute:
     def pack(
         rank: str,
         agg: str,
-        population: tuple[str, str, str, str, str] | None = None,
+        population: tuple[str, str, str, str, str, str] | None = None,
         individuals: Sequence[tuple[str, str, bool]] = (),
         weight_cap: int = 0,
     ) -> tuple[list[Any], list[Any]]:
-        """KEYS and ARGV; with ``population`` (pop, sq, k, raw, dom keys) those are rebuilt from ``individuals``.
+        """KEYS and ARGV; with ``population`` (pop, sq, k, raw, dom, na keys) those are rebuilt from ``individuals``.
 
         ``individuals`` are (counts hash key, id, excluded) triples: every individual of the scope;
         ``weight_cap`` is the guard's W the population is rebuilt under (0: raw counts).
         """
         if population is None:
-            return [rank, agg, rank, rank, rank, rank, rank], ["0", 0]
+            return [rank, agg, rank, rank, rank, rank, rank, rank], ["0", 0]
         keys: list[Any] = [rank, agg, *population]
         args: list[Any] = ["1", weight_cap]
         for key, ident, excluded in individuals:
@@ -434,7 +436,7 @@ class ExpireScope(NamedTuple):
     dom: str
     rank: str
     agg: str
-    ver: str
+    na: str  # number -> action: the counts hashes are keyed by action number
 
     @classmethod
     def of(cls, kp: str) -> ExpireScope:
@@ -512,6 +514,31 @@ class Replay:
         return Replayed(bool(reply[0]), reply[1].decode("utf-8", "replace"))
 
 
-TWINS: dict[str, type[Apply] | type[Commit] | type[Deadletter] | type[Expire] | type[Recompute] | type[Replay]] = {
-    t.NAME: t for t in (Apply, Commit, Deadletter, Expire, Recompute, Replay)
-}
+class Migrate:
+    """``migrate.lua``: move individuals of one scope from key layout 1 to 2 (common/migrate.py)."""
+
+    NAME = "migrate"
+    LAYOUT = Layout(keys=("uncommitted", "ver", "an", "na"), item_keys=("old", "new"), item_args=("ident",))
+
+    @staticmethod
+    def pack(
+        head: tuple[str, str, str, str], individuals: Sequence[tuple[str, str, str]]
+    ) -> tuple[list[Any], list[Any]]:
+        """KEYS and ARGV: ``head`` (uncommitted, ver, an, na), then (old key, new key, id) per individual."""
+        keys: list[Any] = list(head)
+        args: list[Any] = []
+        for old, new, ident in individuals:
+            keys += (old, new)
+            args.append(ident)
+        return keys, args
+
+    @staticmethod
+    def decode(reply: Any) -> int:
+        """Individuals moved."""
+        return int(reply)
+
+
+TWINS: dict[
+    str,
+    type[Apply] | type[Commit] | type[Deadletter] | type[Expire] | type[Recompute] | type[Replay] | type[Migrate],
+] = {t.NAME: t for t in (Apply, Commit, Deadletter, Expire, Recompute, Replay, Migrate)}

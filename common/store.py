@@ -65,7 +65,7 @@ async def rebuild_population(
     shard = keys.shard(scope)
     ranked: list[bytes] = await client.zrange(keys.scope_key(scope, "rank", shard), 0, -1)  # type: ignore[assignment]
     pending: list[bytes] = await client.hkeys(keys.uncommitted(shard))  # type: ignore[assignment]
-    head = keys.scope_prefix(scope, shard) + "i:"
+    head = keys.individual(scope, "", shard)
     marked = [k.decode() for k in pending if k.decode().startswith(head)]
     ikeys = dict.fromkeys([keys.individual(scope, m.decode(), shard) for m in ranked] + marked)
     idents = [(k, keys.individual_of(k, shard)[1]) for k in ikeys]
@@ -76,6 +76,7 @@ async def rebuild_population(
         keys.scope_key(scope, "k", shard),
         keys.scope_key(scope, "raw", shard),
         keys.scope_key(scope, "dom", shard),
+        keys.scope_key(scope, "na", shard),
     )
     ks, args = Recompute.pack(
         keys.scope_key(scope, "rank", shard),
@@ -163,6 +164,23 @@ def _int_hash(raw: dict[bytes, bytes]) -> dict[str, int]:
     return {k.decode(): int(v) for k, v in raw.items()}
 
 
+async def name_counts(
+    client: Client, keys: Keyspace, scope: Scope, raws: list[dict[bytes, bytes]], shard: int | None = None
+) -> list[dict[str, int]]:
+    """Individuals' counts by action name, from HGETALLs of their hashes (keyed by action number).
+
+    One HMGET of the scope's ``na`` hash names every number at once; numbers are never reassigned
+    (apply.lua), so reading it after the individuals is safe. A number without a name (not written by
+    apply.lua) is kept as ``#<number>``.
+    """
+    nums = list(dict.fromkeys(n for raw in raws for n in raw))
+    if not nums:
+        return [{} for _ in raws]
+    names: list[bytes | None] = await client.hmget(keys.scope_key(scope, "na", shard), nums)  # type: ignore[assignment]
+    by_num = {n: (a.decode() if a is not None else f"#{n.decode()}") for n, a in zip(nums, names)}
+    return [{by_num[n]: int(v) for n, v in raw.items()} for raw in raws]
+
+
 async def read_scope(client: Client, keys: Keyspace, scope: Scope) -> ScopeView | None:
     """Population counts and aggregates of ``scope``; None when nothing was counted in it."""
     shard = keys.shard(scope)
@@ -221,36 +239,35 @@ async def top_individuals(
 ) -> list[tuple[str, float, dict[str, int]]]:
     """The ``limit`` highest current scores of a scope (ZREVRANGE of the rank zset) with their counts.
 
-    With ``min_events`` > 0 only individuals whose committed score was computed
-    at ``min_events`` events or more (the ``ver`` hash) are kept, looking
-    through at most ``TOP_SCAN`` ranks from the top.
+    With ``min_events`` > 0 only individuals with ``min_events`` events or more
+    (the sum of their counts) are kept, looking through at most ``TOP_SCAN``
+    ranks from the top.
     """
     shard = keys.shard(scope)
     rank = keys.scope_key(scope, "rank", shard)
-    kept: list[tuple[bytes, float]] = []
+    kept: list[tuple[bytes, float, dict[bytes, bytes]]] = []
     start = 0
     page = limit if min_events <= 0 else max(2 * limit, 100)
     while len(kept) < limit and start < TOP_SCAN:
         rows: list[tuple[bytes, float]] = await client.zrevrange(  # type: ignore[assignment]
             rank, start, min(start + page, TOP_SCAN) - 1, withscores=True
         )
-        if min_events <= 0:
-            kept = rows
-            break
         if rows:
-            events = await client.hmget(keys.scope_key(scope, "ver", shard), [m for m, _ in rows])
-            kept += [row for row, n in zip(rows, events) if int(n or 0) >= min_events]
-        if len(rows) < page:
+            pipe = client.pipeline(transaction=False)
+            for member, _ in rows:
+                pipe.hgetall(keys.individual(scope, member.decode(), shard))
+            raws: list[dict[bytes, bytes]] = await pipe.execute()
+            kept += [
+                (m, sc, raw) for (m, sc), raw in zip(rows, raws) if sum(int(v) for v in raw.values()) >= min_events
+            ]
+        if min_events <= 0 or len(rows) < page:
             break
         start += page
     kept = kept[:limit]
     if not kept:
         return []
-    pipe = client.pipeline(transaction=False)
-    for member, _ in kept:
-        pipe.hgetall(keys.individual(scope, member.decode(), shard))
-    counts = await pipe.execute()
-    return [(m.decode(), float(score), _int_hash(c)) for (m, score), c in zip(kept, counts)]
+    counts = await name_counts(client, keys, scope, [raw for _, _, raw in kept], shard)
+    return [(m.decode(), float(score), c) for (m, score, _), c in zip(kept, counts)]
 
 
 async def ranks_of(client: Client, keys: Keyspace, scope: Scope, scores: list[float]) -> list[Rank]:
@@ -284,8 +301,9 @@ async def read_individual(
     pipe = client.pipeline(transaction=False)
     pipe.hgetall(keys.individual(scope, ident, shard))
     pipe.zscore(keys.scope_key(scope, "rank", shard), ident)
-    counts, score = await pipe.execute()
-    return _int_hash(counts), (None if score is None else float(score))
+    raw, score = await pipe.execute()
+    [counts] = await name_counts(client, keys, scope, [raw], shard)
+    return counts, (None if score is None else float(score))
 
 
 # On Redis 6.2 an exact count of undelivered entries means reading them

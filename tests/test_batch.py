@@ -18,7 +18,7 @@ from binormal.common.scripts import Scripts
 from binormal.worker.batch import BatchProcessor, Entry
 from binormal.worker.worker import ensure_groups
 from tests.support.events import counts_from_events
-from tests.support.redis_state import Collector, check_counters, drained, hgetall_int, xadd_events
+from tests.support.redis_state import Collector, check_counters, drained, hgetall_int, individual_counts, xadd_events
 from tests.support.waiting import wait_for
 from tests.support.workers import running_worker, worker_settings
 
@@ -81,37 +81,59 @@ async def test_entry_deleted_while_pending_is_not_counted(redis_url: str, prefix
 
 async def test_commit_keeps_the_newest_state_of_an_individual(prefix: str, aredis: aioredis.Redis) -> None:
     """commit.lua orders one individual's scores by its event count: an older
-    score arriving late (another lane or worker) leaves zset and aggregates alone."""
+    score arriving late (another lane or worker) leaves zset and aggregates alone.
+
+    The count of the committed score is kept in the uncommitted mark while one is
+    there ('<entry id> <L>', as apply.lua writes it), else it is the individual's
+    event count (the sum of its counts): no per-individual record of it is kept."""
     keys = Keyspace(prefix, 4)
     scripts = Scripts()
     await scripts.load_all(aredis)
-    rank, agg, ver = (keys.scope_key(SCOPE, kind) for kind in ("rank", "agg", "ver"))
+    rank, agg = keys.scope_key(SCOPE, "rank"), keys.scope_key(SCOPE, "agg")
     marks = keys.uncommitted(keys.shard(SCOPE))
+
+    async def applied(member: str, count: int) -> None:
+        """What apply.lua leaves for the event that brings ``member`` to ``count`` events."""
+        ikey = keys.individual(SCOPE, member)
+        await aredis.hincrby(ikey, "1", 1)
+        mark = await aredis.hget(marks, ikey)
+        last = mark.split(b" ")[1].decode() if mark else str(count - 1)
+        await aredis.hset(marks, ikey, f"{count}-0 {last}")
 
     async def commit(member: str, score: float, count: int) -> list[object]:
         entry_id, ikey = f"{count}-0", keys.individual(SCOPE, member)
         reply = await aredis.evalsha(
-            scripts.sha("commit"), 4, marks, rank, agg, ver, member, repr(score), count, entry_id, ikey, 0
+            scripts.sha("commit"), 4, marks, rank, agg, ikey, member, repr(score), count, entry_id, 0
         )
         return list(reply)
 
+    for count in (1, 2, 3):
+        await applied("u1", count)
+    await applied("u2", 1)
     # {n, sum, sumsq, committed, then (issue 11) below, ties, card, no sample}
     assert await commit("u1", 5.0, 3) == [1, b"5", b"25", 1, 0, 1, 1, []]
+    assert not await aredis.hexists(marks, keys.individual(SCOPE, "u1"))  # its last applied entry is committed
     assert await commit("u2", 1.0, 1) == [2, b"6", b"26", 1, 0, 1, 2, []]
-    # u1's score at its 2nd event arrives after the one at its 3rd: skipped (2.0 is above u2's 1.0)
+    # u1's score at its 2nd event arrives after the one at its 3rd: skipped (2.0 is above u2's 1.0);
+    # without a mark the committed count is u1's event count, 3
     assert await commit("u1", 2.0, 2) == [2, b"6", b"26", 0, 1, 0, 2, []]
     assert await aredis.zscore(rank, "u1") == 5.0
-    assert await aredis.hget(ver, "u1") == b"3"
     # the next state replaces it, and the aggregates move by the change 5 -> 1.5
+    await applied("u1", 4)
     assert await commit("u1", 1.5, 4) == [2, b"2.5", b"3.25", 1, 1, 1, 2, []]
     assert await aredis.zscore(rank, "u1") == 1.5
-    assert await aredis.hget(ver, "u1") == b"4"
-    # the uncommitted mark goes with the commit of its own entry, not an earlier one
-    await aredis.hset(marks, keys.individual(SCOPE, "u1"), "6-0")
-    await commit("u1", 1.0, 5)
-    assert await aredis.hget(marks, keys.individual(SCOPE, "u1")) == b"6-0"
-    await commit("u1", 1.0, 6)
+    # two applies in flight: the mark goes with the commit of its own entry, not an earlier
+    # one, and the earlier one's commit moves the mark's committed count
+    await applied("u1", 5)
+    await applied("u1", 6)
+    assert await aredis.hget(marks, keys.individual(SCOPE, "u1")) == b"6-0 4"
+    assert (await commit("u1", 1.0, 5))[3] == 1
+    assert await aredis.hget(marks, keys.individual(SCOPE, "u1")) == b"6-0 5"
+    assert (await commit("u1", 9.0, 4))[3] == 0  # older than the committed 5: skipped
+    assert await aredis.zscore(rank, "u1") == 1.0
+    assert (await commit("u1", 1.25, 6))[3] == 1
     assert await aredis.hexists(marks, keys.individual(SCOPE, "u1")) == 0
+    assert await aredis.zscore(rank, "u1") == 1.25
 
 
 async def test_late_commit_of_an_older_batch_is_skipped(prefix: str, aredis: aioredis.Redis) -> None:
@@ -147,7 +169,7 @@ async def test_late_commit_of_an_older_batch_is_skipped(prefix: str, aredis: aio
     assert proc.counters.stale_scores == 1
     rank = keys.scope_key(SCOPE, "rank")
     assert round(await aredis.zscore(rank, "u1"), 3) == result_b["score"]
-    assert await aredis.hget(keys.scope_key(SCOPE, "ver"), "u1") == b"2"
+    assert not await aredis.hexists(keys.uncommitted(home), keys.individual(SCOPE, "u1"))
     assert (await aredis.hmget(keys.scope_key(SCOPE, "agg"), "n"))[0] == b"2"
 
 
@@ -172,7 +194,7 @@ async def test_worker_repairs_a_score_whose_commit_never_happened(
     rank, marks = keys.scope_key(SCOPE, "rank"), keys.uncommitted(home)
     ikey = keys.individual(SCOPE, "u1")
     assert await aredis.zscore(rank, "u1") is None
-    assert await aredis.hget(marks, ikey) == entries[-1].id
+    assert await aredis.hget(marks, ikey) == entries[-1].id + b" 0"  # no score committed yet: L = 0
     settings = worker_settings(redis_url, prefix, claim_idle_ms=200)
     async with running_worker(settings) as w:
 
@@ -185,7 +207,6 @@ async def test_worker_repairs_a_score_whose_commit_never_happened(
     pop = {k.decode(): int(v) for k, v in (await aredis.hgetall(keys.scope_key(SCOPE, "pop"))).items()}
     expected = Snapshot(pop).score({"GET /": 1, "DELETE /admin": 2})
     assert expected > 1.0 and abs(await aredis.zscore(rank, "u1") - expected) < 1e-9
-    assert await aredis.hget(keys.scope_key(SCOPE, "ver"), "u1") == b"3"
     assert (await aredis.hmget(keys.scope_key(SCOPE, "agg"), "n"))[0] == b"9"
 
 
@@ -249,6 +270,8 @@ APPLY_KEYS: dict[str, Callable[[Keyspace, int], str]] = {
     "sq": lambda k, shard: k.scope_key(SCOPE, "sq"),
     "k": lambda k, shard: k.scope_key(SCOPE, "k"),
     "individual": lambda k, shard: k.individual(SCOPE, "u1"),
+    "action numbers": lambda k, shard: k.scope_key(SCOPE, "an"),
+    "action names": lambda k, shard: k.scope_key(SCOPE, "na"),
     "idempotency marker": lambda k, shard: k.seen(SCOPE, "ev-1"),
     "scopes set": lambda k, shard: k.scopes(shard),
     "uncommitted hash": lambda k, shard: k.uncommitted(shard),
@@ -256,8 +279,7 @@ APPLY_KEYS: dict[str, Callable[[Keyspace, int], str]] = {
 COMMIT_KEYS: dict[str, Callable[[Keyspace, int], str]] = {
     "rank": lambda k, shard: k.scope_key(SCOPE, "rank"),
     "agg": lambda k, shard: k.scope_key(SCOPE, "agg"),
-    "ver": lambda k, shard: k.scope_key(SCOPE, "ver"),
-}
+}  # commit.lua's third key, the individual's hash, is apply.lua's too (APPLY_KEYS)
 
 
 async def _process_one(aredis: aioredis.Redis, keys: Keyspace) -> tuple[BatchProcessor, list[dict[str, object]]]:
@@ -313,7 +335,7 @@ async def test_commit_skips_a_scope_whose_key_holds_another_type(
     shard = keys.shard(SCOPE)
     await aredis.rpush(COMMIT_KEYS[which](keys, shard), "someone else's list")
     proc, results = await _process_one(aredis, keys)
-    # Counted and acknowledged, but neither rank, aggregates nor version moved,
+    # Counted and acknowledged, but neither rank nor aggregates moved,
     # and the uncommitted mark stays for a repair once the key is fixed.
     assert results == [] and proc.counters.applied == 1
     assert (
@@ -431,7 +453,7 @@ async def test_a_new_action_is_added_to_the_snapshot_without_rereading_the_scope
     assert snap.counts == {**pop_before, "new": 1}  # the count as of the first apply that brought it
     fresh = Snapshot({**pop_before, "new": 1})
     by_id = {r["id"]: r for r in results}
-    u1 = {k.decode(): int(v) for k, v in (await aredis.hgetall(keys.individual(SCOPE, "u1"))).items()}
+    [u1] = await individual_counts(aredis, keys, SCOPE, ["u1"])
     assert by_id["u1"]["score"] == round(fresh.score(u1), 3)
     # Another worker's new action (this snapshot cannot know its count): the scope is re-read.
     other = BatchProcessor(keys, proc.scripts, "c2", snapshot_max_age_ms=60_000)

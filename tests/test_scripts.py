@@ -128,24 +128,12 @@ def test_a_header_that_disagrees_is_caught(monkeypatch: pytest.MonkeyPatch) -> N
 
 def test_apply_packs_in_layout_order_and_decodes_every_status() -> None:
     item = ApplyItem(
-        "p:pop",
-        "p:sq",
-        "p:k",
-        "p:i:u1",
-        "p:seen:e",
-        "p:raw",
-        "p:dom",
-        "p:last",
-        b"1-0",
-        "GET /",
-        "tok",
-        60,
-        b"1-0 fp",
-        "u1",
-    )
+        "p:pop", "p:sq", "p:k", "p:c:u1", "p:seen:e", "p:raw", "p:dom", "p:last", "p:an", "p:na", b"1-0", "GET /",
+        "tok", 60, b"1-0 fp", "u1",
+    )  # fmt: skip
     keys, args = Apply.pack((b"s", "scopes", "unc", "capped"), "g", True, 99, [item, item], Guard(150, 0.25, 500))
-    assert keys == [b"s", "scopes", "unc", "capped", *item[:8], *item[:8]]
-    assert args == ["g", "1", 99, 150, "0.25", 500, "0", *item[8:], *item[8:]]
+    assert keys == [b"s", "scopes", "unc", "capped", *item[:10], *item[:10]]
+    assert args == ["g", "1", 99, 150, "0.25", 500, "0", *item[10:], *item[10:]]
     assert Apply.pack((b"s", "scopes", "unc", "capped"), "g", True, 99, [item], retention=True)[1][6] == "1"
     reply = [
         [1, 3, 5, 2, [b"GET /", b"2"], [b"GET /", b"3"], 3, 0],
@@ -174,10 +162,10 @@ def test_apply_packs_in_layout_order_and_decodes_every_status() -> None:
 
 
 def test_commit_packs_and_decodes() -> None:
-    keys, args = Commit.pack("unc", [Score("kp:", "u1", 0.25, 3, b"1-0", "kp:i:u1", 1025)])
-    assert keys == ["unc", "kp:rank", "kp:agg", "kp:ver"]
-    assert args == ["u1", "0.25", 3, b"1-0", "kp:i:u1", 1025]
-    assert Commit.pack("unc", [Score("kp:", "u1", 0.25, 3, b"1-0", "kp:i:u1")])[1][-1] == 0  # no sample by default
+    keys, args = Commit.pack("unc", [Score("kp:", "u1", 0.25, 3, b"1-0", "kp:c:u1", 1025)])
+    assert keys == ["unc", "kp:rank", "kp:agg", "kp:c:u1"]
+    assert args == ["u1", "0.25", 3, b"1-0", 1025]
+    assert Commit.pack("unc", [Score("kp:", "u1", 0.25, 3, b"1-0", "kp:c:u1")])[1][-1] == 0  # no sample by default
     reply = [2, b"0.5", b"0.125", 1, 1, 1, 2, [b"0", b"0.5"]]
     reply += [2, b"0.5", b"0.125", 0, 0, 2, 2, []]
     reply += [0, b"0", b"0", -1, 0, 0, 0, []]
@@ -190,11 +178,11 @@ def test_commit_packs_and_decodes() -> None:
 
 def test_expire_packs_the_scope_keys_then_one_key_per_candidate() -> None:
     scope = ExpireScope.of("kp:")
-    assert scope == ExpireScope("kp:last", "kp:pop", "kp:sq", "kp:k", "kp:raw", "kp:dom", "kp:rank", "kp:agg", "kp:ver")
+    assert scope == ExpireScope("kp:last", "kp:pop", "kp:sq", "kp:k", "kp:raw", "kp:dom", "kp:rank", "kp:agg", "kp:na")
     keys, args = Expire.pack(
-        ("unc", "exp"), scope, "tok", 1234, 5, 100, [("kp:i:a", "a", False), ("kp:i:b", "b", True)]
+        ("unc", "exp"), scope, "tok", 1234, 5, 100, [("kp:c:a", "a", False), ("kp:c:b", "b", True)]
     )
-    assert keys == ["unc", "exp", *scope, "kp:i:a", "kp:i:b"]
+    assert keys == ["unc", "exp", *scope, "kp:c:a", "kp:c:b"]
     assert args == ["tok", 1234, 5, 100, "a", "0", "b", "1"]
     assert Expire.decode([2, 1, 7]) == Expired(2, 1, 7)
 

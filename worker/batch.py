@@ -34,7 +34,7 @@ from redis.exceptions import NoScriptError, ResponseError
 
 from binormal.common.calibration import DEFAULT_MIN_EVENTS, DEFAULT_MIN_INDIVIDUALS
 from binormal.common.connection import Client, execute_raw
-from binormal.common.keys import Keyspace, Scope, fingerprint
+from binormal.common.keys import Keyspace, Scope, fingerprint, mark_entry
 from binormal.common.result import make_result
 from binormal.common.rules import RuleCache
 from binormal.common.schema import Event, InvalidEvent, action_cap_reason, parse_entry
@@ -56,6 +56,7 @@ from binormal.common.scripts import (
     Scripts,
     pairs_int,
 )
+from binormal.common.store import name_counts
 from binormal.worker.commands import Commands
 from binormal.worker.robust import RobustCache
 
@@ -391,6 +392,8 @@ class BatchProcessor:
                         kp + "raw",
                         kp + "dom",
                         kp + "last",
+                        kp + "an",
+                        kp + "na",
                         e.id,
                         ev.action,
                         e.scope.token,
@@ -585,21 +588,21 @@ class BatchProcessor:
     async def repair(self, client: Client, shard: int, marks: Sequence[tuple[bytes, bytes]]) -> int:
         """Commit fresh scores for individuals whose last applied entry was never committed.
 
-        ``marks`` are (individual key, entry id) pairs of the shard's uncommitted
-        hash that stayed unchanged for a claim interval: the worker that applied
-        them died before its commit. Each individual is scored on its counts
+        ``marks`` are (individual key, mark) pairs of the shard's uncommitted
+        hash (``<entry id> <L>``, keys.mark_entry) that stayed unchanged for a
+        claim interval: the worker that applied them died before its commit. Each individual is scored on its counts
         now and committed as of that entry (which clears the mark); a later
         event of it arriving meanwhile still wins by its event count. Returns
         the number of scores committed.
         """
         found: list[tuple[Scope, str, bytes, bytes]] = []
-        for ikey, entry_id in marks:
+        for ikey, mark in marks:
             try:
                 scope, ident = self.keys.individual_of(ikey, shard)
             except ValueError as exc:
                 log.error("uncommitted_mark_invalid", error=str(exc))
                 continue
-            found.append((scope, ident, ikey, entry_id))
+            found.append((scope, ident, ikey, mark_entry(mark).encode()))
         if not found:
             return 0
         scopes = list(dict.fromkeys(scope for scope, *_ in found))
@@ -612,16 +615,23 @@ class BatchProcessor:
 
         replies = await self._execute(client, read)
         self._store_snapshots([(scope, shard) for scope in scopes], replies[len(found) :])
-        scores: list[Score] = []
-        for (scope, ident, ikey, entry_id), raw in zip(found, replies):
-            # Bad state under a key: the mark stays (and the next round tries again).
+        # The hashes are keyed by action number: name them, one HMGET per scope.
+        readable: dict[Scope, list[tuple[tuple[Scope, str, bytes, bytes], dict[bytes, bytes]]]] = {}
+        for f, raw in zip(found, replies):
             if isinstance(raw, Exception):
-                log.error("repair_read_failed", individual=ikey.decode("utf-8", "replace"), error=str(raw))
+                # Bad state under a key: the mark stays (and the next round tries again).
+                log.error("repair_read_failed", individual=f[2].decode("utf-8", "replace"), error=str(raw))
                 continue
+            readable.setdefault(f[0], []).append((f, dict(zip(raw[0::2], raw[1::2]))))
+        named: list[tuple[tuple[Scope, str, bytes, bytes], dict[str, int]]] = []
+        for scope, rows in readable.items():
+            counts_of = await name_counts(client, self.keys, scope, [raw for _, raw in rows], shard)
+            named += [(f, c) for (f, _), c in zip(rows, counts_of)]
+        scores: list[Score] = []
+        for (scope, ident, ikey, entry_id), counts in named:
             got = self.snapshots.get(scope)
             if got is None:
                 continue  # its population could not be read (logged by _store_snapshots)
-            counts = pairs_int(raw)
             snap = got[0]
             if self.rules is not None and self.rules.is_excluded(scope, ident):
                 snap = excluded_view(snap, counts)

@@ -20,9 +20,10 @@ import time
 from typing import Any, cast
 
 import structlog
-from redis.exceptions import ResponseError
+from redis.exceptions import OutOfMemoryError, ResponseError
 
 from binormal.common.connection import TRANSIENT, Client, connect, execute_raw, is_cluster, wait_until_up
+from binormal.common.migrate import check_layout
 from binormal.common.rules import RuleCache
 from binormal.common.scripts import Scripts
 from binormal.common.store import heartbeat_ages, redis_now_ms
@@ -140,6 +141,7 @@ class Worker:
 
     async def _setup(self, client: Client) -> None:
         """Create the group on every shard; start by re-reading our own backlog."""
+        await check_layout(client, self.keys)  # refuses data of layout 1 (binormal migrate)
         await ensure_groups(client, self.keys.streams(), self.keys.group)
         await self.processor.scripts.load_all(client)
         # After a restart (or a lost connection) entries we were given but had
@@ -349,7 +351,12 @@ class Worker:
         if now >= self._next_heartbeat:
             self._next_heartbeat = now + self.settings.heartbeat_s
             # Redis's clock, not this host's: readers judge ages by Redis TIME too.
-            await client.hset(self.keys.workers(), self.consumer, await redis_now_ms(client))
+            try:
+                await client.hset(self.keys.workers(), self.consumer, await redis_now_ms(client))
+            except OutOfMemoryError as exc:
+                # A full Redis (maxmemory, noeviction) refuses the HSET: keep scoring what it lets
+                # through; the heartbeat goes stale, which /readyz reports.
+                log.warning("heartbeat_refused", error=str(exc))
         if now >= self._next_claim:
             self._next_claim = now + max(self.settings.claim_idle_ms / 2000.0, 0.5)
             await self._claim(client)

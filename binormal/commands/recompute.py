@@ -33,6 +33,7 @@ def run(args: argparse.Namespace) -> int:
     from binormal.common.config import from_env
     from binormal.common.connection import open_client
     from binormal.common.keys import Keyspace
+    from binormal.common.migrate import check_layout
     from binormal.common.store import recompute_all
     from binormal.worker.settings import WorkerSettings
 
@@ -43,6 +44,7 @@ def run(args: argparse.Namespace) -> int:
     async def go() -> list[dict[str, Any]]:
         client = await open_client(settings.redis_url, cluster=settings.redis_cluster)
         try:
+            await check_layout(client, keys)  # layout 1 must be migrated first (binormal migrate)
             population = bool(getattr(args, "population", False))
             return await recompute_all(client, keys, population=population, weight_cap=settings.weight_cap)
         finally:

@@ -13,17 +13,27 @@
 -- An applied entry's id is left in the shard's uncommitted hash under its
 -- individual's key until commit.lua commits a score for that entry; a mark
 -- that outlives a worker (killed between apply and commit) tells the others
--- which score to repair (worker.py: _repair).
+-- which score to repair (worker.py: _repair). The mark is '<entry id> <L>',
+-- L the event count of the individual's committed score (commit.lua): kept
+-- from the mark before, else the count before this event (no mark means the
+-- individual's last applied entry was committed, or it is new).
+--
+-- The individual's hash is keyed by the scope's action numbers (an: action ->
+-- number, na: number -> action; a new action gets HLEN + 1, and numbers are
+-- never reused), so a long action name is stored once per scope; the reply
+-- gives the counts by action name.
 --
 -- KEYS[1] stream shard   KEYS[2] shard scopes set   KEYS[3] shard uncommitted hash
 -- KEYS[4] shard capped hash (scope token -> events refused by the action cap)
--- then per entry i (base b = 4 + 8*(i-1)):
+-- then per entry i (base b = 4 + 10*(i-1)):
 --   KEYS[b+1] scope pop hash   KEYS[b+2] scope sq hash   KEYS[b+3] scope k hash
---   KEYS[b+4] individual hash  KEYS[b+5] idempotency marker of the event id (per scope)
+--   KEYS[b+4] individual hash (action number -> count)
+--   KEYS[b+5] idempotency marker of the event id (per scope)
 --   KEYS[b+6] scope raw hash (action -> raw sum s1; only written when ARGV[4] > 0)
 --   KEYS[b+7] scope dom hash (events, top, top_n, flag, logged: the dominance flag)
 --   KEYS[b+8] scope last-seen zset (id -> Redis TIME ms of its last applied entry;
 --             only written when ARGV[7] is '1', retention on: expire.lua reads it)
+--   KEYS[b+9] scope an hash (action -> number)   KEYS[b+10] scope na hash (number -> action)
 -- ARGV[1] group  ARGV[2] '1' to return each scope's whole pop hash (staleness 0)
 -- ARGV[3] most distinct actions a scope may have (BINORMAL_MAX_ACTIONS)
 -- ARGV[4] weight cap W (BINORMAL_WEIGHT_CAP; 0 = off)
@@ -46,7 +56,8 @@
 -- key holds another type (not acked, nothing written); {4, actions} the action
 -- is new to a scope that already has ARGV[3] actions (not acked, not counted,
 -- the scope's count in KEYS[4] raised: the caller dead-letters the entry);
--- {1, s1_a, S2_a, K_a, individual hash, pop hash or {}, C_a, dominated} where
+-- {1, s1_a, S2_a, K_a, counts, pop hash or {}, C_a, dominated} where counts are
+-- the individual's (flat action name, count pairs, as HGETALL gives them),
 -- s1_a is the action's raw sum (C_a itself when W = 0) and dominated is 0, or
 -- {top id, its raw events, the scope's raw events} the first time the scope is
 -- flagged (HSETNX 'logged': the worker logs it once, across restarts).
@@ -90,6 +101,7 @@ local function share_of(x, w, m)
   return q
 end
 local out = {}
+local numbers = {}  -- per scope an key: {num = action -> number, name = number -> action} read in this call
 local max_actions = tonumber(ARGV[3])
 local w = tonumber(ARGV[4])
 local dom_share = tonumber(ARGV[5])
@@ -107,7 +119,7 @@ end
 -- <<< retention (setup) <<<
 local entries = (#ARGV - 7) / 7
 for i = 1, entries do
-  local b = 4 + 8 * (i - 1)
+  local b = 4 + 10 * (i - 1)
   local a = 7 + 7 * (i - 1)
   local id = ARGV[a + 1]
   local action = ARGV[a + 2]
@@ -116,6 +128,7 @@ for i = 1, entries do
     or (ARGV[a + 4] ~= '0' and wrong(KEYS[b + 5], 'string'))
     or (w > 0 and wrong(KEYS[b + 6], 'hash')) or wrong(KEYS[b + 7], 'hash')
     or (retain and wrong(KEYS[b + 8], 'zset'))
+    or wrong(KEYS[b + 9], 'hash') or wrong(KEYS[b + 10], 'hash')
   -- HLEN is O(1); HEXISTS only runs for a scope already at the cap.
   local actions = not bad and redis.call('HLEN', KEYS[b + 1]) or 0
   if not bad and actions >= max_actions and redis.call('HEXISTS', KEYS[b + 1], action) == 0 then
@@ -140,12 +153,41 @@ for i = 1, entries do
       end
     end
     if not dup then
-      local x = redis.call('HINCRBY', KEYS[b + 4], action, 1)
-      local ind = redis.call('HGETALL', KEYS[b + 4])
-      local total = 0  -- the individual's raw events
-      for j = 2, #ind, 2 do
-        total = total + tonumber(ind[j])
+      -- >>> action number, the individual's counts (by name) >>>
+      -- numbers are never reassigned, so what this call read of a scope's an/na stays true
+      local known = numbers[KEYS[b + 9]]
+      if not known then
+        known = {num = {}, name = {}}
+        numbers[KEYS[b + 9]] = known
       end
+      local num = known.num[action] or redis.call('HGET', KEYS[b + 9], action)
+      if not num then
+        num = tostring(redis.call('HLEN', KEYS[b + 9]) + 1)
+        redis.call('HSET', KEYS[b + 9], action, num)
+        redis.call('HSET', KEYS[b + 10], num, action)
+      end
+      known.num[action], known.name[num] = num, action
+      local x = redis.call('HINCRBY', KEYS[b + 4], num, 1)
+      local ind = redis.call('HGETALL', KEYS[b + 4])
+      local unnamed = {}
+      local total = 0  -- the individual's raw events
+      for j = 1, #ind, 2 do
+        if not known.name[ind[j]] then
+          unnamed[#unnamed + 1] = ind[j]
+        end
+        total = total + tonumber(ind[j + 1])
+      end
+      -- HMGET in slices: unpack() of more than ~8000 values overflows Lua's C stack
+      for from = 1, #unnamed, 1000 do
+        local got = redis.call('HMGET', KEYS[b + 10], unpack(unnamed, from, math.min(from + 999, #unnamed)))
+        for j = 1, #got do
+          known.name[unnamed[from + j - 1]] = got[j]
+        end
+      end
+      for j = 1, #ind, 2 do
+        ind[j] = known.name[ind[j]]
+      end
+      -- <<< action number (end) <<<
       local c, s1, s2, k
       local dominated = 0
       if ARGV[a + 7] == '1' then
@@ -224,7 +266,9 @@ for i = 1, entries do
         end
         -- <<< dominance (end) <<<
       end
-      redis.call('HSET', KEYS[3], KEYS[b + 4], id)
+      local mark = redis.call('HGET', KEYS[3], KEYS[b + 4])
+      local committed = mark and string.match(mark, ' (%d+)$') or (total - 1)
+      redis.call('HSET', KEYS[3], KEYS[b + 4], id .. ' ' .. committed)
       -- >>> retention: last-seen index (excluded individuals too: they have counts) >>>
       if retain then
         -- GT: a stamp never goes back (an apply of an earlier TIME cannot land later,

@@ -13,9 +13,12 @@
 -- the other order; a score older than the one already committed is skipped,
 -- so the zset never goes back to an earlier state.
 --
--- The apply of the entry a score is for left its id in the shard's
--- uncommitted hash (apply.lua); it is removed here unless a later entry of
--- the individual has been applied since (then that one's commit removes it).
+-- The apply of the entry a score is for left '<entry id> <L>' in the shard's
+-- uncommitted hash (apply.lua), L the event count of the committed score; it
+-- is removed here unless a later entry of the individual has been applied
+-- since (then only its L moves, and that entry's commit removes it). Without
+-- a mark the individual's last applied entry was committed: L is its event
+-- count, the sum of its counts. So no per-individual record of L is kept.
 --
 -- One call commits a run of scores of ONE shard, in order (a later score of
 -- the same individual sees the earlier one as its old value).
@@ -23,18 +26,18 @@
 -- After each score it also reports where that score stands in the rank zset
 -- (pscore, common/calibration.py: ZCOUNT strictly below, ZCOUNT equal, ZCARD)
 -- and, when asked, a sample of the zset's scores for the scope's median and
--- MAD (rzscore): all of them up to ARGV[a+6], else ARGV[a+6] evenly spaced
--- ranks i*(n-1)//(ARGV[a+6]-1), the ranks common/calibration.py sample_ranks
--- gives; O(ARGV[a+6] log n), read only at the worker's refresh points.
+-- MAD (rzscore): all of them up to ARGV[a+5], else ARGV[a+5] evenly spaced
+-- ranks i*(n-1)//(ARGV[a+5]-1), the ranks common/calibration.py sample_ranks
+-- gives; O(ARGV[a+5] log n), read only at the worker's refresh points.
 --
 -- KEYS[1] shard uncommitted hash, then per score i (base k = 1 + 3*(i-1)):
---   KEYS[k+1] scope rank zset   KEYS[k+2] scope agg hash   KEYS[k+3] scope ver hash
--- per score i (base a = 6*(i-1)):
+--   KEYS[k+1] scope rank zset   KEYS[k+2] scope agg hash
+--   KEYS[k+3] the individual's counts hash (also its field in the uncommitted hash)
+-- per score i (base a = 5*(i-1)):
 --   ARGV[a+1] individual id     ARGV[a+2] new score (a repr() of a double)
 --   ARGV[a+3] the individual's event count the score was computed at
 --   ARGV[a+4] the entry id it was computed for
---   ARGV[a+5] the individual's key (its field in the uncommitted hash)
---   ARGV[a+6] sample points to return after this score (0: no sample)
+--   ARGV[a+5] sample points to return after this score (0: no sample)
 -- Returns {n, sum, sumsq, committed, below, ties, card, sample, ...} after each
 -- score (floats as strings; committed is 0 when the score was older than the
 -- committed one, -1 when one of its scope's keys holds another type and nothing
@@ -74,12 +77,12 @@ local out = {}
 -- Each scope's aggregates are read once per call and written once at its end:
 -- the doubles in between are the ones a read of the %.17g strings would give.
 local aggs, order = {}, {}
-for i = 1, #ARGV / 6 do
+for i = 1, #ARGV / 5 do
   local k = 1 + 3 * (i - 1)
-  local a = 6 * (i - 1)
-  local rank, aggkey, verkey = KEYS[k + 1], KEYS[k + 2], KEYS[k + 3]
+  local a = 5 * (i - 1)
+  local rank, aggkey, ikey = KEYS[k + 1], KEYS[k + 2], KEYS[k + 3]
   local member, raw, count = ARGV[a + 1], ARGV[a + 2], tonumber(ARGV[a + 3])
-  if not (fits(rank, 'zset') and fits(aggkey, 'hash') and fits(verkey, 'hash')) then
+  if not (fits(rank, 'zset') and fits(aggkey, 'hash') and fits(ikey, 'hash')) then
     out[#out + 1] = 0
     out[#out + 1] = '0'
     out[#out + 1] = '0'
@@ -89,8 +92,17 @@ for i = 1, #ARGV / 6 do
     out[#out + 1] = 0
     out[#out + 1] = {}
   else
-    if redis.call('HGET', KEYS[1], ARGV[a + 5]) == ARGV[a + 4] then
-      redis.call('HDEL', KEYS[1], ARGV[a + 5])
+    local mark = redis.call('HGET', KEYS[1], ikey)
+    local marked, last
+    if mark then
+      local l
+      marked, l = string.match(mark, '^(%S+) ?(%d*)$')
+      last = tonumber(l) or 0
+    else
+      last = 0
+      for _, v in ipairs(redis.call('HVALS', ikey)) do
+        last = last + tonumber(v)
+      end
     end
     local agg = aggs[aggkey]
     if not agg then
@@ -100,7 +112,6 @@ for i = 1, #ARGV / 6 do
       order[#order + 1] = aggkey
     end
     local committed = 0
-    local last = tonumber(redis.call('HGET', verkey, member) or '0')
     if last <= count then
       local new = tonumber(raw)
       local old = redis.call('ZSCORE', rank, member)
@@ -114,8 +125,12 @@ for i = 1, #ARGV / 6 do
       agg[3] = agg[3] + (new * new - prev * prev)
       agg[4] = true
       redis.call('ZADD', rank, raw, member)
-      redis.call('HSET', verkey, member, count)
       committed = 1
+    end
+    if marked == ARGV[a + 4] then
+      redis.call('HDEL', KEYS[1], ikey)
+    elseif marked and committed == 1 then
+      redis.call('HSET', KEYS[1], ikey, marked .. ' ' .. count)
     end
     out[#out + 1] = agg[1]
     out[#out + 1] = string.format('%.17g', agg[2])
@@ -124,7 +139,7 @@ for i = 1, #ARGV / 6 do
     out[#out + 1] = redis.call('ZCOUNT', rank, '-inf', '(' .. raw)
     out[#out + 1] = redis.call('ZCOUNT', rank, raw, raw)
     out[#out + 1] = redis.call('ZCARD', rank)
-    local points = tonumber(ARGV[a + 6])
+    local points = tonumber(ARGV[a + 5])
     out[#out + 1] = points > 0 and sample(rank, points) or {}
   end
 end

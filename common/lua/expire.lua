@@ -19,7 +19,7 @@
 --         go from pop, sq, k and raw, as if it had never been counted
 --   dom   events minus n; if it was the top individual, top and top_n are
 --         cleared (the next event's individual becomes top) and so is its flag
---   rank, ver: its member and field; agg: n - 1, sum and sumsq minus its score
+--   rank: its member; agg: n - 1, sum and sumsq minus its score
 --   last: its member; its counts hash is deleted
 -- An individual excluded from learning (ARGV[a+2] = '1') never moved the
 -- population, so only its own keys and score go.
@@ -27,7 +27,9 @@
 -- KEYS[1] shard uncommitted hash   KEYS[2] shard expired hash (scope token -> removed)
 -- KEYS[3] scope last-seen zset     KEYS[4] scope pop hash   KEYS[5] scope sq hash
 -- KEYS[6] scope k hash             KEYS[7] scope raw hash   KEYS[8] scope dom hash
--- KEYS[9] scope rank zset          KEYS[10] scope agg hash  KEYS[11] scope ver hash
+-- KEYS[9] scope rank zset          KEYS[10] scope agg hash  KEYS[11] scope na hash
+--   (number -> action: the counts hashes are keyed by action number, apply.lua;
+--   numbers stay assigned when an action's fields go, so na is only read)
 -- then per individual i (base b = 11 + 1*(i-1)):
 --   KEYS[b+1] its counts hash
 -- ARGV[1] scope token (its field in KEYS[2])
@@ -91,8 +93,17 @@ for i = 12, #KEYS do
   if go then
     local counts = redis.call('HGETALL', KEYS[i])
     local total = 0
+    local nums = {}
     for j = 2, #counts, 2 do
+      nums[#nums + 1] = counts[j - 1]
       total = total + tonumber(counts[j])
+    end
+    -- the counts by action name (HMGET in slices: unpack() is bounded by Lua's C stack)
+    for from = 1, #nums, 1000 do
+      local names = redis.call('HMGET', KEYS[11], unpack(nums, from, math.min(from + 999, #nums)))
+      for j = 1, #names do
+        counts[2 * (from + j - 1) - 1] = names[j]
+      end
     end
     if not excluded and total > 0 then
       for j = 1, #counts, 2 do
@@ -135,7 +146,6 @@ for i = 12, #KEYS do
       sumsq = sumsq - v * v
       agg_moved = true
     end
-    redis.call('HDEL', KEYS[11], id)
     redis.call('DEL', KEYS[i])
     redis.call('ZREM', KEYS[3], id)
     card = card - 1

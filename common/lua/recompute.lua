@@ -10,11 +10,15 @@
 -- O(their counts). Under the weight cap W (ARGV[2] > 0) an individual of n > W
 -- events contributes normalise(x, W) to pop, as apply.lua maintains it.
 --
+-- The individuals' hashes are keyed by action number; the scope's na hash
+-- (number -> action, apply.lua) names them. The an/na hashes are never rebuilt:
+-- numbers stay assigned even when no individual learnt from has the action.
+--
 -- KEYS[1] scope rank zset   KEYS[2] scope agg hash
 -- KEYS[3] scope pop hash    KEYS[4] scope sq hash   KEYS[5] scope k hash
--- KEYS[6] scope raw hash    KEYS[7] scope dom hash
--- then per individual i (base b = 7 + 1*(i-1)):
---   KEYS[b+1] the individual's counts hash
+-- KEYS[6] scope raw hash    KEYS[7] scope dom hash  KEYS[8] scope na hash
+-- then per individual i (base b = 8 + 1*(i-1)):
+--   KEYS[b+1] the individual's counts hash (action number -> count)
 -- ARGV[1] '1' to rebuild the population from the individuals, '0' for the aggregates only
 -- ARGV[2] weight cap W (BINORMAL_WEIGHT_CAP; 0 = off)
 -- then per individual i (base a = 2 + 2*(i-1)):
@@ -49,8 +53,13 @@ if ARGV[1] == '1' then
   local w = tonumber(ARGV[2])
   local pop, raw, sq, k = {}, {}, {}, {}
   local events, top, top_n = 0, false, 0
-  for i = 8, #KEYS do
-    local a0 = 2 + 2 * (i - 8)
+  local name = {}
+  local na = redis.call('HGETALL', KEYS[8])
+  for j = 1, #na, 2 do
+    name[na[j]] = na[j + 1]
+  end
+  for i = 9, #KEYS do
+    local a0 = 2 + 2 * (i - 9)
     if ARGV[a0 + 1] == '1' then
       left = left + 1
     else
@@ -65,7 +74,7 @@ if ARGV[1] == '1' then
         top, top_n = ARGV[a0 + 2], m
       end
       for j = 1, #counts, 2 do
-        local a, x = counts[j], tonumber(counts[j + 1])
+        local a, x = name[counts[j]], tonumber(counts[j + 1])
         local c = x
         if w > 0 and m > w then
           c = share_of(x, w, m)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,6 +15,7 @@ from binormal.common.connection import pubsub_of
 from binormal.common.keys import Keyspace, Scope
 from binormal.common.schema import Event
 from binormal.common.scoring import DEFAULT_CAP
+from binormal.common.store import name_counts
 from tests.support.events import population_truth, raw_truth
 from tests.support.waiting import wait_for
 
@@ -137,6 +138,16 @@ async def hgetall_int(client: aioredis.Redis, key: str) -> dict[str, int]:
     return {k.decode(): int(v) for k, v in (await client.hgetall(key)).items()}
 
 
+async def individual_counts(
+    client: aioredis.Redis, keys: Keyspace, scope: Scope, ids: Sequence[str]
+) -> list[dict[str, int]]:
+    """The counts of individuals of ``scope`` by action name (their hashes are keyed by action number)."""
+    pipe = client.pipeline(transaction=False)
+    for ident in ids:
+        pipe.hgetall(keys.individual(scope, ident))
+    return await name_counts(client, keys, scope, await pipe.execute())
+
+
 @dataclass
 class Backlog:
     """What a group still has to do on one stream."""
@@ -195,11 +206,7 @@ async def check_counters(
                 diff = {a: (got.get(a), want.get(a)) for a in set(got) | set(want) if got.get(a) != want.get(a)}
                 problems.append(f"{scope} {kind}: (got, want) {diff}")
         ids = list(individuals)
-        pipe = client.pipeline(transaction=False)
-        for ident in ids:
-            pipe.hgetall(keys.individual(scope, ident))
-        for ident, raw in zip(ids, await pipe.execute()):
-            got_i = {a.decode(): int(c) for a, c in raw.items()}
+        for ident, got_i in zip(ids, await individual_counts(client, keys, scope, ids)):
             if got_i != dict(individuals[ident]):
                 problems.append(f"{scope} id={ident!r}: got {got_i}, want {dict(individuals[ident])}")
     return problems
@@ -208,15 +215,19 @@ async def check_counters(
 async def check_committed(
     client: aioredis.Redis, keys: Keyspace, truth: Mapping[Scope, Mapping[str, Mapping[str, int]]]
 ) -> list[str]:
-    """Every individual has a committed score from its last event (``ver`` = its event
-    count), and each scope's aggregates count every individual; returns mismatches."""
+    """Every individual has a committed score from its last event (ranked, and no uncommitted
+    mark: commit.lua removes it with the score of the last applied entry), and each scope's
+    aggregates count every individual; returns mismatches."""
     problems: list[str] = []
     for scope, individuals in truth.items():
-        want = {ident: sum(counts.values()) for ident, counts in individuals.items()}
-        got = await hgetall_int(client, keys.scope_key(scope, "ver"))
-        if got != want:
-            diff = {i: (got.get(i), want.get(i)) for i in set(got) | set(want) if got.get(i) != want.get(i)}
-            problems.append(f"{scope} ver: (got, want) {diff}")
+        want = set(individuals)
+        members = {m.decode() for m in await client.zrange(keys.scope_key(scope, "rank"), 0, -1)}
+        if members != want:
+            problems.append(f"{scope} rank: missing {sorted(want - members)}, extra {sorted(members - want)}")
+        marks = await client.hkeys(keys.uncommitted(keys.shard(scope)))
+        left = [keys.individual_of(m, keys.shard(scope))[1] for m in marks]
+        if left := [ident for ident in left if ident in want]:
+            problems.append(f"{scope}: scores of the last event not committed for {sorted(left)}")
         ranked = await client.zcard(keys.scope_key(scope, "rank"))
         n = await client.hget(keys.scope_key(scope, "agg"), "n")
         if ranked != len(want) or n is None or int(n) != len(want):
