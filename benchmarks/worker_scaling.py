@@ -56,7 +56,7 @@ from binormal.common.keys import Keyspace, Scope  # noqa: E402
 from binormal.common.localcluster import LocalCluster  # noqa: E402
 from tests.support.events import counts_from_events  # noqa: E402
 from tests.support.processes import clean_env  # noqa: E402
-from tests.support.redis_state import check_counters, xadd_events  # noqa: E402
+from tests.support.redis_state import check_counters, individual_counts, xadd_events  # noqa: E402
 from tests.support.workers import binormal_command  # noqa: E402
 
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -111,17 +111,16 @@ def hash_bytes(fields: Mapping[bytes, bytes]) -> bytes:
 
 
 async def counter_digest(client: Any, keys: Keyspace, truth: Truth) -> str:
-    """sha256 of every scope counter hash and individual hash (sorted): equal digests, equal counters."""
+    """sha256 of every scope counter hash and every individual's counts by action name (sorted):
+    equal digests, equal counters. (Individuals' hashes are keyed by the scope's action numbers,
+    given in the order actions first arrive, which differs between runs: they are read by name.)"""
     h = hashlib.sha256()
     for scope in sorted(truth, key=lambda s: (s.org, s.source, s.pop)):
         for kind in ("pop", "sq", "k", "raw"):
             h.update(hash_bytes(await client.hgetall(keys.scope_key(scope, kind))))
         ids = sorted(truth[scope])
-        pipe = client.pipeline(transaction=False)
-        for ident in ids:
-            pipe.hgetall(keys.individual(scope, ident))
-        for raw in await pipe.execute():
-            h.update(hash_bytes(raw))
+        for counts in await individual_counts(client, keys, scope, ids):
+            h.update(hash_bytes({a.encode(): str(c).encode() for a, c in counts.items()}))
     return h.hexdigest()
 
 

@@ -44,7 +44,14 @@ from tests.support.cluster_faults import (
 )
 from tests.support.events import counts_from_events, ndjson
 from tests.support.http import combined_app, ingest_settings, post_raw, served, web_settings
-from tests.support.redis_state import check_committed, check_counters, drained, group_backlog, no_uncommitted
+from tests.support.redis_state import (
+    check_committed,
+    check_counters,
+    drained,
+    group_backlog,
+    individual_counts,
+    no_uncommitted,
+)
 from tests.support.waiting import wait_for, wait_until
 from tests.support.workers import WorkerProcess
 
@@ -426,12 +433,8 @@ async def test_service_resumes_after_a_master_dies(tmp_path: Path, lagging: bool
                 status, body = await get_json(svc.session, f"{svc.base}{path}")
                 assert status == 200, (path, body)
         assert all(w.alive() for w in workers), "a worker died of the failover"
-        counted = {}
-        pipe = client.pipeline(transaction=False)
-        for ev in producer.events:
-            pipe.hgetall(keys.individual(ev.scope, ev.id))
-        for ev, got in zip(producer.events, await pipe.execute()):
-            counted[ev.id] = sum(int(v) for v in got.values())
+        ids = [ev.id for ev in producer.events]  # every event is in the busy scope
+        counted = {i: sum(c.values()) for i, c in zip(ids, await individual_counts(client, keys, busy, ids))}
         lost = [i for i, ev in enumerate(producer.events) if counted[ev.id] == 0]
         doubled = [ev.id for ev in producer.events if counted[ev.id] > 1]
         window = [round(killed_at - producer.accepted_at[i], 3) for i in lost]
