@@ -30,6 +30,7 @@ from binormal.common.embedded import RedisServerError, find_binary
 from binormal.common.keys import Keyspace, Scope
 from binormal.common.localcluster import LocalCluster
 from binormal.common.schema import Event
+from binormal.common.scripts import Commit, Committed, Scripts
 from tests.support.cluster_faults import (
     keys_in_slot,
     kill_master,
@@ -459,3 +460,38 @@ async def test_service_resumes_after_a_master_dies(tmp_path: Path, lagging: bool
         await client.aclose()
         cluster.stop()
     assert codes == [0, 0]
+
+
+def test_commit_on_a_migrating_slot_writes_all_or_nothing(own_cluster: LocalCluster) -> None:
+    """commit.lua on the source of a slot being moved: the first score's mark empties the shard's
+    uncommitted hash; the next score must not touch that key again (Redis 7 stops a script at a
+    key it emptied in a migrating slot, keeping what it wrote), so both ranks and n move together."""
+    keys = Keyspace("cf", 4)
+    scope = Scope("o", "s", "p")
+    shard = keys.shard(scope)
+    kp = keys.scope_prefix(scope)
+    marks = keys.uncommitted(shard)
+    a, b = keys.individual(scope, "a"), keys.individual(scope, "b")
+    slot = slot_of(marks)
+    source = slot_owner(own_cluster, slot)
+    destination = next(p for p in masters(own_cluster) if p != source)
+    scripts = Scripts()
+    with node_client(source) as src, node_client(destination) as dst:
+        src.hset(a, "0", "1")
+        src.hset(b, "0", "1")
+        src.hset(marks, a, "1-0 0")  # only a's entry is uncommitted: its commit empties the hash
+        src.hset(kp + "agg", "n", "0")
+        src.zadd(kp + "rank", {"seed": 0.0})
+        src.script_load(scripts.by_name[Commit.NAME].source)
+        dst.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", node_id(source))
+        src.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", node_id(destination))
+        try:
+            ks, args = Commit.pack(marks, [(kp, "a", 1.5, 1, "1-0", a, 0), (kp, "b", 2.5, 1, "2-0", b, 0)])
+            got = Commit.decode(src.evalsha(scripts.sha(Commit.NAME), len(ks), *ks, *args))
+            assert [r.newest for r in got if isinstance(r, Committed)] == [True, True]
+            assert src.zscore(kp + "rank", "a") == 1.5 and src.zscore(kp + "rank", "b") == 2.5
+            assert src.hget(kp + "agg", "n") == b"2"
+        finally:
+            for node in (src, dst):
+                node.execute_command("CLUSTER", "SETSLOT", slot, "STABLE")
+        assert not src.exists(marks)  # (asked after the move is called off: a missing key would be ASKed)

@@ -74,6 +74,10 @@ local function sample(rank, points)
   return got
 end
 local out = {}
+-- The marks are read once and written at the end: a mark's HDEL may empty the
+-- uncommitted hash, and on the source of a slot being moved Redis stops a
+-- script at the next access of a key it emptied, keeping what it wrote so far.
+local marks, touched = {}, {}
 -- Each scope's aggregates are read once per call and written once at its end:
 -- the doubles in between are the ones a read of the %.17g strings would give.
 local aggs, order = {}, {}
@@ -92,7 +96,10 @@ for i = 1, #ARGV / 5 do
     out[#out + 1] = 0
     out[#out + 1] = {}
   else
-    local mark = redis.call('HGET', KEYS[1], ikey)
+    local mark = marks[ikey]
+    if mark == nil then
+      mark = redis.call('HGET', KEYS[1], ikey)
+    end
     local marked, last
     if mark then
       local l
@@ -128,9 +135,11 @@ for i = 1, #ARGV / 5 do
       committed = 1
     end
     if marked == ARGV[a + 4] then
-      redis.call('HDEL', KEYS[1], ikey)
+      marks[ikey] = false
+      touched[#touched + 1] = ikey
     elseif marked and committed == 1 then
-      redis.call('HSET', KEYS[1], ikey, marked .. ' ' .. count)
+      marks[ikey] = marked .. ' ' .. count
+      touched[#touched + 1] = ikey
     end
     out[#out + 1] = agg[1]
     out[#out + 1] = string.format('%.17g', agg[2])
@@ -148,5 +157,20 @@ for _, aggkey in ipairs(order) do
   if agg[4] then
     redis.call('HSET', aggkey, 'n', agg[1], 'sum', string.format('%.17g', agg[2]), 'sumsq', string.format('%.17g', agg[3]))
   end
+end
+-- Marks last, the HSETs before the HDELs: nothing touches the hash after it may be emptied.
+local cleared, done = {}, {}
+for _, ikey in ipairs(touched) do
+  if not done[ikey] then
+    done[ikey] = true
+    if marks[ikey] then
+      redis.call('HSET', KEYS[1], ikey, marks[ikey])
+    else
+      cleared[#cleared + 1] = ikey
+    end
+  end
+end
+if #cleared > 0 then
+  redis.call('HDEL', KEYS[1], unpack(cleared))
 end
 return out
