@@ -24,7 +24,18 @@ from binormal.common.connection import TRANSIENT, Client, connect, execute_parti
 from binormal.common.embedded import RedisServer
 from binormal.common.keys import Keyspace, Scope
 from binormal.common.localcluster import LocalCluster, command
-from binormal.common.scripts import Apply, ApplyItem, Commit, Deadletter, Recompute, Replay, Score, Scripts
+from binormal.common.scripts import (
+    Apply,
+    ApplyItem,
+    Commit,
+    Deadletter,
+    Expire,
+    ExpireScope,
+    Recompute,
+    Replay,
+    Score,
+    Scripts,
+)
 from binormal.web.app import create_app
 from binormal.web.replies import ReplyWaiter
 from binormal.worker.worker import ensure_groups
@@ -230,6 +241,9 @@ async def test_every_script_twin_runs_on_the_cluster_with_keys_of_one_slot(clust
             keys.seen(scope, "e1", shard),
             kp + "raw",
             kp + "dom",
+            kp + "last",
+            kp + "an",
+            kp + "na",
             entries[0],
             "GET /",
             scope.token,
@@ -238,13 +252,16 @@ async def test_every_script_twin_runs_on_the_cluster_with_keys_of_one_slot(clust
             "u1",
         )
         calls = {
-            Apply.NAME: Apply.pack(head, keys.group, True, 100, [item]),
+            Apply.NAME: Apply.pack(head, keys.group, True, 100, [item], retention=True),
             Commit.NAME: Commit.pack(keys.uncommitted(shard), [Score(kp, "u1", 0.5, 1, entries[0], ikey, 0)]),
             Deadletter.NAME: Deadletter.pack(
                 stream.encode(), keys.dead(shard), keys.group, entries[1], "test", "c1", 100, {b"org": b"acme"}
             ),
             Recompute.NAME: Recompute.pack(
-                kp + "rank", kp + "agg", tuple(kp + x for x in ("pop", "sq", "k", "raw", "dom")), [(ikey, "u1", False)]
+                kp + "rank",
+                kp + "agg",
+                tuple(kp + x for x in ("pop", "sq", "k", "raw", "dom", "na")),
+                [(ikey, "u1", False)],
             ),
         }
         for name, (k, a) in calls.items():
@@ -257,6 +274,19 @@ async def test_every_script_twin_runs_on_the_cluster_with_keys_of_one_slot(clust
         k, a = Replay.pack(keys.dead(shard), stream, dead[0][0].decode())
         assert one_slot(cluster, k)
         assert Replay.decode(await scripts.run(cluster, Replay.NAME, k, a)).ok
+        # Last: idle expiry (cutoff far in the future) removes u1 and what it added.
+        k, a = Expire.pack(
+            (keys.uncommitted(shard), keys.expired(shard)),
+            ExpireScope.of(kp),
+            scope.token,
+            2**62,
+            0,
+            0,
+            [(ikey, "u1", False)],
+        )
+        assert one_slot(cluster, k)
+        assert Expire.decode(await scripts.run(cluster, Expire.NAME, k, a)).removed == 1
+        assert not await cluster.exists(ikey)
     assert len(masters) == 3
 
 
