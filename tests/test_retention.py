@@ -55,7 +55,7 @@ def events_of(ids: Iterable[str], seed: int, heavy: Iterable[str] = (), scope: S
     return out
 
 
-async def feed(client: aioredis.Redis, keys: Keyspace, events: list[Event]) -> None:
+async def count_all(client: aioredis.Redis, keys: Keyspace, events: list[Event]) -> None:
     """XADD to the stream shards and wait until the worker applied and committed everything."""
     await xadd_events(client, keys, events)
     await wait_for(lambda: drained(client, keys), timeout=60.0, what="the worker to drain")
@@ -115,10 +115,10 @@ async def test_after_expiry_the_scope_equals_one_built_from_the_remaining_indivi
     # old5 is excluded from learning: it never moved the population, so removing it must not either
     await add_rule(aredis, keys, parse_rule({"kind": "exclude", **SCOPE._asdict(), "id": "old5"}, by="test"))
     async with running_worker(settings) as worker:
-        await feed(aredis, keys, old)
+        await count_all(aredis, keys, old)
         cutoff = max((await state(aredis, keys, SCOPE))["last"].values())
         await clock_past(aredis, cutoff)
-        await feed(aredis, keys, kept)
+        await count_all(aredis, keys, kept)
         before = await state(aredis, keys, SCOPE)
         assert set(before["last"]) == set(old_ids) | set(kept_ids)
         assert before["dom"]["top"] == "old0"
@@ -160,7 +160,7 @@ async def test_the_worker_expires_idle_individuals_and_one_coming_back_starts_fr
     assert keys == combined.keys
     events = events_of([f"u{i}" for i in range(12)], seed=3) + events_of(["v0", "v1"], seed=4, scope=OTHER)
     async with running_worker(settings) as worker:
-        await feed(aredis, keys, events)
+        await count_all(aredis, keys, events)
         assert (await state(aredis, keys, SCOPE))["pop"]
 
         async def all_gone() -> bool:
@@ -182,7 +182,7 @@ async def test_the_worker_expires_idle_individuals_and_one_coming_back_starts_fr
         assert (await aredis.hgetall(keys.scope_key(SCOPE, "dom")))[b"events"] == b"0"
 
         # u0 comes back: counted from zero, committed (its old ver is gone), a population of one
-        await feed(aredis, keys, [Event(SCOPE.org, SCOPE.source, SCOPE.pop, "u0", "GET /b")])
+        await count_all(aredis, keys, [Event(SCOPE.org, SCOPE.source, SCOPE.pop, "u0", "GET /b")])
         back = await state(aredis, keys, SCOPE)
         [counts] = await individual_counts(aredis, keys, SCOPE, ["u0"])
     assert counts == {"GET /b": 1}
@@ -198,7 +198,7 @@ async def test_two_workers_sweeping_at_once_remove_each_individual_once(
     ids = [f"u{i}" for i in range(700)]
     events = events_of(ids, seed=5, heavy=["u1", "u2"])
     async with running_worker(settings):
-        await feed(aredis, keys, events)
+        await count_all(aredis, keys, events)
         cutoff = max((await state(aredis, keys, SCOPE))["last"].values())
     shard = keys.shard(SCOPE)
     last = keys.scope_key(SCOPE, "last", shard)
@@ -240,7 +240,7 @@ async def test_the_cap_evicts_the_least_recently_seen(redis_url: str, prefix: st
         for n, ident in enumerate(order):
             ev = Event(SCOPE.org, SCOPE.source, SCOPE.pop, ident, ACTIONS[n % len(ACTIONS)])
             all_events.append(ev)
-            await feed(aredis, keys, [ev])
+            await count_all(aredis, keys, [ev])
             stamp = (await state(aredis, keys, SCOPE))["last"][ident]
             await clock_past(aredis, stamp)  # the next one is seen strictly later
         removed = await worker.sweeper.sweep(aredis)
@@ -260,7 +260,7 @@ async def test_an_individual_with_a_score_in_flight_is_left_for_a_later_sweep(
     settings = worker_settings(redis_url, prefix, idle_ttl_s=3600)
     keys = settings.keys
     async with running_worker(settings):
-        await feed(aredis, keys, events_of(["a", "b"], seed=6))
+        await count_all(aredis, keys, events_of(["a", "b"], seed=6))
     shard = keys.shard(SCOPE)
     ikey = keys.individual(SCOPE, "a", shard)
     await aredis.hset(keys.uncommitted(shard), ikey, "1-0")
@@ -302,7 +302,7 @@ async def test_without_retention_nothing_is_stamped(redis_url: str, prefix: str,
     settings = worker_settings(redis_url, prefix)
     assert not settings.retention
     async with running_worker(settings):
-        await feed(aredis, settings.keys, events_of(["a"], seed=7))
+        await count_all(aredis, settings.keys, events_of(["a"], seed=7))
     assert not await aredis.exists(settings.keys.scope_key(SCOPE, "last"))
 
 
@@ -332,7 +332,7 @@ async def test_a_broken_scopes_set_stops_neither_the_worker_nor_the_other_shards
     assert keys.shard(SCOPE) > bad
     await aredis.set(keys.scopes(bad), "someone else's")
     async with running_worker(settings) as worker:
-        await feed(aredis, keys, events_of(["a", "b"], seed=8))
+        await count_all(aredis, keys, events_of(["a", "b"], seed=8))
         await wait_for(lambda: worker.sweeper.removed == 2, timeout=15.0, what="the good shard's individuals to expire")
     assert int(await aredis.hget(keys.expired(keys.shard(SCOPE)), SCOPE.token) or 0) == 2
 
@@ -347,7 +347,7 @@ async def test_two_running_workers_expire_each_individual_once(
     keys = one.keys
     shard = keys.shard(SCOPE)
     async with running_worker(one) as w1, running_worker(replace(one, consumer="w2")) as w2:
-        await feed(aredis, keys, events_of(ids, seed=9, heavy=["u7"]))
+        await count_all(aredis, keys, events_of(ids, seed=9, heavy=["u7"]))
 
         async def expired() -> bool:
             return int(await aredis.hget(keys.expired(shard), SCOPE.token) or 0) >= len(ids)
