@@ -84,7 +84,7 @@ class Target:
         return aioredis.Redis.from_url(self.url, protocol=2)
 
 
-async def flush(target: Target, client: Any) -> None:
+async def flush_target(target: Target, client: Any) -> None:
     """FLUSHALL on our server, or on every master of our cluster."""
     if target.cluster:
         await client.flushall(target_nodes=RedisCluster.PRIMARIES)
@@ -177,7 +177,7 @@ async def one_run(
 ) -> dict[str, Any]:
     """Fill, start ``n`` workers, release the backlog, time the drain, check the counters."""
     client = target.client()
-    await flush(target, client)
+    await flush_target(target, client)
     await xadd_events(client, keys, events, chunk=2000)
     for stream in keys.streams():
         # At the end: nothing is delivered until SETID 0 below, when every worker is up.

@@ -39,6 +39,7 @@ from binormal.common.scripts import (
 from binormal.web.app import create_app
 from binormal.web.replies import ReplyWaiter
 from binormal.worker.worker import ensure_groups
+from tests.support.cluster_faults import node_id
 from tests.support.http import serving, web_settings
 from tests.support.waiting import wait_for
 from tests.support.workers import binormal_command
@@ -53,12 +54,6 @@ async def cluster(cluster_url: str) -> AsyncIterator[RedisCluster]:
     assert isinstance(client, RedisCluster)
     yield client
     await client.aclose()
-
-
-def node_id(port: int) -> str:
-    """CLUSTER MYID of the node on ``port``."""
-    reply = command(port, "CLUSTER", "MYID")
-    return reply.split(b"\r\n")[1].decode()
 
 
 def scope_in(keys: Keyspace, shard: int) -> Scope:
