@@ -30,7 +30,7 @@ from binormal.common.embedded import RedisServerError, find_binary
 from binormal.common.keys import Keyspace, Scope
 from binormal.common.localcluster import LocalCluster
 from binormal.common.schema import Event
-from binormal.common.scripts import Commit, Committed, Scripts
+from binormal.common.scripts import Commit, Committed, Expire, ExpireScope, Scripts
 from tests.support.cluster_faults import (
     keys_in_slot,
     kill_master,
@@ -495,3 +495,51 @@ def test_commit_on_a_migrating_slot_writes_all_or_nothing(own_cluster: LocalClus
             for node in (src, dst):
                 node.execute_command("CLUSTER", "SETSLOT", slot, "STABLE")
         assert not src.exists(marks)  # (asked after the move is called off: a missing key would be ASKed)
+
+
+def test_expire_on_a_migrating_slot_writes_all_or_nothing(own_cluster: LocalCluster) -> None:
+    """expire.lua on the source of a slot being moved: removing the first individual empties the
+    rank zset, and the second's removal must not touch it again (Redis would stop the script
+    there, keeping the first's writes: its population subtracted, its member still in last-seen)."""
+    keys = Keyspace("ce", 4)
+    scope = Scope("o", "s", "p")
+    shard = keys.shard(scope)
+    kp = keys.scope_prefix(scope)
+    a, b = keys.individual(scope, "a"), keys.individual(scope, "b")
+    slot = slot_of(kp)
+    source = slot_owner(own_cluster, slot)
+    destination = next(p for p in masters(own_cluster) if p != source)
+    scripts = Scripts()
+    with node_client(source) as src, node_client(destination) as dst:
+        src.hset(a, "0", "1")
+        src.hset(b, "1", "1")
+        src.hset(kp + "na", mapping={"0": "x", "1": "y"})
+        for kind in ("pop", "sq", "k", "raw"):
+            src.hset(kp + kind, mapping={"x": 1, "y": 1})
+        src.hset(kp + "dom", "events", 2)
+        src.zadd(kp + "rank", {"a": 1.0})  # b's score is not there: a's removal empties the zset
+        src.hset(kp + "agg", mapping={"n": 1, "sum": 1, "sumsq": 1})
+        src.zadd(kp + "last", {"a": 1, "b": 2})
+        src.hset(keys.uncommitted(shard), "other", "1-0 0")
+        src.hset(keys.expired(shard), "other", 0)
+        src.script_load(scripts.by_name[Expire.NAME].source)
+        dst.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", node_id(source))
+        src.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", node_id(destination))
+        try:
+            ks, args = Expire.pack(
+                (keys.uncommitted(shard), keys.expired(shard)),
+                ExpireScope.of(kp),
+                scope.token,
+                10,
+                0,
+                0,
+                [(a, "a", False), (b, "b", False)],
+            )
+            got = Expire.decode(src.evalsha(scripts.sha(Expire.NAME), len(ks), *ks, *args))
+            assert (got.removed, got.left) == (2, 0)
+        finally:
+            for node in (src, dst):
+                node.execute_command("CLUSTER", "SETSLOT", slot, "STABLE")
+        assert not any(src.exists(kp + kind) for kind in ("pop", "sq", "k", "raw", "rank", "last"))
+        assert not src.exists(a) and not src.exists(b)
+        assert src.hget(kp + "agg", "n") == b"0" and src.hget(kp + "dom", "events") == b"0"

@@ -74,10 +74,19 @@ local card = redis.call('ZCARD', KEYS[3])
 local got = redis.call('HMGET', KEYS[10], 'n', 'sum', 'sumsq')
 local n, sum, sumsq = tonumber(got[1] or '0'), tonumber(got[2] or '0'), tonumber(got[3] or '0')
 local agg_moved = false
+-- Every change that may empty a key is gathered and made at the end, each key's
+-- possible emptying its last touch: on the source of a slot being moved, Redis
+-- stops a script at the next access of a key it emptied, keeping what it wrote.
+-- So the zsets are read as they were when the call began: a removal only ever
+-- takes members older than the next candidate, which shifts its ZRANK and the
+-- card alike, so "ZRANK < card - cap" reads the same on the unchanged zset.
+local gone = {}                          -- id -> true once removed in this call
+local fields, dk, dc, dsq, dx = {}, {}, {}, {}, {}
+local unranked, unseen = {}, {}
 for i = 12, #KEYS do
   local a = 4 + 2 * (i - 12)
   local id, excluded = ARGV[a + 1], ARGV[a + 2] == '1'
-  local stamp = redis.call('ZSCORE', KEYS[3], id)
+  local stamp = not gone[id] and redis.call('ZSCORE', KEYS[3], id)
   local go = false
   if stamp then
     go = cutoff >= 0 and tonumber(stamp) <= cutoff
@@ -112,20 +121,17 @@ for i = 12, #KEYS do
         if w > 0 and total > w then
           c = share_of(x, w, total)
         end
-        if redis.call('HINCRBY', KEYS[6], f, -1) <= 0 then
-          redis.call('HDEL', KEYS[4], f)
-          redis.call('HDEL', KEYS[5], f)
-          redis.call('HDEL', KEYS[6], f)
-          redis.call('HDEL', KEYS[7], f)
-        else
-          redis.call('HINCRBY', KEYS[4], f, -c)
-          redis.call('HINCRBY', KEYS[5], f, -(x * x))
-          if w > 0 then
-            redis.call('HINCRBY', KEYS[7], f, -x)
-          end
+        if not dk[f] then
+          fields[#fields + 1] = f
+          dk[f], dc[f], dsq[f], dx[f] = 0, 0, 0, 0
         end
+        dk[f] = dk[f] + 1
+        dc[f] = dc[f] + c
+        dsq[f] = dsq[f] + x * x
+        dx[f] = dx[f] + x
       end
       local d = redis.call('HMGET', KEYS[8], 'top', 'flag')
+      -- dom keeps its 'events' field, so these never empty it
       redis.call('HINCRBY', KEYS[8], 'events', -total)
       if d[1] == id then
         -- the next top is unknown without reading every individual: cleared, the
@@ -140,15 +146,15 @@ for i = 12, #KEYS do
     local score = redis.call('ZSCORE', KEYS[9], id)
     if score then
       local v = tonumber(score)
-      redis.call('ZREM', KEYS[9], id)
+      unranked[#unranked + 1] = id
       n = n - 1
       sum = sum - v
       sumsq = sumsq - v * v
       agg_moved = true
     end
-    redis.call('DEL', KEYS[i])
-    redis.call('ZREM', KEYS[3], id)
-    card = card - 1
+    redis.call('DEL', KEYS[i])  -- its own key: not touched again
+    unseen[#unseen + 1] = id
+    gone[id] = true
     removed = removed + 1
   end
 end
@@ -162,4 +168,32 @@ end
 if removed > 0 then
   redis.call('HINCRBY', KEYS[2], ARGV[1], removed)
 end
+-- The population: the actions nobody does any more lose their fields (as if never
+-- counted), the others move by what the removed added; the HDELs come last per key.
+local dead = {}
+for _, f in ipairs(fields) do
+  if tonumber(redis.call('HGET', KEYS[6], f) or '0') - dk[f] <= 0 then
+    dead[#dead + 1] = f
+  else
+    redis.call('HINCRBY', KEYS[6], f, -dk[f])
+    redis.call('HINCRBY', KEYS[4], f, -dc[f])
+    redis.call('HINCRBY', KEYS[5], f, -dsq[f])
+    if w > 0 then
+      redis.call('HINCRBY', KEYS[7], f, -dx[f])
+    end
+  end
+end
+for from = 1, #dead, 1000 do
+  local last = math.min(from + 999, #dead)
+  for _, key in ipairs({KEYS[4], KEYS[5], KEYS[6], KEYS[7]}) do
+    redis.call('HDEL', key, unpack(dead, from, last))
+  end
+end
+for from = 1, #unranked, 1000 do
+  redis.call('ZREM', KEYS[9], unpack(unranked, from, math.min(from + 999, #unranked)))
+end
+for from = 1, #unseen, 1000 do
+  redis.call('ZREM', KEYS[3], unpack(unseen, from, math.min(from + 999, #unseen)))
+end
+card = card - removed
 return {removed, busy, card}
