@@ -100,6 +100,11 @@ def require_content_type(request: web.Request, allowed: Iterable[str]) -> str:
 async def read_body(request: web.Request, limit: int) -> bytes:
     """The whole body, or ``413`` as soon as it passes ``limit`` bytes (never buffered past it).
 
+    A body sent with ``Content-Encoding: gzip`` (or ``deflate``) is decoded by
+    aiohttp while it is read, so ``limit`` bounds the decoded size (a gzip
+    bomb is a ``413``, never a memory blow-up) and a stream that does not
+    decode is a ``400``.
+
     The whole body must arrive within the app's ``body_timeout_s``
     (``BINORMAL_BODY_TIMEOUT_S``), else ``408``: a body trickled in byte by
     byte does not hold a connection for ever.
@@ -121,6 +126,13 @@ async def read_body(request: web.Request, limit: int) -> bytes:
                 if size > limit:
                     raise ApiError(413, f"body is over the limit of {limit} bytes", "body", limit=limit)
                 chunks.append(chunk)
+    except web.RequestPayloadError:
+        # aiohttp decodes Content-Encoding gzip/deflate as it reads (in bounded steps, so the
+        # limit above counts decoded bytes) and fails the read on a stream it cannot decode.
+        coding = request.headers.get("Content-Encoding", "").strip().lower()
+        if coding in ("gzip", "deflate"):
+            raise ApiError(400, f"body is not valid {coding} (Content-Encoding: {coding})", "body") from None
+        raise ApiError(400, "body could not be read (malformed framing)", "body") from None
     except TimeoutError:
         metrics.HTTP_REFUSED.labels("body_timeout").inc()
         raise ApiError(

@@ -40,7 +40,7 @@ from typing import Any
 import orjson
 import structlog
 from aiohttp import web
-from aiohttp.http_exceptions import BadHttpMessage, HttpProcessingError, LineTooLong
+from aiohttp.http_exceptions import BadHttpMessage, ContentEncodingError, HttpProcessingError, LineTooLong
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
@@ -272,6 +272,17 @@ class BoundedRequestHandler(RequestHandler):
         elif isinstance(exc, BadHttpMessage) and "Too many headers" in str(exc):
             status, field = 431, "headers"
             error = f"more than {self.max_headers} request headers"
+        elif isinstance(exc, ContentEncodingError):
+            # A coding aiohttp cannot decode here (zstd or br without their library: "please install"),
+            # or a deflate body that ended before its end marker (checked at EOF). The request here is
+            # the parser's placeholder, without the original headers: the exception names the coding.
+            text = str(exc).lower()
+            if "install" in text:
+                status, field = 415, "Content-Encoding"
+                error = "Content-Encoding must be gzip, deflate, identity (one coding)"
+            else:
+                coding = next((c for c in ("deflate", "gzip") if c in text), "compressed")
+                status, field, error = 400, "body", f"body is not valid {coding} (Content-Encoding)"
         elif isinstance(exc, HttpProcessingError) or status == 400:
             status = 400
             error = f"malformed HTTP request ({type(exc).__name__ if exc else 'bad request'})"

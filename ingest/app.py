@@ -1,7 +1,10 @@
 """The ingest service: ``POST /events`` writes batches of events to the stream.
 
 Body: NDJSON (``application/x-ndjson``, one event object per line, blank lines
-ignored) or a JSON array (``application/json``), at most ``max_body_bytes``.
+ignored) or a JSON array (``application/json``), at most ``max_body_bytes``
+once decoded: it may be sent ``Content-Encoding: gzip`` (or ``deflate``), as
+log shippers do (docs/integrations.md); a body that does not decode is a
+``400``, any other coding a ``415``.
 Each event is validated on its own (:func:`common.schema.parse_json`); valid
 ones are XADDed to their scope's shard in pipelined round trips of
 ``pipeline_batch`` commands, invalid ones are reported, never written::
@@ -70,6 +73,7 @@ from binormal.ingest.settings import IngestSettings
 log = structlog.get_logger("binormal.ingest")
 
 NDJSON = "application/x-ndjson"
+CODINGS = ("gzip", "deflate", "identity")  # Content-Encoding values aiohttp decodes as the body is read
 MAX_ERRORS = 1000  # per-line errors listed in one answer (``rejected`` counts them all)
 
 _ACCEPTED = metrics.EVENTS_ACCEPTED.labels("/events")
@@ -192,6 +196,7 @@ async def events(request: web.Request) -> web.Response:
     """``POST /events``: validate every event, write the valid ones, report the rest."""
     st = request.app[INGEST]
     ctype = require_content_type(request, (NDJSON, JSON))
+    require_coding(request)
     client = request.app[REDIS].require()
     lag = await st.lag.get(client)
     if lag > st.settings.max_lag:
@@ -223,6 +228,14 @@ async def events(request: web.Request) -> web.Response:
         raise ApiError(400, error, first["field"] if first else "body", **summary)
     await _write(client, st, batch, summary)
     return json_response(summary, status=202)
+
+
+def require_coding(request: web.Request) -> None:
+    """``415`` unless the body's ``Content-Encoding`` is absent or one of :data:`CODINGS` (one coding only)."""
+    codings = request.headers.getall("Content-Encoding", [])
+    if codings and (len(codings) > 1 or codings[0].strip().lower() not in CODINGS):
+        # The header is not echoed: an error never quotes the caller's input.
+        raise ApiError(415, f"Content-Encoding must be {', '.join(CODINGS)} (one coding)", "Content-Encoding")
 
 
 def _check_orgs(request: web.Request, batch: Batch) -> None:
