@@ -33,6 +33,7 @@ DEPLOY = Path(__file__).resolve().parent.parent / "deploy" / "prometheus"
 RULES = DEPLOY / "binormal-rules.yml"
 CONFIG = DEPLOY / "prometheus.yml"
 DASHBOARD = DEPLOY / "grafana-dashboard.json"
+RULE_TESTS = DEPLOY / "binormal-rules.test.yml"
 
 # The alert counters of issue 13's Deliver 1, referenced by the rules before the alerts code
 # exports them. Allowed missing only while missing: once /metrics exports one, the test fails
@@ -205,6 +206,14 @@ def test_promql_reader_finds_selectors_and_grouping_labels() -> None:
 def test_promtool_checks_the_rules() -> None:
     out = run_promtool("check", "rules", str(RULES)).stdout
     assert f"SUCCESS: {len(rule_exprs())} rules found" in out
+
+
+def test_promtool_unit_tests_fire_every_alert_and_only_then() -> None:
+    """binormal-rules.test.yml: each alert on made-up series, none on healthy ones."""
+    doc = yaml.safe_load(RULE_TESTS.read_text())
+    tested = {case["alertname"] for test in doc["tests"] for case in test["alert_rule_test"] if case["exp_alerts"]}
+    assert tested == set(rule_exprs())
+    assert "SUCCESS" in run_promtool("test", "rules", str(RULE_TESTS)).stdout
 
 
 def test_promtool_checks_the_scrape_config(tmp_path: Path) -> None:
