@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -23,6 +24,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.support.backends import both_backends
 from tests.support.http import combined_app, ingest_settings, serving, web_settings
 from tests.support.promql import TARGET_LABELS, grouping_labels, selectors
 from tests.support.promql import exported as exported_names
@@ -187,6 +189,32 @@ async def test_the_scrape_exports_the_gauges_read_from_redis(scraped: dict[str, 
     for name in ("binormal_redis_up", "binormal_worker_heartbeat_age_seconds", "binormal_workers_beating"):
         assert name in scraped, name
     assert {"route", "method", "status", "le"} <= (scraped["binormal_request_seconds_bucket"] or set())
+
+
+@both_backends
+async def test_heartbeat_gauges_say_inf_and_zero_without_a_worker_then_see_it(redis_url: str, prefix: str) -> None:
+    """What BinormalNoWorkerHeartbeat relies on: no worker reads +Inf / 0, a running one a fresh beat."""
+    ws = web_settings(redis_url, prefix)
+    async with serving(combined_app(ws, ingest_settings(redis_url, prefix))) as base, aiohttp.ClientSession() as http:
+
+        async def scrape() -> str:
+            async with http.get(f"{base}/metrics") as r:
+                assert r.status == 200
+                return await r.text()
+
+        text = await scrape()
+        assert sample_value(text, "binormal_worker_heartbeat_age_seconds") == math.inf
+        assert sample_value(text, "binormal_workers_beating") == 0
+        async with running_worker(worker_settings(redis_url, prefix)):
+
+            async def beating() -> str | None:
+                text = await scrape()
+                return text if sample_value(text, "binormal_workers_beating") == 1 else None
+
+            text = await wait_for(beating, timeout=15.0, interval=0.1, what="a worker heartbeat on /metrics")
+            age = sample_value(text, "binormal_worker_heartbeat_age_seconds")
+            assert age is not None and 0 <= age <= ws.ready_heartbeat_s
+            assert sample_value(text, "binormal_redis_up") == 1
 
 
 def test_promql_reader_finds_selectors_and_grouping_labels() -> None:
