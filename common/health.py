@@ -103,13 +103,14 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def metrics_view(request: web.Request) -> web.Response:
-    """Prometheus text format; the stream lag and dead-letter gauges are read from Redis now."""
+    """Prometheus text format; the stream lag, dead-letter and heartbeat gauges are read from Redis now."""
     handle = request.app[REDIS]
     if handle.up.is_set():
         try:
             async with asyncio.timeout(PROBE_TIMEOUT_S):
                 lag = await stream_lag(handle.client, handle.keys)
                 dead = await dead_lengths(handle.client, handle.keys)
+                beats = await heartbeat_ages(handle.client, handle.keys)
         except TRANSIENT as exc:
             metrics.REDIS_UP.set(0)
             log.warning("metrics_redis_error", error=str(exc) or type(exc).__name__)
@@ -119,4 +120,8 @@ async def metrics_view(request: web.Request) -> web.Response:
                 metrics.STREAM_LAG.labels(str(shard)).set(n)
             for shard, n in dead.items():
                 metrics.DEAD_LETTERED.labels(str(shard)).set(n)
+            # Ages by Redis TIME (store.heartbeat_ages); +Inf without any worker, so "> N" alerts fire.
+            metrics.WORKER_HEARTBEAT_AGE.set(min(beats.values(), default=math.inf))
+            max_age_s = request.app[_HEALTH_READY_S]
+            metrics.WORKERS_BEATING.set(sum(1 for age in beats.values() if age <= max_age_s))
     return web.Response(body=generate_latest(REGISTRY), headers={"Content-Type": CONTENT_TYPE_LATEST})

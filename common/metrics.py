@@ -70,3 +70,11 @@ REDIS_UP = Gauge(
     "binormal_redis_up",
     "1 when the last Redis check of this process succeeded",
 )
+WORKER_HEARTBEAT_AGE = Gauge(
+    "binormal_worker_heartbeat_age_seconds",
+    "Seconds since the newest worker heartbeat, by Redis TIME (read at scrape; +Inf when none)",
+)
+WORKERS_BEATING = Gauge(
+    "binormal_workers_beating",
+    "Workers whose heartbeat is younger than BINORMAL_READY_HEARTBEAT_S (read at scrape)",
+)
