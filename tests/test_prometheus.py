@@ -25,6 +25,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.backends import both_backends
+from tests.support.deploy import unavailable
 from tests.support.http import combined_app, ingest_settings, serving, web_settings
 from tests.support.promql import TARGET_LABELS, grouping_labels, selectors
 from tests.support.promql import exported as exported_names
@@ -69,10 +70,11 @@ def dashboard_exprs() -> dict[str, str]:
 
 
 def promtool() -> str:
-    """Path of a promtool, else skip."""
+    """Path of a promtool, else skip (fail with ``CI=true``: .ci/run unpacks one)."""
     found = os.environ.get("PROMTOOL") or shutil.which("promtool")
     if not found:
-        pytest.skip("no promtool (Debian package prometheus, or PROMTOOL=/path/to/promtool)")
+        unavailable("no promtool (Debian package prometheus, or PROMTOOL=/path/to/promtool)")
+        raise AssertionError("unreachable")
     return found
 
 
