@@ -17,7 +17,6 @@ import shutil
 import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
@@ -26,6 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.backends import both_backends
 from tests.support.deploy import unavailable
+from tests.support.events import ndjson
 from tests.support.http import combined_app, ingest_settings, serving, web_settings
 from tests.support.promql import TARGET_LABELS, grouping_labels, selectors
 from tests.support.promql import exported as exported_names
@@ -129,10 +129,6 @@ def sample_value(text: str, name: str) -> float | None:
             if sample.name == name and not sample.labels:
                 return float(sample.value)
     return None
-
-
-def ndjson(events: list[dict[str, Any]]) -> bytes:
-    return b"".join(json.dumps(e).encode() + b"\n" for e in events)
 
 
 def check_exprs(exprs: dict[str, str], series: dict[str, set[str] | None]) -> tuple[list[str], set[str]]:
