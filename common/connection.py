@@ -19,6 +19,7 @@ from redis.asyncio.connection import Connection
 from redis.exceptions import (
     BusyLoadingError,
     ClusterDownError,
+    ClusterError,
     NoPermissionError,
     OutOfMemoryError,
     ReadOnlyError,
@@ -36,7 +37,8 @@ from binormal.common.config import ConfigError
 log = structlog.get_logger("binormal.redis")
 
 # Errors that mean "Redis is not there right now", as opposed to bad data. On a cluster also
-# a slot without a master or a cluster still electing one (during a failover or a resharding).
+# a slot without a master or a cluster still electing one (during a failover or a resharding),
+# and redis-py giving up after too many redirections in a row (ClusterError "TTL exhausted").
 TRANSIENT = (
     RedisConnectionError,
     RedisTimeoutError,
@@ -44,6 +46,7 @@ TRANSIENT = (
     OSError,
     asyncio.TimeoutError,
     ClusterDownError,
+    ClusterError,
     TryAgainError,
     SlotNotCoveredError,
 )
