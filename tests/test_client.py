@@ -1,0 +1,175 @@
+"""binormal.client against the real service (combined app, a real worker, a private redis-server)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+
+from binormal import client as bc
+from binormal.common.embedded import free_port
+from binormal.common.schema import Event
+from binormal.worker import Worker
+from tests.support.feed import counted
+from tests.support.http import Served, combined_app, ingest_settings, serving, web_settings
+from tests.support.openapi import load_openapi
+from tests.support.waiting import wait_for
+
+# dataclass -> its schema in docs/openapi.yaml (a JSON pointer below components/schemas)
+SCHEMAS: dict[type[Any], tuple[str, ...]] = {
+    bc.Reason: ("Reason",),
+    bc.DiscreteResult: ("DiscreteResult",),
+    bc.Dominated: ("Dominated",),
+    bc.Outliers: ("Outliers",),
+    bc.Outlier: ("Outliers", "outliers", "items"),
+    bc.Feedback: ("Feedback",),
+    bc.Individual: ("Individual",),
+    bc.ActionCount: ("Individual", "actions", "items"),
+    bc.LineError: ("LineError",),
+}
+
+
+def _schema(doc: dict[str, Any], path: tuple[str, ...]) -> dict[str, Any]:
+    node: dict[str, Any] = doc["components"]["schemas"][path[0]]
+    for part in path[1:]:
+        node = node["properties"][part] if part != "items" else node["items"]
+    return node
+
+
+def test_dataclasses_match_the_openapi_schemas() -> None:
+    doc = load_openapi()
+    for cls, path in SCHEMAS.items():
+        schema = _schema(doc, path)
+        wire = getattr(cls, "WIRE", {})
+        fields = {wire.get(f.name, f.name): f for f in dataclasses.fields(cls)}
+        assert set(fields) == set(schema["properties"]), (cls.__name__, set(fields) ^ set(schema["properties"]))
+        # Required properties have no default; optional ones do.
+        required = set(schema.get("required", []))
+        no_default = {k for k, f in fields.items() if f.default is dataclasses.MISSING}
+        assert no_default == required, (cls.__name__, no_default ^ required)
+
+
+def _events(n: int, pops: int = 3, ids: int = 20) -> list[Event]:
+    return [Event("acme", "web", f"pop{i % pops}", f"user{i % ids}", f"GET /{i % 5}") for i in range(n)]
+
+
+def _client(base: str, **options: Any) -> bc.AsyncClient:
+    return bc.AsyncClient(base, "", **({"backoff_s": 0.02, "max_backoff_s": 0.3} | options))
+
+
+async def test_send_many_counts_each_event_and_names_rejected_lines(
+    combined: Served, worker: Worker, aredis: aioredis.Redis, prefix: str
+) -> None:
+    truth = _events(250)
+    events: list[bc.EventLike] = [*truth[:100], {"org": "acme", "source": "web"}, *truth[100:]]
+    async with _client(combined.base, batch=64) as c:
+        res = await c.send_many(events)
+        assert res.accepted == 250 and res.rejected == 1, res
+        assert [e.line for e in res.errors] == [101] and res.errors[0].field == "pop", res.errors
+        assert len(set(res.event_ids)) == 251 and res.tries == 4
+        assert await counted(aredis, prefix, truth) == []
+        ind = await c.individual("acme/web/pop0", "user0")
+        assert isinstance(ind, bc.Individual) and (ind.org, ind.pop, ind.id) == ("acme", "pop0", "user0")
+        assert ind.count == sum(1 for e in truth if (e.pop, e.id) == ("pop0", "user0"))
+        assert all(isinstance(a, bc.ActionCount) for a in ind.actions) and ind.feedback is None
+        top = await c.outliers(("acme", "web", "pop1"), limit=5)
+        assert isinstance(top, bc.Outliers) and 1 <= len(top.outliers) <= 5
+        assert all(isinstance(r, bc.Reason) for o in top.outliers for r in o.reasons)
+        with pytest.raises(bc.ApiError) as err:
+            await c.individual("acme/web/nope", "user0")
+        assert err.value.status == 404
+
+
+async def test_discrete_answers_typed_and_a_retry_is_the_first_result(combined: Served, worker: Worker) -> None:
+    async with _client(combined.base) as c:
+        ev = {"org": "acme", "source": "web", "pop": "d", "id": "alice", "action": "GET /", "event_id": "e-1"}
+        first = await c.discrete(ev)
+        assert isinstance(first, bc.DiscreteResult) and first.event_id == "e-1" and not first.duplicate
+        assert first.count == 1 and first.this_action_count == 1
+        again = await c.discrete(ev)
+        assert again.duplicate and again.count == 1
+        other = await c.discrete({k: v for k, v in ev.items() if k != "event_id"})
+        assert other.count == 2 and other.event_id != "e-1"
+        with pytest.raises(bc.ApiError) as err:
+            await c.discrete({**ev, "action": "POST /"})  # the same id for another event
+        assert err.value.status == 409
+
+
+async def test_sync_client_on_its_own_thread(combined: Served, worker: Worker) -> None:
+    def run() -> tuple[bc.SendResult, bc.Individual]:
+        with bc.Client(combined.base, "", backoff_s=0.02) as c:
+            sent = c.send({"org": "acme", "source": "web", "pop": "s", "id": "bob", "action": "GET /"})
+            while True:  # the worker counts asynchronously
+                with contextlib.suppress(bc.ApiError):
+                    return sent, c.individual("acme/web/s", "bob")
+
+    sent, ind = await asyncio.wait_for(asyncio.to_thread(run), 30)
+    assert sent.accepted == 1 and ind.count == 1
+
+
+def test_client_reads_url_and_token_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BINORMAL_URL", "http://127.0.0.1:1/")
+    monkeypatch.setenv("BINORMAL_TOKEN", "s3cret")
+    c = bc.AsyncClient()
+    assert c.base == "http://127.0.0.1:1" and "s3cret" not in repr(c)
+    with pytest.raises(ValueError):
+        bc.split_scope("acme/web")
+
+
+async def test_gives_up_after_bounded_tries_naming_the_pending_ids() -> None:
+    async with bc.AsyncClient(f"http://127.0.0.1:{free_port()}", "", tries=3, backoff_s=0.01) as c:
+        with pytest.raises(bc.GaveUp) as err:
+            await c.send_many(_events(3))
+    assert "cannot connect" in err.value.reason and len(err.value.pending) == 3
+    assert err.value.result is not None and err.value.result.tries == 3
+
+
+class Watching(bc.AsyncClient):
+    """An AsyncClient that records each try's outcome (to know when it is retrying)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.outcomes: list[str] = []
+
+    async def post_events(self, lines: Sequence[bytes]) -> bc.EventsReply:
+        try:
+            reply = await super().post_events(lines)
+        except bc.Transient as exc:
+            self.outcomes.append(f"transient: {exc.reason}")
+            raise
+        self.outcomes.append(f"reply {reply.accepted}/{len(lines)}")
+        return reply
+
+
+async def test_restart_mid_batch_loses_and_doubles_nothing(
+    redis_url: str, prefix: str, worker: Worker, aredis: aioredis.Redis
+) -> None:
+    port = free_port()
+    truth = _events(3000, pops=4, ids=50)
+
+    def app() -> Any:
+        return combined_app(web_settings(redis_url, prefix), ingest_settings(redis_url, prefix))
+
+    async with contextlib.AsyncExitStack() as first:
+        base = await first.enter_async_context(serving(app(), port))
+        c = Watching(base, "", batch=50, tries=1000, backoff_s=0.02, max_backoff_s=0.2, timeout_s=5)
+        task = asyncio.create_task(c.send_many(truth))
+        await wait_for(lambda: len(c.outcomes) >= 5, timeout=30, what="some batches accepted")
+    # The first server is gone (its in-flight request ended or cut); the client keeps trying.
+    try:
+        await wait_for(lambda: any(o.startswith("transient") for o in c.outcomes), timeout=30, what="a failed try")
+        assert not task.done()
+        async with serving(app(), port):
+            res = await asyncio.wait_for(task, 60)
+    finally:
+        task.cancel()
+        await c.close()
+    assert res.rejected == 0 and res.accepted >= len(truth), res
+    assert res.tries > len(truth) // 50
+    # Every event counted exactly once: the counters equal the truth.
+    assert await counted(aredis, prefix, truth) == []
