@@ -65,7 +65,7 @@ class Transient(BinormalError):
 
 
 class GaveUp(BinormalError):
-    """Every try failed. ``result`` holds what was settled; ``pending`` the event ids still in doubt."""
+    """Every try failed. ``result`` holds what was settled; ``pending`` the event ids in doubt or never sent."""
 
     def __init__(self, reason: str, result: SendResult | None = None, pending: Sequence[str] = ()) -> None:
         super().__init__(reason)
@@ -367,7 +367,9 @@ def events_reply(status: int, headers: Mapping[str, str], raw: bytes, lines: int
         unknown, unwritten = int(doc.get("unknown") or 0), int(doc.get("unwritten") or 0)
         reason = f"{err} ({unknown} lines in doubt, {unwritten} not written)"
         return EventsReply(accepted, rejected, errors, resend, reason, retry_after(headers))
-    if status in (429, 503, 408) or status >= 500:
+    if status in (429, 503):
+        raise Transient(f"POST /events: service busy ({status}: {err[:120]})", retry_after(headers))
+    if status == 408 or status >= 500:
         raise Transient(f"POST /events: HTTP {status}: {err[:120]}", retry_after(headers))
     if status == 413:
         raise TooLarge(status, err, fld, doc)
@@ -482,17 +484,19 @@ class AsyncClient:
         start = 0
         size = self.batch
         while start < len(lines):
-            todo = list(range(start, min(start + size, len(lines))))  # indexes into lines
+            end = min(start + size, len(lines))
+            todo = list(range(start, end))  # indexes into lines, not yet settled
             attempt = 0
             while todo:
                 tries += 1
                 try:
                     reply = await self.post_events([lines[i] for i in todo])
                 except TooLarge:
-                    if len(todo) == 1:
+                    if attempt or len(todo) == 1:  # a resend is a subset of a body that fitted
                         raise
-                    size = max(1, len(todo) // 2)  # the rest of this unit waits for the next round
-                    todo = todo[:size]
+                    size = max(1, len(todo) // 2)  # for the rest of the call
+                    end = start + size
+                    todo = list(range(start, end))
                     continue
                 except Transient as exc:
                     reason, after, keep = exc.reason, exc.after, todo  # no verdict: every line again
@@ -501,15 +505,15 @@ class AsyncClient:
                     errors.extend(LineError(todo[e.line - 1] + 1, e.error, e.field) for e in reply.errors)
                     keep = [todo[i] for i in reply.resend]
                     reason, after = reply.reason, reply.after
-                if not keep:
-                    start = todo[-1] + 1
-                    break
                 attempt += 1
-                if attempt >= self.tries:
-                    done = SendResult(accepted, len(errors), errors, ids, tries)
-                    raise GaveUp(f"gave up after {attempt} tries: {reason}", done, [ids[i] for i in keep])
+                if keep and attempt >= self.tries:
+                    done = SendResult(accepted, len(errors), sorted(errors, key=lambda e: e.line), ids, tries)
+                    pending = [ids[i] for i in keep] + ids[end:]  # in doubt, then never sent
+                    raise GaveUp(f"gave up after {attempt} tries: {reason}", done, pending)
                 todo = keep
-                await asyncio.sleep(self.backoff(attempt - 1, after))
+                if todo:
+                    await asyncio.sleep(self.backoff(attempt - 1, after))
+            start = end
         return SendResult(accepted, len(errors), sorted(errors, key=lambda e: e.line), ids, tries)
 
     async def discrete(self, event: EventLike) -> DiscreteResult:

@@ -6,19 +6,21 @@ import asyncio
 import contextlib
 import dataclasses
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
 
 from binormal import client as bc
-from binormal.common.embedded import free_port
+from binormal.common.embedded import RedisServer, find_binary, free_port
 from binormal.common.schema import Event
 from binormal.worker import Worker
-from tests.support.feed import counted
+from tests.support.feed import counted, service
 from tests.support.http import Served, combined_app, ingest_settings, serving, web_settings
 from tests.support.openapi import load_openapi
 from tests.support.waiting import wait_for
+from tests.support.workers import running_worker, worker_settings
 
 # dataclass -> its schema in docs/openapi.yaml (a JSON pointer below components/schemas)
 SCHEMAS: dict[type[Any], tuple[str, ...]] = {
@@ -142,7 +144,9 @@ class Watching(bc.AsyncClient):
         except bc.Transient as exc:
             self.outcomes.append(f"transient: {exc.reason}")
             raise
-        self.outcomes.append(f"reply {reply.accepted}/{len(lines)}")
+        self.outcomes.append(
+            f"reply {reply.accepted}/{len(lines)}" + (f", resend {len(reply.resend)}" if reply.resend else "")
+        )
         return reply
 
 
@@ -173,3 +177,41 @@ async def test_restart_mid_batch_loses_and_doubles_nothing(
     assert res.tries > len(truth) // 50
     # Every event counted exactly once: the counters equal the truth.
     assert await counted(aredis, prefix, truth) == []
+
+
+async def _oom_refusals(client: aioredis.Redis) -> int:
+    stats = await client.info("errorstats")
+    got = stats.get("errorstat_OOM")
+    return int(got["count"]) if isinstance(got, dict) else 0
+
+
+async def test_resends_only_the_lines_redis_refused(tmp_path: Path, prefix: str) -> None:
+    """A full Redis refuses part of a batch (503 with unwritten_lines): only those lines go again."""
+    n = 2000
+    truth = [Event("acme", "web", f"pop{i % 3}", f"user{i % 50:02d}-" + "x" * 900, f"GET /{i % 7}") for i in range(n)]
+    server = RedisServer(tmp_path / "redis", binary=find_binary("path")).start()
+    redis = aioredis.Redis.from_url(server.url, protocol=2)
+    try:
+        used = int((await redis.info("memory"))["used_memory"])
+        await redis.config_set("maxmemory-policy", "noeviction")
+        await redis.config_set("maxmemory", used + 600_000)  # room for a few hundred ~1 KiB entries
+        async with service(server.url, prefix, pipeline_batch=100, retry_after_s=1) as url:
+            c = Watching(url, "", batch=1000, tries=1000, backoff_s=0.05, max_backoff_s=0.5)
+            task = asyncio.create_task(c.send_many(truth))
+            try:
+                await wait_for(lambda: _oom_refusals(redis), timeout=60, what="redis refusing writes (OOM)")
+                await redis.config_set("maxmemory", 0)
+                res = await asyncio.wait_for(task, 60)
+            finally:
+                task.cancel()
+                await c.close()
+        assert res.accepted == n and res.rejected == 0, res
+        assert any(o.startswith("reply") and "resend" in o for o in c.outcomes), c.outcomes
+        keys = worker_settings(server.url, prefix).keys
+        ids = [f[b"event_id"].decode() for s in keys.streams() for _, f in await redis.xrange(s)]
+        assert sorted(ids) == sorted(res.event_ids)  # each line written once: accepted lines never resent
+        async with running_worker(worker_settings(server.url, prefix)):
+            assert await counted(redis, prefix, truth) == []
+    finally:
+        await redis.aclose()
+        server.stop()
