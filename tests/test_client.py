@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +15,11 @@ from binormal import client as bc
 from binormal.common.embedded import RedisServer, find_binary, free_port
 from binormal.common.schema import Event
 from binormal.worker import Worker
+from tests.support.client import Watching
 from tests.support.feed import counted, service
 from tests.support.http import Served, combined_app, ingest_settings, serving, web_settings
 from tests.support.openapi import load_openapi
+from tests.support.redis_state import oom_refusals
 from tests.support.waiting import wait_for
 from tests.support.workers import running_worker, worker_settings
 
@@ -131,31 +132,6 @@ async def test_gives_up_after_bounded_tries_naming_the_pending_ids() -> None:
     assert err.value.result is not None and err.value.result.tries == 3
 
 
-class Watching(bc.AsyncClient):
-    """An AsyncClient that records each try's outcome (to know when it is retrying)."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.outcomes: list[str] = []
-        self.hold_after: int | None = None  # hold the try after this many until `resume` is set
-        self.held = asyncio.Event()
-        self.resume = asyncio.Event()
-
-    async def post_events(self, lines: Sequence[bytes]) -> bc.EventsReply:
-        if self.hold_after is not None and len(self.outcomes) == self.hold_after:
-            self.held.set()
-            await self.resume.wait()
-        try:
-            reply = await super().post_events(lines)
-        except bc.Transient as exc:
-            self.outcomes.append(f"transient: {exc.reason}")
-            raise
-        self.outcomes.append(
-            f"reply {reply.accepted}/{len(lines)}" + (f", resend {len(reply.resend)}" if reply.resend else "")
-        )
-        return reply
-
-
 async def test_restart_mid_batch_loses_and_doubles_nothing(
     redis_url: str, prefix: str, worker: Worker, aredis: aioredis.Redis
 ) -> None:
@@ -191,12 +167,6 @@ async def test_restart_mid_batch_loses_and_doubles_nothing(
     assert await counted(aredis, prefix, truth) == []
 
 
-async def _oom_refusals(client: aioredis.Redis) -> int:
-    stats = await client.info("errorstats")
-    got = stats.get("errorstat_OOM")
-    return int(got["count"]) if isinstance(got, dict) else 0
-
-
 async def test_resends_only_the_lines_redis_refused(tmp_path: Path, prefix: str) -> None:
     """A full Redis refuses part of a batch (503 with unwritten_lines): only those lines go again."""
     n = 2000
@@ -211,7 +181,7 @@ async def test_resends_only_the_lines_redis_refused(tmp_path: Path, prefix: str)
             c = Watching(url, "", batch=1000, tries=1000, backoff_s=0.05, max_backoff_s=0.5)
             task = asyncio.create_task(c.send_many(truth))
             try:
-                await wait_for(lambda: _oom_refusals(redis), timeout=60, what="redis refusing writes (OOM)")
+                await wait_for(lambda: oom_refusals(redis), timeout=60, what="redis refusing writes (OOM)")
                 await redis.config_set("maxmemory", 0)
                 res = await asyncio.wait_for(task, 60)
             finally:

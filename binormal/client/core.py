@@ -1,19 +1,4 @@
-"""``binormal.client``: send events to Binormal and read its answers (asyncio and sync).
-
-:class:`AsyncClient` is the implementation (aiohttp); :class:`Client` runs it on a
-private event-loop thread, so both share one set of retry rules (docs/client.md):
-
-* ``send``/``send_many`` POST NDJSON batches to ``/events``. Every event gets an
-  ``event_id`` before its first try (a resend is then counted once), and a retry
-  sends again only the lines whose outcome is unknown or unwritten - never a line
-  the service accepted or rejected.
-* ``discrete`` POSTs one event to ``/discrete`` with its event id as the
-  ``Idempotency-Key``; a retry is answered with the first result.
-* Tries are bounded (``tries``), waits grow exponentially with full jitter up to
-  ``max_backoff_s`` (at least the service's ``Retry-After``), every request has a timeout.
-
-The base URL and token come from ``BINORMAL_URL`` and ``BINORMAL_TOKEN`` unless given.
-"""
+"""The client itself: :class:`AsyncClient` (aiohttp) and :class:`Client` (it, on a private loop thread)."""
 
 from __future__ import annotations
 
@@ -23,12 +8,26 @@ import random
 import threading
 import uuid
 from collections.abc import Coroutine, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, ClassVar, TypeVar
+from typing import Any, TypeVar
 
 import aiohttp
 import orjson
 
+from binormal.client.results import (
+    ApiError,
+    BinormalError,
+    DiscreteResult,
+    EventsReply,
+    GaveUp,
+    Individual,
+    LineError,
+    Outliers,
+    Queued,
+    SendResult,
+    TooLarge,
+    Transient,
+    build,
+)
 from binormal.common.schema import Event
 
 DEFAULT_URL = "http://127.0.0.1:8080"
@@ -38,242 +37,7 @@ MAX_BATCH = 10_000  # lines per POST /events (the service's own bound is in byte
 
 EventLike = Event | Mapping[str, Any]
 Scope = str | tuple[str, str, str]
-
-
-class BinormalError(Exception):
-    """Base of the client's errors."""
-
-
-class ApiError(BinormalError):
-    """The service refused the request for a reason retrying cannot fix (a 4xx, or an unexpected answer)."""
-
-    def __init__(self, status: int, error: str, field: str | None = None, body: Any = None) -> None:
-        super().__init__(f"HTTP {status}: {f'{field}: ' if field else ''}{error}")
-        self.status, self.error, self.field, self.body = status, error, field, body
-
-
-class TooLarge(ApiError):
-    """A 413: the body is over the service's limit (``send_many`` splits the batch and goes on)."""
-
-
-class Transient(BinormalError):
-    """One try got no verdict (no answer, a 5xx, 429, 503): the request may be sent again."""
-
-    def __init__(self, reason: str, after: float | None = None) -> None:
-        super().__init__(reason)
-        self.reason, self.after = reason, after
-
-
-class GaveUp(BinormalError):
-    """Every try failed. ``result`` holds what was settled; ``pending`` the event ids in doubt or never sent."""
-
-    def __init__(self, reason: str, result: SendResult | None = None, pending: Sequence[str] = ()) -> None:
-        super().__init__(reason)
-        self.reason, self.result, self.pending = reason, result, list(pending)
-
-
-class Queued(BinormalError):
-    """``/discrete`` had no result in time (504) on every try; the event is queued and will be counted."""
-
-    def __init__(self, event_id: str) -> None:
-        super().__init__(f"no result in time; queued as {event_id}")
-        self.event_id = event_id
-
-
-# --- typed results (the schemas of docs/openapi.yaml; tests/test_client.py checks the fields) ---
-
 T = TypeVar("T")
-
-
-def _build(cls: type[T], doc: Any) -> T:
-    """An instance of ``cls`` (a dataclass below) from its JSON object, nested lists and objects included."""
-    if not isinstance(doc, dict):
-        raise ApiError(200, f"expected a JSON object for {cls.__name__}, got {type(doc).__name__}")
-    wire: Mapping[str, str] = getattr(cls, "WIRE", {})
-    nested: Mapping[str, type[Any]] = getattr(cls, "NESTED", {})
-    kwargs: dict[str, Any] = {}
-    for name in cls.__dataclass_fields__:  # type: ignore[attr-defined]
-        key = wire.get(name, name)
-        if key not in doc:
-            continue  # optional in the schema: the dataclass default
-        value = doc[key]
-        sub = nested.get(name)
-        if sub is not None and value is not None:
-            value = [_build(sub, v) for v in value] if isinstance(value, list) else _build(sub, value)
-        kwargs[name] = value
-    try:
-        return cls(**kwargs)
-    except TypeError as exc:  # a required property missing from the answer
-        raise ApiError(200, f"unreadable {cls.__name__}: {exc}", body=doc) from None
-
-
-@dataclass(frozen=True, slots=True)
-class Reason:
-    """One action's part of a score (schema Reason)."""
-
-    action: str
-    count: int
-    observed: int
-    expected: float
-    bits: float
-    kind: str
-
-
-@dataclass(frozen=True, slots=True)
-class DiscreteResult:
-    """The answer of ``POST /discrete`` (schema DiscreteResult); ``duplicate`` is True for a retried event id."""
-
-    WIRE: ClassVar[Mapping[str, str]] = {"this_action_count": "thisActionCount"}
-    NESTED: ClassVar[Mapping[str, type[Any]]] = {"explain": Reason}
-
-    runtime: int
-    score: float
-    count: int
-    zscore: float
-    source: str
-    pop: str
-    id: str
-    action: str
-    timestamp: int
-    this_action_count: int
-    actionzscore: float
-    org: str
-    event_id: str
-    explain: list[Reason]
-    muted: bool
-    pscore: float
-    rzscore: float
-    bits_per_event: float
-    learning: bool
-    novel: bool
-    new_action: bool
-    duplicate: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class Dominated:
-    """The individual holding most of a scope's events (schema Dominated)."""
-
-    id: str
-    share: float
-
-
-@dataclass(frozen=True, slots=True)
-class Outlier:
-    """One entry of ``Outliers.outliers``."""
-
-    NESTED: ClassVar[Mapping[str, type[Any]]] = {"reasons": Reason}
-
-    id: str
-    score: float
-    count: int
-    zscore: float
-    pscore: float
-    rzscore: float
-    bits_per_event: float
-    learning: bool
-    reasons: list[Reason]
-    muted: bool
-
-
-@dataclass(frozen=True, slots=True)
-class Outliers:
-    """The answer of ``GET /api/outliers`` (schema Outliers)."""
-
-    NESTED: ClassVar[Mapping[str, type[Any]]] = {"outliers": Outlier, "dominated": Dominated}
-
-    org: str
-    source: str
-    pop: str
-    individuals: int
-    mean: float
-    std: float
-    dominated: Dominated | None
-    outliers: list[Outlier]
-
-
-@dataclass(frozen=True, slots=True)
-class Feedback:
-    """The analysts' mark on an individual (schema Feedback)."""
-
-    label: str
-    by: str
-    at: int
-    note: str
-
-
-@dataclass(frozen=True, slots=True)
-class ActionCount:
-    """One entry of ``Individual.actions``."""
-
-    action: str
-    count: int
-    observed: int
-    expected: float
-    p: float
-    bits: float
-    kind: str
-
-
-@dataclass(frozen=True, slots=True)
-class Individual:
-    """The answer of ``GET /api/individual`` (schema Individual)."""
-
-    NESTED: ClassVar[Mapping[str, type[Any]]] = {"actions": ActionCount, "feedback": Feedback}
-
-    org: str
-    source: str
-    pop: str
-    id: str
-    muted: bool
-    excluded: bool
-    feedback: Feedback | None
-    count: int
-    normalised_count: int
-    score: float
-    zscore: float
-    pscore: float
-    rzscore: float
-    bits_per_event: float
-    learning: bool
-    actions: list[ActionCount]
-    actions_total: int
-    truncated: bool
-
-
-@dataclass(frozen=True, slots=True)
-class LineError:
-    """A rejected event (schema LineError); ``line`` is its 1-based position in the ``send_many`` input."""
-
-    line: int
-    error: str
-    field: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class SendResult:
-    """What ``send_many`` settled: accepted and rejected counts, the rejections, the event ids sent, tries made."""
-
-    accepted: int
-    rejected: int
-    errors: list[LineError]
-    event_ids: list[str]
-    tries: int
-
-
-@dataclass(frozen=True, slots=True)
-class EventsReply:
-    """One ``POST /events`` answer with a verdict: counts, rejections, and the lines (0-based) to send again."""
-
-    accepted: int
-    rejected: int
-    errors: list[LineError]  # lines of the request body (1-based)
-    resend: list[int] = field(default_factory=list)
-    reason: str = ""
-    after: float | None = None
-
-
-# --- helpers ---
 
 
 def event_fields(event: EventLike) -> dict[str, Any]:
@@ -534,7 +298,7 @@ class AsyncClient:
                 continue
             answer = _json(raw)
             if status == 200:
-                return _build(DiscreteResult, answer)
+                return build(DiscreteResult, answer)
             err, fld = error_text(answer, raw)
             if status == 504 or status == 429 or status >= 500:
                 last, after = f"POST /discrete: HTTP {status}: {err}", retry_after(hdrs)
@@ -572,13 +336,13 @@ class AsyncClient:
         org, source, pop = split_scope(scope)
         params = {"org": org, "source": source, "pop": pop, "limit": str(limit)}
         params |= {"muted": "1" if muted else "0", "exclude_learning": "1" if exclude_learning else "0"}
-        return _build(Outliers, await self._get("/api/outliers", **params))
+        return build(Outliers, await self._get("/api/outliers", **params))
 
     async def individual(self, scope: Scope, id: str, limit: int = 100) -> Individual:
         """``GET /api/individual``: one individual's counts per action against the expected counts."""
         org, source, pop = split_scope(scope)
         doc = await self._get("/api/individual", org=org, source=source, pop=pop, id=id, limit=str(limit))
-        return _build(Individual, doc)
+        return build(Individual, doc)
 
 
 class Client:
