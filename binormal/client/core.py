@@ -119,13 +119,13 @@ def events_reply(status: int, headers: Mapping[str, str], raw: bytes, lines: int
                 n
                 for key in ("unknown_lines", "unwritten_lines")
                 for a, b in doc.get(key) or []
-                for n in range(int(a), int(b) + 1)
+                for n in range(max(1, int(a)), min(int(b), lines) + 1)  # clipped to the body: bounded
             }
         except (TypeError, ValueError):
             raise Transient("POST /events: service unavailable (unreadable answer)", retry_after(headers)) from None
         errors = _line_errors(doc.get("errors"))
         listed = {e.line for e in errors}
-        resend = [n - 1 for n in sorted(todo) if 1 <= n <= lines and n not in listed]
+        resend = [n - 1 for n in sorted(todo) if n not in listed]
         if not resend and accepted + rejected < lines:
             raise Transient(f"POST /events: {err}", retry_after(headers))
         unknown, unwritten = int(doc.get("unknown") or 0), int(doc.get("unwritten") or 0)
@@ -266,7 +266,11 @@ class AsyncClient:
                     reason, after, keep = exc.reason, exc.after, todo  # no verdict: every line again
                 else:
                     accepted += reply.accepted
-                    errors.extend(LineError(todo[e.line - 1] + 1, e.error, e.field) for e in reply.errors)
+                    errors.extend(
+                        LineError(todo[e.line - 1] + 1, e.error, e.field)
+                        for e in reply.errors
+                        if 1 <= e.line <= len(todo)  # body line -> position in the input
+                    )
                     keep = [todo[i] for i in reply.resend]
                     reason, after = reply.reason, reply.after
                 attempt += 1
