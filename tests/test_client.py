@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import time
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from binormal import client as bc
+from binormal.common.auth import format_line, hash_token
 from binormal.common.embedded import RedisServer, find_binary, free_port
 from binormal.common.schema import Event
 from binormal.worker import Worker
@@ -107,9 +109,14 @@ async def test_sync_client_on_its_own_thread(combined: Served, worker: Worker) -
     def run() -> tuple[bc.SendResult, bc.Individual]:
         with bc.Client(combined.base, "", backoff_s=0.02) as c:
             sent = c.send({"org": "acme", "source": "web", "pop": "s", "id": "bob", "action": "GET /"})
-            while True:  # the worker counts asynchronously
-                with contextlib.suppress(bc.ApiError):
+            deadline = time.monotonic() + 20
+            while True:  # the worker counts asynchronously: 404 until then
+                try:
                     return sent, c.individual("acme/web/s", "bob")
+                except bc.ApiError:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.05)  # poll interval (this thread's own loop; the condition is the count)
 
     sent, ind = await asyncio.wait_for(asyncio.to_thread(run), 30)
     assert sent.accepted == 1 and ind.count == 1
@@ -197,3 +204,38 @@ async def test_resends_only_the_lines_redis_refused(tmp_path: Path, prefix: str)
     finally:
         await redis.aclose()
         server.stop()
+
+
+async def test_the_token_from_the_environment_is_sent(
+    tmp_path: Path, redis_url: str, prefix: str, worker: Worker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tokens = tmp_path / "tokens"
+    tokens.write_text(
+        format_line("prod", "producer", frozenset({"acme"}), hash_token("tok-prod"))
+        + format_line("view", "viewer", frozenset({"acme"}), hash_token("tok-view"))
+    )
+    ws = web_settings(redis_url, prefix, tokens_file=str(tokens))
+    async with serving(combined_app(ws, ingest_settings(redis_url, prefix, tokens_file=str(tokens)))) as base:
+        monkeypatch.setenv("BINORMAL_URL", base)
+        monkeypatch.setenv("BINORMAL_TOKEN", "tok-prod")
+        async with bc.AsyncClient(backoff_s=0.02) as c:
+            assert (await c.send({"org": "acme", "source": "web", "pop": "t", "id": "u", "action": "a"})).accepted == 1
+            with pytest.raises(bc.ApiError) as err:  # a producer token cannot read
+                await c.individual("acme/web/t", "u")
+            assert err.value.status == 403
+        async with bc.AsyncClient(token="tok-view", backoff_s=0.02) as c:
+            ind = await wait_for(lambda: _individual(c, "acme/web/t", "u"), timeout=30, what="the event counted")
+            assert ind.count == 1
+        async with bc.AsyncClient(token="", tries=1) as c:
+            with pytest.raises(bc.ApiError) as err:
+                await c.send({"org": "acme", "source": "web", "pop": "t", "id": "u", "action": "a"})
+            assert err.value.status == 401
+
+
+async def _individual(c: bc.AsyncClient, scope: str, ident: str) -> bc.Individual | None:
+    try:
+        return await c.individual(scope, ident)
+    except bc.ApiError as exc:
+        if exc.status != 404:
+            raise
+        return None
