@@ -15,15 +15,9 @@ import redis.asyncio as aioredis
 from binormal.common.embedded import RedisServer, find_binary
 from binormal.common.schema import Event
 from tests.support.feed import counted, event_line, finish, service, start_feed, write_lines
-from tests.support.redis_state import kill_blocked_xadd, paused_writes
+from tests.support.redis_state import kill_blocked_xadd, oom_refusals, paused_writes
 from tests.support.waiting import wait_for
 from tests.support.workers import running_worker, worker_settings
-
-
-async def _oom_refusals(client: aioredis.Redis) -> int:
-    stats = await client.info("errorstats")
-    got = stats.get("errorstat_OOM")
-    return int(got["count"]) if isinstance(got, dict) else 0
 
 
 async def test_feeder_resends_only_the_lines_redis_refused(tmp_path: Path, prefix: str) -> None:
@@ -38,7 +32,7 @@ async def test_feeder_resends_only_the_lines_redis_refused(tmp_path: Path, prefi
         await client.config_set("maxmemory", used + 600_000)  # room for a few hundred ~1 KiB entries
         async with service(server.url, prefix, pipeline_batch=100, retry_after_s=1) as url:
             proc = await start_feed(str(log), "--url", url, "--json", "--batch", "1000")
-            await wait_for(lambda: _oom_refusals(client), timeout=60, what="redis refusing writes (OOM)")
+            await wait_for(lambda: oom_refusals(client), timeout=60, what="redis refusing writes (OOM)")
             await client.config_set("maxmemory", 0)
             run = await finish(proc, timeout=120)
         assert run.rc == 0, run.err

@@ -13,11 +13,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, cast, runtime_checkable
 
-import aiohttp
 import orjson
 from redis.exceptions import ResponseError
 from redis.typing import EncodableT, FieldT
 
+from binormal import client
+from binormal.client import retry_after
 from binormal.common.connection import TRANSIENT, Client, open_client
 from binormal.common.keys import Keyspace
 from binormal.common.schema import Event
@@ -106,67 +107,35 @@ def event_json(e: Event) -> bytes:
     return orjson.dumps(d)
 
 
-def retry_after(headers: Mapping[str, str], default: float | None = None) -> float | None:
-    """Seconds from a ``Retry-After`` header (delta-seconds form), else ``default``."""
-    raw = headers.get("Retry-After")
-    if raw is None:
-        return default
-    try:
-        return max(0.0, float(raw))
-    except ValueError:
-        return default
-
-
 def _error_text(body: bytes, limit: int = 300) -> str:
-    try:
-        doc = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return body[:limit].decode("utf-8", "replace").strip()
-    if isinstance(doc, dict):
-        err = doc.get("error") or doc.get("message") or doc
-        fld = doc.get("field")
-        text = f"{fld}: {err}" if fld and isinstance(err, str) and not err.startswith(f"{fld}:") else str(err)
-        return text[:limit]
-    return str(doc)[:limit]
+    err, fld = client.error_text(_json_or_none(body), body, limit)
+    return f"{fld}: {err}" if fld and not err.startswith(f"{fld}:") else err
 
 
 class HttpTransport:
-    """Common HTTP plumbing: one session, keep-alive, a timeout on every request."""
+    """Common HTTP plumbing: a :class:`binormal.client.AsyncClient` (one session, keep-alive, timeouts).
+
+    The feeder keeps its own retry loop (it saves its place between units), so
+    only the client's single-request layer is used here, never its retries.
+    """
 
     def __init__(self, url: str, timeout_s: float, token: str = "") -> None:
         self.base = url.rstrip("/")
-        self.token = token  # BINORMAL_TOKEN: sent as Authorization: Bearer, never printed
-        self.timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=min(timeout_s, 5.0))
-        self.session: aiohttp.ClientSession | None = None
+        # BINORMAL_TOKEN: sent as Authorization: Bearer, never printed ("" sends none).
+        self.client = client.AsyncClient(self.base, token, timeout_s=timeout_s, user_agent="binormal-feed")
 
     async def open(self) -> None:
-        """Create the client session."""
-        self.session = aiohttp.ClientSession(
-            timeout=self.timeout,
-            connector=aiohttp.TCPConnector(limit=8, force_close=False),
-            headers={
-                "User-Agent": "binormal-feed",
-                **({"Authorization": f"Bearer {self.token}"} if self.token else {}),
-            },
-        )
+        """Nothing to do: the client opens its session on the first request."""
 
     async def close(self) -> None:
         """Close the session."""
-        if self.session is not None:
-            await self.session.close()
-            self.session = None
+        await self.client.close()
 
     async def _post(self, path: str, body: bytes, content_type: str) -> tuple[int, Mapping[str, str], bytes]:
-        assert self.session is not None
         try:
-            async with self.session.post(self.base + path, data=body, headers={"Content-Type": content_type}) as resp:
-                return resp.status, resp.headers, await resp.read()
-        except TimeoutError:
-            raise Retry(f"no answer from {self.base} within {self.timeout.total:g} s") from None
-        except aiohttp.ClientConnectorError as exc:
-            raise Retry(f"cannot connect to {self.base} ({exc.os_error.strerror or exc.os_error})") from None
-        except (aiohttp.ClientError, OSError) as exc:
-            raise Retry(f"connection to {self.base} failed: {type(exc).__name__}: {exc}") from None
+            return await self.client.request("POST", path, body, {"Content-Type": content_type})
+        except client.Transient as exc:
+            raise Retry(exc.reason) from None
 
     @staticmethod
     def _classify(status: int, headers: Mapping[str, str], body: bytes, what: str) -> None:
@@ -177,9 +146,13 @@ class HttpTransport:
             raise Retry(f"{what}: HTTP {status}: {_error_text(body, 120)}", retry_after(headers))
         if status == 413:
             raise TooLarge(_error_text(body))
-        if status in (401, 403, 421):
-            # No credentials, a token without this route's role or org, or a Host not served: no retry helps.
-            raise Fatal(f"{what}: HTTP {status}: {_error_text(body)} (set BINORMAL_TOKEN to a producer token)")
+        _refused(status, body, what)
+
+
+def _refused(status: int, body: bytes, what: str) -> None:
+    if status in (401, 403, 421):
+        # No credentials, a token without this route's role or org, or a Host not served: no retry helps.
+        raise Fatal(f"{what}: HTTP {status}: {_error_text(body)} (set BINORMAL_TOKEN to a producer token)")
 
 
 class BatchTransport(HttpTransport):
@@ -188,72 +161,36 @@ class BatchTransport(HttpTransport):
     path = "/events"
 
     async def send(self, items: Sequence[Item]) -> Outcome:
-        """Send ``items`` as one NDJSON request."""
-        body = b"\n".join(event_json(it.event) for it in items) + b"\n"
-        status, headers, raw = await self._post(self.path, body, "application/x-ndjson")
-        doc = _json_or_none(raw)
-        if status == 503 and isinstance(doc, dict) and ("unknown_lines" in doc or "unwritten_lines" in doc):
-            return self._incomplete(items, headers, doc)
-        self._classify(status, headers, raw, f"POST {self.path}")
-        # A batch whose every line is invalid is a 400 carrying the same per-line verdict as a 202.
-        verdict = isinstance(doc, dict) and "accepted" in doc and "rejected" in doc
-        if status == 400 and verdict:
-            status = 202
-        if status not in (200, 202):
-            raise Fatal(f"POST {self.base}{self.path} answered {status}: {_error_text(raw)}")
-        if not verdict:
-            raise Retry(f"POST {self.path}: unreadable answer {raw[:120]!r}")
+        """Send ``items`` as one NDJSON request (read by :func:`binormal.client.events_reply`)."""
         try:
-            accepted, rejected = int(doc["accepted"]), int(doc["rejected"])
-            errors = list(doc.get("errors") or [])
-        except (TypeError, ValueError):
-            raise Retry(f"POST {self.path}: unreadable answer {raw[:120]!r}") from None
-        out = self._verdict(items, accepted, rejected, errors)
-        if accepted + rejected != len(items):
+            reply = await self.client.post_events([event_json(it.event) for it in items])
+        except client.Transient as exc:
+            raise Retry(exc.reason, exc.after) from None
+        except client.TooLarge as exc:
+            raise TooLarge(f"{exc.field}: {exc.error}" if exc.field else exc.error) from None
+        except client.ApiError as exc:
+            body = orjson.dumps(exc.body) if exc.body is not None else exc.error.encode()
+            _refused(exc.status, body, f"POST {self.path}")
+            raise Fatal(f"POST {self.base}{self.path} answered {exc.status}: {_error_text(body)}") from None
+        out = self._verdict(items, reply.accepted, reply.rejected, reply.errors)
+        if reply.resend:
+            # Unknown lines may have been written: they go again with their same event ids (counted once).
+            out.resend = [items[i] for i in reply.resend]
+            out.reason, out.after = reply.reason, reply.after
+        elif reply.accepted + reply.rejected != len(items):
             out.notes.append(
-                f"the service counted {accepted} accepted + {rejected} rejected for {len(items)} lines sent"
+                f"the service counted {reply.accepted} accepted + {reply.rejected} rejected for {len(items)} lines sent"
             )
         return out
 
-    def _incomplete(self, items: Sequence[Item], headers: Mapping[str, str], doc: dict[str, Any]) -> Outcome:
-        """A 503 that says which lines were taken: resend exactly the unknown and unwritten ones.
-
-        Unknown lines may have been written, so they go again with their same
-        event ids (the worker counts an id once); unwritten ones were not.
-        """
-        try:
-            accepted, rejected = int(doc.get("accepted", 0)), int(doc.get("rejected", 0))
-            errors = list(doc.get("errors") or [])
-            lines = [
-                n
-                for key in ("unknown_lines", "unwritten_lines")
-                for first, last in doc.get(key) or []
-                for n in range(int(first), int(last) + 1)
-            ]
-        except (TypeError, ValueError):
-            raise Retry(f"POST {self.path}: service unavailable (unreadable answer)", retry_after(headers)) from None
-        out = self._verdict(items, accepted, rejected, errors)
-        listed = {int(err["line"]) for err in errors if isinstance(err, dict) and isinstance(err.get("line"), int)}
-        # Body line n is items[n - 1] (one event per line, no blank lines); rejected lines never go again.
-        out.resend = [items[n - 1] for n in sorted(set(lines)) if 1 <= n <= len(items) and n not in listed]
-        if not out.resend and accepted + rejected < len(items):
-            raise Retry(f"POST {self.path}: {str(doc.get('error'))[:120]}", retry_after(headers))
-        unknown, unwritten = int(doc.get("unknown") or 0), int(doc.get("unwritten") or 0)
-        out.reason = f"{str(doc.get('error'))[:120]} ({unknown} lines in doubt, {unwritten} not written)"
-        out.after = retry_after(headers)
-        return out
-
     @staticmethod
-    def _verdict(items: Sequence[Item], accepted: int, rejected: int, errors: list[Any]) -> Outcome:
+    def _verdict(items: Sequence[Item], accepted: int, rejected: int, errors: list[client.LineError]) -> Outcome:
         """Outcome with the accepted count and the rejected lines mapped to input line numbers."""
         out = Outcome(accepted=accepted)
         for err in errors:
-            try:
-                idx = int(err["line"]) - 1  # 1-based line of the request body
-            except (KeyError, TypeError, ValueError):
-                continue
+            idx = err.line - 1  # 1-based line of the request body
             lineno = items[idx].lineno if 0 <= idx < len(items) else -1
-            fld, msg = err.get("field"), str(err.get("error", "rejected"))
+            fld, msg = err.field, err.error
             out.rejected.append((lineno, f"{fld}: {msg}" if fld and not msg.startswith(f"{fld}:") else msg))
         for _ in range(rejected - len(out.rejected)):  # the service lists a bounded number of errors
             out.rejected.append((-1, "rejected (not listed by the service)"))

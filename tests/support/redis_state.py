@@ -117,6 +117,13 @@ class Collector:
         return self.messages[channel]
 
 
+async def oom_refusals(client: aioredis.Redis) -> int:
+    """How many commands Redis refused for ``maxmemory`` (INFO errorstats ``errorstat_OOM``)."""
+    stats = await client.info("errorstats")
+    got = stats.get("errorstat_OOM")
+    return int(got["count"]) if isinstance(got, dict) else 0
+
+
 async def dump_keys(client: aioredis.Redis, pattern: str) -> dict[bytes, Any]:
     """Content of every hash/zset/set/string key matching ``pattern`` (streams skipped)."""
     out: dict[bytes, Any] = {}
