@@ -110,6 +110,7 @@ async def metrics_view(request: web.Request) -> web.Response:
             async with asyncio.timeout(PROBE_TIMEOUT_S):
                 lag = await stream_lag(handle.client, handle.keys)
                 dead = await dead_lengths(handle.client, handle.keys)
+                alert_stats = await handle.client.hgetall(handle.keys.alert_stats())
         except TRANSIENT as exc:
             metrics.REDIS_UP.set(0)
             log.warning("metrics_redis_error", error=str(exc) or type(exc).__name__)
@@ -119,4 +120,5 @@ async def metrics_view(request: web.Request) -> web.Response:
                 metrics.STREAM_LAG.labels(str(shard)).set(n)
             for shard, n in dead.items():
                 metrics.DEAD_LETTERED.labels(str(shard)).set(n)
+            metrics.ALERTS.load(alert_stats)
     return web.Response(body=generate_latest(REGISTRY), headers={"Content-Type": CONTENT_TYPE_LATEST})

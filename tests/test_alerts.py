@@ -16,7 +16,9 @@ import signal
 import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
+import aiohttp
 import orjson
 import pytest
 import redis.asyncio as aioredis
@@ -30,11 +32,13 @@ from binormal.common.alerts import (
     parse_duration,
     remove_alert_rule,
 )
+from binormal.common.auth import hash_token
 from binormal.common.keys import Keyspace, Scope
 from binormal.common.rules import RuleError
 from binormal.common.schema import Event
 from binormal.common.scripts import Alert, AlertItem, Scripts
 from binormal.worker.sender import SIGNATURE_HEADER, Sender, SenderSettings, list_failed, replay_failed
+from tests.support.http import combined_app, ingest_settings, serving, web_settings
 from tests.support.receiver import Receiver, receiving
 from tests.support.redis_state import drained, no_uncommitted, xadd_events
 from tests.support.waiting import wait_for
@@ -311,3 +315,70 @@ async def test_alerts_command_adds_lists_removes_and_never_prints_the_secret(
     assert bad.returncode == 2 and "scope" in bad.stderr
     assert run("remove", "r1").returncode == 0 and run("remove", "r1").returncode == 1
     assert run("failed").returncode == 0
+
+
+async def test_metrics_export_the_alert_counters_per_rule(aredis: aioredis.Redis, redis_url: str, prefix: str) -> None:
+    ws, ins = web_settings(redis_url, prefix), ingest_settings(redis_url, prefix)
+    await aredis.hset(ws.keys.alert_stats(), mapping={"fired:r1": 3, "delivered:r1": 2, "failed:r1": 1})
+    async with serving(combined_app(ws, ins)) as base, aiohttp.ClientSession() as http:
+        async with http.get(base + "/metrics") as resp:
+            text = await resp.text()
+    for line in (
+        'binormal_alerts_fired_total{rule="r1"} 3.0',
+        'binormal_alerts_delivered_total{rule="r1"} 2.0',
+        'binormal_alerts_failed_total{rule="r1"} 1.0',
+    ):
+        assert line in text, text[-2000:]
+
+
+async def test_api_alert_rules_are_admin_and_org_scoped_and_api_alerts_filters(
+    aredis: aioredis.Redis, redis_url: str, prefix: str, tmp_path: Path
+) -> None:
+    tokens = tmp_path / "tokens"
+    people = {"admin": ("admin", "acme"), "root": ("admin", "*"), "analyst": ("analyst", "acme")}
+    tokens.write_text("".join(f"{n} {r} {o} sha256:{hash_token('tok-' + n).hex()}\n" for n, (r, o) in people.items()))
+    ws = web_settings(redis_url, prefix, tokens_file=str(tokens))
+    ins = ingest_settings(redis_url, prefix, tokens_file=str(tokens))
+    keys = ws.keys
+    body = {"name": "r1", "scope": "acme/web/*", "min_zscore": 4, "webhook": "http://127.0.0.1:9/h", "secret": SECRET}
+    async with serving(combined_app(ws, ins)) as base, aiohttp.ClientSession() as http:
+
+        async def call(method: str, path: str, who: str, **kw: Any) -> tuple[int, Any]:
+            headers = {"Authorization": f"Bearer tok-{who}"}
+            async with http.request(method, base + path, headers=headers, **kw) as r:
+                return r.status, await r.json(content_type=None)
+
+        assert (await call("POST", "/api/alerts/rules", "analyst", json=body))[0] == 403  # admin only
+        status, made = await call("POST", "/api/alerts/rules", "admin", json=body)
+        assert status == 201 and made["has_secret"] is True and SECRET not in json.dumps(made)
+        assert (await call("POST", "/api/alerts/rules", "admin", json=body))[0] == 200
+        status, err = await call("POST", "/api/alerts/rules", "admin", json={**body, "scope": "beta/*/*"})
+        assert status == 403 and err["field"] == "scope"
+        assert (await call("POST", "/api/alerts/rules", "admin", json={**body, "scope": "*/web/*"}))[0] == 403
+        status, err = await call("POST", "/api/alerts/rules", "admin", json={**body, "min_zscore": "x"})
+        assert status == 400 and err["field"] == "min_zscore"
+        assert (await call("POST", "/api/alerts/rules", "root", json={**body, "name": "all", "scope": "*/*/*"}))[
+            0
+        ] == 201
+        status, listed = await call("GET", "/api/alerts/rules", "admin")
+        assert status == 200 and [r["name"] for r in listed["rules"]] == ["r1"]
+        assert SECRET not in json.dumps(listed)
+        status, listed = await call("GET", "/api/alerts/rules", "root")
+        assert [r["name"] for r in listed["rules"]] == ["all", "r1"]
+        assert (await call("DELETE", "/api/alerts/rules?name=all", "admin"))[0] == 403
+        # Two alerts on the streams: one of acme, one of beta.
+        for scope, rule in (("acme/web/login", "r1"), ("beta/web/login", "all")):
+            org, source, pop = scope.split("/")
+            shard = keys.shard(Scope(org, source, pop))
+            alert = {"rule": rule, "scope": scope, "id": "u1"}
+            await aredis.xadd(keys.alert_stream(shard), {"alert": orjson.dumps(alert)})
+        status, got = await call("GET", "/api/alerts", "analyst")
+        assert status == 200 and [a["scope"] for a in got["alerts"]] == ["acme/web/login"]
+        status, got = await call("GET", "/api/alerts?rule=all&scope=*/web/*", "root")
+        assert [a["scope"] for a in got["alerts"]] == ["beta/web/login"]
+        status, got = await call("GET", "/api/alerts?since=99999999999999", "root")
+        assert status == 200 and got["alerts"] == []
+        assert (await call("GET", "/api/alerts?limit=x", "root"))[0] == 400
+        assert (await call("GET", "/api/alerts?scope=beta/web/login", "analyst"))[0] == 403
+        assert (await call("DELETE", "/api/alerts/rules?name=r1", "admin"))[0] == 200
+        assert (await call("DELETE", "/api/alerts/rules?name=r1", "admin"))[0] == 404
