@@ -120,18 +120,18 @@ def parse_scope(text: str) -> Scope:
 
 
 def _number(data: Mapping[str, Any], name: str, lo: float, hi: float) -> float | None:
-    value = data.get(name)
-    if value is None:
+    if name not in data:
         return None
+    value = data[name]
     if isinstance(value, bool) or not isinstance(value, int | float) or not lo <= value <= hi:
         raise RuleError(f"{name}: must be a number from {lo} to {hi}", name)
     return float(value)
 
 
 def _bounded(data: Mapping[str, Any], name: str, limit: int, pattern: re.Pattern[str] | None = None) -> str | None:
-    value = data.get(name)
-    if value is None:
+    if name not in data:
         return None
+    value = data[name]
     if not isinstance(value, str) or value == "":
         raise RuleError(f"{name}: must be a non-empty string", name)
     if len(value.encode("utf-8", "surrogatepass")) > limit:

@@ -126,6 +126,8 @@ async def get_alerts(request: web.Request) -> web.Response:
     since = _int(q, "since", 0, 2**53)
     limit = _int(q, "limit", DEFAULT_LIMIT, ALERTS_LIMIT)
     rule = q.get("rule")
+    if rule is not None and not 1 <= len(rule.encode("utf-8", "surrogatepass")) <= 64:
+        raise ApiError(400, "rule: must be 1 to 64 bytes", "rule")
     orgs = _orgs(request)
     handle = request.app[REDIS]
     client = handle.require()
