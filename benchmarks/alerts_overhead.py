@@ -4,8 +4,9 @@ Fills a private redis-server with N events (default 100,000; the worker_throughp
 scopes, 10,000 individuals, 40 actions), then times one Worker draining them, A/B in the same
 run: no alert rule, then 10 rules that all match every scope (``*/*/*``, thresholds zscore 3..12:
 the worst case, 10 fire decisions per result in ``alert.lua``), each on a fresh copy of the data.
+``--spread``: each rule matches one of the 10 scopes instead (one decision per result).
 
-    python benchmarks/alerts_overhead.py [--events N] [--repeat R] [--redis-server PATH]
+    python benchmarks/alerts_overhead.py [--events N] [--repeat R] [--spread] [--redis-server PATH]
 
 Prints one line per run and the medians with their ratio. Loopback only; stops by itself.
 """
@@ -31,11 +32,12 @@ from binormal.common.keys import Keyspace  # noqa: E402
 from binormal.common.runtime import tune_gc  # noqa: E402
 
 
-async def add_rules(client: aioredis.Redis, keys: Keyspace, n: int) -> None:
-    """``n`` rules matching every scope, zscore thresholds 3, 4, ... (webhook never called here)."""
+async def add_rules(client: aioredis.Redis, keys: Keyspace, n: int, spread: bool) -> None:
+    """``n`` rules matching every scope (else one scope each), zscore thresholds 3, 4, ... (webhook never called)."""
     for i in range(n):
+        scope = f"org{i % 3}/src{i}/pop{i}" if spread else "*/*/*"
         rule = parse_alert_rule(
-            {"name": f"r{i}", "scope": "*/*/*", "min_zscore": 3 + i, "webhook": "http://127.0.0.1:9/h"}, by="bench"
+            {"name": f"r{i}", "scope": scope, "min_zscore": 3 + i, "webhook": "http://127.0.0.1:9/h"}, by="bench"
         )
         await add_alert_rule(client, keys, rule)
 
@@ -45,10 +47,12 @@ async def main() -> None:
     p.add_argument("--events", type=int, default=100_000)
     p.add_argument("--rules", type=int, default=10)
     p.add_argument("--repeat", type=int, default=1)
+    p.add_argument("--spread", action="store_true", help="each rule matches one scope (org{i%%3}/src{i}/pop{i})")
     p.add_argument("--redis-server", default=None)
     args = p.parse_args()
     binary = quiet_setup(args.redis_server)
-    print(f"events={args.events} scopes=10 individuals=10000 actions=40 batch=500 rules={args.rules} (all match)")
+    how = "one scope each" if args.spread else "all match every scope"
+    print(f"events={args.events} scopes=10 individuals=10000 actions=40 batch=500 rules={args.rules} ({how})")
     events = make_events(args.events, 10, 10_000, 40)
     keys = Keyspace()
     tune_gc()
@@ -62,7 +66,7 @@ async def main() -> None:
                     await client.flushall()
                     await fill(client, keys, events)
                     if mode == "rules":
-                        await add_rules(client, keys, args.rules)
+                        await add_rules(client, keys, args.rules, args.spread)
                     res = await drain(server.url, len(events), 500, 1000)
                     fired = sum([await client.xlen(s) for s in keys.alert_streams()])
                     rates[mode].append(res["events_per_s"])

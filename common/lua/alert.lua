@@ -29,30 +29,23 @@ local least = tonumber(ARGV[2])
 for i = 1, n do
   local key = KEYS[1 + i]
   local a = 2 + 5 * (i - 1)
-  local crossed = ARGV[a + 1] == '1'
   local cooldown = tonumber(ARGV[a + 2])
-  local entry = ARGV[a + 3]
-  local now = tonumber(ARGV[a + 4])
-  local kt = redis.call('TYPE', key)['ok']
   out[i] = 0
-  if kt == 'none' or kt == 'hash' then
-    local st = redis.call('HMGET', key, 'at', 'entry', 'armed')
-    local ttl = math.max(cooldown, least)
-    if crossed then
-      local fire = false
-      if st[1] == false then
-        fire = true
-      elseif st[2] ~= entry and st[3] == '1' and now - tonumber(st[1]) >= cooldown then
-        fire = true
-      end
-      if fire then
+  -- One read per item (most are below the rule and have no state): pcall, so a state key holding
+  -- another type (WRONGTYPE) skips that item instead of failing the call.
+  local st = redis.pcall('HMGET', key, 'at', 'entry', 'armed')
+  if type(st) == 'table' and st.err == nil then
+    if ARGV[a + 1] == '1' then
+      local entry = ARGV[a + 3]
+      local now = tonumber(ARGV[a + 4])
+      if st[1] == false or (st[2] ~= entry and st[3] == '1' and now - tonumber(st[1]) >= cooldown) then
         out[i] = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'alert', ARGV[a + 5])
         redis.call('HSET', key, 'at', now, 'entry', entry, 'armed', '0')
-        redis.call('PEXPIRE', key, ttl)
+        redis.call('PEXPIRE', key, math.max(cooldown, least))
       end
     elseif st[1] ~= false and st[3] ~= '1' then
       redis.call('HSET', key, 'armed', '1')
-      redis.call('PEXPIRE', key, ttl)
+      redis.call('PEXPIRE', key, math.max(cooldown, least))
     end
   end
 end
