@@ -283,6 +283,34 @@ class AlertCache:
         return got
 
 
+async def send_test_alert(client: Client, keys: Keyspace, name: str) -> str | None:
+    """XADD a test alert (``"test": true``, id ``binormal-test``) of rule ``name`` to shard 0's alert stream.
+
+    The sender delivers it like any alert (and counts it as fired); returns its stream id, None
+    when there is no such rule.
+    """
+    rule = await get_alert_rule(client, keys, name)
+    if rule is None:
+        return None
+    body = {
+        "rule": rule.name,
+        "scope": rule.pattern,
+        "id": "binormal-test",
+        "zscore": rule.min_zscore,
+        "pscore": rule.min_pscore,
+        "score": 0.0,
+        "count": rule.min_events,
+        "reasons": [],
+        "event": None,
+        "profile": "",
+        "test": True,
+    }
+    entry = await client.xadd(
+        keys.alert_stream(0), {"alert": orjson.dumps(body)}, maxlen=ALERT_MAXLEN, approximate=True
+    )
+    return entry.decode() if isinstance(entry, bytes) else str(entry)
+
+
 def alert_body(rule: AlertRule, result: Mapping[str, Any], entry_id: str, profile_base: str = "") -> dict[str, Any]:
     """The alert as stored in the alert stream and POSTed to the webhook (docs/alerts.md)."""
     scope = "/".join((result["org"], result["source"], result["pop"]))

@@ -313,6 +313,11 @@ async def test_alerts_command_adds_lists_removes_and_never_prints_the_secret(
     assert json.loads(listed.stdout)["cooldown_ms"] == 300_000
     bad = run("add", "r2", "--scope", "acme", "--min-zscore", "3", "--webhook", "http://x/h")
     assert bad.returncode == 2 and "scope" in bad.stderr
+    tested = run("test", "r1")
+    assert tested.returncode == 0, tested.stderr
+    [(_, [(_, fields)])] = await aredis.xread({Keyspace(prefix=prefix, shards=4).alert_stream(0): "0"})
+    assert orjson.loads(fields[b"alert"])["test"] is True
+    assert run("test", "nope").returncode == 1
     assert run("remove", "r1").returncode == 0 and run("remove", "r1").returncode == 1
     assert run("failed").returncode == 0
 

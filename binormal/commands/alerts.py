@@ -1,4 +1,4 @@
-"""``binormal alerts add|list|remove|failed|send``: alert rules and their sender (docs/alerts.md).
+"""``binormal alerts add|list|remove|test|failed|send``: alert rules and their sender (docs/alerts.md).
 
 Talks to Redis directly (``REDIS_URL``, ``BINORMAL_PREFIX``, ``BINORMAL_SHARDS``), like ``binormal
 rules``. Exit codes: 0 done, 1 nothing to remove, 2 a bad argument (the message names it),
@@ -13,9 +13,9 @@ from binormal.commands import Subparsers
 
 
 def register(sub: Subparsers) -> None:
-    """Add ``alerts add|list|remove|failed|send``."""
+    """Add ``alerts add|list|remove|test|failed|send``."""
     a = sub.add_parser("alerts", help="alert rules (signed webhooks on crossings), failed alerts, the sender")
-    s = a.add_subparsers(dest="alerts_command", required=True, metavar="{add,list,remove,failed,send}")
+    s = a.add_subparsers(dest="alerts_command", required=True, metavar="{add,list,remove,test,failed,send}")
     add = s.add_parser("add", help="add (or replace) an alert rule")
     add.add_argument("name", help="the rule's name (letters, digits, _ . -)")
     add.add_argument("--scope", required=True, help="ORG/SOURCE/POP, each part may be *")
@@ -29,6 +29,8 @@ def register(sub: Subparsers) -> None:
     s.add_parser("list", help="list alert rules as JSON lines (no secrets)")
     rm = s.add_parser("remove", help="remove an alert rule")
     rm.add_argument("name")
+    test = s.add_parser("test", help="put a test alert of rule NAME on the alert stream (the sender delivers it)")
+    test.add_argument("name")
     failed = s.add_parser("failed", help="list alerts the sender gave up on (JSON lines), or --replay them")
     failed.add_argument("--replay", action="store_true", help="put them back on their alert stream")
     send = s.add_parser("send", help="run the alert sender (delivers the alert streams to the webhooks)")
@@ -48,7 +50,13 @@ def run(args: argparse.Namespace) -> int:
     from redis.exceptions import ConnectionError as RedisConnectionError
     from redis.exceptions import TimeoutError as RedisTimeoutError
 
-    from binormal.common.alerts import add_alert_rule, list_alert_rules, parse_alert_rule, remove_alert_rule
+    from binormal.common.alerts import (
+        add_alert_rule,
+        list_alert_rules,
+        parse_alert_rule,
+        remove_alert_rule,
+        send_test_alert,
+    )
     from binormal.common.config import ServiceSettings, from_env
     from binormal.common.connection import open_client
     from binormal.common.keys import Keyspace
@@ -90,6 +98,12 @@ def run(args: argparse.Namespace) -> int:
                     sys.stderr.write(f"binormal alerts remove: no alert rule called {args.name!r}\n")
                     return 1
                 sys.stdout.write(f"removed alert rule {args.name}\n")
+            elif cmd == "test":
+                entry = await send_test_alert(client, keys, args.name)
+                if entry is None:
+                    sys.stderr.write(f"binormal alerts test: no alert rule called {args.name!r}\n")
+                    return 1
+                sys.stdout.write(f"test alert {entry} queued for rule {args.name}\n")
             elif cmd == "failed":
                 if args.replay:
                     sys.stdout.write(f"replayed {await replay_failed(client, keys)} failed alerts\n")
