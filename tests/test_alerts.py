@@ -387,3 +387,14 @@ async def test_api_alert_rules_are_admin_and_org_scoped_and_api_alerts_filters(
         assert (await call("GET", "/api/alerts?scope=beta/web/login", "analyst"))[0] == 403
         assert (await call("DELETE", "/api/alerts/rules?name=r1", "admin"))[0] == 200
         assert (await call("DELETE", "/api/alerts/rules?name=r1", "admin"))[0] == 404
+
+
+def test_an_alert_calls_keys_share_their_shards_slot() -> None:
+    """alert.lua's KEYS (the shard's alert stream, each state) hash to one slot: it runs on Redis Cluster."""
+    from redis.crc import key_slot
+
+    keys = Keyspace("bn", 64)
+    for shard in range(keys.shards):
+        scope = next(s for i in range(10_000) if keys.shard(s := Scope("acme", "web", f"p{i}")) == shard)
+        slots = {key_slot(k.encode()) for k in (keys.alert_stream(shard), keys.alert_state(scope, "r{1}", "u:1"))}
+        assert len(slots) == 1, shard
