@@ -25,6 +25,7 @@ COMMANDS: dict[str, str] = {
     "recompute": "binormal.commands.recompute",
     "migrate": "binormal.commands.migrate",
     "rules": "binormal.commands.rules",
+    "alerts": "binormal.commands.alerts",
     "dead": "binormal.commands.dead",
     "feed": "binormal.feed",
     "token": "binormal.commands.token",

@@ -111,6 +111,7 @@ async def metrics_view(request: web.Request) -> web.Response:
                 lag = await stream_lag(handle.client, handle.keys)
                 dead = await dead_lengths(handle.client, handle.keys)
                 beats = await heartbeat_ages(handle.client, handle.keys)
+                alert_stats = await handle.client.hgetall(handle.keys.alert_stats())
         except TRANSIENT as exc:
             metrics.REDIS_UP.set(0)
             log.warning("metrics_redis_error", error=str(exc) or type(exc).__name__)
@@ -124,4 +125,5 @@ async def metrics_view(request: web.Request) -> web.Response:
             metrics.WORKER_HEARTBEAT_AGE.set(min(beats.values(), default=math.inf))
             max_age_s = request.app[_HEALTH_READY_S]
             metrics.WORKERS_BEATING.set(sum(1 for age in beats.values() if age <= max_age_s))
+            metrics.ALERTS.load(alert_stats)
     return web.Response(body=generate_latest(REGISTRY), headers={"Content-Type": CONTENT_TYPE_LATEST})

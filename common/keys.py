@@ -25,6 +25,12 @@ Layout (``P`` is the prefix, default ``bn``; ``s`` the shard number)::
     P:{P.s}:rules                       hash rule field -> rule JSON (mute/exclude of scopes in shard s)
     P:{P.s}:marks                       hash scope token:enc(id) -> feedback JSON (mark confirmed/benign)
     P:rules:version                     integer, raised on every mute/exclude change (caches re-read)
+    P:{P.s}:alerts                      alert stream of shard s (alert.lua; docs/stream.md, docs/alerts.md)
+    P:{P.s}:sc:<scope>:al:<rule>:<id>   hash at / entry / armed: a (rule, individual)'s fire state (expires)
+    P:alerts:rules                      hash rule name -> alert rule JSON (common/alerts.py)
+    P:alerts:version                    integer, raised on every alert rule change (caches re-read)
+    P:alerts:stats                      hash fired|delivered|failed:<rule> -> count (/metrics)
+    P:alerts:failed                     list of alerts the sender gave up on (binormal alerts failed)
     P:layout                            integer, the layout of the keys above (LAYOUT; binormal migrate)
     P:workers                           hash consumer -> last heartbeat (ms)
     channels: P:scored (broadcast), P:reply:<instance> (request-reply)
@@ -225,6 +231,34 @@ class Keyspace:
     def marks(self, shard: int) -> str:
         """Hash ``<scope token>:<enc(id)>`` -> feedback JSON (label, by, at, note), for the scopes of ``shard``."""
         return f"{self._base(shard)}:marks"
+
+    def alert_stream(self, shard: int) -> str:
+        """Alert stream of ``shard``: one entry (field ``alert``, JSON) per crossing (alert.lua)."""
+        return f"{self._base(shard)}:alerts"
+
+    def alert_streams(self) -> list[str]:
+        """All alert streams, shard order."""
+        return [self.alert_stream(s) for s in range(self.shards)]
+
+    def alert_state(self, scope: Scope, rule: str, ident: str, shard: int | None = None) -> str:
+        """Hash ``at``/``entry``/``armed``: when (rule, individual) last fired, under the scope's shard tag."""
+        return f"{self.scope_prefix(scope, shard)}al:{encode(rule)}:{encode(ident)}"
+
+    def alert_rules(self) -> str:
+        """Hash rule name -> alert rule JSON (common/alerts.py)."""
+        return f"{self.prefix}:alerts:rules"
+
+    def alert_rules_version(self) -> str:
+        """Counter raised on every alert rule change: the workers' caches re-read the rules when it moves."""
+        return f"{self.prefix}:alerts:version"
+
+    def alert_failed(self) -> str:
+        """List of alerts (JSON with the last error) the sender could not deliver: ``binormal alerts failed``."""
+        return f"{self.prefix}:alerts:failed"
+
+    def alert_stats(self) -> str:
+        """Hash ``fired|delivered|failed:<rule>`` -> count (the sender's; /metrics exports them)."""
+        return f"{self.prefix}:alerts:stats"
 
     def layout(self) -> str:
         """Integer: the key layout the data is in (``LAYOUT``); written by the first worker or ``binormal migrate``."""

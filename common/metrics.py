@@ -8,7 +8,10 @@ dead letters) are refreshed by ``GET /metrics`` just before rendering.
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+from collections.abc import Iterator, Mapping
+
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily
 
 EVENTS_ACCEPTED = Counter(
     "binormal_events_accepted",
@@ -78,3 +81,44 @@ WORKERS_BEATING = Gauge(
     "binormal_workers_beating",
     "Workers whose heartbeat is younger than BINORMAL_READY_HEARTBEAT_S (read at scrape)",
 )
+
+
+class AlertCounters:
+    """``binormal_alerts_{fired,delivered,failed}_total{rule}``: the sender's counts in Redis (``keys.alert_stats()``).
+
+    Counters kept in Redis, not in this process (the sender counts them, any web process exports
+    them), so ``GET /metrics`` reads the hash and sets :attr:`counts` just before rendering.
+    """
+
+    KINDS = ("fired", "delivered", "failed")
+    HELP = {
+        "fired": "Alerts appended to the alert streams (crossings), per rule",
+        "delivered": "Alerts delivered to their webhook (2xx), per rule",
+        "failed": "Alerts given up on after their tries (in the failed list), per rule",
+    }
+
+    def __init__(self) -> None:
+        self.counts: dict[tuple[str, str], int] = {}
+
+    def load(self, raw: Mapping[bytes | str, bytes | str]) -> None:
+        """Set the counts from the stats hash (``<kind>:<rule>`` -> count)."""
+        counts: dict[tuple[str, str], int] = {}
+        for field, value in raw.items():
+            text = field.decode("utf-8", "replace") if isinstance(field, bytes) else field
+            kind, _, rule = text.partition(":")
+            if kind in self.KINDS and rule:
+                counts[(kind, rule)] = int(value)
+        self.counts = counts
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        """One counter family per kind (prometheus-client appends ``_total``)."""
+        for kind in self.KINDS:
+            family = CounterMetricFamily(f"binormal_alerts_{kind}", self.HELP[kind], labels=["rule"])
+            for (k, rule), n in sorted(self.counts.items()):
+                if k == kind:
+                    family.add_metric([rule], n)
+            yield family
+
+
+ALERTS = AlertCounters()
+REGISTRY.register(ALERTS)

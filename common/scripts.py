@@ -42,7 +42,7 @@ class LuaScript:
 class Scripts:
     """All of Binormal's Lua scripts, by name."""
 
-    NAMES = ("apply", "commit", "deadletter", "expire", "recompute", "replay", "migrate")
+    NAMES = ("apply", "commit", "deadletter", "expire", "recompute", "replay", "migrate", "alert")
 
     def __init__(self) -> None:
         self.by_name = {n: LuaScript.load(n) for n in self.NAMES}
@@ -538,7 +538,52 @@ class Migrate:
         return int(reply)
 
 
+class AlertItem(NamedTuple):
+    """One (rule, result) of an ``alert.lua`` call."""
+
+    state: str  # keys.alert_state of (rule, individual)
+    crossed: bool
+    cooldown_ms: int
+    entry_id: bytes | str
+    entry_ms: int
+    body: bytes  # the alert's JSON (empty when below)
+
+
+class Alert:
+    """``alert.lua``: the atomic fire decision of (rule, result) items of one shard, alerts XADDed."""
+
+    NAME = "alert"
+    LAYOUT = Layout(
+        keys=("stream",),
+        item_keys=("state",),
+        args=("maxlen", "least_ttl_ms"),
+        item_args=("crossed", "cooldown_ms", "entry_id", "entry_ms", "body"),
+    )
+
+    @staticmethod
+    def pack(stream: str, maxlen: int, least_ttl_ms: int, items: Sequence[AlertItem]) -> tuple[list[Any], list[Any]]:
+        """KEYS and ARGV for ``items`` (all of the shard of ``stream``)."""
+        keys: list[Any] = [stream]
+        args: list[Any] = [maxlen, least_ttl_ms]
+        for state, crossed, cooldown, entry_id, entry_ms, body in items:
+            keys.append(state)
+            args += ("1" if crossed else "0", cooldown, entry_id, entry_ms, body)
+        return keys, args
+
+    @staticmethod
+    def decode(reply: Sequence[Any]) -> list[bytes | None]:
+        """Per item: the alert's stream id when it fired, else None."""
+        return [r if isinstance(r, bytes) else None for r in reply]
+
+
 TWINS: dict[
     str,
-    type[Apply] | type[Commit] | type[Deadletter] | type[Expire] | type[Recompute] | type[Replay] | type[Migrate],
-] = {t.NAME: t for t in (Apply, Commit, Deadletter, Expire, Recompute, Replay, Migrate)}
+    type[Apply]
+    | type[Commit]
+    | type[Deadletter]
+    | type[Expire]
+    | type[Recompute]
+    | type[Replay]
+    | type[Migrate]
+    | type[Alert],
+] = {t.NAME: t for t in (Apply, Commit, Deadletter, Expire, Recompute, Replay, Migrate, Alert)}

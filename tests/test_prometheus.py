@@ -37,13 +37,6 @@ RULES = DEPLOY / "binormal-rules.yml"
 CONFIG = DEPLOY / "prometheus.yml"
 DASHBOARD = DEPLOY / "grafana-dashboard.json"
 RULE_TESTS = DEPLOY / "binormal-rules.test.yml"
-
-# The alert counters of issue 13's Deliver 1, referenced by the rules before the alerts code
-# exports them. Allowed missing only while missing: once /metrics exports one, the test fails
-# until it is removed from this set (then it is checked like every other metric).
-PENDING_ALERT_METRICS = frozenset(
-    {"binormal_alerts_fired_total", "binormal_alerts_delivered_total", "binormal_alerts_failed_total"}
-)
 # Series Prometheus makes itself for every target (never in an exposition).
 SYNTHETIC = frozenset({"up", "scrape_duration_seconds", "scrape_samples_scraped", "scrape_series_added"})
 # Grafana's variables, replaced by what they stand for so promtool can parse the expressions.
@@ -131,10 +124,9 @@ def sample_value(text: str, name: str) -> float | None:
     return None
 
 
-def check_exprs(exprs: dict[str, str], series: dict[str, set[str] | None]) -> tuple[list[str], set[str]]:
-    """Problems of ``exprs`` against ``series``, and the pending alert metrics they use."""
+def check_exprs(exprs: dict[str, str], series: dict[str, set[str] | None]) -> list[str]:
+    """Problems of ``exprs`` against ``series``."""
     problems: list[str] = []
-    pending: set[str] = set()
     for where, expr in exprs.items():
         found = selectors(expr)
         if not found:
@@ -144,10 +136,6 @@ def check_exprs(exprs: dict[str, str], series: dict[str, set[str] | None]) -> tu
         for sel in found:
             if sel.metric in SYNTHETIC:
                 known |= {"job", "instance"}
-                continue
-            if sel.metric in PENDING_ALERT_METRICS and sel.metric not in series:
-                pending.add(sel.metric)
-                known |= {"rule"}
                 continue
             if sel.metric not in series:
                 problems.append(f"{where}: {sel.metric} is not exported by /metrics")
@@ -161,7 +149,7 @@ def check_exprs(exprs: dict[str, str], series: dict[str, set[str] | None]) -> tu
                 problems.append(f"{where}: {sel.metric} has no label {sorted(unknown)} (it has {sorted(labels)})")
         if (missing := grouping_labels(expr) - known) and not unchecked:
             problems.append(f"{where}: grouping by {sorted(missing)}, a label of none of its metrics")
-    return problems, pending
+    return problems
 
 
 async def test_rules_and_dashboard_reference_only_exported_metrics(scraped: dict[str, set[str] | None]) -> None:
@@ -169,16 +157,9 @@ async def test_rules_and_dashboard_reference_only_exported_metrics(scraped: dict
     assert {"BinormalStreamLagHigh", "BinormalDeadLettersGrowing", "BinormalNoWorkerHeartbeat"} <= set(rules)
     assert {"BinormalRedisDown", "BinormalWebhookFailures"} <= set(rules)
     assert len(dashboard) >= 20
-    problems, pending = check_exprs(rules | {f"dashboard: {k}": v for k, v in dashboard.items()}, scraped)
+    problems = check_exprs(rules | {f"dashboard: {k}": v for k, v in dashboard.items()}, scraped)
     assert not problems, "\n".join(problems)
-    assert pending <= PENDING_ALERT_METRICS
     assert "binormal_alerts_failed_total" in {s.metric for s in selectors(rules["BinormalWebhookFailures"])}
-
-
-async def test_pending_alert_metrics_are_not_exported_yet(scraped: dict[str, set[str] | None]) -> None:
-    """Once the alerts code exports a counter, it must leave PENDING_ALERT_METRICS (and be checked)."""
-    now_exported = sorted(PENDING_ALERT_METRICS & set(scraped))
-    assert not now_exported, f"exported now: remove {now_exported} from PENDING_ALERT_METRICS in {__file__}"
 
 
 async def test_the_scrape_exports_the_gauges_read_from_redis(scraped: dict[str, set[str] | None]) -> None:

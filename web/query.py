@@ -51,6 +51,7 @@ from binormal.common.store import (
     scope_summaries,
     top_individuals,
 )
+from binormal.web.alerts import setup_alerts
 from binormal.web.rules import rules_of, setup_rules
 from binormal.web.settings import WebSettings
 
@@ -69,6 +70,7 @@ def setup_query(app: web.Application, settings: WebSettings) -> None:
     app.router.add_get("/api/outliers", outliers)
     app.router.add_get("/api/individual", individual)
     setup_rules(app, settings.keys)
+    setup_alerts(app)
 
 
 def single_query(request: web.Request, name: str) -> str | None:

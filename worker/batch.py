@@ -32,6 +32,7 @@ import orjson
 import structlog
 from redis.exceptions import NoScriptError, ResponseError
 
+from binormal.common.alerts import ALERT_MAXLEN, STATE_LEAST_TTL_MS, AlertCache, alert_body
 from binormal.common.calibration import DEFAULT_MIN_EVENTS, DEFAULT_MIN_INDIVIDUALS
 from binormal.common.connection import Client, execute_raw
 from binormal.common.keys import Keyspace, Scope, fingerprint, mark_entry
@@ -40,6 +41,8 @@ from binormal.common.rules import RuleCache
 from binormal.common.schema import Event, InvalidEvent, action_cap_reason, parse_entry
 from binormal.common.scoring import Snapshot, excluded_view
 from binormal.common.scripts import (
+    Alert,
+    AlertItem,
     Already,
     Applied,
     Apply,
@@ -123,6 +126,7 @@ class Counters:
     snapshot_refreshes: int = 0
     stale_scores: int = 0  # scores skipped: a later state of the individual was committed first
     repaired: int = 0  # scores committed for entries whose worker died between apply and commit
+    alert_checks: int = 0  # (rule, result) pairs sent to alert.lua
 
     def as_dict(self) -> dict[str, int]:
         """Plain dict copy."""
@@ -156,6 +160,7 @@ class BatchProcessor:
     snapshots: OrderedDict[Scope, tuple[Snapshot, float]] = field(default_factory=OrderedDict)
     rules: RuleCache | None = None  # mutes and excludes (re-read when their version moves), None: no rules
     robust: RobustCache = field(default_factory=RobustCache)  # per-scope median and MAD (rzscore)
+    alerts: AlertCache | None = None  # alert rules (re-read when their version moves), None: no alerting
 
     def __post_init__(self) -> None:
         # The median and MAD are refreshed as often as the population snapshot.
@@ -258,6 +263,8 @@ class BatchProcessor:
                 for e in good:
                     assert e.scope is not None and e.event is not None
                     e.excluded = self.rules.is_excluded(e.scope, e.event.id)
+        if self.alerts is not None:
+            await self.alerts.refresh(client)  # one GET at most every 0.5 s, a re-read only on a change
         dups: list[Entry] = []
         applied = await self._apply(client, good, dups)
         results: list[tuple[Entry, dict[str, Any]]] = []
@@ -266,6 +273,8 @@ class BatchProcessor:
             scorable = await self._refresh_snapshots(client, applied)
             results = await self._score_and_commit(client, scorable)
             self._publish(out, results)
+            if self.alerts is not None and self.alerts.rules:
+                self._alert(out, results)
         if dups:
             # Only after the results are published and their stored copies SET:
             # a duplicate's waiter reads the first result's stored copy when this
@@ -652,6 +661,35 @@ class BatchProcessor:
         if done:
             log.warning("uncommitted_scores_repaired", shard=shard, individuals=done)
         return done
+
+    def _alert(self, pipe: Commands, results: list[tuple[Entry, dict[str, Any]]]) -> None:
+        """Append one ``alert.lua`` call per shard: the atomic fire decision of every (rule, result) in scope.
+
+        It rides in the publishing round trip (the tail sent in front of the next XREADGROUP): no
+        extra round trip, and none at all when no rule matches the batch's scopes.
+        """
+        assert self.alerts is not None
+        by_shard: dict[int, list[AlertItem]] = {}
+        for e, result in results:
+            assert e.scope is not None and e.event is not None
+            rules = self.alerts.for_scope(e.scope)
+            if not rules:
+                continue
+            ms = entry_ms(e.id)
+            for rule in rules:
+                crossed = rule.crosses(result)
+                body = orjson.dumps(alert_body(rule, result, e.id.decode())) if crossed else b""
+                state = self.keys.alert_state(e.scope, rule.name, e.event.id, e.shard)
+                by_shard.setdefault(e.shard, []).append(AlertItem(state, crossed, rule.cooldown_ms, e.id, ms, body))
+        sha = self.scripts.sha(Alert.NAME)
+        for shard, items in by_shard.items():
+            for i in range(0, len(items), LUA_CHUNK):
+                keys, args = Alert.pack(
+                    self.keys.alert_stream(shard), ALERT_MAXLEN, STATE_LEAST_TTL_MS, items[i : i + LUA_CHUNK]
+                )
+                pipe.evalsha(sha, len(keys), *keys, *args)
+                self.counters.lua_calls += 1
+            self.counters.alert_checks += len(items)
 
     def _publish(self, pipe: Commands, results: list[tuple[Entry, dict[str, Any]]]) -> None:
         """Replies to their waiters (with a stored copy), then the broadcast batch."""

@@ -22,6 +22,7 @@ from typing import Any, cast
 import structlog
 from redis.exceptions import OutOfMemoryError, ResponseError
 
+from binormal.common.alerts import AlertCache
 from binormal.common.connection import TRANSIENT, Client, connect, execute_raw, is_cluster, wait_until_up
 from binormal.common.migrate import check_layout
 from binormal.common.rules import RuleCache
@@ -64,6 +65,7 @@ class Worker:
             guard=settings.guard,
             retention=settings.retention,
             rules=RuleCache(self.keys),
+            alerts=AlertCache(self.keys),
             min_events=settings.min_events,
             min_individuals=settings.min_individuals,
         )

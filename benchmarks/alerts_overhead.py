@@ -1,0 +1,87 @@
+"""Scoring throughput of one worker with 10 alert rules vs none (issue 13: within 5 %).
+
+Fills a private redis-server with N events (default 100,000; the worker_throughput.py mix: 10
+scopes, 10,000 individuals, 40 actions), then times one Worker draining them, A/B in the same
+run: no alert rule, then 10 rules that all match every scope (``*/*/*``, thresholds zscore 3..12:
+the worst case, 10 fire decisions per result in ``alert.lua``), each on a fresh copy of the data.
+``--spread``: each rule matches one of the 10 scopes instead (one decision per result).
+
+    python benchmarks/alerts_overhead.py [--events N] [--repeat R] [--spread] [--redis-server PATH]
+
+Prints one line per run and the medians with their ratio. Loopback only; stops by itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import redis.asyncio as aioredis  # noqa: E402
+from worker_throughput import drain, fill, make_events, quiet_setup  # noqa: E402
+
+from binormal.common.alerts import add_alert_rule, parse_alert_rule  # noqa: E402
+from binormal.common.embedded import RedisServer  # noqa: E402
+from binormal.common.keys import Keyspace  # noqa: E402
+from binormal.common.runtime import tune_gc  # noqa: E402
+
+
+async def add_rules(client: aioredis.Redis, keys: Keyspace, n: int, spread: bool) -> None:
+    """``n`` rules matching every scope (else one scope each), zscore thresholds 3, 4, ... (webhook never called)."""
+    for i in range(n):
+        scope = f"org{i % 3}/src{i}/pop{i}" if spread else "*/*/*"
+        rule = parse_alert_rule(
+            {"name": f"r{i}", "scope": scope, "min_zscore": 3 + i, "webhook": "http://127.0.0.1:9/h"}, by="bench"
+        )
+        await add_alert_rule(client, keys, rule)
+
+
+async def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--events", type=int, default=100_000)
+    p.add_argument("--rules", type=int, default=10)
+    p.add_argument("--repeat", type=int, default=1)
+    p.add_argument("--spread", action="store_true", help="each rule matches one scope (org{i%%3}/src{i}/pop{i})")
+    p.add_argument("--redis-server", default=None)
+    args = p.parse_args()
+    binary = quiet_setup(args.redis_server)
+    how = "one scope each" if args.spread else "all match every scope"
+    print(f"events={args.events} scopes=10 individuals=10000 actions=40 batch=500 rules={args.rules} ({how})")
+    events = make_events(args.events, 10, 10_000, 40)
+    keys = Keyspace()
+    tune_gc()
+    rates: dict[str, list[float]] = {"none": [], "rules": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        server = RedisServer(tmp, binary=binary).start()
+        try:
+            client = aioredis.Redis.from_url(server.url, protocol=2)
+            for r in range(args.repeat):
+                for mode in ("none", "rules"):
+                    await client.flushall()
+                    await fill(client, keys, events)
+                    if mode == "rules":
+                        await add_rules(client, keys, args.rules, args.spread)
+                    res = await drain(server.url, len(events), 500, 1000)
+                    fired = sum([await client.xlen(s) for s in keys.alert_streams()])
+                    rates[mode].append(res["events_per_s"])
+                    print(
+                        f"run {r + 1} {mode:>5}: {res['events_per_s']:,.0f} events/s ({res['seconds']:.1f} s), "
+                        f"{res['round_trips_per_event']:.4f} round trips/event, "
+                        f"{res['lua_calls_per_event']:.3f} Lua calls/event, CPU/event worker "
+                        f"{res['worker_cpu_us']:.0f} us + redis {res['redis_cpu_us']:.0f} us; alerts fired {fired}"
+                    )
+            await client.aclose()
+        finally:
+            server.stop()
+    none, rules = statistics.median(rates["none"]), statistics.median(rates["rules"])
+    print(f"median: none {none:,.0f} events/s, {args.rules} rules {rules:,.0f} events/s; ratio {rules / none:.3f}")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

@@ -1,0 +1,400 @@
+"""Alert rules, the atomic fire decision (alert.lua), and the sender (worker/sender.py) against real parts.
+
+The private redis-server, ``binormal worker`` children (one killed mid-stream), an in-process
+sender and a real loopback webhook receiver (tests/support/receiver.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import json
+import random
+import signal
+import subprocess
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+import redis.asyncio as aioredis
+
+from binormal.common.alerts import (
+    AlertCache,
+    AlertRule,
+    add_alert_rule,
+    list_alert_rules,
+    parse_alert_rule,
+    parse_duration,
+    remove_alert_rule,
+)
+from binormal.common.auth import hash_token
+from binormal.common.keys import Keyspace, Scope
+from binormal.common.rules import RuleError
+from binormal.common.schema import Event
+from binormal.common.scripts import Alert, AlertItem, Scripts
+from binormal.worker.sender import SIGNATURE_HEADER, Sender, SenderSettings, list_failed, replay_failed
+from tests.support.http import combined_app, ingest_settings, serving, web_settings
+from tests.support.receiver import Receiver, receiving
+from tests.support.redis_state import drained, no_uncommitted, xadd_events
+from tests.support.waiting import wait_for
+from tests.support.workers import WorkerProcess, binormal_command
+
+pytestmark = pytest.mark.timeout(120)
+
+SECRET = "s3cret-for-tests"
+NORMAL = ["GET /"] * 6 + ["GET /item"] * 3 + ["POST /cart"]
+
+
+def rule_of(url: str, **over: object) -> AlertRule:
+    data: dict[str, object] = {
+        "name": "scanners",
+        "scope": "acme/web/*",
+        "min_zscore": 3.0,
+        "cooldown": "10m",
+        "webhook": url,
+        "secret": SECRET,
+    }
+    data.update(over)
+    return parse_alert_rule(data, by="test")
+
+
+def traffic(pop: str, normals: int, rounds: int) -> list[Event]:
+    """``normals`` ordinary individuals interleaved with one scanner (the last ``rounds // 2`` rounds)."""
+    rng = random.Random(pop)
+    out: list[Event] = []
+    for r in range(rounds):
+        for i in range(normals):
+            out.append(Event("acme", "web", pop, f"u{i}", rng.choice(NORMAL)))
+        if r >= rounds // 2:
+            out.append(Event("acme", "web", pop, "scanner", f"GET /probe/{r}"))
+    return out
+
+
+@contextlib.asynccontextmanager
+async def sending(client: aioredis.Redis, keys: Keyspace, **over: object) -> AsyncIterator[Sender]:
+    settings = SenderSettings(timeout_s=1.0, tries=4, backoff_s=0.05, backoff_max_s=0.2, block_ms=50, consumer="s1")
+    for k, v in over.items():
+        setattr(settings, k, v)
+    sender = Sender(client, keys, settings)
+    task = asyncio.create_task(sender.run())
+    try:
+        yield sender
+    finally:
+        sender.stop()
+        await asyncio.wait_for(task, timeout=10)
+
+
+def workers(n: int, redis_url: str, prefix: str, tmp_path: Path) -> list[WorkerProcess]:
+    env = {"BINORMAL_MIN_EVENTS": "1", "BINORMAL_MIN_INDIVIDUALS": "1", "BINORMAL_CLAIM_IDLE_MS": "500"}
+    return [WorkerProcess(redis_url, prefix, f"aw{i}", tmp_path / f"w{i}.log", env).start() for i in range(n)]
+
+
+def stop_all(procs: list[WorkerProcess]) -> None:
+    for w in procs:
+        w.signal(signal.SIGTERM)
+    for w in procs:
+        w.wait()
+
+
+# ---------------------------------------------------------------- rules
+
+
+def test_parse_alert_rule_names_the_field_at_fault() -> None:
+    good = {"name": "r1", "scope": "acme/*/*", "min_zscore": 3, "webhook": "http://127.0.0.1:1/h"}
+    assert parse_alert_rule(good, by="t").cooldown_ms == 600_000
+    bad = [
+        ({**good, "scope": "acme/web"}, "scope"),
+        ({**good, "scope": "acme//x"}, "scope"),
+        ({**good, "name": "has space"}, "name"),
+        ({**good, "min_zscore": "3"}, "min_zscore"),
+        ({**good, "min_pscore": 1.5}, "min_pscore"),
+        ({**good, "min_events": 2.5}, "min_events"),
+        ({**good, "cooldown": "ten minutes"}, "cooldown"),
+        ({**good, "webhook": "ftp://x"}, "webhook"),
+        ({**good, "colour": "red"}, "colour"),
+        ({k: v for k, v in good.items() if k != "webhook"}, "webhook"),
+    ]
+    for data, field in bad:
+        with pytest.raises(RuleError) as exc:
+            parse_alert_rule(data, by="t")
+        assert exc.value.field == field, (data, str(exc.value))
+    assert [parse_duration(t) for t in ("500ms", "30s", "10m", "2h", "1d", "5")] == [
+        500,
+        30_000,
+        600_000,
+        7_200_000,
+        86_400_000,
+        5_000,
+    ]
+
+
+def test_a_pattern_matches_per_part_and_learning_or_muted_never_crosses() -> None:
+    rule = rule_of("http://x/h", scope="acme/*/login")
+    assert rule.matches(Scope("acme", "web", "login")) and not rule.matches(Scope("acme", "web", "other"))
+    assert not rule.matches(Scope("beta", "web", "login"))
+    hot = {"zscore": 5.0, "pscore": 0.99, "count": 10, "learning": False, "muted": False}
+    assert rule.crosses(hot)
+    assert not rule.crosses({**hot, "learning": True}) and not rule.crosses({**hot, "muted": True})
+    assert not rule.crosses({**hot, "zscore": 2.9})
+    assert not rule_of("http://x/h", min_pscore=0.999).crosses(hot)
+    assert not rule_of("http://x/h", min_events=11).crosses(hot)
+
+
+async def test_rules_are_stored_listed_without_the_secret_and_the_cache_follows(
+    aredis: aioredis.Redis, prefix: str
+) -> None:
+    keys = Keyspace(prefix=prefix, shards=4)
+    cache = AlertCache(keys, interval_s=0)
+    assert not await cache.refresh(aredis) or cache.rules == ()
+    assert await add_alert_rule(aredis, keys, rule_of("http://127.0.0.1:1/h"))
+    assert not await add_alert_rule(aredis, keys, rule_of("http://127.0.0.1:2/h"))  # replaced
+    [listed] = await list_alert_rules(aredis, keys)
+    shown = listed.as_dict()
+    assert shown["has_secret"] is True and "secret" not in shown and shown["webhook"] == "http://127.0.0.1:2/h"
+    assert await cache.refresh(aredis) and [r.name for r in cache.rules] == ["scanners"]
+    assert cache.for_scope(Scope("acme", "web", "x")) and not cache.for_scope(Scope("beta", "web", "x"))
+    assert await remove_alert_rule(aredis, keys, "scanners") and not await remove_alert_rule(aredis, keys, "scanners")
+    assert await cache.refresh(aredis) and cache.rules == ()
+
+
+# ---------------------------------------------------------------- the fire decision
+
+
+async def test_alert_lua_fires_once_per_crossing_then_needs_cooldown_and_a_new_crossing(
+    aredis: aioredis.Redis, prefix: str
+) -> None:
+    keys = Keyspace(prefix=prefix, shards=4)
+    scripts = Scripts()
+    scope = Scope("acme", "web", "p")
+    shard = keys.shard(scope)
+    state = keys.alert_state(scope, "r", "u1", shard)
+    stream = keys.alert_stream(shard)
+
+    async def decide(*items: tuple[bool, str, int]) -> list[bool]:
+        packed = [AlertItem(state, c, 1000, eid, ms, b'{"rule":"r"}' if c else b"") for c, eid, ms in items]
+        k, a = Alert.pack(stream, 1000, 60_000, packed)
+        return [x is not None for x in Alert.decode(await scripts.run(aredis, Alert.NAME, k, a))]
+
+    assert await decide((True, "1-0", 1)) == [True]  # first crossing fires
+    assert await decide((True, "1-0", 1)) == [False]  # the same entry again: nothing
+    assert await decide((True, "2-0", 2000)) == [False]  # still above, cool-down passed: not a new crossing
+    assert await decide((False, "3-0", 2100), (True, "4-0", 2200)) == [False, True]  # dropped, crossed: fires
+    assert await decide((False, "5-0", 2300), (True, "6-0", 2400)) == [False, False]  # within the cool-down
+    assert await decide((True, "7-0", 3300)) == [True]  # armed since 5-0, cool-down passed
+    assert await aredis.xlen(stream) == 3
+    assert 0 < await aredis.pttl(state) <= 60_000
+
+
+# ---------------------------------------------------------------- end to end
+
+
+async def test_exactly_one_signed_alert_per_crossing_while_workers_run_and_one_is_killed(
+    aredis: aioredis.Redis, redis_url: str, prefix: str, tmp_path: Path
+) -> None:
+    keys = Keyspace(prefix=prefix, shards=4)
+    events = traffic("login", normals=60, rounds=30) + traffic("signup", normals=60, rounds=30)
+    async with receiving(Receiver()) as rx:
+        await add_alert_rule(aredis, keys, rule_of(rx.url, min_events=8, min_zscore=6.0))
+        procs = workers(3, redis_url, prefix, tmp_path)
+        try:
+            await wait_for(lambda: aredis.hlen(keys.workers()), timeout=20, what="the workers' heartbeats")
+            async with sending(aredis, keys) as sender:
+                half = len(events) // 2
+                await xadd_events(aredis, keys, events[:half], chunk=50)
+                procs[0].kill()  # mid-stream: its pending entries are claimed by the others
+                await xadd_events(aredis, keys, events[half:], chunk=50)
+                await wait_for(lambda: drained(aredis, keys), timeout=60, what="the streams drained")
+                await wait_for(lambda: no_uncommitted(aredis, keys), timeout=60, what="every score committed")
+                await wait_for(
+                    lambda: len({orjson.loads(r.body)["scope"] for r in rx.got if b'"id":"scanner"' in r.body}) == 2,
+                    timeout=30,
+                    what="both scanners' alerts",
+                )
+                await asyncio.sleep(0)  # let in-flight deliveries land before counting
+                await wait_for(
+                    lambda: sender.counters.read == sender.counters.delivered, timeout=10, what="all delivered"
+                )
+        finally:
+            stop_all(procs)
+    alerts = [orjson.loads(r.body) for r in rx.got]
+    # One alert per (rule, individual): a 10 minute cool-down, so nobody fires twice in this test;
+    # both scanners crossed (an ordinary individual may cross too at a stale moment, once).
+    crossed = [(a["scope"], a["id"]) for a in alerts]
+    assert len(crossed) == len(set(crossed)), crossed
+    assert {("acme/web/login", "scanner"), ("acme/web/signup", "scanner")} <= set(crossed)
+    for r, a in zip(rx.got, alerts):
+        want = "sha256=" + hmac.new(SECRET.encode(), r.body, hashlib.sha256).hexdigest()
+        assert r.headers[SIGNATURE_HEADER] == want
+        assert a["rule"] == "scanners" and a["zscore"] >= 6.0 and a["count"] >= 1
+        assert {"pscore", "score", "reasons", "event", "profile"} <= set(a)
+        assert a["reasons"] and a["event"]["entry_id"]
+        assert a["profile"].startswith("/api/individual?org=acme&source=web&pop=")
+    total = sum([await aredis.xlen(s) for s in keys.alert_streams()])
+    assert total == len(alerts)
+    stats = await aredis.hgetall(keys.alert_stats())
+    n = str(len(alerts)).encode()
+    assert stats == {b"fired:scanners": n, b"delivered:scanners": n}
+
+
+async def fire_one(aredis: aioredis.Redis, keys: Keyspace, url: str) -> None:
+    """Put one alert of rule ``scanners`` on its stream, as alert.lua would."""
+    await add_alert_rule(aredis, keys, rule_of(url))
+    scope = Scope("acme", "web", "p")
+    shard = keys.shard(scope)
+    k, a = Alert.pack(
+        keys.alert_stream(shard),
+        1000,
+        60_000,
+        [
+            AlertItem(
+                keys.alert_state(scope, "scanners", "x", shard), True, 0, "1-0", 1, b'{"rule":"scanners","id":"x"}'
+            )
+        ],
+    )
+    await Scripts().run(aredis, Alert.NAME, k, a)
+
+
+async def test_a_receiver_answering_500_then_recovering_gets_the_alert_after_retries(
+    aredis: aioredis.Redis, prefix: str
+) -> None:
+    keys = Keyspace(prefix=prefix, shards=4)
+    async with receiving(Receiver(fail_first=2)) as rx:
+        await fire_one(aredis, keys, rx.url)
+        async with sending(aredis, keys) as sender:
+            await wait_for(lambda: len(rx.got) == 1, timeout=20, what="the alert after retries")
+            await wait_for(lambda: sender.counters.delivered == 1, timeout=5, what="counted delivered")
+    assert rx.attempts == 3 and orjson.loads(rx.got[0].body)["id"] == "x"
+    assert await list_failed(aredis, keys) == []
+
+
+async def test_a_receiver_that_never_answers_ends_in_the_failed_list_and_replays(
+    aredis: aioredis.Redis, prefix: str
+) -> None:
+    keys = Keyspace(prefix=prefix, shards=4)
+    async with receiving(Receiver(hang=True)) as rx:
+        await fire_one(aredis, keys, rx.url)
+        async with sending(aredis, keys, timeout_s=0.2, tries=3) as sender:
+            await wait_for(lambda: sender.counters.failed == 1, timeout=20, what="the alert given up")
+        assert rx.attempts == 3
+        [failed] = await list_failed(aredis, keys)
+        assert failed["alert"]["id"] == "x" and "Timeout" in failed["error"]
+        stats = await aredis.hgetall(keys.alert_stats())
+        assert stats[b"failed:scanners"] == b"1"
+        rx.hang = False
+        assert await replay_failed(aredis, keys) == 1 and await list_failed(aredis, keys) == []
+        async with sending(aredis, keys):
+            await wait_for(lambda: len(rx.got) == 1, timeout=20, what="the replayed alert delivered")
+
+
+async def test_alerts_command_adds_lists_removes_and_never_prints_the_secret(
+    aredis: aioredis.Redis, redis_url: str, prefix: str, tmp_path: Path
+) -> None:
+    env = {"REDIS_URL": redis_url, "BINORMAL_PREFIX": prefix, "BINORMAL_SHARDS": "4", "PATH": "/usr/bin:/bin"}
+    secret = tmp_path / "secret"
+    secret.write_text(SECRET + "\n")
+    cli = binormal_command()
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*cli, "alerts", *args], env=env, capture_output=True, text=True, timeout=30)
+
+    add = run(
+        "add", "r1", "--scope", "acme/*/*", "--min-zscore", "3", "--cooldown", "5m",
+        "--webhook", "http://127.0.0.1:9/h", "--secret-file", str(secret),
+    )  # fmt: skip
+    assert add.returncode == 0, add.stderr
+    assert SECRET not in add.stdout and json.loads(add.stdout)["has_secret"] is True
+    listed = run("list")
+    assert listed.returncode == 0 and SECRET not in listed.stdout
+    assert json.loads(listed.stdout)["cooldown_ms"] == 300_000
+    bad = run("add", "r2", "--scope", "acme", "--min-zscore", "3", "--webhook", "http://x/h")
+    assert bad.returncode == 2 and "scope" in bad.stderr
+    tested = run("test", "r1")
+    assert tested.returncode == 0, tested.stderr
+    [(_, [(_, fields)])] = await aredis.xread({Keyspace(prefix=prefix, shards=4).alert_stream(0): "0"})
+    assert orjson.loads(fields[b"alert"])["test"] is True
+    assert run("test", "nope").returncode == 1
+    assert run("remove", "r1").returncode == 0 and run("remove", "r1").returncode == 1
+    assert run("failed").returncode == 0
+
+
+async def test_metrics_export_the_alert_counters_per_rule(aredis: aioredis.Redis, redis_url: str, prefix: str) -> None:
+    ws, ins = web_settings(redis_url, prefix), ingest_settings(redis_url, prefix)
+    await aredis.hset(ws.keys.alert_stats(), mapping={"fired:r1": 3, "delivered:r1": 2, "failed:r1": 1})
+    async with serving(combined_app(ws, ins)) as base, aiohttp.ClientSession() as http:
+        async with http.get(base + "/metrics") as resp:
+            text = await resp.text()
+    for line in (
+        'binormal_alerts_fired_total{rule="r1"} 3.0',
+        'binormal_alerts_delivered_total{rule="r1"} 2.0',
+        'binormal_alerts_failed_total{rule="r1"} 1.0',
+    ):
+        assert line in text, text[-2000:]
+
+
+async def test_api_alert_rules_are_admin_and_org_scoped_and_api_alerts_filters(
+    aredis: aioredis.Redis, redis_url: str, prefix: str, tmp_path: Path
+) -> None:
+    tokens = tmp_path / "tokens"
+    people = {"admin": ("admin", "acme"), "root": ("admin", "*"), "analyst": ("analyst", "acme")}
+    tokens.write_text("".join(f"{n} {r} {o} sha256:{hash_token('tok-' + n).hex()}\n" for n, (r, o) in people.items()))
+    ws = web_settings(redis_url, prefix, tokens_file=str(tokens))
+    ins = ingest_settings(redis_url, prefix, tokens_file=str(tokens))
+    keys = ws.keys
+    body = {"name": "r1", "scope": "acme/web/*", "min_zscore": 4, "webhook": "http://127.0.0.1:9/h", "secret": SECRET}
+    async with serving(combined_app(ws, ins)) as base, aiohttp.ClientSession() as http:
+
+        async def call(method: str, path: str, who: str, **kw: Any) -> tuple[int, Any]:
+            headers = {"Authorization": f"Bearer tok-{who}"}
+            async with http.request(method, base + path, headers=headers, **kw) as r:
+                return r.status, await r.json(content_type=None)
+
+        assert (await call("POST", "/api/alerts/rules", "analyst", json=body))[0] == 403  # admin only
+        status, made = await call("POST", "/api/alerts/rules", "admin", json=body)
+        assert status == 201 and made["has_secret"] is True and SECRET not in json.dumps(made)
+        assert (await call("POST", "/api/alerts/rules", "admin", json=body))[0] == 200
+        status, err = await call("POST", "/api/alerts/rules", "admin", json={**body, "scope": "beta/*/*"})
+        assert status == 403 and err["field"] == "scope"
+        assert (await call("POST", "/api/alerts/rules", "admin", json={**body, "scope": "*/web/*"}))[0] == 403
+        status, err = await call("POST", "/api/alerts/rules", "admin", json={**body, "min_zscore": "x"})
+        assert status == 400 and err["field"] == "min_zscore"
+        assert (await call("POST", "/api/alerts/rules", "root", json={**body, "name": "all", "scope": "*/*/*"}))[
+            0
+        ] == 201
+        status, listed = await call("GET", "/api/alerts/rules", "admin")
+        assert status == 200 and [r["name"] for r in listed["rules"]] == ["r1"]
+        assert SECRET not in json.dumps(listed)
+        status, listed = await call("GET", "/api/alerts/rules", "root")
+        assert [r["name"] for r in listed["rules"]] == ["all", "r1"]
+        assert (await call("DELETE", "/api/alerts/rules?name=all", "admin"))[0] == 403
+        # Two alerts on the streams: one of acme, one of beta.
+        for scope, rule in (("acme/web/login", "r1"), ("beta/web/login", "all")):
+            org, source, pop = scope.split("/")
+            shard = keys.shard(Scope(org, source, pop))
+            alert = {"rule": rule, "scope": scope, "id": "u1"}
+            await aredis.xadd(keys.alert_stream(shard), {"alert": orjson.dumps(alert)})
+        status, got = await call("GET", "/api/alerts", "analyst")
+        assert status == 200 and [a["scope"] for a in got["alerts"]] == ["acme/web/login"]
+        status, got = await call("GET", "/api/alerts?rule=all&scope=*/web/*", "root")
+        assert [a["scope"] for a in got["alerts"]] == ["beta/web/login"]
+        status, got = await call("GET", "/api/alerts?since=99999999999999", "root")
+        assert status == 200 and got["alerts"] == []
+        assert (await call("GET", "/api/alerts?limit=x", "root"))[0] == 400
+        assert (await call("GET", "/api/alerts?scope=beta/web/login", "analyst"))[0] == 403
+        assert (await call("DELETE", "/api/alerts/rules?name=r1", "admin"))[0] == 200
+        assert (await call("DELETE", "/api/alerts/rules?name=r1", "admin"))[0] == 404
+
+
+def test_an_alert_calls_keys_share_their_shards_slot() -> None:
+    """alert.lua's KEYS (the shard's alert stream, each state) hash to one slot: it runs on Redis Cluster."""
+    from redis.crc import key_slot
+
+    keys = Keyspace("bn", 64)
+    for shard in range(keys.shards):
+        scope = next(s for i in range(10_000) if keys.shard(s := Scope("acme", "web", f"p{i}")) == shard)
+        slots = {key_slot(k.encode()) for k in (keys.alert_stream(shard), keys.alert_state(scope, "r{1}", "u:1"))}
+        assert len(slots) == 1, shard

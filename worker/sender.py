@@ -1,0 +1,240 @@
+"""The alert sender: reads the alert streams with its own consumer group and POSTs each alert to its webhook.
+
+Its own process (``binormal alerts send``), so a slow or dead webhook never slows scoring: the
+workers only XADD alerts (alert.lua). Each alert is delivered by a task of its own (at most
+``concurrency`` at once) with a per-request timeout, up to ``tries`` attempts with exponential
+backoff and full jitter; then it goes to the failed list (``keys.alert_failed()``, replayable by
+``binormal alerts failed --replay``). An alert is acknowledged only once delivered or listed as
+failed, so a sender killed mid-delivery leaves it pending, and another sender claims it after
+``claim_idle_ms`` (at least once: the receiver may see a retried alert twice, with the same
+``X-Binormal-Alert-Id``). Counters (fired, delivered, failed per rule) are kept in
+``keys.alert_stats()`` and exported by ``/metrics``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import os
+import random
+import socket
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import orjson
+import structlog
+from redis.exceptions import RedisError, ResponseError
+
+from binormal.common.alerts import AlertCache
+from binormal.common.connection import Client
+from binormal.common.keys import Keyspace
+
+log = structlog.get_logger("binormal.alerts.sender")
+
+GROUP = "senders"
+SIGNATURE_HEADER = "X-Binormal-Signature"
+ID_HEADER = "X-Binormal-Alert-Id"
+FAILED_MAXLEN = 10_000  # alerts the failed list keeps (the oldest go first)
+
+
+def sign(secret: str, body: bytes) -> str:
+    """The signature header's value: ``sha256=`` + hex HMAC-SHA256 of the body with the rule's secret."""
+    return "sha256=" + hmac.new(secret.encode("utf-8"), body, hashlib.sha256).hexdigest()
+
+
+@dataclass
+class SenderSettings:
+    """How the sender delivers (``binormal alerts send`` flags)."""
+
+    timeout_s: float = 5.0
+    tries: int = 6
+    backoff_s: float = 0.5  # first retry waits up to this (full jitter), doubling per try
+    backoff_max_s: float = 60.0
+    concurrency: int = 64
+    claim_idle_ms: int = 60_000
+    block_ms: int = 1000
+    consumer: str = ""
+
+
+@dataclass
+class SenderCounters:
+    """What this sender did (tests, logs)."""
+
+    read: int = 0
+    delivered: int = 0
+    failed: int = 0
+    attempts: int = 0
+
+
+class Sender:
+    """Deliver alerts until :meth:`stop`."""
+
+    def __init__(self, client: Client, keys: Keyspace, settings: SenderSettings) -> None:
+        self.client = client
+        self.keys = keys
+        self.settings = settings
+        self.consumer = settings.consumer or f"{socket.gethostname()}-{os.getpid()}"
+        self.rules = AlertCache(keys)
+        self.counters = SenderCounters()
+        self.stop_event = asyncio.Event()
+        self._slots = asyncio.Semaphore(settings.concurrency)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._inflight: set[bytes] = set()
+        self._next_claim = 0.0
+
+    def stop(self) -> None:
+        """Leave :meth:`run` (deliveries in hand are abandoned, left pending for another sender)."""
+        self.stop_event.set()
+
+    async def ensure_groups(self) -> None:
+        """Create the senders' group on every alert stream (from its start), if missing."""
+        for stream in self.keys.alert_streams():
+            try:
+                await self.client.xgroup_create(stream, GROUP, id="0", mkstream=True)
+            except ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
+
+    async def run(self) -> None:
+        """Read, deliver, claim what dead senders left; until stopped."""
+        await self.ensure_groups()
+        timeout = aiohttp.ClientTimeout(total=self.settings.timeout_s)
+        async with aiohttp.ClientSession(timeout=timeout) as http:
+            while not self.stop_event.is_set():
+                try:
+                    await self.rules.refresh(self.client)
+                    batch = await self._claim() if time.monotonic() >= self._next_claim else []
+                    batch += await self._read()
+                except (RedisError, OSError) as exc:
+                    log.warning("alert_read_failed", error=str(exc))
+                    await asyncio.sleep(0.5)
+                    continue
+                for stream, entry_id, fields in batch:
+                    if entry_id in self._inflight:
+                        continue
+                    await self._slots.acquire()
+                    self._inflight.add(entry_id)
+                    task = asyncio.ensure_future(self._deliver(http, stream, entry_id, fields))
+                    self._tasks.add(task)
+                    task.add_done_callback(self._tasks.discard)
+            for task in list(self._tasks):
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _read(self) -> list[tuple[str, bytes, dict[bytes, bytes]]]:
+        streams: dict[Any, Any] = {s: ">" for s in self.keys.alert_streams()}
+        block = self.settings.block_ms if not self._tasks else 100
+        reply: Any = await self.client.xreadgroup(GROUP, self.consumer, streams, count=100, block=block)
+        out: list[tuple[str, bytes, dict[bytes, bytes]]] = []
+        for stream, items in reply or []:
+            name = stream.decode() if isinstance(stream, bytes) else stream
+            for entry_id, fields in items:
+                out.append((name, entry_id, fields or {}))
+                self.counters.read += 1
+                rule = _rule_of(fields or {})
+                if rule is not None:
+                    await self._count("fired", rule)  # first read by the group: once per alert
+        return out
+
+    async def _claim(self) -> list[tuple[str, bytes, dict[bytes, bytes]]]:
+        """Take over alerts another sender left pending for ``claim_idle_ms`` (it died mid-delivery)."""
+        self._next_claim = time.monotonic() + self.settings.claim_idle_ms / 2000
+        out: list[tuple[str, bytes, dict[bytes, bytes]]] = []
+        for stream in self.keys.alert_streams():
+            reply = await self.client.xautoclaim(
+                stream, GROUP, self.consumer, self.settings.claim_idle_ms, "0-0", count=100
+            )
+            for entry_id, fields in reply[1]:
+                out.append((stream, entry_id, fields or {}))
+        return out
+
+    async def _count(self, what: str, rule: str) -> None:
+        try:
+            await self.client.hincrby(self.keys.alert_stats(), f"{what}:{rule}", 1)
+        except (RedisError, OSError) as exc:
+            log.warning("alert_count_failed", error=str(exc))
+
+    async def _deliver(
+        self, http: aiohttp.ClientSession, stream: str, entry_id: bytes, fields: dict[bytes, bytes]
+    ) -> None:
+        try:
+            await self._deliver_one(http, stream, entry_id, fields)
+        finally:
+            self._inflight.discard(entry_id)
+            self._slots.release()
+
+    async def _deliver_one(
+        self, http: aiohttp.ClientSession, stream: str, entry_id: bytes, fields: dict[bytes, bytes]
+    ) -> None:
+        body = fields.get(b"alert", b"")
+        name = _rule_of(fields)
+        rule = next((r for r in self.rules.rules if r.name == name), None)
+        if rule is None:
+            log.warning("alert_dropped", entry_id=entry_id.decode(), reason="its rule no longer exists")
+            await self.client.xack(stream, GROUP, entry_id)
+            return
+        headers = {"Content-Type": "application/json", ID_HEADER: entry_id.decode()}
+        if rule.secret is not None:
+            headers[SIGNATURE_HEADER] = sign(rule.secret, body)
+        error = ""
+        for attempt in range(self.settings.tries):
+            if attempt:
+                cap = min(self.settings.backoff_max_s, self.settings.backoff_s * 2 ** (attempt - 1))
+                await asyncio.sleep(random.uniform(0, cap))  # full jitter: retries of many alerts spread out
+            self.counters.attempts += 1
+            try:
+                async with http.post(rule.webhook, data=body, headers=headers) as resp:
+                    if 200 <= resp.status < 300:
+                        await self.client.xack(stream, GROUP, entry_id)
+                        self.counters.delivered += 1
+                        await self._count("delivered", rule.name)
+                        return
+                    error = f"HTTP {resp.status}"
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                error = f"{type(exc).__name__}: {exc}"[:200]
+            log.info(
+                "alert_attempt_failed", rule=rule.name, entry_id=entry_id.decode(), attempt=attempt + 1, error=error
+            )
+        record = orjson.dumps(
+            {"stream": stream, "entry_id": entry_id.decode(), "error": error, "at": int(time.time() * 1000)}
+        )
+        pipe = self.client.pipeline(transaction=False)
+        # The failed list holds the alert itself; the stream entry is acked only after it is listed.
+        pipe.lpush(self.keys.alert_failed(), record[:-1] + b',"alert":' + (body or b"null") + b"}")
+        pipe.ltrim(self.keys.alert_failed(), 0, FAILED_MAXLEN - 1)
+        await pipe.execute()
+        await self.client.xack(stream, GROUP, entry_id)
+        self.counters.failed += 1
+        await self._count("failed", rule.name)
+        log.warning("alert_failed", rule=rule.name, entry_id=entry_id.decode(), error=error)
+
+
+def _rule_of(fields: dict[bytes, bytes]) -> str | None:
+    try:
+        rule = orjson.loads(fields.get(b"alert", b"")).get("rule")
+    except (orjson.JSONDecodeError, AttributeError):
+        return None
+    return rule if isinstance(rule, str) else None
+
+
+async def list_failed(client: Client, keys: Keyspace, limit: int = 1000) -> list[dict[str, Any]]:
+    """The failed alerts, newest first."""
+    return [orjson.loads(raw) for raw in await client.lrange(keys.alert_failed(), 0, limit - 1)]
+
+
+async def replay_failed(client: Client, keys: Keyspace, limit: int = 1000) -> int:
+    """Put failed alerts back on their alert stream (as new entries) and off the failed list; returns how many."""
+    done = 0
+    for _ in range(limit):
+        raw: Any = await client.lindex(keys.alert_failed(), -1)  # oldest first
+        if raw is None:
+            break
+        record = orjson.loads(raw)
+        # Added before it leaves the list: a failure between the two replays it twice, never loses it.
+        await client.xadd(record["stream"], {"alert": orjson.dumps(record["alert"])})
+        await client.lrem(keys.alert_failed(), -1, raw)
+        done += 1
+    return done
