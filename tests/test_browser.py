@@ -269,7 +269,9 @@ async def test_live_page_end_to_end(redis_url: str, prefix: str) -> None:
             await row.wait_for(timeout=10_000)
             await wait_js(page, "() => document.querySelector('#outliers-body tr td.id').textContent === 'mallory'")
             reason = await row.locator("td.reason").text_content()
-            assert reason and "GET /admin/export" in reason, reason
+            # mallory's two rare actions (6:3 in its mix): which one tops its reasons depends on how
+            # many of each it had when the row was read, so either is right; a common action is not.
+            assert reason and ("GET /admin/export" in reason or "DELETE /user" in reason), reason
             await row.click()
             await wait_js(page, "() => document.querySelectorAll('#profile-chart .prow').length > 0")
             assert await page.locator("#profile-title").text_content() == OUTLIER
