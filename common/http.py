@@ -31,6 +31,7 @@ from binormal.common.auth import PRINCIPAL
 from binormal.common.connection import TRANSIENT
 from binormal.common.ratelimit import retry_after
 from binormal.common.runtime import tune_gc
+from binormal.common.schema import DuplicateKeys, loads_json
 from binormal.common.server import HTTP_STATE, run_app
 
 log = structlog.get_logger("binormal.http")
@@ -177,6 +178,24 @@ def body_not_json(body: bytes) -> ApiError:
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+async def read_json_object(request: web.Request, limit: int) -> dict[str, Any]:
+    """The request's JSON object body (``Content-Type: application/json``, at most ``limit`` bytes).
+
+    400 naming the problem for a body that is not JSON, repeats a key, or is not an object.
+    """
+    require_content_type(request, (JSON,))
+    body = await read_body(request, limit)
+    try:
+        obj: Any = loads_json(body)
+    except orjson.JSONDecodeError:
+        raise body_not_json(body) from None
+    if isinstance(obj, DuplicateKeys):
+        raise ApiError(400, f"{obj.duplicate[:64]}: given more than once", obj.duplicate[:64])
+    if not isinstance(obj, dict):
+        raise ApiError(400, "body must be a JSON object", "body")
+    return obj
 
 
 @web.middleware

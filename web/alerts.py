@@ -26,11 +26,10 @@ from binormal.common.alerts import (
     remove_alert_rule,
 )
 from binormal.common.guard import principal_of, require_org
-from binormal.common.http import JSON, ApiError, body_not_json, json_response, read_body, require_content_type
+from binormal.common.http import ApiError, json_response, read_json_object
 from binormal.common.keys import Scope
 from binormal.common.redisapp import REDIS
 from binormal.common.rules import RuleError
-from binormal.common.schema import DuplicateKeys, loads_json
 from binormal.web.rules import _query
 
 MAX_BODY = 8192
@@ -61,16 +60,7 @@ async def get_rules(request: web.Request) -> web.Response:
 
 async def post_rule(request: web.Request) -> web.Response:
     """``POST /api/alerts/rules``: add or replace an alert rule (201 new, 200 replaced)."""
-    require_content_type(request, (JSON,))
-    body = await read_body(request, MAX_BODY)
-    try:
-        obj: Any = loads_json(body)
-    except orjson.JSONDecodeError:
-        raise body_not_json(body) from None
-    if isinstance(obj, DuplicateKeys):
-        raise ApiError(400, f"{obj.duplicate[:64]}: given more than once", obj.duplicate[:64])
-    if not isinstance(obj, dict):
-        raise ApiError(400, "body must be a JSON object", "body")
+    obj = await read_json_object(request, MAX_BODY)
     principal = principal_of(request)
     try:
         rule = parse_alert_rule(obj, by=principal.name if principal is not None else "anonymous")

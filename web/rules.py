@@ -13,13 +13,10 @@ individuals with.
 
 from __future__ import annotations
 
-from typing import Any
-
-import orjson
 from aiohttp import web
 
 from binormal.common.guard import principal_of, require_org
-from binormal.common.http import JSON, ApiError, body_not_json, json_response, read_body, require_content_type
+from binormal.common.http import ApiError, json_response, read_json_object
 from binormal.common.keys import Keyspace, Scope
 from binormal.common.redisapp import REDIS
 from binormal.common.rules import (
@@ -32,7 +29,6 @@ from binormal.common.rules import (
     parse_target,
     remove_rule,
 )
-from binormal.common.schema import DuplicateKeys, loads_json
 
 RULES = web.AppKey("binormal_rules", RuleCache)
 MAX_BODY = 8192
@@ -94,16 +90,7 @@ async def get_rules(request: web.Request) -> web.Response:
 
 async def post_rule(request: web.Request) -> web.Response:
     """``POST /api/rules``: add or replace a rule (201 new, 200 replaced)."""
-    require_content_type(request, (JSON,))
-    body = await read_body(request, MAX_BODY)
-    try:
-        obj: Any = loads_json(body)
-    except orjson.JSONDecodeError:
-        raise body_not_json(body) from None
-    if isinstance(obj, DuplicateKeys):
-        raise ApiError(400, f"{obj.duplicate[:64]}: given more than once", obj.duplicate[:64])
-    if not isinstance(obj, dict):
-        raise ApiError(400, "body must be a JSON object", "body")
+    obj = await read_json_object(request, MAX_BODY)
     principal = principal_of(request)
     try:
         rule = parse_rule(obj, by=principal.name if principal is not None else "anonymous")
