@@ -3,11 +3,16 @@
 Scripts are called inside pipelines, where redis-py's own Script helper would
 send SCRIPT EXISTS on every execute. Instead we EVALSHA blindly and, if Redis
 answers NOSCRIPT (restarted, or SCRIPT FLUSH), load every script and retry.
+
+Functions several scripts share live once in ``lua/lib/<name>.lua``; a script names
+one in a line ``--#include <name>``, replaced by that file when the script is loaded
+(Redis has no modules for EVAL scripts, so the sent source, and its SHA-1, hold the copy).
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +27,13 @@ from binormal.common.connection import Client
 from binormal.common.result import ActionStats, Aggregates
 
 LUA_DIR = Path(__file__).with_name("lua")
+INCLUDE = re.compile(r"^--#include (\w+)$", re.M)
+
+
+def lua_source(name: str) -> str:
+    """``lua/<name>.lua`` with each ``--#include lib`` line replaced by ``lua/lib/<lib>.lua``."""
+    source = (LUA_DIR / f"{name}.lua").read_text(encoding="utf-8")
+    return INCLUDE.sub(lambda m: (LUA_DIR / "lib" / f"{m[1]}.lua").read_text(encoding="utf-8").rstrip("\n"), source)
 
 
 @dataclass(frozen=True)
@@ -35,7 +47,7 @@ class LuaScript:
     @classmethod
     def load(cls, name: str) -> LuaScript:
         """Read ``common/lua/<name>.lua``."""
-        source = (LUA_DIR / f"{name}.lua").read_text(encoding="utf-8")
+        source = lua_source(name)
         return cls(name, source, hashlib.sha1(source.encode("utf-8")).hexdigest())
 
 

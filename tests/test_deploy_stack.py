@@ -190,26 +190,33 @@ def _settled(stack: Stack) -> bool:
 
 
 def test_events_survive_a_killed_worker_container_counted_exactly_once(stack: Stack) -> None:
-    victim = stack.project.containers("worker")[0]
-    me = hostname_of(victim) + "-"
-    sent, killed_pending = 0, 0
     workers = stack.project.containers("worker")
-    for _attempt in range(5):  # catch the worker with entries in hand; each try adds a chunk
+    prefixes = {container: hostname_of(container) + "-" for container in workers}
+    sent, killed_pending, victim = 0, 0, workers[0]
+    for _attempt in range(5):  # catch a worker with entries in hand; each try adds a chunk
         # A backlog first (the workers frozen while it is posted), so they are busy when one is killed.
         docker("pause", *workers)
         try:
             sent += _post_chunk(stack)
         finally:
             docker("unpause", *workers)
+        # Whichever worker is first seen holding entries is the victim (either may win the reads).
+        holders: list[str] = []
         deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and _pending(stack, me) == 0:
-            time.sleep(0.01)
+        while time.monotonic() < deadline and not holders:
+            holders = [c for c in workers if _pending(stack, prefixes[c])]
+        victim = holders[0] if holders else workers[0]
+        # Frozen first (cgroup freezer): it can neither acknowledge nor read from here on, so the
+        # count read now is what it dies holding. SIGKILL to a paused container lands as it thaws.
+        docker("pause", victim)
+        killed_pending = _pending(stack, prefixes[victim])
         docker("kill", victim)
-        killed_pending = _pending(stack, me)  # frozen: delivered to the dead process, never acknowledged
         if killed_pending:
+            assert _pending(stack, prefixes[victim]) == killed_pending  # delivered, never acknowledged
             break
         docker("start", victim)
-    assert killed_pending > 0, "never caught the worker holding unacknowledged entries"
+    assert killed_pending > 0, "never caught a worker holding unacknowledged entries"
+    me = prefixes[victim]
     print(f"[deploy] killed {victim} (try {_attempt + 1}) holding {killed_pending} unacknowledged entries")
     sent += _post_chunk(stack)  # accepted while a worker is down
     docker("start", victim)

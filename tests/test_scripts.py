@@ -8,6 +8,7 @@ when the two disagree, so the contract cannot drift on one side only.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 
@@ -38,6 +39,7 @@ from binormal.common.scripts import (
     Layout,
     Score,
     Scripts,
+    lua_source,
 )
 
 
@@ -193,9 +195,9 @@ def test_deadletter_packs_fields_flat() -> None:
     assert Deadletter.decode(1) is True and Deadletter.decode(0) is False
 
 
-async def test_apply_share_of_is_exact_integer_division(aredis: aioredis.Redis) -> None:
-    """apply.lua's ``share_of`` (Lua doubles) is Python's ``(2 x w + m) // (2 m)`` at rounding edges, m up to 4e13."""
-    source = (LUA_DIR / "apply.lua").read_text(encoding="utf-8")
+async def test_share_of_is_exact_integer_division(aredis: aioredis.Redis) -> None:
+    """``share_of`` (Lua doubles) is Python's ``(2 x w + m) // (2 m)`` at rounding edges, m up to 4e13."""
+    source = lua_source("apply")
     start = source.index("local function share_of")
     body = source[start : source.index("\nend\n", start) + 5]
     cases: list[tuple[int, int, int]] = [(1, 100, 101), (50, 100, 101), (0, 100, 500)]
@@ -209,3 +211,14 @@ async def test_apply_share_of_is_exact_integer_division(aredis: aioredis.Redis) 
     args = [v for case in cases for v in case]
     got = await aredis.eval(script, 0, *args)
     assert got == [(2 * x * w + m) // (2 * m) for x, w, m in cases]
+
+
+def test_shared_lua_functions_are_included_once_in_each_script_that_names_them() -> None:
+    """Each ``--#include`` line is replaced by its lib file; the scripts send no include line to Redis."""
+    lib = (LUA_DIR / "lib" / "share_of.lua").read_text(encoding="utf-8").rstrip("\n")
+    for name in ("apply", "expire", "recompute"):
+        raw = (LUA_DIR / f"{name}.lua").read_text(encoding="utf-8")
+        assert "--#include share_of\n" in raw and "local function share_of" not in raw, name
+        source = lua_source(name)
+        assert source.count(lib) == 1 and "--#include" not in source, name
+    assert Scripts().sha("apply") == hashlib.sha1(lua_source("apply").encode()).hexdigest()

@@ -54,17 +54,7 @@ for i = 1, #KEYS do
     return redis.error_reply('key ' .. KEYS[i] .. ' holds a ' .. t .. ', not a ' .. w)
   end
 end
--- floor((2 x w + m) / (2 m)) exactly, as apply.lua's share_of (see there).
-local function share_of(x, w, m)
-  local num, den = 2 * x * w + m, 2 * m
-  local q = math.floor(num / den)
-  if q * den > num then
-    q = q - 1
-  elseif (q + 1) * den <= num then
-    q = q + 1
-  end
-  return q
-end
+--#include share_of
 local cutoff = tonumber(ARGV[2])
 local cap = tonumber(ARGV[3])
 local w = tonumber(ARGV[4])

@@ -26,17 +26,7 @@
 --   ARGV[a+2] its id (kept as the dom hash's top when it has the most events)
 -- Returns {n, sum, sumsq, individuals learnt from, excluded} as written (floats as strings;
 -- the last two are 0 without a rebuild).
--- floor((2 x w + m) / (2 m)) exactly, as apply.lua's share_of (see there).
-local function share_of(x, w, m)
-  local num, den = 2 * x * w + m, 2 * m
-  local q = math.floor(num / den)
-  if q * den > num then
-    q = q - 1
-  elseif (q + 1) * den <= num then
-    q = q + 1
-  end
-  return q
-end
+--#include share_of
 local rows = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
 local n, sum, sumsq = 0, 0, 0
 for i = 2, #rows, 2 do
