@@ -15,6 +15,10 @@ scope's snapshot is rebuilt (its recorded contribution taken out, the new one pu
 gives at every rebuild exactly the population per-event maintenance gives. Snapshots leave out
 actions whose population count is 0.
 
+Recent window (``Options.window`` K, 0 = off; ``binormal evaluate`` only): each individual's last K
+actions are kept, and its row gets ``recent`` and ``drift`` (:mod:`binormal.drift`) of its last
+``min(K, n // 2)`` events, ``recent`` against the snapshot in force at its last event.
+
 Validation fast path: a line whose scope, action (in that scope) and id were already validated
 is counted after a few dict lookups; anything else goes through :func:`schema.parse_json`,
 so every bad line gets the same message, with its line number, as before.
@@ -124,6 +128,8 @@ class Engine:
         self.w = opts.weight_cap or _NO_CAP
         self.scopes: dict[tuple[str, str, str], ScopeState] = {}
         self.recs: dict[tuple[str, str, str, str], list[Any]] = {}  # (org, source, pop, id) -> sc.ind[id]
+        if not 0 <= opts.window <= opts.cap:  # the window is scored unnormalised (binormal/drift.py)
+            raise ValueError(f"window must be 0 (off) or 1..cap {opts.cap}, got {opts.window}")
         self.window = opts.window
 
     def add(self, event: Event) -> tuple[ScopeState, list[Any]]:

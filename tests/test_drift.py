@@ -89,3 +89,12 @@ def test_replay_scores_match_hand(tmp_path: Path) -> None:
         same = ("score", "zscore", "pscore", "rzscore", "bits_per_event", "count", "learning")
         assert {k: row[k] for k in same} == {k: plain[ident][k] for k in same}
         assert plain[ident]["recent"] == plain[ident]["drift"] == 0.0  # window 0: not kept
+
+
+def test_window_must_fit_the_cap(tmp_path: Path) -> None:
+    """The window is scored unnormalised, so K <= N; the engine refuses more."""
+    path = tmp_path / "e.ndjson"
+    path.write_text('{"org": "o", "source": "s", "pop": "p", "id": "u", "action": "a"}\n')
+    with pytest.raises(ValueError, match="window must be 0 \\(off\\) or 1..cap 10, got 11"):
+        replay(str(path), Options(10, 1, 0, window=11), io.StringIO())
+    assert replay(str(path), Options(10, 1, 0, window=10), io.StringIO())[0]["recent"] == 0.0  # n = 1: k = 0
