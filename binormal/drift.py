@@ -15,10 +15,11 @@ the earlier events ``o_a = x_a - w_a`` over ``m = n - k``.
   the mix of the rest, at most ``n H(k/n)`` bits, and it needs no population (a stationary
   individual with an odd mix has a low drift). 0 when ``k == 0``.
 
-Maintenance (what the service would need, not implemented there yet): a list of each individual's
-last K actions and a hash of its window counts; per event the new action enters the window and,
-when ``k`` does not grow (``n`` odd before the event, or ``k == K``), the action ``k`` places back
-leaves it: O(1) list and hash commands, and ``drift`` is O(the individual's own actions).
+Maintenance (what the service would need, not implemented there yet; :func:`window_step` is the
+rule, step by step as ``apply.lua`` would do it): a list of each individual's last K actions,
+newest first, and a hash of its window counts; per event the new action enters the window and,
+when ``k`` does not grow (``n`` even before the event, or ``k == K``), the action ``k`` places
+back leaves it: O(1) list and hash commands, and ``drift`` is O(the individual's own actions).
 """
 
 from __future__ import annotations
@@ -46,6 +47,28 @@ def window_counts(recent: deque[str] | list[str], n: int, window: int) -> dict[s
     if len(tail) < k:
         raise ValueError(f"window of {k} events asked, only {len(tail)} kept")
     return dict(Counter(tail))
+
+
+def window_step(kept: deque[str], window: dict[str, int], n: int, action: str, size: int) -> str | None:
+    """Count the individual's event number ``n + 1`` into ``kept`` (its last actions, newest first) and
+    ``window`` (the counts of its last ``window_size(n, size)`` actions); returns the action that left.
+
+    The commands a Redis script would run: ``LPUSH``, ``HINCRBY``; when ``k`` does not grow,
+    ``LINDEX k`` and ``HINCRBY -1`` (``HDEL`` at 0); then ``LTRIM 0 size-1``.
+    """
+    kept.appendleft(action)
+    window[action] = window.get(action, 0) + 1
+    left = None
+    k = window_size(n, size)
+    if window_size(n + 1, size) == k:  # the window keeps its size: its oldest action leaves
+        left = kept[k]  # after the push: 0 is the new action, 1..k the window before it
+        if window[left] == 1:
+            del window[left]
+        else:
+            window[left] -= 1
+    while len(kept) > size:
+        kept.pop()
+    return left
 
 
 def drift_bits(counts: Mapping[str, int], window: Mapping[str, int]) -> float:

@@ -98,3 +98,24 @@ def test_window_must_fit_the_cap(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="window must be 0 \\(off\\) or 1..cap 10, got 11"):
         replay(str(path), Options(10, 1, 0, window=11), io.StringIO())
     assert replay(str(path), Options(10, 1, 0, window=10), io.StringIO())[0]["recent"] == 0.0  # n = 1: k = 0
+
+
+def test_window_step_keeps_the_window_exactly() -> None:
+    """The per-event rule a Redis script would run equals the window recounted after every event."""
+    from collections import deque
+
+    from binormal.drift import window_step
+
+    rng = random.Random(3)
+    for size in (1, 2, 5, 50):
+        kept: deque[str] = deque()
+        window: dict[str, int] = {}
+        seq: list[str] = []
+        for n in range(300):
+            action = rng.choice("abcd")
+            left = window_step(kept, window, n, action, size)
+            seq.append(action)
+            assert window == window_counts(seq, n + 1, size), (size, n)
+            assert list(kept) == seq[::-1][:size]
+            # an action leaves exactly when k does not grow: n even before the event, or k already K
+            assert (left is not None) == (n % 2 == 0 or n // 2 >= size), (size, n)
