@@ -33,6 +33,9 @@ SCORES: dict[str, Callable[[Row], float]] = {
     "rzscore": lambda r: float(r["rzscore"]),
     # score is computed on counts normalised to at most cap N events: bits per event of those n' = min(n, N)
     "bits_per_event": lambda r: float(r["bits_per_event"]),
+    # binormal/drift.py: the last min(K, n // 2) events against the population, and against the earlier ones
+    "recent": lambda r: float(r["recent"]),
+    "drift": lambda r: float(r["drift"]),
 }
 
 
@@ -143,6 +146,8 @@ def replay(path: str, opts: Options, errors: IO[str], progress: bool = False) ->
             "pscore": r.pscore,
             "rzscore": r.rzscore,
             "bits_per_event": r.bits_per_event,
+            "recent": r.recent,
+            "drift": r.drift,
             "learning": r.learning,
         }
         for r in rows

@@ -15,6 +15,10 @@ scope's snapshot is rebuilt (its recorded contribution taken out, the new one pu
 gives at every rebuild exactly the population per-event maintenance gives. Snapshots leave out
 actions whose population count is 0.
 
+Recent window (``Options.window`` K, 0 = off; ``binormal evaluate`` only): each individual's last K
+actions are kept, and its row gets ``recent`` and ``drift`` (:mod:`binormal.drift`) of its last
+``min(K, n // 2)`` events, ``recent`` against the snapshot in force at its last event.
+
 Validation fast path: a line whose scope, action (in that scope) and id were already validated
 is counted after a few dict lookups; anything else goes through :func:`schema.parse_json`,
 so every bad line gets the same message, with its line number, as before.
@@ -23,6 +27,7 @@ so every bad line gets the same message, with its line number, as before.
 from __future__ import annotations
 
 import bisect
+import collections
 import contextlib
 import gc
 import math
@@ -38,6 +43,7 @@ from binormal.common.keys import Scope
 from binormal.common.result import Aggregates
 from binormal.common.schema import TS_MAX, Event, InvalidEvent, parse_json
 from binormal.common.scoring import _LG, LN2, SCORE_EPSILON, Snapshot, normalise, weight_cap_usable, zscore
+from binormal.drift import drift_bits, window_counts
 
 MIN_EVENTS = 10  # an individual with fewer events is "learning"
 MIN_INDIVIDUALS = 30  # so is every individual of a scope with fewer individuals
@@ -74,10 +80,14 @@ class Options:
     weight_cap: int
     min_events: int = MIN_EVENTS
     min_individuals: int = MIN_INDIVIDUALS
+    window: int = 0  # K of the recent window (binormal/drift.py); 0 = not kept (no recent, no drift)
 
 
 class ScopeState:
-    """Counters of one scope: ``ind`` maps an id to ``[counts, n, snapshot at its last event, scope, id]``."""
+    """Counters of one scope: ``ind`` maps an id to ``[counts, n, snapshot at its last event, scope, id, recent]``.
+
+    ``recent`` is a deque of the id's last ``window`` actions (None when ``Options.window`` is 0).
+    """
 
     __slots__ = ("key", "scope", "pop", "ind", "heavy", "dirty", "snap", "known", "left")
 
@@ -118,6 +128,9 @@ class Engine:
         self.w = opts.weight_cap or _NO_CAP
         self.scopes: dict[tuple[str, str, str], ScopeState] = {}
         self.recs: dict[tuple[str, str, str, str], list[Any]] = {}  # (org, source, pop, id) -> sc.ind[id]
+        if not 0 <= opts.window <= opts.cap:  # the window is scored unnormalised (binormal/drift.py)
+            raise ValueError(f"window must be 0 (off) or 1..cap {opts.cap}, got {opts.window}")
+        self.window = opts.window
 
     def add(self, event: Event) -> tuple[ScopeState, list[Any]]:
         """Count one validated event (the slow path; :meth:`feed_lines` inlines the same steps)."""
@@ -141,6 +154,8 @@ class Engine:
             pop[action] += 1
         counts[action] = counts.get(action, 0) + 1
         rec[1] = n + 1
+        if self.window:
+            rec[5].append(action)
         if sc.left <= 0 or action not in sc.known:
             sc.rebuild(self.opts)
         else:
@@ -155,6 +170,7 @@ class Engine:
         recs = self.recs
         w = self.w
         opts = self.opts
+        track = self.window > 0
         lineno = start - 1
         for lineno, raw in enumerate(stream, start):  # noqa: B007 (the count is returned)
             try:
@@ -195,6 +211,8 @@ class Engine:
                 sc.dirty.add(rec[4])
             counts[action] = c + 1
             rec[1] = n + 1
+            if track:
+                rec[5].append(action)
             left = sc.left
             if left <= 0 or action not in sc.known:
                 sc.rebuild(opts)
@@ -212,7 +230,8 @@ class Engine:
         return self._record(sc, ident)
 
     def _record(self, sc: ScopeState, ident: str) -> list[Any]:
-        rec = sc.ind[ident] = self.recs[(*sc.key, ident)] = [{}, 0, None, sc, ident]
+        recent: collections.deque[str] | None = collections.deque(maxlen=self.window) if self.window else None
+        rec = sc.ind[ident] = self.recs[(*sc.key, ident)] = [{}, 0, None, sc, ident, recent]
         return rec
 
     def _slow(self, lineno: int, raw: bytes, errors: IO[str] | Any) -> None:
@@ -262,6 +281,8 @@ class Row:
     learning: bool
     bits_per_event: float
     snapshot: Snapshot
+    recent: float = 0.0  # binormal/drift.py; 0 when Options.window is 0
+    drift: float = 0.0
 
     def as_json(self) -> dict[str, Any]:
         """The ``binormal score --json`` object (numbers rounded to 3 decimals)."""
@@ -306,10 +327,17 @@ def scope_rows(sc: ScopeState, opts: Options, zscores: dict[str, float] | None) 
     rank = bisect.bisect_left
     count, total, total_sq = agg.n, agg.total, agg.total_sq
     min_events = opts.min_events
+    window = opts.window
     for ident, rec in sc.ind.items():
         score = scores[ident]
         n = rec[1]
         z = zscores[ident] if zscores is not None else zscore(score, count, total, total_sq)
+        recent = drift = 0.0
+        if window:
+            mine = window_counts(rec[5], n, window)
+            if mine:
+                recent = final_score(rec[2], mine, sum(mine.values()), cap, memo)
+                drift = drift_bits(rec[0], mine)
         add(
             Row(  # scope, ident, counts, count, score, zscore, pscore, rzscore, learning, bits/event, snapshot
                 scope,
@@ -323,6 +351,8 @@ def scope_rows(sc: ScopeState, opts: Options, zscores: dict[str, float] | None) 
                 few or n < min_events,
                 score / min(n, cap),
                 rec[2],
+                recent,
+                drift,
             )
         )
     return out
@@ -423,7 +453,7 @@ def exact_rows(events: Iterable[Event], opts: Options) -> list[Row]:
     The per-event counting and scoring of :class:`MemoryEngine` (with the weight cap applied
     at every event): rows equal its results at each individual's last event, bit for bit.
     """
-    engine = Engine(Options(opts.cap, 0, opts.weight_cap, opts.min_events, opts.min_individuals))
+    engine = Engine(Options(opts.cap, 0, opts.weight_cap, opts.min_events, opts.min_individuals, opts.window))
     scores: dict[tuple[str, str, str], dict[str, float]] = {}
     aggs: dict[tuple[str, str, str], Aggregates] = {}
     zs: dict[tuple[str, str, str], dict[str, float]] = {}

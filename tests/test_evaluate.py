@@ -116,6 +116,7 @@ def test_unlabelled_ids_are_scored_but_not_counted() -> None:
     s = Scope("o", "s", "p")
     rows = [
         {"scope": s, "id": i, "count": 10, "score": sc, "zscore": sc, "pscore": sc, "rzscore": sc, "bits_per_event": sc}
+        | {"recent": sc, "drift": sc}
         for i, sc in (("x", 9.0), ("y", 1.0), ("z", 2.0), ("free", 100.0))
     ]
     result = evaluate(rows, Labels({"x": 1, "y": 0, "z": 0}, {"x": "bot"}))
@@ -134,7 +135,7 @@ def test_cli_json_shape(generated: Path) -> None:
     assert result["labelled"] == result["individuals"] == len(labels.label)
     assert result["anomalous"] == sum(labels.label.values()) == 2 * 7
     assert result["scopes"] == 2
-    assert set(result["scores"]) == {"zscore", "score", "pscore", "rzscore", "bits_per_event"}
+    assert set(result["scores"]) == {"zscore", "score", "pscore", "rzscore", "bits_per_event", "recent", "drift"}
     assert set(result["kinds"]) == {"skip", "repeat", "odd", "lowslow", "takeover", "masquerade", "heavy"}
     for m in result["scores"].values():
         assert set(m) == METRICS and all(0.0 <= v <= 1.0 for v in m.values())
@@ -201,6 +202,13 @@ def test_cli_engine_options_change_the_replay(generated: Path) -> None:
     assert results["off"]["kinds"]["heavy"] != results["default"]["kinds"]["heavy"]
     bad = run_evaluate(str(generated / "events.ndjson"), labels, "--weight-cap", "3")
     assert bad.returncode == 2 and "--weight-cap must be 0 (off)" in bad.stderr
+    wide = run_evaluate(str(generated / "events.ndjson"), labels, "--window", "101")
+    assert wide.returncode == 2 and "--window must be at most the normalisation cap --cap 100, got 101" in wide.stderr
+    done = run_evaluate(str(generated / "events.ndjson"), labels, "--json", "--window", "10")
+    assert done.returncode == 0, done.stderr
+    narrow = json.loads(done.stdout)
+    assert narrow["scores"]["zscore"] == results["default"]["scores"]["zscore"]  # the window changes only its scores
+    assert narrow["scores"]["recent"] != results["default"]["scores"]["recent"]
 
 
 def test_progress_bar_on_stderr(generated: Path) -> None:

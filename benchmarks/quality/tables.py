@@ -18,19 +18,20 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from binormal.drift import DEFAULT_WINDOW
 from binormal.evaluate import SCORES, evaluate, read_labels, replay
 from binormal.offline import Options
 
 HERE = Path(__file__).resolve().parent
 
 
-def run(seed: int, weight_cap: int, refresh: int) -> dict[str, Any]:
+def run(seed: int, weight_cap: int, refresh: int, window: int = DEFAULT_WINDOW) -> dict[str, Any]:
     """The evaluate result of one seed and one guard setting."""
     with tempfile.TemporaryDirectory() as d:
         subprocess.run([sys.executable, str(HERE / "generate.py"), d, "--seed", str(seed)], check=True)
         with open(Path(d) / "labels.csv", encoding="utf-8", newline="") as f:
             labels = read_labels(f)
-        rows = replay(str(Path(d) / "events.ndjson"), Options(100, refresh, weight_cap), io.StringIO())
+        rows = replay(str(Path(d) / "events.ndjson"), Options(100, refresh, weight_cap, window=window), io.StringIO())
     return evaluate(rows, labels)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from binormal.commands import Subparsers
-from binormal.commands.score import add_engine_options, add_progress_options, engine_options
+from binormal.commands.score import add_engine_options, add_progress_options, engine_options, whole
 
 
 def register(sub: Subparsers) -> None:
@@ -20,6 +20,13 @@ def register(sub: Subparsers) -> None:
         help="write the analysts' marks in Redis (binormal rules) as labels id,label (confirmed 1, benign 0; - stdout)",
     )
     s.add_argument("--json", action="store_true", help="one JSON object instead of the table")
+    s.add_argument(
+        "--window",
+        type=whole(1, ""),
+        default=50,
+        metavar="K",
+        help="recent window of the recent and drift scores: the last min(K, n // 2) events (default 50; at most --cap)",
+    )
     add_engine_options(s)  # the engine of binormal score: same options, same semantics
     add_progress_options(s)
 
@@ -44,10 +51,18 @@ def run(args: argparse.Namespace) -> int:
     if args.events is None or args.labels is None:
         sys.stderr.write("binormal evaluate: EVENTS and LABELS are required (unless --feedback OUT.csv alone)\n")
         return 2
+    import dataclasses
+
     from binormal.evaluate import main_evaluate
     from binormal.offline import Options
 
     opts = engine_options(args, "evaluate")
     if not isinstance(opts, Options):
         return 2
+    if args.window > args.cap:  # the window is scored unnormalised: k <= K <= N
+        sys.stderr.write(
+            f"binormal evaluate: --window must be at most the normalisation cap --cap {args.cap}, got {args.window}\n"
+        )
+        return 2
+    opts = dataclasses.replace(opts, window=args.window)
     return main_evaluate(args.events, args.labels, args.json, opts, args.progress)

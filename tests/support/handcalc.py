@@ -82,3 +82,29 @@ def explain_by_hand(counts: Mapping[str, int], pop: Mapping[str, int], cap: int,
             )
     rows.sort(key=lambda r: (-r["bits"], r["action"]))
     return rows[:limit]
+
+
+def _loglik_ln(actions: list[str]) -> float:
+    """ln of the maximum-likelihood multinomial probability of the sequence: sum_a c ln(c / len)."""
+    total = len(actions)
+    return sum(c * math.log(c / total) for c in (actions.count(a) for a in set(actions)))
+
+
+def drift_by_hand(actions: list[str], window: int) -> float:
+    """log2 of L(window and earlier events, each its own mix) / L(one mix for the whole sequence).
+
+    The window is the last ``min(window, len // 2)`` actions; each likelihood at its maximum.
+    """
+    k = min(window, len(actions) // 2)
+    if k == 0:
+        return 0.0
+    recent, earlier = actions[len(actions) - k :], actions[: len(actions) - k]
+    return (_loglik_ln(recent) + _loglik_ln(earlier) - _loglik_ln(actions)) / math.log(2)
+
+
+def recent_by_hand(actions: list[str], window: int, pop: Mapping[str, int]) -> float:
+    """The binomial surprisal of the window's counts (no normalisation) over every action of ``pop``."""
+    k = min(window, len(actions) // 2)
+    recent = actions[len(actions) - k :]
+    total = sum(pop.values())
+    return sum(bits_by_hand(recent.count(a), k, c / total) for a, c in pop.items() if c)
