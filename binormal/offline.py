@@ -16,8 +16,9 @@ gives at every rebuild exactly the population per-event maintenance gives. Snaps
 actions whose population count is 0.
 
 Validation fast path: a line whose scope, action (in that scope) and id were already validated
-is counted after a few dict lookups; anything else goes through :func:`schema.parse_json`,
-so every bad line gets the same message, with its line number, as before.
+is counted after two dict lookups (its scope, then its id in that scope); anything else goes
+through :func:`schema.parse_json`, so every bad line gets the same message, with its line number,
+as before.
 """
 
 from __future__ import annotations
@@ -115,7 +116,6 @@ class Engine:
         self.opts = opts
         self.w = opts.weight_cap or _NO_CAP
         self.scopes: dict[tuple[str, str, str], ScopeState] = {}
-        self.recs: dict[tuple[str, str, str, str], list[Any]] = {}  # (org, source, pop, id) -> sc.ind[id]
 
     def add(self, event: Event) -> tuple[ScopeState, list[Any]]:
         """Count one validated event (the slow path; :meth:`feed_lines` inlines the same steps)."""
@@ -150,7 +150,7 @@ class Engine:
         """Count NDJSON lines (numbered from ``start``); bad lines are reported on ``errors``. Returns lines read."""
         loads = orjson.loads
         decode_error = orjson.JSONDecodeError
-        recs = self.recs
+        scopes = self.scopes
         w = self.w
         opts = self.opts
         lineno = start - 1
@@ -170,20 +170,24 @@ class Engine:
                     self._slow(lineno, raw, errors)
                     continue
             try:
-                rec = recs.get((obj["org"], obj["source"], obj["pop"], obj["id"]))
+                # Two lookups, the scope's (10 hot entries here) then the id's in that scope, cost
+                # less than one among all individuals by (org, source, pop, id): fewer cache misses.
+                sc = scopes.get((obj["org"], obj["source"], obj["pop"]))
                 action = obj["action"]
+                if sc is None:
+                    raise KeyError
+                rec = sc.ind.get(obj["id"])
                 if rec is None:
                     rec = self._newcomer(obj, action)
                 counts = rec[0]
                 c = counts.get(action)
                 if c is None:
                     c = 0
-                    if action not in rec[3].pop:
+                    if action not in sc.pop:
                         raise KeyError
             except (KeyError, TypeError):  # missing, unhashable or not yet validated: the full check
                 self._slow(lineno, raw, errors)
                 continue
-            sc = rec[3]
             n = rec[1]
             if n < w:
                 sc.pop[action] += 1
@@ -210,7 +214,7 @@ class Engine:
         return self._record(sc, ident)
 
     def _record(self, sc: ScopeState, ident: str) -> list[Any]:
-        rec = sc.ind[ident] = self.recs[(*sc.key, ident)] = [{}, 0, None, sc, ident]
+        rec = sc.ind[ident] = [{}, 0, None, sc, ident]
         return rec
 
     def _slow(self, lineno: int, raw: bytes, errors: IO[str] | Any) -> None:
