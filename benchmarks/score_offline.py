@@ -7,9 +7,12 @@ Times, in one run on the same file (written to a temporary directory):
   mode (snapshot refreshed every 1,000 events per scope, guard on), and ``--exact`` for comparison;
 * the default mode's stages in-process (counting, final scores, JSON rows).
 
-Each is run ``--repeats`` times (interleaved) and the median shown.
+Each is run ``--repeats`` times (interleaved) and the median shown. ``--base PATH`` also times
+another checkout's ``binormal score`` (e.g. ``git archive main | tar -x -C PATH``), alternating
+with this one's in the same run, and prints the ratio of the medians: an A/B on a machine whose
+speed drifts.
 
-    python benchmarks/score_offline.py [--events 200000] [--repeats 3] [--exact-repeats 3]
+    python benchmarks/score_offline.py [--events 200000] [--repeats 3] [--exact-repeats 3] [--base PATH]
 
 Targets: default mode >= 100,000 events/s and <= 5x the read+parse time.
 """
@@ -53,12 +56,14 @@ def read_parse(path: Path) -> tuple[float, float]:
     return time.perf_counter() - t0, time.process_time() - c0
 
 
-def run_score(path: Path | str, *extra: str) -> tuple[float, float]:
+def run_score(path: Path | str, *extra: str, tree: Path | None = None) -> tuple[float, float]:
     """Wall and CPU seconds of ``binormal score FILE --json`` as a subprocess (start-up included).
 
-    ``-`` reads an empty stdin: the start-up alone (interpreter, imports, no events).
+    ``-`` reads an empty stdin: the start-up alone (interpreter, imports, no events). ``tree``:
+    another checkout's package, put first on the path (the editable install's finder comes after).
     """
-    root = Path(__file__).resolve().parents[1]
+    root = tree or Path(__file__).resolve().parents[1]
+    env = None if tree is None else {**os.environ, "PYTHONPATH": str(tree)}
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     subprocess.run(
@@ -67,6 +72,7 @@ def run_score(path: Path | str, *extra: str) -> tuple[float, float]:
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         cwd=root,
+        env=env,
     )
     wall = time.perf_counter() - t0
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -95,7 +101,10 @@ def main() -> int:
     ap.add_argument("--events", type=int, default=200_000)
     ap.add_argument("--repeats", type=int, default=3, help="runs of each measurement (the median is shown)")
     ap.add_argument("--exact-repeats", type=int, default=3, help="runs of --exact (slow); 0: skip it")
+    ap.add_argument("--base", type=Path, default=None, help="another checkout to time alternately (A/B)")
     args = ap.parse_args()
+    if args.base is not None and not (args.base / "binormal" / "score.py").is_file():
+        ap.error(f"--base {args.base}: no binormal/score.py there")
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "events.ndjson"
         write_file(path, args.events)
@@ -104,10 +113,16 @@ def main() -> int:
         exact: list[tuple[float, float]] = []
         parts: list[dict[str, float]] = []
         startup: list[tuple[float, float]] = []
+        base: list[tuple[float, float]] = []
+        base_startup: list[tuple[float, float]] = []
         for _ in range(args.repeats):  # interleaved, so a noisy neighbour hits every measurement alike
             parse.append(read_parse(path))
+            if args.base is not None:
+                base.append(run_score(path, tree=args.base))
             default.append(run_score(path))
             parts.append(breakdown(path))
+            if args.base is not None:
+                base_startup.append(run_score("-", tree=args.base))
             startup.append(run_score("-"))
         exact = [run_score(path, "--exact") for _ in range(args.exact_repeats)]
         floor = statistics.median(p[0] for p in parse)
@@ -116,7 +131,10 @@ def main() -> int:
         print(f"file: {args.events:,} events, {path.stat().st_size / 1e6:.1f} MB, 40 actions, 10 scopes")
         print(f"medians of {args.repeats} runs (--exact: {args.exact_repeats}); load average {os.getloadavg()[0]:.2f}")
         print(f"read+parse: {floor:.3f} s wall ({floor_cpu:.3f} s CPU), {args.events / floor:,.0f} lines/s")
-        for name, runs in (("score (default, --refresh 1000)", default), ("score --exact", exact)):
+        measured = [("score (default, --refresh 1000)", default), ("score --exact", exact)]
+        if base:
+            measured.insert(0, (f"base {args.base} score (default)", base))
+        for name, runs in measured:
             if not runs:
                 continue
             wall = statistics.median(r[0] for r in runs)
@@ -132,6 +150,14 @@ def main() -> int:
             f"  start-up (`binormal score - </dev/null`): {statistics.median(r[0] for r in startup):.3f} s wall"
             f" ({statistics.median(r[1] for r in startup):.3f} s CPU)"
         )
+        if base:
+            a, b = statistics.median(r[0] for r in base), statistics.median(r[0] for r in default)
+            print(
+                f"A/B: base {a:.3f} s, this {b:.3f} s wall: this / base = {b / a:.3f}"
+                f" (CPU {statistics.median(r[1] for r in default) / statistics.median(r[1] for r in base):.3f});"
+                f" start-up base {statistics.median(r[0] for r in base_startup):.3f} s,"
+                f" this {statistics.median(r[0] for r in startup):.3f} s wall"
+            )
     return 0
 
 

@@ -12,7 +12,6 @@ it after every event and scores every event, which gives exactly the results of
 from __future__ import annotations
 
 import contextlib
-import gzip
 import io
 import itertools
 import os
@@ -35,6 +34,8 @@ def open_input(path: str) -> IO[bytes]:
     if path == "-":
         return sys.stdin.buffer
     if path.endswith(".gz"):
+        import gzip  # only for .gz input (start-up)
+
         return gzip.open(path, "rb")  # type: ignore[return-value]
     return open(path, "rb")
 
@@ -234,7 +235,8 @@ def main_score(
         sys.stderr.write(f"binormal score: {exc}\n")
         return 2
     try:
-        return score_file(path, top, as_json, opts, out, sys.stderr, converter, progress, exact)
+        with no_gc():  # also while the rows are written (score_file pauses it only while counting)
+            return score_file(path, top, as_json, opts, out, sys.stderr, converter, progress, exact)
     except BrokenPipeError:
         # The reader went away (``| head``): stop quietly, and point stdout at
         # /dev/null so the interpreter's final flush does not complain again.
