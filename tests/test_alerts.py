@@ -37,7 +37,8 @@ from binormal.common.keys import Keyspace, Scope
 from binormal.common.rules import RuleError
 from binormal.common.schema import Event
 from binormal.common.scripts import Alert, AlertItem, Scripts
-from binormal.worker.sender import SIGNATURE_HEADER, Sender, SenderSettings, list_failed, replay_failed
+from binormal.worker.sender import GROUP, SIGNATURE_HEADER, Sender, SenderSettings, list_failed, replay_failed
+from tests.support.backends import both_backends
 from tests.support.http import combined_app, ingest_settings, serving, web_settings
 from tests.support.receiver import Receiver, receiving
 from tests.support.redis_state import drained, no_uncommitted, xadd_events
@@ -193,6 +194,7 @@ async def test_alert_lua_fires_once_per_crossing_then_needs_cooldown_and_a_new_c
 # ---------------------------------------------------------------- end to end
 
 
+@both_backends
 async def test_exactly_one_signed_alert_per_crossing_while_workers_run_and_one_is_killed(
     aredis: aioredis.Redis, redis_url: str, prefix: str, tmp_path: Path
 ) -> None:
@@ -259,6 +261,7 @@ async def fire_one(aredis: aioredis.Redis, keys: Keyspace, url: str) -> None:
     await Scripts().run(aredis, Alert.NAME, k, a)
 
 
+@both_backends
 async def test_a_receiver_answering_500_then_recovering_gets_the_alert_after_retries(
     aredis: aioredis.Redis, prefix: str
 ) -> None:
@@ -272,6 +275,7 @@ async def test_a_receiver_answering_500_then_recovering_gets_the_alert_after_ret
     assert await list_failed(aredis, keys) == []
 
 
+@both_backends
 async def test_a_receiver_that_never_answers_ends_in_the_failed_list_and_replays(
     aredis: aioredis.Redis, prefix: str
 ) -> None:
@@ -291,6 +295,24 @@ async def test_a_receiver_that_never_answers_ends_in_the_failed_list_and_replays
             await wait_for(lambda: len(rx.got) == 1, timeout=20, what="the replayed alert delivered")
 
 
+@both_backends
+async def test_an_alert_a_dead_sender_left_pending_is_claimed_and_delivered_once(
+    aredis: aioredis.Redis, prefix: str
+) -> None:
+    keys = Keyspace(prefix=prefix, shards=4)
+    stream = keys.alert_stream(keys.shard(Scope("acme", "web", "p")))
+    async with receiving(Receiver()) as rx:
+        await fire_one(aredis, keys, rx.url)
+        # A sender that read the alert and died before delivering it: pending under its name.
+        await aredis.xgroup_create(stream, GROUP, id="0", mkstream=True)
+        [(_, [(entry_id, _)])] = await aredis.xreadgroup(GROUP, "dead", {stream: ">"}, count=10)
+        async with sending(aredis, keys, claim_idle_ms=200) as sender:
+            await wait_for(lambda: sender.counters.delivered == 1, timeout=20, what="the claimed alert delivered")
+        assert [r.headers["X-Binormal-Alert-Id"] for r in rx.got] == [entry_id.decode()]
+    assert (await aredis.xpending(stream, GROUP))["pending"] == 0
+
+
+@both_backends
 async def test_alerts_command_adds_lists_removes_and_never_prints_the_secret(
     aredis: aioredis.Redis, redis_url: str, prefix: str, tmp_path: Path
 ) -> None:

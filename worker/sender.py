@@ -29,7 +29,7 @@ import structlog
 from redis.exceptions import RedisError, ResponseError
 
 from binormal.common.alerts import AlertCache
-from binormal.common.connection import Client
+from binormal.common.connection import Client, execute_raw, is_cluster
 from binormal.common.keys import Keyspace
 
 log = structlog.get_logger("binormal.alerts.sender")
@@ -83,7 +83,6 @@ class Sender:
         self._slots = asyncio.Semaphore(settings.concurrency)
         self._tasks: set[asyncio.Task[None]] = set()
         self._inflight: set[bytes] = set()
-        self._next_claim = 0.0
 
     def stop(self) -> None:
         """Leave :meth:`run` (deliveries in hand are abandoned, left pending for another sender)."""
@@ -99,35 +98,64 @@ class Sender:
                     raise
 
     async def run(self) -> None:
-        """Read, deliver, claim what dead senders left; until stopped."""
+        """Read, deliver, claim what dead senders left; until stopped.
+
+        A single Redis: one loop, one multi-stream XREADGROUP. On a cluster the alert streams hash
+        to different slots (a multi-stream read is CROSSSLOT), so each stream has a loop of its own
+        (and a blocked connection to its node), as the workers' cluster read path does.
+        """
         await self.ensure_groups()
+        streams = self.keys.alert_streams()
+        groups = [[s] for s in streams] if is_cluster(self.client) else [streams]
         timeout = aiohttp.ClientTimeout(total=self.settings.timeout_s)
         async with aiohttp.ClientSession(timeout=timeout) as http:
-            while not self.stop_event.is_set():
-                try:
-                    await self.rules.refresh(self.client)
-                    batch = await self._claim() if time.monotonic() >= self._next_claim else []
-                    batch += await self._read()
-                except (RedisError, OSError) as exc:
-                    log.warning("alert_read_failed", error=str(exc))
-                    await asyncio.sleep(0.5)
-                    continue
-                for stream, entry_id, fields in batch:
-                    if entry_id in self._inflight:
-                        continue
-                    await self._slots.acquire()
-                    self._inflight.add(entry_id)
-                    task = asyncio.ensure_future(self._deliver(http, stream, entry_id, fields))
-                    self._tasks.add(task)
-                    task.add_done_callback(self._tasks.discard)
-            for task in list(self._tasks):
-                task.cancel()
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+            try:
+                await asyncio.gather(*(self._loop(http, group) for group in groups))
+            finally:
+                for task in list(self._tasks):
+                    task.cancel()
+                await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    async def _read(self) -> list[tuple[str, bytes, dict[bytes, bytes]]]:
-        streams: dict[Any, Any] = {s: ">" for s in self.keys.alert_streams()}
+    async def _loop(self, http: aiohttp.ClientSession, streams: list[str]) -> None:
+        """Claim, read and dispatch ``streams`` until stopped."""
+        next_claim = 0.0
+        while not self.stop_event.is_set():
+            try:
+                await self.rules.refresh(self.client)
+                batch: list[tuple[str, bytes, dict[bytes, bytes]]] = []
+                if time.monotonic() >= next_claim:
+                    next_claim = time.monotonic() + self.settings.claim_idle_ms / 2000
+                    batch = await self._claim(streams)
+                batch += await self._read(streams)
+            except (RedisError, OSError) as exc:
+                log.warning("alert_read_failed", error=str(exc))
+                await asyncio.sleep(0.5)
+                continue
+            for stream, entry_id, fields in batch:
+                if entry_id in self._inflight:
+                    continue
+                await self._slots.acquire()
+                self._inflight.add(entry_id)
+                task = asyncio.ensure_future(self._deliver(http, stream, entry_id, fields))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+
+    async def _read(self, streams: list[str]) -> list[tuple[str, bytes, dict[bytes, bytes]]]:
+        """New alerts of ``streams`` (BLOCK; briefly while deliveries are in hand), each counted fired."""
         block = self.settings.block_ms if not self._tasks else 100
-        reply: Any = await self.client.xreadgroup(GROUP, self.consumer, streams, count=100, block=block)
+        reply: Any
+        if is_cluster(self.client):
+            # One stream (one slot): a raw XREADGROUP to its node; redis-py's cluster client would
+            # first ask a node COMMAND GETKEYS for this movable-keys command on every call.
+            [stream] = streams
+            cmd = ("XREADGROUP", "GROUP", GROUP, self.consumer, "COUNT", 100, "BLOCK", block, "STREAMS", stream, ">")
+            [reply] = await execute_raw(self.client, [cmd])
+            if isinstance(reply, Exception):
+                raise reply
+            reply = [(s, [(i, dict(zip(f[0::2], f[1::2])) if f else {}) for i, f in items]) for s, items in reply or []]
+        else:
+            ids: dict[Any, Any] = {s: ">" for s in streams}
+            reply = await self.client.xreadgroup(GROUP, self.consumer, ids, count=100, block=block)
         out: list[tuple[str, bytes, dict[bytes, bytes]]] = []
         for stream, items in reply or []:
             name = stream.decode() if isinstance(stream, bytes) else stream
@@ -139,11 +167,10 @@ class Sender:
                     await self._count("fired", rule)  # first read by the group: once per alert
         return out
 
-    async def _claim(self) -> list[tuple[str, bytes, dict[bytes, bytes]]]:
+    async def _claim(self, streams: list[str]) -> list[tuple[str, bytes, dict[bytes, bytes]]]:
         """Take over alerts another sender left pending for ``claim_idle_ms`` (it died mid-delivery)."""
-        self._next_claim = time.monotonic() + self.settings.claim_idle_ms / 2000
         out: list[tuple[str, bytes, dict[bytes, bytes]]] = []
-        for stream in self.keys.alert_streams():
+        for stream in streams:
             reply = await self.client.xautoclaim(
                 stream, GROUP, self.consumer, self.settings.claim_idle_ms, "0-0", count=100
             )
@@ -172,6 +199,11 @@ class Sender:
         body = fields.get(b"alert", b"")
         name = _rule_of(fields)
         rule = next((r for r in self.rules.rules if r.name == name), None)
+        if rule is None:
+            # A worker (or another loop of ours) may know a rule our cache does not hold yet: the
+            # cache looks at the version at most every 0.5 s. One GET when the version has not moved.
+            await self.rules.refresh(self.client, force=True)
+            rule = next((r for r in self.rules.rules if r.name == name), None)
         if rule is None:
             log.warning("alert_dropped", entry_id=entry_id.decode(), reason="its rule no longer exists")
             await self.client.xack(stream, GROUP, entry_id)
