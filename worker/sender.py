@@ -7,7 +7,8 @@ backoff and full jitter; then it goes to the failed list (``keys.alert_failed()`
 ``binormal alerts failed --replay``). An alert is acknowledged only once delivered or listed as
 failed, so a sender killed mid-delivery leaves it pending, and another sender claims it after
 ``claim_idle_ms`` (at least once: the receiver may see a retried alert twice, with the same
-``X-Binormal-Alert-Id``). Counters (fired, delivered, failed per rule) are kept in
+``X-Binormal-Alert-Id``). An alert names its rule by ``rule_org`` and ``rule`` (names are unique per
+org only). Counters (fired, delivered, failed per ``ORG/NAME``) are kept in
 ``keys.alert_stats()`` and exported by ``/metrics``.
 """
 
@@ -28,9 +29,9 @@ import orjson
 import structlog
 from redis.exceptions import RedisError, ResponseError
 
-from binormal.common.alerts import AlertCache
+from binormal.common.alerts import AlertCache, AlertRule
 from binormal.common.connection import Client, execute_raw, is_cluster
-from binormal.common.keys import Keyspace
+from binormal.common.keys import Keyspace, Scope
 
 log = structlog.get_logger("binormal.alerts.sender")
 
@@ -193,17 +194,29 @@ class Sender:
             self._inflight.discard(entry_id)
             self._slots.release()
 
+    def _rule(self, fields: dict[bytes, bytes]) -> AlertRule | None:
+        """The cached rule an alert names: ``rule_org``/``rule``, or (an alert queued before names were
+        per org) the rule of that name whose pattern matches the alert's scope."""
+        alert = _alert_of(fields)
+        name, org = alert.get("rule"), alert.get("rule_org")
+        if not isinstance(name, str):
+            return None
+        if isinstance(org, str):
+            return next((r for r in self.rules.rules if r.matches_name(org, name)), None)
+        parts = str(alert.get("scope", "")).split("/")
+        scope = Scope(*parts) if len(parts) == 3 else None
+        return next((r for r in self.rules.rules if r.name == name and scope and r.matches(scope)), None)
+
     async def _deliver_one(
         self, http: aiohttp.ClientSession, stream: str, entry_id: bytes, fields: dict[bytes, bytes]
     ) -> None:
         body = fields.get(b"alert", b"")
-        name = _rule_of(fields)
-        rule = next((r for r in self.rules.rules if r.name == name), None)
+        rule = self._rule(fields)
         if rule is None:
             # A worker (or another loop of ours) may know a rule our cache does not hold yet: the
             # cache looks at the version at most every 0.5 s. One GET when the version has not moved.
             await self.rules.refresh(self.client, force=True)
-            rule = next((r for r in self.rules.rules if r.name == name), None)
+            rule = self._rule(fields)
         if rule is None:
             log.warning("alert_dropped", entry_id=entry_id.decode(), reason="its rule no longer exists")
             await self.client.xack(stream, GROUP, entry_id)
@@ -222,7 +235,7 @@ class Sender:
                     if 200 <= resp.status < 300:
                         await self.client.xack(stream, GROUP, entry_id)
                         self.counters.delivered += 1
-                        await self._count("delivered", rule.name)
+                        await self._count("delivered", rule.ident)
                         return
                     error = f"HTTP {resp.status}"
             except (aiohttp.ClientError, TimeoutError) as exc:
@@ -240,16 +253,25 @@ class Sender:
         await pipe.execute()
         await self.client.xack(stream, GROUP, entry_id)
         self.counters.failed += 1
-        await self._count("failed", rule.name)
+        await self._count("failed", rule.ident)
         log.warning("alert_failed", rule=rule.name, entry_id=entry_id.decode(), error=error)
 
 
-def _rule_of(fields: dict[bytes, bytes]) -> str | None:
+def _alert_of(fields: dict[bytes, bytes]) -> dict[str, Any]:
     try:
-        rule = orjson.loads(fields.get(b"alert", b"")).get("rule")
-    except (orjson.JSONDecodeError, AttributeError):
+        alert = orjson.loads(fields.get(b"alert", b""))
+    except orjson.JSONDecodeError:
+        return {}
+    return alert if isinstance(alert, dict) else {}
+
+
+def _rule_of(fields: dict[bytes, bytes]) -> str | None:
+    """The counters' key of an alert's rule: ``ORG/NAME`` (a bare name for an alert queued before)."""
+    alert = _alert_of(fields)
+    name, org = alert.get("rule"), alert.get("rule_org")
+    if not isinstance(name, str):
         return None
-    return rule if isinstance(rule, str) else None
+    return f"{org}/{name}" if isinstance(org, str) else name
 
 
 async def list_failed(client: Client, keys: Keyspace, limit: int = 1000) -> list[dict[str, Any]]:
