@@ -313,6 +313,22 @@ async def test_an_alert_a_dead_sender_left_pending_is_claimed_and_delivered_once
 
 
 @both_backends
+async def test_alerts_of_two_streams_with_the_same_entry_id_are_both_delivered_at_once(
+    aredis: aioredis.Redis, prefix: str
+) -> None:
+    """Alert streams are separate id spaces: alerts XADDed in one millisecond to two shards share an id."""
+    keys = Keyspace(prefix=prefix, shards=4)
+    async with receiving(Receiver()) as rx:
+        await add_alert_rule(aredis, keys, rule_of(rx.url, scope="acme/*/*"))
+        for shard in (1, 2):
+            alert = {"rule": "scanners", "rule_org": "acme", "scope": "acme/web/p", "id": f"u{shard}"}
+            await aredis.xadd(keys.alert_stream(shard), {"alert": orjson.dumps(alert)}, id="5-0")
+        async with sending(aredis, keys) as sender:  # claims only after 60 s: a skipped alert would wait
+            await wait_for(lambda: sender.counters.delivered == 2, timeout=10, what="both alerts delivered")
+    assert sorted(orjson.loads(r.body)["id"] for r in rx.got) == ["u1", "u2"]
+
+
+@both_backends
 async def test_alerts_command_adds_lists_removes_and_never_prints_the_secret(
     aredis: aioredis.Redis, redis_url: str, prefix: str, tmp_path: Path
 ) -> None:

@@ -83,7 +83,9 @@ class Sender:
         self.stop_event = asyncio.Event()
         self._slots = asyncio.Semaphore(settings.concurrency)
         self._tasks: set[asyncio.Task[None]] = set()
-        self._inflight: set[bytes] = set()
+        # (stream, id) of the alerts in hand: each stream is its own id space (alerts XADDed to two
+        # shards in one millisecond share an id), so an id alone would skip the second one.
+        self._inflight: set[tuple[str, bytes]] = set()
 
     def stop(self) -> None:
         """Leave :meth:`run` (deliveries in hand are abandoned, left pending for another sender)."""
@@ -133,10 +135,10 @@ class Sender:
                 await asyncio.sleep(0.5)
                 continue
             for stream, entry_id, fields in batch:
-                if entry_id in self._inflight:
+                if (stream, entry_id) in self._inflight:
                     continue
                 await self._slots.acquire()
-                self._inflight.add(entry_id)
+                self._inflight.add((stream, entry_id))
                 task = asyncio.ensure_future(self._deliver(http, stream, entry_id, fields))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
@@ -191,7 +193,7 @@ class Sender:
         try:
             await self._deliver_one(http, stream, entry_id, fields)
         finally:
-            self._inflight.discard(entry_id)
+            self._inflight.discard((stream, entry_id))
             self._slots.release()
 
     def _rule(self, fields: dict[bytes, bytes]) -> AlertRule | None:
