@@ -390,6 +390,7 @@ async def test_metrics_export_the_alert_counters_per_rule(aredis: aioredis.Redis
         assert line in text, text[-2000:]
 
 
+@both_backends
 async def test_api_alert_rules_are_admin_and_org_scoped_and_api_alerts_filters(
     aredis: aioredis.Redis, redis_url: str, prefix: str, tmp_path: Path
 ) -> None:
