@@ -500,6 +500,14 @@ async def test_two_orgs_have_alert_rules_of_one_name_and_never_see_or_touch_each
             ("acme/web/*", "http://127.0.0.1:9/a"),
             ("beta/web/*", "http://127.0.0.1:9/b2"),
         ]
+        # A test alert: of the caller's own rule only, found like a removal.
+        assert (await call("POST", "/api/alerts/rules/test?name=r1&org=acme", "b"))[0] == 403
+        assert (await call("POST", "/api/alerts/rules/test?name=r1", "ab"))[1]["field"] == "org"
+        status, queued = await call("POST", "/api/alerts/rules/test?name=r1", "b")
+        assert status == 202 and queued["org"] == "beta", queued
+        [(_, [(_, fields)])] = await aredis.xread({ws.keys.alert_stream(0): "0"})
+        test_alert = orjson.loads(fields[b"alert"])
+        assert (test_alert["test"], test_alert["rule_org"], test_alert["scope"]) == (True, "beta", "beta/web/*")
         # Removing: b removes its own r1 only; "ab" must say which org; nobody removes another org's.
         status, err = await call("DELETE", "/api/alerts/rules?name=r1", "ab")
         assert status == 400 and err["field"] == "org" and "acme" in err["error"] and "beta" in err["error"]
@@ -509,6 +517,7 @@ async def test_two_orgs_have_alert_rules_of_one_name_and_never_see_or_touch_each
         assert await hooks("a") == [("acme/web/*", "http://127.0.0.1:9/a")]
         assert (await call("DELETE", "/api/alerts/rules?name=r1&org=acme", "ab"))[0] == 200
         assert await hooks("root") == []
+        assert (await call("POST", "/api/alerts/rules/test?name=r1", "a"))[0] == 404
 
 
 async def test_a_rule_stored_before_names_were_per_org_is_read_as_its_orgs_and_rewritten_on_change(

@@ -9,6 +9,8 @@ rule of the same name is never shown, replaced or removed, and the answers do no
   ``200`` replaced); a pattern whose org is ``*`` needs a token of every org;
 - ``DELETE /api/alerts/rules?name=[&org=]``: remove one (``404`` when the caller's orgs have none of
   that name; ``400`` naming ``org`` when several of them do and ``org`` is not given);
+- ``POST /api/alerts/rules/test?name=[&org=]``: queue a test alert of one (``"test": true``, id
+  ``binormal-test``) for the sender to deliver (``202``; found as for DELETE);
 - ``GET /api/alerts[?scope=ORG/SOURCE/POP&rule=&since=<ms>&limit=]``: recent alerts, newest first,
   read from the shards' alert streams (each keeps ``ALERT_MAXLEN`` entries), of the caller's orgs.
 """
@@ -22,6 +24,7 @@ import orjson
 from aiohttp import web
 
 from binormal.common.alerts import (
+    AlertRule,
     add_alert_rule,
     find_alert_rules,
     get_alert_rule,
@@ -29,6 +32,7 @@ from binormal.common.alerts import (
     parse_alert_rule,
     parse_scope,
     remove_alert_rule,
+    send_test_alert,
 )
 from binormal.common.guard import principal_of, require_org
 from binormal.common.http import ApiError, json_response, read_json_object
@@ -47,6 +51,7 @@ def setup_alerts(app: web.Application) -> None:
     app.router.add_get("/api/alerts/rules", get_rules)
     app.router.add_post("/api/alerts/rules", post_rule)
     app.router.add_delete("/api/alerts/rules", delete_rule)
+    app.router.add_post("/api/alerts/rules/test", test_rule)
     app.router.add_get("/api/alerts", get_alerts)
 
 
@@ -81,9 +86,8 @@ async def post_rule(request: web.Request) -> web.Response:
     return json_response({**rule.as_dict(), "created": created}, status=201 if created else 200)
 
 
-async def delete_rule(request: web.Request) -> web.Response:
-    """``DELETE /api/alerts/rules?name=[&org=]``: remove one rule of the caller's orgs."""
-    q = _query(request, ("name", "org"))
+async def _rule_named(request: web.Request, q: dict[str, str]) -> AlertRule:
+    """The rule ``name`` (of ``org`` when given) of the caller's orgs; 400/403/404 naming the field."""
     name = q.get("name")
     if not name:
         raise ApiError(400, "name: is missing", "name")
@@ -102,9 +106,28 @@ async def delete_rule(request: web.Request) -> web.Response:
             orgs = ", ".join(r.org for r in found)
             raise ApiError(400, f"org: is missing; alert rules called {name[:64]!r} exist in orgs {orgs[:512]}", "org")
         rule = found[0] if found else None
-    if rule is None or not await remove_alert_rule(client, handle.keys, rule.org, rule.name):
+    if rule is None:
         raise ApiError(404, "name: no alert rule of that name in the token's orgs", "name")
+    return rule
+
+
+async def delete_rule(request: web.Request) -> web.Response:
+    """``DELETE /api/alerts/rules?name=[&org=]``: remove one rule of the caller's orgs."""
+    rule = await _rule_named(request, _query(request, ("name", "org")))
+    handle = request.app[REDIS]
+    if not await remove_alert_rule(handle.require(), handle.keys, rule.org, rule.name):
+        raise ApiError(404, "name: no alert rule of that name in the token's orgs", "name")  # removed meanwhile
     return json_response({"removed": True, "name": rule.name, "org": rule.org})
+
+
+async def test_rule(request: web.Request) -> web.Response:
+    """``POST /api/alerts/rules/test?name=[&org=]``: queue a test alert of one rule of the caller's orgs."""
+    rule = await _rule_named(request, _query(request, ("name", "org")))
+    handle = request.app[REDIS]
+    entry = await send_test_alert(handle.require(), handle.keys, rule.org, rule.name)
+    if entry is None:
+        raise ApiError(404, "name: no alert rule of that name in the token's orgs", "name")  # removed meanwhile
+    return json_response({"queued": True, "alert_id": entry, "name": rule.name, "org": rule.org}, status=202)
 
 
 def _int(q: dict[str, str], name: str, default: int, hi: int) -> int:
