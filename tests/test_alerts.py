@@ -135,6 +135,16 @@ def test_parse_alert_rule_names_the_field_at_fault() -> None:
     ]
 
 
+def test_a_rule_is_named_by_its_org_and_a_rule_of_every_org_keeps_a_fire_state_of_its_own() -> None:
+    mine, every = rule_of("http://x/h"), rule_of("http://x/h", scope="*/web/*")
+    assert (mine.org, mine.ident, every.ident) == ("acme", "acme/scanners", "*/scanners")
+    # The state key holds the result's scope: an org's rule keeps its (pre-upgrade) key by name alone,
+    # a rule of every org matches that scope too and so needs a different one.
+    keys, scope = Keyspace("bn", 4), Scope("acme", "web", "p")
+    assert mine.state_name == "scanners"
+    assert keys.alert_state(scope, mine.state_name, "u") != keys.alert_state(scope, every.state_name, "u")
+
+
 def test_a_pattern_matches_per_part_and_learning_or_muted_never_crosses() -> None:
     rule = rule_of("http://x/h", scope="acme/*/login")
     assert rule.matches(Scope("acme", "web", "login")) and not rule.matches(Scope("acme", "web", "other"))

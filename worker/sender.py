@@ -165,7 +165,8 @@ class Sender:
             for entry_id, fields in items:
                 out.append((name, entry_id, fields or {}))
                 self.counters.read += 1
-                rule = _rule_of(fields or {})
+                known = self._rule(fields or {})  # an alert queued before names were per org names no org
+                rule = known.ident if known is not None else _rule_of(fields or {})
                 if rule is not None:
                     await self._count("fired", rule)  # first read by the group: once per alert
         return out
