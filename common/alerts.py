@@ -2,10 +2,14 @@
 
 A rule has a name, a scope pattern ``ORG/SOURCE/POP`` (each part a literal or ``*``), thresholds
 (``min_zscore``, optionally ``min_pscore`` and ``min_events``), a cool-down and a webhook with an
-optional HMAC secret. Rules live in one hash (``keys.alert_rules()``, name -> JSON); every change
-raises ``keys.alert_rules_version()``, and the workers keep an :class:`AlertCache` that re-reads the
-hash only when it moves. The fire decision itself is ``alert.lua`` (common/scripts.py ``Alert``):
-atomic per (rule, individual), so many workers and redeliveries fire one alert per crossing.
+optional HMAC secret. A rule belongs to the org of its pattern (``*`` for a pattern of every org)
+and its name is unique within that org only: rules live in one hash (``keys.alert_rules()``, field
+``ORG/NAME`` -> JSON; neither part can hold a ``/``). A field without a ``/`` is a rule stored before
+names were per org: it is read as a rule of its pattern's org and rewritten under ``ORG/NAME`` by
+the next add or remove of that rule. Every change raises ``keys.alert_rules_version()``, and the
+workers keep an :class:`AlertCache` that re-reads the hash only when it moves. The fire decision
+itself is ``alert.lua`` (common/scripts.py ``Alert``): atomic per (rule, individual), so many
+workers and redeliveries fire one alert per crossing.
 
 The secret is stored with the rule (the sender signs with it) but never logged and never returned:
 :meth:`AlertRule.as_dict` says ``has_secret``.
@@ -69,6 +73,26 @@ class AlertRule:
     at: int = 0
 
     @property
+    def org(self) -> str:
+        """The org the rule belongs to: its pattern's (``*``: every org's, only a token of every org sees it)."""
+        return self.scope.org
+
+    @property
+    def ident(self) -> str:
+        """``ORG/NAME``: the rule's field in the rules hash, its counters' key, unique in the deployment."""
+        return f"{self.org}/{self.name}"
+
+    @property
+    def state_name(self) -> str:
+        """The rule part of its (rule, individual) fire-state keys (``keys.alert_state``).
+
+        The state key already holds the result's scope, so a rule of one org is told apart by its
+        name (the keys of rules stored before names were per org stay valid); a rule of every org
+        (``*``) shares each org with that org's rules, so its part is ``*/NAME``.
+        """
+        return self.ident if self.org == "*" else self.name
+
+    @property
     def pattern(self) -> str:
         """The scope pattern as ``ORG/SOURCE/POP``."""
         return "/".join(self.scope)
@@ -89,6 +113,7 @@ class AlertRule:
         """The public JSON form (API, ``binormal alerts list``): no secret, ``has_secret`` instead."""
         return {
             "name": self.name,
+            "org": self.org,
             "scope": self.pattern,
             "min_zscore": self.min_zscore,
             "min_pscore": self.min_pscore,
@@ -103,6 +128,10 @@ class AlertRule:
     def stored(self) -> bytes:
         """The stored JSON form (with the secret)."""
         return orjson.dumps({**self.as_dict(), "secret": self.secret})
+
+    def matches_name(self, org: str | None, name: str) -> bool:
+        """Whether this is the rule ``name`` of ``org`` (of any org when ``org`` is None)."""
+        return self.name == name and (org is None or self.org == org)
 
 
 def parse_scope(text: str) -> Scope:
@@ -177,7 +206,7 @@ def parse_alert_rule(data: Mapping[str, Any], by: str, at: int | None = None) ->
     return AlertRule(name, scope, min_z, webhook, min_p, int(events or 0), cooldown, secret, by, stamp)
 
 
-def _decode(name: bytes | str, raw: bytes | str) -> AlertRule | None:
+def _decode(field: bytes | str, raw: bytes | str) -> AlertRule | None:
     try:
         d = orjson.loads(raw)
         org, source, pop = d["scope"].split("/")
@@ -194,45 +223,75 @@ def _decode(name: bytes | str, raw: bytes | str) -> AlertRule | None:
             int(d.get("at", 0)),
         )
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
-        log.warning("alert_rule_unreadable", name=str(name)[:80])
+        log.warning("alert_rule_unreadable", field=str(field)[:80])
         return None
 
 
+def _legacy(raw: bytes | str | None, field: str, org: str) -> AlertRule | None:
+    """The rule stored under the bare name ``field`` (before names were per org) when it is ``org``'s."""
+    rule = None if raw is None else _decode(field, raw)
+    return rule if rule is not None and rule.org == org else None
+
+
 async def add_alert_rule(client: Client, keys: Keyspace, rule: AlertRule) -> bool:
-    """Store ``rule`` (replacing one of the same name); True when it is new. :class:`RuleError` when full."""
+    """Store ``rule`` (replacing its org's rule of that name); True when it is new. :class:`RuleError` when full."""
     key = keys.alert_rules()
     pipe = client.pipeline(transaction=False)
     pipe.hlen(key)
-    pipe.hexists(key, rule.name)
-    size, exists = await pipe.execute()
-    if not exists and int(size) >= MAX_RULES:
+    pipe.hexists(key, rule.ident)
+    pipe.hget(key, rule.name)
+    size, exists, raw = await pipe.execute()
+    legacy = _legacy(raw, rule.name, rule.org) is not None
+    if not exists and not legacy and int(size) >= MAX_RULES:
         raise RuleError(f"name: the deployment already holds {MAX_RULES} alert rules; remove some first", "name")
     pipe = client.pipeline(transaction=False)
-    pipe.hset(key, rule.name, rule.stored())
+    pipe.hset(key, rule.ident, rule.stored())
+    if legacy:
+        pipe.hdel(key, rule.name)  # the same rule under its old field: rewritten, not kept twice
     pipe.incr(keys.alert_rules_version())  # after the HSET: a cache that sees the new version reads the rule
     await pipe.execute()
-    return not exists
+    return not exists and not legacy
 
 
-async def get_alert_rule(client: Client, keys: Keyspace, name: str) -> AlertRule | None:
-    """The rule called ``name``, None when there is none."""
-    raw = await client.hget(keys.alert_rules(), name)
-    return None if raw is None else _decode(name.encode(), raw)
+async def get_alert_rule(client: Client, keys: Keyspace, org: str, name: str) -> AlertRule | None:
+    """The rule ``name`` of ``org`` (``*``: the rule of every org), None when there is none."""
+    new, old = await client.hmget(keys.alert_rules(), [f"{org}/{name}", name])
+    if new is not None:
+        return _decode(f"{org}/{name}", new)
+    return _legacy(old, name, org)
 
 
-async def remove_alert_rule(client: Client, keys: Keyspace, name: str) -> bool:
-    """Delete the rule called ``name``; True when it existed."""
-    removed = bool(await client.hdel(keys.alert_rules(), name))
+async def remove_alert_rule(client: Client, keys: Keyspace, org: str, name: str) -> bool:
+    """Delete the rule ``name`` of ``org``; True when it existed."""
+    key = keys.alert_rules()
+    fields = [f"{org}/{name}"]
+    if _legacy(await client.hget(key, name), name, org) is not None:
+        fields.append(name)
+    removed = bool(await client.hdel(key, *fields))
     if removed:
         await client.incr(keys.alert_rules_version())
     return removed
 
 
 async def list_alert_rules(client: Client, keys: Keyspace, orgs: frozenset[str] | None = None) -> list[AlertRule]:
-    """Every rule (whose pattern's org is in ``orgs`` unless None), by name."""
+    """Every rule (whose org is in ``orgs`` unless None), by org and name; a rule under both fields once."""
     raw = await client.hgetall(keys.alert_rules())
-    rules = [r for f, v in raw.items() if (r := _decode(f, v)) is not None]
-    return sorted((r for r in rules if orgs is None or r.scope.org in orgs), key=lambda r: r.name)
+    found: dict[str, AlertRule] = {}
+    for field, value in raw.items():
+        rule = _decode(field, value)
+        if rule is None:
+            continue
+        text = field.decode("utf-8", "replace") if isinstance(field, bytes) else field
+        if "/" in text or rule.ident not in found:  # the ORG/NAME field wins over a bare-name one
+            found[rule.ident] = rule
+    return sorted((r for r in found.values() if orgs is None or r.org in orgs), key=lambda r: (r.org, r.name))
+
+
+async def find_alert_rules(
+    client: Client, keys: Keyspace, name: str, orgs: frozenset[str] | None = None
+) -> list[AlertRule]:
+    """The rules called ``name`` of ``orgs`` (every org when None), one per org."""
+    return [r for r in await list_alert_rules(client, keys, orgs) if r.name == name]
 
 
 class AlertCache:
@@ -283,17 +342,18 @@ class AlertCache:
         return got
 
 
-async def send_test_alert(client: Client, keys: Keyspace, name: str) -> str | None:
-    """XADD a test alert (``"test": true``, id ``binormal-test``) of rule ``name`` to shard 0's alert stream.
+async def send_test_alert(client: Client, keys: Keyspace, org: str, name: str) -> str | None:
+    """XADD a test alert (``"test": true``, id ``binormal-test``) of ``org``'s rule ``name`` to shard 0's alert stream.
 
     The sender delivers it like any alert (and counts it as fired); returns its stream id, None
     when there is no such rule.
     """
-    rule = await get_alert_rule(client, keys, name)
+    rule = await get_alert_rule(client, keys, org, name)
     if rule is None:
         return None
     body = {
         "rule": rule.name,
+        "rule_org": rule.org,
         "scope": rule.pattern,
         "id": "binormal-test",
         "zscore": rule.min_zscore,
@@ -316,6 +376,7 @@ def alert_body(rule: AlertRule, result: Mapping[str, Any], entry_id: str, profil
     scope = "/".join((result["org"], result["source"], result["pop"]))
     return {
         "rule": rule.name,
+        "rule_org": rule.org,  # with `rule`, which rule it is: names are unique per org only
         "scope": scope,
         "id": result["id"],
         "zscore": result["zscore"],

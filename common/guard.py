@@ -14,7 +14,7 @@
 
 Routes and the role they need (see :data:`ROUTE_ROLES`): producer ``/discrete``
 and ``/events``; viewer ``/``, ``/websocket``, ``/api/*``; analyst (viewer + rules and
-feedback) ``/api/rules``; admin ``/api/alerts/rules`` and everything
+feedback) ``/api/rules``; admin ``/api/alerts/rules`` (and ``/test``) and everything
 else (``/metrics``); open: ``/healthz``, ``/readyz``, ``/static/*``, login,
 logout. Orgs are checked by the handlers with :func:`require_org`.
 """
@@ -59,6 +59,7 @@ ROUTE_ROLES: dict[str, str] = {
     "/websocket": "viewer",
     "/api/rules": "analyst",
     "/api/alerts/rules": "admin",
+    "/api/alerts/rules/test": "admin",
     "/healthz": PROBE,
     "/readyz": PROBE,
     "/static": OPEN,

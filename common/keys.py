@@ -27,9 +27,9 @@ Layout (``P`` is the prefix, default ``bn``; ``s`` the shard number)::
     P:rules:version                     integer, raised on every mute/exclude change (caches re-read)
     P:{P.s}:alerts                      alert stream of shard s (alert.lua; docs/stream.md, docs/alerts.md)
     P:{P.s}:sc:<scope>:al:<rule>:<id>   hash at / entry / armed: a (rule, individual)'s fire state (expires)
-    P:alerts:rules                      hash rule name -> alert rule JSON (common/alerts.py)
+    P:alerts:rules                      hash ORG/NAME -> alert rule JSON (names unique per org; common/alerts.py)
     P:alerts:version                    integer, raised on every alert rule change (caches re-read)
-    P:alerts:stats                      hash fired|delivered|failed:<rule> -> count (/metrics)
+    P:alerts:stats                      hash fired|delivered|failed:<org>/<rule> -> count (/metrics)
     P:alerts:failed                     list of alerts the sender gave up on (binormal alerts failed)
     P:layout                            integer, the layout of the keys above (LAYOUT; binormal migrate)
     P:workers                           hash consumer -> last heartbeat (ms)
@@ -245,7 +245,7 @@ class Keyspace:
         return f"{self.scope_prefix(scope, shard)}al:{encode(rule)}:{encode(ident)}"
 
     def alert_rules(self) -> str:
-        """Hash rule name -> alert rule JSON (common/alerts.py)."""
+        """Hash ``ORG/NAME`` -> alert rule JSON (a bare-name field: stored before names were per org)."""
         return f"{self.prefix}:alerts:rules"
 
     def alert_rules_version(self) -> str:
@@ -257,7 +257,7 @@ class Keyspace:
         return f"{self.prefix}:alerts:failed"
 
     def alert_stats(self) -> str:
-        """Hash ``fired|delivered|failed:<rule>`` -> count (the sender's; /metrics exports them)."""
+        """Hash ``fired|delivered|failed:<org>/<rule>`` -> count (the sender's; /metrics exports them)."""
         return f"{self.prefix}:alerts:stats"
 
     def layout(self) -> str:

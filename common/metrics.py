@@ -84,7 +84,10 @@ WORKERS_BEATING = Gauge(
 
 
 class AlertCounters:
-    """``binormal_alerts_{fired,delivered,failed}_total{rule}``: the sender's counts in Redis (``keys.alert_stats()``).
+    """``binormal_alerts_{fired,delivered,failed}_total{org,rule}``: the sender's counts (``keys.alert_stats()``).
+
+    Rule names are unique per org only, so each series names the rule's org too (``*``: a rule of
+    every org; empty for counts kept before names were per org, field ``<kind>:<rule>``).
 
     Counters kept in Redis, not in this process (the sender counts them, any web process exports
     them), so ``GET /metrics`` reads the hash and sets :attr:`counts` just before rendering.
@@ -98,25 +101,26 @@ class AlertCounters:
     }
 
     def __init__(self) -> None:
-        self.counts: dict[tuple[str, str], int] = {}
+        self.counts: dict[tuple[str, str, str], int] = {}
 
     def load(self, raw: Mapping[bytes | str, bytes | str]) -> None:
-        """Set the counts from the stats hash (``<kind>:<rule>`` -> count)."""
-        counts: dict[tuple[str, str], int] = {}
+        """Set the counts from the stats hash (``<kind>:<org>/<rule>`` -> count)."""
+        counts: dict[tuple[str, str, str], int] = {}
         for field, value in raw.items():
             text = field.decode("utf-8", "replace") if isinstance(field, bytes) else field
-            kind, _, rule = text.partition(":")
+            kind, _, ident = text.partition(":")
+            org, _, rule = ident.rpartition("/")
             if kind in self.KINDS and rule:
-                counts[(kind, rule)] = int(value)
+                counts[(kind, org, rule)] = int(value)
         self.counts = counts
 
     def collect(self) -> Iterator[CounterMetricFamily]:
         """One counter family per kind (prometheus-client appends ``_total``)."""
         for kind in self.KINDS:
-            family = CounterMetricFamily(f"binormal_alerts_{kind}", self.HELP[kind], labels=["rule"])
-            for (k, rule), n in sorted(self.counts.items()):
+            family = CounterMetricFamily(f"binormal_alerts_{kind}", self.HELP[kind], labels=["org", "rule"])
+            for (k, org, rule), n in sorted(self.counts.items()):
                 if k == kind:
-                    family.add_metric([rule], n)
+                    family.add_metric([org, rule], n)
             yield family
 
 

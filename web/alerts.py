@@ -1,10 +1,16 @@
 """``/api/alerts/rules`` (admin) and ``/api/alerts`` (viewer): alert rules and recent alerts (docs/alerts.md).
 
+A rule belongs to its pattern's org and its name is unique within that org only: another org's
+rule of the same name is never shown, replaced or removed, and the answers do not tell it exists.
+
 - ``GET /api/alerts/rules``: the alert rules of the caller's orgs (no secrets: ``has_secret``);
 - ``POST /api/alerts/rules`` JSON ``{name, scope, min_zscore, min_pscore?, min_events?, cooldown?,
-  webhook, secret?}``: add or replace one (``201`` new, ``200`` replaced); a pattern whose org is
-  ``*`` needs a token of every org;
-- ``DELETE /api/alerts/rules?name=``: remove one (``404`` when absent);
+  webhook, secret?}``: add or replace the rule of that name of the pattern's org (``201`` new,
+  ``200`` replaced); a pattern whose org is ``*`` needs a token of every org;
+- ``DELETE /api/alerts/rules?name=[&org=]``: remove one (``404`` when the caller's orgs have none of
+  that name; ``400`` naming ``org`` when several of them do and ``org`` is not given);
+- ``POST /api/alerts/rules/test?name=[&org=]``: queue a test alert of one (``"test": true``, id
+  ``binormal-test``) for the sender to deliver (``202``; found as for DELETE);
 - ``GET /api/alerts[?scope=ORG/SOURCE/POP&rule=&since=<ms>&limit=]``: recent alerts, newest first,
   read from the shards' alert streams (each keeps ``ALERT_MAXLEN`` entries), of the caller's orgs.
 """
@@ -18,12 +24,15 @@ import orjson
 from aiohttp import web
 
 from binormal.common.alerts import (
+    AlertRule,
     add_alert_rule,
+    find_alert_rules,
     get_alert_rule,
     list_alert_rules,
     parse_alert_rule,
     parse_scope,
     remove_alert_rule,
+    send_test_alert,
 )
 from binormal.common.guard import principal_of, require_org
 from binormal.common.http import ApiError, json_response, read_json_object
@@ -42,6 +51,7 @@ def setup_alerts(app: web.Application) -> None:
     app.router.add_get("/api/alerts/rules", get_rules)
     app.router.add_post("/api/alerts/rules", post_rule)
     app.router.add_delete("/api/alerts/rules", delete_rule)
+    app.router.add_post("/api/alerts/rules/test", test_rule)
     app.router.add_get("/api/alerts", get_alerts)
 
 
@@ -66,12 +76,9 @@ async def post_rule(request: web.Request) -> web.Response:
         rule = parse_alert_rule(obj, by=principal.name if principal is not None else "anonymous")
     except RuleError as exc:
         raise ApiError(400, str(exc), exc.field) from None
-    require_org(request, rule.scope.org, "scope")  # 403 before anything is read or written
+    require_org(request, rule.org, "scope")  # 403 before anything is read or written
     handle = request.app[REDIS]
     client = handle.require()
-    old = await get_alert_rule(client, handle.keys, rule.name)
-    if old is not None:
-        require_org(request, old.scope.org, "name")  # another org's rule of that name is not replaced
     try:
         created = await add_alert_rule(client, handle.keys, rule)
     except RuleError as exc:
@@ -79,20 +86,48 @@ async def post_rule(request: web.Request) -> web.Response:
     return json_response({**rule.as_dict(), "created": created}, status=201 if created else 200)
 
 
-async def delete_rule(request: web.Request) -> web.Response:
-    """``DELETE /api/alerts/rules?name=``: remove one rule."""
-    q = _query(request, ("name",))
+async def _rule_named(request: web.Request, q: dict[str, str]) -> AlertRule:
+    """The rule ``name`` (of ``org`` when given) of the caller's orgs; 400/403/404 naming the field."""
     name = q.get("name")
     if not name:
         raise ApiError(400, "name: is missing", "name")
     handle = request.app[REDIS]
     client = handle.require()
-    old = await get_alert_rule(client, handle.keys, name)
-    if old is not None:
-        require_org(request, old.scope.org, "name")
-    if old is None or not await remove_alert_rule(client, handle.keys, name):
-        raise ApiError(404, "name: no alert rule of that name", "name")
-    return json_response({"removed": True, "name": name})
+    org = q.get("org")
+    if org is not None:
+        if not 1 <= len(org.encode("utf-8", "surrogatepass")) <= 256:
+            raise ApiError(400, "org: must be 1 to 256 bytes", "org")
+        require_org(request, org, "org")
+        rule = await get_alert_rule(client, handle.keys, org, name)
+    else:
+        # Only the caller's orgs are looked at: another org's rule of this name is not there for it.
+        found = await find_alert_rules(client, handle.keys, name, _orgs(request))
+        if len(found) > 1:
+            orgs = ", ".join(r.org for r in found)
+            raise ApiError(400, f"org: is missing; alert rules called {name[:64]!r} exist in orgs {orgs[:512]}", "org")
+        rule = found[0] if found else None
+    if rule is None:
+        raise ApiError(404, "name: no alert rule of that name in the token's orgs", "name")
+    return rule
+
+
+async def delete_rule(request: web.Request) -> web.Response:
+    """``DELETE /api/alerts/rules?name=[&org=]``: remove one rule of the caller's orgs."""
+    rule = await _rule_named(request, _query(request, ("name", "org")))
+    handle = request.app[REDIS]
+    if not await remove_alert_rule(handle.require(), handle.keys, rule.org, rule.name):
+        raise ApiError(404, "name: no alert rule of that name in the token's orgs", "name")  # removed meanwhile
+    return json_response({"removed": True, "name": rule.name, "org": rule.org})
+
+
+async def test_rule(request: web.Request) -> web.Response:
+    """``POST /api/alerts/rules/test?name=[&org=]``: queue a test alert of one rule of the caller's orgs."""
+    rule = await _rule_named(request, _query(request, ("name", "org")))
+    handle = request.app[REDIS]
+    entry = await send_test_alert(handle.require(), handle.keys, rule.org, rule.name)
+    if entry is None:
+        raise ApiError(404, "name: no alert rule of that name in the token's orgs", "name")  # removed meanwhile
+    return json_response({"queued": True, "alert_id": entry, "name": rule.name, "org": rule.org}, status=202)
 
 
 def _int(q: dict[str, str], name: str, default: int, hi: int) -> int:

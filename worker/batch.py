@@ -679,7 +679,7 @@ class BatchProcessor:
             for rule in rules:
                 crossed = rule.crosses(result)
                 body = orjson.dumps(alert_body(rule, result, e.id.decode())) if crossed else b""
-                state = self.keys.alert_state(e.scope, rule.name, e.event.id, e.shard)
+                state = self.keys.alert_state(e.scope, rule.state_name, e.event.id, e.shard)
                 by_shard.setdefault(e.shard, []).append(AlertItem(state, crossed, rule.cooldown_ms, e.id, ms, body))
         sha = self.scripts.sha(Alert.NAME)
         for shard, items in by_shard.items():

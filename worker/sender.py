@@ -7,7 +7,8 @@ backoff and full jitter; then it goes to the failed list (``keys.alert_failed()`
 ``binormal alerts failed --replay``). An alert is acknowledged only once delivered or listed as
 failed, so a sender killed mid-delivery leaves it pending, and another sender claims it after
 ``claim_idle_ms`` (at least once: the receiver may see a retried alert twice, with the same
-``X-Binormal-Alert-Id``). Counters (fired, delivered, failed per rule) are kept in
+``X-Binormal-Alert-Id``). An alert names its rule by ``rule_org`` and ``rule`` (names are unique per
+org only). Counters (fired, delivered, failed per ``ORG/NAME``) are kept in
 ``keys.alert_stats()`` and exported by ``/metrics``.
 """
 
@@ -28,9 +29,9 @@ import orjson
 import structlog
 from redis.exceptions import RedisError, ResponseError
 
-from binormal.common.alerts import AlertCache
-from binormal.common.connection import Client
-from binormal.common.keys import Keyspace
+from binormal.common.alerts import AlertCache, AlertRule
+from binormal.common.connection import Client, execute_raw, is_cluster
+from binormal.common.keys import Keyspace, Scope
 
 log = structlog.get_logger("binormal.alerts.sender")
 
@@ -82,8 +83,9 @@ class Sender:
         self.stop_event = asyncio.Event()
         self._slots = asyncio.Semaphore(settings.concurrency)
         self._tasks: set[asyncio.Task[None]] = set()
-        self._inflight: set[bytes] = set()
-        self._next_claim = 0.0
+        # (stream, id) of the alerts in hand: each stream is its own id space (alerts XADDed to two
+        # shards in one millisecond share an id), so an id alone would skip the second one.
+        self._inflight: set[tuple[str, bytes]] = set()
 
     def stop(self) -> None:
         """Leave :meth:`run` (deliveries in hand are abandoned, left pending for another sender)."""
@@ -99,51 +101,80 @@ class Sender:
                     raise
 
     async def run(self) -> None:
-        """Read, deliver, claim what dead senders left; until stopped."""
+        """Read, deliver, claim what dead senders left; until stopped.
+
+        A single Redis: one loop, one multi-stream XREADGROUP. On a cluster the alert streams hash
+        to different slots (a multi-stream read is CROSSSLOT), so each stream has a loop of its own
+        (and a blocked connection to its node), as the workers' cluster read path does.
+        """
         await self.ensure_groups()
+        streams = self.keys.alert_streams()
+        groups = [[s] for s in streams] if is_cluster(self.client) else [streams]
         timeout = aiohttp.ClientTimeout(total=self.settings.timeout_s)
         async with aiohttp.ClientSession(timeout=timeout) as http:
-            while not self.stop_event.is_set():
-                try:
-                    await self.rules.refresh(self.client)
-                    batch = await self._claim() if time.monotonic() >= self._next_claim else []
-                    batch += await self._read()
-                except (RedisError, OSError) as exc:
-                    log.warning("alert_read_failed", error=str(exc))
-                    await asyncio.sleep(0.5)
-                    continue
-                for stream, entry_id, fields in batch:
-                    if entry_id in self._inflight:
-                        continue
-                    await self._slots.acquire()
-                    self._inflight.add(entry_id)
-                    task = asyncio.ensure_future(self._deliver(http, stream, entry_id, fields))
-                    self._tasks.add(task)
-                    task.add_done_callback(self._tasks.discard)
-            for task in list(self._tasks):
-                task.cancel()
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+            try:
+                await asyncio.gather(*(self._loop(http, group) for group in groups))
+            finally:
+                for task in list(self._tasks):
+                    task.cancel()
+                await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    async def _read(self) -> list[tuple[str, bytes, dict[bytes, bytes]]]:
-        streams: dict[Any, Any] = {s: ">" for s in self.keys.alert_streams()}
+    async def _loop(self, http: aiohttp.ClientSession, streams: list[str]) -> None:
+        """Claim, read and dispatch ``streams`` until stopped."""
+        next_claim = 0.0
+        while not self.stop_event.is_set():
+            try:
+                await self.rules.refresh(self.client)
+                batch: list[tuple[str, bytes, dict[bytes, bytes]]] = []
+                if time.monotonic() >= next_claim:
+                    next_claim = time.monotonic() + self.settings.claim_idle_ms / 2000
+                    batch = await self._claim(streams)
+                batch += await self._read(streams)
+            except (RedisError, OSError) as exc:
+                log.warning("alert_read_failed", error=str(exc))
+                await asyncio.sleep(0.5)
+                continue
+            for stream, entry_id, fields in batch:
+                if (stream, entry_id) in self._inflight:
+                    continue
+                await self._slots.acquire()
+                self._inflight.add((stream, entry_id))
+                task = asyncio.ensure_future(self._deliver(http, stream, entry_id, fields))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+
+    async def _read(self, streams: list[str]) -> list[tuple[str, bytes, dict[bytes, bytes]]]:
+        """New alerts of ``streams`` (BLOCK; briefly while deliveries are in hand), each counted fired."""
         block = self.settings.block_ms if not self._tasks else 100
-        reply: Any = await self.client.xreadgroup(GROUP, self.consumer, streams, count=100, block=block)
+        reply: Any
+        if is_cluster(self.client):
+            # One stream (one slot): a raw XREADGROUP to its node; redis-py's cluster client would
+            # first ask a node COMMAND GETKEYS for this movable-keys command on every call.
+            [stream] = streams
+            cmd = ("XREADGROUP", "GROUP", GROUP, self.consumer, "COUNT", 100, "BLOCK", block, "STREAMS", stream, ">")
+            [reply] = await execute_raw(self.client, [cmd])
+            if isinstance(reply, Exception):
+                raise reply
+            reply = [(s, [(i, dict(zip(f[0::2], f[1::2])) if f else {}) for i, f in items]) for s, items in reply or []]
+        else:
+            ids: dict[Any, Any] = {s: ">" for s in streams}
+            reply = await self.client.xreadgroup(GROUP, self.consumer, ids, count=100, block=block)
         out: list[tuple[str, bytes, dict[bytes, bytes]]] = []
         for stream, items in reply or []:
             name = stream.decode() if isinstance(stream, bytes) else stream
             for entry_id, fields in items:
                 out.append((name, entry_id, fields or {}))
                 self.counters.read += 1
-                rule = _rule_of(fields or {})
+                known = self._rule(fields or {})  # an alert queued before names were per org names no org
+                rule = known.ident if known is not None else _rule_of(fields or {})
                 if rule is not None:
                     await self._count("fired", rule)  # first read by the group: once per alert
         return out
 
-    async def _claim(self) -> list[tuple[str, bytes, dict[bytes, bytes]]]:
+    async def _claim(self, streams: list[str]) -> list[tuple[str, bytes, dict[bytes, bytes]]]:
         """Take over alerts another sender left pending for ``claim_idle_ms`` (it died mid-delivery)."""
-        self._next_claim = time.monotonic() + self.settings.claim_idle_ms / 2000
         out: list[tuple[str, bytes, dict[bytes, bytes]]] = []
-        for stream in self.keys.alert_streams():
+        for stream in streams:
             reply = await self.client.xautoclaim(
                 stream, GROUP, self.consumer, self.settings.claim_idle_ms, "0-0", count=100
             )
@@ -163,15 +194,32 @@ class Sender:
         try:
             await self._deliver_one(http, stream, entry_id, fields)
         finally:
-            self._inflight.discard(entry_id)
+            self._inflight.discard((stream, entry_id))
             self._slots.release()
+
+    def _rule(self, fields: dict[bytes, bytes]) -> AlertRule | None:
+        """The cached rule an alert names: ``rule_org``/``rule``, or (an alert queued before names were
+        per org) the rule of that name whose pattern matches the alert's scope."""
+        alert = _alert_of(fields)
+        name, org = alert.get("rule"), alert.get("rule_org")
+        if not isinstance(name, str):
+            return None
+        if isinstance(org, str):
+            return next((r for r in self.rules.rules if r.matches_name(org, name)), None)
+        parts = str(alert.get("scope", "")).split("/")
+        scope = Scope(*parts) if len(parts) == 3 else None
+        return next((r for r in self.rules.rules if r.name == name and scope and r.matches(scope)), None)
 
     async def _deliver_one(
         self, http: aiohttp.ClientSession, stream: str, entry_id: bytes, fields: dict[bytes, bytes]
     ) -> None:
         body = fields.get(b"alert", b"")
-        name = _rule_of(fields)
-        rule = next((r for r in self.rules.rules if r.name == name), None)
+        rule = self._rule(fields)
+        if rule is None:
+            # A worker (or another loop of ours) may know a rule our cache does not hold yet: the
+            # cache looks at the version at most every 0.5 s. One GET when the version has not moved.
+            await self.rules.refresh(self.client, force=True)
+            rule = self._rule(fields)
         if rule is None:
             log.warning("alert_dropped", entry_id=entry_id.decode(), reason="its rule no longer exists")
             await self.client.xack(stream, GROUP, entry_id)
@@ -190,7 +238,7 @@ class Sender:
                     if 200 <= resp.status < 300:
                         await self.client.xack(stream, GROUP, entry_id)
                         self.counters.delivered += 1
-                        await self._count("delivered", rule.name)
+                        await self._count("delivered", rule.ident)
                         return
                     error = f"HTTP {resp.status}"
             except (aiohttp.ClientError, TimeoutError) as exc:
@@ -208,16 +256,25 @@ class Sender:
         await pipe.execute()
         await self.client.xack(stream, GROUP, entry_id)
         self.counters.failed += 1
-        await self._count("failed", rule.name)
+        await self._count("failed", rule.ident)
         log.warning("alert_failed", rule=rule.name, entry_id=entry_id.decode(), error=error)
 
 
-def _rule_of(fields: dict[bytes, bytes]) -> str | None:
+def _alert_of(fields: dict[bytes, bytes]) -> dict[str, Any]:
     try:
-        rule = orjson.loads(fields.get(b"alert", b"")).get("rule")
-    except (orjson.JSONDecodeError, AttributeError):
+        alert = orjson.loads(fields.get(b"alert", b""))
+    except orjson.JSONDecodeError:
+        return {}
+    return alert if isinstance(alert, dict) else {}
+
+
+def _rule_of(fields: dict[bytes, bytes]) -> str | None:
+    """The counters' key of an alert's rule: ``ORG/NAME`` (a bare name for an alert queued before)."""
+    alert = _alert_of(fields)
+    name, org = alert.get("rule"), alert.get("rule_org")
+    if not isinstance(name, str):
         return None
-    return rule if isinstance(rule, str) else None
+    return f"{org}/{name}" if isinstance(org, str) else name
 
 
 async def list_failed(client: Client, keys: Keyspace, limit: int = 1000) -> list[dict[str, Any]]:

@@ -1,8 +1,9 @@
 """``binormal alerts add|list|remove|test|failed|send``: alert rules and their sender (docs/alerts.md).
 
 Talks to Redis directly (``REDIS_URL``, ``BINORMAL_PREFIX``, ``BINORMAL_SHARDS``), like ``binormal
-rules``. Exit codes: 0 done, 1 nothing to remove, 2 a bad argument (the message names it),
-3 Redis unreachable.
+rules``. A rule belongs to its scope's org, and its name is unique within that org only: ``remove``
+and ``test`` take ``--org`` (needed when several orgs have a rule of that name). Exit codes: 0 done,
+1 nothing to remove, 2 a bad argument (the message names it), 3 Redis unreachable.
 """
 
 from __future__ import annotations
@@ -29,8 +30,10 @@ def register(sub: Subparsers) -> None:
     s.add_parser("list", help="list alert rules as JSON lines (no secrets)")
     rm = s.add_parser("remove", help="remove an alert rule")
     rm.add_argument("name")
+    rm.add_argument("--org", help="the rule's org (its scope's; needed when several orgs have a rule of that name)")
     test = s.add_parser("test", help="put a test alert of rule NAME on the alert stream (the sender delivers it)")
     test.add_argument("name")
+    test.add_argument("--org", help="the rule's org (its scope's; needed when several orgs have a rule of that name)")
     failed = s.add_parser("failed", help="list alerts the sender gave up on (JSON lines), or --replay them")
     failed.add_argument("--replay", action="store_true", help="put them back on their alert stream")
     send = s.add_parser("send", help="run the alert sender (delivers the alert streams to the webhooks)")
@@ -52,13 +55,14 @@ def run(args: argparse.Namespace) -> int:
 
     from binormal.common.alerts import (
         add_alert_rule,
+        find_alert_rules,
         list_alert_rules,
         parse_alert_rule,
         remove_alert_rule,
         send_test_alert,
     )
     from binormal.common.config import ServiceSettings, from_env
-    from binormal.common.connection import open_client
+    from binormal.common.connection import Client, open_client
     from binormal.common.keys import Keyspace
     from binormal.common.rules import RuleError
     from binormal.worker.sender import Sender, SenderSettings, list_failed, replay_failed
@@ -66,6 +70,16 @@ def run(args: argparse.Namespace) -> int:
     settings = from_env(ServiceSettings)
     keys = Keyspace(prefix=settings.prefix, shards=settings.shards)
     out = sys.stdout.buffer
+
+    async def which(client: Client, name: str, org: str | None) -> str | None:
+        """The org of the rule ``name`` meant: ``org``, or the only org with such a rule; RuleError if several."""
+        if org is not None:
+            return org
+        found = await find_alert_rules(client, keys, name)
+        if len(found) > 1:
+            orgs = ", ".join(r.org for r in found)
+            raise RuleError(f"org: rules called {name!r} exist in orgs {orgs}: give --org", "org")
+        return found[0].org if found else None
 
     async def go() -> int:
         client = await open_client(settings.redis_url, cluster=settings.redis_cluster)
@@ -94,12 +108,14 @@ def run(args: argparse.Namespace) -> int:
                 for rule in await list_alert_rules(client, keys):
                     out.write(orjson.dumps(rule.as_dict()) + b"\n")
             elif cmd == "remove":
-                if not await remove_alert_rule(client, keys, args.name):
+                org = await which(client, args.name, args.org)
+                if org is None or not await remove_alert_rule(client, keys, org, args.name):
                     sys.stderr.write(f"binormal alerts remove: no alert rule called {args.name!r}\n")
                     return 1
-                sys.stdout.write(f"removed alert rule {args.name}\n")
+                sys.stdout.write(f"removed alert rule {args.name} of org {org}\n")
             elif cmd == "test":
-                entry = await send_test_alert(client, keys, args.name)
+                org = await which(client, args.name, args.org)
+                entry = None if org is None else await send_test_alert(client, keys, org, args.name)
                 if entry is None:
                     sys.stderr.write(f"binormal alerts test: no alert rule called {args.name!r}\n")
                     return 1
