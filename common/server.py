@@ -320,6 +320,9 @@ def _protocol_kwargs(limits: HttpLimits) -> dict[str, Any]:
         "max_line_size": MAX_URL_BYTES,
         "max_field_size": MAX_HEADER_BYTES,
         "max_headers": MAX_HEADERS,
+        # Bodies are decoded by common.http.read_body (common/bodycoding.py): aiohttp's decoding
+        # takes a gzip stream cut between two blocks for a complete body.
+        "auto_decompress": False,
     }
 
 
