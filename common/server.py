@@ -276,6 +276,7 @@ class BoundedRequestHandler(RequestHandler):
             # A coding aiohttp cannot decode here (zstd or br without their library: "please install"),
             # or a deflate body that ended before its end marker (checked at EOF). The request here is
             # the parser's placeholder, without the original headers: the exception names the coding.
+            # Only when aiohttp decodes bodies (auto_decompress, not ours: _protocol_kwargs turns it off).
             text = str(exc).lower()
             if "install" in text:
                 status, field = 415, "Content-Encoding"
