@@ -7,6 +7,7 @@ different slots there), and a real worker firing an alert through alert.lua.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator
@@ -21,10 +22,12 @@ from aiohttp import web
 
 from binormal.common.alerts import add_alert_rule, parse_alert_rule
 from binormal.common.auth import hash_token
+from binormal.common.embedded import RedisServer, find_binary, free_port
 from binormal.common.keys import Keyspace, Scope
 from binormal.web.app import create_app
 from binormal.web.hub import ALERT_QUEUE, Hub
-from binormal.web.live import HUB_KEY
+from binormal.web.live import ALERT_FEED_KEY, HUB_KEY, setup_live
+from binormal.web.settings import WebSettings
 from tests.support.backends import both_backends
 from tests.support.events import crossing_events
 from tests.support.http import serving, web_settings
@@ -64,7 +67,10 @@ class Watcher:
         """Read frames until ``pred(self.alerts)``."""
         deadline = time.monotonic() + timeout
         while not pred(self.alerts):
-            msg = await self.ws.receive(timeout=max(0.1, deadline - time.monotonic()))
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"after {timeout}s the client has these alerts only: {self.alerts}")
+            msg = await asyncio.wait_for(self.ws.receive(), left)
             assert msg.type == aiohttp.WSMsgType.TEXT, msg
             for line in msg.data.split("\n"):
                 obj = orjson.loads(line)
@@ -161,6 +167,51 @@ async def test_an_alert_the_worker_fires_reaches_the_websocket_as_it_fires(
     assert any(r["action"].startswith("GET /probe/") for r in alert["reasons"]), alert["reasons"]
     assert alert["profile"].startswith("/api/individual?org=acme&source=web&pop=shop&id=scanner")
     assert alert["event"]["action"].startswith("GET /probe/")
+
+
+@pytest.mark.slow
+async def test_the_feed_keeps_its_place_across_a_redis_outage(tmp_path: Path) -> None:
+    """An alert that fired while the feed was cut off arrives once it is back; none arrives twice.
+
+    Redis is killed; the same data (AOF) is opened on another port, an alert is added there and
+    that Redis stopped, then the data is served on the first port again: when the feed reconnects
+    the alert is already in the stream, so a feed that started over from the stream's end would
+    never send it.
+    """
+    port = free_port()
+    settings = WebSettings(redis_url=f"redis://127.0.0.1:{port}/0", prefix="feed")
+    keys = settings.keys
+    app = web.Application()
+    setup_live(app, settings)
+    scope = Scope("acme", "web", "p")
+    data = tmp_path / "r"
+
+    def redis_on(at: int) -> RedisServer:
+        return RedisServer(data, binary=find_binary("path"), port=at, aof=True, fsync="always").start()
+
+    server = redis_on(port)
+    try:
+        async with serving(app, wait_redis=False, bounded=False) as base, aiohttp.ClientSession() as http:
+            await wait_for(lambda: app[HUB_KEY].alert_feed_up, timeout=20, what="alert feed")
+            async with watching(http, base, None) as page:
+                async with aioredis.Redis.from_url(server.url, protocol=2) as client:
+                    await xadd_alert(client, keys, scope, "before")
+                await page.until(lambda a: len(a) >= 1)
+                server.kill()  # abrupt: the feed's connection dies under it
+                await wait_for(lambda: not app[HUB_KEY].alert_feed_up, timeout=20, what="the feed sees the outage")
+                aside = redis_on(free_port())
+                async with aioredis.Redis.from_url(aside.url, protocol=2) as client:
+                    await xadd_alert(client, keys, scope, "meanwhile")
+                aside.stop()
+                server = redis_on(port)
+                await page.until(lambda a: len(a) >= 2, timeout=30)
+                async with aioredis.Redis.from_url(server.url, protocol=2) as client:
+                    await xadd_alert(client, keys, scope, "later")
+                await page.until(lambda a: len(a) >= 3, timeout=30)
+            assert not app[ALERT_FEED_KEY].done() and app[HUB_KEY].alert_feed_up  # the feed never died
+    finally:
+        server.kill()
+    assert [a["id"] for a in page.alerts] == ["before", "meanwhile", "later"]
 
 
 def test_a_clients_alert_queue_keeps_the_newest_and_survives_a_full_result_queue() -> None:

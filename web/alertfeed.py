@@ -96,10 +96,11 @@ async def follow_alerts(settings: WebSettings, hub: Hub, stop: asyncio.Event) ->
             try:
                 if positions is None:
                     positions = await newest_ids(client, streams)
-                    hub.alert_feed_up = True
                     log.info("alert_feed_started", streams=len(streams))
                 await poll_once(client, streams, positions, hub)
+                hub.alert_feed_up = True
             except TRANSIENT as exc:
+                hub.alert_feed_up = False
                 log.warning("alert_feed_disconnected", error=f"{type(exc).__name__}: {exc}")
                 if not await wait_until_up(client, stop):
                     break

@@ -123,7 +123,7 @@ class Hub:
         self.messages = 0
         self.restricted = 0  # clients limited to some orgs (lines are parsed only while > 0)
         self.alerts = 0  # alerts received from the alert streams
-        self.alert_feed_up = False  # the alert feed knows where each alert stream ends (web/alertfeed.py)
+        self.alert_feed_up = False  # the alert feed's last read of the alert streams worked (web/alertfeed.py)
 
     def register(self, control: bool = True, orgs: frozenset[str] | None = None) -> Client:
         """A new client with an empty queue (``control``: hello/stats lines; ``orgs``: only these orgs)."""
