@@ -276,6 +276,7 @@ class BoundedRequestHandler(RequestHandler):
             # A coding aiohttp cannot decode here (zstd or br without their library: "please install"),
             # or a deflate body that ended before its end marker (checked at EOF). The request here is
             # the parser's placeholder, without the original headers: the exception names the coding.
+            # Only when aiohttp decodes bodies (auto_decompress, not ours: _protocol_kwargs turns it off).
             text = str(exc).lower()
             if "install" in text:
                 status, field = 415, "Content-Encoding"
@@ -320,6 +321,9 @@ def _protocol_kwargs(limits: HttpLimits) -> dict[str, Any]:
         "max_line_size": MAX_URL_BYTES,
         "max_field_size": MAX_HEADER_BYTES,
         "max_headers": MAX_HEADERS,
+        # Bodies are decoded by common.http.read_body (common/bodycoding.py): aiohttp's decoding
+        # takes a gzip stream cut between two blocks for a complete body.
+        "auto_decompress": False,
     }
 
 

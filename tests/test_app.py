@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 import time
+import zlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -130,6 +132,31 @@ async def test_charset_utf8_is_accepted_as_json(webapp: Web) -> None:
     # No worker: the event is queued and the request times out (504), which proves it passed validation.
     status, got, _ = await post_raw(webapp.session, webapp.discrete, SEED_BODY, "application/json; charset=UTF-8")
     assert status == 504, got
+
+
+@pytest.mark.parametrize(
+    ("body", "coding", "status", "field", "says"),
+    [
+        (gzip.compress(SEED_BODY.encode()), "gzip", 504, None, ""),  # decoded, valid, queued (no worker)
+        (gzip.compress(SEED_BODY.encode())[:-8], "gzip", 400, "body", "truncated"),
+        (zlib.compress(SEED_BODY.encode())[:-3], "deflate", 400, "body", "truncated"),
+        (SEED_BODY.encode(), "br", 415, "Content-Encoding", "Content-Encoding must be"),
+    ],
+    ids=["gzip", "truncated-gzip", "truncated-deflate", "br"],
+)
+async def test_a_compressed_body_is_decoded_only_when_complete(
+    webapp: Web, aredis: aioredis.Redis, body: bytes, coding: str, status: int, field: str | None, says: str
+) -> None:
+    got_status, got, _ = await post_raw(
+        webapp.session, webapp.discrete, body, "application/json", **{"Content-Encoding": coding}
+    )
+    assert got_status == status, got
+    if status == 504:
+        assert await total_len(aredis, webapp.keys) == 1
+        return
+    assert got["field"] == field and says in got["error"], got
+    documented("/discrete", "post", status, got)
+    assert await total_len(aredis, webapp.keys) == 0
 
 
 async def test_body_over_the_limit_is_413(webapp: Web, aredis: aioredis.Redis) -> None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import os
 import random
 from pathlib import Path
 from typing import Any
@@ -29,26 +28,13 @@ from binormal.common.embedded import free_port
 from binormal.common.keys import Scope
 from binormal.web.live import HUB_KEY
 from binormal.web.settings import WebSettings
+from tests.support.browser import ARTIFACTS, WebTier, chromium_or_skip, launch_chromium, start_tier, wait_js
 from tests.support.events import flooder_events, light_rounds
 from tests.support.redis_state import drained, xadd_events
 from tests.support.waiting import wait_for
 from tests.support.workers import running_worker, worker_settings
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(240)]
-
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-component-update",
-    "--disable-sync",
-]
-ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 
 XSS_ID = "<img src=x onerror=alert(1)>"
 OUTLIER = "mallory"
@@ -69,58 +55,6 @@ PIXELS_JS = """() => {
   }
   return {red, green};
 }"""
-
-
-def chromium_or_skip() -> str:
-    if not Path(CHROMIUM).exists():
-        reason = f"{CHROMIUM} not installed (apt-get install chromium)"
-        if IN_CI:
-            pytest.fail(f"required in CI: {reason}")
-        pytest.skip(reason)
-    return CHROMIUM
-
-
-class WebTier:
-    """``web.app.create_app`` served on 127.0.0.1:``port``; can be stopped and started again."""
-
-    def __init__(self, settings: WebSettings, port: int) -> None:
-        self.settings = settings
-        self.port = port
-        self.base = f"http://127.0.0.1:{port}"
-        self.runner: web.AppRunner | None = None
-        self.app: web.Application | None = None
-
-    async def start(self) -> str:
-        from binormal.web.app import create_app
-
-        self.app = create_app(self.settings)
-        self.runner = web.AppRunner(self.app, shutdown_timeout=1.0)
-        await self.runner.setup()
-        await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
-        return self.base
-
-    async def stop(self) -> None:
-        if self.runner is not None:
-            runner, self.runner = self.runner, None
-            await runner.cleanup()
-
-
-async def start_tier(stack: contextlib.AsyncExitStack, settings: WebSettings, port: int) -> WebTier:
-    """A started :class:`WebTier` on ``port``, stopped when ``stack`` closes."""
-    tier = WebTier(settings, port)
-    await tier.start()
-    stack.push_async_callback(tier.stop)
-    return tier
-
-
-async def launch_chromium(stack: contextlib.AsyncExitStack, executable: str) -> Any:
-    """Headless Chromium under Playwright, closed (browser, then Playwright) when ``stack`` closes."""
-    from playwright.async_api import async_playwright
-
-    pw = await stack.enter_async_context(async_playwright())
-    browser = await pw.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS, headless=True)
-    stack.push_async_callback(browser.close)
-    return browser
 
 
 class Feeder:
@@ -185,10 +119,6 @@ class Feeder:
 async def counters(page: Any) -> dict[str, Any]:
     result: dict[str, Any] = await page.evaluate("() => ({...window.binormal.counters})")
     return result
-
-
-async def wait_js(page: Any, expr: str, timeout_s: float = 20.0) -> None:
-    await page.wait_for_function(expr, timeout=timeout_s * 1000)
 
 
 async def pixels_until(page: Any, predicate: Any, timeout_s: float = 15.0) -> dict[str, int]:

@@ -142,6 +142,49 @@ async def test_bad_or_unsupported_encoding_is_4xx_naming_it(
     assert await written(aredis, ingest) == 0
 
 
+def _gzip_cut_between_lines(lines: list[bytes], keep: int) -> bytes:
+    """A gzip stream of ``lines`` cut right after the first ``keep`` lines (a full flush there, no trailer).
+
+    What a shipper killed mid-request, or a proxy that lost the tail, leaves: every byte up to the
+    cut decodes to whole NDJSON lines, only the end marker and CRC are missing.
+    """
+    out = zlib.compressobj(6, zlib.DEFLATED, 31)
+    head = out.compress(b"".join(lines[:keep])) + out.flush(zlib.Z_FULL_FLUSH)
+    return head
+
+
+NDJSON_LINES = [orjson.dumps(r) + b"\n" for r in access_records("t", 6, event_id=False)]
+WHOLE_GZIP = gzip.compress(b"".join(NDJSON_LINES))
+
+
+@pytest.mark.parametrize(
+    ("body", "says"),
+    [
+        (_gzip_cut_between_lines(NDJSON_LINES, 3), "truncated"),
+        (WHOLE_GZIP[:-8], "truncated"),  # every line and the end block, no CRC/size trailer
+        (WHOLE_GZIP[:-8] + bytes([WHOLE_GZIP[-8] ^ 0xFF]) + WHOLE_GZIP[-7:], "not valid gzip"),  # bad CRC
+        (WHOLE_GZIP + b"trailing junk", "not valid gzip"),  # bytes after the stream that are no gzip member
+    ],
+    ids=["cut-between-lines", "no-trailer", "bad-crc", "trailing-junk"],
+)
+async def test_truncated_or_corrupt_gzip_ndjson_is_400_and_writes_nothing(
+    ingest: Ingest, aredis: aioredis.Redis, body: bytes, says: str
+) -> None:
+    status, got, _ = await post_raw(ingest.session, ingest.events, body, NDJSON, **{"Content-Encoding": "gzip"})
+    assert status == 400, got
+    assert got["field"] == "body" and says in got["error"] and "gzip" in got["error"], got
+    assert_documented("/events", "post", 400, got)
+    assert await written(aredis, ingest) == 0
+
+
+async def test_concatenated_gzip_members_are_one_body(ingest: Ingest, aredis: aioredis.Redis) -> None:
+    # RFC 1952: a gzip file may be several members back to back (`cat a.gz b.gz`); all of them count.
+    body = gzip.compress(b"".join(NDJSON_LINES[:2])) + gzip.compress(b"".join(NDJSON_LINES[2:]))
+    status, got, _ = await post_raw(ingest.session, ingest.events, body, NDJSON, **{"Content-Encoding": "gzip"})
+    assert status == 202 and got["accepted"] == 6, got
+    assert await written(aredis, ingest) == 6
+
+
 async def test_repeated_content_encoding_header_is_415(ingest: Ingest, aredis: aioredis.Redis) -> None:
     headers = [("Content-Type", JSON), ("Content-Encoding", "gzip"), ("Content-Encoding", "gzip")]
     async with ingest.session.post(ingest.events, data=gzip.compress(GOOD), headers=headers) as r:

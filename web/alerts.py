@@ -20,7 +20,6 @@ from __future__ import annotations
 import heapq
 from typing import Any
 
-import orjson
 from aiohttp import web
 
 from binormal.common.alerts import (
@@ -39,6 +38,7 @@ from binormal.common.http import ApiError, json_response, read_json_object
 from binormal.common.keys import Scope
 from binormal.common.redisapp import REDIS
 from binormal.common.rules import RuleError
+from binormal.web.alertfeed import alert_of
 from binormal.web.rules import _query
 
 MAX_BODY = 8192
@@ -163,20 +163,18 @@ async def get_alerts(request: web.Request) -> web.Response:
     rows: list[tuple[int, int, dict[str, Any]]] = []
     for replies in await pipe.execute():
         for entry_id, fields in replies:
-            try:
-                alert = orjson.loads(fields.get(b"alert", b""))
-                org, source, pop = alert["scope"].split("/")
-            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
+            got = alert_of(entry_id, fields)
+            if got is None:
                 continue
+            org, alert = got
+            _, source, pop = alert["scope"].split("/")
             if orgs is not None and org not in orgs:
                 continue
             if rule is not None and alert.get("rule") != rule:
                 continue
             if pattern is not None and not all(p in ("*", s) for p, s in zip(pattern, (org, source, pop))):
                 continue
-            ms, _, seq = entry_id.decode().partition("-")
-            alert["alert_id"] = entry_id.decode()
-            alert["at"] = int(ms)
-            rows.append((int(ms), int(seq or 0), alert))
+            _, _, seq = alert["alert_id"].partition("-")
+            rows.append((alert["at"], int(seq or 0), alert))
     newest = heapq.nlargest(limit, rows, key=lambda r: (r[0], r[1]))
     return json_response({"alerts": [r[2] for r in newest], "total": len(newest)})

@@ -17,11 +17,14 @@ the stream holds result lines only.
 * ``{"type":"stats","dropped":D,"sent":S}`` - first line of a frame whenever
   ``dropped`` (results this client lost because its queue was full; the oldest
   go first) changed since the last frame; ``sent`` counts results sent so far.
+* ``{"type":"alert","alert":{...}}`` - an alert that just fired (web/alertfeed.py), in the
+  frame after it was read, before the frame's results. Alerts have their own queue per client
+  (the newest ``ALERT_QUEUE``), so a flood of results never pushes one out.
 
 Tenancy: a client registered with ``orgs`` (a token limited to some orgs) gets
 only the results of those orgs. Each line's org is parsed once per message, and
 only while such a client is connected; clients with the same orgs share one
-filtered list.
+filtered list. An alert reaches a restricted client only when its org is one of the client's.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ log = structlog.get_logger("binormal.web.hub")
 Send = Callable[[str], Awaitable[None]]
 
 _ids = itertools.count(1)
+ALERT_QUEUE = 50  # alerts a client's queue keeps (the page shows as many)
 
 
 # Fast path for the workers' lines: only numeric fields come before "org" (see common.result.make_result),
@@ -79,6 +83,7 @@ class Client:
         self.sent = 0  # results written to the socket
         self.frames = 0
         self.closed = False
+        self.alerts: deque[bytes] = deque(maxlen=ALERT_QUEUE)  # alert lines (control clients only)
 
     def offer(self, lines: Iterable[bytes]) -> None:
         """Queue result lines without waiting; drop the oldest when full."""
@@ -98,6 +103,12 @@ class Client:
         self.ready.clear()
         return lines
 
+    def take_alerts(self) -> list[bytes]:
+        """The alert lines queued now."""
+        lines = list(self.alerts)
+        self.alerts.clear()
+        return lines
+
 
 class Hub:
     """Registry of clients; ``publish`` fans out, ``run_writer`` drains one client."""
@@ -111,6 +122,8 @@ class Hub:
         self.received = 0  # results received from the broadcast channel
         self.messages = 0
         self.restricted = 0  # clients limited to some orgs (lines are parsed only while > 0)
+        self.alerts = 0  # alerts received from the alert streams
+        self.alert_feed_up = False  # the alert feed's last read of the alert streams worked (web/alertfeed.py)
 
     def register(self, control: bool = True, orgs: frozenset[str] | None = None) -> Client:
         """A new client with an empty queue (``control``: hello/stats lines; ``orgs``: only these orgs)."""
@@ -161,6 +174,18 @@ class Hub:
                 client.dropped += len(mine) - client.capacity
         return len(lines)
 
+    def publish_alert(self, line: bytes, org: str) -> int:
+        """Queue one alert line for every control client allowed to see ``org``; never awaits."""
+        reached = 0
+        for client in tuple(self.clients):
+            if not client.control or (client.orgs is not None and org not in client.orgs):
+                continue
+            client.alerts.append(line)
+            client.ready.set()
+            reached += 1
+        self.alerts += 1
+        return reached
+
     def hello(self) -> str:
         """The control line sent first to every client."""
         return orjson.dumps({"type": "hello", "queue": self.queue_size, "max_fps": self.max_fps}).decode()
@@ -173,6 +198,7 @@ class Hub:
             client.dropped_sent = client.dropped
             stats = {"type": "stats", "dropped": client.dropped, "sent": client.sent + len(lines)}
             parts.append(orjson.dumps(stats))
+        parts.extend(client.take_alerts())
         if not lines and not parts:
             return None
         parts.extend(lines)

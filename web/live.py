@@ -5,7 +5,8 @@ context owns a Redis client of its own, SUBSCRIBEs to the workers' broadcast
 channel (``keys.broadcast_channel()``, NDJSON, <= 500 results per message) and
 hands each message to the :class:`~web.hub.Hub`, which fans it out to the
 websocket clients through one bounded queue and one writer task per client
-(wire format documented in :mod:`web.hub`).
+(wire format documented in :mod:`web.hub`). A second task follows the alert
+streams and pushes each new alert to the clients of its org (:mod:`web.alertfeed`).
 
 Pub/sub keeps nothing and a subscription can die silently (redis-py#2417):
 the subscriber PINGs its connection when the channel is idle, treats a missing
@@ -31,6 +32,7 @@ from binormal.common.config import ConfigError
 from binormal.common.connection import TRANSIENT, Client, connect, pubsub_of, wait_until_up
 from binormal.common.guard import principal_of, still_valid
 from binormal.common.http import ApiError
+from binormal.web.alertfeed import follow_alerts
 from binormal.web.hub import Hub
 from binormal.web.query import single_query
 from binormal.web.settings import WebSettings
@@ -45,6 +47,7 @@ REVOKE_CHECK_S = 1.0  # an open websocket re-checks its token this often
 HUB_KEY = web.AppKey("live_hub", Hub)
 LIVE_SETTINGS_KEY = web.AppKey("live_settings", WebSettings)
 SUBSCRIBER_KEY = web.AppKey[asyncio.Task[None]]("live_subscriber")
+ALERT_FEED_KEY = web.AppKey[asyncio.Task[None]]("live_alert_feed")
 SOCKETS_KEY = web.AppKey[set[web.WebSocketResponse]]("live_sockets")
 # Close tasks of sockets whose writer failed: the event loop keeps only weak references to
 # tasks, so the app holds them until they are done (and awaits them on shutdown).
@@ -160,15 +163,20 @@ async def _close_websockets(app: web.Application) -> None:
 
 
 async def _live_ctx(app: web.Application) -> AsyncIterator[None]:
-    """Run the broadcast subscriber for the app's lifetime."""
+    """Run the broadcast subscriber and the alert feed (web/alertfeed.py) for the app's lifetime."""
     stop = asyncio.Event()
-    task = asyncio.create_task(subscribe_forever(app[LIVE_SETTINGS_KEY], app[HUB_KEY], stop), name="live-subscriber")
+    settings, hub = app[LIVE_SETTINGS_KEY], app[HUB_KEY]
+    task = asyncio.create_task(subscribe_forever(settings, hub, stop), name="live-subscriber")
+    alerts = asyncio.create_task(follow_alerts(settings, hub, stop), name="live-alerts")
     app[SUBSCRIBER_KEY] = task
+    app[ALERT_FEED_KEY] = alerts
     yield
     stop.set()
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    for t in (task, alerts):
+        t.cancel()
+    for t in (task, alerts):
+        with contextlib.suppress(asyncio.CancelledError):
+            await t
 
 
 async def subscribe_forever(settings: WebSettings, hub: Hub, stop: asyncio.Event) -> None:

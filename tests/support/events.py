@@ -225,3 +225,14 @@ def flooder_events(scope: Scope, first: int, last: int) -> list[Event]:
 def event_dict(e: Event) -> dict[str, Any]:
     """An event as the JSON object ``POST /events`` takes."""
     return {"org": e.org, "source": e.source, "pop": e.pop, "id": e.id, "action": e.action}
+
+
+def crossing_events(scope: Scope, outlier: str, normals: int = 12, rounds: int = 6, probes: int = 8) -> list[Event]:
+    """``normals`` individuals with one same mix, then ``outlier`` probing ``probes`` new paths.
+
+    With the learning thresholds at 1, the outlier's results cross a zscore of 2.5 (an alert rule's
+    line) and nobody else's do: every ordinary individual has exactly the same counts.
+    """
+    mix = ["GET /", "GET /", "GET /item", "POST /cart"]
+    history = [Event(*scope, f"u{i}", mix[(i + r) % len(mix)]) for r in range(rounds) for i in range(normals)]
+    return history + [Event(*scope, outlier, f"GET /probe/{k}") for k in range(probes)]

@@ -3,13 +3,14 @@
 import { Matrix, Sampler } from "./matrix.js";
 import { LiveSocket } from "./socket.js";
 import { Login, needsLogin } from "./login.js";
-import { Outliers, OutlierTable, Profile, inScope, scopeKey } from "./panel.js";
+import { AlertList, Alerts, Outliers, OutlierTable, Profile, inScope, scopeKey } from "./panel.js";
 
 const FADE_EVERY_MS = 100; // slow fade: 6 % darker ten times a second
 const FADE_ALPHA = 0.06;
 const PANEL_ROWS = 20;
 const MAX_OPTIONS = 500; // values remembered per scope selector
 const PREFILL_SCOPES = 50; // scopes whose stored top outliers pre-fill the panel on load
+const ALERTS_KEPT = 50; // alerts the panel shows (newest first); the server keeps as many per page
 const $ = (id) => document.getElementById(id);
 
 const state = { z: -3, red: 3, size: 16, scope: { org: "", source: "", pop: "" }, panelOpen: true };
@@ -28,7 +29,10 @@ const table = new OutlierTable($("outliers-body"), $("outliers-empty"), (entry) 
   panelDirty = true;
   profile.open(entry);
 });
+const alerts = new Alerts(ALERTS_KEPT);
+const alertList = new AlertList($("alerts-list"), $("alerts-empty"), (entry) => profile.open(entry));
 let panelDirty = true;
+let alertsDirty = true;
 let budget = 400; // characters drawn per animation frame; adapted to the time drawing takes
 
 const keyOf = (r) => `${scopeKey(r)}\u0000${r.id}`;
@@ -93,6 +97,7 @@ for (const [level, sel] of Object.entries(selects)) {
     sampler.reset();
     layout(); // the selected scope gets the whole canvas
     panelDirty = true;
+    alertsDirty = true;
   });
 }
 
@@ -160,6 +165,16 @@ async function loadScopes() {
   }
 }
 
+// ------------------------------------------------------------------ alerts
+
+/** The recent alerts of the viewer's orgs (/api/alerts), merged with those the socket pushed. */
+async function loadAlerts() {
+  try {
+    const data = await getJSON(`/api/alerts?limit=${ALERTS_KEPT}`);
+    for (const a of data.alerts ?? []) if (alerts.add(a)) alertsDirty = true;
+  } catch { /* API down or no access: the live alerts still arrive */ }
+}
+
 // ------------------------------------------------------------------ results in
 
 function onResults(results) {
@@ -184,7 +199,10 @@ function onResults(results) {
 }
 
 function onControl(msg) {
-  if (msg.type === "hello") {
+  if (msg.type === "alert") {
+    if (alerts.add(msg.alert)) alertsDirty = true;
+  } else if (msg.type === "hello") {
+    loadAlerts(); // on every (re)connect: alerts that fired while the page was away
     counters.connects++;
     counters.droppedBase += counters.droppedConn;
     counters.droppedConn = 0;
@@ -260,6 +278,7 @@ $("panel-toggle").addEventListener("click", () => {
   document.body.classList.toggle("panel-open", state.panelOpen);
   document.body.classList.toggle("panel-closed", !state.panelOpen);
   $("panel-toggle").setAttribute("aria-expanded", String(state.panelOpen));
+  alertsDirty = true;
   layout();
 });
 
@@ -268,6 +287,10 @@ setInterval(() => {
   if (panelDirty && state.panelOpen) {
     table.render(outliers.top(state.scope, PANEL_ROWS), state.red);
     panelDirty = false;
+  }
+  if (alertsDirty && state.panelOpen) {
+    alertList.render(alerts.matching(state.scope));
+    alertsDirty = false;
   }
 }, 250);
 
@@ -327,4 +350,4 @@ async function checkSession() {
 })();
 
 // Read-only hooks for the browser tests and for debugging from the console.
-window.binormal = { state, counters, matrix, outliers, socket, login };
+window.binormal = { state, counters, matrix, outliers, alerts, socket, login };

@@ -260,3 +260,116 @@ export class Profile {
     if (!rows.length) this.status.textContent += " \u00b7 no actions";
   }
 }
+
+/** ``scope`` "ORG/SOURCE/POP" of an alert as {org, source, pop} (empty strings when malformed). */
+export function alertScope(alert) {
+  const parts = typeof alert.scope === "string" ? alert.scope.split("/") : [];
+  return parts.length === 3 ? { org: parts[0], source: parts[1], pop: parts[2] } : { org: "", source: "", pop: "" };
+}
+
+/** Text of an alert's top ``n`` reasons, one per reason (same wording as the outlier table). */
+export function reasonsText(reasons, n = 3) {
+  const list = Array.isArray(reasons) ? reasons.slice(0, n) : [];
+  return list.map((r) => reasonText([r])).filter((t) => t);
+}
+
+/** The alerts that fired, newest first, at most ``max`` (deduplicated by their stream id). */
+export class Alerts {
+  constructor(max = 50) {
+    this.max = max;
+    this.list = [];
+    this.ids = new Set();
+    this.version = 0;
+  }
+
+  /** Take one alert (from the websocket or /api/alerts); false when known, malformed or too old to keep. */
+  add(alert) {
+    if (!alert || typeof alert !== "object" || typeof alert.alert_id !== "string" || this.ids.has(alert.alert_id)) return false;
+    const at = Number(alert.at);
+    const entry = {
+      ...alertScope(alert), alert, at: Number.isFinite(at) ? at : 0, id: String(alert.id ?? ""),
+      zscore: Number(alert.zscore), score: Number(alert.score), count: alert.count,
+    };
+    // Stream ids grow with time: keep the list sorted newest first (a pre-fill may come after live ones).
+    let i = 0;
+    while (i < this.list.length && this.list[i].at > entry.at) i++;
+    if (i >= this.max) return false;
+    this.list.splice(i, 0, entry);
+    this.ids.add(alert.alert_id);
+    while (this.list.length > this.max) this.ids.delete(this.list.pop().alert.alert_id);
+    this.version++;
+    return true;
+  }
+
+  /** The alerts of scopes matching ``scope``, newest first. */
+  matching(scope) {
+    return this.list.filter((e) => inScope(e, scope));
+  }
+}
+
+const clock = (ms) => (ms > 0 ? new Date(ms).toISOString().slice(11, 19) : "");
+
+/** Renders the alert list; clicking an id opens its profile in the panel (``onPick(entry)``). */
+export class AlertList {
+  constructor(list, empty, onPick) {
+    this.list = list;
+    this.empty = empty;
+    list.addEventListener("click", (ev) => {
+      const a = ev.target.closest("a.alert-id");
+      if (!a || !a.dataset.index) return;
+      const entry = this.rows[Number(a.dataset.index)];
+      if (!entry || ev.button !== 0 || ev.ctrlKey || ev.metaKey || ev.shiftKey) return; // new tab: the JSON profile
+      ev.preventDefault();
+      onPick(entry);
+    });
+    this.rows = [];
+  }
+
+  render(entries) {
+    this.rows = entries;
+    const items = entries.map((e, i) => {
+      const a = e.alert;
+      const li = document.createElement("li");
+      li.className = "alert";
+      const head = document.createElement("div");
+      head.className = "alert-head";
+      const time = document.createElement("time");
+      time.textContent = clock(e.at);
+      if (e.at > 0) time.dateTime = new Date(e.at).toISOString();
+      const rule = document.createElement("span");
+      rule.className = "alert-rule";
+      rule.textContent = String(a.rule ?? "");
+      const link = document.createElement("a");
+      link.className = "alert-id";
+      link.dataset.index = String(i);
+      link.textContent = e.id;
+      // Built here from the alert's fields (never its "profile" text): an href can only be this API path.
+      link.href = `/api/individual?${new URLSearchParams({ org: e.org, source: e.source, pop: e.pop, id: e.id })}`;
+      link.title = `profile of ${e.id}`;
+      const z = document.createElement("span");
+      z.className = "alert-z";
+      z.textContent = `z ${fmt(Number(a.zscore))}`;
+      head.append(time, rule, link, z);
+      if (a.test === true) {
+        const tag = document.createElement("span");
+        tag.className = "tag";
+        tag.textContent = "test";
+        head.appendChild(tag);
+      }
+      const scope = document.createElement("div");
+      scope.className = "alert-scope";
+      scope.textContent = `${e.org} / ${e.source} / ${e.pop}`;
+      li.append(head, scope);
+      for (const text of reasonsText(a.reasons)) {
+        const r = document.createElement("div");
+        r.className = "alert-reason";
+        r.textContent = text;
+        r.title = text;
+        li.appendChild(r);
+      }
+      return li;
+    });
+    this.list.replaceChildren(...items);
+    this.empty.hidden = entries.length > 0;
+  }
+}
