@@ -193,6 +193,10 @@ class Sender:
     ) -> None:
         try:
             await self._deliver_one(http, stream, entry_id, fields)
+        except (RedisError, OSError) as exc:
+            # The ack or the failed-list write did not happen: the alert stays pending under our
+            # name, and a sender (this one too) claims it after claim_idle_ms and delivers it again.
+            log.warning("alert_delivery_interrupted", entry_id=entry_id.decode(), stream=stream, error=str(exc))
         finally:
             self._inflight.discard((stream, entry_id))
             self._slots.release()
