@@ -10,7 +10,7 @@ result is below, stay one atomic script (many workers, redeliveries: one alert p
 
 The first alert builds kept one hash per (rule, individual) (``keys.alert_state``);
 :func:`move_alert_states` moves them into the per-individual hashes once (the first worker of
-this version does it at start, before it reads; ``binormal migrate`` too).
+this version does it at start, before it reads).
 """
 
 from __future__ import annotations
