@@ -118,19 +118,22 @@ async def move_alert_states(client: Client, keys: Keyspace) -> int:
         return 0
     moved = 0
     if await client.hlen(keys.alert_rules()):
-        for shard in range(keys.shards):
-            pattern = _glob(f"{keys.prefix}:{keys.tag(shard)}:sc:") + "*:al:*"
-            found: list[tuple[str, str, str]] = []
-            async for raw in client.scan_iter(match=pattern, count=1000):
-                try:
-                    scope, rule, ident = keys.alert_state_of(raw, shard)
-                except ValueError:
-                    continue  # not an old state key (ids and rule names are encoded: no ':al:' inside)
-                found.append((raw.decode("utf-8"), rule, keys.alert_fired(scope, ident, shard)))
-                if len(found) >= MOVE_CHUNK:
-                    moved += await _move(client, found)
-                    found = []
-            moved += await _move(client, found)
+        # One SCAN over every shard's keys (not one per shard: each SCAN walks the whole keyspace).
+        pattern = _glob(f"{keys.prefix}:{{{keys.prefix}.") + "*}:sc:*:al:*"
+        head = len(f"{keys.prefix}:{{{keys.prefix}.")
+        found: list[tuple[str, str, str]] = []
+        async for raw in client.scan_iter(match=pattern, count=1000):
+            text = raw.decode("utf-8")
+            try:
+                shard = int(text[head : text.index("}", head)])
+                scope, rule, ident = keys.alert_state_of(text, shard)
+            except ValueError:
+                continue  # not an old state key (ids and rule names are encoded: no ':al:' inside)
+            found.append((text, rule, keys.alert_fired(scope, ident, shard)))
+            if len(found) >= MOVE_CHUNK:
+                moved += await _move(client, found)
+                found = []
+        moved += await _move(client, found)
     await client.set(keys.alert_layout(), ALERT_LAYOUT)
     return moved
 

@@ -239,9 +239,13 @@ async def test_the_first_builds_rule_individual_hashes_are_moved_once(aredis: ai
     for (r, ident), fields in old.items():
         await aredis.hset(keys.alert_state(SCOPE, r, ident, shard), mapping=fields)
         await aredis.pexpire(keys.alert_state(SCOPE, r, ident, shard), 5_000_000)
+    other = next(sc for i in range(100) if keys.shard(sc := Scope("beta", "web", f"q{i}")) != shard)
+    await aredis.hset(keys.alert_state(other, "a", "u9"), mapping={"at": "5", "entry": "5-0", "armed": "1"})
     await aredis.hset(keys.alert_fired(SCOPE, "u2", shard), "a", "900 900-0 1")  # decided since: it wins
     await aredis.hset(keys.scope_key(SCOPE, "pop", shard), "GET /", 1)  # another key of the scope: untouched
-    assert await move_alert_states(aredis, keys) == 3
+    assert await move_alert_states(aredis, keys) == 4
+    assert await aredis.hgetall(keys.alert_fired(other, "u9")) == {b"a": b"5 5-0 1"}
+    assert 0 < await aredis.pttl(keys.alert_fired(other, "u9")) <= STATE_LEAST_TTL_MS  # it had none: the least
     assert await aredis.hgetall(keys.alert_fired(SCOPE, "u:1", shard)) == {b"a": b"100 100-0 0"}
     assert await aredis.hgetall(keys.alert_fired(SCOPE, "u2", shard)) == {b"a": b"900 900-0 1", b"b": b"200 200-3 1"}
     assert 4_000_000 < await aredis.pttl(keys.alert_fired(SCOPE, "u:1", shard)) <= 5_000_000
