@@ -9,6 +9,9 @@ the worst case, 10 fire decisions per result in ``alert.lua``), each on a fresh 
     python benchmarks/alerts_overhead.py [--events N] [--repeat R] [--spread] [--redis-server PATH]
 
 Prints one line per run and the medians with their ratio. Loopback only; stops by itself.
+The alert path's own cost, less blurred by the machine's load than events/s: the worker's CPU
+inside ``BatchProcessor._alert`` and the Redis ``EVALSHA`` time (INFO commandstats, every
+script) per event; the rules run's EVALSHA time minus the no-rule run's is ``alert.lua``'s.
 """
 
 from __future__ import annotations
@@ -18,7 +21,10 @@ import asyncio
 import statistics
 import sys
 import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -30,6 +36,7 @@ from binormal.common.alerts import add_alert_rule, parse_alert_rule  # noqa: E40
 from binormal.common.embedded import RedisServer  # noqa: E402
 from binormal.common.keys import Keyspace  # noqa: E402
 from binormal.common.runtime import tune_gc  # noqa: E402
+from binormal.worker import Worker  # noqa: E402
 
 
 async def add_rules(client: aioredis.Redis, keys: Keyspace, n: int, spread: bool) -> None:
@@ -40,6 +47,29 @@ async def add_rules(client: aioredis.Redis, keys: Keyspace, n: int, spread: bool
             {"name": f"r{i}", "scope": scope, "min_zscore": 3 + i, "webhook": "http://127.0.0.1:9/h"}, by="bench"
         )
         await add_alert_rule(client, keys, rule)
+
+
+def timed_alerts(spent: list[float]) -> Callable[[Worker], None]:
+    """A drain setup that adds the CPU time spent in the worker's ``_alert`` to ``spent[0]``."""
+
+    def setup(worker: Worker) -> None:
+        proc = worker.processor
+        inner = proc._alert
+
+        def alert(pipe: Any, results: Any) -> None:
+            t0 = time.process_time()
+            inner(pipe, results)
+            spent[0] += time.process_time() - t0
+
+        proc._alert = alert  # type: ignore[method-assign]
+
+    return setup
+
+
+async def evalsha_us(client: aioredis.Redis) -> float:
+    """Microseconds Redis spent in EVALSHA so far (every script)."""
+    stats = await client.info("commandstats")
+    return float(stats.get("cmdstat_evalsha", {}).get("usec", 0))
 
 
 async def main() -> None:
@@ -57,6 +87,7 @@ async def main() -> None:
     keys = Keyspace()
     tune_gc()
     rates: dict[str, list[float]] = {"none": [], "rules": []}
+    costs: dict[str, list[tuple[float, float]]] = {"none": [], "rules": []}
     with tempfile.TemporaryDirectory() as tmp:
         server = RedisServer(tmp, binary=binary).start()
         try:
@@ -67,20 +98,32 @@ async def main() -> None:
                     await fill(client, keys, events)
                     if mode == "rules":
                         await add_rules(client, keys, args.rules, args.spread)
-                    res = await drain(server.url, len(events), 500, 1000)
+                    spent = [0.0]
+                    lua0 = await evalsha_us(client)
+                    res = await drain(server.url, len(events), 500, 1000, setup=timed_alerts(spent))
+                    lua = (await evalsha_us(client) - lua0) / len(events)
                     fired = sum([await client.xlen(s) for s in keys.alert_streams()])
                     rates[mode].append(res["events_per_s"])
+                    costs[mode].append((spent[0] / len(events) * 1e6, lua))
                     print(
                         f"run {r + 1} {mode:>5}: {res['events_per_s']:,.0f} events/s ({res['seconds']:.1f} s), "
                         f"{res['round_trips_per_event']:.4f} round trips/event, "
                         f"{res['lua_calls_per_event']:.3f} Lua calls/event, CPU/event worker "
-                        f"{res['worker_cpu_us']:.0f} us + redis {res['redis_cpu_us']:.0f} us; alerts fired {fired}"
+                        f"{res['worker_cpu_us']:.0f} us + redis {res['redis_cpu_us']:.0f} us; alerts fired {fired}; "
+                        f"per event: _alert {costs[mode][-1][0]:.2f} us, EVALSHA {lua:.1f} us"
                     )
             await client.aclose()
         finally:
             server.stop()
     none, rules = statistics.median(rates["none"]), statistics.median(rates["rules"])
     print(f"median: none {none:,.0f} events/s, {args.rules} rules {rules:,.0f} events/s; ratio {rules / none:.3f}")
+    ratios = [b / a for a, b in zip(rates["none"], rates["rules"])]
+    py = statistics.median(c[0] for c in costs["rules"])
+    lua = statistics.median(b[1] - a[1] for a, b in zip(costs["none"], costs["rules"]))
+    print(
+        f"median of the runs' ratios {statistics.median(ratios):.3f} (each: {', '.join(f'{x:.3f}' for x in ratios)}); "
+        f"alert path per event: worker _alert {py:.2f} us CPU, alert.lua ~{lua:.1f} us Redis (EVALSHA rules - none)"
+    )
 
 
 if __name__ == "__main__":

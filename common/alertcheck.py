@@ -24,7 +24,7 @@ from redis.exceptions import RedisError
 
 from binormal.common.alerts import STATE_LEAST_TTL_MS, AlertRule, alert_body
 from binormal.common.connection import Client
-from binormal.common.keys import Keyspace, Scope
+from binormal.common.keys import Keyspace, alert_fired_in
 from binormal.common.scripts import AlertCheck, AlertFire
 
 ALERT_LAYOUT = 2  # P:alerts:layout once the (rule, individual) hashes are moved
@@ -51,20 +51,23 @@ class ScopePlan:
         """The plan of ``rules`` (non-empty)."""
         return cls(rules, min(r.min_zscore for r in rules), min(r.min_events for r in rules))
 
+    def quiet(self, result: Mapping[str, Any]) -> bool:
+        """True when ``result`` can cross none of the rules (nearly every result: one compare)."""
+        return (
+            result["zscore"] < self.min_zscore
+            or result["count"] < self.min_events
+            or bool(result.get("learning") or result.get("muted"))
+        )
+
     def crossed(self, result: Mapping[str, Any]) -> list[AlertRule]:
         """The rules ``result`` crosses (AlertRule.crosses: never when learning or muted)."""
-        if result.get("learning") or result.get("muted"):
-            return []
-        if float(result["zscore"]) < self.min_zscore or int(result["count"]) < self.min_events:
-            return []
-        return [r for r in self.rules if r.crosses(result)]
+        return [] if self.quiet(result) else [r for r in self.rules if r.crosses(result)]
 
 
 class AlertPlanner:
-    """Builds the :class:`AlertCheck` of each result; remembers each scope's :class:`ScopePlan`."""
+    """Builds each result's check for ``alert.lua``; remembers each scope's :class:`ScopePlan`."""
 
-    def __init__(self, keys: Keyspace) -> None:
-        self.keys = keys
+    def __init__(self) -> None:
         # Keyed by the identity of AlertCache.for_scope's tuple (a new tuple after every reload);
         # the tuple is kept with its plan, so the id cannot be reused while remembered.
         self._plans: dict[int, ScopePlan] = {}
@@ -78,26 +81,26 @@ class AlertPlanner:
             got = self._plans[id(rules)] = ScopePlan.of(rules)
         return got
 
+    @staticmethod
     def check(
-        self,
-        rules: tuple[AlertRule, ...],
-        scope: Scope,
-        shard: int,
-        ident: str,
-        result: Mapping[str, Any],
-        entry_id: bytes,
-        entry_ms: int,
-    ) -> AlertCheck:
-        """The check of one result of ``scope`` against its matching ``rules`` (alert bodies only for those crossed)."""
-        state = self.keys.alert_fired(scope, ident, shard)
-        crossed = self.plan(rules).crossed(result)
+        plan: ScopePlan, scope_prefix: str, ident: str, result: Mapping[str, Any], entry_id: bytes
+    ) -> AlertCheck | str:
+        """The check of one result (``scope_prefix``: its scope's ``Keyspace.scope_prefix``).
+
+        A bare state key when it crosses no rule (``Alert.pack``: one key, one argument); else an
+        :class:`AlertCheck` with the alert body of each rule it crosses.
+        """
+        state = alert_fired_in(scope_prefix, ident)
+        if plan.quiet(result):
+            return state
+        crossed = [r for r in plan.rules if r.crosses(result)]
         if not crossed:
-            return AlertCheck(state, entry_id, entry_ms)
+            return state
         eid = entry_id.decode()
         fires = tuple(
             AlertFire(state_field(r), r.cooldown_ms, orjson.dumps(alert_body(r, result, eid))) for r in crossed
         )
-        return AlertCheck(state, entry_id, entry_ms, fires)
+        return AlertCheck(state, entry_id, int(eid.split("-", 1)[0]), fires)
 
 
 def _glob(text: str) -> str:

@@ -131,6 +131,11 @@ def _scope_prefix(prefix: str, shard: int, scope: Scope) -> str:
     return f"{prefix}:{{{prefix}.{shard}}}:sc:{scope.token}:"
 
 
+def alert_fired_in(scope_prefix: str, ident: str) -> str:
+    """:meth:`Keyspace.alert_fired` from the scope's prefix (``Keyspace.scope_prefix``): the worker's hot path."""
+    return f"{scope_prefix}fired:{encode(ident)}"
+
+
 @dataclass(frozen=True)
 class Keyspace:
     """Key builder for one deployment (prefix + number of stream shards)."""
@@ -244,7 +249,7 @@ class Keyspace:
 
     def alert_fired(self, scope: Scope, ident: str, shard: int | None = None) -> str:
         """Hash rule -> ``<at> <entry> <armed>``: the alert rules that fired for an individual (alert.lua)."""
-        return f"{self.scope_prefix(scope, shard)}fired:{encode(ident)}"
+        return alert_fired_in(self.scope_prefix(scope, shard), ident)
 
     def alert_state(self, scope: Scope, rule: str, ident: str, shard: int | None = None) -> str:
         """The first alert builds' hash ``at``/``entry``/``armed`` of (rule, individual); moved by alertcheck.py."""

@@ -583,12 +583,16 @@ class Alert:
 
     @staticmethod
     def pack(
-        stream: str, maxlen: int, least_ttl_ms: int, items: Sequence[AlertCheck | AlertItem]
+        stream: str, maxlen: int, least_ttl_ms: int, items: Sequence[AlertCheck | AlertItem | str]
     ) -> tuple[list[Any], list[Any]]:
-        """KEYS and ARGV for ``items`` (all of the shard of ``stream``): per check ``n`` [entry, ms, n x rule]."""
+        """KEYS and ARGV for ``items`` of the shard of ``stream`` (a bare state key: a result crossing no rule)."""
         keys: list[Any] = [stream]
         args: list[Any] = [maxlen, least_ttl_ms]
         for item in items:
+            if isinstance(item, str):
+                keys.append(item)
+                args.append(0)
+                continue
             check = item.check() if isinstance(item, AlertItem) else item
             keys.append(check.state)
             if not check.fires:

@@ -262,14 +262,18 @@ async def test_the_first_builds_rule_individual_hashes_are_moved_once(aredis: ai
 
 def test_the_planner_builds_bodies_only_for_the_rules_crossed() -> None:
     keys = Keyspace("bn", 4)
-    planner = AlertPlanner(keys)
+    planner = AlertPlanner()
     rules = (rule("low", min_zscore=1.0), rule("high", min_zscore=9.0))
+    plan = planner.plan(rules)
     result = {
-        "org": "acme", "source": "web", "pop": "p", "id": "u1", "action": "GET /", "timestamp": 1,
+        "org": "acme", "source": "web", "pop": "p", "id": "u:1", "action": "GET /", "timestamp": 1,
         "zscore": 2.0, "pscore": 0.9, "score": 3.0, "count": 5, "explain": [], "learning": False, "muted": False,
     }  # fmt: skip
-    check = planner.check(rules, SCOPE, 1, "u1", result, b"5-0", 5)
-    assert check.state == keys.alert_fired(SCOPE, "u1", 1)
+    kp = keys.scope_prefix(SCOPE, 1)
+    check = planner.check(plan, kp, "u:1", result, b"1764547200000-5")
+    assert isinstance(check, AlertCheck) and check.state == keys.alert_fired(SCOPE, "u:1", 1)
+    assert (check.entry_id, check.entry_ms) == (b"1764547200000-5", 1764547200000)
     assert [f.rule for f in check.fires] == ["low"] and b'"rule":"low"' in check.fires[0].body
-    assert planner.check(rules, SCOPE, 1, "u1", {**result, "zscore": 0.5}, b"6-0", 6).fires == ()
-    assert planner.plan(rules) is planner.plan(rules)
+    for quiet in ({"zscore": 0.5}, {"learning": True}, {"muted": True}):
+        assert planner.check(plan, kp, "u:1", {**result, **quiet}, b"6-0") == keys.alert_fired(SCOPE, "u:1", 1)
+    assert planner.plan(rules) is plan

@@ -32,7 +32,7 @@ import orjson
 import structlog
 from redis.exceptions import NoScriptError, ResponseError
 
-from binormal.common.alertcheck import CHECK_CHUNK, AlertPlanner
+from binormal.common.alertcheck import CHECK_CHUNK, AlertPlanner, ScopePlan
 from binormal.common.alerts import ALERT_MAXLEN, STATE_LEAST_TTL_MS, AlertCache
 from binormal.common.calibration import DEFAULT_MIN_EVENTS, DEFAULT_MIN_INDIVIDUALS
 from binormal.common.connection import Client, execute_raw
@@ -128,7 +128,7 @@ class Counters:
     stale_scores: int = 0  # scores skipped: a later state of the individual was committed first
     repaired: int = 0  # scores committed for entries whose worker died between apply and commit
     alert_checks: int = 0  # results sent to alert.lua (one per result of a scope some rule matches)
-    alert_candidates: int = 0  # (rule, result) pairs among them that cross the rule (fire unless their state says no)
+    alert_candidates: int = 0  # results among them that cross some rule (fire unless their state says no)
 
     def as_dict(self) -> dict[str, int]:
         """Plain dict copy."""
@@ -168,7 +168,7 @@ class BatchProcessor:
     def __post_init__(self) -> None:
         # The median and MAD are refreshed as often as the population snapshot.
         self.robust.max_age_ms = self.snapshot_max_age_ms
-        self.planner = AlertPlanner(self.keys)
+        self.planner = AlertPlanner()
 
     def validate(self, entries: Sequence[Entry]) -> None:
         """Parse each entry, or set its dead-letter reason.
@@ -675,13 +675,25 @@ class BatchProcessor:
         trip, and none at all when no rule matches the batch's scopes.
         """
         assert self.alerts is not None
-        by_shard: dict[int, list[AlertCheck]] = {}
+        by_shard: dict[int, list[AlertCheck | str]] = {}
+        plans: dict[Scope, ScopePlan | None] = {}  # this batch's scopes
+        check = self.planner.check
+        candidates = 0
         for e, result in results:
             assert e.scope is not None and e.event is not None
-            rules = self.alerts.for_scope(e.scope)  # the one rule lookup
-            if rules:
-                check = self.planner.check(rules, e.scope, e.shard, e.event.id, result, e.id, entry_ms(e.id))
-                by_shard.setdefault(e.shard, []).append(check)
+            if e.scope in plans:
+                plan = plans[e.scope]
+            else:
+                rules = self.alerts.for_scope(e.scope)  # the one rule lookup
+                plan = plans[e.scope] = self.planner.plan(rules) if rules else None
+            if plan is None:
+                continue
+            c = check(plan, e.kp, e.event.id, result, e.id)
+            candidates += not isinstance(c, str)
+            got = by_shard.get(e.shard)
+            if got is None:
+                got = by_shard[e.shard] = []
+            got.append(c)
         sha = self.scripts.sha(Alert.NAME)
         for shard, checks in by_shard.items():
             for i in range(0, len(checks), CHECK_CHUNK):
@@ -691,7 +703,7 @@ class BatchProcessor:
                 pipe.evalsha(sha, len(keys), *keys, *args)
                 self.counters.lua_calls += 1
             self.counters.alert_checks += len(checks)
-            self.counters.alert_candidates += sum(len(c.fires) for c in checks)
+        self.counters.alert_candidates += candidates
 
     def _publish(self, pipe: Commands, results: list[tuple[Entry, dict[str, Any]]]) -> None:
         """Replies to their waiters (with a stored copy), then the broadcast batch."""
