@@ -20,6 +20,7 @@ from binormal.common.alerts import STATE_LEAST_TTL_MS, AlertRule, add_alert_rule
 from binormal.common.keys import Keyspace, Scope
 from binormal.common.schema import Event
 from binormal.common.scripts import Alert, AlertCheck, AlertFire, Scripts
+from tests.support.backends import both_backends
 from tests.support.redis_state import drained, no_uncommitted, xadd_events
 from tests.support.waiting import wait_for
 from tests.support.workers import running_worker, worker_settings
@@ -191,6 +192,7 @@ def test_the_plan_sends_exactly_the_rules_a_result_crosses() -> None:
     assert seen == {0, 1, 2, 3, 4}
 
 
+@both_backends
 async def test_workers_keep_state_only_for_pairs_that_fired_and_send_one_check_per_result(
     aredis: aioredis.Redis, redis_url: str, prefix: str
 ) -> None:
@@ -224,6 +226,7 @@ async def test_workers_keep_state_only_for_pairs_that_fired_and_send_one_check_p
     assert w1.counters.alert_checks + w2.counters.alert_checks == w1.counters.applied + w2.counters.applied
 
 
+@both_backends
 async def test_the_first_builds_rule_individual_hashes_are_moved_once(aredis: aioredis.Redis, prefix: str) -> None:
     keys = Keyspace(prefix=prefix, shards=4)
     shard = keys.shard(SCOPE)
