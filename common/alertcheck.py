@@ -2,8 +2,8 @@
 
 Most results cross no rule and most (rule, individual) pairs never fire. So the worker compares
 each result with its scope's rules (:meth:`AlertPlanner.check`: one float compare against the
-lowest ``min_zscore`` when nothing is close) and sends ``alert.lua`` one :class:`AlertCheck` per
-result: the rules it crosses, with their alert bodies, and nothing else. Redis keeps state only
+lowest ``min_zscore`` when nothing is close) and sends ``alert.lua`` one check per result: its
+state key alone, or an :class:`AlertCheck` with the rules it crosses and their alert bodies. Redis keeps state only
 for the pairs that fired, one hash per individual (``keys.alert_fired``, a field per rule), so a
 result that crosses nothing costs one EXISTS there; whether to fire, and re-arming the rules the
 result is below, stay one atomic script (many workers, redeliveries: one alert per crossing).

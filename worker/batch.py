@@ -163,12 +163,11 @@ class BatchProcessor:
     rules: RuleCache | None = None  # mutes and excludes (re-read when their version moves), None: no rules
     robust: RobustCache = field(default_factory=RobustCache)  # per-scope median and MAD (rzscore)
     alerts: AlertCache | None = None  # alert rules (re-read when their version moves), None: no alerting
-    planner: AlertPlanner = field(init=False)  # each result's alert check (common/alertcheck.py)
+    planner: AlertPlanner = field(default_factory=AlertPlanner)  # each result's alert check (common/alertcheck.py)
 
     def __post_init__(self) -> None:
         # The median and MAD are refreshed as often as the population snapshot.
         self.robust.max_age_ms = self.snapshot_max_age_ms
-        self.planner = AlertPlanner()
 
     def validate(self, entries: Sequence[Entry]) -> None:
         """Parse each entry, or set its dead-letter reason.
