@@ -26,6 +26,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -101,9 +102,10 @@ async def drain(
     weight_cap: int | None = None,
     shards: int = 4,
     ports: list[int] | None = None,
+    setup: Callable[[Worker], None] | None = None,
 ) -> dict[str, float]:
     """Time one Worker until it has applied ``n`` entries (``max_actions``: BINORMAL_MAX_ACTIONS, default its own;
-    ``weight_cap``: BINORMAL_WEIGHT_CAP, default N)."""
+    ``weight_cap``: BINORMAL_WEIGHT_CAP, default N; ``setup``: called with the worker before it runs)."""
     settings = WorkerSettings(
         redis_url=url, consumer="bench", batch=batch, snapshot_max_age_ms=max_age_ms, trim_interval_s=0, shards=shards
     )
@@ -112,6 +114,8 @@ async def drain(
     if weight_cap is not None:
         settings = replace(settings, weight_cap=weight_cap)
     worker = Worker(settings)
+    if setup is not None:
+        setup(worker)
     task = asyncio.create_task(worker.run())
     await worker.ready.wait()
     redis_ports = ports or [int(url.rsplit(":", 1)[1].split("/")[0])]

@@ -26,11 +26,13 @@ Layout (``P`` is the prefix, default ``bn``; ``s`` the shard number)::
     P:{P.s}:marks                       hash scope token:enc(id) -> feedback JSON (mark confirmed/benign)
     P:rules:version                     integer, raised on every mute/exclude change (caches re-read)
     P:{P.s}:alerts                      alert stream of shard s (alert.lua; docs/stream.md, docs/alerts.md)
-    P:{P.s}:sc:<scope>:al:<rule>:<id>   hash at / entry / armed: a (rule, individual)'s fire state (expires)
+    P:{P.s}:sc:<scope>:fired:<id>       hash rule -> '<at> <entry> <armed>': the rules that fired for <id> (expires)
+    P:{P.s}:sc:<scope>:al:<rule>:<id>   hash at / entry / armed: the first alert builds' state (read once: alert_layout)
     P:alerts:rules                      hash ORG/NAME -> alert rule JSON (names unique per org; common/alerts.py)
     P:alerts:version                    integer, raised on every alert rule change (caches re-read)
     P:alerts:stats                      hash fired|delivered|failed:<org>/<rule> -> count (/metrics)
     P:alerts:failed                     list of alerts the sender gave up on (binormal alerts failed)
+    P:alerts:layout                     integer 2 once the (rule, individual) states were moved to fired:<id>
     P:layout                            integer, the layout of the keys above (LAYOUT; binormal migrate)
     P:workers                           hash consumer -> last heartbeat (ms)
     channels: P:scored (broadcast), P:reply:<instance> (request-reply)
@@ -127,6 +129,11 @@ def mark_entry(mark: bytes | str) -> str:
 @lru_cache(maxsize=16_384)
 def _scope_prefix(prefix: str, shard: int, scope: Scope) -> str:
     return f"{prefix}:{{{prefix}.{shard}}}:sc:{scope.token}:"
+
+
+def alert_fired_in(scope_prefix: str, ident: str) -> str:
+    """:meth:`Keyspace.alert_fired` from the scope's prefix (``Keyspace.scope_prefix``): the worker's hot path."""
+    return f"{scope_prefix}fired:{encode(ident)}"
 
 
 @dataclass(frozen=True)
@@ -240,9 +247,27 @@ class Keyspace:
         """All alert streams, shard order."""
         return [self.alert_stream(s) for s in range(self.shards)]
 
+    def alert_fired(self, scope: Scope, ident: str, shard: int | None = None) -> str:
+        """Hash rule -> ``<at> <entry> <armed>``: the alert rules that fired for an individual (alert.lua)."""
+        return alert_fired_in(self.scope_prefix(scope, shard), ident)
+
     def alert_state(self, scope: Scope, rule: str, ident: str, shard: int | None = None) -> str:
-        """Hash ``at``/``entry``/``armed``: when (rule, individual) last fired, under the scope's shard tag."""
+        """The first alert builds' hash ``at``/``entry``/``armed`` of (rule, individual); moved by alertcheck.py."""
         return f"{self.scope_prefix(scope, shard)}al:{encode(rule)}:{encode(ident)}"
+
+    def alert_state_of(self, key: str | bytes, shard: int) -> tuple[Scope, str, str]:
+        """Scope, rule and id of an :meth:`alert_state` key of ``shard``; ValueError for any other key."""
+        text = key.decode("utf-8") if isinstance(key, bytes) else key
+        head = f"{self._base(shard)}:sc:"
+        parts = text[len(head) :].split(":") if text.startswith(head) else []
+        if len(parts) != 6 or parts[3] != "al":
+            raise ValueError(f"not an alert state key of shard {shard}: {text[:200]!r}")
+        org, source, pop, _, rule, ident = parts
+        return Scope(decode(org), decode(source), decode(pop)), decode(rule), decode(ident)
+
+    def alert_layout(self) -> str:
+        """Integer 2 once every ``alert_state`` hash was moved into ``alert_fired`` (common/alertcheck.py)."""
+        return f"{self.prefix}:alerts:layout"
 
     def alert_rules(self) -> str:
         """Hash ``ORG/NAME`` -> alert rule JSON (a bare-name field: stored before names were per org)."""

@@ -550,42 +550,75 @@ class Migrate:
         return int(reply)
 
 
-class AlertItem(NamedTuple):
-    """One (rule, result) of an ``alert.lua`` call."""
+class AlertFire(NamedTuple):
+    """A rule a result crosses: it fires unless the individual's state for it says otherwise."""
 
-    state: str  # keys.alert_state of (rule, individual)
+    rule: str  # the rule's field in the state hash (common/alertcheck.py: state_field)
+    cooldown_ms: int
+    body: bytes  # the alert's JSON
+
+
+class AlertCheck(NamedTuple):
+    """One result of an ``alert.lua`` call: the rules it crosses; every other field of the state is re-armed."""
+
+    state: str  # keys.alert_fired of the individual
+    entry_id: bytes | str
+    entry_ms: int
+    fires: tuple[AlertFire, ...] = ()  # empty: the result crosses no rule (one EXISTS in Redis)
+
+
+class AlertItem(NamedTuple):
+    """One (rule, result) decision, the one-rule form of :class:`AlertCheck` (tools and tests).
+
+    Below the rule (``crossed`` false) it re-arms every field of ``state``, as any check does.
+    """
+
+    state: str  # the state hash (keys.alert_fired)
     crossed: bool
     cooldown_ms: int
     entry_id: bytes | str
     entry_ms: int
     body: bytes  # the alert's JSON (empty when below)
+    rule: str = ""  # the rule's field in the state hash
+
+    def check(self) -> AlertCheck:
+        """The :class:`AlertCheck` of this one decision."""
+        fires = (AlertFire(self.rule, self.cooldown_ms, self.body),) if self.crossed else ()
+        return AlertCheck(self.state, self.entry_id, self.entry_ms, fires)
 
 
 class Alert:
-    """``alert.lua``: the atomic fire decision of (rule, result) items of one shard, alerts XADDed."""
+    """``alert.lua``: the atomic fire decision of the results (checks) of one shard, alerts XADDed."""
 
     NAME = "alert"
-    LAYOUT = Layout(
-        keys=("stream",),
-        item_keys=("state",),
-        args=("maxlen", "least_ttl_ms"),
-        item_args=("crossed", "cooldown_ms", "entry_id", "entry_ms", "body"),
-    )
+    LAYOUT = Layout(keys=("stream",), item_keys=("state",), args=("maxlen", "least_ttl_ms"), rest_args="checks")
 
     @staticmethod
-    def pack(stream: str, maxlen: int, least_ttl_ms: int, items: Sequence[AlertItem]) -> tuple[list[Any], list[Any]]:
-        """KEYS and ARGV for ``items`` (all of the shard of ``stream``)."""
+    def pack(
+        stream: str, maxlen: int, least_ttl_ms: int, items: Sequence[AlertCheck | AlertItem | str]
+    ) -> tuple[list[Any], list[Any]]:
+        """KEYS and ARGV for ``items`` of the shard of ``stream`` (a bare state key: a result crossing no rule)."""
         keys: list[Any] = [stream]
         args: list[Any] = [maxlen, least_ttl_ms]
-        for state, crossed, cooldown, entry_id, entry_ms, body in items:
-            keys.append(state)
-            args += ("1" if crossed else "0", cooldown, entry_id, entry_ms, body)
+        for item in items:
+            if isinstance(item, str):
+                keys.append(item)
+                args.append(0)
+                continue
+            check = item.check() if isinstance(item, AlertItem) else item
+            keys.append(check.state)
+            if not check.fires:
+                args.append(0)
+                continue
+            args += (len(check.fires), check.entry_id, check.entry_ms)
+            for fire in check.fires:
+                args += fire
         return keys, args
 
     @staticmethod
-    def decode(reply: Sequence[Any]) -> list[bytes | None]:
-        """Per item: the alert's stream id when it fired, else None."""
-        return [r if isinstance(r, bytes) else None for r in reply]
+    def decode(reply: Sequence[Any]) -> list[list[bytes | None] | None]:
+        """Per check: None when nothing fired, else per crossed rule its alert's stream id (None: did not fire)."""
+        return [[x if isinstance(x, bytes) else None for x in r] if isinstance(r, list) else None for r in reply]
 
 
 TWINS: dict[

@@ -25,6 +25,9 @@ from binormal.common.embedded import RedisServer
 from binormal.common.keys import Keyspace, Scope
 from binormal.common.localcluster import LocalCluster, command
 from binormal.common.scripts import (
+    Alert,
+    AlertCheck,
+    AlertFire,
     Apply,
     ApplyItem,
     Commit,
@@ -259,9 +262,14 @@ async def test_every_script_twin_runs_on_the_cluster_with_keys_of_one_slot(clust
                 [(ikey, "u1", False)],
             ),
         }
+        fired = keys.alert_fired(scope, "u1", shard)
+        calls[Alert.NAME] = Alert.pack(
+            keys.alert_stream(shard), 100, 1000, [AlertCheck(fired, entries[0], 1, (AlertFire("r", 0, b"{}"),))]
+        )
         for name, (k, a) in calls.items():
             assert one_slot(cluster, k), (name, k)
             assert await scripts.run(cluster, name, k, a) is not None
+        assert await cluster.hkeys(fired) == [b"r"] and await cluster.xlen(keys.alert_stream(shard)) == 1
         assert await cluster.hgetall(kp + "pop") == {b"GET /": b"1"}
         assert await cluster.zscore(kp + "rank", "u1") is not None
         dead = await cluster.xrange(keys.dead(shard))
@@ -301,6 +309,9 @@ def test_every_key_of_a_scope_shares_its_shards_slot() -> None:
             keys.seen(scope, "e", shard),
             keys.reply(scope, "r", shard),
             keys.robust(scope, shard),
+            keys.alert_stream(shard),
+            keys.alert_fired(scope, "x:{y}", shard),
+            keys.alert_state(scope, "r{1}", "x:{y}", shard),
             *(keys.scope_key(scope, kind, shard) for kind in ("pop", "sq", "k", "raw", "dom", "rank", "agg", "ver")),
         ]
         assert len({key_slot(k.encode()) for k in slot_keys}) == 1, shard

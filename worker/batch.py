@@ -32,7 +32,8 @@ import orjson
 import structlog
 from redis.exceptions import NoScriptError, ResponseError
 
-from binormal.common.alerts import ALERT_MAXLEN, STATE_LEAST_TTL_MS, AlertCache, alert_body
+from binormal.common.alertcheck import CHECK_CHUNK, AlertPlanner, ScopePlan
+from binormal.common.alerts import ALERT_MAXLEN, STATE_LEAST_TTL_MS, AlertCache
 from binormal.common.calibration import DEFAULT_MIN_EVENTS, DEFAULT_MIN_INDIVIDUALS
 from binormal.common.connection import Client, execute_raw
 from binormal.common.keys import Keyspace, Scope, fingerprint, mark_entry
@@ -42,7 +43,7 @@ from binormal.common.schema import Event, InvalidEvent, action_cap_reason, parse
 from binormal.common.scoring import Snapshot, excluded_view
 from binormal.common.scripts import (
     Alert,
-    AlertItem,
+    AlertCheck,
     Already,
     Applied,
     Apply,
@@ -126,7 +127,8 @@ class Counters:
     snapshot_refreshes: int = 0
     stale_scores: int = 0  # scores skipped: a later state of the individual was committed first
     repaired: int = 0  # scores committed for entries whose worker died between apply and commit
-    alert_checks: int = 0  # (rule, result) pairs sent to alert.lua
+    alert_checks: int = 0  # results sent to alert.lua (one per result of a scope some rule matches)
+    alert_candidates: int = 0  # results among them that cross some rule (fire unless their state says no)
 
     def as_dict(self) -> dict[str, int]:
         """Plain dict copy."""
@@ -161,6 +163,7 @@ class BatchProcessor:
     rules: RuleCache | None = None  # mutes and excludes (re-read when their version moves), None: no rules
     robust: RobustCache = field(default_factory=RobustCache)  # per-scope median and MAD (rzscore)
     alerts: AlertCache | None = None  # alert rules (re-read when their version moves), None: no alerting
+    planner: AlertPlanner = field(default_factory=AlertPlanner)  # each result's alert check (common/alertcheck.py)
 
     def __post_init__(self) -> None:
         # The median and MAD are refreshed as often as the population snapshot.
@@ -663,33 +666,43 @@ class BatchProcessor:
         return done
 
     def _alert(self, pipe: Commands, results: list[tuple[Entry, dict[str, Any]]]) -> None:
-        """Append one ``alert.lua`` call per shard: the atomic fire decision of every (rule, result) in scope.
+        """Append ``alert.lua`` calls, one per shard (of CHECK_CHUNK results): the atomic fire decisions.
 
-        It rides in the publishing round trip (the tail sent in front of the next XREADGROUP): no
-        extra round trip, and none at all when no rule matches the batch's scopes.
+        The thresholds are compared here (common/alertcheck.py): a check carries only the rules its
+        result crosses, so a result that crosses none costs one key and one argument. It rides in
+        the publishing round trip (the tail sent in front of the next XREADGROUP): no extra round
+        trip, and none at all when no rule matches the batch's scopes.
         """
         assert self.alerts is not None
-        by_shard: dict[int, list[AlertItem]] = {}
+        by_shard: dict[int, list[AlertCheck | str]] = {}
+        plans: dict[Scope, ScopePlan | None] = {}  # this batch's scopes
+        check = self.planner.check
+        candidates = 0
         for e, result in results:
             assert e.scope is not None and e.event is not None
-            rules = self.alerts.for_scope(e.scope)
-            if not rules:
+            if e.scope in plans:
+                plan = plans[e.scope]
+            else:
+                rules = self.alerts.for_scope(e.scope)  # the one rule lookup
+                plan = plans[e.scope] = self.planner.plan(rules) if rules else None
+            if plan is None:
                 continue
-            ms = entry_ms(e.id)
-            for rule in rules:
-                crossed = rule.crosses(result)
-                body = orjson.dumps(alert_body(rule, result, e.id.decode())) if crossed else b""
-                state = self.keys.alert_state(e.scope, rule.state_name, e.event.id, e.shard)
-                by_shard.setdefault(e.shard, []).append(AlertItem(state, crossed, rule.cooldown_ms, e.id, ms, body))
+            c = check(plan, e.kp, e.event.id, result, e.id)
+            candidates += not isinstance(c, str)
+            got = by_shard.get(e.shard)
+            if got is None:
+                got = by_shard[e.shard] = []
+            got.append(c)
         sha = self.scripts.sha(Alert.NAME)
-        for shard, items in by_shard.items():
-            for i in range(0, len(items), LUA_CHUNK):
+        for shard, checks in by_shard.items():
+            for i in range(0, len(checks), CHECK_CHUNK):
                 keys, args = Alert.pack(
-                    self.keys.alert_stream(shard), ALERT_MAXLEN, STATE_LEAST_TTL_MS, items[i : i + LUA_CHUNK]
+                    self.keys.alert_stream(shard), ALERT_MAXLEN, STATE_LEAST_TTL_MS, checks[i : i + CHECK_CHUNK]
                 )
                 pipe.evalsha(sha, len(keys), *keys, *args)
                 self.counters.lua_calls += 1
-            self.counters.alert_checks += len(items)
+            self.counters.alert_checks += len(checks)
+        self.counters.alert_candidates += candidates
 
     def _publish(self, pipe: Commands, results: list[tuple[Entry, dict[str, Any]]]) -> None:
         """Replies to their waiters (with a stored copy), then the broadcast batch."""

@@ -22,6 +22,7 @@ from typing import Any, cast
 import structlog
 from redis.exceptions import OutOfMemoryError, ResponseError
 
+from binormal.common.alertcheck import move_alert_states
 from binormal.common.alerts import AlertCache
 from binormal.common.connection import TRANSIENT, Client, connect, execute_raw, is_cluster, wait_until_up
 from binormal.common.migrate import check_layout
@@ -144,6 +145,9 @@ class Worker:
     async def _setup(self, client: Client) -> None:
         """Create the group on every shard; start by re-reading our own backlog."""
         await check_layout(client, self.keys)  # refuses data of layout 1 (binormal migrate)
+        moved = await move_alert_states(client, self.keys)  # one GET once done (common/alertcheck.py)
+        if moved:
+            log.info("alert_states_moved", states=moved)
         await ensure_groups(client, self.keys.streams(), self.keys.group)
         await self.processor.scripts.load_all(client)
         # After a restart (or a lost connection) entries we were given but had
