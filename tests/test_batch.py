@@ -15,7 +15,8 @@ from binormal.common.keys import Keyspace, Scope
 from binormal.common.schema import Event
 from binormal.common.scoring import Snapshot
 from binormal.common.scripts import Scripts
-from binormal.worker.batch import BatchProcessor, Entry
+from binormal.worker.batch import BatchProcessor
+from binormal.worker.entries import Entry
 from binormal.worker.worker import ensure_groups
 from tests.support.events import counts_from_events
 from tests.support.redis_state import Collector, check_counters, drained, hgetall_int, individual_counts, xadd_events

@@ -25,7 +25,8 @@ from binormal.common.schema import Event
 from binormal.common.scripts import Scripts
 from binormal.common.store import read_aggregates, read_individual, recompute_aggregates
 from binormal.worker import WorkerSettings
-from binormal.worker.batch import BatchProcessor, Entry
+from binormal.worker.batch import BatchProcessor
+from binormal.worker.entries import Entry
 from binormal.worker.worker import ensure_groups, trim_acknowledged
 from tests.support.events import ACTIONS, TRICKY_SCOPES, WEIGHTS, counts_from_events, generate, with_heavy
 from tests.support.redis_state import (

@@ -26,7 +26,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any
 
 import orjson
 import structlog
@@ -39,7 +39,7 @@ from binormal.common.connection import Client, execute_raw
 from binormal.common.keys import Keyspace, Scope, fingerprint, mark_entry
 from binormal.common.result import make_result
 from binormal.common.rules import RuleCache
-from binormal.common.schema import Event, InvalidEvent, action_cap_reason, parse_entry
+from binormal.common.schema import InvalidEvent, action_cap_reason, parse_entry
 from binormal.common.scoring import Snapshot, excluded_view
 from binormal.common.scripts import (
     Alert,
@@ -62,6 +62,7 @@ from binormal.common.scripts import (
 )
 from binormal.common.store import name_counts
 from binormal.worker.commands import Commands
+from binormal.worker.entries import Counters, Entry, Ready, Scored, entry_ms, runs_by_shard, runs_of
 from binormal.worker.robust import RobustCache
 
 log = structlog.get_logger("binormal.worker")
@@ -71,73 +72,6 @@ SNAPSHOT_CACHE = 10_000  # scopes whose snapshot a worker keeps
 # Entries per apply/commit script call: one call instead of one per entry, but
 # short enough that a call blocks Redis for only a millisecond or two.
 LUA_CHUNK = 100
-
-
-class Ready(NamedTuple):
-    """An applied entry with the population snapshot to score it against."""
-
-    entry: Entry
-    applied: Applied
-    snapshot: Snapshot
-
-
-class Scored(NamedTuple):
-    """An applied entry, its score and explanation, ready to commit."""
-
-    entry: Entry
-    applied: Applied
-    score: float
-    explain: list[dict[str, object]]
-
-
-@dataclass
-class Entry:
-    """A stream entry as read: where it came from and its raw fields."""
-
-    stream: bytes
-    shard: int
-    id: bytes
-    fields: dict[bytes, bytes]
-    reason: str | None = None  # set when it must go to the dead-letter stream
-    event: Event | None = None
-    scope: Scope | None = None  # the event's scope, once validated
-    kp: str = ""  # key prefix of the scope (keys.scope_prefix)
-    ikey: str = ""  # the individual's counts hash (keys.individual)
-    fp: bytes = b""  # fingerprint of (id, action): tells a reused event_id from a retry
-    note: dict[str, Any] | None = None  # what its reply_to waiter is told instead of a result
-    excluded: bool = False  # an exclude rule covers its individual: not learnt from (common/rules.py)
-
-
-@dataclass
-class Counters:
-    """What a worker did, for logs, /metrics and the benchmark."""
-
-    read: int = 0
-    applied: int = 0
-    already: int = 0
-    duplicates: int = 0
-    reused_ids: int = 0  # duplicates whose event_id was first used by a different event
-    capped: int = 0  # entries refused by the distinct-action cap (dead-lettered)
-    dominated: int = 0  # scopes flagged as dominated for the first time
-    dead: int = 0
-    published: int = 0
-    batches: int = 0
-    round_trips: int = 0
-    lua_calls: int = 0
-    snapshot_refreshes: int = 0
-    stale_scores: int = 0  # scores skipped: a later state of the individual was committed first
-    repaired: int = 0  # scores committed for entries whose worker died between apply and commit
-    alert_checks: int = 0  # results sent to alert.lua (one per result of a scope some rule matches)
-    alert_candidates: int = 0  # results among them that cross some rule (fire unless their state says no)
-
-    def as_dict(self) -> dict[str, int]:
-        """Plain dict copy."""
-        return dict(self.__dict__)
-
-
-def entry_ms(entry_id: bytes) -> int:
-    """The millisecond part of a stream id (``<ms>-<seq>``): when it was added."""
-    return int(entry_id.split(b"-", 1)[0])
 
 
 @dataclass
@@ -304,7 +238,7 @@ class BatchProcessor:
             todo = list(good) if size == LUA_CHUNK else failed
             if not todo:
                 break
-            chunks = _runs(todo, size)
+            chunks = runs_of(todo, size)
             extra = prefetch if size == LUA_CHUNK else []
 
             def build(pipe: Commands) -> None:
@@ -536,7 +470,7 @@ class BatchProcessor:
             scopes.append(s.entry.scope)
         asks = {s.entry.id: p for s, p in zip(scored, self.robust.plan(scopes))}
         # Runs of one shard (one hash tag per call); order within a shard is kept.
-        chunks = _runs_by_shard(scored, LUA_CHUNK)
+        chunks = runs_by_shard(scored, LUA_CHUNK)
 
         def build(pipe: Commands) -> None:
             for chunk in chunks:
@@ -731,25 +665,3 @@ class BatchProcessor:
             pipe.publish(channel, b"\n".join(lines[i : i + BROADCAST_CHUNK]))
         self.robust.write(pipe, self.keys)  # the newest median and MAD, for the query API
         self.counters.published += len(results)
-
-
-def _runs(entries: Sequence[Entry], size: int) -> list[list[Entry]]:
-    """Split into runs of at most ``size`` consecutive entries of one stream."""
-    runs: list[list[Entry]] = []
-    for e in entries:
-        if runs and runs[-1][0].stream == e.stream and len(runs[-1]) < size:
-            runs[-1].append(e)
-        else:
-            runs.append([e])
-    return runs
-
-
-def _runs_by_shard(scored: Sequence[Scored], size: int) -> list[list[Scored]]:
-    """Group by shard (keeping their order within it), then split into runs of at most ``size``.
-
-    Scores of different shards never share a call.
-    """
-    groups: dict[int, list[Scored]] = {}
-    for s in scored:
-        groups.setdefault(s.entry.shard, []).append(s)
-    return [g[i : i + size] for g in groups.values() for i in range(0, len(g), size)]

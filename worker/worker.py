@@ -29,8 +29,9 @@ from binormal.common.migrate import check_layout
 from binormal.common.rules import RuleCache
 from binormal.common.scripts import Scripts
 from binormal.common.store import heartbeat_ages, redis_now_ms
-from binormal.worker.batch import BatchProcessor, Counters, Entry
+from binormal.worker.batch import BatchProcessor
 from binormal.worker.commands import Commands
+from binormal.worker.entries import Counters, Entry
 from binormal.worker.retention import Sweeper
 from binormal.worker.settings import WorkerSettings
 
