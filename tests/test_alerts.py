@@ -582,3 +582,24 @@ async def test_alerts_of_two_orgs_rules_of_one_name_go_to_each_orgs_webhook_and_
         b"fired:beta/scanners": b"1",
         b"delivered:beta/scanners": b"1",
     }
+
+
+async def test_claim_rounds_reach_idle_alerts_behind_many_fresh_ones(aredis: aioredis.Redis, prefix: str) -> None:
+    """An XAUTOCLAIM looks at no more than 10 x COUNT pending entries: later rounds carry on from its cursor."""
+    keys = Keyspace(prefix=prefix, shards=4)
+    stream = keys.alert_stream(0)
+    await aredis.xgroup_create(stream, GROUP, id="0", mkstream=True)
+    pipe = aredis.pipeline(transaction=False)
+    for i in range(1105):
+        pipe.xadd(stream, {"alert": b"{}"}, id=f"{i + 1}-0")
+    await pipe.execute()
+    await aredis.xreadgroup(GROUP, "alive", {stream: ">"}, count=2000)  # all pending, just delivered
+    idle = [f"{i}-0".encode() for i in range(1101, 1106)]
+    await aredis.xclaim(stream, GROUP, "dead", 0, idle, idle=600_000, justid=True)  # its sender died long ago
+    sender = Sender(aredis, keys, SenderSettings(claim_idle_ms=60_000, consumer="me"))
+    claimed: list[bytes] = []
+    for _round in range(20):
+        claimed += [entry_id for _, entry_id, _ in await sender._claim([stream])]
+        if claimed:
+            break
+    assert sorted(claimed) == idle

@@ -39,6 +39,7 @@ GROUP = "senders"
 SIGNATURE_HEADER = "X-Binormal-Signature"
 ID_HEADER = "X-Binormal-Alert-Id"
 FAILED_MAXLEN = 10_000  # alerts the failed list keeps (the oldest go first)
+CLAIM_COUNT = 100  # alerts one XAUTOCLAIM takes over at most (per stream and claim round)
 
 
 def sign(secret: str, body: bytes) -> str:
@@ -86,6 +87,10 @@ class Sender:
         # (stream, id) of the alerts in hand: each stream is its own id space (alerts XADDed to two
         # shards in one millisecond share an id), so an id alone would skip the second one.
         self._inflight: set[tuple[str, bytes]] = set()
+        # Where each stream's next XAUTOCLAIM starts: a call looks at no more than 10 x COUNT
+        # pending entries (Redis 7), so starting at 0-0 every round would never reach idle alerts
+        # behind that many fresh ones. Redis answers the cursor 0-0 once the whole list was seen.
+        self._claim_from: dict[str, bytes | str] = {}
 
     def stop(self) -> None:
         """Leave :meth:`run` (deliveries in hand are abandoned, left pending for another sender)."""
@@ -175,9 +180,11 @@ class Sender:
         """Take over alerts another sender left pending for ``claim_idle_ms`` (it died mid-delivery)."""
         out: list[tuple[str, bytes, dict[bytes, bytes]]] = []
         for stream in streams:
+            start = self._claim_from.get(stream, "0-0")
             reply = await self.client.xautoclaim(
-                stream, GROUP, self.consumer, self.settings.claim_idle_ms, "0-0", count=100
+                stream, GROUP, self.consumer, self.settings.claim_idle_ms, start, count=CLAIM_COUNT
             )
+            self._claim_from[stream] = reply[0]
             for entry_id, fields in reply[1]:
                 out.append((stream, entry_id, fields or {}))
         return out
