@@ -61,6 +61,22 @@ class ApiError(Exception):
         return json_response(self.body, status=self.status, headers=self.headers)
 
 
+def single_query(request: web.Request, name: str) -> str | None:
+    """The query parameter ``name``, None when absent; ``400`` naming it when given more than once."""
+    values = request.query.getall(name, ())
+    if len(values) > 1:
+        raise ApiError(400, f"{name}: given {len(values)} times, give it once", name)
+    return values[0] if values else None
+
+
+def allowed_query(request: web.Request, names: tuple[str, ...]) -> dict[str, str]:
+    """The parameters ``names`` that were given (each at most once); ``400`` naming any other one."""
+    for name in request.query:
+        if name not in names:
+            raise ApiError(400, f"query parameter not allowed here (allowed: {', '.join(names)})", name[:64])
+    return {name: value for name in names if (value := single_query(request, name)) is not None}
+
+
 def json_response(obj: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
     """``obj`` as an ``application/json`` response (orjson)."""
     return web.Response(body=orjson.dumps(obj), status=status, content_type=JSON, headers=headers)

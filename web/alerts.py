@@ -34,12 +34,11 @@ from binormal.common.alerts import (
     send_test_alert,
 )
 from binormal.common.guard import principal_of, require_org
-from binormal.common.http import ApiError, json_response, read_json_object
+from binormal.common.http import ApiError, allowed_query, json_response, read_json_object
 from binormal.common.keys import Scope
 from binormal.common.redisapp import REDIS
 from binormal.common.rules import RuleError
 from binormal.web.alertfeed import alert_of
-from binormal.web.rules import _query
 
 MAX_BODY = 8192
 ALERTS_LIMIT = 1000  # most alerts one GET /api/alerts returns
@@ -62,7 +61,7 @@ def _orgs(request: web.Request) -> frozenset[str] | None:
 
 async def get_rules(request: web.Request) -> web.Response:
     """``GET /api/alerts/rules``: the rules of the caller's orgs."""
-    _query(request, ())
+    allowed_query(request, ())
     handle = request.app[REDIS]
     rules = await list_alert_rules(handle.require(), handle.keys, _orgs(request))
     return json_response({"rules": [r.as_dict() for r in rules], "total": len(rules)})
@@ -113,7 +112,7 @@ async def _rule_named(request: web.Request, q: dict[str, str]) -> AlertRule:
 
 async def delete_rule(request: web.Request) -> web.Response:
     """``DELETE /api/alerts/rules?name=[&org=]``: remove one rule of the caller's orgs."""
-    rule = await _rule_named(request, _query(request, ("name", "org")))
+    rule = await _rule_named(request, allowed_query(request, ("name", "org")))
     handle = request.app[REDIS]
     if not await remove_alert_rule(handle.require(), handle.keys, rule.org, rule.name):
         raise ApiError(404, "name: no alert rule of that name in the token's orgs", "name")  # removed meanwhile
@@ -122,7 +121,7 @@ async def delete_rule(request: web.Request) -> web.Response:
 
 async def test_rule(request: web.Request) -> web.Response:
     """``POST /api/alerts/rules/test?name=[&org=]``: queue a test alert of one rule of the caller's orgs."""
-    rule = await _rule_named(request, _query(request, ("name", "org")))
+    rule = await _rule_named(request, allowed_query(request, ("name", "org")))
     handle = request.app[REDIS]
     entry = await send_test_alert(handle.require(), handle.keys, rule.org, rule.name)
     if entry is None:
@@ -141,7 +140,7 @@ def _int(q: dict[str, str], name: str, default: int, hi: int) -> int:
 
 async def get_alerts(request: web.Request) -> web.Response:
     """``GET /api/alerts``: recent alerts, newest first, filtered by scope pattern, rule and since (ms)."""
-    q = _query(request, ("scope", "rule", "since", "limit"))
+    q = allowed_query(request, ("scope", "rule", "since", "limit"))
     try:
         pattern: Scope | None = parse_scope(q["scope"]) if "scope" in q else None
     except RuleError as exc:

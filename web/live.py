@@ -31,10 +31,9 @@ from binormal.common.auth import Principal
 from binormal.common.config import ConfigError
 from binormal.common.connection import TRANSIENT, Client, connect, pubsub_of, wait_until_up
 from binormal.common.guard import principal_of, still_valid
-from binormal.common.http import ApiError
+from binormal.common.http import ApiError, single_query
 from binormal.web.alertfeed import follow_alerts
 from binormal.web.hub import Hub
-from binormal.web.query import single_query
 from binormal.web.settings import WebSettings
 
 log = structlog.get_logger("binormal.web.live")

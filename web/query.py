@@ -36,7 +36,7 @@ from aiohttp import web
 
 from binormal.common.calibration import Rank, Robust, bits_per_event, is_learning
 from binormal.common.guard import principal_of, require_org
-from binormal.common.http import ApiError, json_response
+from binormal.common.http import ApiError, json_response, single_query
 from binormal.common.keys import Scope
 from binormal.common.redisapp import REDIS
 from binormal.common.result import r3
@@ -71,14 +71,6 @@ def setup_query(app: web.Application, settings: WebSettings) -> None:
     app.router.add_get("/api/individual", individual)
     setup_rules(app, settings.keys)
     setup_alerts(app)
-
-
-def single_query(request: web.Request, name: str) -> str | None:
-    """The query parameter ``name``, None when absent; ``400`` naming it when given more than once."""
-    values = request.query.getall(name, ())
-    if len(values) > 1:
-        raise ApiError(400, f"{name}: given {len(values)} times, give it once", name)
-    return values[0] if values else None
 
 
 def _text(request: web.Request, name: str) -> str:

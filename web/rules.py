@@ -16,7 +16,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from binormal.common.guard import principal_of, require_org
-from binormal.common.http import ApiError, json_response, read_json_object
+from binormal.common.http import ApiError, allowed_query, json_response, read_json_object
 from binormal.common.keys import Keyspace, Scope
 from binormal.common.redisapp import REDIS
 from binormal.common.rules import (
@@ -50,23 +50,9 @@ async def rules_of(request: web.Request) -> RuleCache:
     return cache
 
 
-def _query(request: web.Request, names: tuple[str, ...]) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for name in request.query:
-        if name not in names:
-            raise ApiError(400, f"query parameter not allowed here (allowed: {', '.join(names)})", name[:64])
-    for name in names:
-        values = request.query.getall(name, ())
-        if len(values) > 1:
-            raise ApiError(400, f"{name}: given {len(values)} times, give it once", name)
-        if values:
-            out[name] = values[0]
-    return out
-
-
 async def get_rules(request: web.Request) -> web.Response:
     """``GET /api/rules``: the rules the caller may see, optionally of one org or one scope."""
-    q = _query(request, ("org", "source", "pop"))
+    q = allowed_query(request, ("org", "source", "pop"))
     try:
         for name, value in q.items():
             check_text(name, value)
@@ -108,7 +94,7 @@ async def post_rule(request: web.Request) -> web.Response:
 
 async def delete_rule(request: web.Request) -> web.Response:
     """``DELETE /api/rules?kind=&org=&source=&pop=&id=|action=``: remove one rule."""
-    q = _query(request, TARGET_FIELDS)
+    q = allowed_query(request, TARGET_FIELDS)
     try:
         kind, scope, target, value = parse_target(q)
     except RuleError as exc:
