@@ -438,15 +438,21 @@ async def test_api_alert_rules_are_admin_and_org_scoped_and_api_alerts_filters(
         assert (await call("DELETE", "/api/alerts/rules?name=all", "admin"))[0] == 404  # not there for it
         assert (await call("DELETE", "/api/alerts/rules?name=all&org=*", "admin"))[0] == 403
         # Two alerts on the streams: one of acme, one of beta.
-        for scope, rule in (("acme/web/login", "r1"), ("beta/web/login", "all")):
+        for scope, rule, rule_org in (("acme/web/login", "r1", "acme"), ("beta/web/login", "all", "*")):
             org, source, pop = scope.split("/")
             shard = keys.shard(Scope(org, source, pop))
-            alert = {"rule": rule, "scope": scope, "id": "u1"}
+            alert = {"rule": rule, "rule_org": rule_org, "scope": scope, "id": "u1"}
             await aredis.xadd(keys.alert_stream(shard), {"alert": orjson.dumps(alert)})
         status, got = await call("GET", "/api/alerts", "analyst")
         assert status == 200 and [a["scope"] for a in got["alerts"]] == ["acme/web/login"]
         status, got = await call("GET", "/api/alerts?rule=all&scope=*/web/*", "root")
         assert [a["scope"] for a in got["alerts"]] == ["beta/web/login"]
+        status, got = await call("GET", "/api/alerts?rule=all&rule_org=*", "root")
+        assert [a["scope"] for a in got["alerts"]] == ["beta/web/login"]
+        status, got = await call("GET", "/api/alerts?rule=all&rule_org=beta", "root")
+        assert status == 200 and got["alerts"] == []  # beta has no rule "all": the * rule's alert is not it
+        status, err = await call("GET", "/api/alerts?rule_org=", "root")
+        assert status == 400 and err["field"] == "rule_org"
         status, got = await call("GET", "/api/alerts?since=99999999999999", "root")
         assert status == 200 and got["alerts"] == []
         assert (await call("GET", "/api/alerts?limit=x", "root"))[0] == 400

@@ -11,7 +11,7 @@ rule of the same name is never shown, replaced or removed, and the answers do no
   that name; ``400`` naming ``org`` when several of them do and ``org`` is not given);
 - ``POST /api/alerts/rules/test?name=[&org=]``: queue a test alert of one (``"test": true``, id
   ``binormal-test``) for the sender to deliver (``202``; found as for DELETE);
-- ``GET /api/alerts[?scope=ORG/SOURCE/POP&rule=&since=<ms>&limit=]``: recent alerts, newest first,
+- ``GET /api/alerts[?scope=ORG/SOURCE/POP&rule=&rule_org=&since=<ms>&limit=]``: recent alerts, newest first,
   read from the shards' alert streams (each keeps ``ALERT_MAXLEN`` entries), of the caller's orgs.
 """
 
@@ -140,7 +140,7 @@ def _int(q: dict[str, str], name: str, default: int, hi: int) -> int:
 
 async def get_alerts(request: web.Request) -> web.Response:
     """``GET /api/alerts``: recent alerts, newest first, filtered by scope pattern, rule and since (ms)."""
-    q = allowed_query(request, ("scope", "rule", "since", "limit"))
+    q = allowed_query(request, ("scope", "rule", "rule_org", "since", "limit"))
     try:
         pattern: Scope | None = parse_scope(q["scope"]) if "scope" in q else None
     except RuleError as exc:
@@ -152,6 +152,9 @@ async def get_alerts(request: web.Request) -> web.Response:
     rule = q.get("rule")
     if rule is not None and not 1 <= len(rule.encode("utf-8", "surrogatepass")) <= 64:
         raise ApiError(400, "rule: must be 1 to 64 bytes", "rule")
+    rule_org = q.get("rule_org")  # rule names are unique per org only: this picks one org's (or *'s)
+    if rule_org is not None and not 1 <= len(rule_org.encode("utf-8", "surrogatepass")) <= 64:
+        raise ApiError(400, "rule_org: must be 1 to 64 bytes", "rule_org")
     orgs = _orgs(request)
     handle = request.app[REDIS]
     client = handle.require()
@@ -170,6 +173,8 @@ async def get_alerts(request: web.Request) -> web.Response:
             if orgs is not None and org not in orgs:
                 continue
             if rule is not None and alert.get("rule") != rule:
+                continue
+            if rule_org is not None and alert.get("rule_org") != rule_org:
                 continue
             if pattern is not None and not all(p in ("*", s) for p, s in zip(pattern, (org, source, pop))):
                 continue
