@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 
-from binormal.commands import Subparsers
+from binormal.commands import Subparsers, run_on_redis
 
 
 def register(sub: Subparsers) -> None:
@@ -50,8 +50,6 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     import orjson
-    from redis.exceptions import ConnectionError as RedisConnectionError
-    from redis.exceptions import TimeoutError as RedisTimeoutError
 
     from binormal.common.alerts import (
         add_alert_rule,
@@ -138,13 +136,4 @@ def run(args: argparse.Namespace) -> int:
         finally:
             await client.aclose()
 
-    try:
-        code = asyncio.run(go())
-    except RuleError as exc:
-        sys.stderr.write(f"binormal alerts {args.alerts_command}: {exc}\n")
-        return 2
-    except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-        sys.stderr.write(f"binormal alerts: cannot reach Redis at REDIS_URL: {exc}\n")
-        return 3
-    sys.stdout.flush()
-    return code
+    return run_on_redis(go, "alerts", args.alerts_command)

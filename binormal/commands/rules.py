@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from binormal.commands import Subparsers
+from binormal.commands import Subparsers, run_on_redis
 
 KINDS = ("mute", "exclude", "mark")  # common.rules.KINDS (not imported: the parser stays cheap)
 
@@ -45,12 +45,9 @@ def register(sub: Subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run one of add, list, remove."""
-    import asyncio
     import sys
 
     import orjson
-    from redis.exceptions import ConnectionError as RedisConnectionError
-    from redis.exceptions import TimeoutError as RedisTimeoutError
 
     from binormal.common.config import ServiceSettings, from_env
     from binormal.common.connection import open_client
@@ -89,13 +86,4 @@ def run(args: argparse.Namespace) -> int:
         finally:
             await client.aclose()
 
-    try:
-        code = asyncio.run(go())
-    except RuleError as exc:
-        sys.stderr.write(f"binormal rules {args.rules_command}: {exc}\n")
-        return 2
-    except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-        sys.stderr.write(f"binormal rules: cannot reach Redis at REDIS_URL: {exc}\n")
-        return 3
-    sys.stdout.flush()
-    return code
+    return run_on_redis(go, "rules", args.rules_command)
