@@ -115,23 +115,32 @@ def main() -> int:
         startup: list[tuple[float, float]] = []
         base: list[tuple[float, float]] = []
         base_startup: list[tuple[float, float]] = []
+        single: list[tuple[float, float]] = []
         for _ in range(args.repeats):  # interleaved, so a noisy neighbour hits every measurement alike
             parse.append(read_parse(path))
             if args.base is not None:
                 base.append(run_score(path, tree=args.base))
             default.append(run_score(path))
+            single.append(run_score(path, "--jobs", "1"))
             parts.append(breakdown(path))
             if args.base is not None:
                 base_startup.append(run_score("-", tree=args.base))
             startup.append(run_score("-"))
         exact = [run_score(path, "--exact") for _ in range(args.exact_repeats)]
+        from binormal.split import usable_jobs
+
+        jobs = usable_jobs(None)
         floor = statistics.median(p[0] for p in parse)
         floor_cpu = statistics.median(p[1] for p in parse)
         print(f"machine: {platform.machine()} {os.cpu_count()} cpus, Python {platform.python_version()}")
         print(f"file: {args.events:,} events, {path.stat().st_size / 1e6:.1f} MB, 40 actions, 10 scopes")
         print(f"medians of {args.repeats} runs (--exact: {args.exact_repeats}); load average {os.getloadavg()[0]:.2f}")
         print(f"read+parse: {floor:.3f} s wall ({floor_cpu:.3f} s CPU), {args.events / floor:,.0f} lines/s")
-        measured = [("score (default, --refresh 1000)", default), ("score --exact", exact)]
+        measured = [
+            (f"score (default: --refresh 1000, --jobs {jobs})", default),
+            ("score --jobs 1 (one process)", single),
+            ("score --exact", exact),
+        ]
         if base:
             measured.insert(0, (f"base {args.base} score (default)", base))
         for name, runs in measured:

@@ -31,9 +31,10 @@ import bisect
 import collections
 import contextlib
 import gc
+import itertools
 import math
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -48,6 +49,7 @@ MIN_EVENTS = 10  # an individual with fewer events is "learning"
 MIN_INDIVIDUALS = 30  # so is every individual of a scope with fewer individuals
 MAD_SCALE = 1.4826  # MAD -> standard deviation of a normal distribution
 _NO_CAP = sys.maxsize
+CHUNK = 4096  # lines counted between two progress reports (Engine.feed)
 
 
 @contextlib.contextmanager
@@ -88,11 +90,12 @@ class ScopeState:
     ``recent`` is a deque of the id's last ``window`` actions (None when ``Options.window`` is 0).
     """
 
-    __slots__ = ("key", "scope", "pop", "ind", "heavy", "dirty", "snap", "known", "left")
+    __slots__ = ("key", "scope", "ordinal", "pop", "ind", "heavy", "dirty", "snap", "known", "left")
 
-    def __init__(self, key: tuple[str, str, str]) -> None:
+    def __init__(self, key: tuple[str, str, str], ordinal: int = 0) -> None:
         self.key = key
         self.scope = Scope(*key)
+        self.ordinal = ordinal  # scopes met before this one (its place in the output)
         self.pop: dict[str, int] = {}  # sum of contributions (an action may be at 0)
         self.ind: dict[str, list[Any]] = {}
         self.heavy: dict[str, dict[str, int]] = {}  # id past W -> the contribution pop holds for it
@@ -120,12 +123,23 @@ class ScopeState:
 
 
 class Engine:
-    """Counts events in order (see the module docstring); :meth:`rows` gives the final results."""
+    """Counts events in order (see the module docstring); :meth:`rows` gives the final results.
 
-    def __init__(self, opts: Options) -> None:
+    ``part`` ``(me, jobs)``: this engine is one of ``jobs`` reading the same lines
+    (:mod:`binormal.split`), and counts only the scopes whose ordinal (the order in which valid
+    events first name them) is ``me`` modulo ``jobs``; the others' lines are skipped. A bad line is
+    reported by the engine owning the scope it names, or by engine 0 when it names no known scope,
+    so that every line is reported exactly once among the ``jobs`` engines.
+    """
+
+    def __init__(self, opts: Options, part: tuple[int, int] = (0, 1)) -> None:
         self.opts = opts
         self.w = opts.weight_cap or _NO_CAP
         self.scopes: dict[tuple[str, str, str], ScopeState] = {}
+        self.me, self.jobs = part
+        if not 0 <= self.me < self.jobs:
+            raise ValueError(f"part must be (me, jobs) with 0 <= me < jobs, got {part}")
+        self.foreign: dict[Any, int] = {}  # scope key -> ordinal, the scopes another engine counts
         if not 0 <= opts.window <= opts.cap:  # the window is scored unnormalised (binormal/drift.py)
             raise ValueError(f"window must be 0 (off) or 1..cap {opts.cap}, got {opts.window}")
         self.window = opts.window
@@ -135,7 +149,7 @@ class Engine:
         key = (event.org, event.source, event.pop)
         sc = self.scopes.get(key)
         if sc is None:
-            sc = self.scopes[key] = ScopeState(key)
+            sc = self.scopes[key] = ScopeState(key, len(self.scopes) + len(self.foreign))
         action = event.action
         rec = sc.ind.get(event.id)
         if rec is None:
@@ -161,11 +175,23 @@ class Engine:
         rec[2] = sc.snap
         return sc, rec
 
+    def feed(self, stream: Iterable[bytes], errors: IO[str] | Any, tick: Callable[[int], None] | None = None) -> int:
+        """Count every line of ``stream``; ``tick(lines read)`` after each :data:`CHUNK` lines when given."""
+        if tick is None:
+            return self.feed_lines(stream, errors)
+        read = 0
+        lines = iter(stream)
+        while chunk := list(itertools.islice(lines, CHUNK)):
+            read += self.feed_lines(chunk, errors, read + 1)
+            tick(read)
+        return read
+
     def feed_lines(self, stream: Iterable[bytes], errors: IO[str] | Any, start: int = 1) -> int:
         """Count NDJSON lines (numbered from ``start``); bad lines are reported on ``errors``. Returns lines read."""
         loads = orjson.loads
         decode_error = orjson.JSONDecodeError
         scopes = self.scopes
+        foreign = self.foreign
         w = self.w
         opts = self.opts
         track = self.window > 0
@@ -188,9 +214,12 @@ class Engine:
             try:
                 # Two lookups, the scope's (10 hot entries here) then the id's in that scope, cost
                 # less than one among all individuals by (org, source, pop, id): fewer cache misses.
-                sc = scopes.get((obj["org"], obj["source"], obj["pop"]))
+                key = (obj["org"], obj["source"], obj["pop"])
+                sc = scopes.get(key)
                 action = obj["action"]
                 if sc is None:
+                    if key in foreign:  # another engine's scope (binormal.split): not counted here
+                        continue
                     raise KeyError
                 rec = sc.ind.get(obj["id"])
                 if rec is None:
@@ -242,20 +271,55 @@ class Engine:
         if not line:
             return
         try:
-            event = parse_json(orjson.loads(line))
+            obj = orjson.loads(line)
         except orjson.JSONDecodeError as exc:
-            errors.write(f"line {lineno}: not JSON: {exc}\n")
+            if self.me == 0:
+                errors.write(f"line {lineno}: not JSON: {exc}\n")
             return
+        reports = True
+        if self.jobs > 1:
+            named = _scope_named(obj)
+            if named in self.foreign:  # its engine reports or counts it
+                return
+            reports = self.me == 0 or named in self.scopes
+        try:
+            event = parse_json(obj)
         except InvalidEvent as exc:
-            errors.write(f"line {lineno}: {exc}\n")
+            if reports:
+                errors.write(f"line {lineno}: {exc}\n")
+            return
+        if self.jobs > 1 and not self._owns((event.org, event.source, event.pop)):
             return
         self.add(event)
+
+    def _owns(self, key: tuple[str, str, str]) -> bool:
+        """Whether this engine counts the (valid) scope ``key``; a scope met for the first time is
+        given the next ordinal, the same in every engine since they all read the same lines."""
+        if key in self.scopes:
+            return True
+        ordinal = len(self.scopes) + len(self.foreign)
+        if ordinal % self.jobs == self.me:
+            return True  # add() creates it with this ordinal
+        self.foreign[key] = ordinal
+        return False
 
     def rows(self) -> Iterator[Row]:
         """Every individual's final row, scope by scope in order of first appearance."""
         opts = self.opts
         for sc in self.scopes.values():
             yield from scope_rows(sc, opts, None)
+
+
+def _scope_named(obj: Any) -> tuple[Any, Any, Any] | None:
+    """The (org, source, pop) a decoded line names, whatever their types; None if it names none."""
+    if type(obj) is not dict:
+        return None
+    try:
+        key = (obj["org"], obj["source"], obj["pop"])
+        hash(key)
+    except (KeyError, TypeError):  # a field missing, or a list or object (unhashable)
+        return None
+    return key
 
 
 def _valid_id(ident: str) -> bool:

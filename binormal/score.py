@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import itertools
 import os
 import sys
 import time
@@ -24,7 +23,8 @@ import orjson
 
 from binormal.common.keys import Scope
 from binormal.common.schema import Event, InvalidEvent, parse_json
-from binormal.offline import Engine, Options, Row, exact_rows, no_gc
+from binormal.offline import Engine, Options, Row, exact_rows, no_gc, scope_rows
+from binormal.split import SplitError, can_split, split_blocks
 
 DEFAULT_REFRESH = 1000  # events per scope between snapshot rebuilds (the default mode; the CLI repeats it)
 
@@ -141,70 +141,101 @@ def score_file(
     converter: Any = None,
     progress: bool = False,
     exact: bool = False,
+    jobs: int = 1,
 ) -> int:
-    """Process ``path`` in order; print top outliers per scope (or JSON per individual)."""
+    """Process ``path`` in order; print top outliers per scope (or JSON per individual).
+
+    ``jobs`` > 1: the scopes are shared among that many processes (:mod:`binormal.split`) when the
+    default engine reads a regular file; the output is the same.
+    """
     with open_input(path) as stream:
         bar = Bar(errors, progress, input_size(path, stream))
         sink: IO[str] | Bar = bar if progress else errors
         if converter is not None and progress:
             converter.reporter.write = bar.write
         with no_gc():
-            rows = _rows(stream, opts, sink, bar, progress, converter, exact)
+            blocks = _blocks(path, stream, opts, top, as_json, sink, bar, progress, converter, exact, jobs)
         bar.close()
-    if as_json:
-        dumps = orjson.dumps
-        out.write("".join([dumps(r.as_json()).decode() + "\n" for r in rows]))
-        return 0
-    by_scope: dict[Scope, list[Row]] = {}
-    for r in rows:
-        by_scope.setdefault(r.scope, []).append(r)
-    for scope in sorted(by_scope, key=lambda s: (s.org, s.source, s.pop)):
-        mine = by_scope[scope]
-        shown = sorted(mine, key=lambda r: (-round(r.zscore, 3), r.ident))[:top]
-        learning = sum(1 for r in mine if r.learning)
-        note = f", {learning} learning" if learning else ""
-        out.write(f"== org={scope.org} source={scope.source} pop={scope.pop} ({len(mine)} individuals{note})\n")
-        out.write(f"{'zscore':>8} {'score':>9} {'count':>7}  id  (top reason)\n")
-        for r in shown:
-            explain = r.snapshot.assess(r.counts, 5)[1]
-            reason = explain[0] if explain else None
-            why = f"{reason['action']} {reason['kind']} ({reason['bits']} bits)" if reason else ""
-            mark = "  [learning]" if r.learning else ""
-            out.write(f"{r.zscore:>8.3f} {r.score:>9.3f} {r.count:>7}  {r.ident}  {why}{mark}\n")
+    if not as_json:
+        blocks.sort(key=lambda b: (b[1], b[2], b[3]))
+    out.write("".join([b[4] for b in blocks]))
     return 0
 
 
-def _rows(
-    stream: IO[bytes], opts: Options, sink: IO[str] | Bar, bar: Bar, progress: bool, converter: Any, exact: bool
-) -> list[Row]:
-    """Every individual's row: the fast line engine, or events one by one (``--exact``, ``--map``, ``--transform``)."""
+Block = tuple[int, str, str, str, str]  # (ordinal, org, source, pop, text): one scope's output
+
+
+def _blocks(
+    path: str,
+    stream: IO[bytes],
+    opts: Options,
+    top: int,
+    as_json: bool,
+    sink: IO[str] | Bar,
+    bar: Bar,
+    progress: bool,
+    converter: Any,
+    exact: bool,
+    jobs: int,
+) -> list[Block]:
+    """Every scope's output in order of first appearance: the fast line engine (in ``jobs``
+    processes when it can), or events one by one (``--exact``, ``--map``, ``--transform``)."""
     if not exact and converter is None:
-        return list(fast_rows(stream, opts, sink, bar if progress else None))
+        tick = (lambda n: bar.tick(n, _position(stream))) if progress else None
+
+        def render(engine: Engine) -> list[Block]:
+            return [
+                scope_block(sc.ordinal, sc.scope, scope_rows(sc, opts, None), top, as_json)
+                for sc in engine.scopes.values()
+            ]
+
+        if jobs > 1 and can_split(path, stream):
+            return split_blocks(path, stream, opts, jobs, render, open_input, sink, tick)
+        engine = Engine(opts)
+        engine.feed(stream, sink, tick)
+        return render(engine)
     events = read_events(stream, sink, converter)
     if progress:
         events = _ticking(events, bar, stream)
     if exact:
-        return exact_rows(events, opts)
-    engine = Engine(opts)
-    for event in events:
-        engine.add(event)
-    return list(engine.rows())
+        rows = exact_rows(events, opts)
+    else:
+        engine = Engine(opts)
+        for event in events:
+            engine.add(event)
+        rows = list(engine.rows())
+    by_scope: dict[Scope, list[Row]] = {}
+    for r in rows:
+        by_scope.setdefault(r.scope, []).append(r)
+    return [scope_block(i, scope, mine, top, as_json) for i, (scope, mine) in enumerate(by_scope.items())]
 
 
-CHUNK = 4096  # lines counted between two progress-bar updates
+def scope_block(ordinal: int, scope: Scope, rows: list[Row], top: int, as_json: bool) -> Block:
+    """One scope's output: a JSON line per individual, or its table of the ``top`` outliers."""
+    if as_json:
+        dumps = orjson.dumps
+        text = "".join([dumps(r.as_json()).decode() + "\n" for r in rows])
+        return (ordinal, scope.org, scope.source, scope.pop, text)
+    shown = sorted(rows, key=lambda r: (-round(r.zscore, 3), r.ident))[:top]
+    learning = sum(1 for r in rows if r.learning)
+    note = f", {learning} learning" if learning else ""
+    lines = [
+        f"== org={scope.org} source={scope.source} pop={scope.pop} ({len(rows)} individuals{note})\n",
+        f"{'zscore':>8} {'score':>9} {'count':>7}  id  (top reason)\n",
+    ]
+    for r in shown:
+        explain = r.snapshot.assess(r.counts, 5)[1]
+        reason = explain[0] if explain else None
+        why = f"{reason['action']} {reason['kind']} ({reason['bits']} bits)" if reason else ""
+        mark = "  [learning]" if r.learning else ""
+        lines.append(f"{r.zscore:>8.3f} {r.score:>9.3f} {r.count:>7}  {r.ident}  {why}{mark}\n")
+    return (ordinal, scope.org, scope.source, scope.pop, "".join(lines))
 
 
 def fast_rows(stream: IO[bytes], opts: Options, errors: IO[str] | Bar, bar: Bar | None = None) -> Iterator[Row]:
     """NDJSON lines through the fast engine (:mod:`binormal.offline`), the rows at the end."""
     engine = Engine(opts)
-    if bar is None:
-        engine.feed_lines(stream, errors)
-    else:
-        lineno = 1
-        while chunk := list(itertools.islice(stream, CHUNK)):
-            engine.feed_lines(chunk, errors, lineno)
-            lineno += len(chunk)
-            bar.tick(lineno - 1, _position(stream))
+    engine.feed(stream, errors, None if bar is None else (lambda n: bar.tick(n, _position(stream))))
     return engine.rows()
 
 
@@ -224,6 +255,7 @@ def main_score(
     field_map: str | None = None,
     transform: str | None = None,
     progress: bool | None = None,
+    jobs: int = 1,
 ) -> int:
     """Entry point used by the CLI."""
     out = io.TextIOWrapper(sys.stdout.buffer, encoding="utf-8", write_through=True)
@@ -236,7 +268,7 @@ def main_score(
         return 2
     try:
         with no_gc():  # also while the rows are written (score_file pauses it only while counting)
-            return score_file(path, top, as_json, opts, out, sys.stderr, converter, progress, exact)
+            return score_file(path, top, as_json, opts, out, sys.stderr, converter, progress, exact, jobs)
     except BrokenPipeError:
         # The reader went away (``| head``): stop quietly, and point stdout at
         # /dev/null so the interpreter's final flush does not complain again.
@@ -247,6 +279,9 @@ def main_score(
         # OSError) or a truncated .gz (EOFError): one clear line, exit 2.
         sys.stderr.write(f"binormal score: cannot read {path}: {exc}\n")
         return 2
+    except SplitError as exc:
+        sys.stderr.write(f"binormal score: {exc}\n")
+        return 1
     finally:
         with contextlib.suppress(OSError, ValueError):  # leave sys.stdout usable (the wrapper would close it)
             out.detach()

@@ -125,6 +125,14 @@ def register(sub: Subparsers) -> None:
     conv.add_argument(
         "--transform", metavar="MODULE:FUNCTION", help="a function turning each parsed line into an event"
     )
+    s.add_argument(
+        "--jobs",
+        type=whole(1, " of processes"),
+        default=None,
+        metavar="J",
+        help="share the scopes of a regular file among J processes, each reading the whole file "
+        "(default: one per usable CPU, at most 8; 1 = this process only); the output is the same",
+    )
     add_progress_options(s)
 
 
@@ -139,8 +147,19 @@ def run(args: argparse.Namespace) -> int:
     """Score the file and print each scope's outliers (or JSON lines)."""
     from binormal.offline import Options
     from binormal.score import main_score
+    from binormal.split import usable_jobs
 
     opts = engine_options(args, "score")
     if not isinstance(opts, Options):
         return 2
-    return main_score(args.file, args.top, args.json, opts, args.exact, args.field_map, args.transform, args.progress)
+    return main_score(
+        args.file,
+        args.top,
+        args.json,
+        opts,
+        args.exact,
+        args.field_map,
+        args.transform,
+        args.progress,
+        usable_jobs(args.jobs),
+    )
