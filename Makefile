@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run run-open test test-fast test-both test-deploy wheelhouse typecheck bench clean
+.PHONY: run run-open compiled test test-fast test-both test-deploy wheelhouse typecheck bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -13,15 +13,20 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 ## Start the whole service in the foreground (embedded Redis unless REDIS_URL is set).
-run: $(STAMP)
+run: $(STAMP) compiled
 	$(VENV)/bin/binormal run
 
 ## The same on every interface (0.0.0.0): needs a token (binormal token add) or BINORMAL_ALLOW_ANONYMOUS=1.
-run-open: $(STAMP)
+run-open: $(STAMP) compiled
 	$(VENV)/bin/binormal run --open
 
+## Our modules compiled ahead, as pip does for an installed package: where PYTHONDONTWRITEBYTECODE is
+## set (this machine), every process would otherwise compile them again (~30 ms per command started).
+compiled: $(STAMP)
+	$(PY) -m compileall -q binormal common worker web ingest
+
 ## The gates, then the whole test suite (starts its own private redis-server).
-test: lint
+test: lint compiled
 	$(PY) -m pytest -q -ra
 
 ## Lint, format and strict type checks over the package, tests and benchmarks; any finding fails.

@@ -56,6 +56,13 @@ def read_parse(path: Path) -> tuple[float, float]:
     return time.perf_counter() - t0, time.process_time() - c0
 
 
+def compile_tree(tree: Path) -> None:
+    """Compile a checkout's modules, as pip does at install: this machine sets PYTHONDONTWRITEBYTECODE,
+    and every ``binormal score`` would otherwise spend ~30 ms of its start-up compiling them."""
+    dirs = [str(tree / d) for d in ("binormal", "common", "worker", "web", "ingest") if (tree / d).is_dir()]
+    subprocess.run([sys.executable, "-m", "compileall", "-q", *dirs], check=True, stdout=subprocess.DEVNULL)
+
+
 def run_score(path: Path | str, *extra: str, tree: Path | None = None) -> tuple[float, float]:
     """Wall and CPU seconds of ``binormal score FILE --json`` as a subprocess (start-up included).
 
@@ -105,6 +112,9 @@ def main() -> int:
     args = ap.parse_args()
     if args.base is not None and not (args.base / "binormal" / "score.py").is_file():
         ap.error(f"--base {args.base}: no binormal/score.py there")
+    compile_tree(Path(__file__).resolve().parents[1])
+    if args.base is not None:
+        compile_tree(args.base)
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "events.ndjson"
         write_file(path, args.events)

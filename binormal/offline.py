@@ -202,25 +202,22 @@ class Engine:
             except decode_error:
                 self._slow(lineno, raw, errors)
                 continue
-            if type(obj) is not dict:
-                self._slow(lineno, raw, errors)
-                continue
-            size = len(obj)
-            if size != 5:
-                ts = obj.get("ts") if size == 6 else None
-                if type(ts) is not int or ts < 0 or ts > TS_MAX:
-                    self._slow(lineno, raw, errors)
-                    continue
             try:
                 # Two lookups, the scope's (10 hot entries here) then the id's in that scope, cost
                 # less than one among all individuals by (org, source, pop, id): fewer cache misses.
+                # Not a JSON object: indexing a list, string or number raises TypeError.
                 key = (obj["org"], obj["source"], obj["pop"])
                 sc = scopes.get(key)
-                action = obj["action"]
                 if sc is None:
-                    if key in foreign:  # another engine's scope (binormal.split): not counted here
+                    if key in foreign:  # another engine's scope (binormal.split): it checks the line
                         continue
                     raise KeyError
+                size = len(obj)  # the five fields are read below: a sixth may only be a valid ts
+                if size != 5:
+                    ts = obj.get("ts") if size == 6 else None
+                    if type(ts) is not int or ts < 0 or ts > TS_MAX:
+                        raise KeyError
+                action = obj["action"]
                 rec = sc.ind.get(obj["id"])
                 if rec is None:
                     rec = self._newcomer(obj, action)
@@ -350,10 +347,11 @@ class Row:
     recent: float = 0.0  # binormal/drift.py; 0 when Options.window is 0
     drift: float = 0.0
 
-    def as_json(self) -> dict[str, Any]:
-        """The ``binormal score --json`` object (numbers rounded to 3 decimals)."""
+    def as_json(self, recent: bool = False) -> dict[str, Any]:
+        """The ``binormal score --json`` object (numbers rounded to 3 decimals); ``recent``: with the
+        recent score (``--window``)."""
         s = self.scope
-        return {
+        got = {
             "org": s.org,
             "source": s.source,
             "pop": s.pop,
@@ -366,6 +364,9 @@ class Row:
             "bits_per_event": round(self.bits_per_event, 3),
             "learning": self.learning,
         }
+        if recent:
+            got["recent"] = round(self.recent, 3)
+        return got
 
 
 def scope_rows(sc: ScopeState, opts: Options, zscores: dict[str, float] | None) -> list[Row]:

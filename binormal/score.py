@@ -185,7 +185,7 @@ def _blocks(
 
         def render(engine: Engine) -> list[Block]:
             return [
-                scope_block(sc.ordinal, sc.scope, scope_rows(sc, opts, None), top, as_json)
+                scope_block(sc.ordinal, sc.scope, scope_rows(sc, opts, None), top, as_json, opts.window > 0)
                 for sc in engine.scopes.values()
             ]
 
@@ -207,14 +207,16 @@ def _blocks(
     by_scope: dict[Scope, list[Row]] = {}
     for r in rows:
         by_scope.setdefault(r.scope, []).append(r)
-    return [scope_block(i, scope, mine, top, as_json) for i, (scope, mine) in enumerate(by_scope.items())]
+    recent = opts.window > 0
+    return [scope_block(i, scope, mine, top, as_json, recent) for i, (scope, mine) in enumerate(by_scope.items())]
 
 
-def scope_block(ordinal: int, scope: Scope, rows: list[Row], top: int, as_json: bool) -> Block:
-    """One scope's output: a JSON line per individual, or its table of the ``top`` outliers."""
+def scope_block(ordinal: int, scope: Scope, rows: list[Row], top: int, as_json: bool, recent: bool = False) -> Block:
+    """One scope's output: a JSON line per individual (``recent``: with its recent score), or its
+    table of the ``top`` outliers."""
     if as_json:
         dumps = orjson.dumps
-        text = "".join([dumps(r.as_json()).decode() + "\n" for r in rows])
+        text = "".join([dumps(r.as_json(recent)).decode() + "\n" for r in rows])
         return (ordinal, scope.org, scope.source, scope.pop, text)
     shown = sorted(rows, key=lambda r: (-round(r.zscore, 3), r.ident))[:top]
     learning = sum(1 for r in rows if r.learning)

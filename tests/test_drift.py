@@ -119,3 +119,49 @@ def test_window_step_keeps_the_window_exactly() -> None:
             assert list(kept) == seq[::-1][:size]
             # an action leaves exactly when k does not grow: n even before the event, or k already K
             assert (left is not None) == (n % 2 == 0 or n // 2 >= size), (size, n)
+
+
+def test_score_json_carries_recent_with_a_window(tmp_path: Path) -> None:
+    """``binormal score --json --window K`` (or $BINORMAL_RECENT_WINDOW) adds ``recent``, the value of
+    :func:`replay`'s, in one process or shared; without a window the rows are as before."""
+    import os
+    import subprocess
+    import sys
+
+    rng = random.Random(21)
+    lines = []
+    for n in range(3000):
+        ident = f"u{rng.randrange(40)}"
+        acts = "abcde" if ident != "u7" or n < 1500 else "e"  # u7 is taken over halfway: only e from then on
+        action = rng.choices(acts, weights=[6, 4, 2, 1, 1][: len(acts)])[0]
+        lines.append(json.dumps({"org": "o", "source": "s", "pop": f"p{n % 3}", "id": ident, "action": action}))
+    path = tmp_path / "events.ndjson"
+    path.write_text("\n".join(lines) + "\n")
+
+    def score(*args: str, **env: str) -> list[dict[str, object]]:
+        proc = subprocess.run(
+            [sys.executable, "-P", "-m", "binormal", "score", str(path), "--json", *args],
+            capture_output=True,
+            timeout=60,
+            check=True,
+            env={**os.environ, **env},
+        )
+        return [json.loads(r) for r in proc.stdout.splitlines()]
+
+    with_window = score("--window", "20", "--jobs", "1")
+    assert with_window == score("--jobs", "3", BINORMAL_RECENT_WINDOW="20")
+    expected = replay(str(path), Options(100, 1000, 100, window=20), io.StringIO())
+    assert [(r["id"], r["recent"]) for r in with_window] == [(r["id"], round(r["recent"], 3)) for r in expected]
+    plain = score()
+    assert [{k: v for k, v in r.items() if k != "recent"} for r in with_window] == plain
+    assert all("recent" not in r for r in plain)
+    taken = [r for r in with_window if r["id"] == "u7"]
+    others = [r["recent"] for r in with_window if r["id"] != "u7" and isinstance(r["recent"], float)]
+    assert all(isinstance(r["recent"], float) and r["recent"] > max(others) for r in taken)
+    refused = subprocess.run(
+        [sys.executable, "-P", "-m", "binormal", "score", str(path), "--window", "101"], capture_output=True, timeout=60
+    )
+    assert (
+        refused.returncode == 2
+        and b"--window must be at most the normalisation cap --cap 100, got 101" in refused.stderr
+    )

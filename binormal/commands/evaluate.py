@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from binormal.commands import Subparsers
-from binormal.commands.score import add_engine_options, add_progress_options, engine_options, whole
+from binormal.commands.score import add_engine_options, add_progress_options, check_window, engine_options, whole
 
 
 def register(sub: Subparsers) -> None:
@@ -59,10 +59,9 @@ def run(args: argparse.Namespace) -> int:
     opts = engine_options(args, "evaluate")
     if not isinstance(opts, Options):
         return 2
-    if args.window > args.cap:  # the window is scored unnormalised: k <= K <= N
-        sys.stderr.write(
-            f"binormal evaluate: --window must be at most the normalisation cap --cap {args.cap}, got {args.window}\n"
-        )
+    problem = check_window(args.window, args.cap)
+    if problem is not None:
+        sys.stderr.write(f"binormal evaluate: {problem}\n")
         return 2
     opts = dataclasses.replace(opts, window=args.window)
     return main_evaluate(args.events, args.labels, args.json, opts, args.progress)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 
@@ -79,6 +80,14 @@ def engine_options(args: argparse.Namespace, command: str) -> object | None:
     return Options(args.cap, refresh, weight_cap, *learning)
 
 
+def check_window(window: int, cap: int) -> str | None:
+    """Why ``--window`` cannot be used with normalisation cap ``cap`` (None when it can): the window
+    is scored unnormalised, so k <= K <= N."""
+    if window > cap:
+        return f"--window must be at most the normalisation cap --cap {cap}, got {window}"
+    return None
+
+
 def _from_env(given: int | None, name: str, default: int) -> int:
     """``given`` if the option was given, else the variable ``name`` (a whole number >= 0), else ``default``."""
     if given is not None:
@@ -126,6 +135,14 @@ def register(sub: Subparsers) -> None:
         "--transform", metavar="MODULE:FUNCTION", help="a function turning each parsed line into an event"
     )
     s.add_argument(
+        "--window",
+        type=whole(0, ""),
+        default=None,
+        metavar="K",
+        help="add each individual's recent score to --json: the bits of its last min(K, n // 2) events "
+        "against its population (default $BINORMAL_RECENT_WINDOW, else 0 = off; at most --cap)",
+    )
+    s.add_argument(
         "--jobs",
         type=whole(1, " of processes"),
         default=None,
@@ -152,6 +169,16 @@ def run(args: argparse.Namespace) -> int:
     opts = engine_options(args, "score")
     if not isinstance(opts, Options):
         return 2
+    try:
+        window = _from_env(args.window, "BINORMAL_RECENT_WINDOW", 0)
+    except ValueError as exc:
+        sys.stderr.write(f"binormal score: {exc}\n")
+        return 2
+    problem = check_window(window, args.cap)
+    if problem is not None:
+        sys.stderr.write(f"binormal score: {problem}\n")
+        return 2
+    opts = dataclasses.replace(opts, window=window)
     return main_score(
         args.file,
         args.top,
