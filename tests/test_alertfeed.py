@@ -169,6 +169,39 @@ async def test_an_alert_the_worker_fires_reaches_the_websocket_as_it_fires(
     assert alert["event"]["action"].startswith("GET /probe/")
 
 
+async def xread_calls(client: aioredis.Redis) -> int:
+    """XREAD commands the private server has run (only the alert feed reads with plain XREAD)."""
+    stats = await client.info("commandstats")
+    return int(stats.get("cmdstat_xread", {}).get("calls", 0))
+
+
+async def test_the_feed_reads_slowly_while_no_viewer_watches(
+    redis_url: str, prefix: str, aredis: aioredis.Redis, tmp_path: Path
+) -> None:
+    """No stats=1 viewer: one read of the streams per IDLE_POLL_S; the first viewer is served at once."""
+    from binormal.web.alertfeed import IDLE_POLL_S, POLL_S
+
+    keys = web_settings(redis_url, prefix).keys
+    async with web_tier(redis_url, prefix, tmp_path) as (base, app), aiohttp.ClientSession() as http:
+        async with watching(http, base, "root", stats=False):  # the seed's page: not a watcher
+            before, started = await xread_calls(aredis), time.monotonic()
+            await asyncio.sleep(IDLE_POLL_S)  # what the feed does over a while with nobody watching
+            idle = await xread_calls(aredis) - before
+            polls = (time.monotonic() - started) / IDLE_POLL_S + 1
+        assert idle <= keys.shards * polls, (idle, keys.shards)  # at POLL_S: IDLE_POLL_S / POLL_S = 8x as many
+        assert app[HUB_KEY].watchers == 0 and not app[HUB_KEY].watched.is_set()
+        async with watching(http, base, "root") as root:
+            assert app[HUB_KEY].watchers == 1
+            alert_id = await xadd_alert(aredis, keys, scope_in_shard(keys, "acme", 0), "late")
+            await root.until(lambda a: [x["alert_id"] for x in a] == [alert_id])
+            # Three polls more well before three idle pauses could pass: the watched pace again.
+            fast, deadline = await xread_calls(aredis), time.monotonic() + 1.75 * IDLE_POLL_S
+            while await xread_calls(aredis) - fast < 3 * keys.shards:
+                assert time.monotonic() < deadline, "the feed did not resume its watched pace"
+                await asyncio.sleep(POLL_S / 5)
+        assert app[HUB_KEY].watchers == 0
+
+
 @pytest.mark.slow
 async def test_the_feed_keeps_its_place_across_a_redis_outage(tmp_path: Path) -> None:
     """An alert that fired while the feed was cut off arrives once it is back; none arrives twice.

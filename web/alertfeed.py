@@ -6,7 +6,10 @@ web process, with a Redis client of its own (the live view also runs without the
 reads them every ``POLL_S``: one non-blocking ``XREAD COUNT`` per stream, each naming a single key,
 sent as one non-transactional pipeline. On Redis Cluster the streams hash to different slots, so a
 multi-stream XREAD would be refused (CROSSSLOT); redis-py's cluster pipeline sends each read to
-the node of its slot. Cost: one round trip per ``POLL_S`` per web process, nothing per browser.
+the node of its slot. Cost: one round trip per ``POLL_S`` per web process while a viewer with
+``stats=1`` is connected (nothing per browser), one per ``IDLE_POLL_S`` while none is; the first
+viewer to connect wakes it at once (what fired meanwhile is pushed then: the page drops alerts it
+already holds from ``/api/alerts``).
 
 It starts at each stream's newest entry (what came before is ``GET /api/alerts``'s, which the page
 reads on load), keeps its positions across a Redis outage (alerts fired meanwhile arrive late, at
@@ -33,6 +36,7 @@ from binormal.web.settings import WebSettings
 log = structlog.get_logger("binormal.web.alertfeed")
 
 POLL_S = 0.25  # how often the alert streams are read (an alert reaches the page within about this)
+IDLE_POLL_S = 2.0  # ... while no viewer is connected (the positions still move on)
 READ_COUNT = 100  # entries read per stream per poll (a burst is spread over the next polls)
 START = b"0-0"  # position in a stream that has no entry yet: everything added later is new
 
@@ -79,6 +83,20 @@ async def poll_once(client: Client, streams: Sequence[str], positions: list[byte
     return pushed
 
 
+async def pause(stop: asyncio.Event, watched: asyncio.Event) -> None:
+    """Wait ``POLL_S`` while someone watches, else ``IDLE_POLL_S`` or until a viewer connects; ``stop`` ends either."""
+    waits = [asyncio.ensure_future(stop.wait())]
+    if not watched.is_set():
+        waits.append(asyncio.ensure_future(watched.wait()))
+    try:
+        await asyncio.wait(
+            waits, timeout=POLL_S if len(waits) == 1 else IDLE_POLL_S, return_when=asyncio.FIRST_COMPLETED
+        )
+    finally:
+        for task in waits:
+            task.cancel()
+
+
 async def follow_alerts(settings: WebSettings, hub: Hub, stop: asyncio.Event) -> None:
     """Feed ``hub`` with new alerts until ``stop``; wait for Redis and carry on after any failure."""
     try:
@@ -106,8 +124,7 @@ async def follow_alerts(settings: WebSettings, hub: Hub, stop: asyncio.Event) ->
                     break
             except RedisError as exc:  # e.g. WRONGTYPE: another program's value under a stream's name
                 log.warning("alert_feed_read_failed", error=str(exc)[:200])
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=POLL_S)
+            await pause(stop, hub.watched)
     finally:
         with contextlib.suppress(*TRANSIENT):
             await client.aclose()

@@ -124,6 +124,8 @@ class Hub:
         self.restricted = 0  # clients limited to some orgs (lines are parsed only while > 0)
         self.alerts = 0  # alerts received from the alert streams
         self.alert_feed_up = False  # the alert feed's last read of the alert streams worked (web/alertfeed.py)
+        self.watchers = 0  # control clients (the page's stats=1 viewers): the ones alerts are pushed to
+        self.watched = asyncio.Event()  # set while watchers > 0: the alert feed reads at its fast pace
 
     def register(self, control: bool = True, orgs: frozenset[str] | None = None) -> Client:
         """A new client with an empty queue (``control``: hello/stats lines; ``orgs``: only these orgs)."""
@@ -131,6 +133,9 @@ class Hub:
         self.clients.add(client)
         if orgs is not None:
             self.restricted += 1
+        if control:
+            self.watchers += 1
+            self.watched.set()
         log.info("ws_client_joined", client=client.id, clients=len(self.clients))
         return client
 
@@ -142,6 +147,10 @@ class Hub:
             self.clients.discard(client)
             if client.orgs is not None:
                 self.restricted -= 1
+            if client.control:
+                self.watchers -= 1
+                if not self.watchers:
+                    self.watched.clear()
             log.info(
                 "ws_client_left",
                 client=client.id,
