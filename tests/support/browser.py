@@ -5,6 +5,7 @@ Chromium missing: the test is skipped locally and fails in CI (``CI=true``).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 from pathlib import Path
@@ -86,3 +87,44 @@ async def launch_chromium(stack: contextlib.AsyncExitStack, executable: str) -> 
 async def wait_js(page: Any, expr: str, timeout_s: float = 20.0) -> None:
     """Wait until the page's JS expression ``expr`` is truthy."""
     await page.wait_for_function(expr, timeout=timeout_s * 1000)
+
+
+PIXELS_JS = """() => {
+  const c = document.getElementById('matrix');
+  const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+  let red = 0, green = 0;
+  for (let i = 0; i < d.length; i += 4) {
+    const r = d[i], g = d[i + 1], b = d[i + 2];
+    if (r > 110 && g < 90 && b < 90) red++;
+    else if (g > 90 && r < 80) green++;
+  }
+  return {red, green};
+}"""
+
+
+async def counters(page: Any) -> dict[str, Any]:
+    result: dict[str, Any] = await page.evaluate("() => ({...window.binormal.counters})")
+    return result
+
+
+async def pixels_until(page: Any, predicate: Any, timeout_s: float = 15.0) -> dict[str, int]:
+    """Poll the canvas pixel counts until ``predicate(counts)``; returns the last counts."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while True:
+        px: dict[str, int] = await page.evaluate(PIXELS_JS)
+        if predicate(px) or asyncio.get_running_loop().time() > deadline:
+            return px
+        await asyncio.sleep(0.2)
+
+
+async def set_slider(page: Any, slider: str, value: float) -> None:
+    await page.evaluate(
+        "([id, v]) => { const el = document.getElementById(id); el.value = String(v);"
+        " el.dispatchEvent(new Event('input', {bubbles: true})); }",
+        [slider, value],
+    )
+
+
+async def select_scope(page: Any, level: str, value: str) -> None:
+    await wait_js(page, f"() => [...document.getElementById('scope-{level}').options].some(o => o.value === {value!r})")
+    await page.select_option(f"#scope-{level}", value)
