@@ -16,6 +16,7 @@ command fail: nothing is printed from a partial result.
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import os
 import signal
@@ -135,11 +136,9 @@ def split_blocks(
         return blocks
     finally:
         for pid in children:  # this process failed or was interrupted: stop the copies
-            try:
+            with contextlib.suppress(ChildProcessError, ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
                 os.waitpid(pid, 0)
-            except ChildProcessError:
-                pass
         for f in logs + outputs:
             f.close()
 
