@@ -66,6 +66,7 @@ class Worker:
             max_actions=settings.max_actions,
             guard=settings.guard,
             retention=settings.retention,
+            recent_window=settings.recent_window,
             rules=RuleCache(self.keys),
             alerts=AlertCache(self.keys),
             min_events=settings.min_events,
