@@ -50,9 +50,9 @@ An individual costs one small hash (its counts, keyed by the scope's action
 numbers, so a long action name is stored once per scope, not once per
 individual) and one rank member: docs/operations.md, Sizing. With
 ``BINORMAL_RECENT_WINDOW`` K > 0 it also has a list of its last K action
-numbers and a small hash of its window's counts (docs/design.md, Recent window). Layout 1 (before
-the action numbers) keyed ``i:<id>`` by action name and kept a ``ver`` hash;
-``binormal migrate`` converts it (common/migrate.py).
+numbers and a small hash of its window's counts (docs/design.md, Recent
+window). Layout 1 (before the action numbers) keyed ``i:<id>`` by action
+name and kept a ``ver`` hash; ``binormal migrate`` converts it (common/migrate.py).
 """
 
 from __future__ import annotations
@@ -136,7 +136,7 @@ def _scope_prefix(prefix: str, shard: int, scope: Scope) -> str:
 
 
 def recent_in(scope_prefix: str, ident: str) -> tuple[str, str]:
-    """:meth:`Keyspace.recent_list` and :meth:`Keyspace.recent_window` from the scope's prefix (the worker's hot path)."""
+    """:meth:`Keyspace.recent_list` and :meth:`Keyspace.recent_window` from the scope's prefix (hot path)."""
     enc = encode(ident)
     return f"{scope_prefix}rl:{enc}", f"{scope_prefix}rw:{enc}"
 
