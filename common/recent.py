@@ -38,7 +38,21 @@ def check_recent_window(window: int, cap: int) -> None:
 
 
 def recent_bits(snap: Snapshot, window: Mapping[str, int]) -> float:
-    """``recent``: :meth:`Snapshot.assess` of the window's counts (0.0 for an empty window: ``n < 2``)."""
+    """``recent``: :meth:`Snapshot.assess` of the window's counts (0.0 for an empty window: ``n < 2``).
+
+    An action of the window the population holds no weight of (p = 0: the weight cap rounded a heavy
+    individual's rare action to 0, or an excluded individual's own action) would be infinitely
+    surprising; as for an excluded individual's score (scoring.excluded_view) the window's own count
+    stands in for it, on a copy. Unnormalised ``x_a`` can meet such a 0 where ``x'_a`` cannot
+    (weight_cap_usable), so this is needed here only. O(the scope's actions), only then.
+    """
     if not window:
         return 0.0
+    counts = snap.counts
+    if any(counts.get(a, 0) <= 0 for a, c in window.items() if c > 0):
+        own = dict(counts)
+        for a, c in window.items():
+            if c > 0 and own.get(a, 0) <= 0:
+                own[a] = c
+        snap = Snapshot(own, cap=snap.cap)
     return snap.assess(window, 0)[0]

@@ -12,6 +12,7 @@ Apply.lua's window against binormal/drift.py's ``window_step`` is in tests/test_
 from __future__ import annotations
 
 import json
+import math
 import random
 from dataclasses import replace
 from typing import Any
@@ -24,7 +25,9 @@ import redis.asyncio as aioredis
 from binormal.common.config import ConfigError
 from binormal.common.engine import MemoryEngine
 from binormal.common.keys import Keyspace, Scope
+from binormal.common.recent import recent_bits
 from binormal.common.schema import Event
+from binormal.common.scoring import Snapshot
 from binormal.web.app import create_app
 from binormal.web.settings import WebSettings
 from binormal.worker import WorkerSettings
@@ -247,3 +250,14 @@ async def test_a_window_kept_while_k_was_0_restarts_and_a_smaller_k_shrinks_it_a
     kept, held = await window_of()
     assert len(kept) == 4 and held[b"n"] == b"51"
     assert {f: int(v) for f, v in held.items() if f != b"n"} == {n: kept.count(n) for n in set(kept)}
+
+
+def test_recent_is_the_score_of_the_window_and_finite_where_the_population_holds_no_weight() -> None:
+    snap = Snapshot({"a": 90, "b": 10, "c": 0})  # c: known, its population count rounded to 0 (weight cap)
+    assert recent_bits(snap, {}) == 0.0
+    assert recent_bits(snap, {"a": 9, "b": 1}) == snap.assess({"a": 9, "b": 1}, 0)[0]
+    for window in ({"a": 3, "c": 2}, {"a": 3, "d": 2}):  # a zero-weight action, an unknown one
+        got = recent_bits(snap, window)
+        own = Snapshot({"a": 90, "b": 10, **{a: c for a, c in window.items() if a != "a"}})
+        assert math.isfinite(got) and got == own.assess(window, 0)[0]
+    assert snap.counts == {"a": 90, "b": 10}  # the shared snapshot is left alone
