@@ -226,7 +226,7 @@ for i = 1, entries do
         end
         recent = {}
         for f, c in pairs(counts) do
-          recent[#recent + 1] = known.name[f]
+          recent[#recent + 1] = known.name[f] or ('#' .. f)  -- always named: its numbers are the individual's
           recent[#recent + 1] = c
         end
       end
