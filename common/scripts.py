@@ -127,8 +127,8 @@ class ApplyItem(NamedTuple):
     last: str  # the scope's last-seen zset (written only with retention on)
     an: str  # the scope's action -> number hash
     na: str  # the scope's number -> action hash
-    recent: str  # the individual's recent list (keys.recent_in; touched only with a recent window K > 0)
-    window: str  # the individual's window counts hash (the same)
+    recent: str  # the individual's recent list (keys.recent_in) with a recent window K > 0, else ``individual``
+    window: str  # the individual's window counts hash (the same); neither is touched with K = 0
     entry_id: bytes
     action: str
     token: str
@@ -494,16 +494,18 @@ class Expire:
         max_individuals: int,
         weight_cap: int,
         candidates: Sequence[tuple[str, str, bool]],
+        recent_window: int = 0,
     ) -> tuple[list[Any], list[Any]]:
         """KEYS and ARGV; ``candidates`` are (counts hash key, id, excluded) of the oldest last-seen members.
 
         ``head`` is the shard's (uncommitted, expired) hashes; ``cutoff_ms`` -1 turns idle expiry off.
-        Each candidate's recent list and window hash (keys.recent_of its counts key) go with it.
+        With a recent window K > 0 each candidate's recent list and window hash (keys.recent_of its
+        counts key) go with it; with K = 0 its counts key stands in for both (no new key).
         """
         keys: list[Any] = [*head, *scope]
         args: list[Any] = [token, cutoff_ms, max_individuals, weight_cap]
         for key, ident, excluded in candidates:
-            keys += (key, *recent_of(key))
+            keys += (key, *recent_of(key)) if recent_window else (key, key, key)
             args += (ident, "1" if excluded else "0")
         return keys, args
 

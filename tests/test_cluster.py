@@ -289,6 +289,7 @@ async def test_every_script_twin_runs_on_the_cluster_with_keys_of_one_slot(clust
             0,
             0,
             [(ikey, "u1", False)],
+            recent_window=50,
         )
         assert one_slot(cluster, k)
         assert Expire.decode(await scripts.run(cluster, Expire.NAME, k, a)).removed == 1

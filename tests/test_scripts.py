@@ -187,8 +187,10 @@ def test_expire_packs_the_scope_keys_then_three_keys_per_candidate() -> None:
     keys, args = Expire.pack(
         ("unc", "exp"), scope, "tok", 1234, 5, 100, [("kp:c:a", "a", False), ("kp:c:b", "b", True)]
     )
-    # its counts hash, recent list and window hash (keys.recent_of)
-    assert keys == ["unc", "exp", *scope, "kp:c:a", "kp:rl:a", "kp:rw:a", "kp:c:b", "kp:rl:b", "kp:rw:b"]
+    # K = 0: the counts hash in place of the window's keys; K > 0: its recent list and window hash
+    assert keys == ["unc", "exp", *scope, *["kp:c:a"] * 3, *["kp:c:b"] * 3]
+    windowed = Expire.pack(("unc", "exp"), scope, "tok", 1234, 5, 100, [("kp:c:a", "a", False)], recent_window=50)
+    assert windowed[0] == ["unc", "exp", *scope, "kp:c:a", "kp:rl:a", "kp:rw:a"]
     assert args == ["tok", 1234, 5, 100, "a", "0", "b", "1"]
     assert Expire.decode([2, 1, 7]) == Expired(2, 1, 7)
 

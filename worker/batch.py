@@ -330,7 +330,8 @@ class BatchProcessor:
                 ttl = 0 if ev.event_id is None else min(ev.id_ttl or self.seen_ttl_s, self.seen_ttl_s)
                 # The marker lives under the scope (kp + "seen:..."): ids of one scope never touch another's.
                 marker = k.seen(e.scope, ev.event_id or "", e.shard)
-                recent, window = recent_in(kp, ev.id)
+                # the recent window's keys; with K = 0 the counts key stands in (never touched, no new key)
+                recent, window = recent_in(kp, ev.id) if self.recent_window else (e.ikey, e.ikey)
                 items.append(
                     ApplyItem(
                         kp + "pop",

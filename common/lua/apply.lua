@@ -37,7 +37,8 @@
 --   KEYS[b+11] the individual's recent list (its last K action numbers, newest first)
 --   KEYS[b+12] the individual's window hash (action number -> count in its last
 --              min(K, n // 2) events, and 'n': its event count when it was kept);
---              both only touched when ARGV[8] > 0
+--              both only touched when ARGV[8] > 0; with ARGV[8] = 0 the caller passes the
+--              individual's hash (KEYS[b+4]) in their place: no new key, never touched
 -- ARGV[1] group  ARGV[2] '1' to return each scope's whole pop hash (staleness 0)
 -- ARGV[3] most distinct actions a scope may have (BINORMAL_MAX_ACTIONS)
 -- ARGV[4] weight cap W (BINORMAL_WEIGHT_CAP; 0 = off)
