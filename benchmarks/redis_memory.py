@@ -14,10 +14,13 @@ default TTLs.
 ``--distinct D`` gives every individual exactly D distinct actions (the
 skewed mix, drawn without replacement); 0 keeps the plain skewed mix.
 ``--tree PATH`` measures another checkout's code (e.g. an export of main) with
-this same script, for an A/B in one run.
+this same script, for an A/B in one run. ``--recent-window K [K ...]`` runs the
+whole measurement once per K (``BINORMAL_RECENT_WINDOW``, a fresh redis-server
+each), ``--repeat R`` that R times, alternating the Ks, and ends with the median
+bytes per individual of each K (its recent list and window hash counted as its parts).
 
     python benchmarks/redis_memory.py [--events N] [--individuals I] [--distinct D] [--rate R]
-        [--redis-server PATH] [--tree PATH]
+        [--recent-window K [K ...]] [--repeat R] [--redis-server PATH] [--tree PATH]
 
 Loopback only; stops by itself.
 """
@@ -28,6 +31,7 @@ import argparse
 import asyncio
 import importlib
 import random
+import statistics
 import sys
 import tempfile
 import uuid
@@ -62,6 +66,8 @@ def kind_of(key: str) -> str:
     if ":reply:" in key:
         return "reply"
     if ":sc:" in key:
+        if len(parts) >= 2 and parts[-2] in ("rl", "rw"):
+            return "recent list" if parts[-2] == "rl" else "window hash"
         return "individual" if len(parts) >= 2 and parts[-2] in ("i", "c") else parts[-1]
     return parts[-1]
 
@@ -129,7 +135,8 @@ async def used_memory(client: aioredis.Redis) -> int:
     return int((await client.info("memory"))["used_memory"])
 
 
-async def run(args: argparse.Namespace, url: str) -> None:
+async def run(args: argparse.Namespace, url: str, window: int = 0) -> dict[str, float]:
+    """One measurement with the recent window ``window``; prints it, returns the per-individual parts (B)."""
     client = aioredis.Redis.from_url(url, protocol=2)
     keys = Keyspace()
     web = WebSettings()
@@ -157,7 +164,8 @@ async def run(args: argparse.Namespace, url: str) -> None:
 
     # Reply copies are kept an hour here so a slow drain still finds them to measure (the lines
     # below count them for the default BINORMAL_REPLY_TTL_S).
-    worker = Worker(WorkerSettings(redis_url=url, consumer="bench", trim_interval_s=0, reply_ttl_s=3600))
+    extra = {"recent_window": window} if window else {}  # an older --tree has no such setting
+    worker = Worker(WorkerSettings(redis_url=url, consumer="bench", trim_interval_s=0, reply_ttl_s=3600, **extra))
     task = asyncio.create_task(worker.run())
     while worker.counters.applied < len(events):
         await asyncio.sleep(0.05)
@@ -182,7 +190,8 @@ async def run(args: argparse.Namespace, url: str) -> None:
 
     n = len(events)
     print(
-        f"tree={_TREE} events={n} scopes={args.scopes} individuals={len(counted)} actions={args.actions} "
+        f"tree={_TREE} recent_window={window} events={n} scopes={args.scopes} individuals={len(counted)} "
+        f"actions={args.actions} "
         f"distinct actions per individual: {mean_distinct:.2f} (mean)"
     )
     print(
@@ -203,6 +212,8 @@ async def run(args: argparse.Namespace, url: str) -> None:
         "counts hash": individuals[1] / count,
         "rank member": by_kind.get("rank", (0, 0))[1] / max(rank_members, 1),
         "ver entry": by_kind.get("ver", (0, 0))[1] / max(rank_members, 1),
+        "recent list": by_kind.get("recent list", (0, 0))[1] / count,
+        "window hash": by_kind.get("window hash", (0, 0))[1] / count,
     }
     per_ind_total = sum(parts.values())
     split = ", ".join(f"{name} {b:,.0f} B" for name, b in parts.items())
@@ -232,6 +243,7 @@ async def run(args: argparse.Namespace, url: str) -> None:
             f"at {args.rate:,} /discrete requests/s with {what}: {(markers + replies) / 2**20:,.0f} MiB alive "
             f"(markers {markers / 2**20:,.0f} MiB, reply copies {replies / 2**20:,.0f} MiB)"
         )
+    return {**parts, "total": per_ind_total}
 
 
 def main() -> None:
@@ -243,15 +255,27 @@ def main() -> None:
     p.add_argument("--distinct", type=int, default=0, help="distinct actions of every individual (0: skewed mix)")
     p.add_argument("--tree", default=None, help="checkout whose binormal package to measure (default: this one)")
     p.add_argument("--rate", type=int, default=1_000, help="/discrete requests/s for the steady-state line")
+    p.add_argument("--recent-window", type=int, nargs="+", default=[0], help="BINORMAL_RECENT_WINDOW values")
+    p.add_argument("--repeat", type=int, default=1, help="runs per recent window (alternating)")
     p.add_argument("--redis-server", default=None)
     args = p.parse_args()
     binary = quiet_setup(args.redis_server)
-    with tempfile.TemporaryDirectory() as tmp:
-        server = RedisServer(tmp, binary=binary).start()
-        try:
-            asyncio.run(run(args, server.url))
-        finally:
-            server.stop()
+    runs: dict[int, list[dict[str, float]]] = defaultdict(list)
+    for _ in range(args.repeat):
+        for window in args.recent_window:
+            with tempfile.TemporaryDirectory() as tmp:
+                server = RedisServer(tmp, binary=binary).start()
+                try:
+                    runs[window].append(asyncio.run(run(args, server.url, window)))
+                finally:
+                    server.stop()
+            print()
+    if len(runs) > 1 or args.repeat > 1:
+        print(f"median bytes per individual over {args.repeat} run(s):")
+        names = list(next(iter(runs.values()))[0])
+        print(f"{'K':>4} " + " ".join(f"{name:>12}" for name in names))
+        for window, got in runs.items():
+            print(f"{window:>4} " + " ".join(f"{statistics.median(r[name] for r in got):>12,.1f}" for name in names))
 
 
 if __name__ == "__main__":

@@ -15,11 +15,12 @@ the earlier events ``o_a = x_a - w_a`` over ``m = n - k``.
   the mix of the rest, at most ``n H(k/n)`` bits, and it needs no population (a stationary
   individual with an odd mix has a low drift). 0 when ``k == 0``.
 
-Maintenance (what the service would need, not implemented there yet; :func:`window_step` is the
-rule, step by step as ``apply.lua`` would do it): a list of each individual's last K actions,
-newest first, and a hash of its window counts; per event the new action enters the window and,
-when ``k`` does not grow (``n`` even before the event, or ``k == K``), the action ``k`` places
-back leaves it: O(1) list and hash commands, and ``drift`` is O(the individual's own actions).
+Maintenance (:func:`window_step` is the rule, step by step as ``apply.lua`` does it for ``recent``
+in the service with ``BINORMAL_RECENT_WINDOW``, common/recent.py): a list of each individual's
+last K actions, newest first, and a hash of its window counts; per event the new action enters
+the window and, when ``k`` does not grow (``n`` even before the event, or ``k == K``), the action
+``k`` places back leaves it: O(1) list and hash commands, and ``drift`` is O(the individual's
+own actions) (``drift`` is not in the service).
 """
 
 from __future__ import annotations

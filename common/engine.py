@@ -7,6 +7,7 @@ staleness 0 both give identical results per event) and the engine behind
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,9 +21,11 @@ from binormal.common.calibration import (
     is_learning,
 )
 from binormal.common.keys import Scope
+from binormal.common.recent import recent_bits
 from binormal.common.result import ActionStats, Aggregates, make_result
 from binormal.common.schema import Event
 from binormal.common.scoring import DEFAULT_CAP, Snapshot, count_event, excluded_view, weight_cap_usable, zscore
+from binormal.drift import window_step
 
 DEFAULT_DOMINANCE_SHARE = 0.2
 DEFAULT_DOMINANCE_MIN_EVENTS = 1000  # 10 N: a young scope is not flagged
@@ -37,6 +40,8 @@ class ScopeState:
     sq: dict[str, int] = field(default_factory=dict)
     k: dict[str, int] = field(default_factory=dict)
     individuals: dict[str, dict[str, int]] = field(default_factory=dict)
+    # recent window (K > 0): per id its last K actions, newest first, and its window's counts
+    windows: dict[str, tuple[deque[str], dict[str, int]]] = field(default_factory=dict)
     scores: dict[str, float] = field(default_factory=dict)
     agg: Aggregates = field(default_factory=Aggregates)
     ranked: SortedScores = field(default_factory=SortedScores)  # the rank zset's scores, ascending
@@ -68,6 +73,10 @@ class MemoryEngine:
     median and MAD (``rzscore``) are refreshed at the same points, right after
     the event's score is committed. ``min_events`` and ``min_individuals`` are
     the ``learning`` thresholds.
+
+    ``recent_window`` is ``BINORMAL_RECENT_WINDOW`` K: with K > 0 every result has ``recent``, the
+    bits of the individual's last ``min(K, n // 2)`` events against the snapshot its score used
+    (common/recent.py; apply.lua keeps the same window); 0, the default, leaves it out.
     """
 
     def __init__(
@@ -81,7 +90,11 @@ class MemoryEngine:
         excluded: Iterable[tuple[Scope, str]] = (),
         min_events: int = DEFAULT_MIN_EVENTS,
         min_individuals: int = DEFAULT_MIN_INDIVIDUALS,
+        recent_window: int = 0,
     ) -> None:
+        if not 0 <= recent_window <= cap:
+            raise ValueError(f"recent window must be 0 (off) or 1..cap {cap}, got {recent_window}")
+        self.recent_window = recent_window
         self.cap = cap
         self.weight_cap = check_weight_cap(cap if weight_cap is None else weight_cap, cap)
         self.dominance_share = dominance_share
@@ -113,6 +126,11 @@ class MemoryEngine:
             st.sq[event.action] = st.sq.get(event.action, 0) + 2 * k + 1
             if k == 0:
                 st.k[event.action] = st.k.get(event.action, 0) + 1
+
+        window: dict[str, int] | None = None
+        if self.recent_window:
+            kept, window = st.windows.setdefault(event.id, (deque(), {}))
+            window_step(kept, window, sum(counts.values()) - 1, event.action, self.recent_window)
 
         snap = st.snapshot
         refreshed = snap is None or st.snapshot_age >= self.refresh_every or (not excluded and not snap.covers(counts))
@@ -148,6 +166,7 @@ class MemoryEngine:
             min_events=self.min_events,
             min_individuals=self.min_individuals,
             cap=self.cap,
+            recent=None if window is None else recent_bits(snap, window),
         )
 
     def run(self, events: Iterable[Event]) -> list[dict[str, Any]]:

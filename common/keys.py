@@ -13,6 +13,8 @@ Layout (``P`` is the prefix, default ``bn``; ``s`` the shard number)::
     P:{P.s}:sc:<scope>:an               hash action -> its number in the scope (1, 2, ...; never reused)
     P:{P.s}:sc:<scope>:na               hash number -> action (the inverse of an)
     P:{P.s}:sc:<scope>:c:<id>           hash action number -> this individual's count x_a
+    P:{P.s}:sc:<scope>:rl:<id>          list of its last K action numbers, newest first (BINORMAL_RECENT_WINDOW > 0)
+    P:{P.s}:sc:<scope>:rw:<id>          hash action number -> count in its recent window, and n (its events then)
     P:{P.s}:sc:<scope>:rank             zset id -> current score (bits)
     P:{P.s}:sc:<scope>:agg              hash n / sum / sumsq of current scores
     P:{P.s}:sc:<scope>:last             zset id -> last seen (Redis ms; only with retention on)
@@ -46,9 +48,11 @@ shard's stream, so one Lua script may touch the stream and the scope at once
 
 An individual costs one small hash (its counts, keyed by the scope's action
 numbers, so a long action name is stored once per scope, not once per
-individual) and one rank member: docs/operations.md, Sizing. Layout 1 (before
-the action numbers) keyed ``i:<id>`` by action name and kept a ``ver`` hash;
-``binormal migrate`` converts it (common/migrate.py).
+individual) and one rank member: docs/operations.md, Sizing. With
+``BINORMAL_RECENT_WINDOW`` K > 0 it also has a list of its last K action
+numbers and a small hash of its window's counts (docs/design.md, Recent
+window). Layout 1 (before the action numbers) keyed ``i:<id>`` by action
+name and kept a ``ver`` hash; ``binormal migrate`` converts it (common/migrate.py).
 """
 
 from __future__ import annotations
@@ -131,6 +135,23 @@ def _scope_prefix(prefix: str, shard: int, scope: Scope) -> str:
     return f"{prefix}:{{{prefix}.{shard}}}:sc:{scope.token}:"
 
 
+def recent_in(scope_prefix: str, ident: str) -> tuple[str, str]:
+    """:meth:`Keyspace.recent_list` and :meth:`Keyspace.recent_window` from the scope's prefix (hot path)."""
+    enc = encode(ident)
+    return f"{scope_prefix}rl:{enc}", f"{scope_prefix}rw:{enc}"
+
+
+def recent_of(individual_key: str) -> tuple[str, str]:
+    """The recent list and window keys of the individual whose counts key (:meth:`Keyspace.individual`) is given.
+
+    An encoded id holds no ``:``, so the last ``:c:`` of the key is the one before the id.
+    """
+    head, sep, enc = individual_key.rpartition(":c:")
+    if not sep or not head or not enc:
+        raise ValueError(f"not an individual key: {individual_key[:200]!r}")
+    return f"{head}:rl:{enc}", f"{head}:rw:{enc}"
+
+
 def alert_fired_in(scope_prefix: str, ident: str) -> str:
     """:meth:`Keyspace.alert_fired` from the scope's prefix (``Keyspace.scope_prefix``): the worker's hot path."""
     return f"{scope_prefix}fired:{encode(ident)}"
@@ -194,6 +215,14 @@ class Keyspace:
     def individual(self, scope: Scope, ident: str, shard: int | None = None) -> str:
         """Hash of one individual's action counts, keyed by the scope's action numbers (``an``/``na``)."""
         return f"{self.scope_prefix(scope, shard)}c:{encode(ident)}"
+
+    def recent_list(self, scope: Scope, ident: str, shard: int | None = None) -> str:
+        """List of the individual's last K action numbers, newest first (``BINORMAL_RECENT_WINDOW``; apply.lua)."""
+        return recent_in(self.scope_prefix(scope, shard), ident)[0]
+
+    def recent_window(self, scope: Scope, ident: str, shard: int | None = None) -> str:
+        """Hash action number -> count among its last ``min(K, n // 2)`` events, plus ``n`` (apply.lua)."""
+        return recent_in(self.scope_prefix(scope, shard), ident)[1]
 
     def individual_of(self, key: str | bytes, shard: int, kind: str = "c") -> tuple[Scope, str]:
         """Scope and id of an individual's key made by :meth:`individual` for ``shard``.

@@ -76,6 +76,7 @@ def make_result(
     min_individuals: int = DEFAULT_MIN_INDIVIDUALS,
     muted: bool = False,
     cap: int = DEFAULT_CAP,
+    recent: float | None = None,
 ) -> dict[str, Any]:
     """Build the seed-compatible result object (plus org, event_id, explain, muted and the calibrated fields).
 
@@ -88,11 +89,13 @@ def make_result(
     from the counts: the individual's first event of the action, and the first
     individual of the scope doing it. ``bits_per_event`` is the score per normalised
     event, ``score / min(count, cap)``: the variant that finds low-and-slow accounts
-    (docs/quality.md).
+    (docs/quality.md). ``recent`` (bits, ``BINORMAL_RECENT_WINDOW`` > 0: common/recent.py) is the score
+    of the individual's last ``min(K, n // 2)`` events against the same snapshot; None leaves the
+    field out, so with the window off a result is exactly what it was before it existed.
     """
     x = counts.get(event.action, 0)
     events = sum(counts.values())
-    return {
+    result = {
         "score": r3(score),
         "count": events,
         "zscore": r3(zscore(score, agg.n, agg.total, agg.total_sq)),
@@ -114,3 +117,6 @@ def make_result(
         "novel": x == 1,
         "new_action": x == 1 and stats.k <= 1,
     }
+    if recent is not None:
+        result["recent"] = r3(recent)
+    return result

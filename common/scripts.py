@@ -24,6 +24,7 @@ from redis.exceptions import NoScriptError
 from binormal.common.calibration import Rank
 from binormal.common.cluster import load_scripts, primaries, register_script
 from binormal.common.connection import Client
+from binormal.common.keys import recent_of
 from binormal.common.result import ActionStats, Aggregates
 
 LUA_DIR = Path(__file__).with_name("lua")
@@ -114,7 +115,7 @@ def pairs_int(flat: Sequence[bytes]) -> dict[str, int]:
 
 
 class ApplyItem(NamedTuple):
-    """One entry of an ``apply.lua`` call: its 10 KEYS, then its 7 ARGV."""
+    """One entry of an ``apply.lua`` call: its 12 KEYS, then its 7 ARGV."""
 
     pop: str
     sq: str
@@ -126,6 +127,8 @@ class ApplyItem(NamedTuple):
     last: str  # the scope's last-seen zset (written only with retention on)
     an: str  # the scope's action -> number hash
     na: str  # the scope's number -> action hash
+    recent: str  # the individual's recent list (keys.recent_in) with a recent window K > 0, else ``individual``
+    window: str  # the individual's window counts hash (the same); neither is touched with K = 0
     entry_id: bytes
     action: str
     token: str
@@ -135,7 +138,7 @@ class ApplyItem(NamedTuple):
     exclude: int = 0  # 1: the individual is excluded from learning (common/rules.py), pop/raw/sq/k not moved
 
 
-ITEM_KEYS = 10  # the KEYS of an ApplyItem; the rest are its ARGV
+ITEM_KEYS = 12  # the KEYS of an ApplyItem; the rest are its ARGV
 
 
 class Dominated(NamedTuple):
@@ -157,7 +160,8 @@ class Applied:
 
     ``pop_count`` is the action's population count C_a (``stats.s1`` is its raw
     sum, which differs once the weight cap applies); ``dominated`` is set the
-    first time the entry made its scope dominated.
+    first time the entry made its scope dominated; ``window`` the counts of the
+    individual's recent window (its last ``min(K, n // 2)`` events) when the recent window K > 0.
     """
 
     stats: ActionStats
@@ -165,6 +169,7 @@ class Applied:
     pop: dict[str, int] | None
     pop_count: int = 0
     dominated: Dominated | None = None
+    window: dict[str, int] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,6 +231,7 @@ class Apply:
             "dominance_share",
             "dominance_min_events",
             "retention",
+            "recent_window",
         ),
         item_args=ApplyItem._fields[ITEM_KEYS:],
     )
@@ -239,10 +245,12 @@ class Apply:
         items: Sequence[ApplyItem],
         guard: Guard | None = None,
         retention: bool = False,
+        recent_window: int = 0,
     ) -> tuple[list[Any], list[Any]]:
         """KEYS and ARGV for ``items`` after the shard's ``head`` keys (stream, scopes, uncommitted, capped).
 
-        With ``retention`` each applied entry stamps its individual in the scope's last-seen zset.
+        With ``retention`` each applied entry stamps its individual in the scope's last-seen zset;
+        with ``recent_window`` K > 0 it keeps the individual's recent window (its reply has ``window``).
         """
         g = guard or Guard()
         keys: list[Any] = list(head)
@@ -254,6 +262,7 @@ class Apply:
             repr(g.dominance_share),
             g.dominance_min_events,
             "1" if retention else "0",
+            recent_window,
         ]
         for item in items:
             keys += item[:ITEM_KEYS]
@@ -271,7 +280,8 @@ class Apply:
                 dom = r[7]
                 flagged = None if dom == 0 else Dominated(dom[0].decode("utf-8"), int(dom[1]), int(dom[2]))
                 stats = ActionStats(int(r[1]), int(r[2]), int(r[3]))
-                out.append(Applied(stats, pairs_int(r[4]), pop, int(r[6]), flagged))
+                window = pairs_int(r[8]) if len(r) > 8 else None  # only with a recent window K > 0
+                out.append(Applied(stats, pairs_int(r[4]), pop, int(r[6]), flagged, window))
             elif status == 0:
                 out.append(ALREADY)
             elif status == 2:
@@ -470,7 +480,7 @@ class Expire:
     NAME = "expire"
     LAYOUT = Layout(
         keys=("uncommitted", "expired", *ExpireScope._fields),
-        item_keys=("individual",),
+        item_keys=("individual", "recent", "window"),
         args=("token", "cutoff_ms", "max_individuals", "weight_cap"),
         item_args=("ident", "excluded"),
     )
@@ -484,15 +494,18 @@ class Expire:
         max_individuals: int,
         weight_cap: int,
         candidates: Sequence[tuple[str, str, bool]],
+        recent_window: int = 0,
     ) -> tuple[list[Any], list[Any]]:
         """KEYS and ARGV; ``candidates`` are (counts hash key, id, excluded) of the oldest last-seen members.
 
         ``head`` is the shard's (uncommitted, expired) hashes; ``cutoff_ms`` -1 turns idle expiry off.
+        With a recent window K > 0 each candidate's recent list and window hash (keys.recent_of its
+        counts key) go with it; with K = 0 its counts key stands in for both (no new key).
         """
         keys: list[Any] = [*head, *scope]
         args: list[Any] = [token, cutoff_ms, max_individuals, weight_cap]
         for key, ident, excluded in candidates:
-            keys.append(key)
+            keys += (key, *recent_of(key)) if recent_window else (key, key, key)
             args += (ident, "1" if excluded else "0")
         return keys, args
 

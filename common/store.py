@@ -8,6 +8,7 @@ atomic Lua call (``recompute.lua``); ``binormal recompute`` runs it on every sco
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -304,6 +305,29 @@ async def read_individual(
     raw, score = await pipe.execute()
     [counts] = await name_counts(client, keys, scope, [raw], shard)
     return counts, (None if score is None else float(score))
+
+
+async def read_windows(
+    client: Client, keys: Keyspace, scope: Scope, individuals: Sequence[tuple[str, int]]
+) -> list[dict[str, int]]:
+    """The recent windows (apply.lua, ``BINORMAL_RECENT_WINDOW``) of ``(id, event count)`` pairs, by action name.
+
+    A window's ``n`` is its individual's event count when it was last kept; one that is not the
+    count given (events were counted while K was 0, or the individual has none) reads as empty,
+    as apply.lua would restart it at the next event.
+    """
+    if not individuals:
+        return []
+    shard = keys.shard(scope)
+    pipe = client.pipeline(transaction=False)
+    for ident, _ in individuals:
+        pipe.hgetall(keys.recent_window(scope, ident, shard))
+    raws: list[dict[bytes, bytes]] = await pipe.execute()
+    kept = [
+        {f: v for f, v in raw.items() if f != b"n"} if raw.get(b"n") == str(events).encode() else {}
+        for raw, (_, events) in zip(raws, individuals)
+    ]
+    return await name_counts(client, keys, scope, kept, shard)
 
 
 # On Redis 6.2 an exact count of undelivered entries means reading them

@@ -283,13 +283,15 @@ COMMIT_KEYS: dict[str, Callable[[Keyspace, int], str]] = {
 }  # commit.lua's third key, the individual's hash, is apply.lua's too (APPLY_KEYS)
 
 
-async def _process_one(aredis: aioredis.Redis, keys: Keyspace) -> tuple[BatchProcessor, list[dict[str, object]]]:
-    """XADD one event with an event_id, read it as consumer c, process it."""
+async def _process_one(
+    aredis: aioredis.Redis, keys: Keyspace, recent_window: int = 0
+) -> tuple[BatchProcessor, list[dict[str, object]]]:
+    """XADD one event with an event_id, read it as consumer c, process it (with a recent window K)."""
     await ensure_groups(aredis, keys.streams(), keys.group)
     await xadd_events(aredis, keys, [Event(SCOPE.org, SCOPE.source, SCOPE.pop, "u1", "GET /", event_id="ev-1")])
     reply = await aredis.xreadgroup(keys.group, "c", {s: ">" for s in keys.streams()}, count=10)
     entries = [Entry(s, keys.shard_of_stream(s.decode()), eid, f) for s, items in reply for eid, f in items]
-    proc = BatchProcessor(keys, Scripts(), "c", snapshot_max_age_ms=0)
+    proc = BatchProcessor(keys, Scripts(), "c", snapshot_max_age_ms=0, recent_window=recent_window)
     return proc, await proc.process(aredis, entries)
 
 
@@ -326,6 +328,27 @@ async def test_apply_writes_nothing_when_a_key_holds_another_type(
         "string" if which == "idempotency marker" else "set" if which == "scopes set" else "hash"
     )
     assert (await aredis.xpending(keys.stream(shard), keys.group))["pending"] == 0
+
+
+@pytest.mark.parametrize("which", ["list", "hash"])
+async def test_the_recent_window_keys_are_type_checked_with_k_above_0_and_never_touched_at_0(
+    prefix: str, aredis: aioredis.Redis, which: str
+) -> None:
+    keys = Keyspace(prefix, 4)
+    shard = keys.shard(SCOPE)
+    foreign = keys.recent_list(SCOPE, "u1") if which == "list" else keys.recent_window(SCOPE, "u1")
+    await aredis.set(foreign, "someone else's string")
+    before = await _dump(aredis, prefix)
+    proc, results = await _process_one(aredis, keys, recent_window=10)
+    assert results == [] and proc.counters.applied == 0 and proc.counters.dead == 1
+    assert await _dump(aredis, prefix) == before  # nothing counted, marked or committed
+    [(_, fields)] = await aredis.xrange(keys.dead(shard))
+    assert fields[b"reason"].decode() == f"bad state: key {foreign} holds a string, not a {which}"
+    # K = 0: the same keys are not looked at, the event is counted and its result has no recent
+    keys = Keyspace(prefix + "b", 4)
+    await aredis.set(foreign.replace(prefix, prefix + "b"), "someone else's string")
+    proc, results = await _process_one(aredis, keys)
+    assert proc.counters.applied == 1 and len(results) == 1 and "recent" not in results[0]
 
 
 @pytest.mark.parametrize("which", list(COMMIT_KEYS))

@@ -23,6 +23,7 @@ from binormal.common.config import ConfigError
 from binormal.common.connection import TRANSIENT, Client, connect, execute_partial, execute_raw, open_client, pubsub_of
 from binormal.common.embedded import RedisServer
 from binormal.common.keys import Keyspace, Scope
+from binormal.common.keys import recent_in as keys_recent
 from binormal.common.localcluster import LocalCluster, command
 from binormal.common.scripts import (
     Alert,
@@ -242,6 +243,7 @@ async def test_every_script_twin_runs_on_the_cluster_with_keys_of_one_slot(clust
             kp + "last",
             kp + "an",
             kp + "na",
+            *keys_recent(kp, "u1"),
             entries[0],
             "GET /",
             scope.token,
@@ -250,7 +252,7 @@ async def test_every_script_twin_runs_on_the_cluster_with_keys_of_one_slot(clust
             "u1",
         )
         calls = {
-            Apply.NAME: Apply.pack(head, keys.group, True, 100, [item], retention=True),
+            Apply.NAME: Apply.pack(head, keys.group, True, 100, [item], retention=True, recent_window=50),
             Commit.NAME: Commit.pack(keys.uncommitted(shard), [Score(kp, "u1", 0.5, 1, entries[0], ikey, 0)]),
             Deadletter.NAME: Deadletter.pack(
                 stream.encode(), keys.dead(shard), keys.group, entries[1], "test", "c1", 100, {b"org": b"acme"}
@@ -271,6 +273,7 @@ async def test_every_script_twin_runs_on_the_cluster_with_keys_of_one_slot(clust
             assert await scripts.run(cluster, name, k, a) is not None
         assert await cluster.hkeys(fired) == [b"r"] and await cluster.xlen(keys.alert_stream(shard)) == 1
         assert await cluster.hgetall(kp + "pop") == {b"GET /": b"1"}
+        assert await cluster.exists(*keys_recent(kp, "u1")) == 2  # K = 50: its recent list and window
         assert await cluster.zscore(kp + "rank", "u1") is not None
         dead = await cluster.xrange(keys.dead(shard))
         assert len(dead) == 1
@@ -286,10 +289,11 @@ async def test_every_script_twin_runs_on_the_cluster_with_keys_of_one_slot(clust
             0,
             0,
             [(ikey, "u1", False)],
+            recent_window=50,
         )
         assert one_slot(cluster, k)
         assert Expire.decode(await scripts.run(cluster, Expire.NAME, k, a)).removed == 1
-        assert not await cluster.exists(ikey)
+        assert not await cluster.exists(ikey, *keys_recent(kp, "u1"))  # its recent window went with it
     assert len(masters) == 3
 
 
@@ -306,6 +310,8 @@ def test_every_key_of_a_scope_shares_its_shards_slot() -> None:
             keys.rules(shard),
             keys.marks(shard),
             keys.individual(scope, "x:{y}", shard),
+            keys.recent_list(scope, "x:{y}", shard),
+            keys.recent_window(scope, "x:{y}", shard),
             keys.seen(scope, "e", shard),
             keys.reply(scope, "r", shard),
             keys.robust(scope, shard),

@@ -10,7 +10,7 @@ import redis
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from binormal.common.keys import Keyspace, Scope, decode, encode, shard_of
+from binormal.common.keys import Keyspace, Scope, decode, encode, recent_in, recent_of, shard_of
 
 TRICKY = [
     "a",
@@ -103,6 +103,8 @@ def scope_keys(ks: Keyspace, scope: Scope, ids: list[str]) -> dict[str, tuple[ob
     for ident in ids:
         out[ks.seen(scope, ident)] = (scope, "seen", ident)
         out[ks.reply(scope, ident)] = (scope, "reply", ident)
+        out[ks.recent_list(scope, ident)] = (scope, "recent", ident)
+        out[ks.recent_window(scope, ident)] = (scope, "window", ident)
     return out
 
 
@@ -165,8 +167,8 @@ def test_no_two_things_share_a_key() -> None:
             prev = owner.setdefault(key, what)
             assert prev == what, f"{key!r} is both {prev!r} and {what!r}"
     per_scope = [k for k, w in owner.items() if isinstance(w[0], Scope)]
-    # per scope: its kinds, and per id an individual, a marker and a stored reply
-    assert len(per_scope) == len(tricky_scopes()) * (len(KINDS) + 3 * len(TRICKY))
+    # per scope: its kinds, and per id an individual, a marker, a stored reply, a recent list and window
+    assert len(per_scope) == len(tricky_scopes()) * (len(KINDS) + 5 * len(TRICKY))
 
 
 def test_the_classic_collisions() -> None:
@@ -225,6 +227,20 @@ def test_individual_of_inverts_individual() -> None:
             ks.individual_of(wrong, shard)
     with pytest.raises(ValueError, match="not an individual key"):
         ks.individual_of(ks.individual(scope, "x"), (shard + 1) % 4)
+
+
+def test_recent_of_derives_the_window_keys_from_the_individual_key() -> None:
+    for prefix in ("bn", "my:app"):
+        ks = Keyspace(prefix=prefix, shards=4)
+        # a scope named c and ids made of c:, so the last ":c:" must be the one before the id
+        for scope in [*tricky_scopes()[:40], Scope("c", "c", "c"), Scope("c:", ":c:", "c")]:
+            for ident in [*TRICKY, "c", ":c:", "c:c"]:
+                want = (ks.recent_list(scope, ident), ks.recent_window(scope, ident))
+                assert recent_of(ks.individual(scope, ident)) == want
+                assert recent_in(ks.scope_prefix(scope), ident) == want
+    for wrong in ("junk", "bn:{bn.0}:sc:a:b:c:c:", ":c:x"):
+        with pytest.raises(ValueError, match="not an individual key"):
+            recent_of(wrong)
 
 
 def test_encode_is_key_safe() -> None:

@@ -153,15 +153,19 @@ async def test_after_expiry_the_scope_equals_one_built_from_the_remaining_indivi
 async def test_the_worker_expires_idle_individuals_and_one_coming_back_starts_from_zero(
     redis_url: str, prefix: str, aredis: aioredis.Redis, combined: Served
 ) -> None:
-    """The worker's housekeeping sweeps on its own; /api/scopes counts the expired; a returner is new."""
+    """The worker's housekeeping sweeps on its own; /api/scopes counts the expired; a returner is new.
+
+    With a recent window (BINORMAL_RECENT_WINDOW) each individual's recent list and window go too.
+    """
     # 3 s: long enough that the returner is read back before it could go idle again
-    settings = worker_settings(redis_url, prefix, idle_ttl_s=3, sweep_interval_s=0.05)
+    settings = worker_settings(redis_url, prefix, idle_ttl_s=3, sweep_interval_s=0.05, recent_window=5)
     keys = settings.keys
     assert keys == combined.keys
     events = events_of([f"u{i}" for i in range(12)], seed=3) + events_of(["v0", "v1"], seed=4, scope=OTHER)
     async with running_worker(settings) as worker:
         await count_all(aredis, keys, events)
         assert (await state(aredis, keys, SCOPE))["pop"]
+        assert await aredis.exists(keys.recent_list(SCOPE, "u0"), keys.recent_window(SCOPE, "u0")) == 2
 
         async def all_gone() -> bool:
             return not await aredis.exists(
@@ -169,6 +173,7 @@ async def test_the_worker_expires_idle_individuals_and_one_coming_back_starts_fr
             )
 
         await wait_for(all_gone, timeout=20.0, what="every individual to expire")
+        assert await aredis.keys(f"{prefix}:*:rl:*") == [] and await aredis.keys(f"{prefix}:*:rw:*") == []
         # its count grows when the sweep round ends, a moment after the last removal
         await wait_for(lambda: worker.sweeper.removed >= 14, what="the sweep round to end")
         assert worker.sweeper.removed == 14
@@ -186,6 +191,9 @@ async def test_the_worker_expires_idle_individuals_and_one_coming_back_starts_fr
         back = await state(aredis, keys, SCOPE)
         [counts] = await individual_counts(aredis, keys, SCOPE, ["u0"])
     assert counts == {"GET /b": 1}
+    # its window starts afresh too: one event, k = 0 (only its n is kept), the list holds the event
+    assert await aredis.hgetall(keys.recent_window(SCOPE, "u0")) == {b"n": b"1"}
+    assert await aredis.llen(keys.recent_list(SCOPE, "u0")) == 1
     assert back["ver"] == {"u0": 1} and set(back["rank"]) == {"u0"} and back["agg"]["n"] == 1
     assert (back["pop"], back["sq"], back["k"]) == ({"GET /b": 1}, {"GET /b": 1}, {"GET /b": 1})
 

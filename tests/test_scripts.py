@@ -130,13 +130,14 @@ def test_a_header_that_disagrees_is_caught(monkeypatch: pytest.MonkeyPatch) -> N
 
 def test_apply_packs_in_layout_order_and_decodes_every_status() -> None:
     item = ApplyItem(
-        "p:pop", "p:sq", "p:k", "p:c:u1", "p:seen:e", "p:raw", "p:dom", "p:last", "p:an", "p:na", b"1-0", "GET /",
-        "tok", 60, b"1-0 fp", "u1",
+        "p:pop", "p:sq", "p:k", "p:c:u1", "p:seen:e", "p:raw", "p:dom", "p:last", "p:an", "p:na", "p:rl:u1",
+        "p:rw:u1", b"1-0", "GET /", "tok", 60, b"1-0 fp", "u1",
     )  # fmt: skip
     keys, args = Apply.pack((b"s", "scopes", "unc", "capped"), "g", True, 99, [item, item], Guard(150, 0.25, 500))
-    assert keys == [b"s", "scopes", "unc", "capped", *item[:10], *item[:10]]
-    assert args == ["g", "1", 99, 150, "0.25", 500, "0", *item[10:], *item[10:]]
+    assert keys == [b"s", "scopes", "unc", "capped", *item[:12], *item[:12]]
+    assert args == ["g", "1", 99, 150, "0.25", 500, "0", 0, *item[12:], *item[12:]]
     assert Apply.pack((b"s", "scopes", "unc", "capped"), "g", True, 99, [item], retention=True)[1][6] == "1"
+    assert Apply.pack((b"s", "scopes", "unc", "capped"), "g", True, 99, [item], recent_window=50)[1][7] == 50
     reply = [
         [1, 3, 5, 2, [b"GET /", b"2"], [b"GET /", b"3"], 3, 0],
         [1, 3, 5, 2, [b"GET /", b"2"], [], 1, [b"u1", 400, 1000]],
@@ -145,6 +146,7 @@ def test_apply_packs_in_layout_order_and_decodes_every_status() -> None:
         [2, b"1-0"],
         [3, b"key x holds a list, not a hash"],
         [4, 7],
+        [1, 3, 5, 2, [b"GET /", b"2"], [], 1, 0, [b"GET /", b"1"]],  # with a recent window: its counts
     ]
     assert Apply.decode(reply, want_pop=True) == [
         Applied(ActionStats(3, 5, 2), {"GET /": 2}, {"GET /": 3}, 3),
@@ -154,6 +156,7 @@ def test_apply_packs_in_layout_order_and_decodes_every_status() -> None:
         Duplicate(b"1-0", None),
         BadState("key x holds a list, not a hash"),
         Capped(7),
+        Applied(ActionStats(3, 5, 2), {"GET /": 2}, {}, 1, None, {"GET /": 1}),
     ]
     dup = Duplicate(b"1-0", b"fp")
     assert (dup.same_event(b"fp"), dup.same_event(b"other"), Duplicate(b"1-0", None).same_event(b"fp")) == (
@@ -178,13 +181,16 @@ def test_commit_packs_and_decodes() -> None:
     ]
 
 
-def test_expire_packs_the_scope_keys_then_one_key_per_candidate() -> None:
+def test_expire_packs_the_scope_keys_then_three_keys_per_candidate() -> None:
     scope = ExpireScope.of("kp:")
     assert scope == ExpireScope("kp:last", "kp:pop", "kp:sq", "kp:k", "kp:raw", "kp:dom", "kp:rank", "kp:agg", "kp:na")
     keys, args = Expire.pack(
         ("unc", "exp"), scope, "tok", 1234, 5, 100, [("kp:c:a", "a", False), ("kp:c:b", "b", True)]
     )
-    assert keys == ["unc", "exp", *scope, "kp:c:a", "kp:c:b"]
+    # K = 0: the counts hash in place of the window's keys; K > 0: its recent list and window hash
+    assert keys == ["unc", "exp", *scope, *["kp:c:a"] * 3, *["kp:c:b"] * 3]
+    windowed = Expire.pack(("unc", "exp"), scope, "tok", 1234, 5, 100, [("kp:c:a", "a", False)], recent_window=50)
+    assert windowed[0] == ["unc", "exp", *scope, "kp:c:a", "kp:rl:a", "kp:rw:a"]
     assert args == ["tok", 1234, 5, 100, "a", "0", "b", "1"]
     assert Expire.decode([2, 1, 7]) == Expired(2, 1, 7)
 

@@ -23,7 +23,7 @@ from binormal.common.engine import MemoryEngine
 from binormal.common.keys import Keyspace, Scope
 from binormal.common.schema import Event
 from binormal.common.scripts import Scripts
-from binormal.common.store import read_aggregates, read_individual, recompute_aggregates
+from binormal.common.store import read_aggregates, read_individual, read_windows, recompute_aggregates
 from binormal.worker import WorkerSettings
 from binormal.worker.batch import BatchProcessor
 from binormal.worker.entries import Entry
@@ -82,9 +82,11 @@ async def test_ensure_groups_tolerates_busygroup_only(prefix: str, aredis: aiore
 
 
 @pytest.mark.timeout(90)
-@pytest.mark.parametrize("weight_cap", [100, 0], ids=["guard-on", "guard-off"])
+@pytest.mark.parametrize(
+    ("weight_cap", "window"), [(100, 0), (0, 0), (100, 50)], ids=["guard-on", "guard-off", "guard-on-recent-50"]
+)
 async def test_equivalence_with_memory_engine(
-    redis_url: str, prefix: str, aredis: aioredis.Redis, weight_cap: int
+    redis_url: str, prefix: str, aredis: aioredis.Redis, weight_cap: int, window: int
 ) -> None:
     """Snapshot staleness 0, one worker: every result equals MemoryEngine's, field by field.
 
@@ -92,12 +94,14 @@ async def test_equivalence_with_memory_engine(
     scope's events are processed in write order; scopes are independent, so the
     engine fed the write order gives the same per-scope results. With the
     dominance guard on (W = N, the default) and off (0), and one heavy
-    individual (400 events) among light ones (~26 each), so W is passed by far.
+    individual (400 events) among light ones (~26 each), so W is passed by far. With the
+    recent window K = 50 (BINORMAL_RECENT_WINDOW) ``recent`` is compared too: the light ones'
+    windows grow (k = n // 2), the heavy one's slides at k = K; with K = 0 no result has it.
     """
     keys = keys_of(prefix)
     events = with_heavy(generate(5200, seed=7), TRICKY_SCOPES[1], "heavy", 400, seed=7)
     assert len({keys.shard(s) for s in TRICKY_SCOPES}) >= 2
-    engine = MemoryEngine(cap=100, weight_cap=weight_cap)
+    engine = MemoryEngine(cap=100, weight_cap=weight_cap, recent_window=window)
     expected: dict[Scope, list[dict[str, Any]]] = {}
     for ev in events:
         expected.setdefault(ev.scope, []).append(engine.process(ev))
@@ -110,9 +114,11 @@ async def test_equivalence_with_memory_engine(
         "BINORMAL_SNAPSHOT_MAX_AGE_MS": "0",
         "BINORMAL_BLOCK_MS": "50",
         "BINORMAL_WEIGHT_CAP": str(weight_cap),
+        "BINORMAL_RECENT_WINDOW": str(window),
     }
     settings = WorkerSettings.from_env(env)
     assert settings.snapshot_max_age_ms == 0 and settings.weight_cap == weight_cap
+    assert settings.recent_window == window
     channel = keys.broadcast_channel()
     async with Collector(aredis, channel) as col:
         await xadd_events(aredis, keys, events[:2600])  # before the worker (and its group) exist
@@ -140,6 +146,18 @@ async def test_equivalence_with_memory_engine(
     for flag in ("learning", "novel", "new_action"):
         assert {r[flag] for r in got} == {True, False}, flag
     assert len({r["rzscore"] for r in got}) > 100 and len({r["pscore"] for r in got}) > 100
+    assert all(("recent" in r) == (window > 0) for r in got)
+    if window:
+        assert len({r["recent"] for r in got}) > 100 and {r["recent"] for r in got if r["count"] == 1} == {0.0}
+        # the window's keys are exactly the engine's, and only with K > 0
+        heavy_state = engine.scopes[TRICKY_SCOPES[1]]
+        kept, counts = heavy_state.windows["heavy"]
+        assert len(kept) == window and sum(counts.values()) == window
+        assert await aredis.llen(keys.recent_list(TRICKY_SCOPES[1], "heavy")) == window
+        n = sum(heavy_state.individuals["heavy"].values())
+        assert await read_windows(aredis, keys, TRICKY_SCOPES[1], [("heavy", n), ("heavy", n - 1)]) == [counts, {}]
+    else:
+        assert await aredis.keys(f"{prefix}:*:rl:*") == [] and await aredis.keys(f"{prefix}:*:rw:*") == []
     # The stored aggregates are bit-for-bit the engine's.
     for scope, st in engine.scopes.items():
         assert await read_aggregates(aredis, keys, scope) == st.agg

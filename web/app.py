@@ -93,6 +93,7 @@ RESPONSE_KEYS = (
     "learning",
     "novel",
     "new_action",
+    "recent",  # only with BINORMAL_RECENT_WINDOW > 0 (common/recent.py)
 )
 DUPLICATE_POLL_S = 0.01  # a duplicate's first result may still be in flight: re-read its stored copy this often
 

@@ -24,7 +24,9 @@ scope's current aggregates, and reasons from the current population counts,
 so they can differ slightly from the last ``/discrete`` answer for that id.
 Every individual row also has ``pscore`` (exact, from the rank zset),
 ``rzscore`` (the median and MAD a worker last sampled) and ``learning``
-(common/calibration.py).
+(common/calibration.py); with ``BINORMAL_RECENT_WINDOW`` K > 0 also ``recent``, the bits of
+its recent window (its last ``min(K, n // 2)`` events, kept by apply.lua) against the current
+population counts, as the reasons are (common/recent.py).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from binormal.common.calibration import Rank, Robust, bits_per_event, is_learnin
 from binormal.common.guard import principal_of, require_org
 from binormal.common.http import ApiError, json_response, single_query
 from binormal.common.keys import Scope
+from binormal.common.recent import recent_bits
 from binormal.common.redisapp import REDIS
 from binormal.common.result import r3
 from binormal.common.rules import read_mark
@@ -48,6 +51,7 @@ from binormal.common.store import (
     read_individual,
     read_robust,
     read_scope,
+    read_windows,
     scope_summaries,
     top_individuals,
 )
@@ -123,6 +127,18 @@ def _calibrated(
     }
 
 
+async def _recents(
+    request: web.Request, scope: Scope, snap: Snapshot, rows: list[tuple[str, dict[str, int]]]
+) -> list[dict[str, float]]:
+    """Per (id, counts) row ``{"recent": bits}`` with a recent window K > 0, else ``{}`` (the field left out)."""
+    if not request.app[_QUERY_SETTINGS].recent_window:
+        return [{} for _ in rows]
+    handle = request.app[REDIS]
+    individuals = [(ident, sum(counts.values())) for ident, counts in rows]
+    windows = await read_windows(handle.require(), handle.keys, scope, individuals)
+    return [{"recent": r3(recent_bits(snap, window))} for window in windows]
+
+
 def _scope(request: web.Request) -> Scope:
     org = _text(request, "org")
     require_org(request, org)  # 403 before anything is read
@@ -188,6 +204,7 @@ async def outliers(request: web.Request) -> web.Response:
             break
     ranks = await ranks_of(client, handle.keys, scope, [score for _, score, _, _, _ in kept])
     robust = await read_robust(client, handle.keys, scope)
+    recents = await _recents(request, scope, snap, [(ident, counts) for ident, _, counts, _, _ in kept])
     items = [
         {
             "id": ident,
@@ -195,10 +212,11 @@ async def outliers(request: web.Request) -> web.Response:
             "count": sum(counts.values()),
             "zscore": r3(zscore(score, agg.n, agg.total, agg.total_sq)),
             **_calibrated(settings, score, sum(counts.values()), agg.n, rank, robust),
+            **recent,
             "reasons": reasons,
             "muted": muted,
         }
-        for (ident, score, counts, reasons, muted), rank in zip(kept, ranks)
+        for (ident, score, counts, reasons, muted), rank, recent in zip(kept, ranks, recents)
     ]
     mean, std = _mean_std(agg.n, agg.total, agg.total_sq)
     return json_response(
@@ -260,6 +278,7 @@ async def individual(request: web.Request) -> web.Response:
     rows.sort(key=lambda r: (-r["bits"], r["action"]))
     agg = view.agg
     rules = await rules_of(request)
+    [recent] = await _recents(request, scope, snap, [(ident, counts)])
     return json_response(
         {
             **_scope_dict(scope),
@@ -272,6 +291,7 @@ async def individual(request: web.Request) -> web.Response:
             "score": r3(score),
             "zscore": r3(zscore(score, agg.n, agg.total, agg.total_sq)),
             **_calibrated(settings, score, sum(counts.values()), agg.n, rank, robust),
+            **recent,
             "actions": rows[:limit],
             "actions_total": len(rows),
             "truncated": len(rows) > limit,

@@ -9,11 +9,12 @@ from binormal.common.auth import AuthSettings
 from binormal.common.calibration import LearningSettings
 from binormal.common.config import ServiceSettings, from_env, setting
 from binormal.common.keys import Keyspace
+from binormal.common.recent import RecentSettings, check_recent_window
 from binormal.common.server import HttpLimits, limits_of
 
 
 @dataclass(frozen=True)
-class WebSettings(ServiceSettings, HttpLimits, AuthSettings, LearningSettings):
+class WebSettings(ServiceSettings, HttpLimits, AuthSettings, LearningSettings, RecentSettings):
     """Everything the web tier needs; build with :meth:`from_env` (README: configuration)."""
 
     host: str = setting("HOST", "127.0.0.1", doc="where binormal run and binormal web listen")
@@ -42,6 +43,9 @@ class WebSettings(ServiceSettings, HttpLimits, AuthSettings, LearningSettings):
     max_websockets: int = setting(
         "BINORMAL_MAX_WEBSOCKETS", 200, minimum=1, doc="open /websocket clients per process; past it 503"
     )
+
+    def __post_init__(self) -> None:
+        check_recent_window(self.recent_window, self.cap)  # /api/* scores the window unnormalised too
 
     @property
     def http_limits(self) -> HttpLimits:

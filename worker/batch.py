@@ -36,7 +36,8 @@ from binormal.common.alertcheck import CHECK_CHUNK, AlertPlanner, ScopePlan
 from binormal.common.alerts import ALERT_MAXLEN, STATE_LEAST_TTL_MS, AlertCache
 from binormal.common.calibration import DEFAULT_MIN_EVENTS, DEFAULT_MIN_INDIVIDUALS
 from binormal.common.connection import Client, execute_raw
-from binormal.common.keys import Keyspace, Scope, fingerprint, mark_entry
+from binormal.common.keys import Keyspace, Scope, fingerprint, mark_entry, recent_in
+from binormal.common.recent import recent_bits
 from binormal.common.result import make_result
 from binormal.common.rules import RuleCache
 from binormal.common.schema import InvalidEvent, action_cap_reason, parse_entry
@@ -90,6 +91,7 @@ class BatchProcessor:
     max_actions: int = 10_000
     guard: Guard = field(default_factory=Guard)  # weight cap W and the dominance flag (apply.lua)
     retention: bool = False  # stamp individuals in their scope's last-seen zset (worker/retention.py)
+    recent_window: int = 0  # K: keep each individual's recent window, results carry recent (common/recent.py)
     min_events: int = DEFAULT_MIN_EVENTS  # learning thresholds (common/calibration.py)
     min_individuals: int = DEFAULT_MIN_INDIVIDUALS
     counters: Counters = field(default_factory=Counters)
@@ -328,6 +330,8 @@ class BatchProcessor:
                 ttl = 0 if ev.event_id is None else min(ev.id_ttl or self.seen_ttl_s, self.seen_ttl_s)
                 # The marker lives under the scope (kp + "seen:..."): ids of one scope never touch another's.
                 marker = k.seen(e.scope, ev.event_id or "", e.shard)
+                # the recent window's keys; with K = 0 the counts key stands in (never touched, no new key)
+                recent, window = recent_in(kp, ev.id) if self.recent_window else (e.ikey, e.ikey)
                 items.append(
                     ApplyItem(
                         kp + "pop",
@@ -340,6 +344,8 @@ class BatchProcessor:
                         kp + "last",
                         kp + "an",
                         kp + "na",
+                        recent,
+                        window,
                         e.id,
                         ev.action,
                         e.scope.token,
@@ -349,7 +355,9 @@ class BatchProcessor:
                         1 if e.excluded else 0,
                     )
                 )
-            keys, args = Apply.pack(head, k.group, want_pop, self.max_actions, items, self.guard, self.retention)
+            keys, args = Apply.pack(
+                head, k.group, want_pop, self.max_actions, items, self.guard, self.retention, self.recent_window
+            )
             pipe.evalsha(sha, len(keys), *keys, *args)
 
     def _notify_duplicates(self, pipe: Commands, dups: Sequence[Entry]) -> None:
@@ -463,6 +471,10 @@ class BatchProcessor:
         if not ready:
             return []
         scored = [Scored(e, a, *snap.assess(a.counts, self.explain_limit)) for e, a, snap in ready]
+        # recent (BINORMAL_RECENT_WINDOW > 0): the window's bits against the snapshot its score used
+        recents: dict[int, float] = {}  # by id() of the entry: entry ids are per stream
+        if self.recent_window:
+            recents = {id(s.entry): recent_bits(r.snapshot, s.applied.window or {}) for s, r in zip(scored, ready)}
         # Which scores bring back a sample of their scope's zset (the median and MAD's refresh points).
         scopes: list[Scope] = []
         for s in scored:
@@ -521,6 +533,7 @@ class BatchProcessor:
                     min_individuals=self.min_individuals,
                     muted=muted,
                     cap=self.cap,
+                    recent=recents[id(e)] if self.recent_window else None,
                 )
                 out.append((e, result))
         return out

@@ -46,6 +46,7 @@ class Sweeper:
     idle_ttl_s: int = 0  # 0: no idle expiry
     max_individuals: int = 0  # 0: no cap
     weight_cap: int = 0  # W, as apply.lua maintains the population
+    recent_window: int = 0  # K > 0: the individuals' recent lists and window hashes go with them
     rules: RuleCache | None = None  # who is excluded from learning (did not move the population)
     batch: int = SWEEP_BATCH
     removed: int = 0  # individuals this worker removed so far
@@ -161,6 +162,7 @@ class Sweeper:
             self.max_individuals,
             self.weight_cap,
             candidates,
+            self.recent_window,
         )
 
     async def _run(self, client: Client, calls: Sequence[tuple[Scope, int, list[Any], list[Any]]]) -> list[Any]:

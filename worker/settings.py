@@ -10,12 +10,13 @@ from dataclasses import dataclass
 from binormal.common.calibration import LearningSettings
 from binormal.common.config import ConfigError, ServiceSettings, from_env, setting
 from binormal.common.keys import Keyspace
+from binormal.common.recent import RecentSettings, check_recent_window
 from binormal.common.scoring import weight_cap_usable
 from binormal.common.scripts import Guard
 
 
 @dataclass(frozen=True)
-class WorkerSettings(ServiceSettings, LearningSettings):
+class WorkerSettings(ServiceSettings, LearningSettings, RecentSettings):
     """Everything a scorer worker needs; build with :meth:`from_env` (README: configuration)."""
 
     consumer: str = setting("BINORMAL_CONSUMER", "", shown="`host-pid`", doc="the worker's consumer name")
@@ -84,6 +85,7 @@ class WorkerSettings(ServiceSettings, LearningSettings):
                 f"BINORMAL_WEIGHT_CAP must be 0 (off) or at least BINORMAL_CAP ({self.cap}), got {self.weight_cap}"
                 " (below N an individual's normalised count could meet a population count of 0)"
             )
+        check_recent_window(self.recent_window, self.cap)
         if not self.dominance_share > 0.0:
             raise ConfigError(f"BINORMAL_DOMINANCE_SHARE must be > 0 and <= 1, got {self.dominance_share}")
         if self.block_ms >= 4000:

@@ -66,6 +66,7 @@ class Worker:
             max_actions=settings.max_actions,
             guard=settings.guard,
             retention=settings.retention,
+            recent_window=settings.recent_window,
             rules=RuleCache(self.keys),
             alerts=AlertCache(self.keys),
             min_events=settings.min_events,
@@ -77,6 +78,7 @@ class Worker:
             idle_ttl_s=settings.idle_ttl_s,
             max_individuals=settings.max_individuals,
             weight_cap=settings.weight_cap,
+            recent_window=settings.recent_window,
             rules=self.processor.rules,
         )
         self._stream_shard = {s.encode(): i for i, s in enumerate(self.keys.streams())}

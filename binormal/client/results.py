@@ -115,6 +115,7 @@ class DiscreteResult:
     novel: bool
     new_action: bool
     duplicate: bool = False
+    recent: float | None = None  # only with BINORMAL_RECENT_WINDOW > 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +142,7 @@ class Outlier:
     learning: bool
     reasons: list[Reason]
     muted: bool
+    recent: float | None = None  # only with BINORMAL_RECENT_WINDOW > 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,6 +208,7 @@ class Individual:
     actions: list[ActionCount]
     actions_total: int
     truncated: bool
+    recent: float | None = None  # only with BINORMAL_RECENT_WINDOW > 0
 
 
 @dataclass(frozen=True, slots=True)

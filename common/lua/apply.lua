@@ -25,7 +25,7 @@
 --
 -- KEYS[1] stream shard   KEYS[2] shard scopes set   KEYS[3] shard uncommitted hash
 -- KEYS[4] shard capped hash (scope token -> events refused by the action cap)
--- then per entry i (base b = 4 + 10*(i-1)):
+-- then per entry i (base b = 4 + 12*(i-1)):
 --   KEYS[b+1] scope pop hash   KEYS[b+2] scope sq hash   KEYS[b+3] scope k hash
 --   KEYS[b+4] individual hash (action number -> count)
 --   KEYS[b+5] idempotency marker of the event id (per scope)
@@ -34,13 +34,19 @@
 --   KEYS[b+8] scope last-seen zset (id -> Redis TIME ms of its last applied entry;
 --             only written when ARGV[7] is '1', retention on: expire.lua reads it)
 --   KEYS[b+9] scope an hash (action -> number)   KEYS[b+10] scope na hash (number -> action)
+--   KEYS[b+11] the individual's recent list (its last K action numbers, newest first)
+--   KEYS[b+12] the individual's window hash (action number -> count in its last
+--              min(K, n // 2) events, and 'n': its event count when it was kept);
+--              both only touched when ARGV[8] > 0; with ARGV[8] = 0 the caller passes the
+--              individual's hash (KEYS[b+4]) in their place: no new key, never touched
 -- ARGV[1] group  ARGV[2] '1' to return each scope's whole pop hash (staleness 0)
 -- ARGV[3] most distinct actions a scope may have (BINORMAL_MAX_ACTIONS)
 -- ARGV[4] weight cap W (BINORMAL_WEIGHT_CAP; 0 = off)
 -- ARGV[5] dominance share (BINORMAL_DOMINANCE_SHARE)
 -- ARGV[6] raw events a scope needs before it is flagged (BINORMAL_DOMINANCE_MIN_EVENTS)
 -- ARGV[7] '1' when retention is on (BINORMAL_IDLE_TTL_S or BINORMAL_MAX_INDIVIDUALS): keep KEYS[b+8]
--- then per entry i (base a = 7 + 7*(i-1)):
+-- ARGV[8] the recent window K (BINORMAL_RECENT_WINDOW; 0 = off: KEYS[b+11], KEYS[b+12] untouched)
+-- then per entry i (base a = 8 + 7*(i-1)):
 --   ARGV[a+1] entry id  ARGV[a+2] action  ARGV[a+3] scope token
 --   ARGV[a+4] seconds the event_id's marker lives, '0' when the entry has no
 --             event_id (its marker key is then a placeholder, never touched)
@@ -56,11 +62,22 @@
 -- key holds another type (not acked, nothing written); {4, actions} the action
 -- is new to a scope that already has ARGV[3] actions (not acked, not counted,
 -- the scope's count in KEYS[4] raised: the caller dead-letters the entry);
--- {1, s1_a, S2_a, K_a, counts, pop hash or {}, C_a, dominated} where counts are
+-- {1, s1_a, S2_a, K_a, counts, pop hash or {}, C_a, dominated[, window]} where counts are
 -- the individual's (flat action name, count pairs, as HGETALL gives them),
 -- s1_a is the action's raw sum (C_a itself when W = 0) and dominated is 0, or
 -- {top id, its raw events, the scope's raw events} the first time the scope is
--- flagged (HSETNX 'logged': the worker logs it once, across restarts).
+-- flagged (HSETNX 'logged': the worker logs it once, across restarts); window
+-- (only when ARGV[8] > 0) the counts of its recent window by action name, flat.
+--
+-- Recent window (ARGV[8] = K > 0; binormal/drift.py: window_step is the rule): the
+-- window of an individual with n events is its last k = min(K, n // 2) events. Per
+-- event its action number is LPUSHed and HINCRBYed; the window's oldest events
+-- past the new k leave it (LINDEX, HINCRBY -1, HDEL at 0: one when k does not grow,
+-- none when it does), then LTRIM 0 K-1. k is also bounded by the list's length, and
+-- the window restarts (DEL) when its 'n' is not the individual's events before this
+-- one (it was counted while K was 0, or before the window existed): so a window is
+-- always exactly the counts of its list's first k items, and a smaller K takes
+-- effect at once (several oldest leave), a larger one as the list grows.
 --
 -- Dominance guard (docs/quality.md): with W > 0 an individual of n raw events
 -- contributes c(x) = x while n <= W, else x'_a = floor((2 x_a W + n) / (2n))
@@ -90,6 +107,7 @@ local max_actions = tonumber(ARGV[3])
 local w = tonumber(ARGV[4])
 local dom_share = tonumber(ARGV[5])
 local dom_min = tonumber(ARGV[6])
+local window = tonumber(ARGV[8])
 -- >>> retention (setup): one TIME per call, shared by its entries >>>
 -- Scripts replicate their effects (Redis 5+ default, the only mode of 7), so
 -- a TIME before writes is allowed; the last-seen stamp is Redis's clock at the
@@ -101,10 +119,10 @@ if retain then
   now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 -- <<< retention (setup) <<<
-local entries = (#ARGV - 7) / 7
+local entries = (#ARGV - 8) / 7
 for i = 1, entries do
-  local b = 4 + 10 * (i - 1)
-  local a = 7 + 7 * (i - 1)
+  local b = 4 + 12 * (i - 1)
+  local a = 8 + 7 * (i - 1)
   local id = ARGV[a + 1]
   local action = ARGV[a + 2]
   local bad = wrong(KEYS[2], 'set') or wrong(KEYS[3], 'hash') or wrong(KEYS[b + 1], 'hash')
@@ -113,6 +131,7 @@ for i = 1, entries do
     or (w > 0 and wrong(KEYS[b + 6], 'hash')) or wrong(KEYS[b + 7], 'hash')
     or (retain and wrong(KEYS[b + 8], 'zset'))
     or wrong(KEYS[b + 9], 'hash') or wrong(KEYS[b + 10], 'hash')
+    or (window > 0 and (wrong(KEYS[b + 11], 'list') or wrong(KEYS[b + 12], 'hash')))
   -- HLEN is O(1); HEXISTS only runs for a scope already at the cap.
   local actions = not bad and redis.call('HLEN', KEYS[b + 1]) or 0
   if not bad and actions >= max_actions and redis.call('HEXISTS', KEYS[b + 1], action) == 0 then
@@ -172,6 +191,47 @@ for i = 1, entries do
         ind[j] = known.name[ind[j]]
       end
       -- <<< action number (end) <<<
+      -- >>> recent window (ARGV[8] > 0) >>>
+      local recent = nil
+      if window > 0 then
+        local rl, rw = KEYS[b + 11], KEYS[b + 12]
+        if tonumber(redis.call('HGET', rw, 'n') or '0') ~= total - 1 then
+          redis.call('DEL', rl, rw)  -- events counted without it (or none yet): it starts here
+        end
+        local len = redis.call('LPUSH', rl, num)
+        redis.call('HINCRBY', rw, num, 1)
+        redis.call('HSET', rw, 'n', total)  -- first: the hash is never emptied below (n stays)
+        local held = redis.call('HGETALL', rw)
+        local counts, size = {}, 0  -- number -> count; size: the list's first 'size' items, this one included
+        for j = 1, #held, 2 do
+          if held[j] ~= 'n' then
+            local c = tonumber(held[j + 1])
+            counts[held[j]] = c
+            size = size + c
+          end
+        end
+        local k = math.min(window, math.floor(total / 2), len)
+        while size > k do
+          size = size - 1
+          local left = redis.call('LINDEX', rl, size)  -- 0 is the new action, so the oldest of the window
+          if counts[left] == 1 then
+            counts[left] = nil
+            redis.call('HDEL', rw, left)
+          else
+            counts[left] = counts[left] - 1
+            redis.call('HINCRBY', rw, left, -1)
+          end
+        end
+        if len > window then
+          redis.call('LTRIM', rl, 0, window - 1)
+        end
+        recent = {}
+        for f, c in pairs(counts) do
+          recent[#recent + 1] = known.name[f] or ('#' .. f)  -- always named: its numbers are the individual's
+          recent[#recent + 1] = c
+        end
+      end
+      -- <<< recent window (end) <<<
       local c, s1, s2, k
       local dominated = 0
       if ARGV[a + 7] == '1' then
@@ -268,7 +328,11 @@ for i = 1, entries do
       if ARGV[2] == '1' then
         pop = redis.call('HGETALL', KEYS[b + 1])
       end
-      out[i] = {1, s1, s2, k, ind, pop, c, dominated}
+      if recent then
+        out[i] = {1, s1, s2, k, ind, pop, c, dominated, recent}
+      else
+        out[i] = {1, s1, s2, k, ind, pop, c, dominated}
+      end
     end
   end
 end

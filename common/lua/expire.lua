@@ -20,7 +20,8 @@
 --   dom   events minus n; if it was the top individual, top and top_n are
 --         cleared (the next event's individual becomes top) and so is its flag
 --   rank: its member; agg: n - 1, sum and sumsq minus its score
---   last: its member; its counts hash is deleted
+--   last: its member; its counts hash is deleted, and so are its recent list and
+--         window hash when passed (apply.lua, BINORMAL_RECENT_WINDOW > 0)
 -- An individual excluded from learning (ARGV[a+2] = '1') never moved the
 -- population, so only its own keys and score go.
 --
@@ -30,8 +31,10 @@
 -- KEYS[9] scope rank zset          KEYS[10] scope agg hash  KEYS[11] scope na hash
 --   (number -> action: the counts hashes are keyed by action number, apply.lua;
 --   numbers stay assigned when an action's fields go, so na is only read)
--- then per individual i (base b = 11 + 1*(i-1)):
---   KEYS[b+1] its counts hash
+-- then per individual i (base b = 11 + 3*(i-1)):
+--   KEYS[b+1] its counts hash   KEYS[b+2] its recent list   KEYS[b+3] its window hash
+--   (with the recent window off the caller passes the counts hash in place of both: a key a
+--   script names must exist on the source of a slot being moved, or Redis answers TRYAGAIN)
 -- ARGV[1] scope token (its field in KEYS[2])
 -- ARGV[2] idle cutoff: last seen at or before this Redis ms is removed (-1: no idle expiry)
 -- ARGV[3] most individuals the scope keeps (BINORMAL_MAX_INDIVIDUALS; 0: no cap)
@@ -49,7 +52,7 @@ local want = {
 }
 for i = 1, #KEYS do
   local t = redis.call('TYPE', KEYS[i])['ok']
-  local w = want[i] or 'hash'
+  local w = want[i] or (((i - 11) % 3 == 2 and KEYS[i] ~= KEYS[i - 1]) and 'list' or 'hash')
   if t ~= 'none' and t ~= w then
     return redis.error_reply('key ' .. KEYS[i] .. ' holds a ' .. t .. ', not a ' .. w)
   end
@@ -73,8 +76,9 @@ local agg_moved = false
 local gone = {}                          -- id -> true once removed in this call
 local fields, dk, dc, dsq, dx = {}, {}, {}, {}, {}
 local unranked, unseen = {}, {}
-for i = 12, #KEYS do
-  local a = 4 + 2 * (i - 12)
+for item = 1, (#KEYS - 11) / 3 do
+  local i = 11 + 3 * (item - 1) + 1  -- its counts hash; i + 1, i + 2 its recent list and window
+  local a = 4 + 2 * (item - 1)
   local id, excluded = ARGV[a + 1], ARGV[a + 2] == '1'
   local stamp = not gone[id] and redis.call('ZSCORE', KEYS[3], id)
   local go = false
@@ -142,7 +146,11 @@ for i = 12, #KEYS do
       sumsq = sumsq - v * v
       agg_moved = true
     end
-    redis.call('DEL', KEYS[i])  -- its own key: not touched again
+    if KEYS[i + 1] ~= KEYS[i] then
+      redis.call('DEL', KEYS[i], KEYS[i + 1], KEYS[i + 2])  -- its own keys: not touched again
+    else
+      redis.call('DEL', KEYS[i])
+    end
     unseen[#unseen + 1] = id
     gone[id] = true
     removed = removed + 1
