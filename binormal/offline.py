@@ -140,6 +140,7 @@ class Engine:
         if not 0 <= self.me < self.jobs:
             raise ValueError(f"part must be (me, jobs) with 0 <= me < jobs, got {part}")
         self.foreign: dict[Any, int] = {}  # scope key -> ordinal, the scopes another engine counts
+        self.route: dict[Any, ScopeState | None] = {}  # every scope met -> its state here, None if foreign
         if not 0 <= opts.window <= opts.cap:  # the window is scored unnormalised (binormal/drift.py)
             raise ValueError(f"window must be 0 (off) or 1..cap {opts.cap}, got {opts.window}")
         self.window = opts.window
@@ -149,7 +150,7 @@ class Engine:
         key = (event.org, event.source, event.pop)
         sc = self.scopes.get(key)
         if sc is None:
-            sc = self.scopes[key] = ScopeState(key, len(self.scopes) + len(self.foreign))
+            sc = self.scopes[key] = self.route[key] = ScopeState(key, len(self.scopes) + len(self.foreign))
         action = event.action
         rec = sc.ind.get(event.id)
         if rec is None:
@@ -190,8 +191,7 @@ class Engine:
         """Count NDJSON lines (numbered from ``start``); bad lines are reported on ``errors``. Returns lines read."""
         loads = orjson.loads
         decode_error = orjson.JSONDecodeError
-        scopes = self.scopes
-        foreign = self.foreign
+        route = self.route
         w = self.w
         opts = self.opts
         track = self.window > 0
@@ -206,15 +206,16 @@ class Engine:
                 # Two lookups, the scope's (10 hot entries here) then the id's in that scope, cost
                 # less than one among all individuals by (org, source, pop, id): fewer cache misses.
                 # Not a JSON object: indexing a list, string or number raises TypeError.
-                key = (obj["org"], obj["source"], obj["pop"])
-                sc = scopes.get(key)
+                # route: every scope met, to its state, or None when another engine counts it
+                # (binormal.split); a scope not met yet raises KeyError.
+                sc = route[obj["org"], obj["source"], obj["pop"]]
                 if sc is None:
-                    if key in foreign:  # another engine's scope (binormal.split): it checks the line
-                        continue
-                    raise KeyError
+                    continue
                 size = len(obj)  # the five fields are read below: a sixth may only be a valid ts
                 if size != 5:
-                    ts = obj.get("ts") if size == 6 else None
+                    if size != 6:
+                        raise KeyError
+                    ts = obj["ts"]
                     if type(ts) is not int or ts < 0 or ts > TS_MAX:
                         raise KeyError
                 action = obj["action"]
@@ -298,6 +299,7 @@ class Engine:
         if ordinal % self.jobs == self.me:
             return True  # add() creates it with this ordinal
         self.foreign[key] = ordinal
+        self.route[key] = None
         return False
 
     def rows(self) -> Iterator[Row]:
