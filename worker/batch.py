@@ -32,8 +32,8 @@ import orjson
 import structlog
 from redis.exceptions import NoScriptError, ResponseError
 
-from binormal.common.alertcheck import CHECK_CHUNK, AlertPlanner, ScopePlan
-from binormal.common.alerts import ALERT_MAXLEN, STATE_LEAST_TTL_MS, AlertCache
+from binormal.common.alertcheck import AlertPlanner
+from binormal.common.alerts import AlertCache
 from binormal.common.calibration import DEFAULT_MIN_EVENTS, DEFAULT_MIN_INDIVIDUALS
 from binormal.common.connection import Client, execute_raw
 from binormal.common.keys import Keyspace, Scope, fingerprint, mark_entry, recent_in
@@ -43,8 +43,6 @@ from binormal.common.rules import RuleCache
 from binormal.common.schema import InvalidEvent, action_cap_reason, parse_entry
 from binormal.common.scoring import Snapshot, excluded_view
 from binormal.common.scripts import (
-    Alert,
-    AlertCheck,
     Already,
     Applied,
     Apply,
@@ -64,11 +62,11 @@ from binormal.common.scripts import (
 from binormal.common.store import name_counts
 from binormal.worker.commands import Commands
 from binormal.worker.entries import Counters, Entry, Ready, Scored, entry_ms, runs_by_shard, runs_of
+from binormal.worker.outbox import queue_alerts, queue_publish
 from binormal.worker.robust import RobustCache
 
 log = structlog.get_logger("binormal.worker")
 
-BROADCAST_CHUNK = 500  # results per broadcast message (NDJSON)
 SNAPSHOT_CACHE = 10_000  # scopes whose snapshot a worker keeps
 # Entries per apply/commit script call: one call instead of one per entry, but
 # short enough that a call blocks Redis for only a millisecond or two.
@@ -211,7 +209,7 @@ class BatchProcessor:
         if applied:
             scorable = await self._refresh_snapshots(client, applied)
             results = await self._score_and_commit(client, scorable)
-            self._publish(out, results)
+            queue_publish(out, results, self.keys, self.reply_ttl_s, self.robust, self.counters)
             if self.alerts is not None and self.alerts.rules:
                 self._alert(out, results)
         if dups:
@@ -613,68 +611,6 @@ class BatchProcessor:
         return done
 
     def _alert(self, pipe: Commands, results: list[tuple[Entry, dict[str, Any]]]) -> None:
-        """Append ``alert.lua`` calls, one per shard (of CHECK_CHUNK results): the atomic fire decisions.
-
-        The thresholds are compared here (common/alertcheck.py): a check carries only the rules its
-        result crosses, so a result that crosses none costs one key and one argument. It rides in
-        the publishing round trip (the tail sent in front of the next XREADGROUP): no extra round
-        trip, and none at all when no rule matches the batch's scopes.
-        """
+        """The alert checks of ``results`` (worker/outbox.py; benchmarks/alerts_overhead.py times this)."""
         assert self.alerts is not None
-        by_shard: dict[int, list[AlertCheck | str]] = {}
-        plans: dict[Scope, ScopePlan | None] = {}  # this batch's scopes
-        check = self.planner.check
-        candidates = 0
-        for e, result in results:
-            assert e.scope is not None and e.event is not None
-            if e.scope in plans:
-                plan = plans[e.scope]
-            else:
-                rules = self.alerts.for_scope(e.scope)  # the one rule lookup
-                plan = plans[e.scope] = self.planner.plan(rules) if rules else None
-            if plan is None:
-                continue
-            c = check(plan, e.kp, e.event.id, result, e.id)
-            candidates += not isinstance(c, str)
-            got = by_shard.get(e.shard)
-            if got is None:
-                got = by_shard[e.shard] = []
-            got.append(c)
-        sha = self.scripts.sha(Alert.NAME)
-        for shard, checks in by_shard.items():
-            for i in range(0, len(checks), CHECK_CHUNK):
-                keys, args = Alert.pack(
-                    self.keys.alert_stream(shard), ALERT_MAXLEN, STATE_LEAST_TTL_MS, checks[i : i + CHECK_CHUNK]
-                )
-                pipe.evalsha(sha, len(keys), *keys, *args)
-                self.counters.lua_calls += 1
-            self.counters.alert_checks += len(checks)
-        self.counters.alert_candidates += candidates
-
-    def _publish(self, pipe: Commands, results: list[tuple[Entry, dict[str, Any]]]) -> None:
-        """Replies to their waiters (with a stored copy), then the broadcast batch."""
-        channel = self.keys.broadcast_channel()
-        lines = [orjson.dumps(r) for _, r in results]
-
-        # Replies for one web instance travel as one NDJSON message per batch:
-        # one PUBLISH and one pub/sub message to parse instead of one per request.
-        by_channel: dict[str, list[bytes]] = {}
-        for (e, _), line in zip(results, lines):
-            ev = e.event
-            assert ev is not None
-            if ev.reply_to is not None:
-                # Stored copy for a waiter that missed the publish (pub/sub keeps
-                # nothing) or retries with the same event id.
-                stored = ev.event_id or ev.rid
-                if stored is not None:
-                    assert e.scope is not None
-                    pipe.set(self.keys.reply(e.scope, stored, e.shard), line, ex=self.reply_ttl_s)
-                # The result is a JSON object: splice "rid" in before its closing brace.
-                reply = line if ev.rid is None else line[:-1] + b',"rid":' + orjson.dumps(ev.rid) + b"}"
-                by_channel.setdefault(ev.reply_to, []).append(reply)
-        for reply_to, replies in by_channel.items():
-            pipe.publish(reply_to, b"\n".join(replies))
-        for i in range(0, len(lines), BROADCAST_CHUNK):
-            pipe.publish(channel, b"\n".join(lines[i : i + BROADCAST_CHUNK]))
-        self.robust.write(pipe, self.keys)  # the newest median and MAD, for the query API
-        self.counters.published += len(results)
+        queue_alerts(pipe, results, self.keys, self.scripts, self.alerts, self.planner, self.counters)
