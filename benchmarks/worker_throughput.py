@@ -103,6 +103,7 @@ async def drain(
     shards: int = 4,
     ports: list[int] | None = None,
     setup: Callable[[Worker], None] | None = None,
+    recent_window: int = 0,
 ) -> dict[str, float]:
     """Time one Worker until it has applied ``n`` entries (``max_actions``: BINORMAL_MAX_ACTIONS, default its own;
     ``weight_cap``: BINORMAL_WEIGHT_CAP, default N; ``setup``: called with the worker before it runs)."""
@@ -113,6 +114,8 @@ async def drain(
         settings = replace(settings, max_actions=max_actions)
     if weight_cap is not None:
         settings = replace(settings, weight_cap=weight_cap)
+    if recent_window:
+        settings = replace(settings, recent_window=recent_window)
     worker = Worker(settings)
     if setup is not None:
         setup(worker)
@@ -188,6 +191,14 @@ async def main() -> None:
     p.add_argument("--naive-events", type=int, default=5_000)
     p.add_argument("--redis-server", default=None)
     p.add_argument("--weight-cap", type=int, default=None, help="BINORMAL_WEIGHT_CAP (default N; 0 = guard off)")
+    p.add_argument(
+        "--recent-window",
+        type=int,
+        nargs="+",
+        default=[0],
+        metavar="K",
+        help="BINORMAL_RECENT_WINDOW values, each drained in every repeat (alternately; default 0)",
+    )
     p.add_argument("--cluster", action="store_true", help="a private 3-master Redis Cluster instead of one server")
     p.add_argument("--shards", type=int, default=4, help="BINORMAL_SHARDS")
     p.add_argument("--plain-connection", action="store_true", help="cluster nodes without FastConnection")
@@ -209,11 +220,36 @@ async def main() -> None:
         server = RedisServer(tmp, binary=binary).start()
         try:
             client = aioredis.Redis.from_url(server.url, protocol=2)
+            by_window: dict[int, list[dict[str, float]]] = {}
             for r in range(args.repeat):
+                for window in args.recent_window[1:]:  # the others first, the first below as before
+                    await client.flushall()
+                    await fill(client, keys, events)
+                    got = await drain(
+                        server.url,
+                        len(events),
+                        args.batch,
+                        args.max_age_ms,
+                        weight_cap=args.weight_cap,
+                        recent_window=window,
+                    )
+                    by_window.setdefault(window, []).append(got)
+                    print(
+                        f"run {r + 1}, K = {window}: worker {got['events_per_s']:,.0f} events/s, CPU/event worker "
+                        f"{got['worker_cpu_us']:.0f} us + redis {got['redis_cpu_us']:.0f} us"
+                    )
                 await client.flushall()
                 await fill(client, keys, events)
-                res = await drain(server.url, len(events), args.batch, args.max_age_ms, weight_cap=args.weight_cap)
+                res = await drain(
+                    server.url,
+                    len(events),
+                    args.batch,
+                    args.max_age_ms,
+                    weight_cap=args.weight_cap,
+                    recent_window=args.recent_window[0],
+                )
                 runs.append(res)
+                by_window.setdefault(args.recent_window[0], []).append(res)
                 await client.flushall()
                 naive_rate = naive(server.url, keys, events[: args.naive_events])
                 naive_runs.append(naive_rate)
@@ -227,6 +263,12 @@ async def main() -> None:
             await client.aclose()
         finally:
             server.stop()
+    for window, got_runs in sorted(by_window.items()):
+        print(
+            f"median, K = {window}: {statistics.median(r['events_per_s'] for r in got_runs):,.0f} events/s, "
+            f"CPU/event worker {statistics.median(r['worker_cpu_us'] for r in got_runs):.1f} us "
+            f"+ redis {statistics.median(r['redis_cpu_us'] for r in got_runs):.1f} us"
+        )
     med = statistics.median(r["events_per_s"] for r in runs)
     med_naive = statistics.median(naive_runs)
     print(
