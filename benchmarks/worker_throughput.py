@@ -221,35 +221,31 @@ async def main() -> None:
         try:
             client = aioredis.Redis.from_url(server.url, protocol=2)
             by_window: dict[int, list[dict[str, float]]] = {}
-            for r in range(args.repeat):
-                for window in args.recent_window[1:]:  # the others first, the first below as before
-                    await client.flushall()
-                    await fill(client, keys, events)
-                    got = await drain(
-                        server.url,
-                        len(events),
-                        args.batch,
-                        args.max_age_ms,
-                        weight_cap=args.weight_cap,
-                        recent_window=window,
-                    )
-                    by_window.setdefault(window, []).append(got)
-                    print(
-                        f"run {r + 1}, K = {window}: worker {got['events_per_s']:,.0f} events/s, CPU/event worker "
-                        f"{got['worker_cpu_us']:.0f} us + redis {got['redis_cpu_us']:.0f} us"
-                    )
+
+            async def drained(window: int) -> dict[str, float]:
+                """A fresh fill of the events drained by one worker with recent window ``window``."""
                 await client.flushall()
                 await fill(client, keys, events)
-                res = await drain(
+                got = await drain(
                     server.url,
                     len(events),
                     args.batch,
                     args.max_age_ms,
                     weight_cap=args.weight_cap,
-                    recent_window=args.recent_window[0],
+                    recent_window=window,
                 )
+                by_window.setdefault(window, []).append(got)
+                return got
+
+            for r in range(args.repeat):
+                for window in args.recent_window[1:]:  # the others first, the first below as before
+                    got = await drained(window)
+                    print(
+                        f"run {r + 1}, K = {window}: worker {got['events_per_s']:,.0f} events/s, CPU/event worker "
+                        f"{got['worker_cpu_us']:.0f} us + redis {got['redis_cpu_us']:.0f} us"
+                    )
+                res = await drained(args.recent_window[0])
                 runs.append(res)
-                by_window.setdefault(args.recent_window[0], []).append(res)
                 await client.flushall()
                 naive_rate = naive(server.url, keys, events[: args.naive_events])
                 naive_runs.append(naive_rate)

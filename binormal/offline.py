@@ -139,8 +139,9 @@ class Engine:
         self.me, self.jobs = part
         if not 0 <= self.me < self.jobs:
             raise ValueError(f"part must be (me, jobs) with 0 <= me < jobs, got {part}")
-        self.foreign: dict[Any, int] = {}  # scope key -> ordinal, the scopes another engine counts
-        self.route: dict[Any, ScopeState | None] = {}  # every scope met -> its state here, None if foreign
+        # Every scope met, in the order met (its ordinal), to its state here, or None when another
+        # engine counts it (binormal.split).
+        self.route: dict[Any, ScopeState | None] = {}
         if not 0 <= opts.window <= opts.cap:  # the window is scored unnormalised (binormal/drift.py)
             raise ValueError(f"window must be 0 (off) or 1..cap {opts.cap}, got {opts.window}")
         self.window = opts.window
@@ -150,7 +151,7 @@ class Engine:
         key = (event.org, event.source, event.pop)
         sc = self.scopes.get(key)
         if sc is None:
-            sc = self.scopes[key] = self.route[key] = ScopeState(key, len(self.scopes) + len(self.foreign))
+            sc = self.scopes[key] = self.route[key] = ScopeState(key, len(self.route))
         action = event.action
         rec = sc.ind.get(event.id)
         if rec is None:
@@ -277,7 +278,7 @@ class Engine:
         reports = True
         if self.jobs > 1:
             named = _scope_named(obj)
-            if named in self.foreign:  # its engine reports or counts it
+            if named in self.route and self.route[named] is None:  # another engine reports or counts it
                 return
             reports = self.me == 0 or named in self.scopes
         try:
@@ -295,10 +296,9 @@ class Engine:
         given the next ordinal, the same in every engine since they all read the same lines."""
         if key in self.scopes:
             return True
-        ordinal = len(self.scopes) + len(self.foreign)
+        ordinal = len(self.route)
         if ordinal % self.jobs == self.me:
             return True  # add() creates it with this ordinal
-        self.foreign[key] = ordinal
         self.route[key] = None
         return False
 

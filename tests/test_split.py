@@ -113,7 +113,7 @@ def test_parts_count_every_scope_once_with_its_ordinal(files: dict[str, Path]) -
             part = Engine(opts, (me, jobs))
             part.feed(lines, Sink())
             assert all(sc.ordinal % jobs == me for sc in part.scopes.values())
-            assert set(part.foreign).isdisjoint(part.scopes)
+            assert {k for k, v in part.route.items() if v is not None} == set(part.scopes)
             for sc in part.scopes.values():
                 assert sc.key not in got
                 got[sc.key] = (sc.ordinal, [r.as_json() for r in part.rows() if r.scope == sc.scope])
