@@ -1,7 +1,5 @@
 """``python -m binormal``: the ``binormal`` console script."""
 
-import sys
+from binormal.cli import entry
 
-from binormal.cli import main
-
-sys.exit(main())
+entry()

@@ -11,6 +11,7 @@ import importlib
 import os
 import signal
 import sys
+from typing import NoReturn
 
 # Nothing heavy is imported at module level (asyncio, structlog and the services are imported by
 # the subcommands): main() installs its SIGTERM handler within a few ms of the interpreter starting.
@@ -125,8 +126,12 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Parse arguments and run the chosen subcommand."""
+def main(argv: list[str] | None = None, *, process: bool = False) -> int:
+    """Parse arguments and run the chosen subcommand.
+
+    ``process``: this is the process's entry point (:func:`entry`, ``python -m binormal``), so a
+    command that sets ``quick_exit`` ends the process itself once its output is flushed.
+    """
     # Until a service installs its own handlers, SIGTERM means "leave now":
     # nothing is in hand yet, so exit 0 instead of dying by the signal.
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
@@ -137,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
 
         log.configure(args.log_level, args.log_format)
     try:
-        return int(args.func(args))
+        code = int(args.func(args))
     except KeyboardInterrupt:
         return 130
     except ValueError as exc:
@@ -148,7 +153,33 @@ def main(argv: list[str] | None = None) -> int:
             raise
         sys.stderr.write(f"binormal {args.command}: {exc}\n")  # a setting that cannot be used: say which
         return 2
+    if process and getattr(args, "quick_exit", False):
+        quick_exit(code)
+    return code
+
+
+def quick_exit(code: int) -> NoReturn:
+    """Flush stdout and stderr and end the process without the interpreter's teardown.
+
+    For the offline commands (``score``, ``evaluate``): their engine's records point back at their
+    scope, cycles that only a collection at exit would free, and that pass over every individual
+    costs ~15 ms of a 0.4 s ``binormal score``. Nothing else is left to flush: they write only to
+    stdout and stderr and close their files themselves (``os._exit`` runs no ``atexit`` handler).
+    """
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except BrokenPipeError:  # the reader left: as at a normal exit, the output is simply not read
+            pass
+        except (OSError, ValueError):  # closed or unwritable: nothing more can be said there
+            pass
+    os._exit(code)
+
+
+def entry() -> NoReturn:
+    """The ``binormal`` console script."""
+    sys.exit(main(process=True))
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

@@ -57,7 +57,6 @@ name and kept a ``ver`` hash; ``binormal migrate`` converts it (common/migrate.p
 
 from __future__ import annotations
 
-import hashlib
 import zlib
 from dataclasses import dataclass
 from functools import lru_cache
@@ -121,6 +120,8 @@ def fingerprint(ident: str, action: str) -> bytes:
     16 hex digits of BLAKE2b over ``id NUL action``; the marker's key already
     fixes the scope. It tells a retry of the event from another event reusing its id.
     """
+    import hashlib  # here: OpenSSL's loading is ~5 ms of every command's start-up (binormal score's too)
+
     return hashlib.blake2b(f"{ident}\0{action}".encode(), digest_size=8).hexdigest().encode()
 
 

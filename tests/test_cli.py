@@ -230,3 +230,31 @@ def test_offline_commands_start_without_the_service_stack() -> None:
     done = subprocess.run([sys.executable, "-P", "-c", code], input="", capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "0 []"
+
+
+@pytest.mark.parametrize(
+    ("command", "quick"),
+    [(["score", "EVENTS", "--json"], True), (["evaluate", "EVENTS", "LABELS"], True), (["token", "--help"], False)],
+)
+def test_offline_commands_end_without_the_interpreter_teardown(tmp_path: Path, command: list[str], quick: bool) -> None:
+    """As the process's entry point, ``score`` and ``evaluate`` flush their output and leave with
+    ``os._exit`` (no teardown, no collection of the engine's cycles: ~15 ms); other commands, and
+    :func:`binormal.cli.main` called in a process that goes on, return normally."""
+    import sys
+
+    events = tmp_path / "events.ndjson"
+    rows = [{"org": "o", "source": "s", "pop": "p", "id": f"u{i % 1000}", "action": f"a{i % 7}"} for i in range(3000)]
+    events.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rows))
+    labels = tmp_path / "labels.csv"
+    labels.write_text("id,label\nu1,1\nu2,0\nu3,0\n")
+    argv = [{"EVENTS": str(events), "LABELS": str(labels)}.get(word, word) for word in command]
+    code = (
+        "import atexit, sys; atexit.register(lambda: sys.stderr.write('TEARDOWN\\n')); "
+        f"sys.argv = ['binormal', *{argv!r}]; from binormal.cli import entry; entry()"
+    )
+    done = subprocess.run([sys.executable, "-P", "-c", code], capture_output=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert (b"TEARDOWN" in done.stderr) is not quick, done.stderr
+    if command[0] == "score":  # every row reached the pipe (more than its buffer) before the process ended
+        assert len(done.stdout.splitlines()) == 1000
+        assert all(orjson.loads(line)["org"] == "o" for line in done.stdout.splitlines())

@@ -64,7 +64,7 @@ def test_the_wheel_installs_one_import_package_with_every_runtime_file(tmp_path:
     assert any(n.startswith("binormal/common/lua/") for n in wanted)
     assert any(n.startswith("binormal/web/static/") for n in wanted)
     assert wanted - names == set()
-    assert "binormal = binormal.cli:main" in scripts
+    assert "binormal = binormal.cli:entry" in scripts
 
     # Into a fresh venv: its site-packages gains exactly one import name, binormal.
     venv = tmp_path / "venv"

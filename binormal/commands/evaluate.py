@@ -11,7 +11,7 @@ from binormal.commands.score import add_engine_options, add_progress_options, ch
 def register(sub: Subparsers) -> None:
     """Add ``evaluate EVENTS LABELS [--json] [--cap N] [--weight-cap W] [--refresh N | --exact]`` and ``--feedback``."""
     s = sub.add_parser("evaluate", help="ROC-AUC, AP and precision of each score on labelled events")
-    s.set_defaults(logs=False)
+    s.set_defaults(logs=False, quick_exit=True)
     s.add_argument("events", nargs="?", help="NDJSON events, replayed in file order (.gz accepted, - for stdin)")
     s.add_argument("labels", nargs="?", help="CSV id,label[,kind]: 1 = anomalous; ids without a label are not counted")
     s.add_argument(

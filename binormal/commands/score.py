@@ -119,7 +119,7 @@ def add_learning_options(s: argparse.ArgumentParser) -> None:
 def register(sub: Subparsers) -> None:
     """Add ``score FILE [--top N] [--json] [engine options] [--map | --transform] [--progress]``."""
     s = sub.add_parser("score", help="score a log offline (no server needed)", description=SEMANTICS)
-    s.set_defaults(logs=False)
+    s.set_defaults(logs=False, quick_exit=True)
     s.add_argument("file", help="NDJSON file, .gz accepted, - for stdin")
     s.add_argument("--top", type=int, default=10, help="outliers shown per scope")
     s.add_argument(
