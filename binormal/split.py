@@ -27,11 +27,12 @@ from typing import IO, Any
 
 import orjson
 
-from binormal.offline import Engine, Options
+from binormal.offline import Engine, Options, PrefixConflict
 
 Block = tuple[int, str, str, str, str]  # (ordinal, org, source, pop, rendered text)
 Render = Callable[[Engine], list[Block]]
 UNREADABLE = 2  # a copy's exit status when it could not read the file (this process says so)
+CONFLICT = 3  # a copy's exit status on a PrefixConflict (this process runs the split again)
 MAX_JOBS = 8  # each process parses the whole file: past a few, more cost CPU and save little wall time
 
 
@@ -101,7 +102,28 @@ def split_blocks(
 ) -> list[Block]:
     """Score ``path`` in ``jobs`` processes (this one reads ``stream`` and calls ``tick`` as
     :meth:`Engine.feed` does, the copies ``reopen(path)``); every scope's block in ordinal order.
-    Bad-line reports go to ``errors`` (in line order) at the end."""
+    Bad-line reports go to ``errors`` (in line order) at the end.
+
+    The engines skip each other's lines by their prefix; when a line's prefix and fields name
+    different scopes (:class:`PrefixConflict`, a repeated key) everything is done again without."""
+    try:
+        return _split(path, stream, opts, jobs, render, reopen, errors, tick, True)
+    except PrefixConflict:
+        stream.seek(0)
+        return _split(path, stream, opts, jobs, render, reopen, errors, tick, False)
+
+
+def _split(
+    path: str,
+    stream: IO[bytes],
+    opts: Options,
+    jobs: int,
+    render: Render,
+    reopen: Callable[[str], IO[bytes]],
+    errors: Any,
+    tick: Callable[[int], None] | None,
+    by_prefix: bool,
+) -> list[Block]:
     import tempfile  # here, not at import: ~5 ms of every command's start-up
 
     logs = [tempfile.TemporaryFile() for _ in range(jobs)]
@@ -113,9 +135,9 @@ def split_blocks(
         for me in range(1, jobs):
             pid = os.fork()
             if pid == 0:  # the copy: never returns
-                _child(path, Engine(opts, (me, jobs)), render, reopen, ReportLog(logs[me]), outputs[me - 1])
+                _child(path, Engine(opts, (me, jobs), by_prefix), render, reopen, ReportLog(logs[me]), outputs[me - 1])
             children.append(pid)
-        engine = Engine(opts, (0, jobs))
+        engine = Engine(opts, (0, jobs), by_prefix)
         engine.feed(stream, ReportLog(logs[0]), tick)
         blocks = render(engine)
         codes = []
@@ -123,6 +145,8 @@ def split_blocks(
             _, status = os.waitpid(children[-1], 0)
             children.pop()
             codes.append(os.waitstatus_to_exitcode(status))
+        if any(code == CONFLICT for code in codes):
+            raise PrefixConflict("a scoring process met a line whose prefix names another scope")
         if any(code == UNREADABLE for code in codes):
             raise SplitError(f"a scoring process could not read {path}")
         if any(codes):
@@ -163,6 +187,8 @@ def _child(
         code = 0
     except (OSError, EOFError):  # the file went away or is a truncated .gz: the parent reports it once
         code = UNREADABLE
+    except PrefixConflict:
+        code = CONFLICT
     except KeyboardInterrupt:  # Ctrl-C reaches the whole process group: the parent stops too
         code = 130
     except Exception:  # noqa: BLE001 (any failure is reported here; the exit status fails the command)

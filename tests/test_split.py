@@ -10,13 +10,23 @@ from pathlib import Path
 import orjson
 import pytest
 
-from binormal.offline import Engine, Options
+from binormal.offline import SKIP_SCOPES, Engine, Options, PrefixConflict, canonical_prefix
 from binormal.split import ReportLog, merged_reports, usable_jobs
 from tests.support.offline import offline_events
 
 pytestmark = pytest.mark.timeout(120)
 
 LATE = [("late", "web", "one"), ("late", "web", "two"), ("late", "api", "three")]
+
+
+class Nowhere:
+    """A bad-line writer that keeps nothing."""
+
+    def write(self, text: str) -> None:
+        pass
+
+
+NOWHERE = Nowhere()
 
 
 def mixed_lines() -> list[bytes]:
@@ -42,8 +52,14 @@ def mixed_lines() -> list[bytes]:
                     b'{"org": ["a"], "source": "web", "pop": "big", "id": "x", "action": "a"}',  # names no scope
                     b"[1, 2]",
                     b"   ",
+                    # the canonical prefix of a counted scope (its owner reads it, the others skip it)
+                    b'{"org":"acme","source":"web","pop":"big",oops',
+                    b'{"org":"acme","source":"web","pop":"big","id":"","action":"a"}',
+                    b' {"org":"acme","source":"web","pop":"big",oops',  # no longer the prefix: engine 0
                 ]
             )
+        if i >= 1600 and i % 400 == 3:  # a late scope's prefix once that scope is known
+            out.append(b'{"org":"late","source":"web","pop":"two",')
     return out
 
 
@@ -97,12 +113,8 @@ def test_parts_count_every_scope_once_with_its_ordinal(files: dict[str, Path]) -
     opts = Options(cap=100, refresh=40, weight_cap=100)
     lines = files["plain"].read_bytes().splitlines(keepends=True)
 
-    class Sink:
-        def write(self, text: str) -> None:
-            pass
-
     whole = Engine(opts)
-    whole.feed(lines, Sink())
+    whole.feed(lines, NOWHERE)
     expected = {
         sc.key: (sc.ordinal, [r.as_json() for r in whole.rows() if r.scope == sc.scope]) for sc in whole.scopes.values()
     }
@@ -111,7 +123,7 @@ def test_parts_count_every_scope_once_with_its_ordinal(files: dict[str, Path]) -
         got: dict[tuple[str, str, str], tuple[int, list[dict[str, object]]]] = {}
         for me in range(jobs):
             part = Engine(opts, (me, jobs))
-            part.feed(lines, Sink())
+            part.feed(lines, NOWHERE)
             assert all(sc.ordinal % jobs == me for sc in part.scopes.values())
             assert {k for k, v in part.route.items() if v is not None} == set(part.scopes)
             for sc in part.scopes.values():
@@ -204,3 +216,76 @@ def test_only_regular_files_of_a_single_threaded_process_are_split(files: dict[s
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.decode().split() == ["True", "True", "False", "False", "False"]
+
+
+def test_engines_skip_each_other_s_lines_by_their_prefix(files: dict[str, Path]) -> None:
+    """Each engine of a split holds the canonical prefixes of the others' scopes (skipped unparsed) and
+    of its own (checked); one engine, or an engine told not to, skips nothing."""
+    lines = files["plain"].read_bytes().splitlines(keepends=True)
+    opts = Options(cap=100, refresh=40, weight_cap=100)
+    parts = [Engine(opts, (me, 2)) for me in range(2)]
+    for part in parts:
+        part.feed(lines, NOWHERE)
+    for part, other in (parts, parts[::-1]):
+        assert set(part.mine) == {canonical_prefix(k) for k in part.scopes}
+        assert set(part.skip) == set(other.mine) and part.skip
+    assert canonical_prefix(("acme", "web", "big")) == b'{"org":"acme","source":"web","pop":"big",'
+    assert orjson.loads(canonical_prefix(('a"b', "ü", "c")) + b'"id":"x"}')["org"] == 'a"b'
+    for engine in (Engine(opts), Engine(opts, (0, 2), skip_by_prefix=False)):
+        engine.feed(lines, NOWHERE)
+        assert engine.skip == engine.mine == ()
+
+
+def repeated_key_lines() -> list[bytes]:
+    """Two scopes' events, then lines whose canonical prefix names one scope and a repeated key another:
+    a known scope of the other engine, a new scope, and no scope at all."""
+    out = []
+    for i in range(400):
+        pop = ("one", "two")[i % 2]
+        out.append(orjson.dumps({"org": "o", "source": "s", "pop": pop, "id": f"u{i % 30}", "action": f"a{i % 3}"}))
+        if i == 200:
+            out.append(b'{"org":"o","source":"s","pop":"one","id":"u1","action":"a1","pop":"two"}')
+        if i == 250:
+            out.append(b'{"org":"o","source":"s","pop":"two","id":"u2","action":"a2","pop":"three"}')
+        if i == 300:
+            out.append(b'{"org":"o","source":"s","pop":"one","id":"u3","action":"a0","pop":["x"]}')
+    return out
+
+
+@pytest.mark.parametrize("jobs", ["2", "3"])
+def test_a_prefix_that_names_another_scope_than_the_fields_runs_the_split_again(tmp_path: Path, jobs: str) -> None:
+    """orjson keeps a repeated key's last value: the line is of the scope its fields name in the
+    end, not of its prefix's. The engine owning the prefix sees that, and the split runs again
+    without skipping: the output is still what one process prints."""
+    path = tmp_path / "repeated.ndjson"
+    path.write_bytes(b"\n".join(repeated_key_lines()) + b"\n")
+    one = score(str(path), "--json", "--jobs", "1")
+    many = score(str(path), "--json", "--jobs", jobs)
+    assert one.returncode == many.returncode == 0, many.stderr
+    assert (many.stdout, many.stderr) == (one.stdout, one.stderr)
+    pops = {orjson.loads(r)["pop"] for r in one.stdout.splitlines()}
+    assert pops == {"one", "two", "three"}  # the repeated key's scope was counted
+    assert one.stderr == b"line 304: pop: must be a string, not a list\n"  # the line naming no scope is reported once
+    # The conflict itself, met by the owner of the prefix: "one" (engine 0) at line 202, "two" at 253.
+    lines = [line + b"\n" for line in repeated_key_lines()]
+    for me, where in ((0, "line 202"), (1, "line 253")):
+        with pytest.raises(PrefixConflict, match=where):
+            Engine(Options(cap=100, refresh=10, weight_cap=100), (me, 2)).feed(lines, NOWHERE)
+
+
+def test_past_the_skip_limit_no_line_is_skipped(tmp_path: Path) -> None:
+    """With more than SKIP_SCOPES scopes known, startswith over every prefix would cost more than a parse:
+    every engine stops skipping at the same line, and the output is unchanged."""
+    rows = [
+        {"org": "o", "source": "s", "pop": f"p{i % (SKIP_SCOPES + 8)}", "id": f"u{i % 17}", "action": f"a{i % 5}"}
+        for i in range(3000)
+    ]
+    path = tmp_path / "many.ndjson"
+    path.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rows) + b'{"org":"o","source":"s","pop":"p1",bad\n')
+    one = score(str(path), "--json", "--jobs", "1")
+    many = score(str(path), "--json", "--jobs", "3")
+    assert (many.returncode, many.stdout, many.stderr) == (one.returncode, one.stdout, one.stderr)
+    assert one.stderr.startswith(b"line 3001: not JSON")
+    engine = Engine(Options(cap=100, refresh=10, weight_cap=100), (1, 3))
+    engine.feed(path.read_bytes().splitlines(keepends=True), NOWHERE)
+    assert engine.skip == engine.mine == () and len(engine.route) == SKIP_SCOPES + 8
