@@ -2,7 +2,9 @@
 
 Times, in one run on the same file (written to a temporary directory):
 
-* reading the file and ``orjson.loads`` of every line in Python (the floor);
+* reading the file and ``orjson.loads`` of every line in Python (the floor), in this process, and
+  as a program of its own (``python -c``: interpreter start-up and ``import orjson`` included, as
+  for ``binormal score``);
 * ``binormal score FILE --json`` as a subprocess (interpreter start-up included) in the default
   mode (snapshot refreshed every 1,000 events per scope, guard on), and ``--exact`` for comparison;
 * the default mode's stages in-process (counting, final scores, JSON rows).
@@ -54,6 +56,19 @@ def read_parse(path: Path) -> tuple[float, float]:
         for line in f:
             orjson.loads(line)
     return time.perf_counter() - t0, time.process_time() - c0
+
+
+READ_PARSE = "import sys, orjson\nwith open(sys.argv[1], 'rb') as f:\n    for line in f:\n        orjson.loads(line)\n"
+
+
+def read_parse_program(path: Path) -> tuple[float, float]:
+    """Wall and CPU seconds of a Python program that merely reads the file and parses every line."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-P", "-c", READ_PARSE, str(path)], check=True, stdin=subprocess.DEVNULL)
+    wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
 def compile_tree(tree: Path) -> None:
@@ -119,6 +134,7 @@ def main() -> int:
         path = Path(d) / "events.ndjson"
         write_file(path, args.events)
         parse: list[tuple[float, float]] = []
+        program: list[tuple[float, float]] = []
         default: list[tuple[float, float]] = []
         exact: list[tuple[float, float]] = []
         parts: list[dict[str, float]] = []
@@ -128,6 +144,7 @@ def main() -> int:
         single: list[tuple[float, float]] = []
         for _ in range(args.repeats):  # interleaved, so a noisy neighbour hits every measurement alike
             parse.append(read_parse(path))
+            program.append(read_parse_program(path))
             if args.base is not None:
                 base.append(run_score(path, tree=args.base))
             default.append(run_score(path))
@@ -145,7 +162,9 @@ def main() -> int:
         print(f"machine: {platform.machine()} {os.cpu_count()} cpus, Python {platform.python_version()}")
         print(f"file: {args.events:,} events, {path.stat().st_size / 1e6:.1f} MB, 40 actions, 10 scopes")
         print(f"medians of {args.repeats} runs (--exact: {args.exact_repeats}); load average {os.getloadavg()[0]:.2f}")
+        floor_program = statistics.median(p[0] for p in program)
         print(f"read+parse: {floor:.3f} s wall ({floor_cpu:.3f} s CPU), {args.events / floor:,.0f} lines/s")
+        print(f"read+parse as a program (start-up and import included): {floor_program:.3f} s wall")
         measured = [
             (f"score (default: --refresh 1000, --jobs {jobs})", default),
             ("score --jobs 1 (one process)", single),
@@ -161,7 +180,7 @@ def main() -> int:
             print(
                 f"{name}: {wall:.3f} s wall ({cpu:.3f} s CPU), {args.events / wall:,.0f} events/s "
                 f"({args.events / cpu:,.0f} per CPU second), {wall / floor:.2f}x read+parse wall, "
-                f"{cpu / floor_cpu:.2f}x CPU"
+                f"{cpu / floor_cpu:.2f}x CPU, {wall / floor_program:.2f}x the read+parse program's wall"
             )
         for stage in parts[0]:
             print(f"  in-process {stage}: {statistics.median(p[stage] for p in parts):.3f} s CPU")
