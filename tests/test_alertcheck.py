@@ -197,7 +197,10 @@ async def test_workers_keep_state_only_for_pairs_that_fired_and_send_one_check_p
     aredis: aioredis.Redis, redis_url: str, prefix: str
 ) -> None:
     keys = Keyspace(prefix=prefix, shards=4)
-    for r in (rule("r3", min_zscore=3.0, cooldown="1h"), rule("r6", min_zscore=6.0, cooldown="1h")):
+    # The highest zscore among 41 scores is 40 / sqrt(41) = 6.25, reached only when the other 40
+    # are equal: a threshold of 6 depended on how the two workers' commits interleave (it failed
+    # once in ~30 runs); 5 leaves the scanner a margin and is still out of a regular's reach.
+    for r in (rule("r3", min_zscore=3.0, cooldown="1h"), rule("r5", min_zscore=5.0, cooldown="1h")):
         await add_alert_rule(aredis, keys, r)
     rng = random.Random(3)
     events = []
@@ -215,7 +218,7 @@ async def test_workers_keep_state_only_for_pairs_that_fired_and_send_one_check_p
     alerts = [orjson.loads(f[b"alert"]) for s in keys.alert_streams() for _, f in await aredis.xrange(s)]
     pairs = [(a["scope"], a["id"], a["rule"]) for a in alerts]
     assert len(pairs) == len(set(pairs)), pairs  # a cool-down of an hour: each pair fires at most once
-    assert {("acme/web/login", "scanner", "r6"), ("acme/web/signup", "scanner", "r6")} <= set(pairs)
+    assert {("acme/web/login", "scanner", "r5"), ("acme/web/signup", "scanner", "r5")} <= set(pairs)
     fields = {
         (f"acme/web/{pop}", ident, field.decode())
         for pop in ("login", "signup")
