@@ -23,7 +23,8 @@ import orjson
 
 from binormal.common.keys import Scope
 from binormal.common.schema import Event, InvalidEvent, parse_json
-from binormal.offline import Engine, Options, Row, exact_rows, no_gc, scope_rows
+from binormal.offline import Engine, Options, exact_rows, no_gc
+from binormal.rows import Row, scope_rows
 from binormal.split import SplitError, can_split, split_blocks
 
 DEFAULT_REFRESH = 1000  # events per scope between snapshot rebuilds (the default mode; the CLI repeats it)

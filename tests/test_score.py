@@ -16,7 +16,8 @@ import pytest
 from binormal.common.engine import MemoryEngine
 from binormal.common.schema import Event, parse_json
 from binormal.common.scoring import Snapshot
-from binormal.offline import Engine, Options, final_score
+from binormal.offline import Engine, Options
+from binormal.rows import final_score
 from tests.support.offline import offline_events, reference_rows
 
 ACTIONS = ["GET /", "GET /login", "POST /login", "GET /profile", "GET /logout", "GET /admin", "DELETE /user"]
