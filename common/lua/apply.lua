@@ -30,7 +30,8 @@
 --   KEYS[b+4] individual hash (action number -> count)
 --   KEYS[b+5] idempotency marker of the event id (per scope)
 --   KEYS[b+6] scope raw hash (action -> raw sum s1; only written when ARGV[4] > 0)
---   KEYS[b+7] scope dom hash (events, top, top_n, flag, logged: the dominance flag)
+--   KEYS[b+7] scope dom hash (events, top, top_n, flag, logged: the dominance flag; read once
+--             per scope and call, kept in Lua, written once at the end of the call)
 --   KEYS[b+8] scope last-seen zset (id -> Redis TIME ms of its last applied entry;
 --             only written when ARGV[7] is '1', retention on: expire.lua reads it)
 --   KEYS[b+9] scope an hash (action -> number)   KEYS[b+10] scope na hash (number -> action)
@@ -103,6 +104,7 @@ end
 --#include share_of
 local out = {}
 local numbers = {}  -- per scope an key: {num = action -> number, name = number -> action} read in this call
+local doms, dom_order = {}, {}  -- per scope dom key: its fields as this call leaves them (written at the end)
 local max_actions = tonumber(ARGV[3])
 local w = tonumber(ARGV[4])
 local dom_share = tonumber(ARGV[5])
@@ -287,26 +289,27 @@ for i = 1, entries do
         end
         -- <<< population update (end) <<<
         -- >>> dominance: raw events of the scope and its top individual >>>
-        local events = redis.call('HINCRBY', KEYS[b + 7], 'events', 1)
-        local d = redis.call('HMGET', KEYS[b + 7], 'top_n', 'top', 'flag')
-        local top_n, top = tonumber(d[1]) or 0, d[2]
-        if total > top_n then
-          top_n, top = total, ARGV[a + 6]
-          redis.call('HSET', KEYS[b + 7], 'top_n', total)
-          if d[2] ~= top then
-            redis.call('HSET', KEYS[b + 7], 'top', top)
-          end
+        local dm = doms[KEYS[b + 7]]
+        if not dm then
+          local d = redis.call('HMGET', KEYS[b + 7], 'events', 'top_n', 'top', 'flag', 'logged')
+          dm = {key = KEYS[b + 7], events = tonumber(d[1]) or 0, top_n = tonumber(d[2]) or 0, top = d[3],
+                flag = d[4], was_flag = d[4], logged = d[5], was_logged = d[5]}
+          doms[KEYS[b + 7]] = dm
+          dom_order[#dom_order + 1] = dm
+        end
+        dm.events = dm.events + 1
+        if total > dm.top_n then
+          dm.top_n, dm.top = total, ARGV[a + 6]
         end
         -- the same double comparison as engine.py: is_dominated
-        if events >= dom_min and top_n / events > dom_share then
-          if d[3] ~= top then
-            redis.call('HSET', KEYS[b + 7], 'flag', top)
+        if dm.events >= dom_min and dm.top_n / dm.events > dom_share then
+          dm.flag = dm.top
+          if not dm.logged then
+            dm.logged = dm.top
+            dominated = {dm.top, dm.top_n, dm.events}
           end
-          if redis.call('HSETNX', KEYS[b + 7], 'logged', top) == 1 then
-            dominated = {top, top_n, events}
-          end
-        elseif d[3] then
-          redis.call('HDEL', KEYS[b + 7], 'flag')
+        else
+          dm.flag = false
         end
         -- <<< dominance (end) <<<
       end
@@ -334,6 +337,22 @@ for i = 1, entries do
         out[i] = {1, s1, s2, k, ind, pop, c, dominated}
       end
     end
+  end
+end
+-- The dominance hashes, read once per scope above and kept in Lua since: written once per scope.
+for _, dm in ipairs(dom_order) do
+  if dm.top then
+    redis.call('HSET', dm.key, 'events', dm.events, 'top_n', dm.top_n, 'top', dm.top)
+  else
+    redis.call('HSET', dm.key, 'events', dm.events, 'top_n', dm.top_n)
+  end
+  if dm.flag and dm.flag ~= dm.was_flag then
+    redis.call('HSET', dm.key, 'flag', dm.flag)
+  elseif not dm.flag and dm.was_flag then
+    redis.call('HDEL', dm.key, 'flag')
+  end
+  if dm.logged and not dm.was_logged then
+    redis.call('HSET', dm.key, 'logged', dm.logged)
   end
 end
 return out
