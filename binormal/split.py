@@ -99,31 +99,15 @@ def split_blocks(
     reopen: Callable[[str], IO[bytes]],
     errors: Any,
     tick: Callable[[int], None] | None = None,
+    by_prefix: bool = True,
 ) -> list[Block]:
     """Score ``path`` in ``jobs`` processes (this one reads ``stream`` and calls ``tick`` as
     :meth:`Engine.feed` does, the copies ``reopen(path)``); every scope's block in ordinal order.
     Bad-line reports go to ``errors`` (in line order) at the end.
 
-    The engines skip each other's lines by their prefix; when a line's prefix and fields name
-    different scopes (:class:`PrefixConflict`, a repeated key) everything is done again without."""
-    try:
-        return _split(path, stream, opts, jobs, render, reopen, errors, tick, True)
-    except PrefixConflict:
-        stream.seek(0)
-        return _split(path, stream, opts, jobs, render, reopen, errors, tick, False)
-
-
-def _split(
-    path: str,
-    stream: IO[bytes],
-    opts: Options,
-    jobs: int,
-    render: Render,
-    reopen: Callable[[str], IO[bytes]],
-    errors: Any,
-    tick: Callable[[int], None] | None,
-    by_prefix: bool,
-) -> list[Block]:
+    ``by_prefix``: the engines skip each other's lines by their prefix; when a line's prefix and
+    fields name different scopes (:class:`PrefixConflict`, a repeated key) everything is done
+    again without."""
     import tempfile  # here, not at import: ~5 ms of every command's start-up
 
     logs = [tempfile.TemporaryFile() for _ in range(jobs)]
@@ -158,6 +142,9 @@ def _split(
             errors.write(text)
         blocks.sort(key=lambda b: b[0])
         return blocks
+    except PrefixConflict:
+        if not by_prefix:  # cannot be: without skipping no engine checks a prefix
+            raise
     finally:
         for pid in children:  # this process failed or was interrupted: stop the copies
             with contextlib.suppress(ChildProcessError, ProcessLookupError):
@@ -165,6 +152,8 @@ def _split(
                 os.waitpid(pid, 0)
         for f in logs + outputs:
             f.close()
+    stream.seek(0)  # a PrefixConflict: the copies are stopped and their files closed, and all is read again
+    return split_blocks(path, stream, opts, jobs, render, reopen, errors, tick, by_prefix=False)
 
 
 def _child(
