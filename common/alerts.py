@@ -17,6 +17,7 @@ The secret is stored with the rule (the sender signs with it) but never logged a
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from collections.abc import Iterable, Mapping
@@ -306,11 +307,18 @@ class AlertCache:
         self.interval_s = interval_s
         self.version: int | None = None
         self.next_check = 0.0
+        self._lock = asyncio.Lock()
         self.rules: tuple[AlertRule, ...] = ()
         self._by_scope: dict[Scope, tuple[AlertRule, ...]] = {}
 
     async def refresh(self, client: Client, force: bool = False) -> bool:
         """Re-read the rules if the version moved; True when reloaded. A Redis error keeps the old rules."""
+        # One at a time: the worker's lanes refresh concurrently, and a lane that came while another's
+        # read was in flight would go on with the rules as they were (none, at the start).
+        async with self._lock:
+            return await self._refresh(client, force)
+
+    async def _refresh(self, client: Client, force: bool) -> bool:
         now = time.monotonic()
         if not force and now < self.next_check:
             return False

@@ -19,6 +19,7 @@ and the web tier keep a :class:`RuleCache` that re-reads the rules hashes only w
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -264,6 +265,7 @@ class RuleCache:
         self.interval_s = interval_s
         self.version: int | None = None
         self.next_check = 0.0
+        self._lock = asyncio.Lock()
         self.muted_ids: frozenset[tuple[Scope, str]] = frozenset()
         self.muted_actions: frozenset[tuple[Scope, str]] = frozenset()
         self.excluded: frozenset[tuple[Scope, str]] = frozenset()
@@ -274,6 +276,12 @@ class RuleCache:
 
         A Redis error keeps the rules as they were (logged); the next check tries again.
         """
+        # One at a time: the worker's lanes refresh concurrently, and a lane that came while another's
+        # read was in flight would go on with the rules as they were (none, at the start).
+        async with self._lock:
+            return await self._refresh(client, force)
+
+    async def _refresh(self, client: Client, force: bool) -> bool:
         now = time.monotonic()
         if not force and now < self.next_check:
             return False

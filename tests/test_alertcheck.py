@@ -198,8 +198,8 @@ async def test_workers_keep_state_only_for_pairs_that_fired_and_send_one_check_p
 ) -> None:
     keys = Keyspace(prefix=prefix, shards=4)
     # The highest zscore among 41 scores is 40 / sqrt(41) = 6.25, reached only when the other 40
-    # are equal: a threshold of 6 depended on how the two workers' commits interleave (it failed
-    # once in ~30 runs); 5 leaves the scanner a margin and is still out of a regular's reach.
+    # are equal: a threshold of 6 was within 4 % of it; 5 leaves the scanner a margin and is still
+    # out of a regular's reach.
     for r in (rule("r3", min_zscore=3.0, cooldown="1h"), rule("r5", min_zscore=5.0, cooldown="1h")):
         await add_alert_rule(aredis, keys, r)
     rng = random.Random(3)
