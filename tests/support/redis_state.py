@@ -16,6 +16,7 @@ from binormal.common.keys import Keyspace, Scope
 from binormal.common.schema import Event
 from binormal.common.scoring import DEFAULT_CAP
 from binormal.common.store import name_counts
+from binormal.worker.entries import Entry
 from tests.support.events import population_truth, raw_truth
 from tests.support.waiting import wait_for
 
@@ -245,3 +246,13 @@ async def check_committed(
 async def no_uncommitted(client: aioredis.Redis, keys: Keyspace) -> bool:
     """No applied entry is waiting for its score to be committed (or repaired)."""
     return sum([await client.hlen(keys.uncommitted(s)) for s in range(keys.shards)]) == 0
+
+
+async def read_entries(client: aioredis.Redis, keys: Keyspace, consumer: str, count: int = 1000) -> list[Entry]:
+    """Deliver up to ``count`` new entries of every stream shard to ``consumer`` (never acknowledged)."""
+    reply = await client.xreadgroup(keys.group, consumer, {s: ">" for s in keys.streams()}, count=count)
+    out = []
+    for stream, items in reply:
+        shard = keys.shard_of_stream(stream.decode())
+        out += [Entry(stream, shard, eid, fields) for eid, fields in items]
+    return out
