@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import gzip
+import json
+import random
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
 
 from binormal.offline import SKIP_SCOPES, Engine, Options, PrefixConflict, canonical_prefix
+from binormal.rows import scope_rows
 from binormal.split import ReportLog, merged_reports, usable_jobs
 from tests.support.offline import offline_events
 
@@ -289,3 +293,86 @@ def test_past_the_skip_limit_no_line_is_skipped(tmp_path: Path) -> None:
     engine = Engine(Options(cap=100, refresh=10, weight_cap=100), (1, 3))
     engine.feed(path.read_bytes().splitlines(keepends=True), NOWHERE)
     assert engine.skip == engine.mine == () and len(engine.route) == SKIP_SCOPES + 8
+
+
+class Reports:
+    """A bad-line writer that keeps every report."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def write(self, text: str) -> None:
+        self.lines.append(text)
+
+
+def random_lines(rng: random.Random, n: int) -> list[bytes]:
+    """Events of a few scopes in orjson's and in other spellings, and bad lines of every kind, some
+    with a scope's canonical prefix: not JSON, a bad field, a repeated key naming another scope."""
+    scopes = [("o", "s", f"p{i}") for i in range(rng.randint(1, 6))] + [('ö"x', "s,1", "p")]
+    repeated = rng.choice([0.0, 0.0, 0.002])  # most files have no repeated key: the skipping itself is compared
+    out = []
+    for _ in range(n):
+        org, source, pop = rng.choice(scopes)
+        event = {
+            "org": org,
+            "source": source,
+            "pop": pop,
+            "id": f"u{rng.randrange(25)}",
+            "action": f"a{rng.randrange(6)}",
+        }
+        if rng.random() < 0.3:
+            event["ts"] = rng.randrange(10**6)
+        kind = rng.random()
+        prefix = canonical_prefix((org, source, pop))
+        if kind < 0.75:
+            out.append(orjson.dumps(event))
+        elif kind < 0.85:
+            out.append(json.dumps(event).encode())  # spaces: no canonical prefix, parsed by every engine
+        elif kind < 0.9:
+            out.append(prefix + b'"id":"x",oops')
+        elif kind < 0.95:
+            out.append(orjson.dumps({**event, "id": ""}))
+        elif kind < 0.95 + repeated:
+            other = rng.choice(scopes)
+            out.append(orjson.dumps(event)[:-1] + b',"pop":' + orjson.dumps(other[2] + rng.choice(["", "new"])) + b"}")
+        elif kind < 0.97:
+            out.append(orjson.dumps({**event, "action": 7}))
+        else:
+            out.append(rng.choice([b"", b"[1]", b'{"org":1}', prefix.rstrip(b",") + b"}"]))
+    return [line + b"\n" for line in out]
+
+
+def split_in_process(lines: list[bytes], opts: Options, jobs: int) -> tuple[dict[Any, Any], list[str]]:
+    """What binormal.split does, in this process: every engine's scopes and reports, again without
+    skipping when one of them meets a PrefixConflict."""
+    for by_prefix in (True, False):
+        rows: dict[Any, Any] = {}
+        reports: list[str] = []
+        try:
+            for me in range(jobs):
+                part, got = Engine(opts, (me, jobs), by_prefix), Reports()
+                part.feed(lines, got)
+                reports += got.lines
+                rows.update(
+                    {
+                        sc.key: (sc.ordinal, [r.as_json() for r in scope_rows(sc, opts, None)])
+                        for sc in part.scopes.values()
+                    }
+                )
+        except PrefixConflict:
+            assert by_prefix
+            continue
+        return rows, sorted(reports, key=lambda t: int(t[5 : t.index(":")]))
+    raise AssertionError("unreachable")
+
+
+@pytest.mark.parametrize("seed", range(16))
+def test_random_files_give_one_engine_s_rows_and_reports_at_every_job_count(seed: int) -> None:
+    rng = random.Random(seed)
+    lines = random_lines(rng, rng.choice([50, 400, 1500]))
+    opts = Options(cap=20, refresh=rng.choice([1, 7, 100]), weight_cap=rng.choice([0, 20, 40]))
+    whole, reports = Engine(opts), Reports()
+    whole.feed(lines, reports)
+    expected = {sc.key: (sc.ordinal, [r.as_json() for r in scope_rows(sc, opts, None)]) for sc in whole.scopes.values()}
+    for jobs in (2, 3):
+        assert split_in_process(lines, opts, jobs) == (expected, reports.lines)
