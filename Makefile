@@ -29,7 +29,7 @@ compiled: $(STAMP)
 test: lint compiled
 	$(PY) -m pytest -q -ra
 
-## Lint and format checks over the package, tests and benchmarks, strict type checks over the package; any finding fails.
+## Lint and format checks over the package, tests and benchmarks, strict type checks over the package and tests/support; any finding fails.
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .

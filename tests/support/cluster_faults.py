@@ -45,7 +45,7 @@ def slot_of(key: str | bytes) -> int:
 def node_id(port: int) -> str:
     """The node's cluster id (CLUSTER MYID)."""
     with node_client(port) as c:
-        return c.execute_command("CLUSTER", "MYID").decode()
+        return str(c.execute_command("CLUSTER", "MYID").decode())
 
 
 def masters(cluster: LocalCluster) -> list[int]:

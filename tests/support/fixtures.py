@@ -47,7 +47,7 @@ def run_env(tmp_path: Path, base_env: dict[str, str]) -> dict[str, str]:
 async def combined(redis_url: str, prefix: str) -> AsyncIterator[Served]:
     """Web tier + ingest on one app (as ``binormal run``) with the test defaults, served, Redis reached."""
     ws = web_settings(redis_url, prefix)
-    async with served(combined_app(ws, ingest_settings(redis_url, prefix)), ws.keys) as svc:
+    async with served(combined_app(ws, ingest_settings(redis_url, prefix)), ws.keys, Served) as svc:
         yield svc
 
 

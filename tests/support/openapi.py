@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import yaml
 from jsonschema import Draft202012Validator
@@ -28,7 +28,7 @@ def load_openapi(path: Path = OPENAPI) -> dict[str, Any]:
 
 
 def _registry(doc: dict[str, Any]) -> Registry[Any]:
-    return Registry().with_resource(_URI, DRAFT202012.create_resource(doc))
+    return cast("Registry[Any]", Registry().with_resource(_URI, DRAFT202012.create_resource(doc)))
 
 
 def _escape(part: str) -> str:

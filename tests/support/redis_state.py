@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import orjson
 import redis.asyncio as aioredis
@@ -26,6 +26,11 @@ def stream_of(keys: Keyspace, ev: Event) -> str:
     return keys.stream(keys.shard(ev.scope))
 
 
+def text(value: bytes | str | Any) -> str:
+    """A reply item as text (redis-py gives bytes, or str on a decoding client)."""
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 async def xadd_events(
     client: aioredis.Redis, keys: Keyspace, events: Iterable[Event], chunk: int = 1000
 ) -> list[bytes]:
@@ -36,7 +41,7 @@ async def xadd_events(
     async def flush() -> None:
         pipe = client.pipeline(transaction=False)
         for ev in batch:
-            pipe.xadd(stream_of(keys, ev), ev.to_fields())
+            pipe.xadd(stream_of(keys, ev), cast(Any, ev.to_fields()))
         ids.extend(await pipe.execute())
         batch.clear()
 
@@ -52,11 +57,11 @@ async def xadd_events(
 @contextlib.asynccontextmanager
 async def paused_writes(client: aioredis.Redis) -> AsyncIterator[None]:
     """Hold every write on the server (reads still run) until the block ends."""
-    await client.execute_command("CLIENT", "PAUSE", 20_000, "WRITE")
+    await client.execute_command("CLIENT", "PAUSE", 20_000, "WRITE")  # type: ignore[no-untyped-call]
     try:
         yield
     finally:
-        await client.execute_command("CLIENT", "UNPAUSE")
+        await client.execute_command("CLIENT", "UNPAUSE")  # type: ignore[no-untyped-call]
 
 
 async def kill_blocked_xadd(client: aioredis.Redis, timeout: float = 10.0) -> int:
@@ -69,7 +74,7 @@ async def kill_blocked_xadd(client: aioredis.Redis, timeout: float = 10.0) -> in
         return None
 
     cid = await wait_for(blocked, timeout=timeout, what="an XADD held by CLIENT PAUSE")
-    await client.execute_command("CLIENT", "KILL", "ID", cid)
+    await client.execute_command("CLIENT", "KILL", "ID", cid)  # type: ignore[no-untyped-call]
     return int(cid)
 
 
@@ -110,7 +115,7 @@ class Collector:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        await self.pubsub.aclose()
+        await self.pubsub.aclose()  # type: ignore[no-untyped-call]
 
     async def wait_count(self, channel: str, n: int, timeout: float = 30.0) -> list[dict[str, Any]]:
         """Wait until ``channel`` got at least ``n`` results; returns them."""
@@ -129,7 +134,7 @@ async def dump_keys(client: aioredis.Redis, pattern: str) -> dict[bytes, Any]:
     """Content of every hash/zset/set/string key matching ``pattern`` (streams skipped)."""
     out: dict[bytes, Any] = {}
     async for key in client.scan_iter(match=pattern, count=1000):
-        kind = (await client.type(key)).decode()
+        kind = text(await client.type(key))
         if kind == "hash":
             out[key] = await client.hgetall(key)
         elif kind == "zset":
@@ -143,7 +148,7 @@ async def dump_keys(client: aioredis.Redis, pattern: str) -> dict[bytes, Any]:
 
 async def hgetall_int(client: aioredis.Redis, key: str) -> dict[str, int]:
     """A counter hash as {str: int}."""
-    return {k.decode(): int(v) for k, v in (await client.hgetall(key)).items()}
+    return {text(k): int(v) for k, v in (await client.hgetall(key)).items()}
 
 
 async def individual_counts(
@@ -229,7 +234,7 @@ async def check_committed(
     problems: list[str] = []
     for scope, individuals in truth.items():
         want = set(individuals)
-        members = {m.decode() for m in await client.zrange(keys.scope_key(scope, "rank"), 0, -1)}
+        members = {text(m) for m in await client.zrange(keys.scope_key(scope, "rank"), 0, -1)}
         if members != want:
             problems.append(f"{scope} rank: missing {sorted(want - members)}, extra {sorted(members - want)}")
         marks = await client.hkeys(keys.uncommitted(keys.shard(scope)))
@@ -250,7 +255,8 @@ async def no_uncommitted(client: aioredis.Redis, keys: Keyspace) -> bool:
 
 async def read_entries(client: aioredis.Redis, keys: Keyspace, consumer: str, count: int = 1000) -> list[Entry]:
     """Deliver up to ``count`` new entries of every stream shard to ``consumer`` (never acknowledged)."""
-    reply = await client.xreadgroup(keys.group, consumer, {s: ">" for s in keys.streams()}, count=count)
+    Reply = list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes]]]]]
+    reply = cast(Reply, await client.xreadgroup(keys.group, consumer, {s: ">" for s in keys.streams()}, count=count))
     out = []
     for stream, items in reply:
         shard = keys.shard_of_stream(stream.decode())
