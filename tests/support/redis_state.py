@@ -26,7 +26,7 @@ def stream_of(keys: Keyspace, ev: Event) -> str:
     return keys.stream(keys.shard(ev.scope))
 
 
-def text(value: bytes | str | Any) -> str:
+def reply_text(value: bytes | str | Any) -> str:
     """A reply item as text (redis-py gives bytes, or str on a decoding client)."""
     return value.decode() if isinstance(value, bytes) else str(value)
 
@@ -134,7 +134,7 @@ async def dump_keys(client: aioredis.Redis, pattern: str) -> dict[bytes, Any]:
     """Content of every hash/zset/set/string key matching ``pattern`` (streams skipped)."""
     out: dict[bytes, Any] = {}
     async for key in client.scan_iter(match=pattern, count=1000):
-        kind = text(await client.type(key))
+        kind = reply_text(await client.type(key))
         if kind == "hash":
             out[key] = await client.hgetall(key)
         elif kind == "zset":
@@ -148,7 +148,7 @@ async def dump_keys(client: aioredis.Redis, pattern: str) -> dict[bytes, Any]:
 
 async def hgetall_int(client: aioredis.Redis, key: str) -> dict[str, int]:
     """A counter hash as {str: int}."""
-    return {text(k): int(v) for k, v in (await client.hgetall(key)).items()}
+    return {reply_text(k): int(v) for k, v in (await client.hgetall(key)).items()}
 
 
 async def individual_counts(
@@ -234,7 +234,7 @@ async def check_committed(
     problems: list[str] = []
     for scope, individuals in truth.items():
         want = set(individuals)
-        members = {text(m) for m in await client.zrange(keys.scope_key(scope, "rank"), 0, -1)}
+        members = {reply_text(m) for m in await client.zrange(keys.scope_key(scope, "rank"), 0, -1)}
         if members != want:
             problems.append(f"{scope} rank: missing {sorted(want - members)}, extra {sorted(members - want)}")
         marks = await client.hkeys(keys.uncommitted(keys.shard(scope)))
