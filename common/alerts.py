@@ -17,7 +17,6 @@ The secret is stored with the rule (the sender signs with it) but never logged a
 
 from __future__ import annotations
 
-import asyncio
 import re
 import time
 from collections.abc import Iterable, Mapping
@@ -27,11 +26,11 @@ from urllib.parse import urlencode
 
 import orjson
 import structlog
-from redis.exceptions import RedisError
 
 from binormal.common.connection import Client
 from binormal.common.keys import Keyspace, Scope
 from binormal.common.rules import RuleError, check_text
+from binormal.common.versioned import VersionedCache
 
 log = structlog.get_logger("binormal.alerts")
 
@@ -295,45 +294,25 @@ async def find_alert_rules(
     return [r for r in await list_alert_rules(client, keys, orgs) if r.name == name]
 
 
-class AlertCache:
+class AlertCache(VersionedCache):
     """The deployment's alert rules, re-read when ``keys.alert_rules_version()`` moves.
 
     :meth:`refresh` costs one GET at most every ``interval_s``; :meth:`for_scope` memoises which
     rules match a scope, so the per-result cost with no rule is one empty-dict check.
     """
 
+    LOG_EVENT = "alert_rules_refresh_failed"
+
     def __init__(self, keys: Keyspace, interval_s: float = CHECK_INTERVAL_S) -> None:
-        self.keys = keys
-        self.interval_s = interval_s
-        self.version: int | None = None
-        self.next_check = 0.0
-        self._lock = asyncio.Lock()
+        super().__init__(keys, interval_s, log)
         self.rules: tuple[AlertRule, ...] = ()
         self._by_scope: dict[Scope, tuple[AlertRule, ...]] = {}
 
-    async def refresh(self, client: Client, force: bool = False) -> bool:
-        """Re-read the rules if the version moved; True when reloaded. A Redis error keeps the old rules."""
-        # One at a time: the worker's lanes refresh concurrently, and a lane that came while another's
-        # read was in flight would go on with the rules as they were (none, at the start).
-        async with self._lock:
-            return await self._refresh(client, force)
+    def version_key(self) -> str:
+        return self.keys.alert_rules_version()
 
-    async def _refresh(self, client: Client, force: bool) -> bool:
-        now = time.monotonic()
-        if not force and now < self.next_check:
-            return False
-        self.next_check = now + self.interval_s
-        try:
-            version = int(await client.get(self.keys.alert_rules_version()) or 0)
-            if version == self.version:
-                return False
-            rules = await list_alert_rules(client, self.keys)
-        except (RedisError, OSError, ValueError) as exc:
-            log.warning("alert_rules_refresh_failed", error=str(exc))
-            return False
-        self.load(rules)
-        self.version = version
-        return True
+    async def read(self, client: Client) -> Iterable[AlertRule]:
+        return await list_alert_rules(client, self.keys)
 
     def load(self, rules: Iterable[AlertRule]) -> None:
         """Replace the cached rules."""

@@ -19,7 +19,6 @@ and the web tier keep a :class:`RuleCache` that re-reads the rules hashes only w
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -27,11 +26,11 @@ from typing import Any
 
 import orjson
 import structlog
-from redis.exceptions import RedisError
 
 from binormal.common.connection import Client
 from binormal.common.keys import Keyspace, Scope, decode, encode
 from binormal.common.schema import LIMITS
+from binormal.common.versioned import VersionedCache
 
 log = structlog.get_logger("binormal.rules")
 
@@ -252,7 +251,7 @@ def feedback_labels(rules: Iterable[Rule]) -> list[tuple[str, int]]:
 # ---------------------------------------------------------------- the cache workers and web keep
 
 
-class RuleCache:
+class RuleCache(VersionedCache):
     """The deployment's mutes and excludes, re-read when ``keys.rules_version()`` moves.
 
     :meth:`refresh` looks at the counter at most every ``interval_s`` (one GET), and reads every
@@ -260,48 +259,23 @@ class RuleCache:
     it changed. Lookups are set membership: no Redis on the per-event path.
     """
 
+    LOG_EVENT = "rules_refresh_failed"
+
     def __init__(self, keys: Keyspace, interval_s: float = CHECK_INTERVAL_S) -> None:
-        self.keys = keys
-        self.interval_s = interval_s
-        self.version: int | None = None
-        self.next_check = 0.0
-        self._lock = asyncio.Lock()
+        super().__init__(keys, interval_s, log)
         self.muted_ids: frozenset[tuple[Scope, str]] = frozenset()
         self.muted_actions: frozenset[tuple[Scope, str]] = frozenset()
         self.excluded: frozenset[tuple[Scope, str]] = frozenset()
-        self.reloads = 0
 
-    async def refresh(self, client: Client, force: bool = False) -> bool:
-        """Re-read the rules if the version moved (checked at most every ``interval_s``); True when reloaded.
+    def version_key(self) -> str:
+        return self.keys.rules_version()
 
-        A Redis error keeps the rules as they were (logged); the next check tries again.
-        """
-        # One at a time: the worker's lanes refresh concurrently, and a lane that came while another's
-        # read was in flight would go on with the rules as they were (none, at the start).
-        async with self._lock:
-            return await self._refresh(client, force)
-
-    async def _refresh(self, client: Client, force: bool) -> bool:
-        now = time.monotonic()
-        if not force and now < self.next_check:
-            return False
-        self.next_check = now + self.interval_s
-        try:
-            raw = await client.get(self.keys.rules_version())
-            version = int(raw or 0)
-            if version == self.version:
-                return False
-            pipe = client.pipeline(transaction=False)
-            for shard in range(self.keys.shards):
-                pipe.hgetall(self.keys.rules(shard))
-            hashes = await pipe.execute()
-        except (RedisError, OSError, ValueError) as exc:
-            log.warning("rules_refresh_failed", error=str(exc))
-            return False
-        self.load(r for h in hashes for f, v in h.items() if (r := _decode_rule(f, v)) is not None)
-        self.version = version
-        self.reloads += 1
-        return True
+    async def read(self, client: Client) -> Iterable[Rule]:
+        pipe = client.pipeline(transaction=False)
+        for shard in range(self.keys.shards):
+            pipe.hgetall(self.keys.rules(shard))
+        hashes = await pipe.execute()
+        return (r for h in hashes for f, v in h.items() if (r := _decode_rule(f, v)) is not None)
 
     def load(self, rules: Iterable[Rule]) -> None:
         """Replace the cached rules (marks are ignored)."""
