@@ -32,6 +32,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -61,14 +62,19 @@ def read_parse(path: Path) -> tuple[float, float]:
 READ_PARSE = "import sys, orjson\nwith open(sys.argv[1], 'rb') as f:\n    for line in f:\n        orjson.loads(line)\n"
 
 
-def read_parse_program(path: Path) -> tuple[float, float]:
-    """Wall and CPU seconds of a Python program that merely reads the file and parses every line."""
+def timed_run(argv: list[str], **kw: Any) -> tuple[float, float]:
+    """Wall and CPU seconds (user + system, from the children's rusage) of one subprocess."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-P", "-c", READ_PARSE, str(path)], check=True, stdin=subprocess.DEVNULL)
+    subprocess.run(argv, check=True, stdin=subprocess.DEVNULL, **kw)
     wall = time.perf_counter() - t0
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
+def read_parse_program(path: Path) -> tuple[float, float]:
+    """Wall and CPU seconds of a Python program that merely reads the file and parses every line."""
+    return timed_run([sys.executable, "-P", "-c", READ_PARSE, str(path)])
 
 
 def compile_tree(tree: Path) -> None:
@@ -86,19 +92,12 @@ def run_score(path: Path | str, *extra: str, tree: Path | None = None) -> tuple[
     """
     root = tree or Path(__file__).resolve().parents[1]
     env = None if tree is None else {**os.environ, "PYTHONPATH": str(tree)}
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    t0 = time.perf_counter()
-    subprocess.run(
+    return timed_run(
         [sys.executable, "-P", "-m", "binormal", "score", str(path), "--json", "--no-progress", *extra],
-        check=True,
-        stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         cwd=root,
         env=env,
     )
-    wall = time.perf_counter() - t0
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
 def breakdown(path: Path) -> dict[str, float]:
