@@ -176,10 +176,8 @@ async def group_backlog(client: aioredis.Redis, stream: str, group: str) -> Back
     the group's last-delivered id finds undelivered entries.
     """
     for g in await client.xinfo_groups(stream):
-        name = g["name"].decode() if isinstance(g["name"], bytes) else g["name"]
-        if name == group:
-            last = g["last-delivered-id"]
-            last = last.decode() if isinstance(last, bytes) else str(last)
+        if reply_text(g["name"]) == group:
+            last = reply_text(g["last-delivered-id"])
             after = await client.xrange(stream, min=f"({last}", max="+", count=1)
             return Backlog(int(g["pending"]), bool(after))
     raise KeyError(group)
