@@ -175,21 +175,6 @@ async def test_rules_are_stored_listed_without_the_secret_and_the_cache_follows(
     assert await cache.refresh(aredis) and cache.rules == ()
 
 
-async def test_batches_that_refresh_the_cache_at_once_all_see_the_rules(aredis: aioredis.Redis, prefix: str) -> None:
-    """The worker's lanes (one per stream shard on a cluster) refresh one cache concurrently: a lane
-    that comes while another lane's first read is in flight waits for it instead of going on with
-    no rules (its results would be checked against none: alerts missed)."""
-    keys = Keyspace(prefix=prefix, shards=4)
-    assert await add_alert_rule(aredis, keys, rule_of("http://127.0.0.1:1/h"))
-    cache = AlertCache(keys)
-
-    async def lane() -> tuple[str, ...]:
-        await cache.refresh(aredis)
-        return tuple(r.name for r in cache.rules)
-
-    assert await asyncio.gather(lane(), lane(), lane()) == [("scanners",)] * 3
-
-
 # ---------------------------------------------------------------- the fire decision
 
 

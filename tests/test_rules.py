@@ -398,18 +398,3 @@ def _key(e: Event) -> tuple[str, str, int | None]:
 
 def _key_of(r: dict[str, Any]) -> tuple[str, str, int | None]:
     return r["pop"], r["id"], r["timestamp"]
-
-
-async def test_lanes_that_refresh_the_cache_at_once_all_see_the_rules(aredis: aioredis.Redis, prefix: str) -> None:
-    """A lane that refreshes while another lane's first read is in flight waits for it: with no rules
-    loaded yet it would count an excluded id into its population, or report a muted one."""
-    keys = Keyspace(prefix=prefix, shards=4)
-    scope = Scope("acme", "web", "pop0")
-    await add_rule(aredis, keys, Rule("exclude", scope, "id", "evil", by="test"))
-    cache = RuleCache(keys)
-
-    async def lane() -> frozenset[tuple[Scope, str]]:
-        await cache.refresh(aredis)
-        return cache.excluded
-
-    assert await asyncio.gather(lane(), lane(), lane()) == [frozenset({(scope, "evil")})] * 3
