@@ -169,9 +169,7 @@ def quick_exit(code: int) -> NoReturn:
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
-        except BrokenPipeError:  # the reader left: as at a normal exit, the output is simply not read
-            pass
-        except (OSError, ValueError):  # closed or unwritable: nothing more can be said there
+        except (OSError, ValueError):  # the reader left (BrokenPipeError), closed or unwritable: nothing to say there
             pass
     os._exit(code)
 
